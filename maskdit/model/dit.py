@@ -1,0 +1,186 @@
+"""The diffusion transformer (DiT) backbone, for token grids of rank 1-3.
+
+    grid (B, C, *S) --patchify+linear--> tokens (B, N, D) + sin-cos positions
+      --keep_idx (optional)--> kept tokens (B, K, D)
+      --adaLN-Zero blocks conditioned on t and y--> final layer --> (B, K, C*prod(patch))
+      --unpatchify (when nothing was dropped)--> prediction grid (B, C, *S)
+
+The whole configuration is in the constructor; :attr:`DiT.config` returns it as a JSON-ready dict and
+:meth:`DiT.from_config` rebuilds the model from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskdit.errors import ConfigError
+from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
+from maskdit.masks import gather_tokens
+from maskdit.model.blocks import DiTBlock, FinalLayer, LabelEmbedder, TimestepEmbedder
+
+#: Backbone sizes: (depth, hidden_size, num_heads). DiT's S/B/L/XL plus a CPU-sized ``tiny``.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (6, 128, 4),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+#: Named presets: ``tiny`` (patch 2) and ``DiT-{S,B,L,XL}/{2,4,8}``.
+PRESETS: dict[str, dict[str, Any]] = {"tiny": {"depth": 6, "hidden_size": 128, "num_heads": 4, "patch_size": 2}}
+for _size, (_depth, _hidden, _heads) in SIZES.items():
+    if _size != "tiny":
+        for _patch in (2, 4, 8):
+            PRESETS[f"DiT-{_size}/{_patch}"] = {
+                "depth": _depth, "hidden_size": _hidden, "num_heads": _heads, "patch_size": _patch
+            }
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The architecture fields of a named preset (a copy)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+class DiT(nn.Module):
+    """Diffusion transformer with adaLN-Zero blocks.
+
+    Args:
+        input_size: spatial size of the grid, e.g. ``(32, 32)`` or ``(T, H, W)``.
+        in_channels: channels of the grid; the prediction has the same.
+        patch_size: one int or one per axis.
+        hidden_size, depth, num_heads, mlp_ratio: transformer width, number of blocks, heads, MLP ratio.
+        num_classes: number of class labels; ``0`` makes an unconditional model (``y`` is ignored).
+    """
+
+    def __init__(
+        self,
+        input_size: Sequence[int] = (8, 8),
+        in_channels: int = 1,
+        patch_size: int | Sequence[int] = 2,
+        hidden_size: int = 128,
+        depth: int = 6,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 0,
+    ):
+        super().__init__()
+        self.input_size = tuple(int(s) for s in input_size)
+        if not 1 <= len(self.input_size) <= 3:
+            raise ConfigError(f"input_size {self.input_size} must have 1, 2 or 3 axes")
+        if hidden_size % num_heads:
+            raise ConfigError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        if depth < 1:
+            raise ConfigError(f"depth must be at least 1, got {depth}")
+        self.in_channels = in_channels
+        self.patch_size = as_patch_size(patch_size, len(self.input_size))
+        self.token_grid = token_grid_shape(self.input_size, self.patch_size)
+        self.num_tokens = math.prod(self.token_grid)
+        self.patch_dim = in_channels * math.prod(self.patch_size)
+        self.hidden_size, self.depth, self.num_heads = hidden_size, depth, num_heads
+        self.mlp_ratio = mlp_ratio
+        self.num_classes = num_classes
+
+        self.patch_embed = nn.Linear(self.patch_dim, hidden_size)
+        self.register_buffer("pos_embed", sincos_pos_embed(hidden_size, self.token_grid)[None], persistent=False)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.final_layer = FinalLayer(hidden_size, self.patch_dim)
+        self.initialize_weights()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.input_size),
+            "in_channels": self.in_channels,
+            "patch_size": list(self.patch_size),
+            "hidden_size": self.hidden_size,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "num_classes": self.num_classes,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DiT:
+        return cls(**config)
+
+    @property
+    def null_label(self) -> int:
+        """Label index of the "no class" embedding used for the unconditional branch of guidance."""
+        return self.num_classes
+
+    def initialize_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:  # adaLN-Zero: every block starts as the identity
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def condition(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The per-sample conditioning vector ``c`` from time and (for class-conditional models) labels."""
+        c = self.t_embedder(t)
+        if self.y_embedder is not None:
+            if y is None:
+                raise ConfigError("this model is class-conditional: pass labels y (use null_label for none)")
+            c = c + self.y_embedder(y)
+        return c
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions added."""
+        if tuple(x.shape[1:]) != (self.in_channels, *self.input_size):
+            raise ConfigError(
+                f"model expects input (B, {self.in_channels}, {', '.join(map(str, self.input_size))}), "
+                f"got {tuple(x.shape)}"
+            )
+        return self.patch_embed(patchify(x, self.patch_size)) + self.pos_embed
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        keep_idx: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the objective's target for noisy grid ``x`` at time ``t`` (shape ``(B,)``).
+
+        With ``keep_idx`` ``(B, K)`` (token indices, as from :func:`maskdit.masks.random_keep_indices`)
+        only those tokens pass through the blocks and the result is the prediction *tokens*
+        ``(B, K, C*prod(patch))`` in that order; without it the result is a grid like ``x``.
+        """
+        tokens = self.embed(x)
+        if keep_idx is not None:
+            tokens = gather_tokens(tokens, keep_idx)
+        c = self.condition(t, y)
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        out = self.final_layer(tokens, c)
+        if keep_idx is not None:
+            return out
+        return unpatchify(out, self.patch_size, self.input_size, self.in_channels)
+
+
+def build_model(
+    name: str, input_size: Sequence[int], in_channels: int, num_classes: int = 0, **overrides: Any
+) -> DiT:
+    """A DiT from a preset name, for a given input, with optional field overrides (``depth=4``...)."""
+    fields = preset(name)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return DiT(input_size=input_size, in_channels=in_channels, num_classes=num_classes, **fields)

@@ -1,0 +1,147 @@
+"""Training objectives. **The time convention of the whole package is fixed here.**
+
+Time ``t`` is a float in ``[0, 1]``: ``t = 0`` is clean data, ``t = 1`` is (all but) pure noise. Models
+receive ``t`` as given; samplers integrate from ``t = 1`` down to ``t = 0``.
+
+* :class:`FlowMatching` (rectified flow): ``x_t = (1 - t) x_0 + t eps``; the model predicts the velocity
+  ``v = eps - x_0`` (so ``dx/dt = v``).
+* :class:`DDPM`: ``T`` discrete steps ``k = 0..T-1`` with ``alpha_bar_k`` from a linear or cosine schedule;
+  step ``k`` is time ``t = (k + 1) / T``; ``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps`` and the
+  model predicts ``eps``.
+
+Each objective turns ``(x_0, eps, t)`` into the model input and the regression target; :func:`token_mse`
+averages the error over exactly the tokens a loss covers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from maskdit.errors import ConfigError
+from maskdit.grid import patchify
+from maskdit.masks import gather_tokens
+
+
+class FlowMatching:
+    """Rectified flow with velocity prediction; uniform or logit-normal training times."""
+
+    name = "flow"
+    prediction = "velocity"
+
+    def __init__(self, time_sampling: str = "logit_normal", logit_mean: float = 0.0, logit_std: float = 1.0):
+        if time_sampling not in ("uniform", "logit_normal"):
+            raise ConfigError(f"objective.time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
+        if logit_std <= 0:
+            raise ConfigError(f"objective.logit_std must be positive, got {logit_std}")
+        self.time_sampling, self.logit_mean, self.logit_std = time_sampling, logit_mean, logit_std
+
+    def sample_time(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.time_sampling == "uniform":
+            return torch.rand(batch, generator=generator)
+        return torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(batch, generator=generator))
+
+    @staticmethod
+    def noisy(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = _expand(t, x0)
+        return (1 - t) * x0 + t * noise
+
+    @staticmethod
+    def target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+
+def _betas(schedule: str, steps: int) -> torch.Tensor:
+    if schedule == "linear":  # Ho et al. 2020, scaled to the number of steps
+        scale = 1000 / steps
+        return torch.linspace(scale * 1e-4, scale * 0.02, steps, dtype=torch.float64)
+    if schedule == "cosine":  # Nichol & Dhariwal 2021
+        s = 0.008
+        f = lambda k: math.cos((k / steps + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+        return torch.tensor([min(1 - f(k + 1) / f(k), 0.999) for k in range(steps)], dtype=torch.float64)
+    raise ConfigError(f"objective.schedule must be 'linear' or 'cosine', got {schedule!r}")
+
+
+class DDPM:
+    """Denoising diffusion with noise (eps) prediction on ``num_steps`` discrete steps."""
+
+    name = "ddpm"
+    prediction = "eps"
+
+    def __init__(self, schedule: str = "linear", num_steps: int = 1000):
+        if num_steps < 2:
+            raise ConfigError(f"objective.num_steps must be at least 2, got {num_steps}")
+        self.schedule, self.num_steps = schedule, num_steps
+        self.alpha_bar = torch.cumprod(1 - _betas(schedule, num_steps), dim=0)  # float64, index k
+
+    def time_of(self, k: torch.Tensor) -> torch.Tensor:
+        """Step index -> package time ``t = (k + 1) / T``."""
+        return (k.double() + 1) / self.num_steps
+
+    def step_of(self, t: torch.Tensor) -> torch.Tensor:
+        """Package time -> nearest step index."""
+        return (t.double() * self.num_steps).round().long().sub(1).clamp(0, self.num_steps - 1)
+
+    def alpha_bar_at(self, t: torch.Tensor) -> torch.Tensor:
+        return self.alpha_bar[self.step_of(t.cpu())].to(t.device)
+
+    def sample_time(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.randint(0, self.num_steps, (batch,), generator=generator)
+        return self.time_of(k).float()
+
+    def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = _expand(self.alpha_bar_at(t), x0).to(x0.dtype)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    @staticmethod
+    def target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return noise
+
+
+Objective = FlowMatching | DDPM
+
+
+def token_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error over tokens ``(B, N, P)``, averaged over the tokens with ``weight`` 1.
+
+    ``weight`` ``(B, N)`` (0/1 or soft) selects the tokens the loss covers; the result is the mean of the
+    per-token errors over exactly those tokens, so its scale does not depend on how many are covered.
+    """
+    per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)
+    if weight is None:
+        return per_token.mean()
+    weight = weight.to(per_token.dtype)
+    return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def denoising_loss(
+    model: torch.nn.Module,
+    objective: Objective,
+    x0: torch.Tensor,
+    y: torch.Tensor | None,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    keep_idx: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The objective's regression loss at times ``t``, averaged over the kept tokens (all when ``None``)."""
+    x_t = objective.noisy(x0, noise, t)
+    target = patchify(objective.target(x0, noise, t), model.patch_size)
+    pred = model(x_t, t, y, keep_idx)
+    if keep_idx is None:
+        return token_mse(patchify(pred, model.patch_size), target)
+    return token_mse(pred, gather_tokens(target, keep_idx))
+
+
+def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, *([1] * (like.dim() - 1))).to(like.device)
+
+
+def objective_from_config(cfg: Any) -> Objective:
+    """The objective described by a :class:`maskdit.config.ObjectiveConfig`."""
+    if cfg.name == "flow":
+        return FlowMatching(cfg.time_sampling, cfg.logit_mean, cfg.logit_std)
+    if cfg.name == "ddpm":
+        return DDPM(cfg.schedule, cfg.num_steps)
+    raise ConfigError(f"objective.name must be 'flow' or 'ddpm', got {cfg.name!r}")

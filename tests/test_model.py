@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from maskdit.errors import ConfigError
+from maskdit.grid import patchify
+from maskdit.model import DiT, build_model
+
+
+@pytest.mark.parametrize("input_size, patch", [((16,), 4), ((8, 8), 2), ((4, 8, 8), (2, 4, 4))])
+def test_fresh_model_outputs_exact_zero(input_size, patch):
+    model = DiT(input_size, in_channels=3, patch_size=patch, hidden_size=48, depth=2, num_heads=4, num_classes=5)
+    x = torch.randn(3, 3, *input_size)
+    out = model(x, torch.rand(3), torch.tensor([0, 4, 5]))
+    assert out.shape == x.shape
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def _count(name: str) -> int:
+    with torch.device("meta"):
+        model = build_model(name, (32, 32), 4, num_classes=1000)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, expected", [("DiT-XL/2", 675e6), ("DiT-S/2", 33e6), ("DiT-B/2", 130e6)])
+def test_preset_parameter_counts_match_dit(name, expected):
+    assert abs(_count(name) - expected) / expected < 0.02
+
+
+def _trained_like(model: DiT) -> DiT:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_keep_all_tokens_matches_full_forward():
+    model = _trained_like(DiT((8, 8), 2, 2, 32, 2, 4, num_classes=3))
+    x, t, y = torch.randn(2, 2, 8, 8), torch.rand(2), torch.tensor([0, 2])
+    full = patchify(model(x, t, y), model.patch_size)
+    keep = torch.arange(model.num_tokens).expand(2, -1)
+    assert torch.allclose(model(x, t, y, keep_idx=keep), full, atol=1e-5)
+
+
+def test_kept_tokens_are_returned_in_given_order_and_count():
+    model = _trained_like(DiT((8, 8), 1, 2, 32, 2, 4))
+    keep = torch.tensor([[0, 5, 9], [1, 2, 15]])
+    out = model(torch.randn(2, 1, 8, 8), torch.rand(2), keep_idx=keep)
+    assert out.shape == (2, 3, model.patch_dim)
+
+
+def test_conditional_model_needs_labels_and_uses_them():
+    model = _trained_like(DiT((8,), 1, 2, 32, 1, 4, num_classes=4))
+    x, t = torch.randn(2, 1, 8), torch.rand(2)
+    with pytest.raises(ConfigError, match="labels"):
+        model(x, t)
+    assert not torch.allclose(model(x, t, torch.tensor([0, 0])), model(x, t, torch.tensor([1, 1])))
+    assert model.null_label == 4
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ConfigError, match="divisible by num_heads"):
+        DiT((8, 8), 1, 2, 30, 1, 4)
+    model = DiT((8, 8), 1, 2, 32, 1, 4)
+    with pytest.raises(ConfigError, match=r"expects input \(B, 1, 8, 8\)"):
+        model(torch.randn(1, 1, 8, 6), torch.rand(1))
+
+
+def test_config_round_trip():
+    model = DiT((4, 8, 8), 3, (1, 2, 2), 32, 2, 4, num_classes=7)
+    again = DiT.from_config(model.config)
+    assert again.config == model.config
