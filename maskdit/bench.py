@@ -11,8 +11,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from maskdit.errors import ConfigError
+from maskdit.masks import num_kept, random_keep_indices
 from maskdit.model import build_model
-from maskdit.objectives import FlowMatching, denoising_loss
+from maskdit.objectives import FlowMatching
+from maskdit.recipes import build_recipe
 
 #: Dense bf16 tensor-core peak (FLOP/s) by device name, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
@@ -59,28 +61,38 @@ def benchmark(
     warmup: int = 3,
     device: str = "cpu",
     num_classes: int = 1000,
-    step_fn: Any = None,
+    mask_ratio: float = 0.0,
+    recipe: str = "drop",
+    mixer_depth: int = 0,
+    decoder_depth: int = 2,
 ) -> dict[str, Any]:
     """Time ``steps`` forward+backward passes of a preset model on random data.
 
-    ``step_fn(model, x, y, t, noise)`` -> loss may replace the plain denoising loss (masked recipes do).
+    With ``mask_ratio > 0`` each step drops that share of the tokens (fresh random indices per step) and
+    computes the loss of masked-training ``recipe`` (drop / mae / mdt), with the first ``mixer_depth``
+    blocks running on all tokens (deferred masking).
     """
     dev = torch.device(device)
-    model = build_model(preset, input_shape[1:], input_shape[0], num_classes).to(dev)
+    model = build_model(preset, input_shape[1:], input_shape[0], num_classes, mixer_depth=mixer_depth).to(dev)
+    loss_of = build_recipe(recipe, model, decoder_depth=decoder_depth).to(dev)
     objective = FlowMatching()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((batch, *input_shape), generator=gen).to(dev)
     y = torch.randint(0, num_classes, (batch,), generator=gen).to(dev)
     t = torch.rand(batch, generator=gen).to(dev)
     noise = torch.randn(x.shape, generator=gen).to(dev)
-    step_fn = step_fn or (lambda m, x, y, t, n: denoising_loss(m, objective, x, y, t, n))
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    keep = num_kept(model.num_tokens, mask_ratio)
 
     def one_step() -> None:
+        keep_idx = None
+        if keep < model.num_tokens:
+            keep_idx = random_keep_indices(batch, model.num_tokens, mask_ratio, gen, dev)
         with autocast:
-            loss = step_fn(model, x, y, t, noise)
+            loss, _ = loss_of.loss(model, objective, x, y, t, noise, keep_idx)
         loss.backward()
         model.zero_grad(set_to_none=True)
+        loss_of.zero_grad(set_to_none=True)
 
     saved = _SavedBytes()
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
@@ -111,7 +123,12 @@ def benchmark(
         "batch": batch,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "params": sum(p.numel() for p in model.parameters()),
+        "training_only_params": sum(p.numel() for p in loss_of.parameters()),
         "tokens": model.num_tokens,
+        "kept_tokens": keep,
+        "mask_ratio": mask_ratio,
+        "recipe": recipe,
+        "mixer_depth": mixer_depth,
         "steps_per_s": steps_per_s,
         "gflop_per_step": flops / 1e9,
         "activation_mb": saved.total / 2**20,

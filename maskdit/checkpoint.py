@@ -4,6 +4,7 @@
         model.safetensors       training weights
         ema.safetensors         EMA weights (used for sampling)
         optimizer.safetensors   optimizer tensors; its hyper-parameters go in state.json
+        aux.safetensors         (masked recipes only) training-only decoder / interpolater weights
         state.json              step, data position, RNG states, optimizer groups
         config.json             the full run config, the model's constructor arguments, dataset facts
 
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from maskdit.errors import CheckpointError
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.json")
+AUX_FILE = "aux.safetensors"  # optional: training-only parameters of a masked-training recipe
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -102,12 +104,18 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, meta: dict[str, Any]) -> None:
+def optimizer_state(ckpt: Path, meta: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Per-parameter optimizer state of a checkpoint, keyed by parameter index."""
     tensors = _load_tensors(ckpt / "optimizer.safetensors")
     state: dict[int, dict[str, Any]] = {}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
+    return state
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, meta: dict[str, Any]) -> None:
+    state = optimizer_state(ckpt, meta)
     groups = meta["param_groups"]
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
         raise CheckpointError(f"optimizer state in {ckpt} does not match the model's parameters")
@@ -123,8 +131,12 @@ def save_checkpoint(
     state: dict[str, Any],
     config: dict[str, Any],
     keep: int = 2,
+    aux: torch.nn.Module | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep`` checkpoints."""
+    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep`` checkpoints.
+
+    ``aux`` holds training-only parameters (a masked-training decoder); they go to ``aux.safetensors``.
+    """
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
@@ -137,8 +149,10 @@ def save_checkpoint(
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     _write_json(tmp / "state.json", {**state, "step": step, "rng": rng_state(), "optimizer": opt_meta})
     _write_json(tmp / "config.json", config)
-    for f in FILES:
-        _fsync(tmp / f)
+    if aux is not None and len(aux.state_dict()):
+        save_file(_cpu_state(aux), tmp / AUX_FILE)
+    for f in tmp.iterdir():
+        _fsync(f)
     if final.exists():  # re-saving a step (e.g. a resumed run that ends where it started)
         old = root / f".{final.name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -186,6 +200,12 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
             "build the model from the checkpoint's config.json"
         )
     model.load_state_dict(tensors)
+
+
+def load_aux(aux: torch.nn.Module, ckpt: Path) -> None:
+    """Restore training-only recipe parameters; a checkpoint without them leaves ``aux`` as initialised."""
+    if len(aux.state_dict()) and (ckpt / AUX_FILE).is_file():
+        load_weights(aux, ckpt / AUX_FILE)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class ModelConfig:
     num_heads: int | None = None
     patch_size: int | list[int] | None = None
     mlp_ratio: float = 4.0
+    mixer_depth: int = 0  #: leading blocks that see all tokens before dropping (deferred masking)
     conditional: bool = True  #: use the dataset's labels (False: unconditional model)
     class_dropout: float = 0.1  #: share of labels replaced by the null label (for guidance)
 
@@ -47,6 +48,18 @@ class ObjectiveConfig:
     logit_std: float = 1.0
     schedule: str = "linear"  #: ddpm: linear | cosine
     num_steps: int = 1000  #: ddpm: length of the chain
+
+
+@dataclass
+class MaskConfig:
+    recipe: str = "drop"  #: drop | mae | mdt (what fills the dropped tokens; see maskdit.recipes)
+    ratio: float = 0.0  #: share of tokens dropped per step (the maximum for schedules); 0 = no masking
+    ratio_min: float = 0.0  #: random: lower end of the range; increasing: the starting ratio
+    schedule: str = "constant"  #: constant | random | linear_decay | cosine_decay | increasing
+    schedule_steps: int | None = None  #: length of the schedule (default: steps)
+    aux_weight: float = 0.1  #: mae: weight of the reconstruction loss on dropped tokens
+    decoder_depth: int = 2  #: mae: decoder blocks; mdt: backbone blocks after the interpolater
+    decoder_width: int | None = None  #: mae: decoder width (default: half the model width)
 
 
 @dataclass
@@ -74,10 +87,15 @@ class Config:
     ckpt_every: int = 1000
     keep_checkpoints: int = 2
     log_every: int = 25
+    eval_every: int = 0  #: every this many steps log a small-sample eval (domain FID, class accuracy); 0 = off
+    eval_num: int = 200  #: samples drawn for that eval
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    max_seconds: float | None = None  #: stop (with a checkpoint) after this much training wall-clock
+    init_from: str | None = None  #: start from this run's/checkpoint's weights (e.g. the unmasking finetune)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +116,8 @@ class Config:
             ("ckpt_every", self.ckpt_every >= 1, "at least 1"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
             ("log_every", self.log_every >= 1, "at least 1"),
+            ("eval_every", self.eval_every >= 0, "non-negative (0 disables)"),
+            ("eval_num", self.eval_num >= 4, "at least 4"),
             ("device", self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
              "auto, cpu, cuda or cuda:N"),
             ("model.class_dropout", 0 <= self.model.class_dropout < 1, "in [0, 1)"),
@@ -107,6 +127,18 @@ class Config:
             ("objective.time_sampling", self.objective.time_sampling in ("uniform", "logit_normal"),
              "uniform or logit_normal"),
             ("objective.schedule", self.objective.schedule in ("linear", "cosine"), "linear or cosine"),
+            ("max_seconds", self.max_seconds is None or self.max_seconds > 0, "null or positive"),
+            ("model.mixer_depth", self.model.mixer_depth >= 0, "non-negative (and below the model depth)"),
+            ("mask.recipe", self.mask.recipe in ("drop", "mae", "mdt"), "drop, mae or mdt"),
+            ("mask.ratio", 0 <= self.mask.ratio < 1, "in [0, 1)"),
+            ("mask.ratio_min", 0 <= self.mask.ratio_min <= self.mask.ratio, "in [0, mask.ratio]"),
+            ("mask.schedule", self.mask.schedule in ("constant", "random", "linear_decay", "cosine_decay",
+                                                     "increasing"),
+             "constant, random, linear_decay, cosine_decay or increasing"),
+            ("mask.schedule_steps", self.mask.schedule_steps is None or self.mask.schedule_steps >= 1,
+             "null or at least 1"),
+            ("mask.aux_weight", self.mask.aux_weight >= 0, "non-negative"),
+            ("mask.decoder_depth", self.mask.decoder_depth >= 1, "at least 1"),
             ("sample.steps", self.sample.steps >= 1, "at least 1"),
             ("sample.guidance_scale", self.sample.guidance_scale >= 0, "non-negative"),
             ("sample.guidance_interval", self.sample.guidance_interval is None
@@ -148,6 +180,14 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Instantiate a config dataclass from a nested dict, checking keys and types."""
     hints = typing.get_type_hints(cls)
@@ -161,6 +201,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {prefix}{key} must be a mapping, got {value!r}")
             kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        elif isinstance(value, str) and _type_ok(1.0, hint) and _is_number(value):
+            kwargs[key] = float(value)  # YAML 1.1 reads "1e-4" as a string
         elif not _type_ok(value, hint):
             raise ConfigError(f"config key {prefix}{key} has the wrong type: got {value!r}, expected {hint}")
         else:

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from maskdit.errors import ConfigError
@@ -37,3 +39,37 @@ def random_keep_indices(
 def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Select tokens ``(B, N, D)`` at indices ``(B, K)`` -> ``(B, K, D)``."""
     return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+#: Drop-ratio schedules over training steps (see :func:`mask_ratio`).
+SCHEDULES = ("constant", "random", "linear_decay", "cosine_decay", "increasing")
+
+
+def mask_ratio(
+    schedule: str,
+    ratio: float,
+    step: int,
+    total_steps: int,
+    ratio_min: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> float:
+    """The drop ratio of training step ``step`` (0-based) of ``total_steps``.
+
+    * ``constant``: ``ratio`` at every step;
+    * ``random``: uniform in ``[ratio_min, ratio]``, drawn per step (MDT-style);
+    * ``linear_decay`` / ``cosine_decay``: from ``ratio`` at step 0 to 0 at ``total_steps``;
+    * ``increasing``: from ``ratio_min`` at step 0 linearly up to ``ratio`` (LMD's progressive masking).
+    """
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"mask.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    progress = min(1.0, step / max(1, total_steps))
+    if schedule == "constant":
+        return ratio
+    if schedule == "random":
+        u = torch.rand((), generator=generator).item()
+        return ratio_min + (ratio - ratio_min) * u
+    if schedule == "linear_decay":
+        return ratio * (1.0 - progress)
+    if schedule == "cosine_decay":
+        return ratio * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return ratio_min + (ratio - ratio_min) * progress

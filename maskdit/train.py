@@ -23,17 +23,22 @@ from tqdm.auto import tqdm
 
 from maskdit.checkpoint import (
     latest_checkpoint,
+    load_aux,
     load_optimizer,
     load_weights,
+    optimizer_state,
     read_json,
+    resolve_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
 from maskdit.config import Config
 from maskdit.data import ImageDataset, load_dataset
 from maskdit.errors import ConfigError
+from maskdit.masks import mask_ratio, num_kept, random_keep_indices
 from maskdit.model import DiT, build_model
-from maskdit.objectives import denoising_loss, objective_from_config
+from maskdit.objectives import objective_from_config
+from maskdit.recipes import build_recipe
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,8 +69,14 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> 
     return build_model(
         m.preset, dataset_shape[1:], dataset_shape[0], num_classes if m.conditional else 0,
         depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
-        mlp_ratio=m.mlp_ratio,
+        mlp_ratio=m.mlp_ratio, mixer_depth=m.mixer_depth,
     )
+
+
+def recipe_for(cfg: Config, model: DiT) -> torch.nn.Module:
+    m = cfg.mask
+    return build_recipe(m.recipe, model, decoder_depth=m.decoder_depth, decoder_width=m.decoder_width,
+                        aux_weight=m.aux_weight)
 
 
 class Trainer:
@@ -86,8 +97,10 @@ class Trainer:
         self.objective = objective_from_config(cfg.objective)
         self.model = model_for(cfg, self.dataset.shape, self.dataset.num_classes).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.recipe = recipe_for(cfg, self.model).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999)
+            [*self.model.parameters(), *self.recipe.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay,
+            betas=(0.9, 0.999),
         )
         self.step = 0
         self.batches_per_epoch = len(self.dataset) // cfg.batch_size
@@ -103,6 +116,8 @@ class Trainer:
                 f"run_dir {self.run_dir} already holds checkpoints: pass --resume to continue it, "
                 "or choose another run_dir"
             )
+        elif cfg.init_from:
+            self.init_from(resolve_checkpoint(cfg.init_from))
 
     # -- facts saved next to the weights -------------------------------------------------------------
     def run_info(self) -> dict[str, Any]:
@@ -131,7 +146,15 @@ class Trainer:
         b = self.cfg.batch_size
         return self._perm[1][pos["batch"] * b : (pos["batch"] + 1) * b]
 
-    def train_step(self, step: int) -> tuple[float, float]:
+    def keep_indices(self, step: int, gen: torch.Generator) -> tuple[float, torch.Tensor | None]:
+        """This step's drop ratio and kept-token indices (``None`` when nothing is dropped)."""
+        m = self.cfg.mask
+        ratio = mask_ratio(m.schedule, m.ratio, step, m.schedule_steps or self.cfg.steps, m.ratio_min, gen)
+        if num_kept(self.model.num_tokens, ratio) == self.model.num_tokens:
+            return ratio, None
+        return ratio, random_keep_indices(self.cfg.batch_size, self.model.num_tokens, ratio, gen, self.device)
+
+    def train_step(self, step: int) -> dict[str, float]:
         cfg, dev = self.cfg, self.device
         gen = seeded(cfg.seed, step)
         x0, y = self.dataset.batch(self.batch_indices(step))
@@ -142,19 +165,21 @@ class Trainer:
             y = torch.where(drop, torch.full_like(y, self.model.null_label), y).to(dev)
         else:
             y = None
+        ratio, keep_idx = self.keep_indices(step, gen)
         lr = learning_rate(cfg, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = denoising_loss(self.model, self.objective, x0.to(dev), y, t.to(dev), noise.to(dev))
+            loss, parts = self.recipe.loss(self.model, self.objective, x0.to(dev), y, t.to(dev), noise.to(dev),
+                                           keep_idx)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.optimizer.step()
         self.update_ema(step)
-        return loss.item(), grad_norm.item()
+        return {"loss": loss.item(), "grad_norm": grad_norm.item(), "mask_ratio": ratio, **parts}
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
@@ -165,19 +190,35 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> Path:
         state = {"data_position": self.data_position(self.step), "wall_time": time.time()}
-        path = save_checkpoint(
+        return save_checkpoint(
             self.run_dir, self.step, self.model, self.ema, self.optimizer, state, self.run_info(),
-            keep=self.cfg.keep_checkpoints,
+            keep=self.cfg.keep_checkpoints, aux=self.recipe,
         )
-        return path
 
     def load(self, ckpt: Path) -> None:
         load_weights(self.model, ckpt / "model.safetensors")
         load_weights(self.ema, ckpt / "ema.safetensors")
+        load_aux(self.recipe, ckpt)
         state = read_json(ckpt / "state.json")
         load_optimizer(self.optimizer, ckpt, state["optimizer"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+
+    def init_from(self, ckpt: Path) -> None:
+        """Start a new stage from another run's weights (e.g. unmasking after masked training).
+
+        Model and EMA weights are copied; so are the optimizer moments of the backbone parameters, so the
+        new stage does not restart Adam's statistics from zero. Training-only recipe parameters start
+        fresh (the stage may use another recipe or none), and the step count starts at 0.
+        """
+        load_weights(self.model, ckpt / "model.safetensors")
+        load_weights(self.ema, ckpt / "ema.safetensors")
+        state = read_json(ckpt / "state.json")
+        moments = optimizer_state(ckpt, state["optimizer"])
+        for index, p in enumerate(self.model.parameters()):
+            slots = moments.get(index, {})
+            if all(not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape for v in slots.values()):
+                self.optimizer.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in slots.items()}
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> Path:
@@ -190,19 +231,19 @@ class Trainer:
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
                    dynamic_ncols=True, file=sys.stderr)
-        losses: list[float] = []
+        losses: list[dict[str, float]] = []
         started, last_step, last_time = time.time(), self.step, time.time()
         self.model.train()
         with metrics_path.open("a") as metrics, _StopOnInterrupt() as interrupt:
             while self.step < end and not interrupt.requested:
-                loss, grad_norm = self.train_step(self.step)
+                stats = self.train_step(self.step)
                 self.step += 1
-                losses.append(loss)
+                losses.append(stats)
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == end:
                     now = time.time()
                     record = {
-                        "step": self.step, "loss": sum(losses) / len(losses), "grad_norm": grad_norm,
+                        "step": self.step, **{k: sum(s.get(k, 0.0) for s in losses) / len(losses) for k in stats},
                         "lr": learning_rate(cfg, self.step - 1),
                         "steps_per_s": (self.step - last_step) / max(now - last_time, 1e-9),
                         "elapsed_s": now - started,
@@ -211,8 +252,19 @@ class Trainer:
                     metrics.flush()
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                     losses, last_step, last_time = [], self.step, now
-                if self.step % cfg.ckpt_every == 0 or self.step == end:
+                if cfg.eval_every and self.step % cfg.eval_every == 0:  # leaves every RNG stream untouched
+                    from maskdit.evaluate.suite import training_eval
+
+                    eval_start = time.time()
+                    result = training_eval(self.ema, self.objective, self.dataset, cfg)
+                    metrics.write(json.dumps({"step": self.step, "eval": result}) + "\n")
+                    metrics.flush()
+                    last_time += time.time() - eval_start  # keep evaluation out of steps_per_s
+                out_of_time = cfg.max_seconds is not None and time.time() - started >= cfg.max_seconds
+                if self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time:
                     self.save()
+                if out_of_time:
+                    break
         bar.close()
         if interrupt.requested:
             path = self.save()

@@ -135,3 +135,12 @@ def test_learning_rate_schedule():
 def test_bad_config_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("digits", overrides=[override])
+
+
+def test_scientific_notation_reaches_float_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 3e-4\nmodel:\n  class_dropout: 1e-1\n")
+    cfg = load_config(None, path, ["lr_min=1e-6"])
+    assert cfg.lr == 3e-4 and cfg.model.class_dropout == 0.1 and cfg.lr_min == 1e-6
+    with pytest.raises(ConfigError, match="steps has the wrong type"):
+        load_config(None, None, ["steps=1e3"])

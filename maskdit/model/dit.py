@@ -1,8 +1,9 @@
 """The diffusion transformer (DiT) backbone, for token grids of rank 1-3.
 
     grid (B, C, *S) --patchify+linear--> tokens (B, N, D) + sin-cos positions
+      --first ``mixer_depth`` blocks on all tokens (the patch mixer of deferred masking)
       --keep_idx (optional)--> kept tokens (B, K, D)
-      --adaLN-Zero blocks conditioned on t and y--> final layer --> (B, K, C*prod(patch))
+      --remaining adaLN-Zero blocks conditioned on t and y--> final layer --> (B, K, C*prod(patch))
       --unpatchify (when nothing was dropped)--> prediction grid (B, C, *S)
 
 The whole configuration is in the constructor; :attr:`DiT.config` returns it as a JSON-ready dict and
@@ -57,6 +58,8 @@ class DiT(nn.Module):
         patch_size: one int or one per axis.
         hidden_size, depth, num_heads, mlp_ratio: transformer width, number of blocks, heads, MLP ratio.
         num_classes: number of class labels; ``0`` makes an unconditional model (``y`` is ignored).
+        mixer_depth: how many leading blocks see every token before ``keep_idx`` drops some ("deferred
+            masking"); they form the patch mixer. 0 drops right after the patch embedding.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class DiT(nn.Module):
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
         num_classes: int = 0,
+        mixer_depth: int = 0,
     ):
         super().__init__()
         self.input_size = tuple(int(s) for s in input_size)
@@ -78,6 +82,10 @@ class DiT(nn.Module):
             raise ConfigError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         if depth < 1:
             raise ConfigError(f"depth must be at least 1, got {depth}")
+        if not 0 <= mixer_depth < depth:
+            raise ConfigError(
+                f"mixer_depth {mixer_depth} must be in [0, depth={depth}): the patch mixer cannot be as deep as the model"
+            )
         self.in_channels = in_channels
         self.patch_size = as_patch_size(patch_size, len(self.input_size))
         self.token_grid = token_grid_shape(self.input_size, self.patch_size)
@@ -86,6 +94,7 @@ class DiT(nn.Module):
         self.hidden_size, self.depth, self.num_heads = hidden_size, depth, num_heads
         self.mlp_ratio = mlp_ratio
         self.num_classes = num_classes
+        self.mixer_depth = mixer_depth
 
         self.patch_embed = nn.Linear(self.patch_dim, hidden_size)
         self.register_buffer("pos_embed", sincos_pos_embed(hidden_size, self.token_grid)[None], persistent=False)
@@ -106,6 +115,7 @@ class DiT(nn.Module):
             "num_heads": self.num_heads,
             "mlp_ratio": self.mlp_ratio,
             "num_classes": self.num_classes,
+            "mixer_depth": self.mixer_depth,
         }
 
     @classmethod
@@ -152,6 +162,33 @@ class DiT(nn.Module):
             )
         return self.patch_embed(patchify(x, self.patch_size)) + self.pos_embed
 
+    def run_blocks(self, tokens: torch.Tensor, c: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Blocks ``start..end-1`` on whatever tokens are given."""
+        for block in self.blocks[start:end]:
+            tokens = block(tokens, c)
+        return tokens
+
+    def features(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        keep_idx: torch.Tensor | None = None,
+        end: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token features after blocks ``0..end-1`` (all blocks by default) and the conditioning ``c``.
+
+        The patch mixer (the first ``mixer_depth`` blocks) sees all tokens; the rest see only ``keep_idx``.
+        """
+        c = self.condition(t, y)
+        tokens = self.embed(x)
+        if keep_idx is not None:
+            tokens = self.run_blocks(tokens, c, 0, self.mixer_depth)
+            tokens = self.run_blocks(gather_tokens(tokens, keep_idx), c, self.mixer_depth, end)
+        else:
+            tokens = self.run_blocks(tokens, c, 0, end)
+        return tokens, c
+
     def forward(
         self,
         x: torch.Tensor,
@@ -162,15 +199,10 @@ class DiT(nn.Module):
         """Predict the objective's target for noisy grid ``x`` at time ``t`` (shape ``(B,)``).
 
         With ``keep_idx`` ``(B, K)`` (token indices, as from :func:`maskdit.masks.random_keep_indices`)
-        only those tokens pass through the blocks and the result is the prediction *tokens*
+        only those tokens pass the blocks after the patch mixer and the result is the prediction *tokens*
         ``(B, K, C*prod(patch))`` in that order; without it the result is a grid like ``x``.
         """
-        tokens = self.embed(x)
-        if keep_idx is not None:
-            tokens = gather_tokens(tokens, keep_idx)
-        c = self.condition(t, y)
-        for block in self.blocks:
-            tokens = block(tokens, c)
+        tokens, c = self.features(x, t, y, keep_idx)
         out = self.final_layer(tokens, c)
         if keep_idx is not None:
             return out

@@ -1,0 +1,76 @@
+"""Training-only heads that fill the tokens a masked step dropped. Sampling never uses them.
+
+* :class:`MAEDecoder` (MaskDiT): a learned mask token at every dropped position, its own positions and
+  a few narrower adaLN blocks over all tokens; its output on dropped tokens gets an auxiliary
+  reconstruction loss.
+* :class:`SideInterpolater` (MDT): one full-width block that predicts features for the dropped tokens
+  from the kept ones; kept tokens pass through unchanged (the masked shortcut), and the backbone's
+  remaining blocks then run on the completed set.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from maskdit.errors import ConfigError
+from maskdit.grid import sincos_pos_embed
+from maskdit.model.blocks import DiTBlock, FinalLayer
+
+
+def scatter_tokens(kept: torch.Tensor, keep_idx: torch.Tensor, fill: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Place kept tokens ``(B, K, D)`` at ``keep_idx`` in a ``(B, N, D)`` grid filled with ``fill`` ``(D,)``."""
+    b, _, d = kept.shape
+    full = fill.to(kept.dtype).expand(b, num_tokens, d)
+    return full.scatter(1, keep_idx.unsqueeze(-1).expand(-1, -1, d), kept)
+
+
+def dropped_mask(keep_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``(B, N)`` float: 1 where a token was dropped, 0 where it was kept."""
+    mask = torch.ones(keep_idx.shape[0], num_tokens, device=keep_idx.device)
+    return mask.scatter(1, keep_idx, 0.0)
+
+
+class MAEDecoder(nn.Module):
+    """Light decoder: kept features -> all tokens' patch values."""
+
+    def __init__(self, token_grid: tuple[int, ...], hidden_size: int, patch_dim: int, depth: int = 2,
+                 width: int | None = None, num_heads: int = 4):
+        super().__init__()
+        width = width or max(32, hidden_size // 2)
+        if width % num_heads or width % 2:
+            raise ConfigError(f"mask.decoder_width {width} must be even and divisible by {num_heads} heads")
+        if depth < 1:
+            raise ConfigError(f"mask.decoder_depth must be at least 1, got {depth}")
+        self.proj = nn.Linear(hidden_size, width)
+        self.mask_token = nn.Parameter(torch.zeros(width))
+        self.register_buffer("pos_embed", sincos_pos_embed(width, token_grid)[None], persistent=False)
+        self.blocks = nn.ModuleList(DiTBlock(width, num_heads, cond_dim=hidden_size) for _ in range(depth))
+        self.final_layer = FinalLayer(width, patch_dim, cond_dim=hidden_size)
+        nn.init.normal_(self.mask_token, std=0.02)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def forward(self, kept: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
+        tokens = scatter_tokens(self.proj(kept), keep_idx, self.mask_token, self.pos_embed.shape[1])
+        tokens = tokens + self.pos_embed
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        return self.final_layer(tokens, c)
+
+
+class SideInterpolater(nn.Module):
+    """One block over all tokens that predicts the dropped tokens' features (MDT's side-interpolater)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.zeros(hidden_size))
+        self.block = DiTBlock(hidden_size, num_heads, mlp_ratio)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, kept: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor, pos_embed: torch.Tensor
+                ) -> torch.Tensor:
+        n = pos_embed.shape[1]
+        dropped = dropped_mask(keep_idx, n).unsqueeze(-1).to(kept.dtype)
+        tokens = scatter_tokens(kept, keep_idx, self.mask_token, n) + dropped * pos_embed
+        return torch.where(dropped.bool(), self.block(tokens, c), tokens)

@@ -1,0 +1,116 @@
+"""Masked-training recipes: the loss of one training step when a share of the tokens is dropped.
+
+A recipe is an ``nn.Module`` that owns whatever training-only parameters it needs (none, an MAE decoder,
+an MDT side-interpolater) and computes ``loss(model, objective, x0, y, t, noise, keep_idx)``. With
+``keep_idx=None`` (nothing dropped this step) every recipe reduces to the plain denoising loss, plus
+the MDT full pass. Sampling never sees a recipe: it runs the bare DiT on all tokens.
+
+* ``drop`` (a): the blocks run on kept tokens; the loss averages over kept tokens only.
+* ``mae`` (b, MaskDiT): as ``drop``, plus an MAE decoder whose output on *dropped* tokens is regressed
+  onto the noisy input there, averaged over dropped tokens and weighted by ``aux_weight``.
+* ``mdt`` (c, MDT): a full pass on all tokens plus a masked pass where kept tokens go through the
+  encoder blocks, the side-interpolater fills the dropped ones, and the last ``decoder_depth`` backbone
+  blocks run on all tokens; both passes regress the objective's target on all tokens.
+
+Deferred masking (the patch mixer) is a property of the model (``DiT.mixer_depth``) and works with all
+three. Training-only parameters always receive a gradient (zero when unused) so DDP never sees a
+parameter that took no part in a step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskdit.errors import ConfigError
+from maskdit.grid import patchify
+from maskdit.masks import gather_tokens
+from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
+from maskdit.model.dit import DiT
+from maskdit.objectives import Objective, denoising_loss, token_mse
+
+RECIPES = ("drop", "mae", "mdt")
+
+
+def _touch(module: nn.Module) -> torch.Tensor:
+    """A zero that depends on every parameter of ``module`` (keeps DDP's reducer happy)."""
+    return sum((p.sum() * 0.0 for p in module.parameters()), torch.zeros(()))
+
+
+class DropRecipe(nn.Module):
+    """(a) Plain token dropping: denoising loss on kept tokens only."""
+
+    name = "drop"
+
+    def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
+             noise: torch.Tensor, keep_idx: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = denoising_loss(model, objective, x0, y, t, noise, keep_idx)
+        return loss, {"loss_denoise": loss.item()}
+
+
+class MAERecipe(nn.Module):
+    """(b) MaskDiT: denoising loss on kept tokens + ``aux_weight`` x reconstruction loss on dropped tokens."""
+
+    name = "mae"
+
+    def __init__(self, model: DiT, depth: int = 2, width: int | None = None, aux_weight: float = 0.1):
+        super().__init__()
+        self.decoder = MAEDecoder(model.token_grid, model.hidden_size, model.patch_dim, depth, width)
+        self.aux_weight = aux_weight
+
+    def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
+             noise: torch.Tensor, keep_idx: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
+            loss = denoising_loss(model, objective, x0, y, t, noise, keep_idx) + _touch(self).to(x0.device)
+            return loss, {"loss_denoise": loss.item(), "loss_aux": 0.0}
+        x_t = objective.noisy(x0, noise, t)
+        target = patchify(objective.target(x0, noise, t), model.patch_size)
+        kept, c = model.features(x_t, t, y, keep_idx)
+        denoise = token_mse(model.final_layer(kept, c), gather_tokens(target, keep_idx))
+        reconstruction = self.decoder(kept, c, keep_idx)
+        aux = token_mse(reconstruction, patchify(x_t, model.patch_size), dropped_mask(keep_idx, model.num_tokens))
+        return denoise + self.aux_weight * aux, {"loss_denoise": denoise.item(), "loss_aux": aux.item()}
+
+
+class MDTRecipe(nn.Module):
+    """(c) MDT: full pass + masked pass through a side-interpolater placed ``decoder_depth`` blocks from the end."""
+
+    name = "mdt"
+
+    def __init__(self, model: DiT, decoder_depth: int = 2):
+        super().__init__()
+        encoder_depth = model.depth - decoder_depth
+        if not model.mixer_depth < encoder_depth <= model.depth - 1:
+            raise ConfigError(
+                f"mask.decoder_depth {decoder_depth} does not fit a depth-{model.depth} model with mixer_depth "
+                f"{model.mixer_depth}: the interpolater needs at least one masked block before it and one after"
+            )
+        self.encoder_depth = encoder_depth
+        self.interpolater = SideInterpolater(model.hidden_size, model.num_heads, model.mlp_ratio)
+
+    def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
+             noise: torch.Tensor, keep_idx: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        full = denoising_loss(model, objective, x0, y, t, noise)
+        if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
+            return full + _touch(self).to(x0.device), {"loss_full": full.item(), "loss_masked": 0.0}
+        x_t = objective.noisy(x0, noise, t)
+        target = patchify(objective.target(x0, noise, t), model.patch_size)
+        kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
+        tokens = self.interpolater(kept, c, keep_idx, model.pos_embed)
+        tokens = model.run_blocks(tokens, c, self.encoder_depth)
+        masked = token_mse(model.final_layer(tokens, c), target)
+        return full + masked, {"loss_full": full.item(), "loss_masked": masked.item()}
+
+
+def build_recipe(name: str, model: DiT, **options: Any) -> nn.Module:
+    """The recipe ``name`` for ``model``; options: ``decoder_depth``, ``decoder_width``, ``aux_weight``."""
+    if name == "drop":
+        return DropRecipe()
+    if name == "mae":
+        return MAERecipe(model, options.get("decoder_depth", 2), options.get("decoder_width"),
+                         options.get("aux_weight", 0.1))
+    if name == "mdt":
+        return MDTRecipe(model, options.get("decoder_depth", 2))
+    raise ConfigError(f"mask.recipe must be one of {', '.join(RECIPES)}, got {name!r}")
