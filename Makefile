@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/maskdit train --preset digits run_dir=runs/digits --resume
 	$(BIN)/maskdit sample runs/digits --num 100 --out runs/digits/samples.png
-	$(BIN)/maskdit eval runs/digits --num 500
+	$(BIN)/maskdit eval runs/digits --num 500 --metrics domain_fid,pr,class
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

@@ -4,7 +4,7 @@
 
 Every configuration trains the digits preset (or ``--data-npz FILE``) for the same wall-clock budget with a
 constant learning rate, checkpointing every ``--ckpt-every`` steps; then every checkpoint's EMA weights are
-scored (class recognition rate of class-conditional samples, and domain FID when available) and plotted
+scored (class recognition rate of class-conditional samples and domain FID) and plotted
 against the training seconds it took to reach. Writes ``OUT/convergence.png``, ``OUT/convergence.json``
 and prints a Markdown table. Runs one training at a time: the timings are only comparable on an idle CPU.
 """
@@ -36,18 +36,32 @@ CONFIGS = {  # label: overrides
 FINETUNE = "(a) drop 0.5 + unmask finetune"
 
 
-def domain_fid_fn(dataset):
-    """The evaluation package's domain FID, when it is installed (None otherwise)."""
-    try:
-        from maskdit.evaluate import domain_fid  # noqa: F401
-    except ImportError:
-        return None
-    return lambda images: domain_fid(images, dataset)
+@torch.no_grad()
+def domain_features(clf, images: torch.Tensor) -> torch.Tensor:
+    """The dataset classifier's penultimate features of uint8 images."""
+    x = images.float() / 127.5 - 1
+    return torch.cat([clf.net.features(x[i : i + 512]) for i in range(0, len(x), 512)])
+
+
+def domain_fid_fn(dataset, clf):
+    """Fréchet distance to the whole dataset in the classifier's feature space."""
+    from maskdit.evaluate.metrics import fid_from_features
+
+    real = domain_features(clf, dataset.images)
+    return lambda images: fid_from_features(domain_features(clf, images), real)
+
+
+def seconds_at(step: int, metrics: list[dict]) -> float:
+    """Training seconds at ``step``: the last logged time at or before it, extrapolated at the logged rate."""
+    logged = [m for m in metrics if "elapsed_s" in m and m["step"] <= step]
+    if not logged:
+        return float("nan")
+    last = logged[-1]
+    return last["elapsed_s"] + (step - last["step"]) / last["steps_per_s"]
 
 
 def score(run_dir: Path, dataset, clf, fid_fn, num: int, steps: int) -> list[dict]:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    elapsed = {m["step"]: m["elapsed_s"] for m in metrics if "elapsed_s" in m}
     offset = read_json(run_dir / "config.json").get("offset_s", 0.0)
     rows = []
     for ckpt in list_checkpoints(run_dir):
@@ -55,7 +69,7 @@ def score(run_dir: Path, dataset, clf, fid_fn, num: int, steps: int) -> list[dic
         labels = torch.arange(num) % dataset.num_classes
         x = to_uint8(generate(run.model, run.objective, num, labels, "heun", steps, 1.0, seed=123))
         acc = (clf.predict(x.float() / 127.5 - 1) == labels).float().mean().item()
-        row = {"step": run.step, "seconds": offset + elapsed.get(run.step, float("nan")), "class_accuracy": acc}
+        row = {"step": run.step, "seconds": offset + seconds_at(run.step, metrics), "class_accuracy": acc}
         if fid_fn is not None:
             row["domain_fid"] = float(fid_fn(x))
         rows.append(row)
@@ -100,7 +114,7 @@ def main() -> None:
         configs[FINETUNE] = None
     dataset = load_dataset("npz", args.data_npz) if args.data_npz else load_dataset("digits")
     clf = load_classifier(dataset, progress=False)
-    fid_fn = domain_fid_fn(dataset)
+    fid_fn = domain_fid_fn(dataset, clf)
     results = {}
     for label in configs:
         if label == FINETUNE:

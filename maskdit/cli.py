@@ -2,7 +2,8 @@
 
     maskdit train  [--preset NAME] [CONFIG.yaml] [key=value ...] [--resume]
     maskdit sample RUN_DIR --num N --out FILE.png|FILE.npz [sampling options]
-    maskdit eval   RUN_DIR [--num N | --samples FILE.npz] [sampling options]
+    maskdit eval   RUN_DIR [--num N | --samples FILE.npz] [--data D] [--metrics fid,kid,...] [sampling options]
+    maskdit report RUN_DIR [--out FILE.html]
     maskdit info   RUN_DIR
     maskdit bench  --preset NAME --input CxHxW --batch B
 
@@ -19,9 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from maskdit.errors import ConfigError, MaskditError
+from maskdit.masks import TASKS
 
 
 def positive_int(text: str) -> int:
@@ -52,6 +55,16 @@ def class_list(text: str) -> list[int]:
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"must be comma-separated class indices such as 0,3,7, got {text!r}")
     return values
+
+
+def ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
 
 
 def interval(text: str) -> list[float]:
@@ -95,13 +108,42 @@ def build_parser() -> argparse.ArgumentParser:
     sampling = sampling_options()
     p = sub.add_parser("sample", parents=[sampling], help="write samples from a trained run")
     p.add_argument("run_dir", help="run directory or checkpoint directory")
-    p.add_argument("--num", type=positive_int, default=100, help="number of samples (default 100)")
-    p.add_argument("--out", required=True, help="FILE.png (a grid, one row per class) or FILE.npz")
+    p.add_argument("--num", type=positive_int, help="number of samples (default 100; with --context: all clips)")
+    p.add_argument("--out", required=True,
+                   help="FILE.png (a grid, one row per class) or FILE.npz; with --task also FILE.gif / FILE.mp4")
+    t = p.add_argument_group("tasks (models trained with task.names)")
+    t.add_argument("--task", choices=list(TASKS), help="generate what this task leaves open in --context")
+    t.add_argument("--context", help="clips .npz (frames N x T x H x W x C uint8) or images .npz (images N x H x W x C)")
+    t.add_argument("--given-frames", type=positive_int,
+                   help="predict/backward/complete: frames given; animate: the given frame's index + 1")
+    t.add_argument("--stride", type=positive_int, help="interpolate: every STRIDE-th frame is given")
+    t.add_argument("--mask", help="image inpainting: PNG the size of the images, white = generate")
 
-    p = sub.add_parser("eval", parents=[sampling], help="score samples: class recognition rate")
-    p.add_argument("run_dir", help="run directory or checkpoint directory")
+    p = sub.add_parser("eval", parents=[sampling],
+                       help="score samples: FID/KID, domain FID, precision/recall, class recognition")
+    p.add_argument("run_dir", nargs="?", help="run or checkpoint directory (may be left out with --samples and --data)")
     p.add_argument("--num", type=positive_int, default=500, help="samples to draw (default 500)")
-    p.add_argument("--samples", help="score these samples (.npz with images, labels) instead of drawing new ones")
+    p.add_argument("--samples", help="score these samples (.npz: images, optional labels) instead of drawing new ones")
+    p.add_argument("--data", help="real images to compare with: digits, FILE.npz or an image folder "
+                   "(default: the run's dataset)")
+    p.add_argument("--metrics", help="comma-separated subset of fid,kid,domain_fid,pr,class "
+                   "(default: all that apply; fid,kid need the extra maskdit[fid])")
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of a run")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
+    p.add_argument("--per-class", type=positive_int, default=4, help="samples per class in each checkpoint's grid")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the sample grids (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    p = sub.add_parser("data", help="export clips of an embedded video dataset")
+    p.add_argument("name", choices=["bouncing-digits", "bouncing-balls"])
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--num", type=positive_int, default=16)
+    p.add_argument("--frames", type=positive_int, default=8)
+    p.add_argument("--size", type=positive_int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="clips.npz (frames N x T x H x W x C uint8), .gif or .mp4")
 
     p = sub.add_parser("info", help="describe what a run or checkpoint holds")
     p.add_argument("run_dir")
@@ -113,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=10, help="timed steps")
     p.add_argument("--warmup", type=positive_int, default=3)
     p.add_argument("--device", default="auto")
+    p.add_argument("--mask-ratio", type=ratio, default=0.0, help="share of tokens dropped per step, in [0, 1)")
+    p.add_argument("--recipe", choices=["drop", "mae", "mdt"], default="drop",
+                   help="masked-training recipe: plain dropping, MAE decoder (MaskDiT) or side-interpolater (MDT)")
+    p.add_argument("--mixer-depth", type=int, default=0, help="leading blocks on all tokens (deferred masking)")
     return parser
 
 
@@ -136,7 +182,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters, {trainer.model.num_tokens} tokens, "
-          f"dataset {trainer.dataset.name} ({len(trainer.dataset)} images), device {trainer.device}", flush=True)
+          f"dataset {trainer.dataset.name} ({len(trainer.dataset)} examples of "
+          f"{'x'.join(map(str, trainer.dataset.shape))}), device {trainer.device}", flush=True)
     start = time.time()
     try:
         trainer.run()
@@ -190,9 +237,80 @@ def _draw(args: argparse.Namespace, run: Any, num: int) -> tuple[torch.Tensor, t
     return to_uint8(x), labels, kwargs
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from maskdit.data.video import load_video_dataset
+    from maskdit.media import save_video
+
+    if not args.out.lower().endswith((".npz", ".gif", ".mp4")):
+        raise ConfigError(f"--out {args.out}: the file name must end in .npz, .gif or .mp4")
+    data = load_video_dataset(args.name, args.split, args.num, args.seed, frames=args.frames, size=args.size)
+    frames = data.frames.permute(0, 2, 3, 4, 1).numpy()  # N x T x H x W x C
+    save_video(args.out, frames)
+    print(f"wrote {len(frames)} {args.split} clips of {args.name} ({'x'.join(map(str, frames.shape[1:]))}) to {args.out}")
+    return 0
+
+
+def _task_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.given_frames is not None:
+        if args.task == "animate":
+            return {"frame": args.given_frames - 1}
+        if args.task in ("predict", "backward", "complete"):
+            return {"k": args.given_frames}
+        raise ConfigError(f"--given-frames does not apply to --task {args.task}")
+    if args.stride is not None:
+        if args.task != "interpolate":
+            raise ConfigError("--stride applies to --task interpolate only")
+        return {"stride": args.stride}
+    return {}
+
+
+def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
+    from maskdit.media import save_samples, save_video, side_by_side
+    from maskdit.tasks import complete, given_for, load_context, mask_from_png, pixel_mask
+
+    if not args.context:
+        raise ConfigError("--task needs --context FILE.npz with the clips (or images) to condition on")
+    context = load_context(args.context, run.model)
+    if args.num is not None and args.num < len(context):
+        context = context[: args.num]
+    if args.mask:
+        if args.task not in ("inpaint", "outpaint"):
+            raise ConfigError("--mask applies to --task inpaint or outpaint")
+        grid = mask_from_png(args.mask, run.model)
+    else:
+        grid = given_for(args.task, run.model, _task_options(args), torch.Generator().manual_seed(args.seed))
+    if bool(grid.all()):
+        raise ConfigError(f"--task {args.task}: the mask leaves nothing to generate")
+    labels = _labels(args, run, len(context))
+    kwargs = _sampling_kwargs(args, run)
+    start = time.time()
+    out = complete(run, context, grid.reshape(-1), labels, batch_size=args.batch_size, progress=True, **kwargs)
+    video = out.dim() == 5
+    if video and args.out.lower().endswith((".gif", ".mp4")):
+        to_thwc = lambda v: v.permute(0, 2, 3, 4, 1).numpy()  # noqa: E731
+        pixels_given = pixel_mask(grid.reshape(1, -1).expand(len(out), -1), run.model)[:, 0].numpy()
+        shown = side_by_side(to_thwc(context), to_thwc(context), to_thwc(out), pixels_given)
+        path = save_video(args.out, shown)
+    elif video and args.out.lower().endswith(".npz"):
+        path = save_video(args.out, out.permute(0, 2, 3, 4, 1).numpy())
+    elif not video and args.out.lower().endswith((".png", ".npz")):
+        path = save_samples(args.out, out, labels)
+    else:
+        raise ConfigError(f"--out {args.out}: use .npz, .gif or .mp4 for clips and .png or .npz for images")
+    given_share = grid.float().mean().item()
+    print(f"wrote {len(out)} {args.task} results to {path} ({time.time() - start:.1f}s, {given_share:.0%} of tokens "
+          f"given, step {run.step}, " + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from maskdit.media import save_samples
 
+    if args.task or args.context or args.mask:
+        if not args.task:
+            raise ConfigError("--context/--mask need --task NAME")
+        return cmd_sample_task(args, _load(args))
+    args.num = args.num or 100
     if not args.out.lower().endswith((".png", ".npz")):
         raise ConfigError(f"--out {args.out}: the file name must end in .png (a grid) or .npz (arrays)")
     run = _load(args)
@@ -204,37 +322,87 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_dataset(args: argparse.Namespace, run: Any) -> Any:
+    """The real images to compare with: ``--data`` (digits, .npz or folder) or the run's dataset."""
+    from maskdit.data import load_dataset, load_folder, load_npz
+
+    if args.data is None:
+        return load_dataset(run.config.data.name, run.config.data.path)
+    if args.data == "digits":
+        return load_dataset("digits")
+    if args.data.lower().endswith(".npz"):
+        return load_npz(args.data)
+    if Path(args.data).is_dir():
+        return load_folder(args.data)
+    raise ConfigError(f"--data {args.data}: give digits, a .npz file or an image folder")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
+    from maskdit.data import load_npz
+    from maskdit.evaluate.suite import check_shape, parse_metrics, resolve_metrics, score_samples
+    from maskdit.train import pick_device
 
-    from maskdit.data import load_dataset
-    from maskdit.evaluate.classifier import load_classifier
-
-    run = _load(args)
-    data_cfg = run.config.data
-    dataset = load_dataset(data_cfg.name, data_cfg.path)
+    if args.run_dir is None and not (args.samples and args.data):
+        raise ConfigError("eval needs RUN_DIR, or --samples FILE.npz together with --data to compare against")
+    requested = parse_metrics(args.metrics) if args.metrics else None
+    run = _load(args) if args.run_dir else None
+    dataset = _eval_dataset(args, run)
+    start = time.time()
     if args.samples:
-        from maskdit.data import load_npz
-
         given = load_npz(args.samples)
-        if given.labels is None:
-            raise ConfigError(f"--samples {args.samples}: needs a 'labels' array to score class recognition")
-        images, labels, kwargs = given.images, given.labels, {"samples": args.samples}
+        check_shape(given.images, dataset, f"--samples {args.samples}")
+        metrics = resolve_metrics(requested, dataset, has_labels=given.labels is not None)
+        images, labels = given.images, given.labels
+        kwargs: dict[str, Any] = {"sampler": None, "steps": None, "guidance_scale": None, "seed": None,
+                                  "samples": args.samples}
+        context = f"{len(images)} samples from {args.samples}"
     else:
+        check_shape(torch.empty(0, run.model.in_channels, *run.model.input_size), dataset, f"model of {args.run_dir}")
+        metrics = resolve_metrics(requested, dataset, has_labels=run.model.num_classes > 0)
         images, labels, kwargs = _draw(args, run, args.num)
-    result: dict[str, Any] = {"num": len(images), "step": run.step, **kwargs}
-    if labels is not None:
-        clf = load_classifier(dataset)
-        pred = clf.predict(images.float() / 127.5 - 1)
-        acc = (pred == labels).float().mean().item()
-        per_class = {int(k): float((pred[labels == k] == k).float().mean()) for k in np.unique(labels.numpy())}
-        print(f"class recognition: {acc:.1%} of {len(images)} samples classified as the requested class "
-              f"(classifier held-out accuracy on real {dataset.name}: {clf.holdout_accuracy:.1%})")
-        print("per class: " + ", ".join(f"{k}: {v:.0%}" for k, v in per_class.items()))
-        result.update(class_accuracy=acc, classifier_holdout_accuracy=clf.holdout_accuracy)
-    else:
-        print("unconditional model: no class recognition rate")
+        context = (f"{len(images)} samples, step {run.step}, sampler={kwargs['sampler']}, steps={kwargs['steps']}, "
+                   f"guidance_scale={kwargs['guidance_scale']}, seed={kwargs['seed']}")
+    sampling_s = time.time() - start
+    device = next(run.model.parameters()).device if run else pick_device(args.device)
+    scores = score_samples(images, labels, dataset, metrics, device=device)
+    scores["time_s"] = {"sampling": round(sampling_s, 2) if not args.samples else 0.0, **scores["time_s"]}
+    real = f"vs {scores['real_num']} real {dataset.name}"
+    if "fid" in scores:
+        print(f"FID (Inception, 2048-d) {real}: {scores['fid']:.3f}  [{context}]")
+    if "kid" in scores:
+        print(f"KID (Inception) {real}: {scores['kid']:.5f} +- {scores['kid_std']:.5f}  [{context}]")
+    if "domain_fid" in scores:
+        print(f"domain FID (classifier features, 128-d) {real}: {scores['domain_fid']:.3f}  [{context}]")
+    if "precision" in scores:
+        print(f"precision {scores['precision']:.3f}, recall {scores['recall']:.3f} (k=3, {scores['pr_features']} "
+              f"features) {real}  [{context}]")
+    if "class_accuracy" in scores:
+        print(f"class recognition: {scores['class_accuracy']:.1%} of {len(images)} samples classified as the "
+              f"requested class (classifier held-out accuracy on real {dataset.name}: "
+              f"{scores['classifier_holdout_accuracy']:.1%})  [{context}]")
+        print("per class: " + ", ".join(f"{k}: {v:.0%}" for k, v in scores["per_class_accuracy"].items()))
+    elif labels is None:
+        print("no labels (unconditional model or unlabelled samples): no class recognition rate")
+    if not metrics:
+        print("no metric applies: the dataset has no labels and the Inception extra is missing", file=sys.stderr)
+    result: dict[str, Any] = {"num": len(images), "step": run.step if run else None, **kwargs, "metrics": metrics,
+                              **scores}
     print(json.dumps(result))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from maskdit.evaluate.report import write_report
+    from maskdit.train import pick_device
+
+    if args.out is not None and not args.out.lower().endswith((".html", ".htm")):
+        raise ConfigError(f"--out {args.out}: the report is HTML; give a file name ending in .html")
+    start = time.time()
+    path = write_report(args.run_dir, args.out, per_class=args.per_class, seed=args.seed,
+                        device=pick_device(args.device))
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {time.time() - start:.1f}s); "
+          "it is self-contained and opens offline")
+    print(path)
     return 0
 
 
@@ -274,9 +442,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r} is not a model preset: choose one of {', '.join(PRESETS)}")
     shape = parse_shape(args.input)
-    r = benchmark(args.preset, shape, args.batch, args.steps, args.warmup, str(pick_device(args.device)))
+    r = benchmark(args.preset, shape, args.batch, args.steps, args.warmup, str(pick_device(args.device)),
+                  mask_ratio=args.mask_ratio, recipe=args.recipe, mixer_depth=args.mixer_depth)
     print(f"{r['preset']} input {r['input']} batch {r['batch']} on {r['device']}: {r['params'] / 1e6:.1f}M params, "
-          f"{r['tokens']} tokens")
+          f"{r['kept_tokens']} of {r['tokens']} tokens kept (recipe {r['recipe']}, mixer depth {r['mixer_depth']})")
     print(f"  {r['steps_per_s']:.2f} forward+backward steps/s, {r['gflop_per_step']:.1f} GFLOP/step, "
           f"activations {r['activation_mb']:.0f} MiB, peak memory {r['peak_mem_mb']:.0f} MiB"
           + (f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""))
@@ -284,7 +453,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info, "bench": cmd_bench}
+COMMANDS = {
+    "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "eval": cmd_eval, "report": cmd_report,
+    "info": cmd_info, "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

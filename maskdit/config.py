@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from maskdit.errors import ConfigError
+from maskdit.masks import TASKS
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -30,14 +31,18 @@ class ModelConfig:
     patch_size: int | list[int] | None = None
     mlp_ratio: float = 4.0
     mixer_depth: int = 0  #: leading blocks that see all tokens before dropping (deferred masking)
+    attention: str = "full"  #: full | factorised (VDT: temporal then spatial attention; rank-3 grids)
     conditional: bool = True  #: use the dataset's labels (False: unconditional model)
     class_dropout: float = 0.1  #: share of labels replaced by the null label (for guidance)
 
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  #: digits | npz | folder
+    name: str = "digits"  #: digits | npz | folder | bouncing-digits | bouncing-balls
     path: str | None = None
+    num: int = 2000  #: video datasets: training clips generated
+    frames: int = 8  #: video datasets: frames per clip
+    size: int = 16  #: video datasets: canvas size in pixels
 
 
 @dataclass
@@ -60,6 +65,12 @@ class MaskConfig:
     aux_weight: float = 0.1  #: mae: weight of the reconstruction loss on dropped tokens
     decoder_depth: int = 2  #: mae: decoder blocks; mdt: backbone blocks after the interpolater
     decoder_width: int | None = None  #: mae: decoder width (default: half the model width)
+
+
+@dataclass
+class TaskConfig:
+    names: list[str] = field(default_factory=list)  #: tasks mixed in training (maskdit.masks.TASKS); [] = none
+    weights: list[float] | None = None  #: one per name (default: equal)
 
 
 @dataclass
@@ -96,6 +107,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +134,16 @@ class Config:
              "auto, cpu, cuda or cuda:N"),
             ("model.class_dropout", 0 <= self.model.class_dropout < 1, "in [0, 1)"),
             ("model.mlp_ratio", self.model.mlp_ratio > 0, "positive"),
-            ("data.name", self.data.name in ("digits", "npz", "folder"), "digits, npz or folder"),
+            ("data.name", self.data.name in ("digits", "npz", "folder", "bouncing-digits", "bouncing-balls"),
+             "digits, npz, folder, bouncing-digits or bouncing-balls"),
+            ("data.num", self.data.num >= 1, "at least 1"),
+            ("data.frames", self.data.frames >= 2, "at least 2"),
+            ("model.attention", self.model.attention in ("full", "factorised"), "full or factorised"),
+            ("task.names", all(n in TASKS for n in self.task.names), f"a list from {', '.join(TASKS)}"),
+            ("task.weights", self.task.weights is None or (len(self.task.weights) == len(self.task.names)
+                                                           and min(self.task.weights, default=0) >= 0
+                                                           and sum(self.task.weights) > 0),
+             "null or one non-negative weight per task name, not all zero"),
             ("objective.name", self.objective.name in ("flow", "ddpm"), "flow or ddpm"),
             ("objective.time_sampling", self.objective.time_sampling in ("uniform", "logit_normal"),
              "uniform or logit_normal"),

@@ -62,3 +62,120 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | 
             np.savez(f, **arrays)
     tmp.replace(path)
     return path
+
+
+VIDEO_SUFFIXES = (".gif", ".mp4", ".npz")
+
+
+def _tile_clips(frames: np.ndarray, pad: int = 1) -> np.ndarray:
+    """``(N, T, H, W, C)`` -> ``(T, H', W', C)``: the clips side by side in a near-square grid per frame."""
+    n, t, h, w, c = frames.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = -(-n // cols)
+    out = np.full((t, rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for k in range(n):
+        y, x = pad + (k // cols) * (h + pad), pad + (k % cols) * (w + pad)
+        out[:, y : y + h, x : x + w] = frames[k]
+    return out
+
+
+def _for_ffmpeg(frames: np.ndarray, min_size: int = 64, block: int = 16) -> np.ndarray:
+    """RGB frames enlarged by an integer factor to at least ``min_size`` and padded (black) to a multiple
+    of ``block`` on both sides: H.264 with yuv420p needs even sizes and encoders prefer 16-pixel blocks."""
+    t, h, w, c = frames.shape
+    if c == 1:
+        frames = np.repeat(frames, 3, axis=3)
+    scale = max(1, -(-min_size // min(h, w)))
+    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    hh, ww = -(-h * scale // block) * block, -(-w * scale // block) * block
+    out = np.zeros((t, hh, ww, 3), dtype=np.uint8)
+    out[:, : h * scale, : w * scale] = frames
+    return out
+
+
+def save_video(path: str | Path, frames: np.ndarray | torch.Tensor, fps: float = 4) -> Path:
+    """Write ``uint8`` frames ``(T, H, W, C)`` or clips ``(N, T, H, W, C)`` as ``.gif``, ``.mp4`` or ``.npz``.
+
+    Several clips are tiled side by side in each frame of a GIF or MP4; ``.npz`` stores ``frames`` as
+    ``uint8 (N, T, H, W, C)`` unchanged. MP4 goes through imageio-ffmpeg (its bundled ffmpeg, H.264,
+    yuv420p); small frames are enlarged and padded so the encoder takes them. The file is written under a
+    temporary name and renamed when complete, so a reader never sees half a video.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ConfigError(f"--out {path}: a video file name must end in {', '.join(VIDEO_SUFFIXES)}")
+    array = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if array.dtype != np.uint8 or array.ndim not in (4, 5) or array.shape[-1] not in (1, 3):
+        raise ConfigError(
+            f"video frames must be uint8 (T, H, W, C) or (N, T, H, W, C) with C = 1 or 3, "
+            f"got {array.dtype} {array.shape}"
+        )
+    clips = array if array.ndim == 5 else array[None]
+    if clips.shape[1] < 1 or clips.shape[0] < 1:
+        raise ConfigError(f"video has no frames: shape {array.shape}")
+    if fps <= 0:
+        raise ConfigError(f"fps must be positive, got {fps}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        if suffix == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez(f, frames=clips)
+        elif suffix == ".gif":
+            import imageio.v3 as iio
+
+            video = _tile_clips(clips) if len(clips) > 1 else clips[0]
+            video = video[..., 0] if video.shape[-1] == 1 else video
+            iio.imwrite(tmp, video, extension=".gif", duration=1000.0 / fps, loop=0)
+        else:
+            import imageio.v2 as imageio
+
+            video = _for_ffmpeg(_tile_clips(clips) if len(clips) > 1 else clips[0])
+            with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", macro_block_size=16, quality=8) as writer:
+                for frame in video:
+                    writer.append_data(frame)
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def side_by_side(
+    context: np.ndarray | torch.Tensor,
+    truth: np.ndarray | torch.Tensor,
+    generated: np.ndarray | torch.Tensor,
+    given: np.ndarray | torch.Tensor | None = None,
+    gap: int = 2,
+) -> np.ndarray:
+    """Frames showing context | ground truth | generated next to each other, ``gap`` white pixels apart.
+
+    All three are ``uint8 (T, H, W, C)`` (or ``(N, T, H, W, C)``). ``given`` marks what the model was
+    shown: per frame ``(T,)`` / ``(N, T)`` or per pixel ``(T, H, W)`` / ``(N, T, H, W)``; in the
+    context panel everything not given is greyed out so the viewer sees what was known. The result has
+    the input's leading axes and width ``3 W + 2 gap``; pass it to :func:`save_video`.
+    """
+    arrays = [a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in (context, truth, generated)]
+    if any(a.shape != arrays[0].shape or a.dtype != np.uint8 for a in arrays) or arrays[0].ndim not in (4, 5):
+        raise ConfigError(
+            "side_by_side needs context, truth and generated as uint8 arrays of one shape (T, H, W, C) or "
+            f"(N, T, H, W, C); got {[(a.dtype, a.shape) for a in arrays]}"
+        )
+    context, truth, generated = arrays
+    if given is not None:
+        g = given.numpy() if isinstance(given, torch.Tensor) else np.asarray(given)
+        g = g.astype(bool)
+        if g.shape == context.shape[:-3]:
+            g = g[..., None, None, None]
+        elif g.shape == context.shape[:-1]:
+            g = g[..., None]
+        else:
+            raise ConfigError(
+                f"given must be per frame {context.shape[:-3]} or per pixel {context.shape[:-1]}, got {g.shape}"
+            )
+        grey = np.rint(0.3 * context.astype(np.float32) + 0.7 * 128.0).astype(np.uint8)
+        context = np.where(g, context, grey)
+    spacer = np.full((*context.shape[:-2], gap, context.shape[-1]), 255, dtype=np.uint8)
+    return np.concatenate([context, spacer, truth, spacer, generated], axis=-2)

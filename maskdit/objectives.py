@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from maskdit.errors import ConfigError
-from maskdit.grid import patchify
+from maskdit.grid import patchify, unpatchify
 from maskdit.masks import gather_tokens
 
 
@@ -124,14 +124,31 @@ def denoising_loss(
     t: torch.Tensor,
     noise: torch.Tensor,
     keep_idx: torch.Tensor | None = None,
+    given: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The objective's regression loss at times ``t``, averaged over the kept tokens (all when ``None``)."""
+    """The objective's regression loss at times ``t``, averaged over the tokens it covers.
+
+    ``keep_idx`` ``(B, K)``: only kept tokens pass the model and count. ``given`` ``(B, N)`` bool: those
+    tokens enter clean (their ``x_0`` values, at every ``t``) and are left out of the loss. The loss is
+    the mean over tokens that are kept and generated.
+    """
     x_t = objective.noisy(x0, noise, t)
     target = patchify(objective.target(x0, noise, t), model.patch_size)
-    pred = model(x_t, t, y, keep_idx)
+    weight = None
+    if given is not None:
+        x_t = hold_given(x_t, x0, given, model.patch_size)
+        weight = ~given
+    pred = model(x_t, t, y, keep_idx, given=given)
     if keep_idx is None:
-        return token_mse(patchify(pred, model.patch_size), target)
-    return token_mse(pred, gather_tokens(target, keep_idx))
+        return token_mse(patchify(pred, model.patch_size), target, weight)
+    kept_weight = None if weight is None else weight.gather(1, keep_idx)
+    return token_mse(pred, gather_tokens(target, keep_idx), kept_weight)
+
+
+def hold_given(x: torch.Tensor, context: torch.Tensor, given: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
+    """``x`` with the tokens marked ``given`` ``(B, N)`` replaced by ``context``'s (grids ``(B, C, *S)``)."""
+    tokens = torch.where(given.unsqueeze(-1), patchify(context, patch), patchify(x, patch))
+    return unpatchify(tokens, patch, x.shape[2:], x.shape[1])
 
 
 def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,9 @@ an MDT side-interpolater) and computes ``loss(model, objective, x0, y, t, noise,
 ``keep_idx=None`` (nothing dropped this step) every recipe reduces to the plain denoising loss, plus
 the MDT full pass. Sampling never sees a recipe: it runs the bare DiT on all tokens.
 
-* ``drop`` (a): the blocks run on kept tokens; the loss averages over kept tokens only.
+* ``drop`` (a): the blocks run on kept tokens; the loss averages over kept tokens only. It also takes a
+  condition mask ``given`` (tasks): given tokens enter clean and the loss covers kept *and* generated
+  tokens; given tokens may be dropped like any other (they are context, not targets).
 * ``mae`` (b, MaskDiT): as ``drop``, plus an MAE decoder whose output on *dropped* tokens is regressed
   onto the noisy input there, averaged over dropped tokens and weighted by ``aux_weight``.
 * ``mdt`` (c, MDT): a full pass on all tokens plus a masked pass where kept tokens go through the
@@ -39,14 +41,20 @@ def _touch(module: nn.Module) -> torch.Tensor:
     return sum((p.sum() * 0.0 for p in module.parameters()), torch.zeros(()))
 
 
+def _refuse_tasks(recipe: str, given: torch.Tensor | None) -> None:
+    if given is not None:
+        raise ConfigError(f"mask.recipe={recipe} does not support condition masks (tasks): use mask.recipe=drop")
+
+
 class DropRecipe(nn.Module):
     """(a) Plain token dropping: denoising loss on kept tokens only."""
 
     name = "drop"
 
     def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
-             noise: torch.Tensor, keep_idx: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = denoising_loss(model, objective, x0, y, t, noise, keep_idx)
+             noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = denoising_loss(model, objective, x0, y, t, noise, keep_idx, given)
         return loss, {"loss_denoise": loss.item()}
 
 
@@ -61,7 +69,9 @@ class MAERecipe(nn.Module):
         self.aux_weight = aux_weight
 
     def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
-             noise: torch.Tensor, keep_idx: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+             noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        _refuse_tasks(self.name, given)
         if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
             loss = denoising_loss(model, objective, x0, y, t, noise, keep_idx) + _touch(self).to(x0.device)
             return loss, {"loss_denoise": loss.item(), "loss_aux": 0.0}
@@ -91,7 +101,9 @@ class MDTRecipe(nn.Module):
         self.interpolater = SideInterpolater(model.hidden_size, model.num_heads, model.mlp_ratio)
 
     def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
-             noise: torch.Tensor, keep_idx: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+             noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        _refuse_tasks(self.name, given)
         full = denoising_loss(model, objective, x0, y, t, noise)
         if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
             return full + _touch(self).to(x0.device), {"loss_full": full.item(), "loss_masked": 0.0}

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdit.errors import ConfigError
-from maskdit.objectives import DDPM, FlowMatching, Objective
+from maskdit.objectives import DDPM, FlowMatching, Objective, hold_given
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLERS = {"flow": ("euler", "heun"), "ddpm": ("ddim", "ddpm")}
@@ -104,13 +104,15 @@ def guided(
     y: torch.Tensor | None,
     scale: float = 1.0,
     interval: Sequence[float] | None = None,
+    given: torch.Tensor | None = None,
 ) -> ModelFn:
     """Bind labels and classifier-free guidance into ``fn(x, t)``.
 
     Output ``u + scale * (c - u)`` on all channels, where ``c`` is the prediction for ``y`` and ``u`` the
     prediction for the null label. Guidance is applied only while ``interval[0] <= t <= interval[1]``
     (when given); elsewhere, and whenever ``scale == 1`` or the model is unconditional, the output is the
-    conditional prediction and no unconditional pass is made.
+    conditional prediction and no unconditional pass is made. ``given`` ``(B, N)`` (a task's condition
+    mask) is passed to the model with every call.
     """
     conditional = getattr(model, "num_classes", 0) > 0
     if conditional and y is None:
@@ -119,10 +121,13 @@ def guided(
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t_now = float(t[0])
         in_interval = interval is None or interval[0] <= t_now <= interval[1]
+        extra = {} if given is None else {"given": given}
         if not conditional or scale == 1.0 or not in_interval:
-            return model(x, t, y)
+            return model(x, t, y, **extra)
         null = torch.full_like(y, model.null_label)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        if given is not None:
+            extra = {"given": torch.cat([given, given])}
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), **extra)
         cond, uncond = out.chunk(2)
         return uncond + scale * (cond - uncond)
 
@@ -143,19 +148,40 @@ def generate(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = False,
+    given: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``num`` samples ``(num, C, *S)`` in model space. The noise of sample ``i`` depends only on ``seed``
-    and ``i``, so results do not change with ``batch_size``."""
+    and ``i``, so results do not change with ``batch_size``.
+
+    With a condition mask ``given`` ``(num, N)`` and ``context`` ``(num, C, *S)``, the given tokens are
+    held to their context values before every model call and in the result, which therefore equals
+    ``context`` exactly on them; only the other tokens are generated.
+    """
     sampler = sampler or ("heun" if objective.name == "flow" else "ddim")
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((num, model.in_channels, *model.input_size), generator=gen)
     if labels is not None and len(labels) != num:
         raise ConfigError(f"{len(labels)} labels for {num} samples")
+    if given is not None:
+        if context is None or len(given) != num or len(context) != num:
+            raise ConfigError(f"a condition mask needs one mask and one context per sample ({num})")
+        if bool(given.all(dim=1).any()):
+            raise ConfigError("the condition mask leaves nothing to generate for some sample: mark tokens to generate")
     out = []
     for start in tqdm(range(0, num, batch_size), desc="sampling", disable=not progress or num <= batch_size):
-        y = labels[start : start + batch_size].to(device) if labels is not None else None
-        fn = guided(model, y, guidance_scale, guidance_interval)
-        x = sample(fn, noise[start : start + batch_size].to(device), objective, sampler, steps, eta, gen)
+        part = slice(start, start + batch_size)
+        y = labels[part].to(device) if labels is not None else None
+        x = noise[part].to(device)
+        if given is None:
+            fn = guided(model, y, guidance_scale, guidance_interval)
+            x = sample(fn, x, objective, sampler, steps, eta, gen)
+        else:
+            g, ctx = given[part].to(device), context[part].to(device)
+            fn = guided(model, y, guidance_scale, guidance_interval, given=g)
+            held = lambda x, t, fn=fn, g=g, ctx=ctx: fn(hold_given(x, ctx, g, model.patch_size), t)  # noqa: E731
+            x = hold_given(sample(held, hold_given(x, ctx, g, model.patch_size), objective, sampler, steps, eta,
+                                  gen), ctx, g, model.patch_size)
         out.append(x.float().cpu())
     return torch.cat(out)

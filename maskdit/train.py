@@ -33,9 +33,9 @@ from maskdit.checkpoint import (
     set_rng_state,
 )
 from maskdit.config import Config
-from maskdit.data import ImageDataset, load_dataset
+from maskdit.data import dataset_from_config
 from maskdit.errors import ConfigError
-from maskdit.masks import mask_ratio, num_kept, random_keep_indices
+from maskdit.masks import mask_ratio, mix_task_masks, num_kept, random_keep_indices
 from maskdit.model import DiT, build_model
 from maskdit.objectives import objective_from_config
 from maskdit.recipes import build_recipe
@@ -69,12 +69,15 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> 
     return build_model(
         m.preset, dataset_shape[1:], dataset_shape[0], num_classes if m.conditional else 0,
         depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
-        mlp_ratio=m.mlp_ratio, mixer_depth=m.mixer_depth,
+        mlp_ratio=m.mlp_ratio, mixer_depth=m.mixer_depth, attention=m.attention,
+        task_conditioning=bool(cfg.task.names),
     )
 
 
 def recipe_for(cfg: Config, model: DiT) -> torch.nn.Module:
     m = cfg.mask
+    if cfg.task.names and m.recipe != "drop":
+        raise ConfigError(f"mask.recipe={m.recipe} does not support condition masks (task.names): use mask.recipe=drop")
     return build_recipe(m.recipe, model, decoder_depth=m.decoder_depth, decoder_width=m.decoder_width,
                         aux_weight=m.aux_weight)
 
@@ -91,7 +94,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.dataset: ImageDataset = load_dataset(cfg.data.name, cfg.data.path)
+        self.dataset = dataset_from_config(cfg.data)
         if cfg.batch_size > len(self.dataset):
             raise ConfigError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.dataset)} images)")
         self.objective = objective_from_config(cfg.objective)
@@ -102,6 +105,8 @@ class Trainer:
             [*self.model.parameters(), *self.recipe.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay,
             betas=(0.9, 0.999),
         )
+        if cfg.task.names:  # refuse a task that does not fit the token grid before training starts
+            self.given_mask(torch.Generator().manual_seed(0))
         self.step = 0
         self.batches_per_epoch = len(self.dataset) // cfg.batch_size
         self._perm: tuple[int, torch.Tensor] | None = None
@@ -129,7 +134,7 @@ class Trainer:
                 "shape": list(self.dataset.shape),
                 "size": len(self.dataset),
                 "num_classes": self.dataset.num_classes,
-                "class_names": self.dataset.class_names,
+                "class_names": getattr(self.dataset, "class_names", []),
             },
         }
 
@@ -154,6 +159,15 @@ class Trainer:
             return ratio, None
         return ratio, random_keep_indices(self.cfg.batch_size, self.model.num_tokens, ratio, gen, self.device)
 
+    def given_mask(self, gen: torch.Generator) -> torch.Tensor | None:
+        """This step's condition masks ``(B, N)``, a task per sample drawn by ``task.weights`` (or ``None``)."""
+        names = self.cfg.task.names
+        if not names:
+            return None
+        weights = dict(zip(names, self.cfg.task.weights or [1.0] * len(names)))
+        given, _ = mix_task_masks(self.cfg.batch_size, self.model.token_grid, weights, gen)
+        return given.to(self.device)
+
     def train_step(self, step: int) -> dict[str, float]:
         cfg, dev = self.cfg, self.device
         gen = seeded(cfg.seed, step)
@@ -166,12 +180,13 @@ class Trainer:
         else:
             y = None
         ratio, keep_idx = self.keep_indices(step, gen)
+        given = self.given_mask(gen)
         lr = learning_rate(cfg, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             loss, parts = self.recipe.loss(self.model, self.objective, x0.to(dev), y, t.to(dev), noise.to(dev),
-                                           keep_idx)
+                                           keep_idx, given)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -240,7 +255,8 @@ class Trainer:
                 self.step += 1
                 losses.append(stats)
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == end:
+                out_of_time = cfg.max_seconds is not None and time.time() - started >= cfg.max_seconds
+                if self.step % cfg.log_every == 0 or self.step == end or out_of_time:
                     now = time.time()
                     record = {
                         "step": self.step, **{k: sum(s.get(k, 0.0) for s in losses) / len(losses) for k in stats},
@@ -260,7 +276,6 @@ class Trainer:
                     metrics.write(json.dumps({"step": self.step, "eval": result}) + "\n")
                     metrics.flush()
                     last_time += time.time() - eval_start  # keep evaluation out of steps_per_s
-                out_of_time = cfg.max_seconds is not None and time.time() - started >= cfg.max_seconds
                 if self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time:
                     self.save()
                 if out_of_time:

@@ -50,7 +50,7 @@ def test_info_and_eval(run_dir, capsys):
     assert main(["info", str(run_dir)]) == 0
     info = last_json(capsys)
     assert info["step"] == 4 and info["model"]["depth"] == 1
-    assert main(["eval", str(run_dir), "--num", "20", "--steps", "2"]) == 0
+    assert main(["eval", str(run_dir), "--num", "20", "--steps", "2", "--metrics", "domain_fid,pr,class"]) == 0
     result = last_json(capsys)
     assert 0 <= result["class_accuracy"] <= 1 and result["num"] == 20 and result["steps"] == 2
     assert result["classifier_holdout_accuracy"] > 0.9

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,12 +146,24 @@ def load_folder(path: str | Path) -> ImageDataset:
     )
 
 
-def load_dataset(name: str = "digits", path: str | None = None) -> ImageDataset:
-    """Load a dataset by kind: ``digits`` (embedded), ``npz`` or ``folder`` (both need ``path``)."""
+def load_dataset(name: str = "digits", path: str | None = None, split: str = "train", num: int = 2000,
+                 frames: int = 8, size: int = 16, seed: int = 0) -> Any:
+    """Load a dataset by kind: ``digits`` (embedded), ``npz`` or ``folder`` (both need ``path``), or an
+    embedded video set (``bouncing-digits``, ``bouncing-balls``: ``num`` clips of ``frames`` frames of
+    ``size`` x ``size`` from ``split``)."""
+    if name in ("bouncing-digits", "bouncing-balls"):
+        from maskdit.data.video import load_video_dataset
+
+        return load_video_dataset(name, split, num, seed, frames=frames, size=size)
     if name == "digits":
         return load_digits()
     if name in ("npz", "folder"):
         if not path:
             raise ConfigError(f"data.name={name} needs data.path=PATH")
         return load_npz(path) if name == "npz" else load_folder(path)
-    raise ConfigError(f"data.name must be one of digits, npz, folder; got {name!r}")
+    raise ConfigError(f"data.name must be one of digits, npz, folder, bouncing-digits, bouncing-balls; got {name!r}")
+
+
+def dataset_from_config(cfg: Any, split: str = "train") -> Any:
+    """The dataset a :class:`maskdit.config.DataConfig` describes."""
+    return load_dataset(cfg.name, cfg.path, split, cfg.num, cfg.frames, cfg.size)

@@ -108,7 +108,8 @@ def load_classifier(dataset: ImageDataset, epochs: int = 30, seed: int = 0, prog
         net = DigitNet(dataset.shape[0], dataset.num_classes)
         net.load_state_dict(load_file(weights))
         return Classifier(net, json.loads(meta.read_text())["holdout_accuracy"])
-    clf = _train(dataset, epochs, seed, progress)
+    with torch.inference_mode(False), torch.enable_grad():  # callers may be sampling under no_grad
+        clf = _train(dataset, epochs, seed, progress)
     cache_dir().mkdir(parents=True, exist_ok=True)
     tmp = weights.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in clf.net.state_dict().items()}, tmp)

@@ -111,3 +111,50 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class FactorisedDiTBlock(nn.Module):
+    """VDT's space-time factorised block with adaLN-Zero: temporal attention, spatial attention, MLP.
+
+    Temporal attention mixes the tokens at one spatial position across frames, spatial attention the
+    tokens within one frame; both cost far less than full attention over ``T*H*W`` tokens. Each of the
+    three sub-layers has its own shift, scale and gate from ``c`` (9 vectors, zero-initialised by the
+    model so a fresh block is the identity). Tokens must be the full grid ``(B, prod(token_grid), D)``
+    in patchify's row-major order; a grid of rank 1 or 2 counts as one frame (the temporal attention
+    then sees a single token and only passes it through its projections).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, token_grid: tuple[int, ...] = (1, 1),
+                 cond_dim: int | None = None):
+        super().__init__()
+        grid = tuple(int(s) for s in token_grid)
+        self.token_grid = grid
+        self.frames = grid[0] if len(grid) == 3 else 1
+        self.per_frame = math.prod(grid) // self.frames
+        self.norm_t = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn_t = Attention(dim, num_heads)
+        self.norm_s = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn_s = Attention(dim, num_heads)
+        self.norm_m = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 9 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        t, s = self.frames, self.per_frame
+        if n != t * s:
+            raise ValueError(
+                f"factorised attention needs all {t * s} tokens of the {self.token_grid} grid, got {n}"
+            )
+        (shift_t, scale_t, gate_t, shift_s, scale_s, gate_s,
+         shift_m, scale_m, gate_m) = self.adaLN_modulation(c).chunk(9, dim=-1)
+        # temporal: (B, T, S, D) -> (B*S, T, D), one sequence per spatial position
+        h = modulate(self.norm_t(x), shift_t, scale_t)
+        h = h.reshape(b, t, s, d).transpose(1, 2).reshape(b * s, t, d)
+        h = self.attn_t(h).reshape(b, s, t, d).transpose(1, 2).reshape(b, n, d)
+        x = x + gate_t.unsqueeze(1) * h
+        # spatial: (B*T, S, D), one sequence per frame
+        h = modulate(self.norm_s(x), shift_s, scale_s).reshape(b * t, s, d)
+        x = x + gate_s.unsqueeze(1) * self.attn_s(h).reshape(b, n, d)
+        x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm_m(x), shift_m, scale_m))
+        return x

