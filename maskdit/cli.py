@@ -184,12 +184,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"model: {n_params / 1e6:.2f}M parameters, {trainer.model.num_tokens} tokens, "
           f"dataset {trainer.dataset.name} ({len(trainer.dataset)} examples of "
           f"{'x'.join(map(str, trainer.dataset.shape))}), device {trainer.device}", flush=True)
-    start = time.time()
+    start, first_step = time.time(), trainer.step
+    if first_step >= cfg.steps:
+        print(f"{cfg.run_dir} is already at step {first_step} of {cfg.steps}: nothing to train "
+              "(raise steps=N to continue)", flush=True)
+        print(cfg.run_dir)
+        return 0
     try:
         trainer.run()
     except KeyboardInterrupt:
         return 130
-    print(f"trained to step {trainer.step} in {time.time() - start:.0f}s", flush=True)
+    print(f"trained steps {first_step}-{trainer.step} in {time.time() - start:.0f}s", flush=True)
     print(f"wrote {latest_checkpoint(cfg.run_dir)} and {Path(cfg.run_dir) / 'metrics.jsonl'}")
     print(cfg.run_dir)
     return 0

@@ -61,6 +61,9 @@ def test_resume_extends_a_finished_run(tmp_path, capsys):
     assert main(["train", "--no-progress", *SMALL, "steps=2", f"run_dir={path}"]) == 0
     assert main(["train", "--no-progress", "--resume", "steps=3", f"run_dir={path}"]) == 0
     assert (path / "checkpoints" / "step_000003").is_dir()
+    capsys.readouterr()
+    assert main(["train", "--no-progress", "--resume", f"run_dir={path}"]) == 0
+    assert "already at step 3 of 3: nothing to train" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
