@@ -309,19 +309,26 @@ def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from maskdit.media import save_samples
+    from maskdit.media import clips_as_rows, save_samples, save_video
 
     if args.task or args.context or args.mask:
         if not args.task:
             raise ConfigError("--context/--mask need --task NAME")
         return cmd_sample_task(args, _load(args))
     args.num = args.num or 100
-    if not args.out.lower().endswith((".png", ".npz")):
-        raise ConfigError(f"--out {args.out}: the file name must end in .png (a grid) or .npz (arrays)")
     run = _load(args)
+    video = len(run.model.input_size) == 3
+    allowed = (".png", ".npz", ".gif", ".mp4") if video else (".png", ".npz")
+    if not args.out.lower().endswith(allowed):
+        raise ConfigError(f"--out {args.out}: the file name must end in {', '.join(allowed)}")
     start = time.time()
     images, labels, kwargs = _draw(args, run, args.num)
-    path = save_samples(args.out, images, labels)
+    if video and not args.out.lower().endswith(".png"):
+        path = save_video(args.out, images.permute(0, 2, 3, 4, 1).numpy())
+    elif video:
+        path = save_samples(args.out, *clips_as_rows(images))
+    else:
+        path = save_samples(args.out, images, labels)
     print(f"wrote {len(images)} samples to {path} ({time.time() - start:.1f}s, step {run.step}, "
           + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")")
     return 0
@@ -351,6 +358,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("eval needs RUN_DIR, or --samples FILE.npz together with --data to compare against")
     requested = parse_metrics(args.metrics) if args.metrics else None
     run = _load(args) if args.run_dir else None
+    if run is not None and len(run.model.input_size) != 2:
+        raise ConfigError(f"maskdit eval scores image models; {args.run_dir} generates "
+                          f"{len(run.model.input_size)}-D grids: for video tasks use "
+                          f"python benchmarks/video_tasks.py {args.run_dir}")
     dataset = _eval_dataset(args, run)
     start = time.time()
     if args.samples:

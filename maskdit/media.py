@@ -179,3 +179,10 @@ def side_by_side(
         context = np.where(g, context, grey)
     spacer = np.full((*context.shape[:-2], gap, context.shape[-1]), 255, dtype=np.uint8)
     return np.concatenate([context, spacer, truth, spacer, generated], axis=-2)
+
+
+def clips_as_rows(clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 clips ``(N, C, T, H, W)`` -> frames ``(N*T, C, H, W)`` and row labels, so that
+    :func:`image_grid` / :func:`save_samples` lay out one clip per row, frames left to right."""
+    n, c, t, h, w = clips.shape
+    return clips.transpose(1, 2).reshape(n * t, c, h, w), torch.arange(n).repeat_interleave(t)

@@ -171,3 +171,18 @@ def test_image_inpainting_with_a_png_mask(tmp_path):
     Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "small.png")
     assert main(["sample", str(run), "--task", "inpaint", "--mask", str(tmp_path / "small.png"), "--context",
                  str(tmp_path / "imgs.npz"), "--out", str(tmp_path / "o.npz")]) == 2
+
+
+def test_video_run_samples_reports_and_refuses_image_eval(video_run, capsys):
+    import imageio.v3 as iio
+    from PIL import Image
+
+    run = str(video_run / "run")
+    assert main(["sample", run, "--num", "3", "--out", str(video_run / "u.gif")]) == 0
+    assert len(iio.imread(video_run / "u.gif")) == 8
+    assert main(["sample", run, "--num", "3", "--out", str(video_run / "u.png")]) == 0
+    assert Image.open(video_run / "u.png").size == (8 * 33 + 1, 3 * 33 + 1)  # a clip per row, 8 frames, 2x enlarged
+    assert main(["eval", run, "--num", "4"]) == 2
+    assert "for video tasks use" in capsys.readouterr().err
+    assert main(["report", run, "--out", str(video_run / "r.html"), "--per-class", "2"]) == 0
+    assert "data:image/png;base64," in (video_run / "r.html").read_text()

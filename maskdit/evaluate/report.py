@@ -128,7 +128,12 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
                  progress=progress)
     caption = (f"step {run.step}: {num} samples from the EMA weights, sampler={sampler}, steps={s.steps}, "
                f"guidance_scale={s.guidance_scale}, seed={seed} ({time.time() - start:.1f}s)")
-    return grid_png(to_uint8(x), labels), caption
+    images = to_uint8(x)
+    if images.dim() == 5:  # video: one clip per row
+        from maskdit.media import clips_as_rows
+
+        images, labels = clips_as_rows(images)
+    return grid_png(images, labels), caption
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
