@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from maskdit.errors import ConfigError, MaskditError
@@ -113,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FILE.png (a grid, one row per class) or FILE.npz; with --task also FILE.gif / FILE.mp4")
     t = p.add_argument_group("tasks (models trained with task.names)")
     t.add_argument("--task", choices=list(TASKS), help="generate what this task leaves open in --context")
-    t.add_argument("--context", help="clips .npz (frames N x T x H x W x C uint8) or images .npz (images N x H x W x C)")
+    t.add_argument("--context",
+                   help="clips .npz (frames N x T x H x W x C uint8) or images .npz (images N x H x W x C)")
     t.add_argument("--given-frames", type=positive_int,
                    help="predict/backward/complete: frames given; animate: the given frame's index + 1")
     t.add_argument("--stride", type=positive_int, help="interpolate: every STRIDE-th frame is given")
@@ -251,7 +251,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     data = load_video_dataset(args.name, args.split, args.num, args.seed, frames=args.frames, size=args.size)
     frames = data.frames.permute(0, 2, 3, 4, 1).numpy()  # N x T x H x W x C
     save_video(args.out, frames)
-    print(f"wrote {len(frames)} {args.split} clips of {args.name} ({'x'.join(map(str, frames.shape[1:]))}) to {args.out}")
+    shape = "x".join(map(str, frames.shape[1:]))
+    print(f"wrote {len(frames)} {args.split} clips of {args.name} ({shape}) to {args.out}")
     return 0
 
 
@@ -440,9 +441,9 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"{model['num_classes']} classes, {params / 1e6:.2f}M parameters")
     print(f"objective: {cfg['objective']['name']}; sampler default: {cfg['sample']['sampler']} "
           f"{cfg['sample']['steps']} steps, guidance {cfg['sample']['guidance_scale']}")
-    print(f"data: {data['name']} ({data['size']} images of {'x'.join(map(str, data['shape']))}), "
+    print(f"data: {data['name']} ({data['size']} examples of {'x'.join(map(str, data['shape']))}), "
           f"position {state['data_position']}")
-    print(f"files: " + ", ".join(f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in sorted(ckpt.iterdir())))
+    print("files: " + ", ".join(f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in sorted(ckpt.iterdir())))
     others = [p.name for p in list_checkpoints(ckpt.parent.parent)] if ckpt.parent.name == "checkpoints" else []
     if others:
         print(f"checkpoints in run: {', '.join(others)}")

@@ -179,9 +179,11 @@ def generate(
             x = sample(fn, x, objective, sampler, steps, eta, gen)
         else:
             g, ctx = given[part].to(device), context[part].to(device)
+
+            def hold(x: torch.Tensor, g: torch.Tensor = g, ctx: torch.Tensor = ctx) -> torch.Tensor:
+                return hold_given(x, ctx, g, model.patch_size)
+
             fn = guided(model, y, guidance_scale, guidance_interval, given=g)
-            held = lambda x, t, fn=fn, g=g, ctx=ctx: fn(hold_given(x, ctx, g, model.patch_size), t)  # noqa: E731
-            x = hold_given(sample(held, hold_given(x, ctx, g, model.patch_size), objective, sampler, steps, eta,
-                                  gen), ctx, g, model.patch_size)
+            x = hold(sample(lambda x, t, fn=fn: fn(hold(x), t), hold(x), objective, sampler, steps, eta, gen))
         out.append(x.float().cpu())
     return torch.cat(out)

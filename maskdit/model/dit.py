@@ -102,7 +102,8 @@ class DiT(nn.Module):
             raise ConfigError(f"depth must be at least 1, got {depth}")
         if not 0 <= mixer_depth < depth:
             raise ConfigError(
-                f"mixer_depth {mixer_depth} must be in [0, depth={depth}): the patch mixer cannot be as deep as the model"
+                f"mixer_depth {mixer_depth} must be in [0, depth={depth}): "
+                "the patch mixer cannot be as deep as the model"
             )
         self.in_channels = in_channels
         self.patch_size = as_patch_size(patch_size, len(self.input_size))
