@@ -21,7 +21,7 @@ import torch
 from maskdit.checkpoint import list_checkpoints, load_run, read_json
 from maskdit.config import load_config
 from maskdit.data import load_dataset, to_uint8
-from maskdit.evaluate.classifier import load_classifier
+from maskdit.evaluate.suite import score_samples
 from maskdit.samplers import generate
 from maskdit.train import train
 
@@ -36,21 +36,6 @@ CONFIGS = {  # label: overrides
 FINETUNE = "(a) drop 0.5 + unmask finetune"
 
 
-@torch.no_grad()
-def domain_features(clf, images: torch.Tensor) -> torch.Tensor:
-    """The dataset classifier's penultimate features of uint8 images."""
-    x = images.float() / 127.5 - 1
-    return torch.cat([clf.net.features(x[i : i + 512]) for i in range(0, len(x), 512)])
-
-
-def domain_fid_fn(dataset, clf):
-    """Fréchet distance to the whole dataset in the classifier's feature space."""
-    from maskdit.evaluate.metrics import fid_from_features
-
-    real = domain_features(clf, dataset.images)
-    return lambda images: fid_from_features(domain_features(clf, images), real)
-
-
 def seconds_at(step: int, metrics: list[dict]) -> float:
     """Training seconds at ``step``: the last logged time at or before it, extrapolated at the logged rate."""
     logged = [m for m in metrics if "elapsed_s" in m and m["step"] <= step]
@@ -60,7 +45,8 @@ def seconds_at(step: int, metrics: list[dict]) -> float:
     return last["elapsed_s"] + (step - last["step"]) / last["steps_per_s"]
 
 
-def score(run_dir: Path, dataset, clf, fid_fn, num: int, steps: int) -> list[dict]:
+def score(run_dir: Path, dataset, num: int, steps: int) -> list[dict]:
+    """Domain FID and class recognition of every checkpoint of a run, with the training seconds it took."""
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     offset = read_json(run_dir / "config.json").get("offset_s", 0.0)
     rows = []
@@ -68,11 +54,9 @@ def score(run_dir: Path, dataset, clf, fid_fn, num: int, steps: int) -> list[dic
         run = load_run(ckpt)
         labels = torch.arange(num) % dataset.num_classes
         x = to_uint8(generate(run.model, run.objective, num, labels, "heun", steps, 1.0, seed=123))
-        acc = (clf.predict(x.float() / 127.5 - 1) == labels).float().mean().item()
-        row = {"step": run.step, "seconds": offset + seconds_at(run.step, metrics), "class_accuracy": acc}
-        if fid_fn is not None:
-            row["domain_fid"] = float(fid_fn(x))
-        rows.append(row)
+        scores = score_samples(x, labels, dataset, ["domain_fid", "class"], progress=False)
+        rows.append({"step": run.step, "seconds": offset + seconds_at(run.step, metrics),
+                     "class_accuracy": scores["class_accuracy"], "domain_fid": scores["domain_fid"]})
     return rows
 
 
@@ -113,16 +97,14 @@ def main() -> None:
             (ft / "config.json").write_text(json.dumps(info, indent=2))
         configs[FINETUNE] = None
     dataset = load_dataset("npz", args.data_npz) if args.data_npz else load_dataset("digits")
-    clf = load_classifier(dataset, progress=False)
-    fid_fn = domain_fid_fn(dataset, clf)
     results = {}
     for label in configs:
         if label == FINETUNE:
-            rows = score(runs / "finetune_masked", dataset, clf, fid_fn, args.num, args.sample_steps)
-            rows += score(runs / "finetune_unmasked", dataset, clf, fid_fn, args.num, args.sample_steps)
+            rows = score(runs / "finetune_masked", dataset, args.num, args.sample_steps)
+            rows += score(runs / "finetune_unmasked", dataset, args.num, args.sample_steps)
         else:
             run_dir = runs / label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-            rows = score(run_dir, dataset, clf, fid_fn, args.num, args.sample_steps)
+            rows = score(run_dir, dataset, args.num, args.sample_steps)
         results[label] = rows
         print(label, json.dumps(rows), flush=True)
     (out / "convergence.json").write_text(json.dumps(results, indent=2))
@@ -136,10 +118,8 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["class_accuracy"] + (["domain_fid"] if "domain_fid" in next(iter(results.values()))[0] else [])
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4))
-    axes = axes if len(keys) > 1 else [axes]
-    for ax, key in zip(axes, keys):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, key in zip(axes, ["class_accuracy", "domain_fid"]):
         for label, rows in results.items():
             ax.plot([r["seconds"] for r in rows], [r[key] for r in rows], marker="o", label=label)
         ax.set_xlabel("training wall-clock (s, 2-core CPU)")
@@ -152,14 +132,12 @@ def plot(results: dict, path: Path) -> None:
 
 def table(results: dict) -> None:
     base = results.get("unmasked")
-    key = "domain_fid" if base and "domain_fid" in base[0] else "class_accuracy"
-    better = (lambda a, b: a <= b) if key == "domain_fid" else (lambda a, b: a >= b)
-    target = base[-1][key] if base else None
-    print(f"\n| configuration | steps in budget | final {key} | seconds to reach unmasked final |")
+    target = base[-1]["domain_fid"] if base else None
+    print("\n| configuration | steps in budget | final domain_fid | seconds to reach unmasked final |")
     print("|---|---|---|---|")
     for label, rows in results.items():
-        reach = next((r["seconds"] for r in rows if target is not None and better(r[key], target)), None)
-        print(f"| {label} | {rows[-1]['step']} | {rows[-1][key]:.3f} | "
+        reach = next((r["seconds"] for r in rows if target is not None and r["domain_fid"] <= target), None)
+        print(f"| {label} | {rows[-1]['step']} | {rows[-1]['domain_fid']:.3f} | "
               f"{'-' if reach is None else f'{reach:.0f}'} |")
 
 

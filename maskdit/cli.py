@@ -201,9 +201,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _sampling_kwargs(args: argparse.Namespace, run: Any) -> dict[str, Any]:
+    from maskdit.samplers import default_sampler
+
     s = run.config.sample
     return {
-        "sampler": args.sampler or s.sampler,
+        "sampler": args.sampler or s.sampler or default_sampler(run.objective),
         "steps": args.steps or s.steps,
         "guidance_scale": s.guidance_scale if args.guidance_scale is None else args.guidance_scale,
         "guidance_interval": args.guidance_interval or s.guidance_interval,
@@ -238,7 +240,6 @@ def _draw(args: argparse.Namespace, run: Any, num: int) -> tuple[torch.Tensor, t
     labels = _labels(args, run, num)
     kwargs = _sampling_kwargs(args, run)
     x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, **kwargs)
-    kwargs["sampler"] = kwargs["sampler"] or ("heun" if run.objective.name == "flow" else "ddim")
     return to_uint8(x), labels, kwargs
 
 

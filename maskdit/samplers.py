@@ -99,6 +99,11 @@ def sample(
                 progress=progress)
 
 
+def default_sampler(objective: Objective) -> str:
+    """The sampler used when none is named: Heun for flow matching, DDIM for DDPM."""
+    return "heun" if objective.name == "flow" else "ddim"
+
+
 def guided(
     model: torch.nn.Module,
     y: torch.Tensor | None,
@@ -158,7 +163,7 @@ def generate(
     held to their context values before every model call and in the result, which therefore equals
     ``context`` exactly on them; only the other tokens are generated.
     """
-    sampler = sampler or ("heun" if objective.name == "flow" else "ddim")
+    sampler = sampler or default_sampler(objective)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((num, model.in_channels, *model.input_size), generator=gen)

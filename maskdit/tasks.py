@@ -78,13 +78,13 @@ def complete(run: Any, context: torch.Tensor, given: torch.Tensor, labels: torch
              **sampling: Any) -> torch.Tensor:
     """Generate the tokens ``given`` leaves open for every clip of ``context`` (uint8 ``(N, C, *S)``);
     returns uint8 ``(N, C, *S)`` equal to ``context`` on the given tokens."""
-    from maskdit.data import to_uint8
+    from maskdit.data import from_uint8, to_uint8
 
     if not run.model.task_conditioning:
         raise ConfigError("this run was trained without tasks (task.names): it cannot condition on a context")
     n = len(context)
     flat = given.reshape(1, -1).expand(n, -1) if given.dim() != 2 or given.shape[0] != n else given
-    x = context.float() / 127.5 - 1
+    x = from_uint8(context)
     out = generate(run.model, run.objective, n, labels, given=flat, context=x, **sampling)
     return torch.where(pixel_mask(flat, run.model), context, to_uint8(out))
 

@@ -47,8 +47,13 @@ class ImageDataset:
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images at ``idx`` as floats in ``[-1, 1]`` and their labels (``None`` when unlabelled)."""
-        x = self.images[idx].float() / 127.5 - 1.0
+        x = from_uint8(self.images[idx])
         return x, (self.labels[idx] if self.labels is not None else None)
+
+
+def from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """``uint8`` 0-255 -> model space ``[-1, 1]`` (float32); the inverse of :func:`to_uint8`."""
+    return x.float() / 127.5 - 1.0
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

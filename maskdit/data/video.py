@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from maskdit.data import from_uint8
 from maskdit.errors import ConfigError, DataError
 
 SPLITS = ("train", "test")
@@ -60,7 +61,7 @@ class VideoDataset:
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Clips at ``idx`` as floats in ``[-1, 1]`` ``(B, C, T, H, W)`` and their labels (or ``None``)."""
-        x = self.frames[idx].float() / 127.5 - 1.0
+        x = from_uint8(self.frames[idx])
         return x, (self.labels[idx] if self.labels is not None else None)
 
 

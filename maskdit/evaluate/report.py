@@ -114,11 +114,11 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
     """A grid of EMA samples from one checkpoint with the run's sampler settings, and its caption."""
     from maskdit.checkpoint import load_run
     from maskdit.data import to_uint8
-    from maskdit.samplers import generate
+    from maskdit.samplers import default_sampler, generate
 
     run = load_run(ckpt, ema=True, device=device)
     s = run.config.sample
-    sampler = s.sampler or ("heun" if run.objective.name == "flow" else "ddim")
+    sampler = s.sampler or default_sampler(run.objective)
     classes = run.model.num_classes
     num = per_class * classes if classes else per_class * per_class
     labels = torch.arange(num) % classes if classes else None

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from maskdit.data import ImageDataset, to_uint8
+from maskdit.data import ImageDataset, from_uint8, to_uint8
 from maskdit.errors import ConfigError
 from maskdit.evaluate.features import DomainFeatures, InceptionFeatures, inception_available, real_features
 from maskdit.evaluate.metrics import feature_stats, frechet_distance, kid, precision_recall
@@ -126,7 +126,7 @@ def score_samples(
                 out["pr_features"] = "domain"
         if "class" in metrics and labels is not None:
             clf = domain.classifier
-            pred = clf.predict(images.to(domain.device).float() / 127.5 - 1).cpu()
+            pred = clf.predict(from_uint8(images.to(domain.device))).cpu()
             out["class_accuracy"] = (pred == labels).float().mean().item()
             out["classifier_holdout_accuracy"] = clf.holdout_accuracy
             out["per_class_accuracy"] = {int(k): (pred[labels == k] == k).float().mean().item()
@@ -146,13 +146,13 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     sampler settings (``cfg.sample``, seed ``cfg.seed``), scored by domain FID, precision/recall and class
     accuracy. The global RNG state is saved and restored, so training draws the same numbers with or
     without evaluation; the model's train/eval mode is restored too."""
-    from maskdit.samplers import generate
+    from maskdit.samplers import default_sampler, generate
 
     if not labelled(dataset):
         return {"num": 0, "skipped": f"dataset {dataset.name} has no labels: domain metrics need a classifier"}
     device = next(model.parameters()).device
     s = cfg.sample
-    settings = {"sampler": s.sampler or ("heun" if objective.name == "flow" else "ddim"), "steps": s.steps,
+    settings = {"sampler": s.sampler or default_sampler(objective), "steps": s.steps,
                 "guidance_scale": s.guidance_scale, "seed": cfg.seed}
     was_training = model.training
     start = time.time()
