@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from maskdit.errors import ConfigError
-from maskdit.masks import num_kept, random_keep_indices
+from maskdit.masks import drop_tokens, num_kept
 from maskdit.model import build_model
 from maskdit.objectives import FlowMatching
 from maskdit.recipes import build_recipe
@@ -85,9 +85,7 @@ def benchmark(
     keep = num_kept(model.num_tokens, mask_ratio)
 
     def one_step() -> None:
-        keep_idx = None
-        if keep < model.num_tokens:
-            keep_idx = random_keep_indices(batch, model.num_tokens, mask_ratio, gen, dev)
+        keep_idx = drop_tokens(batch, model.num_tokens, mask_ratio, gen, dev)
         with autocast:
             loss, _ = loss_of.loss(model, objective, x, y, t, noise, keep_idx)
         loss.backward()

@@ -36,6 +36,20 @@ def random_keep_indices(
     return idx.to(device)
 
 
+def drop_tokens(
+    batch: int,
+    num_tokens: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor | None:
+    """Kept-token indices for a step that drops ``ratio`` of the tokens, or ``None`` when that keeps all
+    of them (so the model takes its unmasked path and no random numbers are drawn)."""
+    if num_kept(num_tokens, ratio) == num_tokens:
+        return None
+    return random_keep_indices(batch, num_tokens, ratio, generator, device)
+
+
 def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Select tokens ``(B, N, D)`` at indices ``(B, K)`` -> ``(B, K, D)``."""
     return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

@@ -35,7 +35,7 @@ from maskdit.checkpoint import (
 from maskdit.config import Config
 from maskdit.data import dataset_from_config
 from maskdit.errors import ConfigError
-from maskdit.masks import mask_ratio, mix_task_masks, num_kept, random_keep_indices
+from maskdit.masks import drop_tokens, mask_ratio, mix_task_masks
 from maskdit.model import DiT, build_model
 from maskdit.objectives import objective_from_config
 from maskdit.recipes import build_recipe
@@ -155,9 +155,7 @@ class Trainer:
         """This step's drop ratio and kept-token indices (``None`` when nothing is dropped)."""
         m = self.cfg.mask
         ratio = mask_ratio(m.schedule, m.ratio, step, m.schedule_steps or self.cfg.steps, m.ratio_min, gen)
-        if num_kept(self.model.num_tokens, ratio) == self.model.num_tokens:
-            return ratio, None
-        return ratio, random_keep_indices(self.cfg.batch_size, self.model.num_tokens, ratio, gen, self.device)
+        return ratio, drop_tokens(self.cfg.batch_size, self.model.num_tokens, ratio, gen, self.device)
 
     def given_mask(self, gen: torch.Generator) -> torch.Tensor | None:
         """This step's condition masks ``(B, N)``, a task per sample drawn by ``task.weights`` (or ``None``)."""

@@ -8,7 +8,7 @@ from maskdit.checkpoint import latest_checkpoint, load_run
 from maskdit.config import load_config
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify
-from maskdit.masks import mask_ratio, num_kept, random_keep_indices
+from maskdit.masks import drop_tokens, mask_ratio, num_kept, random_keep_indices
 from maskdit.model import DiT
 from maskdit.objectives import FlowMatching, denoising_loss
 from maskdit.recipes import build_recipe
@@ -128,6 +128,8 @@ def test_schedules_give_documented_values():
 def test_kept_token_count_at_every_ratio(ratio, kept):
     assert num_kept(16, ratio) == kept
     assert random_keep_indices(3, 16, ratio).shape == (3, kept)
+    dropped = drop_tokens(3, 16, ratio)
+    assert dropped is None if kept == 16 else dropped.shape == (3, kept)
 
 
 def test_trainer_keep_indices_follow_schedule(tmp_path):
