@@ -23,8 +23,8 @@ import torch
 from maskdit.checkpoint import load_run
 from maskdit.data import dataset_from_config
 from maskdit.evaluate.metrics import psnr, ssim
-from maskdit.media import save_video, side_by_side
-from maskdit.tasks import complete, given_for, pixel_mask
+from maskdit.media import save_video
+from maskdit.tasks import comparison_frames, complete, given_for
 
 TASKS = {  # name: options of maskdit.masks.task_mask
     "predict": {"k": 4},
@@ -91,9 +91,7 @@ def main() -> None:
             for name, fill in baselines(clips, frames_given).items():
                 row[name] = frame_scores(fill, clips, scored)
         results[task] = row
-        given_px = pixel_mask(grid.reshape(1, -1).expand(8, -1), run.model)[:, 0].numpy()
-        to_thwc = lambda v: v[:8].permute(0, 2, 3, 4, 1).numpy()  # noqa: E731
-        save_video(out / f"{task}.gif", side_by_side(to_thwc(clips), to_thwc(clips), to_thwc(generated), given_px))
+        save_video(out / f"{task}.gif", comparison_frames(clips[:8], generated[:8], grid, run.model))
         print(task, json.dumps(row), flush=True)
     (out / "tasks.json").write_text(json.dumps(results, indent=2))
     print(f"\n{args.num} held-out clips, {cfg.data.name}, step {run.step}, {sampling}\n")

@@ -272,8 +272,8 @@ def _task_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
-    from maskdit.media import save_samples, save_video, side_by_side
-    from maskdit.tasks import complete, given_for, load_context, mask_from_png, pixel_mask
+    from maskdit.media import save_samples, save_video
+    from maskdit.tasks import comparison_frames, complete, given_for, load_context, mask_from_png
 
     if not args.context:
         raise ConfigError("--task needs --context FILE.npz with the clips (or images) to condition on")
@@ -294,10 +294,7 @@ def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
     out = complete(run, context, grid.reshape(-1), labels, batch_size=args.batch_size, progress=True, **kwargs)
     video = out.dim() == 5
     if video and args.out.lower().endswith((".gif", ".mp4")):
-        to_thwc = lambda v: v.permute(0, 2, 3, 4, 1).numpy()  # noqa: E731
-        pixels_given = pixel_mask(grid.reshape(1, -1).expand(len(out), -1), run.model)[:, 0].numpy()
-        shown = side_by_side(to_thwc(context), to_thwc(context), to_thwc(out), pixels_given)
-        path = save_video(args.out, shown)
+        path = save_video(args.out, comparison_frames(context, out, grid, run.model))
     elif video and args.out.lower().endswith(".npz"):
         path = save_video(args.out, out.permute(0, 2, 3, 4, 1).numpy())
     elif not video and args.out.lower().endswith((".png", ".npz")):

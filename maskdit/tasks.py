@@ -89,6 +89,19 @@ def complete(run: Any, context: torch.Tensor, given: torch.Tensor, labels: torch
     return torch.where(pixel_mask(flat, run.model), context, to_uint8(out))
 
 
+def comparison_frames(truth: torch.Tensor, generated: torch.Tensor, given: torch.Tensor, model: Any) -> np.ndarray:
+    """Context | ground truth | generated frames (uint8 ``N x T x H' x W' x C``) for :func:`save_video`,
+    from uint8 clips ``(N, C, T, H, W)`` and the token-grid given mask; the context panel greys what was
+    not given."""
+    from maskdit.media import side_by_side
+
+    def thwc(v: torch.Tensor) -> np.ndarray:
+        return v.permute(0, 2, 3, 4, 1).numpy()
+
+    pixels_given = pixel_mask(given.reshape(1, -1).expand(len(truth), -1), model)[:, 0].numpy()
+    return side_by_side(thwc(truth), thwc(truth), thwc(generated), pixels_given)
+
+
 def pixel_mask(given: torch.Tensor, model: Any) -> torch.Tensor:
     """Token flags ``(N, num_tokens)`` -> a bool pixel mask ``(N, C, *S)`` shaped like the model's input."""
     from maskdit.grid import unpatchify
