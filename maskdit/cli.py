@@ -24,6 +24,7 @@ import torch
 
 from maskdit.errors import ConfigError, MaskditError
 from maskdit.masks import TASKS
+from maskdit.recipes import RECIPES
 
 
 def positive_int(text: str) -> int:
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=positive_int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--mask-ratio", type=ratio, default=0.0, help="share of tokens dropped per step, in [0, 1)")
-    p.add_argument("--recipe", choices=["drop", "mae", "mdt"], default="drop",
+    p.add_argument("--recipe", choices=RECIPES, default="drop",
                    help="masked-training recipe: plain dropping, MAE decoder (MaskDiT) or side-interpolater (MDT)")
     p.add_argument("--mixer-depth", type=int, default=0, help="leading blocks on all tokens (deferred masking)")
     return parser

@@ -17,7 +17,9 @@ from typing import Any
 import yaml
 
 from maskdit.errors import ConfigError
-from maskdit.masks import TASKS
+from maskdit.masks import SCHEDULES, TASKS
+from maskdit.model.dit import ATTENTIONS
+from maskdit.recipes import RECIPES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -138,7 +140,7 @@ class Config:
              "digits, npz, folder, bouncing-digits or bouncing-balls"),
             ("data.num", self.data.num >= 1, "at least 1"),
             ("data.frames", self.data.frames >= 2, "at least 2"),
-            ("model.attention", self.model.attention in ("full", "factorised"), "full or factorised"),
+            ("model.attention", self.model.attention in ATTENTIONS, _one_of(ATTENTIONS)),
             ("task.names", all(n in TASKS for n in self.task.names), f"a list from {', '.join(TASKS)}"),
             ("task.weights", self.task.weights is None or (len(self.task.weights) == len(self.task.names)
                                                            and min(self.task.weights, default=0) >= 0
@@ -150,12 +152,10 @@ class Config:
             ("objective.schedule", self.objective.schedule in ("linear", "cosine"), "linear or cosine"),
             ("max_seconds", self.max_seconds is None or self.max_seconds > 0, "null or positive"),
             ("model.mixer_depth", self.model.mixer_depth >= 0, "non-negative (and below the model depth)"),
-            ("mask.recipe", self.mask.recipe in ("drop", "mae", "mdt"), "drop, mae or mdt"),
+            ("mask.recipe", self.mask.recipe in RECIPES, _one_of(RECIPES)),
             ("mask.ratio", 0 <= self.mask.ratio < 1, "in [0, 1)"),
             ("mask.ratio_min", 0 <= self.mask.ratio_min <= self.mask.ratio, "in [0, mask.ratio]"),
-            ("mask.schedule", self.mask.schedule in ("constant", "random", "linear_decay", "cosine_decay",
-                                                     "increasing"),
-             "constant, random, linear_decay, cosine_decay or increasing"),
+            ("mask.schedule", self.mask.schedule in SCHEDULES, _one_of(SCHEDULES)),
             ("mask.schedule_steps", self.mask.schedule_steps is None or self.mask.schedule_steps >= 1,
              "null or at least 1"),
             ("mask.aux_weight", self.mask.aux_weight >= 0, "non-negative"),
@@ -177,6 +177,11 @@ class Config:
         if self.data.name in ("npz", "folder") and not self.data.path:
             raise ConfigError(f"config key data.path is required when data.name={self.data.name}")
         return self
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    """``('a', 'b', 'c')`` -> ``'a, b or c'``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _get(obj: Any, dotted: str) -> Any:
