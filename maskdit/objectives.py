@@ -116,6 +116,13 @@ def token_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def regression_pair(
+    objective: Objective, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, patch: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model input ``x_t`` (a grid) and the regression target as tokens ``(B, N, P)``."""
+    return objective.noisy(x0, noise, t), patchify(objective.target(x0, noise, t), patch)
+
+
 def denoising_loss(
     model: torch.nn.Module,
     objective: Objective,
@@ -132,8 +139,7 @@ def denoising_loss(
     tokens enter clean (their ``x_0`` values, at every ``t``) and are left out of the loss. The loss is
     the mean over tokens that are kept and generated.
     """
-    x_t = objective.noisy(x0, noise, t)
-    target = patchify(objective.target(x0, noise, t), model.patch_size)
+    x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
     weight = None
     if given is not None:
         x_t = hold_given(x_t, x0, given, model.patch_size)

@@ -31,7 +31,7 @@ from maskdit.grid import patchify
 from maskdit.masks import gather_tokens
 from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
 from maskdit.model.dit import DiT
-from maskdit.objectives import Objective, denoising_loss, token_mse
+from maskdit.objectives import Objective, denoising_loss, regression_pair, token_mse
 
 RECIPES = ("drop", "mae", "mdt")
 
@@ -75,8 +75,7 @@ class MAERecipe(nn.Module):
         if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
             loss = denoising_loss(model, objective, x0, y, t, noise, keep_idx) + _touch(self).to(x0.device)
             return loss, {"loss_denoise": loss.item(), "loss_aux": 0.0}
-        x_t = objective.noisy(x0, noise, t)
-        target = patchify(objective.target(x0, noise, t), model.patch_size)
+        x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
         kept, c = model.features(x_t, t, y, keep_idx)
         denoise = token_mse(model.final_layer(kept, c), gather_tokens(target, keep_idx))
         reconstruction = self.decoder(kept, c, keep_idx)
@@ -104,11 +103,10 @@ class MDTRecipe(nn.Module):
              noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, float]]:
         _refuse_tasks(self.name, given)
-        full = denoising_loss(model, objective, x0, y, t, noise)
+        x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
+        full = token_mse(patchify(model(x_t, t, y), model.patch_size), target)
         if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
             return full + _touch(self).to(x0.device), {"loss_full": full.item(), "loss_masked": 0.0}
-        x_t = objective.noisy(x0, noise, t)
-        target = patchify(objective.target(x0, noise, t), model.patch_size)
         kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
         tokens = self.interpolater(kept, c, keep_idx, model.pos_embed)
         tokens = model.run_blocks(tokens, c, self.encoder_depth)
