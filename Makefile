@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/maskdit train --preset digits run_dir=runs/digits --resume
-	$(BIN)/maskdit sample runs/digits --num 100 --out runs/digits/samples.png
+	$(BIN)/maskdit train --preset digits run_dir=runs/digits $$(test -d runs/digits && echo --resume)
+	$(BIN)/maskdit sample runs/digits --num 100 --out runs/digits/samples.png --overwrite
 	$(BIN)/maskdit eval runs/digits --num 500 --metrics domain_fid,pr,class
 
 test: $(STAMP)

@@ -20,7 +20,7 @@ import torch
 
 from maskdit.checkpoint import list_checkpoints, load_run, read_json
 from maskdit.config import load_config
-from maskdit.data import load_dataset, to_uint8
+from maskdit.data import load_dataset
 from maskdit.evaluate.suite import score_samples
 from maskdit.samplers import generate
 from maskdit.train import train
@@ -53,7 +53,7 @@ def score(run_dir: Path, dataset, num: int, steps: int) -> list[dict]:
     for ckpt in list_checkpoints(run_dir):
         run = load_run(ckpt)
         labels = torch.arange(num) % dataset.num_classes
-        x = to_uint8(generate(run.model, run.objective, num, labels, "heun", steps, 1.0, seed=123))
+        x = run.codec.decode(generate(run.model, run.objective, num, labels, "heun", steps, 1.0, seed=123))
         scores = score_samples(x, labels, dataset, ["domain_fid", "class"], progress=False)
         rows.append({"step": run.step, "seconds": offset + seconds_at(run.step, metrics),
                      "class_accuracy": scores["class_accuracy"], "domain_fid": scores["domain_fid"]})

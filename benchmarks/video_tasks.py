@@ -81,7 +81,7 @@ def main() -> None:
     for task, options in TASKS.items():
         grid = given_for(task, run.model, options, torch.Generator().manual_seed(0))
         start = time.time()
-        generated = complete(run, clips, grid.reshape(-1), batch_size=64, **sampling)
+        generated = complete(run, clips, grid, batch_size=64, **sampling)
         seconds = time.time() - start
         frames_given = [f for f in range(grid.shape[0]) if bool(grid[f].all())]
         scored = [f for f in range(grid.shape[0]) if f not in frames_given]

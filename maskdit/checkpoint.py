@@ -9,7 +9,9 @@
         config.json             the full run config, the model's constructor arguments, dataset facts
 
 Files are written into ``.step_000400.tmp`` and the directory is renamed into place once complete, so a
-crash mid-write never leaves a partial checkpoint where :func:`latest_checkpoint` looks.
+crash mid-write never leaves a partial checkpoint where :func:`latest_checkpoint` looks. Only directories
+named exactly ``step_<digits>`` count as checkpoints, and pruning deletes nothing else. A damaged latest
+checkpoint is passed over, with a warning, for the previous complete one.
 """
 
 from __future__ import annotations
@@ -17,18 +19,23 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from maskdit.errors import CheckpointError
+from maskdit.errors import CheckpointError, MaskditError
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.json")
 AUX_FILE = "aux.safetensors"  # optional: training-only parameters of a masked-training recipe
+STEP_NAME = re.compile(r"step_(\d{6,})")
+T = TypeVar("T")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -40,8 +47,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step_*") if p.is_dir() and all((p / f).is_file() for f in FILES)]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    found = [p for p in root.iterdir()
+             if STEP_NAME.fullmatch(p.name) and p.is_dir() and all((p / f).is_file() for f in FILES)]
+    return sorted(found, key=lambda p: int(p.name[5:]))
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -49,21 +57,106 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory (-> its latest checkpoint) or a checkpoint directory; refuses anything else."""
+def resolve_checkpoints(path: str | Path) -> list[Path]:
+    """A checkpoint directory, or a run directory's complete checkpoints newest first; refuses anything else."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: pass a run directory or a checkpoint directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file: pass a run directory or a checkpoint directory")
     if all((path / f).is_file() for f in FILES):
-        return path
-    latest = latest_checkpoint(path)
-    if latest is None:
+        return [path]
+    found = list_checkpoints(path)
+    if not found:
         raise CheckpointError(f"{path} holds no complete checkpoint (expected {checkpoint_dir(path)}/step_*/)")
-    return latest
+    return found[::-1]
 
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory (-> its latest checkpoint) or a checkpoint directory; refuses anything else."""
+    return resolve_checkpoints(path)[0]
+
+
+def first_loadable(candidates: list[Path], load: Callable[[Path], T]) -> T:
+    """``load`` the newest of ``candidates`` that loads; a damaged one is skipped with a warning on stderr
+    (the error of the last one is raised when none loads)."""
+    for i, ckpt in enumerate(candidates):
+        try:
+            return load(ckpt)
+        except CheckpointError as e:
+            if i + 1 == len(candidates):
+                raise
+            print(f"warning: skipping damaged checkpoint {ckpt} ({e}); using {candidates[i + 1]}", file=sys.stderr)
+    raise CheckpointError("no checkpoint to load")
+
+
+def is_run(path: Path) -> bool:
+    """True when ``path`` holds a maskdit run: a ``config.json`` with its ``config`` and ``model`` sections
+    (readable or not: a damaged one is still the project's file) or a ``checkpoints`` directory."""
+    config = path / "config.json"
+    if (path / "checkpoints").is_dir() and list_checkpoints(path):
+        return True
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"config", "model"} <= set(data)
+
+
+def find_run(run_dir: Path, resume: bool) -> Path | None:
+    """Decide, before anything is written, what training into ``run_dir`` means: the checkpoint to resume
+    (``None``: start at step 0). Refuses a file, a directory holding anything but a run, an existing run
+    without ``resume``, and ``resume`` where there is no run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"run_dir {run_dir} is a file: choose a directory for the run")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CheckpointError(f"run_dir {run_dir}: {parent} is a file, not a directory")
+    empty = not run_dir.exists() or not any(run_dir.iterdir())
+    if empty:
+        if resume:
+            raise CheckpointError(f"--resume: {run_dir} holds no run to resume; leave out --resume to start one")
+        return None
+    if not is_run(run_dir):
+        sample = sorted(p.name for p in run_dir.iterdir())[0]
+        raise CheckpointError(f"run_dir {run_dir} already holds files that are not a maskdit run (e.g. {sample}): "
+                              "choose a new or empty run_dir")
+    found = list_checkpoints(run_dir)
+    if not resume:
+        if found:
+            raise CheckpointError(f"run_dir {run_dir} already holds checkpoints: pass --resume to continue it, "
+                                  "or choose another run_dir")
+        raise CheckpointError(f"run_dir {run_dir} holds a run that stopped before its first checkpoint: pass "
+                              "--resume to start it again from step 0, or choose another run_dir")
+    if not found:
+        return None
+    return first_loadable(found[::-1], _check_complete)
+
+
+def _check_complete(ckpt: Path) -> Path:
+    """Refuse a checkpoint whose files cannot be read (the tensors' headers and the JSON files)."""
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        _load_tensors(ckpt / name)
+    read_json(ckpt / "state.json", keys=("step", "optimizer", "rng"))
+    read_json(ckpt / "config.json", keys=("config", "model", "dataset"))
+    return ckpt
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON under a temporary name and rename it over ``path``: a reader sees the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        _fsync(tmp)
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _fsync(path: Path) -> None:
@@ -153,6 +246,7 @@ def save_checkpoint(
         save_file(_cpu_state(aux), tmp / AUX_FILE)
     for f in tmp.iterdir():
         _fsync(f)
+    _fsync(tmp)
     if final.exists():  # re-saving a step (e.g. a resumed run that ends where it started)
         old = root / f".{final.name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -173,7 +267,9 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
-    except (SafetensorError, OSError) as e:
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} is missing") from e
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path}: {e}; the file is damaged or not a safetensors file") from e
 
 
@@ -208,34 +304,63 @@ def load_aux(aux: torch.nn.Module, ckpt: Path) -> None:
         load_weights(aux, ckpt / AUX_FILE)
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object from ``path`` that has ``keys``; anything else is a :class:`CheckpointError`."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} is missing") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}; the file is damaged") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is damaged: it does not hold a JSON object")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise CheckpointError(f"{path} is damaged: it lacks {', '.join(missing)}")
+    return data
 
 
 class LoadedRun:
-    """A model ready to sample, with the objective and facts it was trained with."""
+    """A model ready to sample, with the objective, codec and facts it was trained with."""
 
     def __init__(self, ckpt: Path, model: torch.nn.Module, config: dict[str, Any], step: int):
         from maskdit.config import load_config
+        from maskdit.data.codec import codec_from_config
         from maskdit.objectives import objective_from_config
 
         self.path, self.model, self.step = ckpt, model, step
         self.info = config
-        self.config = load_config(base=config["config"])
+        try:
+            self.config = load_config(base=config["config"])
+            self.codec = codec_from_config(config["dataset"].get("codec"))
+        except MaskditError as e:
+            raise CheckpointError(f"{ckpt / 'config.json'} is damaged or from another version: {e}") from e
         self.objective = objective_from_config(self.config.objective)
         self.dataset = config["dataset"]
 
 
-def load_run(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the model of a run (or checkpoint) directory and load its EMA (or training) weights."""
+def _load_run(ckpt: Path, ema: bool) -> LoadedRun:
     from maskdit.model import DiT
 
-    ckpt = resolve_checkpoint(path)
-    config = read_json(ckpt / "config.json")
-    state = read_json(ckpt / "state.json")
-    model = DiT.from_config(config["model"])
-    load_weights(model, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
-    return LoadedRun(ckpt, model.to(device).eval(), config, int(state["step"]))
+    config = read_json(ckpt / "config.json", keys=("config", "model", "dataset"))
+    state = read_json(ckpt / "state.json", keys=("step",))
+    try:
+        model = DiT.from_config(config["model"])
+    except (MaskditError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt / 'config.json'} does not describe a model this version can build: {e}") from e
+    weights = ckpt / ("ema.safetensors" if ema else "model.safetensors")
+    load_weights(model, weights)
+    bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()),
+               None)
+    if bad is not None:
+        raise CheckpointError(f"{weights} holds non-finite weights (e.g. {bad}): the run diverged before this "
+                              "checkpoint; sample an earlier one")
+    return LoadedRun(ckpt, model.eval(), config, int(state["step"]))
+
+
+def load_run(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild the model of a run (or checkpoint) directory and load its EMA (or training) weights; a
+    damaged latest checkpoint falls back to the previous complete one with a warning."""
+    run = first_loadable(resolve_checkpoints(path), lambda ckpt: _load_run(ckpt, ema))
+    run.model.to(device)
+    return run

@@ -15,16 +15,32 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from maskdit.errors import ConfigError, MaskditError
-from maskdit.masks import TASKS
-from maskdit.recipes import RECIPES
+
+# Only the standard library and maskdit.errors at import time: torch loads inside main(), so Ctrl-C or SIGTERM during
+# start-up ends with one line instead of a traceback, and --help answers at once.
+
+
+class UsageError(Exception):
+    """A command line argparse cannot parse (printed as one line, exit status 2)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which handles it itself)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line instead of printing the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def positive_int(text: str) -> int:
@@ -42,8 +58,28 @@ def non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0:
+    if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
     return value
 
 
@@ -77,90 +113,127 @@ def interval(text: str) -> list[float]:
     return [lo, hi]
 
 
-def sampling_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    from maskdit.samplers import SAMPLERS
+
     g = p.add_argument_group("sampling")
-    g.add_argument("--sampler", choices=["euler", "heun", "ddim", "ddpm"],
-                   help="default: the run's sample.sampler (heun for flow, ddim for ddpm)")
+    g.add_argument("--sampler", choices=SAMPLERS.names(),
+                   help="default: the run's sample.sampler (" + "; ".join(f"{n}: {d}" for n, d in SAMPLERS.describe())
+                   + ")")
     g.add_argument("--steps", type=positive_int, help="sampler steps (default: the run's sample.steps)")
     g.add_argument("--guidance-scale", type=non_negative_float, help="classifier-free guidance; 1 = off")
     g.add_argument("--guidance-interval", type=interval, metavar="LOW,HIGH", help="guide only for t in [LOW, HIGH]")
-    g.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 deterministic, 1 ancestral)")
+    g.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (0 deterministic, 1 ancestral)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     g.add_argument("--classes", type=class_list, help="comma-separated labels to cycle through (default: all)")
     g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights (default ema)")
     g.add_argument("--batch-size", type=positive_int, default=256, help="samples per model batch")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
+
+
+COMMAND_HELP = {
+    "train": "train a model; prints its run directory",
+    "sample": "write samples from a trained run",
+    "eval": "score samples: FID/KID, domain FID, precision/recall, class recognition",
+    "report": "write one self-contained HTML report of a run",
+    "data": "export clips of an embedded video dataset",
+    "info": "describe what a run or checkpoint holds",
+    "bench": "forward+backward throughput of a model preset",
+}
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (each is its own parser, so options and key=value may intermix)."""
+    from maskdit.data.video import VIDEO_DATASETS
+    from maskdit.masks import TASKS
+    from maskdit.recipes import RECIPES
+
+    p = Parser(prog=f"maskdit {command}", description=COMMAND_HELP[command])
+    if command == "train":
+        p.description = "Train from a preset, a YAML file and key=value overrides (dotted keys)."
+        p.add_argument("--preset", help="a named config (see maskdit/configs); default: digits")
+        p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
+        p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    elif command == "sample":
+        _add_sampling_options(p)
+        p.add_argument("run_dir", help="run directory or checkpoint directory")
+        p.add_argument("--num", type=positive_int, help="number of samples (default 100; with --context: all clips)")
+        p.add_argument("--out", required=True,
+                       help="FILE.png (a grid, one row per class) or FILE.npz; with --task also FILE.gif / FILE.mp4")
+        _add_overwrite(p)
+        t = p.add_argument_group("tasks (models trained with task.names)")
+        t.add_argument("--task", choices=TASKS.names(), help="generate what this task leaves open in --context")
+        t.add_argument("--context",
+                       help="clips .npz (frames N x T x H x W x C uint8) or images .npz (images N x H x W x C)")
+        t.add_argument("--given-frames", type=positive_int,
+                       help="predict/backward/complete: frames given; animate: the given frame's index + 1")
+        t.add_argument("--stride", type=positive_int, help="interpolate: every STRIDE-th frame is given")
+        t.add_argument("--mask", help="image inpainting: PNG the size of the images, white = generate")
+    elif command == "eval":
+        _add_sampling_options(p)
+        p.add_argument("run_dir", nargs="?",
+                       help="run or checkpoint directory (may be left out with --samples and --data)")
+        p.add_argument("--num", type=positive_int, default=500, help="samples to draw (default 500)")
+        p.add_argument("--samples", help="score these samples (.npz: images, optional labels) instead of drawing")
+        p.add_argument("--data", help="real images to compare with: digits, FILE.npz or an image folder "
+                       "(default: the run's dataset)")
+        p.add_argument("--metrics", help="comma-separated subset of fid,kid,domain_fid,pr,class "
+                       "(default: all that apply; fid,kid need the extra maskdit[fid])")
+    elif command == "report":
+        p.add_argument("run_dir", help="run directory")
+        p.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
+        _add_overwrite(p)
+        p.add_argument("--per-class", type=positive_int, default=4, help="samples per class in each checkpoint's grid")
+        p.add_argument("--seed", type=int, default=0, help="noise seed of the sample grids (default 0)")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    elif command == "data":
+        p.add_argument("name", choices=list(VIDEO_DATASETS))
+        p.add_argument("--split", choices=["train", "test"], default="test")
+        p.add_argument("--num", type=positive_int, default=16)
+        p.add_argument("--frames", type=positive_int, default=8)
+        p.add_argument("--size", type=positive_int, default=16)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", required=True, help="clips.npz (frames N x T x H x W x C uint8), .gif or .mp4")
+        _add_overwrite(p)
+    elif command == "info":
+        p.add_argument("run_dir")
+    elif command == "bench":
+        p.add_argument("--preset", default="DiT-S/2", help="model preset, e.g. tiny, DiT-S/2, DiT-XL/2")
+        p.add_argument("--input", default="4x32x32", help="CxHxW (or CxL, CxTxHxW) of one input")
+        p.add_argument("--batch", type=positive_int, default=8)
+        p.add_argument("--steps", type=positive_int, default=10, help="timed steps")
+        p.add_argument("--warmup", type=positive_int, default=3)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--mask-ratio", type=ratio, default=0.0, help="share of tokens dropped per step, in [0, 1)")
+        p.add_argument("--recipe", choices=RECIPES.names(), default="drop",
+                       help="; ".join(f"{n}: {d}" for n, d in RECIPES.describe()))
+        p.add_argument("--mixer-depth", type=non_negative_int, default=0,
+                       help="leading blocks on all tokens (deferred masking)")
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskdit", description="Diffusion transformers with mask modeling.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def top_help() -> str:
+    lines = ["usage: maskdit COMMAND [options]  (maskdit COMMAND --help for its options)", "",
+             "Diffusion transformers with mask modeling.", "", "commands:"]
+    lines += [f"  {name:<8} {text}" for name, text in COMMAND_HELP.items()]
+    return "\n".join(lines)
 
-    p = sub.add_parser("train", help="train a model; prints its run directory",
-                       description="Train from a preset, a YAML file and key=value overrides (dotted keys).")
-    p.add_argument("--preset", help="a named config (see maskdit/configs); default: digits")
-    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
-    p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    sampling = sampling_options()
-    p = sub.add_parser("sample", parents=[sampling], help="write samples from a trained run")
-    p.add_argument("run_dir", help="run directory or checkpoint directory")
-    p.add_argument("--num", type=positive_int, help="number of samples (default 100; with --context: all clips)")
-    p.add_argument("--out", required=True,
-                   help="FILE.png (a grid, one row per class) or FILE.npz; with --task also FILE.gif / FILE.mp4")
-    t = p.add_argument_group("tasks (models trained with task.names)")
-    t.add_argument("--task", choices=list(TASKS), help="generate what this task leaves open in --context")
-    t.add_argument("--context",
-                   help="clips .npz (frames N x T x H x W x C uint8) or images .npz (images N x H x W x C)")
-    t.add_argument("--given-frames", type=positive_int,
-                   help="predict/backward/complete: frames given; animate: the given frame's index + 1")
-    t.add_argument("--stride", type=positive_int, help="interpolate: every STRIDE-th frame is given")
-    t.add_argument("--mask", help="image inpainting: PNG the size of the images, white = generate")
-
-    p = sub.add_parser("eval", parents=[sampling],
-                       help="score samples: FID/KID, domain FID, precision/recall, class recognition")
-    p.add_argument("run_dir", nargs="?", help="run or checkpoint directory (may be left out with --samples and --data)")
-    p.add_argument("--num", type=positive_int, default=500, help="samples to draw (default 500)")
-    p.add_argument("--samples", help="score these samples (.npz: images, optional labels) instead of drawing new ones")
-    p.add_argument("--data", help="real images to compare with: digits, FILE.npz or an image folder "
-                   "(default: the run's dataset)")
-    p.add_argument("--metrics", help="comma-separated subset of fid,kid,domain_fid,pr,class "
-                   "(default: all that apply; fid,kid need the extra maskdit[fid])")
-
-    p = sub.add_parser("report", help="write one self-contained HTML report of a run")
-    p.add_argument("run_dir", help="run directory")
-    p.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
-    p.add_argument("--per-class", type=positive_int, default=4, help="samples per class in each checkpoint's grid")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the sample grids (default 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-
-    p = sub.add_parser("data", help="export clips of an embedded video dataset")
-    p.add_argument("name", choices=["bouncing-digits", "bouncing-balls"])
-    p.add_argument("--split", choices=["train", "test"], default="test")
-    p.add_argument("--num", type=positive_int, default=16)
-    p.add_argument("--frames", type=positive_int, default=8)
-    p.add_argument("--size", type=positive_int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="clips.npz (frames N x T x H x W x C uint8), .gif or .mp4")
-
-    p = sub.add_parser("info", help="describe what a run or checkpoint holds")
-    p.add_argument("run_dir")
-
-    p = sub.add_parser("bench", help="forward+backward throughput of a model preset")
-    p.add_argument("--preset", default="DiT-S/2", help="model preset, e.g. tiny, DiT-S/2, DiT-XL/2")
-    p.add_argument("--input", default="4x32x32", help="CxHxW (or CxL, CxTxHxW) of one input")
-    p.add_argument("--batch", type=positive_int, default=8)
-    p.add_argument("--steps", type=positive_int, default=10, help="timed steps")
-    p.add_argument("--warmup", type=positive_int, default=3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--mask-ratio", type=ratio, default=0.0, help="share of tokens dropped per step, in [0, 1)")
-    p.add_argument("--recipe", choices=RECIPES, default="drop",
-                   help="masked-training recipe: plain dropping, MAE decoder (MaskDiT) or side-interpolater (MDT)")
-    p.add_argument("--mixer-depth", type=int, default=0, help="leading blocks on all tokens (deferred masking)")
-    return parser
+def check_out(path: str, overwrite: bool, option: str = "--out") -> None:
+    """Refuse to replace an existing file unless ``--overwrite``; refuse directories and impossible paths."""
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"{option} {path} is a directory: give a file name")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{option} {path} already exists: pass --overwrite to replace it, or choose another name")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{option} {path}: {parent} is a file, not a directory")
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -177,7 +250,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset = args.preset or ("digits" if path is None else None)
     cfg = load_config(preset, path, overrides)
     if args.resume and (Path(cfg.run_dir) / "config.json").is_file():
-        saved = read_json(Path(cfg.run_dir) / "config.json")["config"]
+        saved = read_json(Path(cfg.run_dir) / "config.json", keys=("config",))["config"]
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{Path(cfg.run_dir) / 'config.json'} is damaged: its config is not a mapping")
+        saved["run_dir"] = cfg.run_dir  # the directory asked for, never the one the run was saved from
         cfg = load_config(None, path, overrides, base=saved)
     print(f"run directory: {cfg.run_dir}", flush=True)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
@@ -191,10 +267,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               "(raise steps=N to continue)", flush=True)
         print(cfg.run_dir)
         return 0
-    try:
-        trainer.run()
-    except KeyboardInterrupt:
-        return 130
+    trainer.run()
     print(f"trained steps {first_step}-{trainer.step} in {time.time() - start:.0f}s", flush=True)
     print(f"wrote {latest_checkpoint(cfg.run_dir)} and {Path(cfg.run_dir) / 'metrics.jsonl'}")
     print(cfg.run_dir)
@@ -202,9 +275,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _sampling_kwargs(args: argparse.Namespace, run: Any) -> dict[str, Any]:
-    from maskdit.samplers import default_sampler
+    from maskdit.registry import one_of
+    from maskdit.samplers import SAMPLERS, default_sampler
 
     s = run.config.sample
+    fitting = SAMPLERS.names(objectives=run.objective.name)
+    if args.sampler and args.sampler not in fitting:
+        raise ConfigError(f"--sampler {args.sampler} does not fit this run's {run.objective.name} objective: "
+                          f"use {one_of(fitting)}")
     return {
         "sampler": args.sampler or s.sampler or default_sampler(run.objective),
         "steps": args.steps or s.steps,
@@ -215,7 +293,9 @@ def _sampling_kwargs(args: argparse.Namespace, run: Any) -> dict[str, Any]:
     }
 
 
-def _labels(args: argparse.Namespace, run: Any, num: int) -> torch.Tensor | None:
+def _labels(args: argparse.Namespace, run: Any, num: int) -> Any:
+    import torch
+
     n_classes = run.model.num_classes
     if n_classes == 0:
         if args.classes:
@@ -234,14 +314,13 @@ def _load(args: argparse.Namespace) -> Any:
     return load_run(args.run_dir, ema=args.weights == "ema", device=pick_device(args.device))
 
 
-def _draw(args: argparse.Namespace, run: Any, num: int) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    from maskdit.data import to_uint8
+def _draw(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any, dict]:
     from maskdit.samplers import generate
 
     labels = _labels(args, run, num)
     kwargs = _sampling_kwargs(args, run)
     x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, **kwargs)
-    return to_uint8(x), labels, kwargs
+    return run.codec.decode(x), labels, kwargs
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -250,6 +329,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if not args.out.lower().endswith((".npz", ".gif", ".mp4")):
         raise ConfigError(f"--out {args.out}: the file name must end in .npz, .gif or .mp4")
+    check_out(args.out, args.overwrite)
     data = load_video_dataset(args.name, args.split, args.num, args.seed, frames=args.frames, size=args.size)
     frames = data.frames.permute(0, 2, 3, 4, 1).numpy()  # N x T x H x W x C
     save_video(args.out, frames)
@@ -273,6 +353,8 @@ def _task_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
+    import torch
+
     from maskdit.media import save_samples, save_video
     from maskdit.tasks import comparison_frames, complete, given_for, load_context, mask_from_png
 
@@ -292,7 +374,7 @@ def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
     labels = _labels(args, run, len(context))
     kwargs = _sampling_kwargs(args, run)
     start = time.time()
-    out = complete(run, context, grid.reshape(-1), labels, batch_size=args.batch_size, progress=True, **kwargs)
+    out = complete(run, context, grid, labels, batch_size=args.batch_size, progress=True, **kwargs)
     video = out.dim() == 5
     if video and args.out.lower().endswith((".gif", ".mp4")):
         path = save_video(args.out, comparison_frames(context, out, grid, run.model))
@@ -311,10 +393,16 @@ def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from maskdit.media import clips_as_rows, save_samples, save_video
 
+    if not args.out.lower().endswith((".png", ".npz", ".gif", ".mp4")):
+        raise ConfigError(f"--out {args.out}: the file name must end in .png, .npz, .gif or .mp4")
+    check_out(args.out, args.overwrite)
     if args.task or args.context or args.mask:
         if not args.task:
             raise ConfigError("--context/--mask need --task NAME")
         return cmd_sample_task(args, _load(args))
+    for option in ("given_frames", "stride"):
+        if getattr(args, option) is not None:
+            raise ConfigError(f"--{option.replace('_', '-')} applies with --task only")
     args.num = args.num or 100
     run = _load(args)
     video = len(run.model.input_size) == 3
@@ -336,10 +424,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _eval_dataset(args: argparse.Namespace, run: Any) -> Any:
     """The real images to compare with: ``--data`` (digits, .npz or folder) or the run's dataset."""
-    from maskdit.data import load_dataset, load_folder, load_npz
-
+    from maskdit.data import dataset_from_config, load_dataset, load_folder, load_npz
     if args.data is None:
-        return load_dataset(run.config.data.name, run.config.data.path)
+        return dataset_from_config(run.config.data)
     if args.data == "digits":
         return load_dataset("digits")
     if args.data.lower().endswith(".npz"):
@@ -350,13 +437,15 @@ def _eval_dataset(args: argparse.Namespace, run: Any) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from maskdit.data import load_npz
     from maskdit.evaluate.suite import check_shape, parse_metrics, resolve_metrics, score_samples
     from maskdit.train import pick_device
 
     if args.run_dir is None and not (args.samples and args.data):
         raise ConfigError("eval needs RUN_DIR, or --samples FILE.npz together with --data to compare against")
-    requested = parse_metrics(args.metrics) if args.metrics else None
+    requested = parse_metrics(args.metrics) if args.metrics is not None else None
     run = _load(args) if args.run_dir else None
     if run is not None and len(run.model.input_size) != 2:
         raise ConfigError(f"maskdit eval scores image models; {args.run_dir} generates "
@@ -413,6 +502,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.out is not None and not args.out.lower().endswith((".html", ".htm")):
         raise ConfigError(f"--out {args.out}: the report is HTML; give a file name ending in .html")
+    if args.out is not None:  # the default RUN_DIR/report.html is the project's own file
+        check_out(args.out, args.overwrite)
     start = time.time()
     path = write_report(args.run_dir, args.out, per_class=args.per_class, seed=args.seed,
                         device=pick_device(args.device))
@@ -428,8 +519,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from maskdit.checkpoint import list_checkpoints, read_json, resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.run_dir)
-    info = read_json(ckpt / "config.json")
-    state = read_json(ckpt / "state.json")
+    info = read_json(ckpt / "config.json", keys=("config", "model", "dataset"))
+    state = read_json(ckpt / "state.json", keys=("step", "data_position"))
 
     with safe_open(ckpt / "ema.safetensors", framework="pt") as f:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
@@ -475,13 +566,59 @@ COMMANDS = {
 }
 
 
+def _dispatch(argv: list[str]) -> int:
+    if not argv:
+        raise UsageError(f"maskdit: a command is required: one of {', '.join(COMMANDS)} (see maskdit --help)")
+    if argv[0] in ("-h", "--help"):
+        print(top_help())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        raise UsageError(f"maskdit: unknown command {command!r}: choose one of {', '.join(COMMANDS)} "
+                         "(see maskdit --help)")
+    args = build_parser(command).parse_intermixed_args(rest)
+    return COMMANDS[command](args)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. Expected failures (bad input, missing or damaged files, a full disk) print one
+    line and return 2; signals return 128 + their number; a bug still shows its traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return COMMANDS[args.command](args)
-    except MaskditError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        from maskdit.train import Interrupted
+
+        try:
+            return _dispatch(argv)
+        except (MaskditError, UsageError) as e:
+            return _fail(str(e))
+        except Interrupted as e:
+            return e.exit_code
+        except OSError as e:
+            if e.filename is None and not isinstance(e, (PermissionError, FileNotFoundError)):
+                raise
+            where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+            return _fail(f"cannot use {where}: {e.strerror or e}")
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(message: str) -> int:
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ before training starts, naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,10 +17,14 @@ from typing import Any
 
 import yaml
 
+from maskdit.data import DATASETS
 from maskdit.errors import ConfigError
 from maskdit.masks import SCHEDULES, TASKS
-from maskdit.model.dit import ATTENTIONS
+from maskdit.model.dit import ATTENTIONS, PRESETS
+from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
 from maskdit.recipes import RECIPES
+from maskdit.registry import one_of
+from maskdit.samplers import SAMPLERS, check_sampler
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -40,7 +45,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  #: digits | npz | folder | bouncing-digits | bouncing-balls
+    name: str = "digits"  #: a maskdit.data.DATASETS entry: digits | npz | npy | folder | bouncing-digits | ...
     path: str | None = None
     num: int = 2000  #: video datasets: training clips generated
     frames: int = 8  #: video datasets: frames per clip
@@ -49,7 +54,7 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "flow"  #: flow | ddpm
+    name: str = "flow"  #: a maskdit.objectives.OBJECTIVES entry: flow | ddpm
     time_sampling: str = "logit_normal"  #: flow: uniform | logit_normal
     logit_mean: float = 0.0
     logit_std: float = 1.0
@@ -59,7 +64,7 @@ class ObjectiveConfig:
 
 @dataclass
 class MaskConfig:
-    recipe: str = "drop"  #: drop | mae | mdt (what fills the dropped tokens; see maskdit.recipes)
+    recipe: str = "drop"  #: a maskdit.recipes.RECIPES entry: drop | mae | mdt (what fills the dropped tokens)
     ratio: float = 0.0  #: share of tokens dropped per step (the maximum for schedules); 0 = no masking
     ratio_min: float = 0.0  #: random: lower end of the range; increasing: the starting ratio
     schedule: str = "constant"  #: constant | random | linear_decay | cosine_decay | increasing
@@ -77,11 +82,11 @@ class TaskConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str | None = None  #: euler | heun (flow); ddim | ddpm (ddpm). None: heun or ddim
+    sampler: str | None = None  #: a maskdit.samplers.SAMPLERS entry that fits the objective; None: its default
     steps: int = 25
     guidance_scale: float = 1.0
     guidance_interval: list[float] | None = None  #: [t_low, t_high]: guide only there
-    eta: float = 0.0  #: ddim only
+    eta: float = 0.0  #: ddim only, in [0, 1]
 
 
 @dataclass
@@ -105,6 +110,7 @@ class Config:
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
     max_seconds: float | None = None  #: stop (with a checkpoint) after this much training wall-clock
     init_from: str | None = None  #: start from this run's/checkpoint's weights (e.g. the unmasking finetune)
+    nan_tolerance: int = 5  #: stop after this many steps in a row with a non-finite loss or gradient (skipped)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -116,8 +122,11 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> Config:
-        """Check value ranges; raise :class:`ConfigError` naming the first bad key."""
+        """Check value ranges and cross-field rules; raise :class:`ConfigError` naming the first bad key."""
+        m, data, obj, mask, task, smp = self.model, self.data, self.objective, self.mask, self.task, self.sample
+        weights = task.weights
         checks = [
+            ("run_dir", bool(self.run_dir.strip()), "a non-empty path"),
             ("steps", self.steps >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("lr", self.lr > 0, "positive"),
@@ -132,56 +141,116 @@ class Config:
             ("log_every", self.log_every >= 1, "at least 1"),
             ("eval_every", self.eval_every >= 0, "non-negative (0 disables)"),
             ("eval_num", self.eval_num >= 4, "at least 4"),
-            ("device", self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
-             "auto, cpu, cuda or cuda:N"),
-            ("model.class_dropout", 0 <= self.model.class_dropout < 1, "in [0, 1)"),
-            ("model.mlp_ratio", self.model.mlp_ratio > 0, "positive"),
-            ("data.name", self.data.name in ("digits", "npz", "folder", "bouncing-digits", "bouncing-balls"),
-             "digits, npz, folder, bouncing-digits or bouncing-balls"),
-            ("data.num", self.data.num >= 1, "at least 1"),
-            ("data.frames", self.data.frames >= 2, "at least 2"),
-            ("model.attention", self.model.attention in ATTENTIONS, _one_of(ATTENTIONS)),
-            ("task.names", all(n in TASKS for n in self.task.names), f"a list from {', '.join(TASKS)}"),
-            ("task.weights", self.task.weights is None or (len(self.task.weights) == len(self.task.names)
-                                                           and min(self.task.weights, default=0) >= 0
-                                                           and sum(self.task.weights) > 0),
-             "null or one non-negative weight per task name, not all zero"),
-            ("objective.name", self.objective.name in ("flow", "ddpm"), "flow or ddpm"),
-            ("objective.time_sampling", self.objective.time_sampling in ("uniform", "logit_normal"),
-             "uniform or logit_normal"),
-            ("objective.schedule", self.objective.schedule in ("linear", "cosine"), "linear or cosine"),
+            ("nan_tolerance", self.nan_tolerance >= 1, "at least 1"),
+            ("device", self.device == "auto" or device_name_ok(self.device), "auto, cpu, cuda or cuda:N"),
             ("max_seconds", self.max_seconds is None or self.max_seconds > 0, "null or positive"),
-            ("model.mixer_depth", self.model.mixer_depth >= 0, "non-negative (and below the model depth)"),
-            ("mask.recipe", self.mask.recipe in RECIPES, _one_of(RECIPES)),
-            ("mask.ratio", 0 <= self.mask.ratio < 1, "in [0, 1)"),
-            ("mask.ratio_min", 0 <= self.mask.ratio_min <= self.mask.ratio, "in [0, mask.ratio]"),
-            ("mask.schedule", self.mask.schedule in SCHEDULES, _one_of(SCHEDULES)),
-            ("mask.schedule_steps", self.mask.schedule_steps is None or self.mask.schedule_steps >= 1,
-             "null or at least 1"),
-            ("mask.aux_weight", self.mask.aux_weight >= 0, "non-negative"),
-            ("mask.decoder_depth", self.mask.decoder_depth >= 1, "at least 1"),
-            ("sample.steps", self.sample.steps >= 1, "at least 1"),
-            ("sample.guidance_scale", self.sample.guidance_scale >= 0, "non-negative"),
-            ("sample.guidance_interval", self.sample.guidance_interval is None
-             or (len(self.sample.guidance_interval) == 2
-                 and 0 <= self.sample.guidance_interval[0] <= self.sample.guidance_interval[1] <= 1),
+            ("init_from", self.init_from is None or bool(self.init_from.strip()), "null or a run directory"),
+            ("model.preset", m.preset in PRESETS, "one of " + one_of(list(PRESETS))),
+            ("model.depth", m.depth is None or m.depth >= 1, "null or at least 1"),
+            ("model.hidden_size", m.hidden_size is None or (m.hidden_size >= 2 and m.hidden_size % 2 == 0),
+             "null or an even number of at least 2"),
+            ("model.num_heads", m.num_heads is None or m.num_heads >= 1, "null or at least 1"),
+            ("model.patch_size", m.patch_size is None or (min(_as_list(m.patch_size), default=0) >= 1
+                                                           and 1 <= len(_as_list(m.patch_size)) <= 3),
+             "null, a positive int or a list of 1-3 positive ints"),
+            ("model.class_dropout", 0 <= m.class_dropout < 1, "in [0, 1)"),
+            ("model.mlp_ratio", m.mlp_ratio > 0, "positive"),
+            ("model.mixer_depth", m.mixer_depth >= 0, "non-negative (and below the model depth)"),
+            ("model.attention", m.attention in ATTENTIONS, "one of " + one_of(ATTENTIONS)),
+            ("data.name", data.name in DATASETS, "one of " + one_of(DATASETS.names())),
+            ("data.num", data.num >= 1, "at least 1"),
+            ("data.frames", data.frames >= 2, "at least 2"),
+            ("data.size", data.size >= 4, "at least 4 (video canvas pixels)"),
+            ("objective.name", obj.name in OBJECTIVES, "one of " + one_of(OBJECTIVES.names())),
+            ("objective.time_sampling", obj.time_sampling in TIME_SAMPLINGS, "one of " + one_of(TIME_SAMPLINGS)),
+            ("objective.logit_std", obj.logit_std > 0, "positive"),
+            ("objective.schedule", obj.schedule in DDPM_SCHEDULES, "one of " + one_of(DDPM_SCHEDULES)),
+            ("objective.num_steps", obj.num_steps >= 2, "at least 2"),
+            ("mask.recipe", mask.recipe in RECIPES, "one of " + one_of(RECIPES.names())),
+            ("mask.ratio", 0 <= mask.ratio < 1, "in [0, 1)"),
+            ("mask.ratio_min", 0 <= mask.ratio_min <= mask.ratio, "in [0, mask.ratio]"),
+            ("mask.schedule", mask.schedule in SCHEDULES, "one of " + one_of(SCHEDULES.names())),
+            ("mask.schedule_steps", mask.schedule_steps is None or mask.schedule_steps >= 1, "null or at least 1"),
+            ("mask.aux_weight", mask.aux_weight >= 0, "non-negative"),
+            ("mask.decoder_depth", mask.decoder_depth >= 1, "at least 1"),
+            ("mask.decoder_width", mask.decoder_width is None or mask.decoder_width >= 2,
+             "null or a positive even width"),
+            ("task.names", all(n in TASKS for n in task.names), f"a list from {one_of(TASKS.names())}"),
+            ("task.weights", weights is None or (len(weights) == len(task.names) and min(weights, default=0) >= 0
+                                                 and sum(weights) > 0),
+             "null or one non-negative weight per task name, not all zero"),
+            ("sample.sampler", smp.sampler is None or smp.sampler in SAMPLERS, "one of " + one_of(SAMPLERS.names())),
+            ("sample.steps", smp.steps >= 1, "at least 1"),
+            ("sample.guidance_scale", smp.guidance_scale >= 0, "non-negative"),
+            ("sample.guidance_interval", smp.guidance_interval is None
+             or (len(smp.guidance_interval) == 2
+                 and 0 <= smp.guidance_interval[0] <= smp.guidance_interval[1] <= 1),
              "null or [t_low, t_high] with 0 <= t_low <= t_high <= 1"),
+            ("sample.eta", 0 <= smp.eta <= 1, "in [0, 1]"),
         ]
         for key, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"config key {key} must be {allowed}, got {_get(self, key)!r}")
-        from maskdit.model import PRESETS
-
-        if self.model.preset not in PRESETS:
-            raise ConfigError(f"config key model.preset must be one of {', '.join(PRESETS)}, got {self.model.preset!r}")
-        if self.data.name in ("npz", "folder") and not self.data.path:
-            raise ConfigError(f"config key data.path is required when data.name={self.data.name}")
+        # cross-field rules
+        if DATASETS.entry(data.name).facts["needs_path"] and not data.path:
+            raise ConfigError(f"config key data.path is required when data.name={data.name}")
+        if smp.sampler is not None:
+            check_sampler(smp.sampler, obj.name)
+        if task.names and not RECIPES.entry(mask.recipe).facts["tasks"]:
+            raise ConfigError(f"config key mask.recipe={mask.recipe} does not support condition masks (task.names): "
+                              f"use mask.recipe={one_of(RECIPES.names(tasks=True))}")
+        if m.attention == "factorised" and mask.ratio > 0:
+            raise ConfigError("config key model.attention=factorised needs every token, so it takes no dropping: "
+                              "set mask.ratio=0 or model.attention=full")
+        self.architecture()
         return self
 
+    def architecture(self) -> dict[str, Any]:
+        """The preset's architecture fields with the ``model.*`` overrides applied; refuses shapes that
+        cannot build (heads that do not divide the width, a patch mixer as deep as the model)."""
+        fields = dict(PRESETS[self.model.preset])
+        for key in ("depth", "hidden_size", "num_heads", "patch_size"):
+            if getattr(self.model, key) is not None:
+                fields[key] = getattr(self.model, key)
+        if fields["hidden_size"] % fields["num_heads"]:
+            raise ConfigError(f"config key model.num_heads={fields['num_heads']} must divide model.hidden_size="
+                              f"{fields['hidden_size']}")
+        if self.model.mixer_depth >= fields["depth"]:
+            raise ConfigError(f"config key model.mixer_depth must be below model.depth={fields['depth']}, "
+                              f"got {self.model.mixer_depth}")
+        if self.mask.recipe == "mae" and self.mask.decoder_width is not None and self.mask.decoder_width % 4:
+            raise ConfigError(f"config key mask.decoder_width must be a multiple of 4 (the decoder has 4 heads), "
+                              f"got {self.mask.decoder_width}")
+        return fields
 
-def _one_of(names: tuple[str, ...]) -> str:
-    """``('a', 'b', 'c')`` -> ``'a, b or c'``."""
-    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+def check_against_data(cfg: Config, dataset: Any) -> None:
+    """Rules that need the dataset's shape: run after loading the data, before anything is written."""
+    rank = len(dataset.shape) - 1
+    if cfg.model.attention == "factorised" and rank != 3:
+        raise ConfigError(f"config key model.attention=factorised needs video (T x H x W) data, but data.name="
+                          f"{cfg.data.name} has rank-{rank} examples {tuple(dataset.shape)}: use model.attention=full")
+    if cfg.batch_size > len(dataset):
+        raise ConfigError(f"config key batch_size {cfg.batch_size} is larger than the dataset ({len(dataset)} examples)")
+    patch = cfg.architecture()["patch_size"]
+    patch = _as_list(patch) * (rank if isinstance(patch, int) else 1)
+    if len(patch) != rank:
+        raise ConfigError(f"config key model.patch_size {cfg.model.patch_size} does not fit rank-{rank} data "
+                          f"{tuple(dataset.shape)}: give one int or {rank} of them")
+    for size, p in zip(dataset.shape[1:], patch):
+        if size % p:
+            raise ConfigError(f"config key model.patch_size {p} does not divide the data size "
+                              f"{'x'.join(map(str, dataset.shape[1:]))}: pick a patch size that divides every axis")
+
+
+def _as_list(value: Any) -> list[int]:
+    return [value] if isinstance(value, int) else list(value)
+
+
+def device_name_ok(name: str) -> bool:
+    """``cpu``, ``cuda`` or ``cuda:N`` (``auto`` is handled by the caller)."""
+    kind, _, index = name.partition(":")
+    return kind == "cpu" and not index or kind == "cuda" and (not index or index.isdigit())
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -204,6 +273,17 @@ def _type_ok(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    """``int | None`` -> ``'int or null'``, for messages."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _is_number(text: str) -> bool:
@@ -230,9 +310,11 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         elif isinstance(value, str) and _type_ok(1.0, hint) and _is_number(value):
             kwargs[key] = float(value)  # YAML 1.1 reads "1e-4" as a string
         elif not _type_ok(value, hint):
-            raise ConfigError(f"config key {prefix}{key} has the wrong type: got {value!r}, expected {hint}")
+            raise ConfigError(f"config key {prefix}{key} has the wrong type: got {value!r}, expected {_type_name(hint)}")
         else:
             kwargs[key] = float(value) if hint is float else value
+        if isinstance(kwargs.get(key), float) and not math.isfinite(kwargs[key]):
+            raise ConfigError(f"config key {prefix}{key} must be a finite number, got {kwargs[key]!r}")
     return cls(**kwargs)
 
 

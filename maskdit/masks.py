@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Any
 
 import torch
 
 from maskdit.errors import ConfigError
+from maskdit.registry import Registry, one_of
 
 
 def num_kept(num_tokens: int, ratio: float) -> int:
@@ -55,8 +58,34 @@ def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
-#: Drop-ratio schedules over training steps (see :func:`mask_ratio`).
-SCHEDULES = ("constant", "random", "linear_decay", "cosine_decay", "increasing")
+#: Drop-ratio schedules over training steps: name -> ``fn(ratio, progress, ratio_min, generator)`` where
+#: ``progress`` in [0, 1] is the share of the schedule done (see :func:`mask_ratio`).
+SCHEDULES: Registry = Registry("schedule", key="mask.schedule")
+
+
+@SCHEDULES.register("constant", "mask.ratio at every step")
+def _constant(ratio: float, progress: float, ratio_min: float, generator: torch.Generator | None) -> float:
+    return ratio
+
+
+@SCHEDULES.register("random", "uniform in [mask.ratio_min, mask.ratio], drawn per step (MDT)")
+def _random(ratio: float, progress: float, ratio_min: float, generator: torch.Generator | None) -> float:
+    return ratio_min + (ratio - ratio_min) * torch.rand((), generator=generator).item()
+
+
+@SCHEDULES.register("linear_decay", "from mask.ratio at step 0 linearly to 0")
+def _linear_decay(ratio: float, progress: float, ratio_min: float, generator: torch.Generator | None) -> float:
+    return ratio * (1.0 - progress)
+
+
+@SCHEDULES.register("cosine_decay", "from mask.ratio at step 0 to 0 on a half cosine")
+def _cosine_decay(ratio: float, progress: float, ratio_min: float, generator: torch.Generator | None) -> float:
+    return ratio * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@SCHEDULES.register("increasing", "from mask.ratio_min linearly up to mask.ratio (LMD's progressive masking)")
+def _increasing(ratio: float, progress: float, ratio_min: float, generator: torch.Generator | None) -> float:
+    return ratio_min + (ratio - ratio_min) * progress
 
 
 def mask_ratio(
@@ -67,26 +96,9 @@ def mask_ratio(
     ratio_min: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> float:
-    """The drop ratio of training step ``step`` (0-based) of ``total_steps``.
-
-    * ``constant``: ``ratio`` at every step;
-    * ``random``: uniform in ``[ratio_min, ratio]``, drawn per step (MDT-style);
-    * ``linear_decay`` / ``cosine_decay``: from ``ratio`` at step 0 to 0 at ``total_steps``;
-    * ``increasing``: from ``ratio_min`` at step 0 linearly up to ``ratio`` (LMD's progressive masking).
-    """
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"mask.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    """The drop ratio of training step ``step`` (0-based) of ``total_steps`` under a :data:`SCHEDULES` entry."""
     progress = min(1.0, step / max(1, total_steps))
-    if schedule == "constant":
-        return ratio
-    if schedule == "random":
-        u = torch.rand((), generator=generator).item()
-        return ratio_min + (ratio - ratio_min) * u
-    if schedule == "linear_decay":
-        return ratio * (1.0 - progress)
-    if schedule == "cosine_decay":
-        return ratio * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return ratio_min + (ratio - ratio_min) * progress
+    return SCHEDULES.get(schedule)(ratio, progress, ratio_min, generator)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,10 +111,9 @@ def mask_ratio(
 # gives patchify's token order (see maskdit/grid.py).
 # ---------------------------------------------------------------------------------------------------
 
-#: Task names accepted by :func:`task_mask`.
-TASKS = ("unconditional", "predict", "backward", "interpolate", "animate", "complete", "inpaint", "outpaint")
-#: Tasks that give whole frames and so need a ``(T', H', W')`` token grid.
-FRAME_TASKS = ("predict", "backward", "interpolate", "animate", "complete")
+#: name -> ``fn(grid, generator, **options) -> bool mask`` (True = given); facts: ``frames`` (gives whole
+#: frames, so it needs a ``(T', H', W')`` grid) and ``ranks`` (the token-grid ranks it works on).
+TASKS: Registry = Registry("task", key="task.names")
 
 
 def _frames_mask(grid: tuple[int, ...], frames: torch.Tensor) -> torch.Tensor:
@@ -143,108 +154,115 @@ def _random_span(size: int, share: float, generator: torch.Generator | None) -> 
     return slice(start, start + length)
 
 
+@TASKS.register("unconditional", "nothing given", frames=False, ranks=(1, 2, 3))
+def _unconditional(grid: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    return torch.zeros(grid, dtype=torch.bool)
+
+
+@TASKS.register("predict", "the first k frames given (default half)", frames=True, ranks=(3,))
+def _predict(grid: tuple[int, ...], generator: torch.Generator | None, k: int | None = None) -> torch.Tensor:
+    frames = torch.zeros(grid[0], dtype=torch.bool)
+    frames[: _check_frame_count("predict", "k", max(1, grid[0] // 2) if k is None else k, 1, grid[0])] = True
+    return _frames_mask(grid, frames)
+
+
+@TASKS.register("backward", "the last k frames given (default half)", frames=True, ranks=(3,))
+def _backward(grid: tuple[int, ...], generator: torch.Generator | None, k: int | None = None) -> torch.Tensor:
+    return _predict(grid, generator, k).flip(0)
+
+
+@TASKS.register("interpolate", "every stride-th frame and the last given", frames=True, ranks=(3,))
+def _interpolate(grid: tuple[int, ...], generator: torch.Generator | None, stride: int = 2,
+                 include_last: bool = True) -> torch.Tensor:
+    frames = torch.zeros(grid[0], dtype=torch.bool)
+    frames[:: _check_frame_count("interpolate", "stride", stride, 1, grid[0])] = True
+    if include_last:
+        frames[-1] = True
+    return _frames_mask(grid, frames)
+
+
+@TASKS.register("animate", "one frame given", frames=True, ranks=(3,))
+def _animate(grid: tuple[int, ...], generator: torch.Generator | None, frame: int = 0) -> torch.Tensor:
+    frames = torch.zeros(grid[0], dtype=torch.bool)
+    frames[_check_frame_count("animate", "frame", frame, -grid[0], grid[0] - 1)] = True
+    return _frames_mask(grid, frames)
+
+
+@TASKS.register("complete", "k random frames given (k random when not set)", frames=True, ranks=(3,))
+def _complete(grid: tuple[int, ...], generator: torch.Generator | None, k: int | None = None) -> torch.Tensor:
+    t = grid[0]
+    if k is None:
+        if t < 2:
+            raise ConfigError(f"task complete needs at least 2 token-grid frames, got {t}")
+        k = int(torch.randint(1, t, (), generator=generator))
+    k = _check_frame_count("complete", "k", k, 1, t)
+    frames = torch.zeros(t, dtype=torch.bool)
+    frames[torch.randperm(t, generator=generator)[:k]] = True
+    return _frames_mask(grid, frames)
+
+
+@TASKS.register("inpaint", "a box generated, the rest given", frames=False, ranks=(2, 3))
+def _inpaint(grid: tuple[int, ...], generator: torch.Generator | None, box: tuple[int, ...] | None = None,
+             share: float = 0.5, temporal: bool = False) -> torch.Tensor:
+    if box is not None:
+        region = _box("inpaint", tuple(box), grid)
+    else:
+        if not 0.0 < float(share) <= 1.0:
+            raise ConfigError(f"task inpaint: share must be in (0, 1], got {share}")
+        spatial = tuple(_random_span(s, float(share), generator) for s in grid[-2:])
+        if len(grid) == 3:
+            region = (_random_span(grid[0], float(share), generator) if temporal else slice(None), *spatial)
+        else:
+            region = spatial
+    mask = torch.ones(grid, dtype=torch.bool)
+    mask[region] = False
+    return mask
+
+
+@TASKS.register("outpaint", "a border generated in every frame, the centre given", frames=False, ranks=(2, 3))
+def _outpaint(grid: tuple[int, ...], generator: torch.Generator | None, border: int | None = None) -> torch.Tensor:
+    h, w = grid[-2:]
+    border = max(1, min(h, w) // 4) if border is None else int(border)
+    if border < 1:
+        raise ConfigError(f"task outpaint: border must be at least 1 token, got {border}")
+    if not (2 * border < h and 2 * border < w):
+        raise ConfigError(f"task outpaint: a border of {border} tokens leaves no centre on a {h}x{w} token grid: "
+                          "use a thinner border")
+    mask = torch.zeros(grid, dtype=torch.bool)
+    mask[..., border : h - border, border : w - border] = True
+    return mask
+
+
+#: Tasks that give whole frames and so need a ``(T', H', W')`` token grid.
+FRAME_TASKS = TASKS.names(frames=True)
+
+
+def task_options(name: str) -> tuple[str, ...]:
+    """The options task ``name`` takes (its builder's keyword arguments)."""
+    params = list(inspect.signature(TASKS.get(name)).parameters)
+    return tuple(params[2:])
+
+
 def task_mask(
-    name: str, token_grid: tuple[int, ...] | list[int], generator: torch.Generator | None = None, **options
+    name: str, token_grid: tuple[int, ...] | list[int], generator: torch.Generator | None = None, **options: Any
 ) -> torch.Tensor:
-    """The given mask of task ``name`` on ``token_grid``: bool, shaped like the grid, True = given.
-
-    Tasks and their options (frames are token-grid frames, see above):
-
-    * ``unconditional``: nothing given (any rank);
-    * ``predict(k=T'//2)``: frames ``0..k-1`` given; ``backward(k=T'//2)``: the last ``k`` frames given;
-    * ``interpolate(stride=2, include_last=True)``: frames ``0, s, 2s, ...`` given, plus the last frame so
-      every generated frame lies between two given ones;
-    * ``animate(frame=0)``: that one frame given;
-    * ``complete(k=None)``: ``k`` random frames given (``k`` drawn from ``1..T'-1`` when ``None``);
-    * ``inpaint(box=None, share=0.5, temporal=False)``: a box generated, the rest given. ``box`` is
-      ``(h0, h1, w0, w1)`` (all frames) or ``(t0, t1, h0, h1, w0, w1)``; without it a random box covering
-      about ``share`` of each spatial axis (and of time when ``temporal``);
-    * ``outpaint(border=None)``: a border of ``border`` tokens (default a quarter of the shorter side)
-      generated in every frame, the centre given.
-
-    Random choices come from ``generator``. A mask that gives everything is refused.
+    """The given mask of task ``name`` (a :data:`TASKS` entry) on ``token_grid``: bool, shaped like the
+    grid, True = given. Frames are token-grid frames (see above); random choices come from
+    ``generator``; a mask that gives everything is refused.
     """
-    if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
+    entry = TASKS.entry(name)
     grid = tuple(int(s) for s in token_grid)
     if any(s < 1 for s in grid) or not grid:
         raise ConfigError(f"token grid {grid} must have positive sizes")
-    rank = len(grid)
-    if name in FRAME_TASKS and rank != 3:
-        raise ConfigError(
-            f"task {name} gives whole frames and needs a (T, H, W) token grid, got rank {rank} {grid}: "
-            "on images use inpaint or outpaint"
-        )
-    if name in ("inpaint", "outpaint") and rank not in (2, 3):
-        raise ConfigError(f"task {name} needs an (H, W) or (T, H, W) token grid, got {grid}")
-    allowed = {
-        "unconditional": set(), "predict": {"k"}, "backward": {"k"}, "interpolate": {"stride", "include_last"},
-        "animate": {"frame"}, "complete": {"k"}, "inpaint": {"box", "share", "temporal"}, "outpaint": {"border"},
-    }[name]
-    unknown = set(options) - allowed
+    if len(grid) not in entry.facts["ranks"]:
+        hint = ": on images use inpaint or outpaint" if entry.facts["frames"] else ""
+        need = "a (T, H, W)" if entry.facts["frames"] else "an (H, W) or (T, H, W)"
+        raise ConfigError(f"task {name} needs {need} token grid, got rank {len(grid)} {grid}{hint}")
+    unknown = set(options) - set(task_options(name))
     if unknown:
-        raise ConfigError(
-            f"task {name} takes options {', '.join(sorted(allowed)) or 'none'}; got {', '.join(sorted(unknown))}"
-        )
-
-    if name == "unconditional":
-        mask = torch.zeros(grid, dtype=torch.bool)
-    elif name in FRAME_TASKS:
-        t = grid[0]
-        frames = torch.zeros(t, dtype=torch.bool)
-        if name in ("predict", "backward"):
-            k = _check_frame_count(name, "k", options.get("k", max(1, t // 2)), 1, t)
-            frames[:k] = True
-            if name == "backward":
-                frames = frames.flip(0)
-        elif name == "interpolate":
-            stride = _check_frame_count(name, "stride", options.get("stride", 2), 1, max(1, t))
-            frames[::stride] = True
-            if options.get("include_last", True):
-                frames[-1] = True
-        elif name == "animate":
-            frame = _check_frame_count(name, "frame", options.get("frame", 0), -t, t - 1)
-            frames[frame] = True
-        else:  # complete
-            k = options.get("k")
-            if k is None:
-                if t < 2:
-                    raise ConfigError(f"task complete needs at least 2 token-grid frames, got {t}")
-                k = int(torch.randint(1, t, (), generator=generator))
-            k = _check_frame_count(name, "k", k, 1, t)
-            frames[torch.randperm(t, generator=generator)[:k]] = True
-        mask = _frames_mask(grid, frames)
-    elif name == "inpaint":
-        box = options.get("box")
-        if box is not None:
-            region = _box(name, tuple(box), grid)
-        else:
-            share = float(options.get("share", 0.5))
-            if not 0.0 < share <= 1.0:
-                raise ConfigError(f"task inpaint: share must be in (0, 1], got {share}")
-            spatial = tuple(_random_span(s, share, generator) for s in grid[-2:])
-            if rank == 3:
-                frames = _random_span(grid[0], share, generator) if options.get("temporal") else slice(None)
-                region = (frames, *spatial)
-            else:
-                region = spatial
-        mask = torch.ones(grid, dtype=torch.bool)
-        mask[region] = False
-    else:  # outpaint
-        h, w = grid[-2:]
-        border = options.get("border")
-        border = max(1, min(h, w) // 4) if border is None else int(border)
-        if border < 1:
-            raise ConfigError(f"task outpaint: border must be at least 1 token, got {border}")
-        mask = torch.zeros(grid, dtype=torch.bool)
-        if 2 * border < h and 2 * border < w:
-            mask[..., border : h - border, border : w - border] = True
-        else:
-            raise ConfigError(
-                f"task outpaint: a border of {border} tokens leaves no centre on a {h}x{w} token grid: "
-                "use a thinner border"
-            )
-
+        raise ConfigError(f"task {name} takes options {', '.join(task_options(name)) or 'none'}; "
+                          f"got {', '.join(sorted(unknown))}")
+    mask = entry.value(grid, generator, **options)
     if bool(mask.all()):
         raise ConfigError(
             f"task {name} leaves nothing to generate: every token of the {grid} token grid is given by "
@@ -268,11 +286,10 @@ def mix_task_masks(
     """
     if batch < 1:
         raise ConfigError(f"batch must be at least 1, got {batch}")
-    unknown = set(weights) - set(TASKS)
+    unknown = [n for n in weights if n not in TASKS]
     if unknown:
-        raise ConfigError(
-            f"unknown task(s) {', '.join(sorted(unknown))} in task weights: choose from {', '.join(TASKS)}"
-        )
+        raise ConfigError(f"unknown task(s) {', '.join(sorted(unknown))} in task weights: choose from "
+                          f"{one_of(TASKS.names())}")
     names = [n for n, w in weights.items() if w != 0]
     if any(w < 0 or not math.isfinite(w) for w in weights.values()) or not names:
         raise ConfigError(f"task weights must be finite, non-negative and not all zero, got {weights}")

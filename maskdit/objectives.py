@@ -23,8 +23,15 @@ import torch
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify, unpatchify
 from maskdit.masks import gather_tokens
+from maskdit.registry import Registry
+
+#: name -> objective class (built from an ``ObjectiveConfig`` by its ``from_config``).
+OBJECTIVES: Registry[type] = Registry("objective", key="objective.name")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+DDPM_SCHEDULES = ("linear", "cosine")
 
 
+@OBJECTIVES.register("flow", "rectified flow, velocity prediction")
 class FlowMatching:
     """Rectified flow with velocity prediction; uniform or logit-normal training times."""
 
@@ -32,11 +39,15 @@ class FlowMatching:
     prediction = "velocity"
 
     def __init__(self, time_sampling: str = "logit_normal", logit_mean: float = 0.0, logit_std: float = 1.0):
-        if time_sampling not in ("uniform", "logit_normal"):
+        if time_sampling not in TIME_SAMPLINGS:
             raise ConfigError(f"objective.time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
         if logit_std <= 0:
             raise ConfigError(f"objective.logit_std must be positive, got {logit_std}")
         self.time_sampling, self.logit_mean, self.logit_std = time_sampling, logit_mean, logit_std
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FlowMatching:
+        return cls(cfg.time_sampling, cfg.logit_mean, cfg.logit_std)
 
     def sample_time(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.time_sampling == "uniform":
@@ -64,6 +75,7 @@ def _betas(schedule: str, steps: int) -> torch.Tensor:
     raise ConfigError(f"objective.schedule must be 'linear' or 'cosine', got {schedule!r}")
 
 
+@OBJECTIVES.register("ddpm", "discrete-time DDPM, eps prediction")
 class DDPM:
     """Denoising diffusion with noise (eps) prediction on ``num_steps`` discrete steps."""
 
@@ -75,6 +87,15 @@ class DDPM:
             raise ConfigError(f"objective.num_steps must be at least 2, got {num_steps}")
         self.schedule, self.num_steps = schedule, num_steps
         self.alpha_bar = torch.cumprod(1 - _betas(schedule, num_steps), dim=0)  # float64, index k
+        self._alpha_bar_on: dict[torch.device, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> DDPM:
+        return cls(cfg.schedule, cfg.num_steps)
+
+    def time_of_step(self, k: int) -> float:
+        """Step index -> package time ``t = (k + 1) / T`` as a Python float (for samplers)."""
+        return (k + 1) / self.num_steps
 
     def time_of(self, k: torch.Tensor) -> torch.Tensor:
         """Step index -> package time ``t = (k + 1) / T``."""
@@ -85,7 +106,10 @@ class DDPM:
         return (t.double() * self.num_steps).round().long().sub(1).clamp(0, self.num_steps - 1)
 
     def alpha_bar_at(self, t: torch.Tensor) -> torch.Tensor:
-        return self.alpha_bar[self.step_of(t.cpu())].to(t.device)
+        """``alpha_bar`` at times ``t`` (float64, on ``t``'s device; looked up there, so no host sync)."""
+        if t.device not in self._alpha_bar_on:
+            self._alpha_bar_on[t.device] = self.alpha_bar.to(t.device)
+        return self._alpha_bar_on[t.device][self.step_of(t)]
 
     def sample_time(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = torch.randint(0, self.num_steps, (batch,), generator=generator)
@@ -163,8 +187,4 @@ def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def objective_from_config(cfg: Any) -> Objective:
     """The objective described by a :class:`maskdit.config.ObjectiveConfig`."""
-    if cfg.name == "flow":
-        return FlowMatching(cfg.time_sampling, cfg.logit_mean, cfg.logit_std)
-    if cfg.name == "ddpm":
-        return DDPM(cfg.schedule, cfg.num_steps)
-    raise ConfigError(f"objective.name must be 'flow' or 'ddpm', got {cfg.name!r}")
+    return OBJECTIVES.get(cfg.name).from_config(cfg)

@@ -1,7 +1,9 @@
 """Masked-training recipes: the loss of one training step when a share of the tokens is dropped.
 
 A recipe is an ``nn.Module`` that owns whatever training-only parameters it needs (none, an MAE decoder,
-an MDT side-interpolater) and computes ``loss(model, objective, x0, y, t, noise, keep_idx)``. With
+an MDT side-interpolater) and computes ``loss(model, objective, x0, y, t, noise, keep_idx, given)`` ->
+``(loss, parts)`` where ``parts`` are detached scalar tensors (read on the host only at log steps). It runs
+inside :class:`maskdit.step.TrainingStep`, so a DDP/FSDP wrapper around that one module sees all of it. With
 ``keep_idx=None`` (nothing dropped this step) every recipe reduces to the plain denoising loss, plus
 the MDT full pass. Sampling never sees a recipe: it runs the bare DiT on all tokens.
 
@@ -32,8 +34,10 @@ from maskdit.masks import gather_tokens
 from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
 from maskdit.model.dit import DiT
 from maskdit.objectives import Objective, denoising_loss, regression_pair, token_mse
+from maskdit.registry import Registry
 
-RECIPES = ("drop", "mae", "mdt")
+#: name -> recipe class, built by ``cls.build(model, mask_config)``; fact ``tasks``: takes condition masks.
+RECIPES: Registry[type] = Registry("recipe", key="mask.recipe")
 
 
 def _touch(module: nn.Module) -> torch.Tensor:
@@ -46,18 +50,28 @@ def _refuse_tasks(recipe: str, given: torch.Tensor | None) -> None:
         raise ConfigError(f"mask.recipe={recipe} does not support condition masks (tasks): use mask.recipe=drop")
 
 
+def _parts(**values: torch.Tensor | float) -> dict[str, torch.Tensor]:
+    return {k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in values.items()}
+
+
+@RECIPES.register("drop", "plain dropping: the loss covers kept tokens only", tasks=True)
 class DropRecipe(nn.Module):
     """(a) Plain token dropping: denoising loss on kept tokens only."""
 
     name = "drop"
 
+    @classmethod
+    def build(cls, model: DiT, cfg: Any) -> DropRecipe:
+        return cls()
+
     def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
              noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, float]]:
         loss = denoising_loss(model, objective, x0, y, t, noise, keep_idx, given)
-        return loss, {"loss_denoise": loss.item()}
+        return loss, _parts(loss_denoise=loss)
 
 
+@RECIPES.register("mae", "MaskDiT: + an MAE decoder's reconstruction loss on dropped tokens", tasks=False)
 class MAERecipe(nn.Module):
     """(b) MaskDiT: denoising loss on kept tokens + ``aux_weight`` x reconstruction loss on dropped tokens."""
 
@@ -68,21 +82,26 @@ class MAERecipe(nn.Module):
         self.decoder = MAEDecoder(model.token_grid, model.hidden_size, model.patch_dim, depth, width)
         self.aux_weight = aux_weight
 
+    @classmethod
+    def build(cls, model: DiT, cfg: Any) -> MAERecipe:
+        return cls(model, cfg.decoder_depth, cfg.decoder_width, cfg.aux_weight)
+
     def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
              noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, float]]:
         _refuse_tasks(self.name, given)
         if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
             loss = denoising_loss(model, objective, x0, y, t, noise, keep_idx) + _touch(self).to(x0.device)
-            return loss, {"loss_denoise": loss.item(), "loss_aux": 0.0}
+            return loss, _parts(loss_denoise=loss, loss_aux=0.0)
         x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
         kept, c = model.features(x_t, t, y, keep_idx)
         denoise = token_mse(model.final_layer(kept, c), gather_tokens(target, keep_idx))
         reconstruction = self.decoder(kept, c, keep_idx)
         aux = token_mse(reconstruction, patchify(x_t, model.patch_size), dropped_mask(keep_idx, model.num_tokens))
-        return denoise + self.aux_weight * aux, {"loss_denoise": denoise.item(), "loss_aux": aux.item()}
+        return denoise + self.aux_weight * aux, _parts(loss_denoise=denoise, loss_aux=aux)
 
 
+@RECIPES.register("mdt", "MDT: full pass + masked pass through a side-interpolater", tasks=False)
 class MDTRecipe(nn.Module):
     """(c) MDT: full pass + masked pass through a side-interpolater placed ``decoder_depth`` blocks from the end."""
 
@@ -99,6 +118,10 @@ class MDTRecipe(nn.Module):
         self.encoder_depth = encoder_depth
         self.interpolater = SideInterpolater(model.hidden_size, model.num_heads, model.mlp_ratio)
 
+    @classmethod
+    def build(cls, model: DiT, cfg: Any) -> MDTRecipe:
+        return cls(model, cfg.decoder_depth)
+
     def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
              noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -106,21 +129,19 @@ class MDTRecipe(nn.Module):
         x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
         full = token_mse(patchify(model(x_t, t, y), model.patch_size), target)
         if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
-            return full + _touch(self).to(x0.device), {"loss_full": full.item(), "loss_masked": 0.0}
+            return full + _touch(self).to(x0.device), _parts(loss_full=full, loss_masked=0.0)
         kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
         tokens = self.interpolater(kept, c, keep_idx, model.pos_embed)
-        tokens = model.run_blocks(tokens, c, self.encoder_depth)
+        tokens = model.run_blocks(tokens, c, self.encoder_depth)  # every token again: positions in order
         masked = token_mse(model.final_layer(tokens, c), target)
-        return full + masked, {"loss_full": full.item(), "loss_masked": masked.item()}
+        return full + masked, _parts(loss_full=full, loss_masked=masked)
 
 
-def build_recipe(name: str, model: DiT, **options: Any) -> nn.Module:
-    """The recipe ``name`` for ``model``; options: ``decoder_depth``, ``decoder_width``, ``aux_weight``."""
-    if name == "drop":
-        return DropRecipe()
-    if name == "mae":
-        return MAERecipe(model, options.get("decoder_depth", 2), options.get("decoder_width"),
-                         options.get("aux_weight", 0.1))
-    if name == "mdt":
-        return MDTRecipe(model, options.get("decoder_depth", 2))
-    raise ConfigError(f"mask.recipe must be one of {', '.join(RECIPES)}, got {name!r}")
+def build_recipe(name: str, model: DiT, cfg: Any = None, **options: Any) -> nn.Module:
+    """The :data:`RECIPES` entry ``name`` for ``model``, configured by a ``MaskConfig`` (or by keyword
+    options ``decoder_depth``, ``decoder_width``, ``aux_weight`` over its defaults)."""
+    if cfg is None:
+        from maskdit.config import MaskConfig
+
+        cfg = MaskConfig(**{k: v for k, v in options.items() if v is not None})
+    return RECIPES.get(name).build(model, cfg)

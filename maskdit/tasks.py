@@ -76,17 +76,25 @@ def given_for(task: str, model: Any, options: dict[str, Any], generator: torch.G
 @torch.no_grad()
 def complete(run: Any, context: torch.Tensor, given: torch.Tensor, labels: torch.Tensor | None = None,
              **sampling: Any) -> torch.Tensor:
-    """Generate the tokens ``given`` leaves open for every clip of ``context`` (uint8 ``(N, C, *S)``);
-    returns uint8 ``(N, C, *S)`` equal to ``context`` on the given tokens."""
-    from maskdit.data import from_uint8, to_uint8
+    """Generate the tokens ``given`` leaves open for every clip of ``context`` (stored values ``(N, C, *S)``,
+    uint8 pixels for pixel models); returns stored values equal to ``context`` on the given tokens.
 
+    ``given`` is one mask for all clips, shaped like the token grid (``model.token_grid``), or one per clip,
+    ``(N, num_tokens)`` in patchify's order. The token-grid shape is checked first, so a square grid
+    whose side equals ``N`` is never mistaken for per-clip masks.
+    """
     if not run.model.task_conditioning:
         raise ConfigError("this run was trained without tasks (task.names): it cannot condition on a context")
-    n = len(context)
-    flat = given.reshape(1, -1).expand(n, -1) if given.dim() != 2 or given.shape[0] != n else given
-    x = from_uint8(context)
-    out = generate(run.model, run.objective, n, labels, given=flat, context=x, **sampling)
-    return torch.where(pixel_mask(flat, run.model), context, to_uint8(out))
+    n, model = len(context), run.model
+    if tuple(given.shape) == tuple(model.token_grid):
+        flat = given.reshape(1, -1).expand(n, -1)
+    elif tuple(given.shape) == (n, model.num_tokens):
+        flat = given
+    else:
+        raise ConfigError(f"a condition mask must be shaped like the token grid {tuple(model.token_grid)} or "
+                          f"({n}, {model.num_tokens}) (one per clip), got {tuple(given.shape)}")
+    out = generate(model, run.objective, n, labels, given=flat, context=run.codec.encode(context), **sampling)
+    return torch.where(pixel_mask(flat, model), context, run.codec.decode(out))
 
 
 def comparison_frames(truth: torch.Tensor, generated: torch.Tensor, given: torch.Tensor, model: Any) -> np.ndarray:

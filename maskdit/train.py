@@ -1,13 +1,20 @@
 """The training loop: batches, loss, AdamW step, EMA, metrics, checkpoints and exact resume.
 
-Reproducibility does not depend on carrying RNG streams across a restart: the data order of epoch ``e``
-comes from a generator seeded with ``(seed, e)`` and all noise of step ``k`` (times, eps, label dropout)
-from one seeded with ``(seed, k)``. A run stopped after step ``k`` and resumed therefore sees exactly
-the batches and noise an uninterrupted run would, and reaches bit-identical weights.
+Reproducibility does not depend on carrying RNG streams across a restart: every random input of step
+``k`` comes from :class:`maskdit.step.StepSampler`, a pure function of ``(seed, k)`` (and of the epoch for
+the data order). A run stopped after step ``k`` and resumed therefore sees exactly the batches and noise
+an uninterrupted run would, and reaches bit-identical weights.
+
+Nothing is lost: ``run_dir`` is checked before anything is written (a directory that is not a run is
+never written into), ``config.json`` and checkpoints are written atomically, SIGINT and SIGTERM finish the
+step and checkpoint, a step with a non-finite loss or gradient is skipped (and ``nan_tolerance`` of them
+in a row stop the run, keeping the last good checkpoint), and the step itself never waits on the device
+except at log steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -15,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdit.checkpoint import (
+    find_run,
     latest_checkpoint,
     load_aux,
     load_optimizer,
@@ -31,27 +40,40 @@ from maskdit.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
     set_rng_state,
+    write_json_atomic,
 )
-from maskdit.config import Config
+from maskdit.config import Config, check_against_data, device_name_ok
 from maskdit.data import dataset_from_config
-from maskdit.errors import ConfigError
-from maskdit.masks import drop_tokens, mask_ratio, mix_task_masks
+from maskdit.errors import ConfigError, MaskditError
 from maskdit.model import DiT, build_model
 from maskdit.objectives import objective_from_config
 from maskdit.recipes import build_recipe
+from maskdit.step import StepSampler, TrainingStep, seeded  # noqa: F401  (seeded: public helper)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int, path: Path):
+        super().__init__(f"stopped by signal {signum}: saved {path}")
+        self.signum, self.path, self.exit_code = signum, path, 128 + signum
+
+
+class TrainingDiverged(MaskditError):
+    """``nan_tolerance`` steps in a row had a non-finite loss or gradient."""
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; refuses what this machine lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not device_name_ok(name):
+        raise ConfigError(f"device {name!r} is not a device maskdit runs on: use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} was asked for but CUDA is not available: use device=cpu or auto")
+        raise ConfigError(f"device {name} was asked for but CUDA is not available on this machine: use cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
-
-
-def seeded(seed: int, index: int) -> torch.Generator:
-    """A CPU generator for stream ``index`` of run ``seed``."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + index)
 
 
 def learning_rate(cfg: Config, step: int) -> float:
@@ -75,52 +97,48 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> 
 
 
 def recipe_for(cfg: Config, model: DiT) -> torch.nn.Module:
-    m = cfg.mask
-    if cfg.task.names and m.recipe != "drop":
-        raise ConfigError(f"mask.recipe={m.recipe} does not support condition masks (task.names): use mask.recipe=drop")
-    return build_recipe(m.recipe, model, decoder_depth=m.decoder_depth, decoder_width=m.decoder_width,
-                        aux_weight=m.aux_weight)
+    return build_recipe(cfg.mask.recipe, model, cfg.mask)
 
 
 class Trainer:
     """Owns the model, EMA, optimizer and data of one run directory.
 
-    ``resume=True`` continues from the latest checkpoint in ``run_dir`` (and starts fresh when there is
-    none); without it an existing checkpoint is refused rather than overwritten.
+    ``resume=True`` continues from the latest loadable checkpoint in ``run_dir`` (a run that stopped before
+    its first checkpoint starts again from step 0); without it an existing run is refused rather than
+    overwritten, and so is a directory that holds anything but a maskdit run.
     """
 
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True):
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(cfg.run_dir)
+        existing = find_run(self.run_dir, resume)  # refuses before anything is built or written
         self.device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.dataset = dataset_from_config(cfg.data)
-        if cfg.batch_size > len(self.dataset):
-            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.dataset)} images)")
+        check_against_data(cfg, self.dataset)
         self.objective = objective_from_config(cfg.objective)
         self.model = model_for(cfg, self.dataset.shape, self.dataset.num_classes).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.recipe = recipe_for(cfg, self.model).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            [*self.model.parameters(), *self.recipe.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay,
-            betas=(0.9, 0.999),
+        self.step_module = TrainingStep(self.model, self.recipe, self.objective)
+        self.optimizer = torch.optim.AdamW(self.step_module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           betas=(0.9, 0.999), fused=True)
+        tasks = dict(zip(cfg.task.names, cfg.task.weights or [1.0] * len(cfg.task.names)))
+        self.inputs = StepSampler(
+            cfg.seed, len(self.dataset), cfg.batch_size, self.dataset.shape, self.objective,
+            cfg.model.class_dropout if self.model.num_classes > 0 else None, self.model.num_tokens,
+            self.model.token_grid, cfg.mask, cfg.steps, tasks,
         )
-        if cfg.task.names:  # refuse a task that does not fit the token grid before training starts
-            self.given_mask(torch.Generator().manual_seed(0))
+        if tasks:  # refuse a task that does not fit the token grid before training starts
+            self.inputs.draw(0)
         self.step = 0
-        self.batches_per_epoch = len(self.dataset) // cfg.batch_size
-        self._perm: tuple[int, torch.Tensor] | None = None
+        self._bad_streak = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._worst_streak = torch.zeros((), dtype=torch.int64, device=self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        existing = latest_checkpoint(self.run_dir)
-        if resume and existing is not None:
+        if existing is not None:
             self.load(existing)
-        elif existing is not None:
-            raise ConfigError(
-                f"run_dir {self.run_dir} already holds checkpoints: pass --resume to continue it, "
-                "or choose another run_dir"
-            )
         elif cfg.init_from:
             self.init_from(resolve_checkpoint(cfg.init_from))
 
@@ -135,70 +153,63 @@ class Trainer:
                 "size": len(self.dataset),
                 "num_classes": self.dataset.num_classes,
                 "class_names": getattr(self.dataset, "class_names", []),
+                "codec": self.dataset.codec.config,
             },
         }
 
     def data_position(self, step: int) -> dict[str, int]:
-        epoch, batch = divmod(step, self.batches_per_epoch)
-        return {"epoch": epoch, "batch": batch}
+        return self.inputs.data_position(step)
+
+    def keep_indices(self, step: int) -> tuple[float, torch.Tensor | None]:
+        """Step ``step``'s drop ratio and kept-token indices (``None`` when nothing is dropped)."""
+        inputs = self.inputs.draw(step)
+        return inputs.mask_ratio, inputs.keep_idx
 
     # -- one step ------------------------------------------------------------------------------------
-    def batch_indices(self, step: int) -> torch.Tensor:
-        pos = self.data_position(step)
-        if self._perm is None or self._perm[0] != pos["epoch"]:
-            gen = seeded(self.cfg.seed, -1 - pos["epoch"])
-            self._perm = (pos["epoch"], torch.randperm(len(self.dataset), generator=gen))
-        b = self.cfg.batch_size
-        return self._perm[1][pos["batch"] * b : (pos["batch"] + 1) * b]
+    def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
+        """One optimizer step; returns its statistics as tensors (read on the host only when logged).
 
-    def keep_indices(self, step: int, gen: torch.Generator) -> tuple[float, torch.Tensor | None]:
-        """This step's drop ratio and kept-token indices (``None`` when nothing is dropped)."""
-        m = self.cfg.mask
-        ratio = mask_ratio(m.schedule, m.ratio, step, m.schedule_steps or self.cfg.steps, m.ratio_min, gen)
-        return ratio, drop_tokens(self.cfg.batch_size, self.model.num_tokens, ratio, gen, self.device)
-
-    def given_mask(self, gen: torch.Generator) -> torch.Tensor | None:
-        """This step's condition masks ``(B, N)``, a task per sample drawn by ``task.weights`` (or ``None``)."""
-        names = self.cfg.task.names
-        if not names:
-            return None
-        weights = dict(zip(names, self.cfg.task.weights or [1.0] * len(names)))
-        given, _ = mix_task_masks(self.cfg.batch_size, self.model.token_grid, weights, gen)
-        return given.to(self.device)
-
-    def train_step(self, step: int) -> dict[str, float]:
+        A step whose loss or gradient norm is not finite leaves weights, optimizer and EMA unchanged
+        (decided on the device: the fused AdamW skips through ``found_inf``, the EMA blends by weight 0).
+        """
         cfg, dev = self.cfg, self.device
-        gen = seeded(cfg.seed, step)
-        x0, y = self.dataset.batch(self.batch_indices(step))
-        t = self.objective.sample_time(len(x0), gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        if self.model.num_classes > 0:
-            drop = torch.rand(len(y), generator=gen) < cfg.model.class_dropout
-            y = torch.where(drop, torch.full_like(y, self.model.null_label), y).to(dev)
-        else:
-            y = None
-        ratio, keep_idx = self.keep_indices(step, gen)
-        given = self.given_mask(gen)
-        lr = learning_rate(cfg, step)
+        inputs = self.inputs.draw(step)
+        x0, y = self.dataset.batch(inputs.index)
+        batch = (x0.to(dev, non_blocking=True), None if y is None else y.to(dev, non_blocking=True))
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = learning_rate(cfg, step)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss, parts = self.recipe.loss(self.model, self.objective, x0.to(dev), y, t.to(dev), noise.to(dev),
-                                           keep_idx, given)
+            loss, parts = self.step_module(batch, inputs.to(dev))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+        self.optimizer.found_inf = bad.float()  # read by the fused AdamW step, as torch's GradScaler does
         self.optimizer.step()
-        self.update_ema(step)
-        return {"loss": loss.item(), "grad_norm": grad_norm.item(), "mask_ratio": ratio, **parts}
+        self.update_ema(step, (~bad).float())
+        self._bad_streak = torch.where(bad, self._bad_streak + 1, torch.zeros_like(self._bad_streak))
+        self._worst_streak = torch.maximum(self._worst_streak, self._bad_streak)
+        return {"loss": loss.detach().float(), "grad_norm": grad_norm.detach().float(), "mask_ratio": inputs.mask_ratio,
+                "nan_skipped": bad.float(), **parts}
 
     @torch.no_grad()
-    def update_ema(self, step: int) -> None:
+    def update_ema(self, step: int, weight: torch.Tensor | float = 1.0) -> None:
+        """Blend the EMA towards the weights; ``weight`` 0 (a skipped step) leaves it unchanged."""
         decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))  # warm up so early EMA is not stale
         ema_params = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1.0 - decay)
+        torch._foreach_lerp_(ema_params, list(self.model.parameters()), weight * (1.0 - decay))
+
+    def check_finite_streak(self) -> None:
+        """Stop (keeping the last checkpoint) once ``nan_tolerance`` steps in a row were skipped."""
+        worst = int(self._worst_streak.item())
+        if worst >= self.cfg.nan_tolerance:
+            last = latest_checkpoint(self.run_dir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+            raise TrainingDiverged(
+                f"training stopped before step {self.step}: the loss or gradients were not finite for {worst} "
+                f"steps in a row (nan_tolerance={self.cfg.nan_tolerance}); {kept}; lower lr or check the data"
+            )
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -212,7 +223,7 @@ class Trainer:
         load_weights(self.model, ckpt / "model.safetensors")
         load_weights(self.ema, ckpt / "ema.safetensors")
         load_aux(self.recipe, ckpt)
-        state = read_json(ckpt / "state.json")
+        state = read_json(ckpt / "state.json", keys=("step", "optimizer", "rng"))
         load_optimizer(self.optimizer, ckpt, state["optimizer"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -226,7 +237,7 @@ class Trainer:
         """
         load_weights(self.model, ckpt / "model.safetensors")
         load_weights(self.ema, ckpt / "ema.safetensors")
-        state = read_json(ckpt / "state.json")
+        state = read_json(ckpt / "state.json", keys=("optimizer",))
         moments = optimizer_state(ckpt, state["optimizer"])
         for index, p in enumerate(self.model.parameters()):
             slots = moments.get(index, {})
@@ -235,29 +246,38 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> Path:
-        """Train to ``cfg.steps`` (or stop after step ``stop_after``, as if interrupted); returns the run dir."""
+        """Train to ``cfg.steps`` (or stop after step ``stop_after``, as if interrupted); returns the run dir.
+
+        On SIGINT or SIGTERM the current step finishes, a checkpoint is written and :class:`Interrupted`
+        is raised; a second signal while the checkpoint is being written is ignored (it would lose it).
+        """
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.run_info(), indent=2))
+        write_json_atomic(self.run_dir / "config.json", self.run_info())
         metrics_path = self.run_dir / "metrics.jsonl"
         self._truncate_metrics(metrics_path)
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
                    dynamic_ncols=True, file=sys.stderr)
-        losses: list[dict[str, float]] = []
+        sums: dict[str, Any] = {}
+        count = 0
         started, last_step, last_time = time.time(), self.step, time.time()
         self.model.train()
-        with metrics_path.open("a") as metrics, _StopOnInterrupt() as interrupt:
-            while self.step < end and not interrupt.requested:
+        with metrics_path.open("a") as metrics, StopOnSignal() as stop:
+            while self.step < end and stop.signum is None:
                 stats = self.train_step(self.step)
                 self.step += 1
-                losses.append(stats)
+                count += 1
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 bar.update(1)
                 out_of_time = cfg.max_seconds is not None and time.time() - started >= cfg.max_seconds
-                if self.step % cfg.log_every == 0 or self.step == end or out_of_time:
+                checkpoint_due = self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time
+                if self.step % cfg.log_every == 0 or checkpoint_due:
                     now = time.time()
                     record = {
-                        "step": self.step, **{k: sum(s.get(k, 0.0) for s in losses) / len(losses) for k in stats},
+                        "step": self.step, **{k: float(v) / count for k, v in sums.items() if k != "nan_skipped"},
+                        "nan_skipped": int(sums.get("nan_skipped", 0)),
                         "lr": learning_rate(cfg, self.step - 1),
                         "steps_per_s": (self.step - last_step) / max(now - last_time, 1e-9),
                         "elapsed_s": now - started,
@@ -265,7 +285,8 @@ class Trainer:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
-                    losses, last_step, last_time = [], self.step, now
+                    sums, count, last_step, last_time = {}, 0, self.step, now
+                    self.check_finite_streak()
                 if cfg.eval_every and self.step % cfg.eval_every == 0:  # leaves every RNG stream untouched
                     from maskdit.evaluate.suite import training_eval
 
@@ -274,45 +295,78 @@ class Trainer:
                     metrics.write(json.dumps({"step": self.step, "eval": result}) + "\n")
                     metrics.flush()
                     last_time += time.time() - eval_start  # keep evaluation out of steps_per_s
-                if self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time:
-                    self.save()
+                if checkpoint_due:
+                    with stop.critical():
+                        self.save()
                 if out_of_time:
                     break
+            if stop.signum is not None:
+                bar.close()
+                self.check_finite_streak()
+                with stop.critical():
+                    path = self.save()
+                print(f"stopped by {signal.Signals(stop.signum).name} at step {self.step}: saved {path}; "
+                      "continue with --resume", file=sys.stderr)
+                raise Interrupted(stop.signum, path)
         bar.close()
-        if interrupt.requested:
-            path = self.save()
-            print(f"interrupted at step {self.step}: saved {path}; continue with --resume", file=sys.stderr)
-            raise KeyboardInterrupt
         return self.run_dir
 
     def _truncate_metrics(self, path: Path) -> None:
-        """On resume, drop records logged after the checkpoint so the file matches the weights."""
+        """On resume, drop records logged after the checkpoint (and a line torn by a crash) so the file
+        matches the weights; rewritten atomically."""
         if not path.exists():
             return
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
-        path.write_text("".join(line + "\n" for line in keep))
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", math.inf) <= self.step:
+                keep.append(line)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(path)
 
 
-class _StopOnInterrupt:
-    """First Ctrl-C asks the loop to finish its step and checkpoint; a second one stops at once."""
+class StopOnSignal:
+    """SIGINT (Ctrl-C) and SIGTERM ask the loop to finish its step, checkpoint and stop.
+
+    A second signal stops at once (the previous checkpoint stays intact), except inside
+    :meth:`critical` (a checkpoint being written), where it is ignored so the checkpoint completes.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._critical = 0
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.signum is None:
+            self.signum = signum
+        elif self._critical:
+            print("still writing the checkpoint: it will be complete in a moment", file=sys.stderr)
+        else:
             raise KeyboardInterrupt
-        self.requested = True
 
-    def __enter__(self) -> _StopOnInterrupt:
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:

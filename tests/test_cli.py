@@ -73,7 +73,7 @@ def test_resume_extends_a_finished_run(tmp_path, capsys):
         (["sample", "RUN", "--out", "x.png", "--num", "0"], "argument --num: must be a positive integer"),
         (["sample", "RUN", "--out", "x.jpg"], "x.jpg: the file name must end in .png"),
         (["sample", "RUN", "--out", "x.png", "--classes", "12"], "class 12 is out of range"),
-        (["sample", "RUN", "--out", "x.png", "--sampler", "ddim"], "does not fit the flow objective"),
+        (["sample", "RUN", "--out", "x.png", "--sampler", "ddim"], "--sampler ddim does not fit this run's flow objective"),
         (["sample", "RUN", "--out", "x.png", "--guidance-interval", "0.9,0.1"], "--guidance-interval: must be"),
         (["sample", "/nonexistent/run", "--out", "x.png"], "does not exist"),
         (["train", "--preset", "imagenet"], "unknown preset 'imagenet'"),

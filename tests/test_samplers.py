@@ -25,7 +25,7 @@ class Counter:
 
 
 def flow_velocity(x, t):
-    t = t.double().reshape(-1, 1)
+    t = torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1)
     var = (1 - t) ** 2 * S**2 + t**2
     resid = x.double() - (1 - t) * MU
     x0 = MU + (1 - t) * S**2 / var * resid
@@ -35,7 +35,7 @@ def flow_velocity(x, t):
 
 def ddpm_eps(objective):
     def fn(x, t):
-        ab = objective.alpha_bar_at(t).reshape(-1, 1)
+        ab = objective.alpha_bar_at(torch.full((len(x),), t)).reshape(-1, 1)
         a, b2 = ab.sqrt(), 1 - ab
         return (b2.sqrt() / (ab * S**2 + b2) * (x.double() - a * MU)).float()
     return fn
@@ -67,9 +67,8 @@ def test_euler_with_few_steps_is_biased_and_heun_fixes_it():
 def test_ddpm_samplers_reach_target_distribution(schedule, sampler, steps, eta):
     objective = DDPM(schedule)
     fn = Counter(ddpm_eps(objective))
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(20000, 1, generator=gen)
-    x = sample(fn, noise, objective, sampler, steps, eta=eta, generator=gen)
+    noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
+    x = sample(fn, noise, objective, sampler, steps, eta=eta)
     _check(x)
     assert fn.calls == steps
 
@@ -126,7 +125,7 @@ class LabelModel(torch.nn.Module):
 def test_guidance_scale_one_is_conditional_output_with_one_pass():
     model = LabelModel()
     x, y = torch.randn(4, 2), torch.tensor([0, 1, 2, 1])
-    out = guided(model, y, scale=1.0)(x, torch.full((4,), 0.5))
+    out = guided(model, y, scale=1.0)(x, 0.5)
     assert torch.equal(out, model(x, None, y))
     assert len(model.seen) == 2 and torch.equal(model.seen[0], y)
 
@@ -135,9 +134,9 @@ def test_guidance_uses_null_label_for_unconditional_half_and_interval():
     model = LabelModel()
     x, y = torch.zeros(2, 1), torch.tensor([1, 2])
     fn = guided(model, y, scale=3.0, interval=(0.2, 0.8))
-    out = fn(x, torch.full((2,), 0.5))
+    out = fn(x, 0.5)
     assert torch.equal(model.seen[-1], torch.tensor([1, 2, 3, 3]))
     # u + 3 (c - u) with c = y, u = 3
     assert torch.equal(out, (3 + 3 * (y - 3)).float().reshape(-1, 1))
-    out = fn(x, torch.full((2,), 0.9))  # outside the interval: conditional only
+    out = fn(x, 0.9)  # outside the interval: conditional only
     assert torch.equal(model.seen[-1], y) and torch.equal(out, y.float().reshape(-1, 1))

@@ -60,7 +60,7 @@ def test_training_reduces_loss_and_seed_changes_run(tmp_path):
 def test_existing_run_is_not_overwritten(tmp_path):
     cfg = small_cfg(tmp_path, "steps=3")
     train(cfg, progress=False)
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(CheckpointError, match="--resume"):
         Trainer(cfg, progress=False)
 
 
@@ -127,7 +127,7 @@ def test_learning_rate_schedule():
         ("model.dept=3", "unknown config key 'model.dept'"),
         ("model.preset=DiT-Q/3", "model.preset must be one of"),
         ("lr=fast", "lr has the wrong type"),
-        ("objective.name=score", "objective.name must be flow or ddpm"),
+        ("objective.name=score", "objective.name must be one of flow or ddpm"),
         ("data.name=npz", "data.path is required"),
         ("batch", "must look like key=value"),
     ],

@@ -1,21 +1,51 @@
-"""Datasets: embedded scikit-learn digits, ``.npz`` files and image folders.
+"""Datasets: embedded scikit-learn digits, ``.npz`` files, memory-mapped ``.npy`` arrays, image folders
+and embedded video (:mod:`maskdit.data.video`).
 
-Every loader returns an :class:`ImageDataset` holding the whole set in memory as ``uint8``
-``(N, C, H, W)``; :meth:`ImageDataset.batch` turns a batch into model space ``[-1, 1]``.
+Every dataset follows :class:`Dataset`: it declares the model-space ``shape`` of one example and a
+:class:`~maskdit.data.codec.Codec`, stores examples however it likes (in memory, memory-mapped from disk)
+and returns model-space batches from :meth:`Dataset.batch`. :data:`DATASETS` is the table of loaders that
+``data.name``, config validation and the docs read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from maskdit.data.codec import PIXELS, Codec
 from maskdit.errors import ConfigError, DataError
+from maskdit.registry import Registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+#: Labels must lie in [0, MAX_CLASSES): a larger label is almost surely a data error, and the class table
+#: (and the model's label embedding) grows with it.
+MAX_CLASSES = 100_000
+
+
+class Dataset(Protocol):
+    """What training, evaluation and the CLI need from a dataset."""
+
+    name: str
+    num_classes: int
+    class_names: list[str]
+    codec: Codec
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(C, *S)`` of one example in model space."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model-space examples at ``idx`` (float, in ``codec.value_range``) and their labels (or ``None``)."""
+
+
+#: name -> loader ``fn(cfg: DataConfig, split) -> Dataset``; facts: ``needs_path``, ``rank`` (spatial axes).
+DATASETS: Registry = Registry("dataset", key="data.name")
 
 
 @dataclass
@@ -27,10 +57,14 @@ class ImageDataset:
     num_classes: int
     name: str
     class_names: list[str] = field(default_factory=list)
+    codec: Codec = PIXELS
 
     def __post_init__(self) -> None:
         if len(self.images) == 0:
             raise DataError(f"dataset {self.name} holds no images: point data.path at a non-empty dataset")
+        if min(self.images.shape[1:]) < 1:
+            raise DataError(f"dataset {self.name}: images of shape {tuple(self.images.shape[2:])} hold no "
+                            "pixels; give images of at least 1x1")
         if self.labels is not None and len(self.labels) != len(self.images):
             raise DataError(
                 f"dataset {self.name} has {len(self.labels)} labels for {len(self.images)} images: "
@@ -46,19 +80,37 @@ class ImageDataset:
         return tuple(self.images.shape[1:])
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images at ``idx`` as floats in ``[-1, 1]`` and their labels (``None`` when unlabelled)."""
-        x = from_uint8(self.images[idx])
+        """Images at ``idx`` in model space and their labels (``None`` when unlabelled)."""
+        x = self.codec.encode(self.images[idx])
         return x, (self.labels[idx] if self.labels is not None else None)
 
 
 def from_uint8(x: torch.Tensor) -> torch.Tensor:
-    """``uint8`` 0-255 -> model space ``[-1, 1]`` (float32); the inverse of :func:`to_uint8`."""
-    return x.float() / 127.5 - 1.0
+    """``uint8`` 0-255 -> ``[-1, 1]`` (float32): the pixel codec's ``encode``."""
+    return PIXELS.encode(x)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Model space ``[-1, 1]`` -> ``uint8`` 0-255 (clipped, rounded)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """``[-1, 1]`` -> ``uint8`` 0-255 (clipped, rounded): the pixel codec's ``decode``."""
+    return PIXELS.decode(x)
+
+
+def check_labels(labels: np.ndarray, count: int, source: str) -> int:
+    """Refuse labels that are not one non-negative integer per example below :data:`MAX_CLASSES`;
+    returns the number of classes (``max + 1``)."""
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{source}: 'labels' must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if len(labels) != count:
+        raise DataError(f"{source}: {len(labels)} labels for {count} images; give one label per image")
+    if not len(labels):
+        return 0
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise DataError(f"{source}: labels must be non-negative, found {low}")
+    if high >= MAX_CLASSES:
+        raise DataError(f"{source}: label {high} is beyond the maximum of {MAX_CLASSES} classes; "
+                        "number the classes 0..K-1")
+    return high + 1
 
 
 def load_digits() -> ImageDataset:
@@ -76,13 +128,15 @@ def load_digits() -> ImageDataset:
 def load_npz(path: str | Path) -> ImageDataset:
     """``.npz`` with ``images`` uint8 ``N x H x W`` or ``N x H x W x C`` and optional integer ``labels``."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"dataset file {path} is a directory, not an .npz file: check data.path")
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist: check data.path")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as e:  # zipfile / numpy raise several types for a damaged file
-        raise DataError(f"cannot read {path} as .npz ({e}): save it with numpy.savez") from e
+        raise DataError(f"cannot read {path} as .npz ({_reason(e)}): save it with numpy.savez") from e
     if "images" not in arrays:
         raise DataError(f"{path} has no 'images' array (found: {', '.join(arrays) or 'nothing'})")
     images = arrays["images"]
@@ -93,15 +147,7 @@ def load_npz(path: str | Path) -> ImageDataset:
     if images.ndim == 3:
         images = images[..., None]
     labels = arrays.get("labels")
-    num_classes = 0
-    if labels is not None:
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"{path}: 'labels' must be a 1-D integer array, got {labels.dtype} {labels.shape}")
-        if len(labels) != len(images):
-            raise DataError(f"{path}: {len(labels)} labels for {len(images)} images; give one label per image")
-        if len(labels) and labels.min() < 0:
-            raise DataError(f"{path}: labels must be non-negative, found {labels.min()}")
-        num_classes = int(labels.max()) + 1 if len(labels) else 0
+    num_classes = 0 if labels is None else check_labels(labels, len(images), str(path))
     return ImageDataset(
         torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
         torch.from_numpy(labels.astype(np.int64)) if labels is not None else None,
@@ -114,6 +160,8 @@ def load_folder(path: str | Path) -> ImageDataset:
     from PIL import Image, UnidentifiedImageError
 
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"image folder {root} is a file, not a folder: check data.path")
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist: check data.path")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -151,24 +199,74 @@ def load_folder(path: str | Path) -> ImageDataset:
     )
 
 
-def load_dataset(name: str = "digits", path: str | None = None, split: str = "train", num: int = 2000,
-                 frames: int = 8, size: int = 16, seed: int = 0) -> Any:
-    """Load a dataset by kind: ``digits`` (embedded), ``npz`` or ``folder`` (both need ``path``), or an
-    embedded video set (``bouncing-digits``, ``bouncing-balls``: ``num`` clips of ``frames`` frames of
-    ``size`` x ``size`` from ``split``)."""
-    if name in ("bouncing-digits", "bouncing-balls"):
-        from maskdit.data.video import load_video_dataset
-
-        return load_video_dataset(name, split, num, seed, frames=frames, size=size)
-    if name == "digits":
-        return load_digits()
-    if name in ("npz", "folder"):
-        if not path:
-            raise ConfigError(f"data.name={name} needs data.path=PATH")
-        return load_npz(path) if name == "npz" else load_folder(path)
-    raise ConfigError(f"data.name must be one of digits, npz, folder, bouncing-digits, bouncing-balls; got {name!r}")
+def _reason(e: Exception) -> str:
+    """An exception's message without numpy's advice to unpickle files (never the fix here)."""
+    text = str(e).split("\n")[0]
+    if "allow_pickle" in text or "pickle" in text:
+        return "it holds Python objects (pickled data), which maskdit never loads"
+    return text
 
 
-def dataset_from_config(cfg: Any, split: str = "train") -> Any:
-    """The dataset a :class:`maskdit.config.DataConfig` describes."""
-    return load_dataset(cfg.name, cfg.path, split, cfg.num, cfg.frames, cfg.size)
+def load_npy(path: str | Path) -> ImageDataset:
+    """A directory with ``images.npy`` (uint8 ``N x H x W [x C]``) and optional ``labels.npy``, memory-mapped:
+    batches read only the examples they use, so the set need not fit in RAM."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"npy dataset {root} must be a directory holding images.npy (and labels.npy): "
+                        "check data.path")
+    if not (root / "images.npy").is_file():
+        raise DataError(f"npy dataset {root} has no images.npy")
+    try:
+        images = np.load(root / "images.npy", mmap_mode="c", allow_pickle=False)
+        labels = np.load(root / "labels.npy", allow_pickle=False) if (root / "labels.npy").is_file() else None
+    except Exception as e:  # numpy raises several types for a damaged file
+        raise DataError(f"cannot read the arrays in {root} ({_reason(e)}): save them with numpy.save") from e
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise DataError(f"{root}/images.npy must be uint8 N x H x W or N x H x W x C, got {images.dtype} "
+                        f"{images.shape}")
+    images = images[..., None] if images.ndim == 3 else images
+    num_classes = 0 if labels is None else check_labels(labels, len(images), f"{root}/labels.npy")
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)  # a view: pages are read when indexed
+    return ImageDataset(tensor, torch.from_numpy(labels.astype(np.int64)) if labels is not None else None,
+                        num_classes, root.name, [str(i) for i in range(num_classes)])
+
+
+@DATASETS.register("digits", "scikit-learn's 1,797 real 8x8 handwritten digits, 10 classes (embedded)",
+                   needs_path=False, rank=2)
+def _digits(cfg: Any, split: str) -> ImageDataset:
+    return load_digits()
+
+
+@DATASETS.register("npz", "data.path=FILE.npz: images uint8 N x H x W [x C], optional integer labels",
+                   needs_path=True, rank=2)
+def _npz(cfg: Any, split: str) -> ImageDataset:
+    return load_npz(cfg.path)
+
+
+@DATASETS.register("npy", "data.path=DIR with images.npy (+ labels.npy), memory-mapped", needs_path=True, rank=2)
+def _npy(cfg: Any, split: str) -> ImageDataset:
+    return load_npy(cfg.path)
+
+
+@DATASETS.register("folder", "data.path=DIR with one subfolder of images per class, all one size",
+                   needs_path=True, rank=2)
+def _folder(cfg: Any, split: str) -> ImageDataset:
+    return load_folder(cfg.path)
+
+
+def dataset_from_config(cfg: Any, split: str = "train") -> Dataset:
+    """The dataset a :class:`maskdit.config.DataConfig` describes (a :data:`DATASETS` entry)."""
+    entry = DATASETS.entry(cfg.name)
+    if entry.facts["needs_path"] and not cfg.path:
+        raise ConfigError(f"config key data.path is required when data.name={cfg.name}")
+    return entry.value(cfg, split)
+
+
+def load_dataset(name: str = "digits", path: str | None = None, split: str = "train", **options: Any) -> Dataset:
+    """A dataset by ``data.name`` (and ``data.path``); ``options`` are other ``data.*`` fields."""
+    from maskdit.config import DataConfig
+
+    return dataset_from_config(DataConfig(name=name, path=path, **options), split)
+
+
+from maskdit.data import video as _video  # noqa: E402,F401  (registers the embedded video datasets)

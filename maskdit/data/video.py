@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from maskdit.data import from_uint8
+from maskdit.data import DATASETS
+from maskdit.data.codec import PIXELS, Codec
 from maskdit.errors import ConfigError, DataError
 
 SPLITS = ("train", "test")
@@ -39,6 +40,7 @@ class VideoDataset:
     name: str
     num_classes: int = 0
     positions: torch.Tensor | None = None
+    codec: Codec = PIXELS
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 5 or self.frames.dtype != torch.uint8:
@@ -61,7 +63,7 @@ class VideoDataset:
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Clips at ``idx`` as floats in ``[-1, 1]`` ``(B, C, T, H, W)`` and their labels (or ``None``)."""
-        x = from_uint8(self.frames[idx])
+        x = self.codec.encode(self.frames[idx])
         return x, (self.labels[idx] if self.labels is not None else None)
 
 
@@ -245,3 +247,14 @@ def load_video_dataset(name: str, split: str = "train", num: int = 1000, seed: i
         return VIDEO_DATASETS[name](num, split=split, seed=seed, **options)
     except TypeError as e:  # an option the generator does not take
         raise ConfigError(f"video dataset {name}: {e}") from e
+
+
+def _register(name: str, summary: str) -> None:
+    def load(cfg: object, split: str) -> VideoDataset:
+        return load_video_dataset(name, split, cfg.num, 0, frames=cfg.frames, size=cfg.size)
+
+    DATASETS.add(name, load, summary, needs_path=False, rank=3)
+
+
+_register("bouncing-digits", "digit sprites bouncing in a box (embedded video; data.num, data.frames, data.size)")
+_register("bouncing-balls", "balls falling under gravity (embedded video; data.num, data.frames, data.size)")

@@ -29,7 +29,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from maskdit.data import ImageDataset, from_uint8
+from maskdit.data import ImageDataset
+from maskdit.data.codec import PIXELS
 from maskdit.errors import ConfigError
 from maskdit.evaluate.classifier import cache_dir, fingerprint, load_classifier
 from maskdit.evaluate.metrics import feature_stats
@@ -146,7 +147,7 @@ class DomainFeatures:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, progress: bool = True, desc: str = "domain features") -> torch.Tensor:
-        out = [self.net.features(from_uint8(images[i : i + self.batch_size].to(self.device))).float().cpu()
+        out = [self.net.features(PIXELS.encode(images[i : i + self.batch_size].to(self.device))).float().cpu()
                for i in _batches(len(images), self.batch_size, progress, desc)]
         return torch.cat(out)
 

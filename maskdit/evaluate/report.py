@@ -113,7 +113,6 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
                        progress: bool) -> tuple[bytes, str]:
     """A grid of EMA samples from one checkpoint with the run's sampler settings, and its caption."""
     from maskdit.checkpoint import load_run
-    from maskdit.data import to_uint8
     from maskdit.samplers import default_sampler, generate
 
     run = load_run(ckpt, ema=True, device=device)
@@ -128,7 +127,7 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
                  progress=progress)
     caption = (f"step {run.step}: {num} samples from the EMA weights, sampler={sampler}, steps={s.steps}, "
                f"guidance_scale={s.guidance_scale}, seed={seed} ({time.time() - start:.1f}s)")
-    images = to_uint8(x)
+    images = run.codec.decode(x)
     if images.dim() == 5:  # video: one clip per row
         from maskdit.media import clips_as_rows
 

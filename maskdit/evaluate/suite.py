@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from maskdit.data import ImageDataset, from_uint8, to_uint8
+from maskdit.data import ImageDataset
+from maskdit.data.codec import PIXELS
 from maskdit.errors import ConfigError
 from maskdit.evaluate.features import DomainFeatures, InceptionFeatures, inception_available, real_features
 from maskdit.evaluate.metrics import feature_stats, frechet_distance, kid, precision_recall
@@ -126,7 +127,7 @@ def score_samples(
                 out["pr_features"] = "domain"
         if "class" in metrics and labels is not None:
             clf = domain.classifier
-            pred = clf.predict(from_uint8(images.to(domain.device))).cpu()
+            pred = clf.predict(PIXELS.encode(images.to(domain.device))).cpu()
             out["class_accuracy"] = (pred == labels).float().mean().item()
             out["classifier_holdout_accuracy"] = clf.holdout_accuracy
             out["per_class_accuracy"] = {int(k): (pred[labels == k] == k).float().mean().item()
@@ -165,7 +166,7 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
                          guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval, eta=s.eta,
                          seed=cfg.seed)
             metrics = ["domain_fid", "pr"] + (["class"] if labels is not None else [])
-            scores = score_samples(to_uint8(x), labels, dataset, metrics, device=device, progress=False)
+            scores = score_samples(dataset.codec.decode(x), labels, dataset, metrics, device=device, progress=False)
         finally:
             model.train(was_training)
     scores.pop("per_class_accuracy", None)

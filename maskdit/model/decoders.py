@@ -15,7 +15,7 @@ from torch import nn
 
 from maskdit.errors import ConfigError
 from maskdit.grid import sincos_pos_embed
-from maskdit.model.blocks import DiTBlock, FinalLayer
+from maskdit.model.blocks import DiTBlock, FinalLayer, zero_init_adaln
 
 
 def scatter_tokens(kept: torch.Tensor, keep_idx: torch.Tensor, fill: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -48,6 +48,9 @@ class MAEDecoder(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(width, num_heads, cond_dim=hidden_size) for _ in range(depth))
         self.final_layer = FinalLayer(width, patch_dim, cond_dim=hidden_size)
         nn.init.normal_(self.mask_token, std=0.02)
+        for block in self.blocks:
+            zero_init_adaln(block)
+        zero_init_adaln(self.final_layer)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
@@ -66,6 +69,7 @@ class SideInterpolater(nn.Module):
         super().__init__()
         self.mask_token = nn.Parameter(torch.zeros(hidden_size))
         self.block = DiTBlock(hidden_size, num_heads, mlp_ratio)
+        zero_init_adaln(self.block)
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, kept: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor, pos_embed: torch.Tensor

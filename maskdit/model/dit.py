@@ -22,7 +22,14 @@ from torch import nn
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
 from maskdit.masks import gather_tokens
-from maskdit.model.blocks import DiTBlock, FactorisedDiTBlock, FinalLayer, LabelEmbedder, TimestepEmbedder
+from maskdit.model.blocks import (
+    DiTBlock,
+    FactorisedDiTBlock,
+    FinalLayer,
+    LabelEmbedder,
+    TimestepEmbedder,
+    zero_init_adaln,
+)
 
 #: Backbone sizes: (depth, hidden_size, num_heads). DiT's S/B/L/XL plus a CPU-sized ``tiny``.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -166,11 +173,8 @@ class DiT(nn.Module):
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:  # adaLN-Zero: every block starts as the identity
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        for block in [*self.blocks, self.final_layer]:  # every block starts as the identity
+            zero_init_adaln(block)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
@@ -197,10 +201,15 @@ class DiT(nn.Module):
             tokens = tokens + given.unsqueeze(-1).to(tokens.dtype) * self.given_embed
         return tokens
 
-    def run_blocks(self, tokens: torch.Tensor, c: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """Blocks ``start..end-1`` on whatever tokens are given."""
+    def run_blocks(self, tokens: torch.Tensor, c: torch.Tensor, start: int = 0, end: int | None = None,
+                   pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks ``start..end-1`` on whatever tokens are given.
+
+        ``pos`` ``(B, K)``: the token-grid index of each token (``None``: all ``N`` tokens in order). It
+        travels with kept tokens so position-aware layers (rotary attention) see where each one sits.
+        """
         for block in self.blocks[start:end]:
-            tokens = block(tokens, c)
+            tokens = block(tokens, c, pos)
         return tokens
 
     def features(
@@ -225,7 +234,7 @@ class DiT(nn.Module):
         tokens = self.embed(x, given)
         if keep_idx is not None:
             tokens = self.run_blocks(tokens, c, 0, self.mixer_depth)
-            tokens = self.run_blocks(gather_tokens(tokens, keep_idx), c, self.mixer_depth, end)
+            tokens = self.run_blocks(gather_tokens(tokens, keep_idx), c, self.mixer_depth, end, pos=keep_idx)
         else:
             tokens = self.run_blocks(tokens, c, 0, end)
         return tokens, c

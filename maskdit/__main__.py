@@ -1,0 +1,7 @@
+"""``python -m maskdit`` is the command line (what torchrun launches)."""
+
+import sys
+
+from maskdit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,35 @@
+"""The auxiliary-loss channel: any module may add a term to the training loss (an MoE balance loss, a
+representation-alignment loss) without the layers around it knowing.
+
+A module calls :func:`report_aux_loss` in its forward pass; :class:`maskdit.step.TrainingStep` collects the
+reported terms with :func:`collect_aux_losses`, adds them to the loss and logs each by name. Outside a
+training step (sampling, evaluation) nothing collects them and reporting is free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+
+_collector: ContextVar[list[tuple[str, torch.Tensor]] | None] = ContextVar("maskdit_aux_losses", default=None)
+
+
+def report_aux_loss(name: str, value: torch.Tensor) -> None:
+    """Add ``value`` (a scalar that already carries its weight) to the loss of the running training step."""
+    bag = _collector.get()
+    if bag is not None:
+        bag.append((name, value))
+
+
+@contextmanager
+def collect_aux_losses() -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Collect the ``(name, value)`` terms reported inside the ``with`` block."""
+    bag: list[tuple[str, torch.Tensor]] = []
+    token = _collector.set(bag)
+    try:
+        yield bag
+    finally:
+        _collector.reset(token)

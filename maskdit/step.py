@@ -1,0 +1,130 @@
+"""One training step as one module, and the random draws it consumes.
+
+* :class:`StepInputs` holds every random choice of one step for the whole global batch: dataset indices,
+  times, noise, label drops, kept-token indices and condition masks.
+* :class:`StepSampler` draws them from generators seeded by ``(seed, epoch)`` (data order) and
+  ``(seed, step)`` (everything else), so any process can rebuild any step, and a multi-process run can
+  take its slice (:meth:`StepInputs.shard`) and see exactly what one process would.
+* :class:`TrainingStep` is model + masking recipe + objective behind one ``nn.Module`` whose
+  ``forward(batch, inputs)`` returns ``(loss, parts)``: the one thing a DDP/FSDP wrapper wraps. Terms
+  reported through :mod:`maskdit.model.aux` (MoE balance, alignment) are added to the loss here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskdit.masks import drop_tokens, mask_ratio, mix_task_masks
+from maskdit.model.aux import collect_aux_losses
+from maskdit.objectives import Objective
+
+
+def seeded(seed: int, index: int) -> torch.Generator:
+    """A CPU generator for stream ``index`` of run ``seed``."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
+@dataclass
+class StepInputs:
+    """The random inputs of one training step, for every sample of the (global) batch."""
+
+    index: torch.Tensor  #: ``(B,)`` dataset indices
+    t: torch.Tensor  #: ``(B,)`` times
+    noise: torch.Tensor  #: ``(B, C, *S)`` Gaussian noise
+    drop_label: torch.Tensor | None  #: ``(B,)`` bool: replace the label by the null label (None: unconditional)
+    keep_idx: torch.Tensor | None  #: ``(B, K)`` kept-token indices (None: nothing dropped)
+    given: torch.Tensor | None  #: ``(B, N)`` bool condition masks (None: no tasks)
+    mask_ratio: float  #: the drop ratio of this step
+
+    def shard(self, rank: int, world: int) -> StepInputs:
+        """Rank ``rank``'s contiguous share of the batch (the batch size must divide by ``world``)."""
+        size = len(self.index) // world
+        part = slice(rank * size, (rank + 1) * size)
+        return self._map(lambda v: v[part])
+
+    def to(self, device: torch.device | str) -> StepInputs:
+        return self._map(lambda v: v.to(device, non_blocking=True))
+
+    def _map(self, fn: Any) -> StepInputs:
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if torch.is_tensor(getattr(self, f.name))})
+
+
+class StepSampler:
+    """Draws :class:`StepInputs` for step ``k`` of a run: a pure function of ``(seed, k)``.
+
+    Args:
+        seed: the run's seed. dataset_size, batch_size: the data order is a permutation per epoch.
+        example_shape: ``(C, *S)`` of one model-space example (the noise shape).
+        objective: draws the times. class_dropout: share of labels dropped (``None``: unconditional).
+        num_tokens, token_grid: the model's token grid. mask: a ``MaskConfig``; total_steps: its default
+        schedule length. tasks: ``{name: weight}`` of condition-mask tasks (empty: none).
+    """
+
+    def __init__(self, seed: int, dataset_size: int, batch_size: int, example_shape: tuple[int, ...],
+                 objective: Objective, class_dropout: float | None, num_tokens: int, token_grid: tuple[int, ...],
+                 mask: Any, total_steps: int, tasks: dict[str, float] | None = None):
+        self.seed, self.dataset_size, self.batch_size = seed, dataset_size, batch_size
+        self.example_shape, self.objective, self.class_dropout = tuple(example_shape), objective, class_dropout
+        self.num_tokens, self.token_grid = num_tokens, tuple(token_grid)
+        self.mask, self.total_steps, self.tasks = mask, total_steps, dict(tasks or {})
+        self.batches_per_epoch = dataset_size // batch_size
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def data_position(self, step: int) -> dict[str, int]:
+        epoch, batch = divmod(step, self.batches_per_epoch)
+        return {"epoch": epoch, "batch": batch}
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Dataset indices of step ``step``: batch ``b`` of epoch ``e``'s permutation (seeded by ``(seed, e)``)."""
+        pos = self.data_position(step)
+        if self._perm is None or self._perm[0] != pos["epoch"]:
+            self._perm = (pos["epoch"], torch.randperm(self.dataset_size, generator=seeded(self.seed, -1 - pos["epoch"])))
+        b = self.batch_size
+        return self._perm[1][pos["batch"] * b : (pos["batch"] + 1) * b]
+
+    def draw(self, step: int) -> StepInputs:
+        gen = seeded(self.seed, step)
+        b = self.batch_size
+        t = self.objective.sample_time(b, gen)
+        noise = torch.randn((b, *self.example_shape), generator=gen)
+        drop_label = None if self.class_dropout is None else torch.rand(b, generator=gen) < self.class_dropout
+        m = self.mask
+        ratio = mask_ratio(m.schedule, m.ratio, step, m.schedule_steps or self.total_steps, m.ratio_min, gen)
+        keep_idx = drop_tokens(b, self.num_tokens, ratio, gen)
+        given = mix_task_masks(b, self.token_grid, self.tasks, gen)[0] if self.tasks else None
+        return StepInputs(self.indices(step), t, noise, drop_label, keep_idx, given, ratio)
+
+
+class TrainingStep(nn.Module):
+    """Model + masking recipe + objective: ``forward((x0, y), inputs) -> (loss, parts)``.
+
+    ``parts`` are detached scalar tensors (the recipe's loss terms and every auxiliary term by name), so
+    reading them is left to the caller's log steps. Parameters are the model's, then the recipe's
+    training-only ones (the optimizer's order).
+    """
+
+    def __init__(self, model: nn.Module, recipe: nn.Module, objective: Objective):
+        super().__init__()
+        self.model, self.recipe, self.objective = model, recipe, objective
+
+    def forward(self, batch: tuple[torch.Tensor, torch.Tensor | None], inputs: StepInputs
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x0, y = batch
+        model = self.model
+        if model.num_classes > 0:
+            y = torch.where(inputs.drop_label, torch.full_like(y, model.null_label), y)
+        else:
+            y = None
+        with collect_aux_losses() as aux:
+            loss, parts = self.recipe.loss(model, self.objective, x0, y, inputs.t, inputs.noise, inputs.keep_idx,
+                                           inputs.given)
+        for name, value in aux:
+            loss = loss + value
+            parts[name] = parts.get(name, 0.0) + value.detach()
+        return loss, parts
