@@ -236,17 +236,21 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    opt_tensors, opt_meta = optimizer_tensors(optimizer)
-    save_file(_cpu_state(model), tmp / "model.safetensors")
-    save_file(_cpu_state(ema), tmp / "ema.safetensors")
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    _write_json(tmp / "state.json", {**state, "step": step, "rng": rng_state(), "optimizer": opt_meta})
-    _write_json(tmp / "config.json", config)
-    if aux is not None and len(aux.state_dict()):
-        save_file(_cpu_state(aux), tmp / AUX_FILE)
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+    try:
+        opt_tensors, opt_meta = optimizer_tensors(optimizer)
+        save_file(_cpu_state(model), tmp / "model.safetensors")
+        save_file(_cpu_state(ema), tmp / "ema.safetensors")
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        _write_json(tmp / "state.json", {**state, "step": step, "rng": rng_state(), "optimizer": opt_meta})
+        _write_json(tmp / "config.json", config)
+        if aux is not None and len(aux.state_dict()):
+            save_file(_cpu_state(aux), tmp / AUX_FILE)
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves nothing half-made behind
+        raise
     if final.exists():  # re-saving a step (e.g. a resumed run that ends where it started)
         old = root / f".{final.name}.old"
         shutil.rmtree(old, ignore_errors=True)

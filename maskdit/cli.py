@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maskdit.errors import ConfigError, MaskditError
+from maskdit.errors import CheckpointError, ConfigError, MaskditError
 
 # Only the standard library and maskdit.errors at import time: torch loads inside main(), so Ctrl-C or SIGTERM during
 # start-up ends with one line instead of a traceback, and --help answers at once.
@@ -238,7 +238,7 @@ def check_out(path: str, overwrite: bool, option: str = "--out") -> None:
 
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from maskdit.checkpoint import latest_checkpoint, read_json
+    from maskdit.checkpoint import is_run, latest_checkpoint, read_json
     from maskdit.config import load_config
     from maskdit.train import Trainer
 
@@ -249,7 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = files[0] if files else None
     preset = args.preset or ("digits" if path is None else None)
     cfg = load_config(preset, path, overrides)
-    if args.resume and (Path(cfg.run_dir) / "config.json").is_file():
+    if args.resume and is_run(Path(cfg.run_dir)):
         saved = read_json(Path(cfg.run_dir) / "config.json", keys=("config",))["config"]
         if not isinstance(saved, dict):
             raise ConfigError(f"{Path(cfg.run_dir) / 'config.json'} is damaged: its config is not a mapping")
@@ -514,7 +514,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from maskdit.checkpoint import list_checkpoints, read_json, resolve_checkpoint
 
@@ -522,8 +522,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = read_json(ckpt / "config.json", keys=("config", "model", "dataset"))
     state = read_json(ckpt / "state.json", keys=("step", "data_position"))
 
-    with safe_open(ckpt / "ema.safetensors", framework="pt") as f:
-        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    try:
+        with safe_open(ckpt / "ema.safetensors", framework="pt") as f:
+            params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {ckpt / 'ema.safetensors'}: {e}; the file is damaged") from e
     cfg, model, data = info["config"], info["model"], info["dataset"]
     print(f"checkpoint: {ckpt} (step {state['step']} of {cfg['steps']})")
     print(f"model: DiT depth {model['depth']}, width {model['hidden_size']}, {model['num_heads']} heads, "

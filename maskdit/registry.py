@@ -49,6 +49,10 @@ class Registry(Generic[T]):
         doc = (getattr(value, "__doc__", None) or "").strip().splitlines()
         self._entries[name] = Entry(name, value, summary or (doc[0] if doc else ""), facts)
 
+    def remove(self, name: str) -> None:
+        """Drop an entry (for tests and plug-ins that register temporarily)."""
+        del self._entries[name]
+
     def names(self, **facts: Any) -> tuple[str, ...]:
         """Registered names in order, optionally only those whose facts match (``objective="flow"``)."""
         return tuple(e.name for e in self._entries.values()

@@ -31,8 +31,13 @@ def load_context(path: str | Path, model: Any) -> torch.Tensor:
             if key is None:
                 raise DataError(f"--context {path} holds neither 'frames' nor 'images' (found: {', '.join(f.files)})")
             array = f[key]
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read --context {path} as .npz: {e}") from e
+    except DataError:
+        raise
+    except Exception as e:  # zipfile / numpy raise several types for a damaged file
+        raise DataError(f"cannot read --context {path} as .npz ({str(e).splitlines()[0]}): save it with "
+                        "numpy.savez") from e
+    if len(array) == 0:
+        raise DataError(f"--context {path} holds no clips: give at least one")
     if array.dtype != np.uint8 or array.ndim != len(model.input_size) + 2:
         raise DataError(
             f"--context {path}: '{key}' must be uint8 N x {' x '.join(['T', 'H', 'W'][-len(model.input_size):])} x C, "

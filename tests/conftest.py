@@ -1,10 +1,33 @@
+"""Shared fixtures and helpers: tiny model overrides, weight perturbation, an isolated cache."""
+
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+#: The smallest useful model and run for digits: 1 block of width 32, batch 32, 3 sampler steps.
+SMALL = ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "batch_size=32", "warmup_steps=2",
+         "sample.steps=3"]
+
+
+def perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """Add small noise to every weight, so zero-initialised (adaLN-Zero) layers stop being the identity."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path (to prove nothing was changed)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(autouse=True)

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -5,15 +7,20 @@ import pytest
 from PIL import Image
 
 from maskdit.cli import main
+from conftest import SMALL
 
-SMALL = ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "batch_size=32", "warmup_steps=2",
-         "sample.steps=3"]
+
+
+TRAIN_OUTPUT = {}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--no-progress", *SMALL, "steps=4", f"run_dir={path}"]) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["train", "--no-progress", *SMALL, "steps=4", f"run_dir={path}"]) == 0
+    TRAIN_OUTPUT["stdout"] = out.getvalue()
     return path
 
 
@@ -22,6 +29,9 @@ def last_json(capsys):
 
 
 def test_train_prints_run_dir_and_writes_run(run_dir):
+    lines = TRAIN_OUTPUT["stdout"].splitlines()
+    assert lines[0] == f"run directory: {run_dir}" and lines[-1] == str(run_dir)
+    assert any(line.startswith("trained steps 0-4 in") for line in lines)
     assert (run_dir / "checkpoints" / "step_000004" / "model.safetensors").is_file()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 1
 
@@ -52,7 +62,10 @@ def test_info_and_eval(run_dir, capsys):
     assert info["step"] == 4 and info["model"]["depth"] == 1
     assert main(["eval", str(run_dir), "--num", "20", "--steps", "2", "--metrics", "domain_fid,pr,class"]) == 0
     result = last_json(capsys)
-    assert 0 <= result["class_accuracy"] <= 1 and result["num"] == 20 and result["steps"] == 2
+    assert result["num"] == 20 and result["steps"] == 2
+    per_class = result["per_class_accuracy"]  # 20 samples cycle through the 10 classes: 2 each
+    assert len(per_class) == 10 and all(v in (0.0, 0.5, 1.0) for v in per_class.values())
+    assert result["class_accuracy"] == pytest.approx(sum(per_class.values()) / 10)
     assert result["classifier_holdout_accuracy"] > 0.9
 
 

@@ -14,17 +14,10 @@ from maskdit.objectives import FlowMatching, denoising_loss
 from maskdit.recipes import build_recipe
 from maskdit.samplers import generate
 from maskdit.train import Trainer, train
+from conftest import perturbed
 
 SMALL = ["model.depth=3", "model.hidden_size=32", "model.num_heads=2", "batch_size=16", "warmup_steps=1",
          "log_every=1", "ckpt_every=2"]
-
-
-def perturbed(model):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
 
 
 def batch(n=4, seed=0):

@@ -4,6 +4,7 @@ import torch
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify
 from maskdit.model import DiT, build_model
+from conftest import perturbed
 
 
 @pytest.mark.parametrize("input_size, patch", [((16,), 4), ((8, 8), 2), ((4, 8, 8), (2, 4, 4))])
@@ -27,11 +28,7 @@ def test_preset_parameter_counts_match_dit(name, expected):
 
 
 def _trained_like(model: DiT) -> DiT:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return perturbed(model)
 
 
 def test_keep_all_tokens_matches_full_forward():
@@ -44,9 +41,15 @@ def test_keep_all_tokens_matches_full_forward():
 
 def test_kept_tokens_are_returned_in_given_order_and_count():
     model = _trained_like(DiT((8, 8), 1, 2, 32, 2, 4))
+    x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
     keep = torch.tensor([[0, 5, 9], [1, 2, 15]])
-    out = model(torch.randn(2, 1, 8, 8), torch.rand(2), keep_idx=keep)
+    out = model(x, t, keep_idx=keep)
     assert out.shape == (2, 3, model.patch_dim)
+    order = torch.tensor([[2, 0, 1], [1, 2, 0]])  # the same kept sets, listed in another order
+    shuffled = model(x, t, keep_idx=keep.gather(1, order))
+    assert torch.allclose(shuffled, out.gather(1, order.unsqueeze(-1).expand(-1, -1, model.patch_dim)), atol=1e-5)
+    other = model(x, t, keep_idx=torch.tensor([[0, 5, 10], [1, 2, 15]]))  # token 9 -> 10 changes sample 0 only
+    assert not torch.allclose(other[0], out[0]) and torch.allclose(other[1], out[1], atol=1e-6)
 
 
 def test_conditional_model_needs_labels_and_uses_them():

@@ -12,9 +12,9 @@ from PIL import Image
 
 from maskdit.cli import main
 from maskdit.evaluate.report import throughput
+from conftest import SMALL as BASE
 
-SMALL = ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "batch_size=32", "warmup_steps=2",
-         "sample.steps=2", "log_every=1", "ckpt_every=2", "keep_checkpoints=3", "lr=0.000777"]
+SMALL = [*BASE, "sample.steps=2", "log_every=1", "ckpt_every=2", "keep_checkpoints=3", "lr=0.000777"]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ and E[x0|x_t], E[eps|x_t] are linear in x_t. DDPM: x_t = a x0 + b eps with a^2 =
 A correct sampler driven by the exact predictor must land on N(mu, s^2).
 """
 
+import math
+
 import pytest
 import torch
 
@@ -33,9 +35,31 @@ def flow_velocity(x, t):
     return (eps - x0).float()
 
 
+def closed_form_alpha_bar(schedule, k, num_steps=1000):
+    """alpha_bar of step k from the published formulas, independent of maskdit's tables: the linear
+    schedule's betas run from 1e-4 to 0.02 (Ho et al.); the cosine one is f(k+1)/f(0) with
+    f(u) = cos((u/T + s)/(1 + s) * pi/2)^2, s = 0.008 (Nichol & Dhariwal; betas clipped at 0.999)."""
+    if schedule == "linear":
+        betas = [1e-4 + (0.02 - 1e-4) * i / (num_steps - 1) for i in range(k + 1)]
+        return math.prod(1 - b for b in betas)
+    f = lambda u: math.cos((u / num_steps + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    return math.prod(1 - min(1 - f(i + 1) / f(i), 0.999) for i in range(k + 1))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_ddpm_schedules_match_the_published_formulas(schedule):
+    objective = DDPM(schedule)
+    for k in (0, 1, 10, 250, 500, 990, 999):
+        assert objective.alpha_bar[k].item() == pytest.approx(closed_form_alpha_bar(schedule, k), rel=1e-9, abs=1e-15)
+    if schedule == "cosine":  # unclipped, alpha_bar is the ratio f(k+1)/f(0) directly
+        f = lambda u: math.cos((u / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        assert objective.alpha_bar[499].item() == pytest.approx(f(500) / f(0), rel=1e-9)
+
+
 def ddpm_eps(objective):
     def fn(x, t):
-        ab = objective.alpha_bar_at(torch.full((len(x),), t)).reshape(-1, 1)
+        k = round(t * objective.num_steps) - 1  # package time (k + 1) / T
+        ab = torch.tensor(closed_form_alpha_bar(objective.schedule, k), dtype=torch.float64)
         a, b2 = ab.sqrt(), 1 - ab
         return (b2.sqrt() / (ab * S**2 + b2) * (x.double() - a * MU)).float()
     return fn

@@ -14,6 +14,7 @@ from maskdit.model import DiT
 from maskdit.objectives import FlowMatching, denoising_loss
 from maskdit.samplers import generate
 from maskdit.train import Trainer
+from conftest import perturbed
 
 VIDEO = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=32",
          "warmup_steps=1", "sample.steps=2"]
@@ -21,11 +22,7 @@ VIDEO = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_si
 
 def video_model(attention="full"):
     torch.manual_seed(0)
-    model = DiT((4, 8, 8), 1, (1, 2, 2), 32, 2, 2, attention=attention, task_conditioning=True)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return perturbed(DiT((4, 8, 8), 1, (1, 2, 2), 32, 2, 2, attention=attention, task_conditioning=True))
 
 
 def clips(n=3):

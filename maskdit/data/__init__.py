@@ -95,6 +95,14 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return PIXELS.decode(x)
 
 
+def check_images(images: np.ndarray, source: str) -> None:
+    """Refuse an image array ``N x H x W x C`` with no images or no pixels, naming ``source``."""
+    if len(images) == 0:
+        raise DataError(f"{source} holds no images: give at least one")
+    if min(images.shape[1:3]) < 1:
+        raise DataError(f"{source}: images of shape {images.shape[1:3]} hold no pixels; give images of at least 1x1")
+
+
 def check_labels(labels: np.ndarray, count: int, source: str) -> int:
     """Refuse labels that are not one non-negative integer per example below :data:`MAX_CLASSES`;
     returns the number of classes (``max + 1``)."""
@@ -146,6 +154,7 @@ def load_npz(path: str | Path) -> ImageDataset:
         )
     if images.ndim == 3:
         images = images[..., None]
+    check_images(images, str(path))
     labels = arrays.get("labels")
     num_classes = 0 if labels is None else check_labels(labels, len(images), str(path))
     return ImageDataset(
@@ -225,6 +234,7 @@ def load_npy(path: str | Path) -> ImageDataset:
         raise DataError(f"{root}/images.npy must be uint8 N x H x W or N x H x W x C, got {images.dtype} "
                         f"{images.shape}")
     images = images[..., None] if images.ndim == 3 else images
+    check_images(images, f"{root}/images.npy")
     num_classes = 0 if labels is None else check_labels(labels, len(images), f"{root}/labels.npy")
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2)  # a view: pages are read when indexed
     return ImageDataset(tensor, torch.from_numpy(labels.astype(np.int64)) if labels is not None else None,

@@ -20,11 +20,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from maskdit.data import ImageDataset
-from maskdit.errors import DataError
+from maskdit.errors import ConfigError, DataError
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MASKDIT_CACHE", Path.home() / ".cache" / "maskdit"))
+    """``$MASKDIT_CACHE`` or ``~/.cache/maskdit``, created on first use; refused clearly when unusable."""
+    path = Path(os.environ.get("MASKDIT_CACHE", Path.home() / ".cache" / "maskdit"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cache directory {path} cannot be used ({e.strerror or e}): set MASKDIT_CACHE to a "
+                          "writable directory") from e
+    return path
 
 
 def fingerprint(dataset: ImageDataset) -> str:
@@ -103,14 +110,14 @@ def load_classifier(dataset: ImageDataset, epochs: int = 30, seed: int = 0, prog
     if dataset.labels is None or dataset.num_classes < 2:
         raise DataError(f"dataset {dataset.name} has no class labels: a classifier needs at least two classes")
     key = f"classifier-{fingerprint(dataset)}-e{epochs}-s{seed}"
-    weights, meta = cache_dir() / f"{key}.safetensors", cache_dir() / f"{key}.json"
+    root = cache_dir()  # checked before minutes of training, not after
+    weights, meta = root / f"{key}.safetensors", root / f"{key}.json"
     if weights.is_file() and meta.is_file():
         net = DigitNet(dataset.shape[0], dataset.num_classes)
         net.load_state_dict(load_file(weights))
         return Classifier(net, json.loads(meta.read_text())["holdout_accuracy"])
     with torch.inference_mode(False), torch.enable_grad():  # callers may be sampling under no_grad
         clf = _train(dataset, epochs, seed, progress)
-    cache_dir().mkdir(parents=True, exist_ok=True)
     tmp = weights.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in clf.net.state_dict().items()}, tmp)
     tmp.replace(weights)

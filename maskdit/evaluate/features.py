@@ -179,7 +179,6 @@ def real_features(dataset: ImageDataset, extractor: FeatureExtractor, progress: 
             pass  # damaged cache entry: recompute and overwrite it
     feats = extractor(dataset.images, progress=progress, desc=f"{extractor.name} (real {dataset.name})")
     mu, sigma = feature_stats(feats)
-    cache_dir().mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({"features": feats.contiguous(), "mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, tmp)
     tmp.replace(path)
