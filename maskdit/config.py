@@ -231,7 +231,8 @@ def check_against_data(cfg: Config, dataset: Any) -> None:
         raise ConfigError(f"config key model.attention=factorised needs video (T x H x W) data, but data.name="
                           f"{cfg.data.name} has rank-{rank} examples {tuple(dataset.shape)}: use model.attention=full")
     if cfg.batch_size > len(dataset):
-        raise ConfigError(f"config key batch_size {cfg.batch_size} is larger than the dataset ({len(dataset)} examples)")
+        raise ConfigError(f"config key batch_size {cfg.batch_size} is larger than the dataset "
+                          f"({len(dataset)} examples)")
     patch = cfg.architecture()["patch_size"]
     patch = _as_list(patch) * (rank if isinstance(patch, int) else 1)
     if len(patch) != rank:
@@ -310,7 +311,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         elif isinstance(value, str) and _type_ok(1.0, hint) and _is_number(value):
             kwargs[key] = float(value)  # YAML 1.1 reads "1e-4" as a string
         elif not _type_ok(value, hint):
-            raise ConfigError(f"config key {prefix}{key} has the wrong type: got {value!r}, expected {_type_name(hint)}")
+            raise ConfigError(f"config key {prefix}{key} has the wrong type: got {value!r}, "
+                              f"expected {_type_name(hint)}")
         else:
             kwargs[key] = float(value) if hint is float else value
         if isinstance(kwargs.get(key), float) and not math.isfinite(kwargs[key]):

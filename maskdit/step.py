@@ -84,7 +84,8 @@ class StepSampler:
         """Dataset indices of step ``step``: batch ``b`` of epoch ``e``'s permutation (seeded by ``(seed, e)``)."""
         pos = self.data_position(step)
         if self._perm is None or self._perm[0] != pos["epoch"]:
-            self._perm = (pos["epoch"], torch.randperm(self.dataset_size, generator=seeded(self.seed, -1 - pos["epoch"])))
+            order = torch.randperm(self.dataset_size, generator=seeded(self.seed, -1 - pos["epoch"]))
+            self._perm = (pos["epoch"], order)
         b = self.batch_size
         return self._perm[1][pos["batch"] * b : (pos["batch"] + 1) * b]
 

@@ -64,11 +64,12 @@ def test_a_signal_finishes_the_step_checkpoints_and_exits_128_plus_its_number(tm
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_during_start_up_exits_without_a_traceback(tmp_path, signum, code):
     proc = start_training(tmp_path / "run")
-    time.sleep(0.6)  # Python is up and importing torch
+    first = proc.stdout.readline()  # printed once the config is read, before data and model are built
+    assert first.startswith("run directory:"), first
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
 
 
 def test_a_second_ctrl_c_while_the_checkpoint_is_written_does_not_lose_it(tmp_path, monkeypatch, capsys):
