@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -504,7 +505,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"model: DiT depth {model['depth']}, width {model['hidden_size']}, {model['num_heads']} heads, "
           f"patch {model['patch_size']}, input {model['in_channels']}x{'x'.join(map(str, model['input_size']))}, "
           f"{model['num_classes']} classes, {params / 1e6:.2f}M parameters")
-    print(f"objective: {cfg['objective']['name']}; sampler default: {cfg['sample']['sampler']} "
+    from maskdit.samplers import default_sampler
+
+    sampler = cfg["sample"]["sampler"] or default_sampler(cfg["objective"]["name"])
+    print(f"objective: {cfg['objective']['name']}; sampler default: {sampler} "
           f"{cfg['sample']['steps']} steps, guidance {cfg['sample']['guidance_scale']}")
     print(f"data: {data['name']} ({data['size']} examples of {'x'.join(map(str, data['shape']))}), "
           f"position {state['data_position']}")
@@ -575,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(e))
         except Interrupted as e:
             return e.exit_code
+        except BrokenPipeError:  # the reader went away (maskdit info RUN | head): nothing more to say
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (so the interpreter's final flush is quiet)
+            return 141
         except OSError as e:
             if e.filename is None and not isinstance(e, (PermissionError, FileNotFoundError)):
                 raise
