@@ -333,6 +333,8 @@ def preset_names() -> list[str]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory: give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskdit.data import npz_reason
 from maskdit.errors import ConfigError, DataError
 from maskdit.grid import patchify
 from maskdit.masks import task_mask
@@ -23,6 +24,8 @@ def load_context(path: str | Path, model: Any) -> torch.Tensor:
     """A context ``.npz`` as uint8 ``(N, C, *S)``: ``frames`` ``N x T x H x W x C`` (video) or ``images``
     ``N x H x W x C`` (images), checked against the model's input shape."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"--context {path} is a directory: give an .npz file")
     if not path.is_file():
         raise DataError(f"--context {path} does not exist")
     try:
@@ -34,8 +37,7 @@ def load_context(path: str | Path, model: Any) -> torch.Tensor:
     except DataError:
         raise
     except Exception as e:  # zipfile / numpy raise several types for a damaged file
-        raise DataError(f"cannot read --context {path} as .npz ({str(e).splitlines()[0]}): save it with "
-                        "numpy.savez") from e
+        raise DataError(f"cannot read --context {path} as .npz ({npz_reason(e)}): save it with numpy.savez") from e
     if len(array) == 0:
         raise DataError(f"--context {path} holds no clips: give at least one")
     if array.dtype != np.uint8 or array.ndim != len(model.input_size) + 2:

@@ -144,7 +144,7 @@ def load_npz(path: str | Path) -> ImageDataset:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as e:  # zipfile / numpy raise several types for a damaged file
-        raise DataError(f"cannot read {path} as .npz ({_reason(e)}): save it with numpy.savez") from e
+        raise DataError(f"cannot read {path} as .npz ({npz_reason(e)}): save it with numpy.savez") from e
     if "images" not in arrays:
         raise DataError(f"{path} has no 'images' array (found: {', '.join(arrays) or 'nothing'})")
     images = arrays["images"]
@@ -208,7 +208,7 @@ def load_folder(path: str | Path) -> ImageDataset:
     )
 
 
-def _reason(e: Exception) -> str:
+def npz_reason(e: Exception) -> str:
     """An exception's message without numpy's advice to unpickle files (never the fix here)."""
     text = str(e).split("\n")[0]
     if "allow_pickle" in text or "pickle" in text:
@@ -229,7 +229,7 @@ def load_npy(path: str | Path) -> ImageDataset:
         images = np.load(root / "images.npy", mmap_mode="c", allow_pickle=False)
         labels = np.load(root / "labels.npy", allow_pickle=False) if (root / "labels.npy").is_file() else None
     except Exception as e:  # numpy raises several types for a damaged file
-        raise DataError(f"cannot read the arrays in {root} ({_reason(e)}): save them with numpy.save") from e
+        raise DataError(f"cannot read the arrays in {root} ({npz_reason(e)}): save them with numpy.save") from e
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(f"{root}/images.npy must be uint8 N x H x W or N x H x W x C, got {images.dtype} "
                         f"{images.shape}")
