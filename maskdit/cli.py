@@ -312,17 +312,24 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--given-frames / --stride as the options the task's builder takes (by option name, so a newly
+    registered task with a ``k``, ``frame`` or ``stride`` option needs no change here)."""
+    from maskdit.masks import task_options
+
+    takes = task_options(args.task)
+    options: dict[str, Any] = {}
     if args.given_frames is not None:
-        if args.task == "animate":
-            return {"frame": args.given_frames - 1}
-        if args.task in ("predict", "backward", "complete"):
-            return {"k": args.given_frames}
-        raise ConfigError(f"--given-frames does not apply to --task {args.task}")
+        if "k" in takes:
+            options["k"] = args.given_frames
+        elif "frame" in takes:
+            options["frame"] = args.given_frames - 1
+        else:
+            raise ConfigError(f"--given-frames does not apply to --task {args.task}")
     if args.stride is not None:
-        if args.task != "interpolate":
-            raise ConfigError("--stride applies to --task interpolate only")
-        return {"stride": args.stride}
-    return {}
+        if "stride" not in takes:
+            raise ConfigError(f"--stride does not apply to --task {args.task}")
+        options["stride"] = args.stride
+    return options
 
 
 def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
@@ -396,17 +403,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _eval_dataset(args: argparse.Namespace, run: Any) -> Any:
-    """The real images to compare with: ``--data`` (digits, .npz or folder) or the run's dataset."""
-    from maskdit.data import dataset_from_config, load_dataset, load_folder, load_npz
+    """The real images to compare with: ``--data`` (a dataset name that needs no path, an .npz file, a
+    directory with images.npy, or an image folder) or the run's dataset."""
+    from maskdit.data import DATASETS, dataset_from_config, load_dataset
+
     if args.data is None:
         return dataset_from_config(run.config.data)
-    if args.data == "digits":
-        return load_dataset("digits")
+    if args.data in DATASETS and not DATASETS.entry(args.data).facts["needs_path"]:
+        return load_dataset(args.data)
+    path = Path(args.data)
     if args.data.lower().endswith(".npz"):
-        return load_npz(args.data)
-    if Path(args.data).is_dir():
-        return load_folder(args.data)
-    raise ConfigError(f"--data {args.data}: give digits, a .npz file or an image folder")
+        return load_dataset("npz", args.data)
+    if path.is_dir():
+        return load_dataset("npy" if (path / "images.npy").is_file() else "folder", args.data)
+    raise ConfigError(f"--data {args.data}: give digits, a .npz file, a directory with images.npy or an image folder")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -310,7 +310,7 @@ def test_eval_of_a_samples_file_with_domain_metrics_only(run_dir, tmp_path, caps
     [
         (["--metrics", "fid,psnr"], "choose from fid,kid,domain_fid,pr,class"),
         (["--samples", "WRONG"], "images are 1x4x4 (CxHxW) but dataset digits holds 1x8x8"),
-        (["--data", "nowhere.txt"], "give digits, a .npz file or an image folder"),
+        (["--data", "nowhere.txt"], "give digits, a .npz file, a directory with images.npy or an image folder"),
     ],
 )
 def test_eval_refuses_bad_input_with_one_line(run_dir, tmp_path, capsys, argv, message):

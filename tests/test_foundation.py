@@ -193,6 +193,9 @@ def test_memory_mapped_npy_dataset_reads_only_what_a_batch_needs(tmp_path):
     train(load_config("digits", overrides=[*SMALL, "batch_size=10", "steps=2", f"run_dir={tmp_path / 'run'}",
                                            "data.name=npy", f"data.path={tmp_path}"]), progress=False)
     assert latest_checkpoint(tmp_path / "run").name == "step_000002"
+    np.savez(tmp_path / "fake.npz", images=images[:10, :, :, None], labels=np.arange(10) % 5)
+    assert main(["eval", "--samples", str(tmp_path / "fake.npz"), "--data", str(tmp_path), "--metrics",
+                 "domain_fid,class"]) == 0  # --data takes a directory of .npy arrays too
 
 
 def test_a_huge_label_is_refused_quickly_without_allocating(tmp_path):
