@@ -24,6 +24,8 @@ CONFIGS = [  # (label, recipe, ratio, mixer_depth)
     ("(c) mdt 0.75", "mdt", 0.75, 0),
     ("deferred drop 0.5, mixer 2", "drop", 0.5, 2),
     ("deferred drop 0.75, mixer 2", "drop", 0.75, 2),
+    ("(d) tread 0.5", "tread", 0.5, 0),
+    ("(d) tread 0.75", "tread", 0.75, 0),
 ]
 
 
@@ -35,11 +37,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4, help="timed steps per configuration and round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--only", help="comma-separated labels to time (the unmasked row is always timed)")
     args = p.parse_args()
     shape = parse_shape(args.input)
+    configs = CONFIGS
+    if args.only:
+        wanted = {"unmasked", *(label.strip() for label in args.only.split(","))}
+        configs = [c for c in CONFIGS if c[0] in wanted]
     best: dict[str, dict] = {}
     for r in range(args.rounds):
-        order = CONFIGS if r % 2 == 0 else CONFIGS[::-1]
+        order = configs if r % 2 == 0 else configs[::-1]
         for label, recipe, ratio, mixer in order:
             result = benchmark(args.preset, shape, args.batch, args.steps, warmup=3, device=args.device,
                                mask_ratio=ratio, recipe=recipe, mixer_depth=mixer)
@@ -52,7 +59,7 @@ def main() -> None:
     print("| configuration | kept tokens | steps/s | speed-up | GFLOP/step | training-only params |")
     print("|---|---|---|---|---|---|")
     rows = []
-    for label, *_ in CONFIGS:
+    for label, *_ in configs:
         b = best[label]
         b["speedup"] = b["steps_per_s"] / base
         rows.append(b)

@@ -72,6 +72,7 @@ class MaskConfig:
     aux_weight: float = 0.1  #: mae: weight of the reconstruction loss on dropped tokens
     decoder_depth: int = 2  #: mae: decoder blocks; mdt: backbone blocks after the interpolater
     decoder_width: int | None = None  #: mae: decoder width (default: half the model width)
+    route: list[int] | None = None  #: tread: [START, END]: blocks START..END-1 skip the routed tokens
 
 
 @dataclass
@@ -175,6 +176,8 @@ class Config:
             ("mask.decoder_depth", mask.decoder_depth >= 1, "at least 1"),
             ("mask.decoder_width", mask.decoder_width is None or mask.decoder_width >= 2,
              "null or a positive even width"),
+            ("mask.route", mask.route is None or (len(mask.route) == 2 and 0 <= mask.route[0] < mask.route[1]),
+             "null or [START, END] with 0 <= START < END <= model.depth"),
             ("task.names", all(n in TASKS for n in task.names), f"a list from {one_of(TASKS.names())}"),
             ("task.weights", weights is None or (len(weights) == len(task.names) and min(weights, default=0) >= 0
                                                  and sum(weights) > 0),
@@ -218,6 +221,9 @@ class Config:
         if self.model.mixer_depth >= fields["depth"]:
             raise ConfigError(f"config key model.mixer_depth must be below model.depth={fields['depth']}, "
                               f"got {self.model.mixer_depth}")
+        if self.mask.route is not None and self.mask.route[1] > fields["depth"]:
+            raise ConfigError(f"config key mask.route {self.mask.route} ends after the last block: END must be at "
+                              f"most model.depth={fields['depth']}")
         if self.mask.recipe == "mae" and self.mask.decoder_width is not None and self.mask.decoder_width % 4:
             raise ConfigError(f"config key mask.decoder_width must be a multiple of 4 (the decoder has 4 heads), "
                               f"got {self.mask.decoder_width}")

@@ -147,6 +147,21 @@ def regression_pair(
     return objective.noisy(x0, noise, t), patchify(objective.target(x0, noise, t), patch)
 
 
+def training_pair(
+    objective: Objective, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, patch: tuple[int, ...],
+    given: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The model input ``x_t``, the target tokens and the loss weight ``(B, N)`` of one training step.
+
+    ``given`` ``(B, N)`` bool (a condition mask): those tokens enter clean (their ``x_0`` at every ``t``)
+    and get weight 0, so the loss covers generated tokens only; without it the weight is ``None`` (all).
+    """
+    x_t, target = regression_pair(objective, x0, noise, t, patch)
+    if given is None:
+        return x_t, target, None
+    return hold_given(x_t, x0, given, patch), target, ~given
+
+
 def denoising_loss(
     model: torch.nn.Module,
     objective: Objective,
@@ -160,14 +175,10 @@ def denoising_loss(
     """The objective's regression loss at times ``t``, averaged over the tokens it covers.
 
     ``keep_idx`` ``(B, K)``: only kept tokens pass the model and count. ``given`` ``(B, N)`` bool: those
-    tokens enter clean (their ``x_0`` values, at every ``t``) and are left out of the loss. The loss is
-    the mean over tokens that are kept and generated.
+    tokens enter clean and are left out of the loss (see :func:`training_pair`). The loss is the mean over
+    tokens that are kept and generated.
     """
-    x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
-    weight = None
-    if given is not None:
-        x_t = hold_given(x_t, x0, given, model.patch_size)
-        weight = ~given
+    x_t, target, weight = training_pair(objective, x0, noise, t, model.patch_size, given)
     pred = model(x_t, t, y, keep_idx, given=given)
     if keep_idx is None:
         return token_mse(patchify(pred, model.patch_size), target, weight)

@@ -15,6 +15,9 @@ the MDT full pass. Sampling never sees a recipe: it runs the bare DiT on all tok
 * ``mdt`` (c, MDT): a full pass on all tokens plus a masked pass where kept tokens go through the
   encoder blocks, the side-interpolater fills the dropped ones, and the last ``decoder_depth`` backbone
   blocks run on all tokens; both passes regress the objective's target on all tokens.
+* ``tread`` (TREAD, token routing): after block ``START`` the ``mask.ratio`` share of tokens leaves, skips
+  blocks ``START..END-1`` and re-enters unchanged before block ``END``; nothing is thrown away, the loss
+  covers every (generated) token, no decoder or finetune stage is needed, and sampling runs the plain model.
 
 Deferred masking (the patch mixer) is a property of the model (``DiT.mixer_depth``) and works with all
 three. Training-only parameters always receive a gradient (zero when unused) so DDP never sees a
@@ -33,7 +36,7 @@ from maskdit.grid import patchify
 from maskdit.masks import gather_tokens
 from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
 from maskdit.model.dit import DiT
-from maskdit.objectives import Objective, denoising_loss, regression_pair, token_mse
+from maskdit.objectives import Objective, denoising_loss, regression_pair, token_mse, training_pair
 from maskdit.registry import Registry
 
 #: name -> recipe class, built by ``cls.build(model, mask_config)``; fact ``tasks``: takes condition masks.
@@ -135,6 +138,55 @@ class MDTRecipe(nn.Module):
         tokens = model.run_blocks(tokens, c, self.encoder_depth)  # every token again: positions in order
         masked = token_mse(model.final_layer(tokens, c), target)
         return full + masked, _parts(loss_full=full, loss_masked=masked)
+
+
+def default_route(depth: int) -> tuple[int, int]:
+    """TREAD's route scaled to ``depth``: the paper's blocks 2 -> depth - 4 of a 28-block DiT-XL."""
+    return max(1, round(2 * depth / 28)), depth - max(1, round(4 * depth / 28))
+
+
+@RECIPES.register("tread", "TREAD routing: a share of tokens skips the middle blocks and re-enters; loss on all",
+                  tasks=True)
+class TreadRecipe(nn.Module):
+    """Token routing (TREAD): the routed share of tokens bypasses blocks ``start..end-1``.
+
+    The step's ``keep_idx`` names the tokens that go *through* the route (``1 - mask.ratio`` of them);
+    the others keep the representation they had after block ``start - 1`` and rejoin before block
+    ``end``. Every block before and after the route sees all tokens; the loss covers all generated tokens.
+    """
+
+    name = "tread"
+
+    def __init__(self, model: DiT, route: tuple[int, int] | list[int] | None = None):
+        super().__init__()
+        start, end = default_route(model.depth) if route is None else (int(route[0]), int(route[1]))
+        if not 0 <= start < end <= model.depth:
+            raise ConfigError(f"mask.route [{start}, {end}] does not fit a depth-{model.depth} model: tokens must "
+                              f"leave after a block START and re-enter at END with 0 <= START < END <= {model.depth}"
+                              + (" (this model is too shallow for the default route: set mask.route)"
+                                 if route is None else ""))
+        if model.mixer_depth:
+            raise ConfigError("mask.recipe=tread routes tokens past the middle blocks itself: set model.mixer_depth=0")
+        self.start, self.end = start, end
+
+    @classmethod
+    def build(cls, model: DiT, cfg: Any) -> TreadRecipe:
+        return cls(model, cfg.route)
+
+    def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
+             noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if keep_idx is None:  # nothing routed: the plain loss, bit for bit
+            loss = denoising_loss(model, objective, x0, y, t, noise, None, given)
+            return loss, _parts(loss_denoise=loss)
+        x_t, target, weight = training_pair(objective, x0, noise, t, model.patch_size, given)
+        c = model.condition(t, y)
+        tokens = model.run_blocks(model.embed(x_t, given), c, 0, self.start)
+        through = model.run_blocks(gather_tokens(tokens, keep_idx), c, self.start, self.end, pos=keep_idx)
+        tokens = tokens.scatter(1, keep_idx.unsqueeze(-1).expand_as(through), through)
+        tokens = model.run_blocks(tokens, c, self.end)
+        loss = token_mse(model.final_layer(tokens, c), target, weight)
+        return loss, _parts(loss_denoise=loss)
 
 
 def build_recipe(name: str, model: DiT, cfg: Any = None, **options: Any) -> nn.Module:

@@ -223,7 +223,9 @@ def test_stochastic_samplers_do_not_depend_on_the_batch_size(sampler, eta):
     kwargs = dict(sampler=sampler, steps=6, eta=eta, seed=5, guidance_scale=2.0)
     whole = generate(model, DDPM(), 7, labels, batch_size=7, **kwargs)
     parts = generate(model, DDPM(), 7, labels, batch_size=3, **kwargs)
-    assert torch.allclose(whole, parts, atol=1e-5)
+    # equal up to float rounding, which differs with the batch's matrix shapes (before the fix the step
+    # noise itself differed, by as much as the samples' own size)
+    assert (whole - parts).abs().max() <= 1e-5 * whole.abs().max()
     other_seed = generate(model, DDPM(), 7, labels, batch_size=7, **{**kwargs, "seed": 6})
     assert not torch.allclose(whole, other_seed)
 
