@@ -19,7 +19,7 @@ import yaml
 
 from maskdit.data import DATASETS
 from maskdit.errors import ConfigError
-from maskdit.masks import SCHEDULES, TASKS
+from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
 from maskdit.model.dit import ATTENTIONS, PRESETS
 from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
 from maskdit.recipes import RECIPES
@@ -68,6 +68,7 @@ class MaskConfig:
     ratio: float = 0.0  #: share of tokens dropped per step (the maximum for schedules); 0 = no masking
     ratio_min: float = 0.0  #: random: lower end of the range; increasing: the starting ratio
     schedule: str = "constant"  #: constant | random | linear_decay | cosine_decay | increasing
+    shape: str = "random"  #: random (tokens anywhere) | tube (video: the same positions dropped in every frame)
     schedule_steps: int | None = None  #: length of the schedule (default: steps)
     aux_weight: float = 0.1  #: mae: weight of the reconstruction loss on dropped tokens
     decoder_depth: int = 2  #: mae: decoder blocks; mdt: backbone blocks after the interpolater
@@ -171,6 +172,7 @@ class Config:
             ("mask.ratio", 0 <= mask.ratio < 1, "in [0, 1)"),
             ("mask.ratio_min", 0 <= mask.ratio_min <= mask.ratio, "in [0, mask.ratio]"),
             ("mask.schedule", mask.schedule in SCHEDULES, "one of " + one_of(SCHEDULES.names())),
+            ("mask.shape", mask.shape in DROP_SHAPES, "one of " + one_of(DROP_SHAPES)),
             ("mask.schedule_steps", mask.schedule_steps is None or mask.schedule_steps >= 1, "null or at least 1"),
             ("mask.aux_weight", mask.aux_weight >= 0, "non-negative"),
             ("mask.decoder_depth", mask.decoder_depth >= 1, "at least 1"),
@@ -202,9 +204,9 @@ class Config:
         if task.names and not RECIPES.entry(mask.recipe).facts["tasks"]:
             raise ConfigError(f"config key mask.recipe={mask.recipe} does not support condition masks (task.names): "
                               f"use mask.recipe={one_of(RECIPES.names(tasks=True))}")
-        if m.attention == "factorised" and mask.ratio > 0:
-            raise ConfigError("config key model.attention=factorised needs every token, so it takes no dropping: "
-                              "set mask.ratio=0 or model.attention=full")
+        if m.attention == "factorised" and mask.ratio > 0 and (mask.shape != "tube" or mask.recipe != "drop"):
+            raise ConfigError("config key model.attention=factorised needs whole temporal columns: drop tokens with "
+                              "mask.shape=tube and mask.recipe=drop, set mask.ratio=0, or use model.attention=full")
         self.architecture()
         return self
 
@@ -236,6 +238,9 @@ def check_against_data(cfg: Config, dataset: Any) -> None:
     if cfg.model.attention == "factorised" and rank != 3:
         raise ConfigError(f"config key model.attention=factorised needs video (T x H x W) data, but data.name="
                           f"{cfg.data.name} has rank-{rank} examples {tuple(dataset.shape)}: use model.attention=full")
+    if cfg.mask.shape == "tube" and rank != 3:
+        raise ConfigError(f"config key mask.shape=tube drops the same positions in every frame: it needs video "
+                          f"(T x H x W) data, but data.name={cfg.data.name} has rank-{rank} examples")
     if cfg.batch_size > len(dataset):
         raise ConfigError(f"config key batch_size {cfg.batch_size} is larger than the dataset "
                           f"({len(dataset)} examples)")

@@ -53,6 +53,28 @@ def drop_tokens(
     return random_keep_indices(batch, num_tokens, ratio, generator, device)
 
 
+def tube_keep_indices(
+    batch: int,
+    token_grid: tuple[int, ...],
+    ratio: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor | None:
+    """Tube dropping for video ``(T', H', W')`` token grids: per sample the same random spatial positions
+    are kept in every frame, so the kept tokens form a ``T' x K`` grid (frame-major, positions sorted) that
+    factorised attention can still split into temporal columns and per-frame sets. ``None`` when the
+    ratio keeps every position."""
+    frames, per_frame = token_grid[0], math.prod(token_grid[1:])
+    if num_kept(per_frame, ratio) == per_frame:
+        return None
+    spatial = random_keep_indices(batch, per_frame, ratio, generator)  # (B, K) sorted
+    offsets = torch.arange(frames).mul(per_frame)  # frame starts
+    return (offsets[None, :, None] + spatial[:, None, :]).reshape(batch, -1)
+
+
+#: Shapes of drop masks: ``random`` tokens anywhere, or ``tube`` (the same positions in every frame).
+DROP_SHAPES = ("random", "tube")
+
+
 def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Select tokens ``(B, N, D)`` at indices ``(B, K)`` -> ``(B, K, D)``."""
     return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskdit.masks import drop_tokens, mask_ratio, mix_task_masks
+from maskdit.masks import drop_tokens, mask_ratio, mix_task_masks, tube_keep_indices
 from maskdit.model.aux import collect_aux_losses
 from maskdit.objectives import Objective
 
@@ -97,7 +97,10 @@ class StepSampler:
         drop_label = None if self.class_dropout is None else torch.rand(b, generator=gen) < self.class_dropout
         m = self.mask
         ratio = mask_ratio(m.schedule, m.ratio, step, m.schedule_steps or self.total_steps, m.ratio_min, gen)
-        keep_idx = drop_tokens(b, self.num_tokens, ratio, gen)
+        if getattr(m, "shape", "random") == "tube":
+            keep_idx = tube_keep_indices(b, self.token_grid, ratio, gen)
+        else:
+            keep_idx = drop_tokens(b, self.num_tokens, ratio, gen)
         given = mix_task_masks(b, self.token_grid, self.tasks, gen)[0] if self.tasks else None
         return StepInputs(self.indices(step), t, noise, drop_label, keep_idx, given, ratio)
 

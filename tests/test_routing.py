@@ -110,3 +110,20 @@ def test_tread_trains_with_tasks_on_video(tmp_path):
         "mask.ratio=0.5", "mask.route=[1,2]", f"run_dir={tmp_path}"])
     train(cfg, progress=False)
     assert latest_checkpoint(tmp_path).name == "step_000002"
+
+
+def test_factorised_video_trains_with_tube_dropping_and_refuses_other_masks(tmp_path):
+    base = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=16",
+            "data.frames=4", "data.size=8", "warmup_steps=1", "steps=2", "model.attention=factorised"]
+    with pytest.raises(ConfigError, match="mask.shape=tube"):
+        load_config("bouncing-digits", overrides=[*base, "mask.ratio=0.5"])
+    with pytest.raises(ConfigError, match="needs video"):
+        Trainer(load_config("digits", overrides=[*SMALL, "mask.shape=tube", "mask.ratio=0.5",
+                                                 f"run_dir={tmp_path / 'img'}"]), progress=False)
+    cfg = load_config("bouncing-digits", overrides=[*base, "mask.ratio=0.5", "mask.shape=tube",
+                                                    f"run_dir={tmp_path / 'vid'}"])
+    trainer = Trainer(cfg, progress=False)
+    ratio, keep = trainer.keep_indices(0)
+    assert ratio == 0.5 and keep.shape == (8, 4 * 2)  # 4 frames x half of the 2x2 positions (8x8, patch 4)
+    trainer.run()
+    assert latest_checkpoint(tmp_path / "vid").name == "step_000002"

@@ -5,7 +5,7 @@ import torch
 
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify, sincos_pos_embed
-from maskdit.masks import TASKS, mix_task_masks, task_mask
+from maskdit.masks import TASKS, mix_task_masks, task_mask, tube_keep_indices
 from maskdit.model import DiT
 from maskdit.model.blocks import FactorisedDiTBlock
 
@@ -193,10 +193,27 @@ def test_attention_round_trips_through_config_and_bad_values_are_refused():
         DiT((8, 8), 1, 2, 32, 1, 4, attention="axial")
 
 
-def test_factorised_attention_refuses_dropped_tokens():
-    model = _perturbed(DiT((4, 8, 8), 1, (1, 4, 4), 32, 2, 4, mixer_depth=1, attention="factorised"))
-    x, t = torch.randn(2, 1, 4, 8, 8), torch.rand(2)
-    with pytest.raises(ConfigError, match="needs the full token grid after the patch mixer.*keeps 8 of 16"):
-        model(x, t, keep_idx=torch.arange(8).expand(2, -1))
+def test_tube_dropping_keeps_whole_columns_for_factorised_attention():
+    grid = (4, 2, 2)  # 4 frames of 2x2 token positions
+    keep = tube_keep_indices(3, grid, 0.5, torch.Generator().manual_seed(0))
+    assert keep.shape == (3, 8)
+    per_frame = keep.reshape(3, 4, 2)
+    positions = per_frame % 4
+    assert torch.equal(positions, positions[:, :1].expand(-1, 4, -1))  # the same positions in every frame
+    assert torch.equal(per_frame // 4, torch.arange(4)[None, :, None].expand(3, -1, 2))  # frame-major
+    assert tube_keep_indices(3, grid, 0.0) is None
+
+    model = _perturbed(DiT((4, 8, 8), 1, (1, 4, 4), 32, 2, 4, attention="factorised"))
+    x, t = torch.randn(3, 1, 4, 8, 8, requires_grad=True), torch.rand(3)
+    out = model(x, t, keep_idx=keep)
+    assert out.shape == (3, 8, model.patch_dim)
+    out.square().sum().backward()
+    grad = patchify(x.grad.abs(), model.patch_size).sum(-1)  # (3, 16) per token
+    kept = torch.zeros(3, 16, dtype=torch.bool).scatter(1, keep, True)
+    assert torch.all(grad[kept] > 0) and torch.all(grad[~kept] == 0)
     keep_all = torch.arange(16).expand(2, -1)
-    assert torch.allclose(model(x, t, keep_idx=keep_all), patchify(model(x, t), model.patch_size), atol=1e-5)
+    x2 = torch.randn(2, 1, 4, 8, 8)
+    assert torch.allclose(model(x2, t[:2], keep_idx=keep_all), patchify(model(x2, t[:2]), model.patch_size),
+                          atol=1e-5)
+    with pytest.raises(ValueError, match="same number of tokens in each of the 4 frames"):
+        model(x2, t[:2], keep_idx=torch.arange(7).expand(2, -1))

@@ -127,9 +127,10 @@ class FactorisedDiTBlock(nn.Module):
     Temporal attention mixes the tokens at one spatial position across frames, spatial attention the
     tokens within one frame; both cost far less than full attention over ``T*H*W`` tokens. Each of the
     three sub-layers has its own shift, scale and gate from ``c`` (9 vectors, zero-initialised by the
-    model so a fresh block is the identity). Tokens must be the full grid ``(B, prod(token_grid), D)``
-    in patchify's row-major order; a grid of rank 1 or 2 counts as one frame (the temporal attention
-    then sees a single token and only passes it through its projections).
+    model so a fresh block is the identity). Tokens must be frame-major, the same number per frame: the
+    full grid ``(B, prod(token_grid), D)`` in patchify's row-major order, or what a tube drop mask kept.
+    A grid of rank 1 or 2 counts as one frame (the temporal attention then sees a single token and only
+    passes it through its projections).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, token_grid: tuple[int, ...] = (1, 1),
@@ -138,7 +139,6 @@ class FactorisedDiTBlock(nn.Module):
         grid = tuple(int(s) for s in token_grid)
         self.token_grid = grid
         self.frames = grid[0] if len(grid) == 3 else 1
-        self.per_frame = math.prod(grid) // self.frames
         self.norm_t = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn_t = Attention(dim, num_heads)
         self.norm_s = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -149,11 +149,11 @@ class FactorisedDiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
-        t, s = self.frames, self.per_frame
-        if n != t * s:
-            raise ValueError(
-                f"factorised attention needs all {t * s} tokens of the {self.token_grid} grid, got {n}"
-            )
+        t = self.frames
+        if n % t:
+            raise ValueError(f"factorised attention needs the same number of tokens in each of the {t} frames "
+                             f"(tube dropping), got {n} tokens")
+        s = n // t  # positions per frame: all of them, or those a tube drop mask kept
         (shift_t, scale_t, gate_t, shift_s, scale_s, gate_s,
          shift_m, scale_m, gate_m) = self.adaLN_modulation(c).chunk(9, dim=-1)
         # temporal: (B, T, S, D) -> (B*S, T, D), one sequence per spatial position

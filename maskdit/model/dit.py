@@ -53,13 +53,6 @@ for _size, (_depth, _hidden, _heads) in SIZES.items():
 ATTENTIONS = ("full", "factorised")
 
 
-def _keeps_all(keep_idx: torch.Tensor, num_tokens: int) -> bool:
-    """True when ``keep_idx`` is every token in order (what factorised attention can run on)."""
-    if keep_idx.shape[1] != num_tokens:
-        return False
-    return bool((keep_idx == torch.arange(num_tokens, device=keep_idx.device)).all())
-
-
 def preset(name: str) -> dict[str, Any]:
     """The architecture fields of a named preset (a copy)."""
     if name not in PRESETS:
@@ -79,8 +72,8 @@ class DiT(nn.Module):
         mixer_depth: how many leading blocks see every token before ``keep_idx`` drops some ("deferred
             masking"); they form the patch mixer. 0 drops right after the patch embedding.
         attention: ``"full"`` (every block attends over all tokens) or ``"factorised"`` (VDT: temporal
-            attention across frames, then spatial attention within each frame; needs every token, so it
-            cannot be combined with dropping tokens).
+            attention across frames, then spatial attention within each frame; with dropping it needs the
+            same positions kept in every frame, see :func:`maskdit.masks.tube_keep_indices`).
         task_conditioning: learn a "given" embedding added to the tokens a condition mask marks as known
             (clean), so one model serves every task of :data:`maskdit.masks.TASKS` (VDT).
     """
@@ -225,11 +218,6 @@ class DiT(nn.Module):
 
         The patch mixer (the first ``mixer_depth`` blocks) sees all tokens; the rest see only ``keep_idx``.
         """
-        if self.attention == "factorised" and keep_idx is not None and not _keeps_all(keep_idx, self.num_tokens):
-            raise ConfigError(
-                f"attention='factorised' needs the full token grid after the patch mixer, but keep_idx keeps "
-                f"{keep_idx.shape[1]} of {self.num_tokens} tokens: train with mask.ratio=0 or use attention='full'"
-            )
         c = self.condition(t, y)
         tokens = self.embed(x, given)
         if keep_idx is not None:
