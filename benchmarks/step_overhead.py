@@ -1,0 +1,95 @@
+"""Where the time of one training step goes: step inputs and data, forward + backward, optimizer, EMA.
+
+    python benchmarks/step_overhead.py                      # the digits preset, ratios 0 / 0.5 / 0.75
+    python benchmarks/step_overhead.py --preset digits model.patch_size=1   # any train overrides
+
+Masking shortens only the forward and backward; everything else in a step is a fixed cost that caps the
+speed-up. Each part is timed on the real Trainer (same model, data and optimizer as `maskdit train`),
+interleaved over rounds, best round kept. Prints a Markdown table and a JSON list on its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+from maskdit.config import load_config
+from maskdit.train import Trainer, learning_rate
+
+
+def parts(trainer: Trainer, step: int) -> dict[str, float]:
+    """Seconds of each part of training step ``step`` (the same work as ``Trainer.train_step``)."""
+    out = {}
+    t0 = time.perf_counter()
+    inputs = trainer.inputs.draw(step)
+    x0, y = trainer.dataset.batch(inputs.index)
+    out["inputs+data"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = learning_rate(trainer.cfg, step)
+    loss, _ = trainer.step_module((x0, y), inputs)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    out["forward+backward"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    params = [p for g in trainer.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, trainer.cfg.grad_clip)
+    trainer.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+    trainer.optimizer.step()
+    out["clip+optimizer"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trainer.update_ema(step)
+    out["ema"] = time.perf_counter() - t0
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="digits")
+    p.add_argument("--ratios", default="0,0.5,0.75")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per ratio and round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    ratios = [float(r) for r in args.ratios.split(",")]
+    trainers = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in ratios:
+            cfg = load_config(args.preset, overrides=[*args.overrides, f"mask.ratio={r}", f"run_dir={tmp}/r{r}"])
+            trainers[r] = Trainer(cfg, progress=False)
+        best: dict[float, dict[str, float]] = {}
+        for round_ in range(args.rounds):
+            for r in ratios if round_ % 2 == 0 else ratios[::-1]:
+                for k in range(3):  # warm-up
+                    parts(trainers[r], k)
+                sums: dict[str, float] = {}
+                for k in range(args.steps):
+                    for name, sec in parts(trainers[r], 3 + k).items():
+                        sums[name] = sums.get(name, 0.0) + sec / args.steps
+                sums["step"] = sum(sums.values())
+                if r not in best or sums["step"] < best[r]["step"]:
+                    best[r] = sums
+    names = ["inputs+data", "forward+backward", "clip+optimizer", "ema", "step"]
+    model = trainers[ratios[0]].model
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"\n{args.preset} {' '.join(args.overrides)}: {model.num_tokens} tokens, {params:.2f}M parameters, "
+          f"batch {trainers[ratios[0]].cfg.batch_size}, {torch.get_num_threads()} threads; ms per step, "
+          f"best of {args.rounds} rounds x {args.steps} steps\n")
+    print("| mask ratio | " + " | ".join(names) + " | fixed share | steps/s |")
+    print("|---|" + "---|" * (len(names) + 2))
+    rows = []
+    for r in ratios:
+        b = best[r]
+        fixed = (b["step"] - b["forward+backward"]) / b["step"]
+        rows.append({"ratio": r, **{k: b[k] * 1000 for k in names}, "fixed_share": fixed,
+                     "steps_per_s": 1 / b["step"]})
+        print(f"| {r} | " + " | ".join(f"{b[k] * 1000:.1f}" for k in names) + f" | {fixed:.0%} | {1 / b['step']:.1f} |")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
