@@ -91,8 +91,8 @@ def first_loadable(candidates: list[Path], load: Callable[[Path], T]) -> T:
 
 
 def is_run(path: Path) -> bool:
-    """True when ``path`` holds a maskdit run: a ``config.json`` with its ``config`` and ``model`` sections
-    (readable or not: a damaged one is still the project's file) or a ``checkpoints`` directory."""
+    """True when ``path`` holds a maskdit run: complete checkpoints, or a readable ``config.json`` with its
+    ``config`` and ``model`` sections (a run that stopped before its first checkpoint)."""
     config = path / "config.json"
     if (path / "checkpoints").is_dir() and list_checkpoints(path):
         return True
@@ -105,10 +105,10 @@ def is_run(path: Path) -> bool:
     return isinstance(data, dict) and {"config", "model"} <= set(data)
 
 
-def find_run(run_dir: Path, resume: bool) -> Path | None:
-    """Decide, before anything is written, what training into ``run_dir`` means: the checkpoint to resume
-    (``None``: start at step 0). Refuses a file, a directory holding anything but a run, an existing run
-    without ``resume``, and ``resume`` where there is no run."""
+def find_run(run_dir: Path, resume: bool) -> list[Path]:
+    """Decide, before anything is written, what training into ``run_dir`` means: the checkpoints to resume
+    from, newest first (empty: start at step 0). Refuses a file, a directory holding anything but a run,
+    an existing run without ``resume``, and ``resume`` where there is no run."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"run_dir {run_dir} is a file: choose a directory for the run")
     for parent in run_dir.parents:
@@ -118,7 +118,7 @@ def find_run(run_dir: Path, resume: bool) -> Path | None:
     if empty:
         if resume:
             raise CheckpointError(f"--resume: {run_dir} holds no run to resume; leave out --resume to start one")
-        return None
+        return []
     if not is_run(run_dir):
         sample = sorted(p.name for p in run_dir.iterdir())[0]
         raise CheckpointError(f"run_dir {run_dir} already holds files that are not a maskdit run (e.g. {sample}): "
@@ -130,33 +130,27 @@ def find_run(run_dir: Path, resume: bool) -> Path | None:
                                   "or choose another run_dir")
         raise CheckpointError(f"run_dir {run_dir} holds a run that stopped before its first checkpoint: pass "
                               "--resume to start it again from step 0, or choose another run_dir")
-    if not found:
-        return None
-    return first_loadable(found[::-1], _check_complete)
+    return found[::-1]
 
-
-def _check_complete(ckpt: Path) -> Path:
-    """Refuse a checkpoint whose files cannot be read (the tensors' headers and the JSON files)."""
-    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
-        _load_tensors(ckpt / name)
-    read_json(ckpt / "state.json", keys=("step", "optimizer", "rng"))
-    read_json(ckpt / "config.json", keys=("config", "model", "dataset"))
-    return ckpt
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON under a temporary name and rename it over ``path``: a reader sees the old or the new file."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name and rename it over ``path``: a reader sees the old or the new file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=2))
+        tmp.write_text(text)
         _fsync(tmp)
         tmp.replace(path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def _fsync(path: Path) -> None:

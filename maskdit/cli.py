@@ -153,8 +153,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                        help="run or checkpoint directory (may be left out with --samples and --data)")
         p.add_argument("--num", type=positive_int, default=500, help="samples to draw (default 500)")
         p.add_argument("--samples", help="score these samples (.npz: images, optional labels) instead of drawing")
-        p.add_argument("--data", help="real images to compare with: digits, FILE.npz or an image folder "
-                       "(default: the run's dataset)")
+        p.add_argument("--data", help="real images to compare with: digits, FILE.npz, a directory with images.npy "
+                       "or an image folder (default: the run's dataset)")
         p.add_argument("--metrics", help="comma-separated subset of fid,kid,domain_fid,pr,class "
                        "(default: all that apply; fid,kid need the extra maskdit[fid])")
     elif command == "report":

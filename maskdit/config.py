@@ -19,6 +19,7 @@ import yaml
 
 from maskdit.data import DATASETS
 from maskdit.errors import ConfigError
+from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
 from maskdit.model.dit import ATTENTIONS, PRESETS
 from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
@@ -244,15 +245,11 @@ def check_against_data(cfg: Config, dataset: Any) -> None:
     if cfg.batch_size > len(dataset):
         raise ConfigError(f"config key batch_size {cfg.batch_size} is larger than the dataset "
                           f"({len(dataset)} examples)")
-    patch = cfg.architecture()["patch_size"]
-    patch = _as_list(patch) * (rank if isinstance(patch, int) else 1)
-    if len(patch) != rank:
-        raise ConfigError(f"config key model.patch_size {cfg.model.patch_size} does not fit rank-{rank} data "
-                          f"{tuple(dataset.shape)}: give one int or {rank} of them")
-    for size, p in zip(dataset.shape[1:], patch):
-        if size % p:
-            raise ConfigError(f"config key model.patch_size {p} does not divide the data size "
-                              f"{'x'.join(map(str, dataset.shape[1:]))}: pick a patch size that divides every axis")
+    try:  # the patchifier's own rules, named by the config key
+        token_grid_shape(dataset.shape[1:], as_patch_size(cfg.architecture()["patch_size"], rank))
+    except ConfigError as e:
+        raise ConfigError(f"config key model.patch_size does not fit data.name={cfg.data.name} "
+                          f"({'x'.join(map(str, dataset.shape))}): {e}") from e
 
 
 def _as_list(value: Any) -> list[int]:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from maskdit.checkpoint import (
     find_run,
+    first_loadable,
     latest_checkpoint,
     load_aux,
     load_optimizer,
@@ -41,6 +42,7 @@ from maskdit.checkpoint import (
     save_checkpoint,
     set_rng_state,
     write_json_atomic,
+    write_text_atomic,
 )
 from maskdit.config import Config, check_against_data, device_name_ok
 from maskdit.data import dataset_from_config
@@ -111,7 +113,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True):
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(cfg.run_dir)
-        existing = find_run(self.run_dir, resume)  # refuses before anything is built or written
+        to_resume = find_run(self.run_dir, resume)  # refuses before anything is built or written
         self.device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.dataset = dataset_from_config(cfg.data)
@@ -137,8 +139,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        if existing is not None:
-            self.load(existing)
+        if to_resume:  # the newest checkpoint that loads; a damaged one is passed over with a warning
+            first_loadable(to_resume, self.load)
         elif cfg.init_from:
             self.init_from(resolve_checkpoint(cfg.init_from))
 
@@ -324,9 +326,7 @@ class Trainer:
                 continue
             if isinstance(record, dict) and record.get("step", math.inf) <= self.step:
                 keep.append(line)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(path)
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 class StopOnSignal:
