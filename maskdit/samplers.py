@@ -18,6 +18,7 @@ Stochastic samplers draw their step noise from :class:`NoiseStreams`, one stream
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -144,21 +145,39 @@ def default_sampler(objective: Objective | str) -> str:
     return SAMPLERS.names(objectives=name, default=True)[0]
 
 
+#: Guidance modes: name -> the extra model arguments of the unconditional branch (beyond the null label).
+GUIDANCES: Registry[dict[str, Any]] = Registry("guidance", key="sample.guidance")
+GUIDANCES.add("cfg", {}, "classifier-free guidance: the unconditional branch drops the class label", fusion=False)
+GUIDANCES.add("path-drop", {"path_drop": True}, "SPRINT's path-drop guidance: the unconditional branch also skips "
+              "the deep path (cheaper); needs mask.recipe=sprint", fusion=True)
+
+
+def check_guidance(name: str, model: torch.nn.Module) -> None:
+    """Refuse a guidance mode the model cannot run (path drop without a SPRINT fusion)."""
+    if name not in GUIDANCES:
+        raise ConfigError(f"unknown guidance {name!r}: choose one of {one_of(GUIDANCES.names())}")
+    if GUIDANCES.entry(name).facts["fusion"] and getattr(model, "fusion", None) is None:
+        raise ConfigError(f"guidance {name} needs a SPRINT model (trained with mask.recipe=sprint): use cfg")
+
+
 def guided(
     model: torch.nn.Module,
     y: torch.Tensor | None,
     scale: float = 1.0,
     interval: Sequence[float] | None = None,
     given: torch.Tensor | None = None,
+    guidance: str = "cfg",
 ) -> ModelFn:
-    """Bind labels and classifier-free guidance into ``fn(x, t)``.
+    """Bind labels and guidance into ``fn(x, t)``.
 
     Output ``u + scale * (c - u)`` on all channels, where ``c`` is the prediction for ``y`` and ``u`` the
-    prediction for the null label. Guidance is applied only while ``interval[0] <= t <= interval[1]``
+    unconditional one: the null label (``cfg``), plus the deep path dropped (``path-drop``). Guidance is
+    applied only while ``interval[0] <= t <= interval[1]``
     (when given); elsewhere, and whenever ``scale == 1`` or the model is unconditional, the output is the
     conditional prediction and no unconditional pass is made. ``given`` ``(B, N)`` (a task's condition
     mask) is passed to the model with every call. ``t`` is a Python float, so deciding costs no device sync.
     """
+    check_guidance(guidance, model)
     conditional = getattr(model, "num_classes", 0) > 0
     if conditional and y is None:
         raise ConfigError("a class-conditional model needs labels to sample")
@@ -170,6 +189,9 @@ def guided(
         if not conditional or scale == 1.0 or not in_interval:
             return model(x, t_batch, y, **extra)
         null = torch.full_like(y, model.null_label)
+        if guidance != "cfg":  # a different network for the unconditional branch: two calls
+            return torch.lerp(model(x, t_batch, null, **extra, **GUIDANCES.get(guidance)),
+                              model(x, t_batch, y, **extra), scale)
         if given is not None:
             extra = {"given": torch.cat([given, given])}
         out = model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([y, null]), **extra)
@@ -195,6 +217,7 @@ def generate(
     progress: bool = False,
     given: torch.Tensor | None = None,
     context: torch.Tensor | None = None,
+    guidance: str = "cfg",
 ) -> torch.Tensor:
     """``num`` samples ``(num, C, *S)`` in model space. The starting noise and the step noise of sample
     ``i`` depend only on ``seed`` and ``i``, so results do not change with ``batch_size``.
@@ -222,7 +245,7 @@ def generate(
         x = noise[part].to(device)
         streams = NoiseStreams(seed, range(start, start + len(x)), shape)
         if given is None:
-            fn = guided(model, y, guidance_scale, guidance_interval)
+            fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance)
             x = sample(fn, x, objective, sampler, steps, eta, streams)
         else:
             g, ctx = given[part].to(device), context[part].to(device)
@@ -230,7 +253,7 @@ def generate(
             def hold(x: torch.Tensor, g: torch.Tensor = g, ctx: torch.Tensor = ctx) -> torch.Tensor:
                 return hold_given(x, ctx, g, model.patch_size)
 
-            fn = guided(model, y, guidance_scale, guidance_interval, given=g)
+            fn = guided(model, y, guidance_scale, guidance_interval, given=g, guidance=guidance)
             x = hold(sample(lambda x, t, fn=fn: fn(hold(x), t), hold(x), objective, sampler, steps, eta, streams))
         out.append(x.float().cpu())
     return torch.cat(out)

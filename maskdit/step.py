@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskdit.masks import drop_tokens, mask_ratio, mix_task_masks, tube_keep_indices
+from maskdit.masks import DROP_SHAPES, mask_ratio, mix_task_masks
 from maskdit.model.aux import collect_aux_losses
 from maskdit.objectives import Objective
 
@@ -40,6 +40,7 @@ class StepInputs:
     keep_idx: torch.Tensor | None  #: ``(B, K)`` kept-token indices (None: nothing dropped)
     given: torch.Tensor | None  #: ``(B, N)`` bool condition masks (None: no tasks)
     mask_ratio: float  #: the drop ratio of this step
+    path_drop: torch.Tensor | None = None  #: ``(B,)`` bool: SPRINT's deep path replaced by mask tokens
 
     def shard(self, rank: int, world: int) -> StepInputs:
         """Rank ``rank``'s contiguous share of the batch (the batch size must divide by ``world``)."""
@@ -97,12 +98,12 @@ class StepSampler:
         drop_label = None if self.class_dropout is None else torch.rand(b, generator=gen) < self.class_dropout
         m = self.mask
         ratio = mask_ratio(m.schedule, m.ratio, step, m.schedule_steps or self.total_steps, m.ratio_min, gen)
-        if getattr(m, "shape", "random") == "tube":
-            keep_idx = tube_keep_indices(b, self.token_grid, ratio, gen)
-        else:
-            keep_idx = drop_tokens(b, self.num_tokens, ratio, gen)
+        keep_idx = DROP_SHAPES.get(getattr(m, "shape", "random"))(b, self.token_grid, ratio, gen)
         given = mix_task_masks(b, self.token_grid, self.tasks, gen)[0] if self.tasks else None
-        return StepInputs(self.indices(step), t, noise, drop_label, keep_idx, given, ratio)
+        path_drop = None
+        if getattr(m, "recipe", None) == "sprint" and m.path_drop > 0:  # drawn last: other draws stay as they were
+            path_drop = torch.rand(b, generator=gen) < m.path_drop
+        return StepInputs(self.indices(step), t, noise, drop_label, keep_idx, given, ratio, path_drop)
 
 
 class TrainingStep(nn.Module):
@@ -126,8 +127,9 @@ class TrainingStep(nn.Module):
         else:
             y = None
         with collect_aux_losses() as aux:
+            extra = {} if inputs.path_drop is None else {"path_drop": inputs.path_drop}
             loss, parts = self.recipe.loss(model, self.objective, x0, y, inputs.t, inputs.noise, inputs.keep_idx,
-                                           inputs.given)
+                                           inputs.given, **extra)
         for name, value in aux:
             loss = loss + value
             parts[name] = parts.get(name, 0.0) + value.detach()

@@ -16,14 +16,14 @@ from maskdit.config import load_config
 from maskdit.data import DATASETS, MAX_CLASSES, dataset_from_config, load_npz
 from maskdit.data.codec import PIXELS, codec_from_config
 from maskdit.errors import ConfigError, DataError
-from maskdit.masks import TASKS
+from maskdit.masks import DROP_SHAPES, TASKS
 from maskdit.model import DiT
 from maskdit.model.aux import report_aux_loss
 from maskdit.model.decoders import MAEDecoder, SideInterpolater
 from maskdit.objectives import OBJECTIVES, FlowMatching
 from maskdit.recipes import RECIPES, build_recipe
 from maskdit.registry import Registry
-from maskdit.samplers import SAMPLERS, generate
+from maskdit.samplers import GUIDANCES, SAMPLERS, generate
 from maskdit.step import StepSampler, TrainingStep
 from maskdit.tasks import complete
 from maskdit.train import Trainer, TrainingDiverged, train
@@ -36,7 +36,8 @@ def small(run_dir, *extra):
 
 
 # -- registries ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("registry", [SAMPLERS, OBJECTIVES, RECIPES, DATASETS, TASKS], ids=lambda r: r.kind)
+@pytest.mark.parametrize("registry", [SAMPLERS, OBJECTIVES, RECIPES, DATASETS, TASKS, DROP_SHAPES, GUIDANCES],
+                         ids=lambda r: r.kind)
 def test_every_registered_name_is_documented_in_the_readme(registry):
     missing = [name for name in registry if f"`{name}`" not in README]
     assert not missing, f"README does not mention {registry.kind}(s) {missing}"

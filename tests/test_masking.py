@@ -182,7 +182,7 @@ def test_unmasking_finetune_stage_starts_from_masked_weights_and_samples(tmp_pat
     (["mask.ratio=1.0"], r"mask.ratio must be in \[0, 1\)"),
     (["mask.ratio=-0.1"], r"mask.ratio must be in \[0, 1\)"),
     (["mask.ratio=0.5", "mask.ratio_min=0.7"], r"mask.ratio_min must be in \[0, mask.ratio\]"),
-    (["mask.recipe=mask_everything"], "mask.recipe must be one of drop, mae, mdt or tread"),
+    (["mask.recipe=mask_everything"], "mask.recipe must be one of drop, mae, mdt, tread, sprint or maskdit"),
 ])
 def test_bad_mask_config_is_refused(override, message):
     with pytest.raises(ConfigError, match=message):

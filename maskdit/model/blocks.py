@@ -166,3 +166,32 @@ class FactorisedDiTBlock(nn.Module):
         x = x + gate_s.unsqueeze(1) * self.attn_s(h).reshape(b, n, d)
         x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm_m(x), shift_m, scale_m))
         return x
+
+
+class SparseDenseFusion(nn.Module):
+    """SPRINT's residual fusion: ``linear(concat(deep, shallow))`` over every token.
+
+    ``deep`` holds the sparse path's output for the kept tokens; the places it skipped (and, for a
+    path-dropped sample, all places) hold a fixed random mask token, so the fusion learns to lean on the
+    dense shallow features wherever the deep path has nothing to say.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mask_token", torch.randn(dim) * 0.02)
+        self.linear = nn.Linear(2 * dim, dim)
+
+    def forward(self, shallow: torch.Tensor, deep: torch.Tensor | None, keep_idx: torch.Tensor | None = None,
+                path_drop: torch.Tensor | None = None) -> torch.Tensor:
+        """``shallow`` ``(B, N, D)``; ``deep`` ``(B, K, D)`` at ``keep_idx`` (all ``N`` when ``None``), or
+        ``None`` to drop the deep path of every sample; ``path_drop`` ``(B,)`` bool drops it per sample."""
+        mask = self.mask_token.to(shallow.dtype).expand_as(shallow)
+        if deep is None:
+            full = mask
+        elif keep_idx is None:
+            full = deep
+        else:
+            full = mask.scatter(1, keep_idx.unsqueeze(-1).expand_as(deep), deep)
+        if path_drop is not None:
+            full = torch.where(path_drop[:, None, None], mask, full)
+        return self.linear(torch.cat([full, shallow], dim=-1))

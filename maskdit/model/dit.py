@@ -27,6 +27,7 @@ from maskdit.model.blocks import (
     FactorisedDiTBlock,
     FinalLayer,
     LabelEmbedder,
+    SparseDenseFusion,
     TimestepEmbedder,
     zero_init_adaln,
 )
@@ -76,6 +77,10 @@ class DiT(nn.Module):
             same positions kept in every frame, see :func:`maskdit.masks.tube_keep_indices`).
         task_conditioning: learn a "given" embedding added to the tokens a condition mask marks as known
             (clean), so one model serves every task of :data:`maskdit.masks.TASKS` (VDT).
+        fusion: ``(START, END)`` makes a SPRINT model: blocks ``0..START-1`` are the dense shallow path,
+            ``START..END-1`` the deep path (the only blocks that ``keep_idx`` thins), and a
+            :class:`~maskdit.model.blocks.SparseDenseFusion` joins both before the dense blocks ``END..``.
+            The output then always covers every token.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class DiT(nn.Module):
         mixer_depth: int = 0,
         attention: str = "full",
         task_conditioning: bool = False,
+        fusion: Sequence[int] | None = None,
     ):
         super().__init__()
         self.input_size = tuple(int(s) for s in input_size)
@@ -118,6 +124,14 @@ class DiT(nn.Module):
             raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
         self.attention = attention
         self.task_conditioning = task_conditioning
+        self.fusion_route = None if fusion is None else (int(fusion[0]), int(fusion[1]))
+        if self.fusion_route is not None:
+            start, end = self.fusion_route
+            if not 1 <= start < end < depth:
+                raise ConfigError(f"fusion route [{start}, {end}] does not fit a depth-{depth} model: SPRINT needs "
+                                  f"1 <= START < END < depth (dense blocks before and after the sparse path)")
+            if mixer_depth:
+                raise ConfigError("a SPRINT model's dense shallow blocks are its patch mixer: set mixer_depth=0")
 
         self.patch_embed = nn.Linear(self.patch_dim, hidden_size)
         self.register_buffer("pos_embed", sincos_pos_embed(hidden_size, self.token_grid)[None], persistent=False)
@@ -129,6 +143,7 @@ class DiT(nn.Module):
             else FactorisedDiTBlock(hidden_size, num_heads, mlp_ratio, self.token_grid)
             for _ in range(depth)
         )
+        self.fusion = None if fusion is None else SparseDenseFusion(hidden_size)
         self.final_layer = FinalLayer(hidden_size, self.patch_dim)
         self.initialize_weights()
 
@@ -146,6 +161,7 @@ class DiT(nn.Module):
             "mixer_depth": self.mixer_depth,
             "attention": self.attention,
             "task_conditioning": self.task_conditioning,
+            **({} if self.fusion_route is None else {"fusion": list(self.fusion_route)}),
         }
 
     @classmethod
@@ -205,6 +221,20 @@ class DiT(nn.Module):
             tokens = block(tokens, c, pos)
         return tokens
 
+    def fused_blocks(self, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor | None = None,
+                     path_drop: torch.Tensor | bool | None = None) -> torch.Tensor:
+        """SPRINT: dense shallow blocks, the deep blocks on ``keep_idx`` only, fusion, dense final blocks.
+        ``path_drop=True`` skips the deep blocks altogether; a ``(B,)`` bool tensor masks them per sample."""
+        start, end = self.fusion_route
+        shallow = self.run_blocks(tokens, c, 0, start)
+        if path_drop is True:
+            deep = None
+        else:
+            deep = shallow if keep_idx is None else gather_tokens(shallow, keep_idx)
+            deep = self.run_blocks(deep, c, start, end, pos=keep_idx)
+        mask = path_drop if torch.is_tensor(path_drop) else None
+        return self.run_blocks(self.fusion(shallow, deep, keep_idx, mask), c, end)
+
     def features(
         self,
         x: torch.Tensor,
@@ -213,6 +243,7 @@ class DiT(nn.Module):
         keep_idx: torch.Tensor | None = None,
         end: int | None = None,
         given: torch.Tensor | None = None,
+        path_drop: torch.Tensor | bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token features after blocks ``0..end-1`` (all blocks by default) and the conditioning ``c``.
 
@@ -220,6 +251,13 @@ class DiT(nn.Module):
         """
         c = self.condition(t, y)
         tokens = self.embed(x, given)
+        if path_drop is not None and self.fusion is None:
+            raise ConfigError("path drop (path-drop guidance) needs a SPRINT model: train with mask.recipe=sprint")
+        if self.fusion is not None:
+            if end is not None:
+                raise ConfigError("a SPRINT model (fusion) runs its blocks as one unit: features(end=...) is not "
+                                  "supported")
+            return self.fused_blocks(tokens, c, keep_idx, path_drop), c
         if keep_idx is not None:
             tokens = self.run_blocks(tokens, c, 0, self.mixer_depth)
             tokens = self.run_blocks(gather_tokens(tokens, keep_idx), c, self.mixer_depth, end, pos=keep_idx)
@@ -234,17 +272,20 @@ class DiT(nn.Module):
         y: torch.Tensor | None = None,
         keep_idx: torch.Tensor | None = None,
         given: torch.Tensor | None = None,
+        path_drop: torch.Tensor | bool | None = None,
     ) -> torch.Tensor:
         """Predict the objective's target for noisy grid ``x`` at time ``t`` (shape ``(B,)``).
 
         With ``keep_idx`` ``(B, K)`` (token indices, as from :func:`maskdit.masks.random_keep_indices`)
         only those tokens pass the blocks after the patch mixer and the result is the prediction *tokens*
         ``(B, K, C*prod(patch))`` in that order; without it the result is a grid like ``x``. ``given``
-        ``(B, N)`` bool marks tokens that are known and clean (a task's condition mask).
+        ``(B, N)`` bool marks tokens that are known and clean (a task's condition mask). A SPRINT model
+        (``fusion``) always returns the whole grid; ``path_drop`` (``True`` or ``(B,)`` bool) replaces its
+        deep path by mask tokens (path-drop guidance's cheap unconditional branch).
         """
-        tokens, c = self.features(x, t, y, keep_idx, given=given)
+        tokens, c = self.features(x, t, y, keep_idx, given=given, path_drop=path_drop)
         out = self.final_layer(tokens, c)
-        if keep_idx is not None:
+        if keep_idx is not None and self.fusion is None:
             return out
         return unpatchify(out, self.patch_size, self.input_size, self.in_channels)
 
