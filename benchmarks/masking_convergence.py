@@ -32,7 +32,7 @@ import numpy as np
 #: 10% at ratio 0 from those weights (init_from).
 ARMS: dict[str, list[str]] = {
     "unmasked": [],
-    "drop 0.5, mixer 2": ["mask.recipe=drop", "mask.ratio=0.5", "model.mixer_depth=2"],
+    "drop 0.5 + mixer 2": ["mask.recipe=drop", "mask.ratio=0.5", "model.mixer_depth=2"],
     "maskdit 0.5": ["mask.recipe=maskdit", "mask.ratio=0.5"],
     "tread 0.5": ["mask.recipe=tread", "mask.ratio=0.5"],
     "tread 0.75": ["mask.recipe=tread", "mask.ratio=0.75"],
@@ -85,7 +85,7 @@ def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
         stages = [(ARMS[label], args.budget * (1 - FINETUNE_SHARE)),
                   ([o for o in ARMS[label] if not o.startswith("mask.ratio")] + ["mask.ratio=0", "warmup_steps=0"],
                    args.budget * FINETUNE_SHARE)]
-    rows, offset, previous = [], 0.0, None
+    rows, offset, step0, previous = [], 0.0, 0, None
     for i, (overrides, seconds) in enumerate(stages):
         run_dir = runs / f"{slug(label)}_{i}"
         shutil.rmtree(run_dir, ignore_errors=True)  # the study's own scratch runs
@@ -97,13 +97,15 @@ def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         for m in metrics:
             if "eval" in m:
-                rows.append(row(m["step"], offset + m["elapsed_s"], m["eval"]))
+                rows.append(row(step0 + m["step"], offset + m["elapsed_s"], m["eval"]))
         logged = [m for m in metrics if "steps_per_s" in m]
         run = load_run(latest_checkpoint(run_dir), device=cfg.device if cfg.device != "auto" else "cpu")
         dataset = load_dataset(cfg.data.name, cfg.data.path)
         final = training_eval(run.model, run.objective, dataset, cfg)  # the EMA weights
         offset += logged[-1]["elapsed_s"]
-        rows.append(row(run.step, offset, final))
+        if not rows or rows[-1]["step"] != step0 + run.step:  # unless the last in-training eval was this step
+            rows.append(row(step0 + run.step, offset, final))
+        step0 += run.step
         print(f"[{label}] stage {i}: {run.step} steps, {run.step / logged[-1]['elapsed_s']:.2f} steps/s, "
               f"final domain FID {final['domain_fid']:.2f}, class accuracy {final['class_accuracy']:.3f}", flush=True)
         previous = run_dir
