@@ -1,6 +1,7 @@
 """Checks of the metrics themselves, the feature cache, training-time evaluation and ``maskdit eval``."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -263,6 +264,23 @@ def test_eval_during_training_is_logged_and_leaves_training_unchanged(tmp_path):
     assert e["class_accuracy"] * 20 == pytest.approx(round(e["class_accuracy"] * 20))  # a share of 20 samples
     with pytest.raises(ConfigError, match="eval_every"):
         load_config("digits", overrides=["eval_every=-1"])
+
+
+def test_eval_by_training_seconds_is_left_out_of_the_time_budget(tmp_path):
+    cfg = load_config("digits", overrides=[*SMALL, "steps=3", "log_every=1", "eval_every_s=0.000001", "eval_num=20",
+                                           f"run_dir={tmp_path}"])
+    start = time.time()
+    train(cfg, progress=False)
+    wall = time.time() - start
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [1, 2, 3]  # due after every step at this interval
+    spent = sum(r["eval"]["seconds"] for r in evals)
+    trained = [r for r in records if "loss" in r][-1]["elapsed_s"]
+    assert trained < wall - 0.9 * spent  # training seconds exclude the evaluations
+    assert all(r["elapsed_s"] <= trained + 0.05 for r in evals)  # stamped on the training clock
+    with pytest.raises(ConfigError, match="eval_every_s"):
+        load_config("digits", overrides=["eval_every_s=-1"])
 
 
 # -- maskdit eval end to end --------------------------------------------------------------------------
