@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from maskdit.errors import ConfigError
-from maskdit.masks import drop_tokens, num_kept, structured_keep_indices
+from maskdit.masks import DROP_SHAPES, num_kept
 from maskdit.model import build_model
 from maskdit.model.dit import preset as preset_fields
 from maskdit.objectives import FlowMatching
@@ -87,13 +87,11 @@ def benchmark(
     noise = torch.randn(x.shape, generator=gen).to(dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     keep = num_kept(model.num_tokens, mask_ratio)
+    shape = "structured" if recipe == "sprint" else "random"  # SPRINT's mask: the same share of every 2x2 group
 
     def one_step() -> None:
-        if recipe == "sprint":  # SPRINT's structured mask: the same share kept in every 2x2 group
-            keep_idx = structured_keep_indices(batch, model.token_grid, mask_ratio, gen)
-            keep_idx = None if keep_idx is None else keep_idx.to(dev)
-        else:
-            keep_idx = drop_tokens(batch, model.num_tokens, mask_ratio, gen, dev)
+        keep_idx = DROP_SHAPES.get(shape)(batch, model.token_grid, mask_ratio, gen)
+        keep_idx = None if keep_idx is None else keep_idx.to(dev)
         with autocast:
             loss, _ = loss_of.loss(model, objective, x, y, t, noise, keep_idx)
         loss.backward()

@@ -264,7 +264,7 @@ def _sampling_kwargs(args: argparse.Namespace, run: Any) -> dict[str, Any]:
         "steps": args.steps or s.steps,
         "guidance_scale": s.guidance_scale if args.guidance_scale is None else args.guidance_scale,
         "guidance_interval": args.guidance_interval or s.guidance_interval,
-        "guidance": args.guidance or getattr(s, "guidance", "cfg"),
+        "guidance": args.guidance or s.guidance,
         "eta": s.eta if args.eta is None else args.eta,
         "seed": args.seed,
     }

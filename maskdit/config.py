@@ -21,7 +21,7 @@ from maskdit.data import DATASETS
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
-from maskdit.model.dit import ATTENTIONS, PRESETS
+from maskdit.model.dit import ATTENTIONS, PRESETS, check_fusion_route
 from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
 from maskdit.recipes import RECIPES, default_sprint_route
 from maskdit.registry import one_of
@@ -224,6 +224,12 @@ class Config:
         self.architecture()
         return self
 
+    def sprint_route(self) -> tuple[int, int] | None:
+        """The SPRINT model's deep path ``(START, END)`` when ``mask.recipe=sprint``, else ``None``."""
+        if self.mask.recipe != "sprint":
+            return None
+        return tuple(self.mask.route) if self.mask.route else default_sprint_route(self.architecture()["depth"])
+
     def architecture(self) -> dict[str, Any]:
         """The preset's architecture fields with the ``model.*`` overrides applied; refuses shapes that
         cannot build (heads that do not divide the width, a patch mixer as deep as the model)."""
@@ -238,11 +244,10 @@ class Config:
             raise ConfigError(f"config key model.mixer_depth must be below model.depth={fields['depth']}, "
                               f"got {self.model.mixer_depth}")
         if self.mask.recipe == "sprint":
-            start, end = self.mask.route or default_sprint_route(fields["depth"])
-            if not 1 <= start < end < fields["depth"]:
-                raise ConfigError(f"config key mask.route [{start}, {end}] does not fit mask.recipe=sprint on "
-                                  f"model.depth={fields['depth']}: SPRINT needs 1 <= START < END < depth (dense "
-                                  "blocks before and after the sparse path)")
+            try:
+                check_fusion_route(self.mask.route or default_sprint_route(fields["depth"]), fields["depth"])
+            except ConfigError as e:
+                raise ConfigError(f"config key mask.route does not fit mask.recipe=sprint: {e}") from e
         if self.mask.route is not None and self.mask.route[1] > fields["depth"]:
             raise ConfigError(f"config key mask.route {self.mask.route} ends after the last block: END must be at "
                               f"most model.depth={fields['depth']}")

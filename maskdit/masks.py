@@ -134,6 +134,15 @@ def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
+def scatter_tokens(kept: torch.Tensor, keep_idx: torch.Tensor, fill: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The inverse of :func:`gather_tokens`: place ``kept`` ``(B, K, D)`` at ``keep_idx`` in a ``(B, N, D)``
+    grid whose other places hold ``fill`` (anything that broadcasts to ``(B, N, D)``: a mask token ``(D,)``,
+    mask tokens plus positions ``(1, N, D)``, or the tokens they left ``(B, N, D)``)."""
+    b, _, d = kept.shape
+    full = fill.to(kept.dtype).expand(b, num_tokens, d)
+    return full.scatter(1, keep_idx.unsqueeze(-1).expand(-1, -1, d), kept)
+
+
 #: Drop-ratio schedules over training steps: name -> ``fn(ratio, progress, ratio_min, generator)`` where
 #: ``progress`` in [0, 1] is the share of the schedule done (see :func:`mask_ratio`).
 SCHEDULES: Registry = Registry("schedule", key="mask.schedule")

@@ -38,13 +38,14 @@ from torch import nn
 
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify
-from maskdit.masks import gather_tokens
+from maskdit.masks import gather_tokens, scatter_tokens
 from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
 from maskdit.model.dit import DiT
 from maskdit.objectives import Objective, denoising_loss, regression_pair, token_mse, training_pair
 from maskdit.registry import Registry
 
-#: name -> recipe class, built by ``cls.build(model, mask_config)``; fact ``tasks``: takes condition masks.
+#: name -> recipe class, built by ``cls.build(model, mask_config)``; facts ``tasks``: takes condition masks,
+#: ``path_drop`` (optional): its ``loss`` takes the step's per-sample path drops (``mask.path_drop``).
 RECIPES: Registry[type] = Registry("recipe", key="mask.recipe")
 
 
@@ -188,7 +189,7 @@ class TreadRecipe(nn.Module):
         c = model.condition(t, y)
         tokens = model.run_blocks(model.embed(x_t, given), c, 0, self.start)
         through = model.run_blocks(gather_tokens(tokens, keep_idx), c, self.start, self.end, pos=keep_idx)
-        tokens = tokens.scatter(1, keep_idx.unsqueeze(-1).expand_as(through), through)
+        tokens = scatter_tokens(through, keep_idx, tokens, model.num_tokens)
         tokens = model.run_blocks(tokens, c, self.end)
         loss = token_mse(model.final_layer(tokens, c), target, weight)
         return loss, _parts(loss_denoise=loss)
@@ -202,7 +203,7 @@ def default_sprint_route(depth: int) -> tuple[int, int]:
 
 
 @RECIPES.register("sprint", "SPRINT: dense shallow blocks, a sparse deep path on kept tokens, residual fusion; "
-                  "loss on all", tasks=True)
+                  "loss on all", tasks=True, path_drop=True)
 class SprintRecipe(nn.Module):
     """SPRINT (sparse-dense residual fusion) on a model built with ``fusion=(START, END)``.
 
@@ -274,8 +275,7 @@ class MaskDiTRecipe(nn.Module):
             return loss, _parts(loss_denoise=loss, loss_aux=0.0)
         x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
         kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
-        filler = (self.mask_token.to(kept.dtype) + model.pos_embed).expand(kept.shape[0], -1, -1)
-        tokens = filler.scatter(1, keep_idx.unsqueeze(-1).expand_as(kept), kept)
+        tokens = scatter_tokens(kept, keep_idx, self.mask_token + model.pos_embed, model.num_tokens)
         out = model.final_layer(model.run_blocks(tokens, c, self.encoder_depth), c)
         dropped = dropped_mask(keep_idx, model.num_tokens)
         denoise = token_mse(out, target, 1.0 - dropped)

@@ -22,6 +22,7 @@ from torch import nn
 from maskdit.masks import DROP_SHAPES, mask_ratio, mix_task_masks
 from maskdit.model.aux import collect_aux_losses
 from maskdit.objectives import Objective
+from maskdit.recipes import RECIPES
 
 
 def seeded(seed: int, index: int) -> torch.Generator:
@@ -101,7 +102,7 @@ class StepSampler:
         keep_idx = DROP_SHAPES.get(getattr(m, "shape", "random"))(b, self.token_grid, ratio, gen)
         given = mix_task_masks(b, self.token_grid, self.tasks, gen)[0] if self.tasks else None
         path_drop = None
-        if getattr(m, "recipe", None) == "sprint" and m.path_drop > 0:  # drawn last: other draws stay as they were
+        if RECIPES.entry(m.recipe).facts.get("path_drop") and m.path_drop > 0:  # drawn last: earlier draws unchanged
             path_drop = torch.rand(b, generator=gen) < m.path_drop
         return StepInputs(self.indices(step), t, noise, drop_label, keep_idx, given, ratio, path_drop)
 

@@ -49,7 +49,7 @@ from maskdit.data import dataset_from_config
 from maskdit.errors import ConfigError, MaskditError
 from maskdit.model import DiT, build_model
 from maskdit.objectives import objective_from_config
-from maskdit.recipes import build_recipe, default_sprint_route
+from maskdit.recipes import build_recipe
 from maskdit.step import StepSampler, TrainingStep, seeded  # noqa: F401  (seeded: public helper)
 
 
@@ -94,15 +94,8 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> 
         m.preset, dataset_shape[1:], dataset_shape[0], num_classes if m.conditional else 0,
         depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
         mlp_ratio=m.mlp_ratio, mixer_depth=m.mixer_depth, attention=m.attention,
-        task_conditioning=bool(cfg.task.names), fusion=sprint_route(cfg),
+        task_conditioning=bool(cfg.task.names), fusion=cfg.sprint_route(),
     )
-
-
-def sprint_route(cfg: Config) -> tuple[int, int] | None:
-    """The SPRINT model's deep path ``(START, END)`` when ``mask.recipe=sprint``, else ``None``."""
-    if cfg.mask.recipe != "sprint":
-        return None
-    return tuple(cfg.mask.route) if cfg.mask.route else default_sprint_route(cfg.architecture()["depth"])
 
 
 def recipe_for(cfg: Config, model: DiT) -> torch.nn.Module:
@@ -298,8 +291,9 @@ class Trainer:
                     sums, count, last_step, last_time = {}, 0, self.step, now
                     self.check_finite_streak()
                 eval_due = cfg.eval_every and self.step % cfg.eval_every == 0
-                if cfg.eval_every_s and time.time() - started - last_eval_s >= cfg.eval_every_s:
-                    eval_due, last_eval_s = True, time.time() - started
+                clock = time.time() - started  # training seconds: evaluations are taken out of `started`
+                if cfg.eval_every_s and clock - last_eval_s >= cfg.eval_every_s:
+                    eval_due, last_eval_s = True, clock
                 if eval_due:  # leaves every RNG stream untouched
                     from maskdit.evaluate.suite import training_eval
 

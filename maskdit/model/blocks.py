@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskdit.masks import scatter_tokens
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Per-sample affine modulation of token features: ``x * (1 + scale) + shift``."""
@@ -191,7 +193,7 @@ class SparseDenseFusion(nn.Module):
         elif keep_idx is None:
             full = deep
         else:
-            full = mask.scatter(1, keep_idx.unsqueeze(-1).expand_as(deep), deep)
+            full = scatter_tokens(deep, keep_idx, mask, shallow.shape[1])
         if path_drop is not None:
             full = torch.where(path_drop[:, None, None], mask, full)
         return self.linear(torch.cat([full, shallow], dim=-1))

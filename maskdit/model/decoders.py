@@ -15,14 +15,8 @@ from torch import nn
 
 from maskdit.errors import ConfigError
 from maskdit.grid import sincos_pos_embed
+from maskdit.masks import scatter_tokens
 from maskdit.model.blocks import DiTBlock, FinalLayer, zero_init_adaln
-
-
-def scatter_tokens(kept: torch.Tensor, keep_idx: torch.Tensor, fill: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Place kept tokens ``(B, K, D)`` at ``keep_idx`` in a ``(B, N, D)`` grid filled with ``fill`` ``(D,)``."""
-    b, _, d = kept.shape
-    full = fill.to(kept.dtype).expand(b, num_tokens, d)
-    return full.scatter(1, keep_idx.unsqueeze(-1).expand(-1, -1, d), kept)
 
 
 def dropped_mask(keep_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:

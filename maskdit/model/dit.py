@@ -54,6 +54,15 @@ for _size, (_depth, _hidden, _heads) in SIZES.items():
 ATTENTIONS = ("full", "factorised")
 
 
+def check_fusion_route(route: Sequence[int], depth: int) -> tuple[int, int]:
+    """A SPRINT deep path ``(START, END)`` that fits ``depth``: dense blocks before and after it."""
+    start, end = int(route[0]), int(route[1])
+    if not 1 <= start < end < depth:
+        raise ConfigError(f"fusion route [{start}, {end}] does not fit a depth-{depth} model: SPRINT needs "
+                          f"1 <= START < END < depth (dense blocks before and after the sparse path)")
+    return start, end
+
+
 def preset(name: str) -> dict[str, Any]:
     """The architecture fields of a named preset (a copy)."""
     if name not in PRESETS:
@@ -124,14 +133,9 @@ class DiT(nn.Module):
             raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
         self.attention = attention
         self.task_conditioning = task_conditioning
-        self.fusion_route = None if fusion is None else (int(fusion[0]), int(fusion[1]))
-        if self.fusion_route is not None:
-            start, end = self.fusion_route
-            if not 1 <= start < end < depth:
-                raise ConfigError(f"fusion route [{start}, {end}] does not fit a depth-{depth} model: SPRINT needs "
-                                  f"1 <= START < END < depth (dense blocks before and after the sparse path)")
-            if mixer_depth:
-                raise ConfigError("a SPRINT model's dense shallow blocks are its patch mixer: set mixer_depth=0")
+        self.fusion_route = None if fusion is None else check_fusion_route(fusion, depth)
+        if self.fusion_route is not None and mixer_depth:
+            raise ConfigError("a SPRINT model's dense shallow blocks are its patch mixer: set mixer_depth=0")
 
         self.patch_embed = nn.Linear(self.patch_dim, hidden_size)
         self.register_buffer("pos_embed", sincos_pos_embed(hidden_size, self.token_grid)[None], persistent=False)
