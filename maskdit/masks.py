@@ -2,7 +2,9 @@
 
 * a **drop mask** says which tokens the transformer skips (training speed, never at sampling); it is
   carried as ``keep_idx`` ``(B, K)``, the indices of the tokens that are kept, the same ``K`` for every
-  sample so the kept tokens stack into one dense tensor;
+  sample so the kept tokens stack into one dense tensor. Video shapes that keep a grid (tube, frame)
+  return it as ``(B, T_kept, S_kept)`` instead: frame-major indices whose shape tells factorised attention
+  how to split the kept tokens into frames and positions (every consumer flattens it to ``(B, K)``);
 * a **given mask** says which tokens are known and held clean (the task, at training and sampling).
 """
 
@@ -61,14 +63,14 @@ def tube_keep_indices(
 ) -> torch.Tensor | None:
     """Tube dropping for video ``(T', H', W')`` token grids: per sample the same random spatial positions
     are kept in every frame, so the kept tokens form a ``T' x K`` grid (frame-major, positions sorted) that
-    factorised attention can still split into temporal columns and per-frame sets. ``None`` when the
-    ratio keeps every position."""
+    factorised attention can still split into temporal columns and per-frame sets; returned as that grid,
+    ``(B, T', K)``. ``None`` when the ratio keeps every position."""
     frames, per_frame = token_grid[0], math.prod(token_grid[1:])
     if num_kept(per_frame, ratio) == per_frame:
         return None
     spatial = random_keep_indices(batch, per_frame, ratio, generator)  # (B, K) sorted
     offsets = torch.arange(frames).mul(per_frame)  # frame starts
-    return (offsets[None, :, None] + spatial[:, None, :]).reshape(batch, -1)
+    return offsets[None, :, None] + spatial[:, None, :]
 
 
 def structured_keep_indices(
@@ -109,29 +111,32 @@ def frame_keep_indices(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor | None:
     """Frame dropping for video ``(T', H', W')`` grids: per sample a random ``1 - ratio`` share of whole
-    token-grid frames is kept (every position of a kept frame). ``None`` when every frame is kept."""
+    token-grid frames is kept (every position of a kept frame), returned as the kept grid
+    ``(B, F, H' * W')`` so factorised attention runs on ``F`` frames. ``None`` when every frame is kept."""
     frames, per_frame = token_grid[0], math.prod(token_grid[1:])
     if num_kept(frames, ratio) == frames:
         return None
     kept = random_keep_indices(batch, frames, ratio, generator)  # (B, F) sorted frame indices
-    return (kept[:, :, None] * per_frame + torch.arange(per_frame)).reshape(batch, -1)
+    return kept[:, :, None] * per_frame + torch.arange(per_frame)
 
 
-#: Shapes of drop masks: name -> ``fn(batch, token_grid, ratio, generator) -> keep_idx | None``; fact
-#: ``ranks``: the token-grid ranks it works on.
+#: Shapes of drop masks: name -> ``fn(batch, token_grid, ratio, generator) -> keep_idx | None``; facts
+#: ``ranks``: the token-grid ranks it works on; ``grid``: it keeps a frames x positions grid (returned as
+#: ``(B, T', S')``), which is what factorised attention needs.
 DROP_SHAPES: Registry = Registry("drop shape", key="mask.shape")
 DROP_SHAPES.add("random", lambda b, grid, ratio, gen: drop_tokens(b, math.prod(grid), ratio, gen),
-                "tokens anywhere, uniformly at random", ranks=(1, 2, 3))
+                "tokens anywhere, uniformly at random", ranks=(1, 2, 3), grid=False)
 DROP_SHAPES.add("tube", tube_keep_indices, "video: the same positions dropped in every frame (factorised "
-                "attention keeps whole temporal columns)", ranks=(3,))
-DROP_SHAPES.add("frame", frame_keep_indices, "video: whole frames dropped (full attention)", ranks=(3,))
+                "attention keeps whole temporal columns)", ranks=(3,), grid=True)
+DROP_SHAPES.add("frame", frame_keep_indices, "video: whole frames dropped (factorised attention runs on the "
+                "kept frames)", ranks=(3,), grid=True)
 DROP_SHAPES.add("structured", structured_keep_indices, "SPRINT: the same share kept in every 2x2 (2x2x2) group, "
-                "at random places", ranks=(1, 2, 3))
+                "at random places", ranks=(1, 2, 3), grid=False)
 
 
 def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Select tokens ``(B, N, D)`` at indices ``(B, K)`` -> ``(B, K, D)``."""
-    return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    """Select tokens ``(B, N, D)`` at indices ``(B, K)`` (or a kept grid ``(B, T', S')``) -> ``(B, K, D)``."""
+    return tokens.gather(1, idx.flatten(1).unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 def scatter_tokens(kept: torch.Tensor, keep_idx: torch.Tensor, fill: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -140,7 +145,7 @@ def scatter_tokens(kept: torch.Tensor, keep_idx: torch.Tensor, fill: torch.Tenso
     mask tokens plus positions ``(1, N, D)``, or the tokens they left ``(B, N, D)``)."""
     b, _, d = kept.shape
     full = fill.to(kept.dtype).expand(b, num_tokens, d)
-    return full.scatter(1, keep_idx.unsqueeze(-1).expand(-1, -1, d), kept)
+    return full.scatter(1, keep_idx.flatten(1).unsqueeze(-1).expand(-1, -1, d), kept)
 
 
 #: Drop-ratio schedules over training steps: name -> ``fn(ratio, progress, ratio_min, generator)`` where

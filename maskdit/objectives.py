@@ -182,7 +182,7 @@ def denoising_loss(
     pred = model(x_t, t, y, keep_idx, given=given)
     if keep_idx is None:
         return token_mse(patchify(pred, model.patch_size), target, weight)
-    kept_weight = None if weight is None else weight.gather(1, keep_idx)
+    kept_weight = None if weight is None else weight.gather(1, keep_idx.flatten(1))
     return token_mse(pred, gather_tokens(target, keep_idx), kept_weight)
 
 

@@ -99,7 +99,7 @@ class MAERecipe(nn.Module):
              noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, float]]:
         _refuse_tasks(self.name, given)
-        if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
+        if keep_idx is None or keep_idx[0].numel() == model.num_tokens:
             loss = denoising_loss(model, objective, x0, y, t, noise, keep_idx) + _touch(self).to(x0.device)
             return loss, _parts(loss_denoise=loss, loss_aux=0.0)
         x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
@@ -137,7 +137,7 @@ class MDTRecipe(nn.Module):
         _refuse_tasks(self.name, given)
         x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
         full = token_mse(patchify(model(x_t, t, y), model.patch_size), target)
-        if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
+        if keep_idx is None or keep_idx[0].numel() == model.num_tokens:
             return full + _touch(self).to(x0.device), _parts(loss_full=full, loss_masked=0.0)
         kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
         tokens = self.interpolater(kept, c, keep_idx, model.pos_embed)
@@ -237,7 +237,7 @@ class SprintRecipe(nn.Module):
 
 
 @RECIPES.register("maskdit", "MaskDiT as published: the model's last blocks decode every token (mask tokens in "
-                  "the gaps); + MAE loss on dropped tokens", tasks=False)
+                  "the gaps); + MAE loss on dropped tokens", tasks=True)
 class MaskDiTRecipe(nn.Module):
     """MaskDiT as published: the last ``decoder_depth`` backbone blocks are its decoder.
 
@@ -245,8 +245,9 @@ class MaskDiTRecipe(nn.Module):
     place; the decoder blocks and the final layer run on all tokens, at training *and* at sampling (where
     nothing is dropped, so sampling is the plain model). The denoising loss covers the kept tokens; the
     MAE loss regresses the same output on dropped tokens onto the noisy input's patches, each patch
-    normalised to zero mean and unit variance, weighted by ``aux_weight``. (``mae`` is the variant whose
-    decoder is a separate training-only module.)
+    normalised to zero mean and unit variance, weighted by ``aux_weight``. With a condition mask both
+    losses cover generated tokens only (given ones enter clean and may be dropped like any other). (``mae``
+    is the variant whose decoder is a separate training-only module.)
     """
 
     name = "maskdit"
@@ -269,19 +270,22 @@ class MaskDiTRecipe(nn.Module):
     def loss(self, model: DiT, objective: Objective, x0: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
              noise: torch.Tensor, keep_idx: torch.Tensor | None, given: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        _refuse_tasks(self.name, given)
-        if keep_idx is None or keep_idx.shape[1] == model.num_tokens:
-            loss = denoising_loss(model, objective, x0, y, t, noise) + self.mask_token.sum() * 0.0
+        if keep_idx is None or keep_idx[0].numel() == model.num_tokens:
+            loss = denoising_loss(model, objective, x0, y, t, noise, None, given) + self.mask_token.sum() * 0.0
             return loss, _parts(loss_denoise=loss, loss_aux=0.0)
-        x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
-        kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
-        tokens = scatter_tokens(kept, keep_idx, self.mask_token + model.pos_embed, model.num_tokens)
+        x_t, target, weight = training_pair(objective, x0, noise, t, model.patch_size, given)
+        kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth, given=given)
+        fill = self.mask_token + model.pos_embed
+        if given is not None:  # a dropped given token is still known to be given
+            fill = fill + given.unsqueeze(-1).to(fill.dtype) * model.given_embed
+        tokens = scatter_tokens(kept, keep_idx, fill, model.num_tokens)
         out = model.final_layer(model.run_blocks(tokens, c, self.encoder_depth), c)
         dropped = dropped_mask(keep_idx, model.num_tokens)
-        denoise = token_mse(out, target, 1.0 - dropped)
+        generated = 1.0 if weight is None else weight.to(dropped.dtype)
+        denoise = token_mse(out, target, (1.0 - dropped) * generated)
         patches = patchify(x_t, model.patch_size).float()
         mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True, unbiased=patches.shape[-1] > 1)
-        aux = token_mse(out, (patches - mean) / (var + 1e-6).sqrt(), dropped)
+        aux = token_mse(out, (patches - mean) / (var + 1e-6).sqrt(), dropped * generated)
         return denoise + self.aux_weight * aux, _parts(loss_denoise=denoise, loss_aux=aux)
 
 

@@ -338,3 +338,27 @@ def test_eval_refuses_bad_input_with_one_line(run_dir, tmp_path, capsys, argv, m
     assert main(["eval", str(run_dir), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1]
+
+
+def test_video_task_models_are_evaluated_by_per_task_psnr_during_training(tmp_path):
+    from maskdit.checkpoint import latest_checkpoint, load_run
+    from maskdit.evaluate.video import held_out_clips, task_quality
+
+    cfg = load_config("bouncing-digits", overrides=[
+        "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=16",
+        "data.frames=4", "data.size=16", "warmup_steps=1", "steps=2", "log_every=1", "eval_every=2", "eval_num=6",
+        "sample.steps=2", "task.names=[predict,interpolate,unconditional]", "task.weights=[1,1,1]",
+        f"run_dir={tmp_path}"])
+    train(cfg, progress=False)
+    (ev,) = [json.loads(line)["eval"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if "eval" in line]
+    assert ev["num"] == 6 and set(ev) >= {"mean_psnr", "predict_psnr", "predict_ssim", "interpolate_psnr"}
+    assert "animate_psnr" not in ev  # only the tasks the model trained on
+    assert ev["mean_psnr"] == pytest.approx((ev["predict_psnr"] + ev["interpolate_psnr"]) / 2)
+    # the same scores as scoring the saved EMA model on the same held-out clips directly
+    run = load_run(latest_checkpoint(tmp_path))
+    clips = held_out_clips(cfg.data, 6)
+    direct = task_quality(run.model, run.objective, run.codec, clips, ["predict", "interpolate"], sampler="euler",
+                          steps=2, seed=cfg.seed)
+    assert direct["predict"]["psnr"] == pytest.approx(ev["predict_psnr"], abs=1e-4)
+    assert 0 < ev["interpolate_psnr"] <= 60

@@ -112,18 +112,21 @@ def test_tread_trains_with_tasks_on_video(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step_000002"
 
 
-def test_factorised_video_trains_with_tube_dropping_and_refuses_other_masks(tmp_path):
-    base = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=16",
-            "data.frames=4", "data.size=8", "warmup_steps=1", "steps=2", "model.attention=factorised"]
+@pytest.mark.parametrize("recipe,shape", [("drop", "tube"), ("tread", "frame"), ("sprint", "tube"),
+                                          ("maskdit", "frame")])
+def test_factorised_video_trains_with_grid_drop_shapes_and_refuses_others(tmp_path, recipe, shape):
+    base = ["model.depth=3", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=16",
+            "data.frames=4", "data.size=8", "warmup_steps=1", "steps=2", "model.attention=factorised",
+            f"mask.recipe={recipe}", "mask.ratio=0.5", "mask.route=[1,2]", "mask.decoder_depth=1"]
     with pytest.raises(ConfigError, match="mask.shape=tube"):
-        load_config("bouncing-digits", overrides=[*base, "mask.ratio=0.5"])
+        load_config("bouncing-digits", overrides=base)  # random tokens: no frames x positions grid
     with pytest.raises(ConfigError, match="needs video"):
         Trainer(load_config("digits", overrides=[*SMALL, "mask.shape=tube", "mask.ratio=0.5",
                                                  f"run_dir={tmp_path / 'img'}"]), progress=False)
-    cfg = load_config("bouncing-digits", overrides=[*base, "mask.ratio=0.5", "mask.shape=tube",
-                                                    f"run_dir={tmp_path / 'vid'}"])
+    cfg = load_config("bouncing-digits", overrides=[*base, f"mask.shape={shape}", f"run_dir={tmp_path / 'vid'}"])
     trainer = Trainer(cfg, progress=False)
     ratio, keep = trainer.keep_indices(0)
-    assert ratio == 0.5 and keep.shape == (8, 4 * 2)  # 4 frames x half of the 2x2 positions (8x8, patch 4)
+    # 8x8 frames at patch 4: 2x2 positions. tube: 4 frames x 2 positions; frame: 2 frames x 4 positions
+    assert ratio == 0.5 and keep.shape == ((8, 4, 2) if shape == "tube" else (8, 2, 4))
     trainer.run()
     assert latest_checkpoint(tmp_path / "vid").name == "step_000002"

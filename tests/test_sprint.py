@@ -47,10 +47,10 @@ def test_structured_mask_keeps_the_same_share_of_every_2x2_group_at_random_place
 
 def test_frame_dropping_keeps_whole_frames():
     keep = frame_keep_indices(8, (4, 2, 3), 0.5, torch.Generator().manual_seed(1))
-    assert keep.shape == (8, 2 * 6)
-    frames = keep.reshape(8, 2, 6) // 6
-    assert (frames == frames[:, :, :1]).all()  # each block of 6 is one frame's every position
-    assert torch.equal(keep.reshape(8, 2, 6) % 6, torch.arange(6).expand(8, 2, 6))
+    assert keep.shape == (8, 2, 6)  # the kept grid: 2 frames x every one of the 6 positions
+    frames = keep // 6
+    assert (frames == frames[:, :, :1]).all()  # each row of 6 is one frame's every position
+    assert torch.equal(keep % 6, torch.arange(6).expand(8, 2, 6))
     assert frame_keep_indices(2, (4, 2, 3), 0.1) is None  # round(4 * 0.9) = 4 frames: nothing dropped
 
 
@@ -221,10 +221,21 @@ def test_maskdit_losses_split_kept_and_dropped_tokens():
     assert aux[~dropped].abs().max() < 1e-7 and (aux[dropped].abs().sum(-1) > 0).all()  # MAE: dropped tokens only
 
 
-def test_maskdit_recipe_trains_and_refuses_tasks(tmp_path):
+def test_maskdit_recipe_trains_and_takes_tasks(tmp_path):
     train(load_config("digits", overrides=[*SMALL, "model.depth=3", "batch_size=16", "steps=2", "mask.recipe=maskdit",
                                            "mask.ratio=0.5", "mask.decoder_depth=1", f"run_dir={tmp_path}"]),
           progress=False)
     assert latest_checkpoint(tmp_path).name == "step_000002"
-    with pytest.raises(ConfigError, match="condition masks"):
-        load_config("digits", overrides=["mask.recipe=maskdit", "task.names=[inpaint]"])
+    # with a condition mask both losses cover generated tokens only: given ones get no gradient
+    model = perturbed(DiT((8, 8), 1, 2, 32, 3, 2, num_classes=3, task_conditioning=True))
+    recipe = build_recipe("maskdit", model, decoder_depth=1, aux_weight=1.0)
+    x0, y, t, noise = batch()
+    keep = structured_keep_indices(4, model.token_grid, 0.5, torch.Generator().manual_seed(0))
+    given = torch.zeros(4, 16, dtype=torch.bool)
+    given[:, :6] = True
+    out = {}
+    model.final_layer.register_forward_hook(lambda m, a, o: out.setdefault("o", o))
+    loss, parts = recipe.loss(model, FlowMatching(), x0, y, t, noise, keep, given)
+    (g,) = torch.autograd.grad(loss, out["o"])
+    assert g[given].abs().max() == 0 and (g[~given].abs().sum(-1) > 0).all()
+    assert parts["loss_aux"] > 0 and parts["loss_denoise"] > 0

@@ -196,8 +196,8 @@ def test_attention_round_trips_through_config_and_bad_values_are_refused():
 def test_tube_dropping_keeps_whole_columns_for_factorised_attention():
     grid = (4, 2, 2)  # 4 frames of 2x2 token positions
     keep = tube_keep_indices(3, grid, 0.5, torch.Generator().manual_seed(0))
-    assert keep.shape == (3, 8)
-    per_frame = keep.reshape(3, 4, 2)
+    assert keep.shape == (3, 4, 2)  # the kept grid: 4 frames x 2 positions
+    per_frame = keep
     positions = per_frame % 4
     assert torch.equal(positions, positions[:, :1].expand(-1, 4, -1))  # the same positions in every frame
     assert torch.equal(per_frame // 4, torch.arange(4)[None, :, None].expand(3, -1, 2))  # frame-major
@@ -209,11 +209,36 @@ def test_tube_dropping_keeps_whole_columns_for_factorised_attention():
     assert out.shape == (3, 8, model.patch_dim)
     out.square().sum().backward()
     grad = patchify(x.grad.abs(), model.patch_size).sum(-1)  # (3, 16) per token
-    kept = torch.zeros(3, 16, dtype=torch.bool).scatter(1, keep, True)
+    kept = torch.zeros(3, 16, dtype=torch.bool).scatter(1, keep.flatten(1), True)
     assert torch.all(grad[kept] > 0) and torch.all(grad[~kept] == 0)
     keep_all = torch.arange(16).expand(2, -1)
     x2 = torch.randn(2, 1, 4, 8, 8)
     assert torch.allclose(model(x2, t[:2], keep_idx=keep_all), patchify(model(x2, t[:2]), model.patch_size),
                           atol=1e-5)
-    with pytest.raises(ValueError, match="same number of tokens in each of the 4 frames"):
+    with pytest.raises(ValueError, match="frames x positions grid"):
         model(x2, t[:2], keep_idx=torch.arange(7).expand(2, -1))
+
+
+def test_frame_dropping_under_factorised_attention_is_a_shorter_clip():
+    """With whole frames dropped, a factorised model computes exactly what a model on the kept frames alone
+    computes (same weights, the kept frames' positions): temporal attention runs across the kept frames
+    and spatial attention over every position of each — the layout comes from the kept grid's shape."""
+    from maskdit.masks import frame_keep_indices
+
+    model = _perturbed(DiT((4, 8, 8), 1, (1, 4, 4), 32, 2, 4, attention="factorised")).eval()
+    keep = frame_keep_indices(3, model.token_grid, 0.5, torch.Generator().manual_seed(2))  # (3, 2, 4)
+    assert keep.shape == (3, 2, 4)
+    x, t = torch.randn(3, 1, 4, 8, 8), torch.rand(3)
+    out = model(x, t, keep_idx=keep)  # (3, 8, P): 2 kept frames x 4 positions
+    short = DiT((2, 8, 8), 1, (1, 4, 4), 32, 2, 4, attention="factorised").eval()
+    short.load_state_dict(model.state_dict())
+    for i in range(3):
+        frames = (keep[i, :, 0] // 4).tolist()
+        short.pos_embed = model.pos_embed[:, keep[i].flatten()]
+        ref = patchify(short(x[i:i + 1, :, frames], t[i:i + 1]), model.patch_size)
+        assert torch.allclose(out[i:i + 1], ref, atol=1e-5)
+    # the same number of tokens laid out as a tube (4 frames x 2 positions) is a different computation
+    tube = torch.tensor([[0, 1], [4, 5], [8, 9], [12, 13]]).expand(3, -1, -1)
+    flat = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]).expand(3, -1, -1)  # frames 0, 1: same tokens as a frame drop
+    assert not torch.allclose(model(x, t, keep_idx=flat), model(x, t, keep_idx=flat.reshape(3, 4, 2)), atol=1e-4)
+    assert model(x, t, keep_idx=tube).shape == (3, 8, model.patch_dim)

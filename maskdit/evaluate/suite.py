@@ -145,10 +145,16 @@ def score_samples(
 def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset, cfg: Any) -> dict[str, Any]:
     """A small-sample evaluation for the training loop: ``cfg.eval_num`` EMA samples with the run's
     sampler settings (``cfg.sample``, seed ``cfg.seed``), scored by domain FID, precision/recall and class
-    accuracy. The global RNG state is saved and restored, so training draws the same numbers with or
-    without evaluation; the model's train/eval mode is restored too."""
+    accuracy; a video model trained on tasks is scored instead by PSNR / SSIM per task on ``cfg.eval_num``
+    held-out clips (:mod:`maskdit.evaluate.video`; ``mean_psnr`` over its tasks). The global RNG state is
+    saved and restored, so training draws the same numbers with or without evaluation; the model's
+    train/eval mode is restored too."""
+    from maskdit.evaluate.video import bench_tasks
     from maskdit.samplers import default_sampler, generate
 
+    tasks = bench_tasks(model, cfg.task.names) if getattr(model, "task_conditioning", False) else []
+    if len(model.token_grid) == 3 and tasks:
+        return _video_task_eval(model, objective, dataset, cfg, tasks)
     if not labelled(dataset):
         return {"num": 0, "skipped": f"dataset {dataset.name} has no labels: domain metrics need a classifier"}
     device = next(model.parameters()).device
@@ -173,3 +179,25 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     scores.pop("per_class_accuracy", None)
     scores.pop("time_s", None)
     return {"num": num, **settings, **scores, "seconds": round(time.time() - start, 2)}
+
+
+def _video_task_eval(model: torch.nn.Module, objective: Any, dataset: Any, cfg: Any, tasks: list[str]
+                     ) -> dict[str, Any]:
+    from maskdit.evaluate.video import held_out_clips, task_quality
+    from maskdit.samplers import default_sampler
+
+    device = next(model.parameters()).device
+    s = cfg.sample
+    settings = {"sampler": s.sampler or default_sampler(objective), "steps": s.steps, "seed": cfg.seed}
+    clips = held_out_clips(cfg.data, cfg.eval_num)
+    was_training = model.training
+    start = time.time()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.eval()
+        try:
+            scores = task_quality(model, objective, dataset.codec, clips, tasks, **settings)
+        finally:
+            model.train(was_training)
+    flat = {f"{task}_{k}": v for task in tasks for k, v in scores[task].items()}
+    return {"num": len(clips), **settings, "mean_psnr": scores["mean_psnr"], **flat,
+            "seconds": round(time.time() - start, 2)}

@@ -130,9 +130,10 @@ class FactorisedDiTBlock(nn.Module):
     tokens within one frame; both cost far less than full attention over ``T*H*W`` tokens. Each of the
     three sub-layers has its own shift, scale and gate from ``c`` (9 vectors, zero-initialised by the
     model so a fresh block is the identity). Tokens must be frame-major, the same number per frame: the
-    full grid ``(B, prod(token_grid), D)`` in patchify's row-major order, or what a tube drop mask kept.
-    A grid of rank 1 or 2 counts as one frame (the temporal attention then sees a single token and only
-    passes it through its projections).
+    full grid ``(B, prod(token_grid), D)`` in patchify's row-major order, or the kept tokens of a grid drop
+    shape (tube: every frame, fewer positions; frame: fewer frames, every position), whose index ``pos``
+    ``(B, T_kept, S_kept)`` gives the layout. A grid of rank 1 or 2 counts as one frame (the temporal
+    attention then sees a single token and only passes it through its projections).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, token_grid: tuple[int, ...] = (1, 1),
@@ -151,11 +152,11 @@ class FactorisedDiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
-        t = self.frames
-        if n % t:
-            raise ValueError(f"factorised attention needs the same number of tokens in each of the {t} frames "
-                             f"(tube dropping), got {n} tokens")
-        s = n // t  # positions per frame: all of them, or those a tube drop mask kept
+        t, s = (pos.shape[1], pos.shape[2]) if pos is not None and pos.dim() == 3 else (self.frames, n // self.frames)
+        if t * s != n or (pos is not None and pos.dim() == 2 and n != math.prod(self.token_grid)):
+            raise ValueError(f"factorised attention needs a frames x positions grid of tokens: the full "
+                             f"{math.prod(self.token_grid)}, or a kept grid index (B, T', S') from mask.shape=tube or "
+                             f"frame; got {n} tokens" + ("" if pos is None else f" with index {tuple(pos.shape)}"))
         (shift_t, scale_t, gate_t, shift_s, scale_s, gate_s,
          shift_m, scale_m, gate_m) = self.adaLN_modulation(c).chunk(9, dim=-1)
         # temporal: (B, T, S, D) -> (B*S, T, D), one sequence per spatial position

@@ -22,7 +22,7 @@ from maskdit.model.blocks import DiTBlock, FinalLayer, zero_init_adaln
 def dropped_mask(keep_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """``(B, N)`` float: 1 where a token was dropped, 0 where it was kept."""
     mask = torch.ones(keep_idx.shape[0], num_tokens, device=keep_idx.device)
-    return mask.scatter(1, keep_idx, 0.0)
+    return mask.scatter(1, keep_idx.flatten(1), 0.0)
 
 
 class MAEDecoder(nn.Module):
