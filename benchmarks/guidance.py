@@ -1,12 +1,14 @@
-"""Path-drop guidance against classifier-free guidance on a SPRINT run: sampling time and quality.
+"""A recipe's own guidance against classifier-free guidance: sampling time and quality.
 
     python benchmarks/guidance.py runs/convergence/mnist32/sprint_0_75_finetune_1 --scales 1.5,3 --num 400
+    python benchmarks/guidance.py runs/convergence/mnist32/tread_0_5_0 --scales 1.5,3 --num 400
 
-For each scale, ``cfg`` (the unconditional branch is the whole model with the null label) and ``path-drop``
-(null label and the deep path replaced by mask tokens, so the branch runs only the dense blocks) sample
-the same ``--num`` class-conditional images from the same noise; rows give the sampling seconds (one
-process, methods interleaved) and the data set's domain FID and class accuracy. Scale 1 (no guidance,
-one conditional pass) is the reference row.
+For each scale, ``cfg`` (the weak branch is the whole model with the null label) and the run's recipe's
+guidance sample the same ``--num`` class-conditional images from the same noise: ``path-drop`` for SPRINT
+(null label and the deep path replaced by mask tokens, so the branch runs only the dense blocks),
+``route-contrast`` for TREAD (the model routing 30% against 70% of the tokens past its route, both with the
+label). Rows give the sampling seconds (one process) and the data set's domain FID and class accuracy.
+Scale 1 (no guidance, one conditional pass) is the reference row.
 """
 
 from __future__ import annotations
@@ -24,17 +26,23 @@ from maskdit.samplers import generate
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", help="a run trained with mask.recipe=sprint")
+    p.add_argument("run", help="a run trained with mask.recipe=sprint or tread")
     p.add_argument("--scales", default="1.5,3")
     p.add_argument("--num", type=int, default=400)
     p.add_argument("--steps", type=int, default=10, help="Heun steps")
     args = p.parse_args()
     run = load_run(args.run)
     cfg = run.config
+    own = {"sprint": "path-drop", "tread": "route-contrast"}.get(cfg.mask.recipe)
+    if own is None:
+        raise SystemExit(f"{args.run} was trained with mask.recipe={cfg.mask.recipe}: this compares the guidance of "
+                         "sprint or tread runs with cfg")
+    if own == "route-contrast" and run.model.tread_route is None:  # a TREAD run saved before routes were kept
+        run.model.tread_route = cfg.tread_route()
     dataset = load_dataset(cfg.data.name, cfg.data.path)
     labels = torch.arange(args.num) % run.model.num_classes
     rows = []
-    settings = [(1.0, "cfg")] + [(float(s), g) for s in args.scales.split(",") for g in ("cfg", "path-drop")]
+    settings = [(1.0, "cfg")] + [(float(s), g) for s in args.scales.split(",") for g in ("cfg", own)]
     for scale, guidance in settings:
         start = time.perf_counter()
         x = generate(run.model, run.objective, args.num, labels, "heun", args.steps, scale, guidance=guidance, seed=7)

@@ -119,6 +119,7 @@ COMMAND_HELP = {
     "data": "export clips of an embedded video dataset",
     "info": "describe what a run or checkpoint holds",
     "bench": "forward+backward throughput of a model preset",
+    "latents": "encode images with a VAE into a latent store to train on",
 }
 
 
@@ -176,6 +177,14 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True, help="clips.npz (frames N x T x H x W x C uint8), .gif or .mp4")
         _add_overwrite(p)
+    elif command == "latents":
+        p.add_argument("images", help="digits, FILE.npz, a directory with images.npy, or an image folder")
+        p.add_argument("--vae", required=True, help="a local diffusers AutoencoderKL directory (save_pretrained)")
+        p.add_argument("--out", required=True, help="the new latent store directory (must not exist)")
+        p.add_argument("--resize", type=positive_int, help="image folders: centre-crop and resize to this size")
+        p.add_argument("--batch", type=positive_int, default=64, help="images per VAE call")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
     elif command == "info":
         p.add_argument("run_dir")
     elif command == "bench":
@@ -216,6 +225,7 @@ def check_out(path: str, overwrite: bool, option: str = "--out") -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from maskdit.checkpoint import is_run, latest_checkpoint, read_json
     from maskdit.config import load_config
+    from maskdit.distributed import leave, world_from_env
     from maskdit.train import Trainer
 
     files = [a for a in args.args if "=" not in a]
@@ -231,22 +241,28 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"{Path(cfg.run_dir) / 'config.json'} is damaged: its config is not a mapping")
         saved["run_dir"] = cfg.run_dir  # the directory asked for, never the one the run was saved from
         cfg = load_config(None, path, overrides, base=saved)
-    print(f"run directory: {cfg.run_dir}", flush=True)
-    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
-    n_params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M parameters, {trainer.model.num_tokens} tokens, "
-          f"dataset {trainer.dataset.name} ({len(trainer.dataset)} examples of "
-          f"{'x'.join(map(str, trainer.dataset.shape))}), device {trainer.device}", flush=True)
-    start, first_step = time.time(), trainer.step
-    if first_step >= cfg.steps:
-        print(f"{cfg.run_dir} is already at step {first_step} of {cfg.steps}: nothing to train "
-              "(raise steps=N to continue)", flush=True)
-        print(cfg.run_dir)
-        return 0
-    trainer.run()
-    print(f"trained steps {first_step}-{trainer.step} in {time.time() - start:.0f}s", flush=True)
-    print(f"wrote {latest_checkpoint(cfg.run_dir)} and {Path(cfg.run_dir) / 'metrics.jsonl'}")
-    print(cfg.run_dir)
+    world = world_from_env()
+    say = print if world.main else (lambda *a, **k: None)  # under torchrun, rank 0 speaks for all
+    say(f"run directory: {cfg.run_dir}", flush=True)
+    try:
+        trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        processes = f" x {world.size} processes" if world.size > 1 else ""
+        say(f"model: {n_params / 1e6:.2f}M parameters, {trainer.model.num_tokens} tokens, "
+            f"dataset {trainer.dataset.name} ({len(trainer.dataset)} examples of "
+            f"{'x'.join(map(str, trainer.dataset.shape))}), device {trainer.device}{processes}", flush=True)
+        start, first_step = time.time(), trainer.step
+        if first_step >= cfg.steps:
+            say(f"{cfg.run_dir} is already at step {first_step} of {cfg.steps}: nothing to train "
+                "(raise steps=N to continue)", flush=True)
+            say(cfg.run_dir)
+            return 0
+        trainer.run()
+    finally:
+        leave()
+    say(f"trained steps {first_step}-{trainer.step} in {time.time() - start:.0f}s", flush=True)
+    say(f"wrote {latest_checkpoint(cfg.run_dir)} and {Path(cfg.run_dir) / 'metrics.jsonl'}")
+    say(cfg.run_dir)
     return 0
 
 
@@ -406,21 +422,43 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def images_from_spec(spec: str, option: str = "--data", resize: int | None = None) -> Any:
+    """An image dataset named on the command line: a dataset name that needs no path, an .npz file, a
+    directory with images.npy, or an image folder (``resize``: centre-cropped to that size)."""
+    from maskdit.data import DATASETS, load_dataset
+
+    if spec in DATASETS and not DATASETS.entry(spec).facts["needs_path"]:
+        return load_dataset(spec)
+    path = Path(spec)
+    if spec.lower().endswith(".npz"):
+        return load_dataset("npz", spec)
+    if path.is_dir():
+        if (path / "images.npy").is_file():
+            return load_dataset("npy", spec)
+        return load_dataset("folder", spec, resize=resize)
+    raise ConfigError(f"{option} {spec}: give digits, a .npz file, a directory with images.npy or an image folder")
+
+
 def _eval_dataset(args: argparse.Namespace, run: Any) -> Any:
-    """The real images to compare with: ``--data`` (a dataset name that needs no path, an .npz file, a
-    directory with images.npy, or an image folder) or the run's dataset."""
-    from maskdit.data import DATASETS, dataset_from_config, load_dataset
+    """The real images to compare with: ``--data`` (see :func:`images_from_spec`) or the run's dataset."""
+    from maskdit.data import dataset_from_config
 
     if args.data is None:
         return dataset_from_config(run.config.data)
-    if args.data in DATASETS and not DATASETS.entry(args.data).facts["needs_path"]:
-        return load_dataset(args.data)
-    path = Path(args.data)
-    if args.data.lower().endswith(".npz"):
-        return load_dataset("npz", args.data)
-    if path.is_dir():
-        return load_dataset("npy" if (path / "images.npy").is_file() else "folder", args.data)
-    raise ConfigError(f"--data {args.data}: give digits, a .npz file, a directory with images.npy or an image folder")
+    return images_from_spec(args.data)
+
+
+def cmd_latents(args: argparse.Namespace) -> int:
+    from maskdit.data.latents import encode_images
+    from maskdit.train import pick_device
+
+    dataset = images_from_spec(args.images, "IMAGES", args.resize)
+    manifest = encode_images(dataset, args.vae, args.out, args.batch, pick_device(args.device),
+                             progress=not args.no_progress)
+    shape = "x".join(map(str, manifest["latent_shape"]))
+    print(f"wrote {manifest['num']} latents of {shape} (and their mirrors), scaling factor "
+          f"{manifest['scaling_factor']:g}, to {args.out}; train with data.name=latents data.path={args.out}")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -555,7 +593,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "eval": cmd_eval, "report": cmd_report,
-    "info": cmd_info, "bench": cmd_bench,
+    "info": cmd_info, "bench": cmd_bench, "latents": cmd_latents,
 }
 
 

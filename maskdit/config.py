@@ -21,9 +21,9 @@ from maskdit.data import DATASETS
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
-from maskdit.model.dit import ATTENTIONS, PRESETS, check_fusion_route
+from maskdit.model.dit import ATTENTIONS, PRESETS, check_fusion_route, check_tread_route
 from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
-from maskdit.recipes import RECIPES, default_sprint_route
+from maskdit.recipes import RECIPES, default_route, default_sprint_route
 from maskdit.registry import one_of
 from maskdit.samplers import GUIDANCES, SAMPLERS, check_sampler
 
@@ -51,6 +51,9 @@ class DataConfig:
     num: int = 2000  #: video datasets: training clips generated
     frames: int = 8  #: video datasets: frames per clip
     size: int = 16  #: video datasets: canvas size in pixels
+    resize: int | None = None  #: image folders: ADM centre crop and resize to RESIZE x RESIZE (None: as stored)
+    flip: bool = False  #: random horizontal flips: every epoch shows each example as stored and mirrored
+    workers: int = 0  #: DataLoader worker processes that prepare the next steps' batches (0: in the main process)
 
 
 @dataclass
@@ -91,7 +94,7 @@ class SampleConfig:
     steps: int = 25
     guidance_scale: float = 1.0
     guidance_interval: list[float] | None = None  #: [t_low, t_high]: guide only there
-    guidance: str = "cfg"  #: a maskdit.samplers.GUIDANCES entry: cfg | path-drop (SPRINT models)
+    guidance: str = "cfg"  #: a maskdit.samplers.GUIDANCES entry: cfg | path-drop (SPRINT) | route-contrast (TREAD)
     eta: float = 0.0  #: ddim only, in [0, 1]
 
 
@@ -169,6 +172,8 @@ class Config:
             ("data.num", data.num >= 1, "at least 1"),
             ("data.frames", data.frames >= 2, "at least 2"),
             ("data.size", data.size >= 4, "at least 4 (video canvas pixels)"),
+            ("data.resize", data.resize is None or data.resize >= 1, "a positive image side in pixels"),
+            ("data.workers", data.workers >= 0, "0 (load in the training process) or more worker processes"),
             ("objective.name", obj.name in OBJECTIVES, "one of " + one_of(OBJECTIVES.names())),
             ("objective.time_sampling", obj.time_sampling in TIME_SAMPLINGS, "one of " + one_of(TIME_SAMPLINGS)),
             ("objective.logit_std", obj.logit_std > 0, "positive"),
@@ -205,6 +210,9 @@ class Config:
             if not ok:
                 raise ConfigError(f"config key {key} must be {allowed}, got {_get(self, key)!r}")
         # cross-field rules
+        if data.resize is not None and not DATASETS.entry(data.name).facts.get("resizes", False):
+            raise ConfigError(f"config key data.resize applies to image folders (data.name=folder), not data.name="
+                              f"{data.name}: resize the images beforehand or drop data.resize")
         if DATASETS.entry(data.name).facts["needs_path"] and not data.path:
             raise ConfigError(f"config key data.path is required when data.name={data.name}")
         if smp.sampler is not None:
@@ -212,9 +220,10 @@ class Config:
         if task.names and not RECIPES.entry(mask.recipe).facts["tasks"]:
             raise ConfigError(f"config key mask.recipe={mask.recipe} does not support condition masks (task.names): "
                               f"use mask.recipe={one_of(RECIPES.names(tasks=True))}")
-        if smp.guidance == "path-drop" and mask.recipe != "sprint":
-            raise ConfigError("config key sample.guidance=path-drop needs a SPRINT model: set mask.recipe=sprint "
-                              "or sample.guidance=cfg")
+        needs = GUIDANCES.entry(smp.guidance).facts["recipe"] if smp.guidance in GUIDANCES else None
+        if needs and mask.recipe != needs:
+            raise ConfigError(f"config key sample.guidance={smp.guidance} needs a model trained with "
+                              f"mask.recipe={needs}: set mask.recipe={needs} or sample.guidance=cfg")
         if mask.recipe == "sprint" and m.mixer_depth:
             raise ConfigError("config key model.mixer_depth must be 0 with mask.recipe=sprint: its dense shallow "
                               "blocks (mask.route START) are the patch mixer")
@@ -230,6 +239,13 @@ class Config:
         if self.mask.recipe != "sprint":
             return None
         return tuple(self.mask.route) if self.mask.route else default_sprint_route(self.architecture()["depth"])
+
+    def tread_route(self) -> tuple[int, int] | None:
+        """The TREAD route ``(START, END)`` when ``mask.recipe=tread`` (kept in the model config, so sampling
+        can route as in training for route-contrast guidance), else ``None``."""
+        if self.mask.recipe != "tread":
+            return None
+        return tuple(self.mask.route) if self.mask.route else default_route(self.architecture()["depth"])
 
     def architecture(self) -> dict[str, Any]:
         """The preset's architecture fields with the ``model.*`` overrides applied; refuses shapes that
@@ -252,6 +268,12 @@ class Config:
         if self.mask.route is not None and self.mask.route[1] > fields["depth"]:
             raise ConfigError(f"config key mask.route {self.mask.route} ends after the last block: END must be at "
                               f"most model.depth={fields['depth']}")
+        if self.mask.recipe == "tread":
+            try:
+                check_tread_route(self.mask.route or default_route(fields["depth"]), fields["depth"])
+            except ConfigError as e:
+                hint = "" if self.mask.route else " (this model is too shallow for the default route: set mask.route)"
+                raise ConfigError(f"config key mask.route does not fit mask.recipe=tread: {e}{hint}") from e
         if self.mask.recipe == "mae" and self.mask.decoder_width is not None and self.mask.decoder_width % 4:
             raise ConfigError(f"config key mask.decoder_width must be a multiple of 4 (the decoder has 4 heads), "
                               f"got {self.mask.decoder_width}")

@@ -40,7 +40,7 @@ from maskdit.errors import ConfigError
 from maskdit.grid import patchify
 from maskdit.masks import gather_tokens, scatter_tokens
 from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
-from maskdit.model.dit import DiT
+from maskdit.model.dit import DiT, check_tread_route
 from maskdit.objectives import Objective, denoising_loss, regression_pair, token_mse, training_pair
 from maskdit.registry import Registry
 
@@ -165,15 +165,13 @@ class TreadRecipe(nn.Module):
 
     def __init__(self, model: DiT, route: tuple[int, int] | list[int] | None = None):
         super().__init__()
-        start, end = default_route(model.depth) if route is None else (int(route[0]), int(route[1]))
-        if not 0 <= start < end <= model.depth:
-            raise ConfigError(f"mask.route [{start}, {end}] does not fit a depth-{model.depth} model: tokens must "
-                              f"leave after a block START and re-enter at END with 0 <= START < END <= {model.depth}"
-                              + (" (this model is too shallow for the default route: set mask.route)"
-                                 if route is None else ""))
+        try:
+            self.route = check_tread_route(default_route(model.depth) if route is None else route, model.depth)
+        except ConfigError as e:
+            hint = " (this model is too shallow for the default route: set mask.route)" if route is None else ""
+            raise ConfigError(f"{e}{hint}") from None
         if model.mixer_depth:
             raise ConfigError("mask.recipe=tread routes tokens past the middle blocks itself: set model.mixer_depth=0")
-        self.start, self.end = start, end
 
     @classmethod
     def build(cls, model: DiT, cfg: Any) -> TreadRecipe:
@@ -186,11 +184,7 @@ class TreadRecipe(nn.Module):
             loss = denoising_loss(model, objective, x0, y, t, noise, None, given)
             return loss, _parts(loss_denoise=loss)
         x_t, target, weight = training_pair(objective, x0, noise, t, model.patch_size, given)
-        c = model.condition(t, y)
-        tokens = model.run_blocks(model.embed(x_t, given), c, 0, self.start)
-        through = model.run_blocks(gather_tokens(tokens, keep_idx), c, self.start, self.end, pos=keep_idx)
-        tokens = scatter_tokens(through, keep_idx, tokens, model.num_tokens)
-        tokens = model.run_blocks(tokens, c, self.end)
+        tokens, c = model.features(x_t, t, y, keep_idx, given=given, route=self.route)
         loss = token_mse(model.final_layer(tokens, c), target, weight)
         return loss, _parts(loss_denoise=loss)
 

@@ -18,12 +18,12 @@ Stochastic samplers draw their step noise from :class:`NoiseStreams`, one stream
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from maskdit.errors import ConfigError
+from maskdit.masks import random_keep_indices
 from maskdit.objectives import Objective, hold_given
 from maskdit.registry import Registry, one_of
 
@@ -145,19 +145,56 @@ def default_sampler(objective: Objective | str) -> str:
     return SAMPLERS.names(objectives=name, default=True)[0]
 
 
-#: Guidance modes: name -> the extra model arguments of the unconditional branch (beyond the null label).
-GUIDANCES: Registry[dict[str, Any]] = Registry("guidance", key="sample.guidance")
-GUIDANCES.add("cfg", {}, "classifier-free guidance: the unconditional branch drops the class label", fusion=False)
-GUIDANCES.add("path-drop", {"path_drop": True}, "SPRINT's path-drop guidance: the unconditional branch also skips "
-              "the deep path (cheaper); needs mask.recipe=sprint", fusion=True)
+#: Guidance modes: name -> ``fn(model, x, t, time, y, null, extra) -> (weak, strong)``, the two predictions
+#: that guidance combines as ``weak + scale * (strong - weak)`` (``t`` the ``(B,)`` time tensor, ``time`` the
+#: same as a Python float, ``extra`` the model's ``given`` mask, if any);
+#: facts ``recipe`` (the training recipe the model needs, or None) and ``labels`` (needs class labels).
+GUIDANCES: Registry[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = Registry("guidance", key="sample.guidance")
+
+#: Route-contrast guidance's two TREAD routing ratios (share of tokens that skip the route): strong, weak.
+ROUTE_CONTRAST = (0.3, 0.7)
+
+
+@GUIDANCES.register("cfg", "classifier-free guidance: the weak branch drops the class label", recipe=None,
+                    labels=True)
+def _cfg(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, time: float, y: torch.Tensor,
+         null: torch.Tensor, extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    both = {k: torch.cat([v, v]) for k, v in extra.items()}  # one batched call for both branches
+    strong, weak = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), **both).chunk(2)
+    return weak, strong
+
+
+@GUIDANCES.register("path-drop", "SPRINT's path-drop guidance: the weak branch also skips the deep path "
+                    "(cheaper); needs mask.recipe=sprint", recipe="sprint", labels=True)
+def _path_drop(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, time: float, y: torch.Tensor,
+               null: torch.Tensor, extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return model(x, t, null, path_drop=True, **extra), model(x, t, y, **extra)
+
+
+@GUIDANCES.register("route-contrast", "TREAD: contrast the model routing 0.3 and 0.7 of the tokens past its route, "
+                    "both with the label (unconditional models too); needs mask.recipe=tread", recipe="tread",
+                    labels=False)
+def _route_contrast(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, time: float, y: torch.Tensor | None,
+                    null: torch.Tensor | None, extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(round(time * 1e6))  # the same routes for every sample at this time
+    keeps = [random_keep_indices(1, model.num_tokens, r, gen, x.device).expand(len(x), -1) for r in ROUTE_CONTRAST]
+    strong, weak = (model(x, t, y, keep_idx=keep, route=model.tread_route, **extra) for keep in keeps)
+    return weak, strong
+
+
+#: model attribute each training recipe leaves, which a guidance needing that recipe checks
+_RECIPE_ATTRS = {"sprint": "fusion", "tread": "tread_route"}
 
 
 def check_guidance(name: str, model: torch.nn.Module) -> None:
-    """Refuse a guidance mode the model cannot run (path drop without a SPRINT fusion)."""
+    """Refuse a guidance mode the model cannot run (path drop without a SPRINT fusion, route contrast
+    without a TREAD route)."""
     if name not in GUIDANCES:
         raise ConfigError(f"unknown guidance {name!r}: choose one of {one_of(GUIDANCES.names())}")
-    if GUIDANCES.entry(name).facts["fusion"] and getattr(model, "fusion", None) is None:
-        raise ConfigError(f"guidance {name} needs a SPRINT model (trained with mask.recipe=sprint): use cfg")
+    recipe = GUIDANCES.entry(name).facts["recipe"]
+    if recipe and getattr(model, _RECIPE_ATTRS[recipe], None) is None:
+        raise ConfigError(f"guidance {name} needs a {recipe.upper()} model (trained with mask.recipe={recipe}): "
+                          "use cfg")
 
 
 def guided(
@@ -170,33 +207,31 @@ def guided(
 ) -> ModelFn:
     """Bind labels and guidance into ``fn(x, t)``.
 
-    Output ``u + scale * (c - u)`` on all channels, where ``c`` is the prediction for ``y`` and ``u`` the
-    unconditional one: the null label (``cfg``), plus the deep path dropped (``path-drop``). Guidance is
-    applied only while ``interval[0] <= t <= interval[1]``
-    (when given); elsewhere, and whenever ``scale == 1`` or the model is unconditional, the output is the
-    conditional prediction and no unconditional pass is made. ``given`` ``(B, N)`` (a task's condition
-    mask) is passed to the model with every call. ``t`` is a Python float, so deciding costs no device sync.
+    Output ``w + scale * (s - w)`` on all channels, where ``s`` and ``w`` are the strong and weak
+    predictions of the :data:`GUIDANCES` mode: for ``cfg`` the prediction for ``y`` and the unconditional
+    one (null label); for ``path-drop`` the weak one also skips the deep path; for ``route-contrast`` both
+    route tokens past the TREAD route (30% and 70%). Guidance is applied only while
+    ``interval[0] <= t <= interval[1]`` (when given); elsewhere, whenever ``scale == 1``, and when the mode
+    needs labels but the model is unconditional, the output is the plain prediction and no second pass is
+    made. ``given`` ``(B, N)`` (a task's condition mask) is passed to the model with every call. ``t`` is a
+    Python float, so deciding costs no device sync.
     """
     check_guidance(guidance, model)
     conditional = getattr(model, "num_classes", 0) > 0
     if conditional and y is None:
         raise ConfigError("a class-conditional model needs labels to sample")
+    branches = GUIDANCES.get(guidance)
+    needs_labels = GUIDANCES.entry(guidance).facts["labels"]
 
     def fn(x: torch.Tensor, t: float) -> torch.Tensor:
         t_batch = torch.full((x.shape[0],), float(t), device=x.device)
         in_interval = interval is None or interval[0] <= t <= interval[1]
         extra = {} if given is None else {"given": given}
-        if not conditional or scale == 1.0 or not in_interval:
+        if (needs_labels and not conditional) or scale == 1.0 or not in_interval:
             return model(x, t_batch, y, **extra)
-        null = torch.full_like(y, model.null_label)
-        if guidance != "cfg":  # a different network for the unconditional branch: two calls
-            return torch.lerp(model(x, t_batch, null, **extra, **GUIDANCES.get(guidance)),
-                              model(x, t_batch, y, **extra), scale)
-        if given is not None:
-            extra = {"given": torch.cat([given, given])}
-        out = model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([y, null]), **extra)
-        cond, uncond = out.chunk(2)
-        return uncond + scale * (cond - uncond)
+        null = torch.full_like(y, model.null_label) if conditional else None
+        weak, strong = branches(model, x, t_batch, float(t), y, null, extra)
+        return torch.lerp(weak, strong, scale)
 
     return fn
 

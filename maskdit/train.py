@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdit.checkpoint import (
+    checkpoint_dir,
     find_run,
     first_loadable,
     latest_checkpoint,
@@ -46,6 +47,7 @@ from maskdit.checkpoint import (
 )
 from maskdit.config import Config, check_against_data, device_name_ok
 from maskdit.data import dataset_from_config
+from maskdit.distributed import World, agree, barrier, join, mean_over_ranks, world_from_env
 from maskdit.errors import ConfigError, MaskditError
 from maskdit.model import DiT, build_model
 from maskdit.objectives import objective_from_config
@@ -94,12 +96,39 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> 
         m.preset, dataset_shape[1:], dataset_shape[0], num_classes if m.conditional else 0,
         depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
         mlp_ratio=m.mlp_ratio, mixer_depth=m.mixer_depth, attention=m.attention,
-        task_conditioning=bool(cfg.task.names), fusion=cfg.sprint_route(),
+        task_conditioning=bool(cfg.task.names), fusion=cfg.sprint_route(), route=cfg.tread_route(),
     )
 
 
 def recipe_for(cfg: Config, model: DiT) -> torch.nn.Module:
     return build_recipe(cfg.mask.recipe, model, cfg.mask)
+
+
+def examples(dataset: Any, index: torch.Tensor, flip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Model-space examples and labels at ``index``; with ``flip`` an index ``i >= N`` is example ``i - N``
+    mirrored along its last axis, so the data order (seeded per epoch) decides the flips."""
+    n = len(dataset)
+    if flip and getattr(dataset, "mirrors", False):  # it stores its examples' mirrors (VAE latents)
+        return dataset.batch(index % n, mirrored=index >= n)
+    x0, y = dataset.batch(index % n)
+    if flip:
+        x0 = torch.where((index >= n).reshape(-1, *[1] * (x0.dim() - 1)), x0.flip(-1), x0)
+    return x0, y
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Step ``k`` -> this rank's ``(inputs, x0, y)``: all a step consumes, a pure function of ``(seed, k)``,
+    so DataLoader workers (``data.workers``) can prepare the next steps while the current one trains."""
+
+    def __init__(self, sampler: StepSampler, dataset: Any, flip: bool, world: World):
+        self.sampler, self.dataset, self.flip, self.world = sampler, dataset, flip, world
+
+    def __len__(self) -> int:
+        return 2**62  # steps are named by the loader's sampler
+
+    def __getitem__(self, step: int) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+        inputs = self.sampler.draw(step).shard(self.world.rank, self.world.size)
+        return (inputs, *examples(self.dataset, inputs.index, self.flip))
 
 
 class Trainer:
@@ -114,7 +143,11 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(cfg.run_dir)
         to_resume = find_run(self.run_dir, resume)  # refuses before anything is built or written
-        self.device = pick_device(cfg.device)
+        self.world = world_from_env()
+        if cfg.batch_size % self.world.size:
+            raise ConfigError(f"config key batch_size={cfg.batch_size} is the global batch and must divide evenly "
+                              f"over the {self.world.size} processes: use a multiple of {self.world.size}")
+        self.device = join(self.world, pick_device(cfg.device))
         torch.manual_seed(cfg.seed)
         self.dataset = dataset_from_config(cfg.data)
         check_against_data(cfg, self.dataset)
@@ -123,11 +156,18 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.recipe = recipe_for(cfg, self.model).to(self.device)
         self.step_module = TrainingStep(self.model, self.recipe, self.objective)
+        self.forward = self.step_module  # what a step calls: DDP around the step module on several ranks
+        if self.world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(
+                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(self.step_module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            betas=(0.9, 0.999), fused=True)
         tasks = dict(zip(cfg.task.names, cfg.task.weights or [1.0] * len(cfg.task.names)))
-        self.inputs = StepSampler(
-            cfg.seed, len(self.dataset), cfg.batch_size, self.dataset.shape, self.objective,
+        self.inputs = StepSampler(  # with data.flip, index i >= N stands for example i - N mirrored
+            cfg.seed, len(self.dataset) * (2 if cfg.data.flip else 1), cfg.batch_size, self.dataset.shape,
+            self.objective,
             cfg.model.class_dropout if self.model.num_classes > 0 else None, self.model.num_tokens,
             self.model.token_grid, cfg.mask, cfg.steps, tasks,
         )
@@ -143,6 +183,7 @@ class Trainer:
             first_loadable(to_resume, self.load)
         elif cfg.init_from:
             self.init_from(resolve_checkpoint(cfg.init_from))
+        barrier(self.world)  # every rank has read the run directory before rank 0 writes to it
 
     # -- facts saved next to the weights -------------------------------------------------------------
     def run_info(self) -> dict[str, Any]:
@@ -167,21 +208,35 @@ class Trainer:
         inputs = self.inputs.draw(step)
         return inputs.mask_ratio, inputs.keep_idx
 
+    def examples(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model-space examples and labels at ``index`` (``data.flip``: see :func:`examples`)."""
+        return examples(self.dataset, index, self.cfg.data.flip)
+
+    def batches(self, start: int, end: int) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor | None]]:
+        """This rank's inputs and examples of steps ``start..end-1``, from ``data.workers`` DataLoader workers
+        (pinned for a GPU) or, with none, built in this process when asked for."""
+        source = StepBatches(self.inputs, self.dataset, self.cfg.data.flip, self.world)
+        if not self.cfg.data.workers:
+            return map(source.__getitem__, range(start, end))
+        return iter(torch.utils.data.DataLoader(source, batch_size=None, sampler=range(start, end),
+                                                num_workers=self.cfg.data.workers,
+                                                pin_memory=self.device.type == "cuda"))
+
     # -- one step ------------------------------------------------------------------------------------
-    def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
+    def train_step(self, step: int, prepared: tuple[Any, torch.Tensor, torch.Tensor | None] | None = None
+                   ) -> dict[str, torch.Tensor | float]:
         """One optimizer step; returns its statistics as tensors (read on the host only when logged).
 
         A step whose loss or gradient norm is not finite leaves weights, optimizer and EMA unchanged
         (decided on the device: the fused AdamW skips through ``found_inf``, the EMA blends by weight 0).
         """
         cfg, dev = self.cfg, self.device
-        inputs = self.inputs.draw(step)
-        x0, y = self.dataset.batch(inputs.index)
+        inputs, x0, y = prepared or next(self.batches(step, step + 1))
         batch = (x0.to(dev, non_blocking=True), None if y is None else y.to(dev, non_blocking=True))
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss, parts = self.step_module(batch, inputs.to(dev))
+            loss, parts = self.forward(batch, inputs.to(dev))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -252,41 +307,50 @@ class Trainer:
 
         On SIGINT or SIGTERM the current step finishes, a checkpoint is written and :class:`Interrupted`
         is raised; a second signal while the checkpoint is being written is ignored (it would lose it).
+        Several ranks (torchrun) agree on every step whether to stop, so they stop after the same step;
+        rank 0 alone writes.
         """
-        cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.run_dir / "config.json", self.run_info())
-        metrics_path = self.run_dir / "metrics.jsonl"
-        self._truncate_metrics(metrics_path)
+        cfg, main = self.cfg, self.world.main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", self.run_info())
+            self._truncate_metrics(self.run_dir / "metrics.jsonl")
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
+                   disable=not (self.progress and main), dynamic_ncols=True, file=sys.stderr)
         sums: dict[str, Any] = {}
         count = 0
         started, last_step, last_time = time.time(), self.step, time.time()
         last_eval_s = 0.0
+        stopping: int | None = None  # the agreed signal number once any rank was signalled
         self.model.train()
-        with metrics_path.open("a") as metrics, StopOnSignal() as stop:
-            while self.step < end and stop.signum is None:
-                stats = self.train_step(self.step)
+        metrics_file = (self.run_dir / "metrics.jsonl").open("a") if main else contextlib.nullcontext()
+        batches = self.batches(self.step, end)
+        with metrics_file as metrics, StopOnSignal() as stop:
+            while self.step < end and stopping is None:
+                stats = self.train_step(self.step, next(batches))
                 self.step += 1
                 count += 1
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.update(1)
-                out_of_time = cfg.max_seconds is not None and time.time() - started >= cfg.max_seconds
+                signalled, late = agree(self.world, [stop.signum or 0, float(
+                    main and cfg.max_seconds is not None and time.time() - started >= cfg.max_seconds)], self.device)
+                stopping, out_of_time = int(signalled) or None, late > 0
                 checkpoint_due = self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time
                 if self.step % cfg.log_every == 0 or checkpoint_due:
+                    sums = mean_over_ranks(self.world, sums, self.device)
                     now = time.time()
                     record = {
                         "step": self.step, **{k: float(v) / count for k, v in sums.items() if k != "nan_skipped"},
-                        "nan_skipped": int(sums.get("nan_skipped", 0)),
+                        "nan_skipped": round(float(sums.get("nan_skipped", 0))),
                         "lr": learning_rate(cfg, self.step - 1),
                         "steps_per_s": (self.step - last_step) / max(now - last_time, 1e-9),
                         "elapsed_s": now - started,
                     }
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
+                    if main:
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                     sums, count, last_step, last_time = {}, 0, self.step, now
                     self.check_finite_streak()
@@ -294,7 +358,7 @@ class Trainer:
                 clock = time.time() - started  # training seconds: evaluations are taken out of `started`
                 if cfg.eval_every_s and clock - last_eval_s >= cfg.eval_every_s:
                     eval_due, last_eval_s = True, clock
-                if eval_due:  # leaves every RNG stream untouched
+                if eval_due and main:  # leaves every RNG stream untouched
                     from maskdit.evaluate.suite import training_eval
 
                     eval_start = time.time()
@@ -306,20 +370,30 @@ class Trainer:
                     last_time += spent
                     started += spent
                 if checkpoint_due:
-                    with stop.critical():
-                        self.save()
+                    self.save_on_main(stop)  # a signal that came during the write stops right here:
+                    stopping = stopping or int(agree(self.world, [stop.signum or 0], self.device)[0]) or None
                 if out_of_time:
                     break
-            if stop.signum is not None:
+            if stopping is not None:
                 bar.close()
                 self.check_finite_streak()
-                with stop.critical():
-                    path = self.save()
-                print(f"stopped by {signal.Signals(stop.signum).name} at step {self.step}: saved {path}; "
-                      "continue with --resume", file=sys.stderr)
-                raise Interrupted(stop.signum, path)
+                path = self.save_on_main(stop)
+                if main:
+                    print(f"stopped by {signal.Signals(stopping).name} at step {self.step}: saved {path}; "
+                          "continue with --resume", file=sys.stderr)
+                raise Interrupted(stopping, path)
         bar.close()
+        barrier(self.world)
         return self.run_dir
+
+    def save_on_main(self, stop: StopOnSignal) -> Path:
+        """Rank 0 writes the checkpoint (uninterruptibly); every rank waits for it and gets its path."""
+        path = checkpoint_dir(self.run_dir) / f"step_{self.step:06d}"
+        if self.world.main:
+            with stop.critical():
+                path = self.save()
+        barrier(self.world)
+        return path
 
     def _truncate_metrics(self, path: Path) -> None:
         """On resume, drop records logged after the checkpoint (and a line torn by a crash) so the file

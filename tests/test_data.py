@@ -77,3 +77,55 @@ def test_image_folder_errors_name_the_problem(tmp_path):
 def test_dataset_kind_needs_path():
     with pytest.raises(ConfigError, match="data.path"):
         load_dataset("npz")
+
+
+def test_image_folder_of_any_size_is_centre_cropped_and_resized(tmp_path):
+    # a 40x20 (W x H) picture: a bright centre band 20 wide between dark sides; and a 9x9 one
+    wide = np.zeros((20, 40), np.uint8)
+    wide[:, 10:30] = 200
+    (tmp_path / "a").mkdir()
+    Image.fromarray(wide).save(tmp_path / "a" / "wide.png")
+    Image.fromarray(np.full((9, 9), 50, np.uint8)).save(tmp_path / "a" / "small.png")
+    d = load_folder(tmp_path, resize=8)
+    assert d.shape == (1, 8, 8)
+    # the short side (20) is halved once (>= 2 x 8), scaled to 8 and the centre kept: the band fills it
+    small, wide = d.images  # files in name order
+    assert wide.float().mean() > 190 and wide.min() > 150
+    assert torch.all(small == 50)  # upscaled by bicubic filtering: a flat image stays flat
+    from maskdit.config import load_config
+
+    with pytest.raises(ConfigError, match="data.resize applies to image folders"):
+        load_config("digits", overrides=["data.resize=8"])
+
+
+def test_flip_shows_every_example_as_stored_and_mirrored_each_epoch(tmp_path):
+    from conftest import SMALL
+    from maskdit.config import load_config
+    from maskdit.train import Trainer
+
+    np.savez(tmp_path / "d.npz", images=np.arange(8 * 4 * 4, dtype=np.uint8).reshape(8, 4, 4),
+             labels=np.arange(8) % 2)
+    cfg = load_config("digits", overrides=[*SMALL, "data.name=npz", f"data.path={tmp_path / 'd.npz'}",
+                                           "batch_size=4", "data.flip=true", f"run_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg, progress=False)
+    epoch = torch.cat([trainer.inputs.draw(s).index for s in range(4)])  # 16 = 2 x 8 indices per epoch
+    assert sorted(epoch.tolist()) == list(range(16))
+    x, y = trainer.examples(torch.tensor([3, 11]))
+    assert torch.equal(x[1], x[0].flip(-1)) and y.tolist() == [1, 1]
+    assert torch.equal(to_uint8(x[0]), trainer.dataset.images[3])
+
+
+def test_dataloader_workers_prepare_exactly_the_same_steps(tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import SMALL
+    from maskdit.checkpoint import latest_checkpoint
+    from maskdit.config import load_config
+    from maskdit.train import train
+
+    for workers in (0, 2):
+        train(load_config("digits", overrides=[*SMALL, "steps=4", "data.flip=true", "mask.ratio=0.5",
+                                               f"data.workers={workers}", f"run_dir={tmp_path / str(workers)}"]),
+              progress=False)
+    a, b = (load_file(latest_checkpoint(tmp_path / w) / "model.safetensors") for w in ("0", "2"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -130,3 +130,55 @@ def test_factorised_video_trains_with_grid_drop_shapes_and_refuses_others(tmp_pa
     assert ratio == 0.5 and keep.shape == ((8, 4, 2) if shape == "tube" else (8, 2, 4))
     trainer.run()
     assert latest_checkpoint(tmp_path / "vid").name == "step_000002"
+
+
+# -- route-contrast guidance (TREAD) -------------------------------------------------------------------
+def test_routed_forward_returns_the_grid_and_routing_every_token_is_the_plain_model():
+    model, (x, y, t, _) = model_and_batch()
+    everyone = torch.arange(model.num_tokens).expand(4, -1)
+    assert torch.allclose(model(x, t, y, keep_idx=everyone, route=(1, 3)), model(x, t, y), atol=1e-6)
+    keep = random_keep_indices(4, model.num_tokens, 0.5, torch.Generator().manual_seed(0))
+    routed = model(x, t, y, keep_idx=keep, route=(1, 3))
+    assert routed.shape == x.shape and not torch.allclose(routed, model(x, t, y), atol=1e-4)
+    with pytest.raises(ConfigError, match="mask.route"):
+        model(x, t, y, keep_idx=keep, route=(3, 9))
+
+
+def test_route_contrast_guidance_contrasts_two_routing_ratios_and_keeps_samples_independent():
+    from maskdit.samplers import ROUTE_CONTRAST, generate, guided
+
+    model, (x, y, t, _) = model_and_batch()
+    model.tread_route = (1, 3)
+    with torch.no_grad():
+        assert torch.equal(guided(model, y, 1.0, guidance="route-contrast")(x, 0.5), model(x, torch.full((4,), 0.5), y))
+        out = guided(model, y, 2.5, guidance="route-contrast")(x, 0.5)
+        gen = torch.Generator().manual_seed(500000)  # the routes of time 0.5, the same for every sample
+        strong, weak = (model(x, torch.full((4,), 0.5), y, route=(1, 3),
+                              keep_idx=random_keep_indices(1, model.num_tokens, r, gen).expand(4, -1))
+                        for r in ROUTE_CONTRAST)
+        assert torch.allclose(out, weak + 2.5 * (strong - weak), atol=1e-5)
+        four = generate(model, FlowMatching(), 4, torch.tensor([0, 1, 2, 0]), "euler", 3, 2.0,
+                        guidance="route-contrast", seed=5)
+        two = generate(model, FlowMatching(), 2, torch.tensor([0, 1]), "euler", 3, 2.0, guidance="route-contrast",
+                       seed=5, batch_size=1)
+    assert torch.allclose(four[:2], two, atol=1e-5)  # sample i depends on (seed, i) only
+    with pytest.raises(ConfigError, match="mask.recipe=tread"):
+        guided(model_and_batch()[0], y, 2.0, guidance="route-contrast")
+
+
+def test_route_contrast_guides_unconditional_models_and_is_checked_in_config(tmp_path):
+    from maskdit.checkpoint import load_run
+    from maskdit.samplers import guided
+
+    plain = perturbed(DiT((8, 8), 1, 2, 32, 4, 2, route=(1, 3)))  # unconditional, trained with TREAD
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(guided(plain, None, 2.0, guidance="route-contrast")(x, 0.5),
+                                  plain(x, torch.full((3,), 0.5)), atol=1e-4)
+        assert torch.equal(guided(plain, None, 2.0, guidance="cfg")(x, 0.5), plain(x, torch.full((3,), 0.5)))
+    with pytest.raises(ConfigError, match="sample.guidance=route-contrast"):
+        load_config("digits", overrides=["sample.guidance=route-contrast"])
+    train(load_config("digits", overrides=[*SMALL, "model.depth=3", "steps=2", "mask.recipe=tread", "mask.ratio=0.5",
+                                           "mask.route=[1,2]", "sample.guidance=route-contrast",
+                                           "sample.guidance_scale=1.5", f"run_dir={tmp_path}"]), progress=False)
+    assert load_run(tmp_path).model.tread_route == (1, 2)  # the route travels in the model config

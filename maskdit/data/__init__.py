@@ -161,8 +161,23 @@ def load_npz(path: str | Path) -> ImageDataset:
     )
 
 
-def load_folder(path: str | Path) -> ImageDataset:
-    """An image folder with one subfolder per class; all images must share one size."""
+def centre_crop(image: Any, size: int) -> Any:
+    """ADM's crop of a PIL image to ``size x size``: halve it with box filtering while its short side is at
+    least twice ``size`` (cheap and alias-free), resize with bicubic filtering so the short side is ``size``,
+    then cut the centre square."""
+    from PIL import Image
+
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.Resampling.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(max(size, round(s * scale)) for s in image.size), resample=Image.Resampling.BICUBIC)
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_folder(path: str | Path, resize: int | None = None) -> ImageDataset:
+    """An image folder with one subfolder per class. Without ``resize`` all images must share one size;
+    with it each is centre-cropped and resized to ``resize x resize`` (:func:`centre_crop`)."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(path)
@@ -184,7 +199,8 @@ def load_folder(path: str | Path) -> ImageDataset:
         try:
             with Image.open(f) as im:
                 im.load()
-                pictures.append(im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB"))
+                picture = im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB")
+                pictures.append(picture if resize is None else centre_crop(picture, resize))
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise DataError(f"cannot read image {f}: {e}; remove or replace the file") from e
     first = pictures[0].size
@@ -255,10 +271,10 @@ def _npy(cfg: Any, split: str) -> ImageDataset:
     return load_npy(cfg.path)
 
 
-@DATASETS.register("folder", "data.path=DIR with one subfolder of images per class, all one size",
-                   needs_path=True, rank=2)
+@DATASETS.register("folder", "data.path=DIR with one subfolder of images per class: all one size, or any sizes "
+                   "with data.resize", needs_path=True, rank=2, resizes=True)
 def _folder(cfg: Any, split: str) -> ImageDataset:
-    return load_folder(cfg.path)
+    return load_folder(cfg.path, getattr(cfg, "resize", None))
 
 
 def dataset_from_config(cfg: Any, split: str = "train") -> Dataset:
@@ -277,3 +293,10 @@ def load_dataset(name: str = "digits", path: str | None = None, split: str = "tr
 
 
 from maskdit.data import video as _video  # noqa: E402,F401  (registers the embedded video datasets)
+from maskdit.data.latents import LatentDataset  # noqa: E402  (registers the vae codec)
+
+
+@DATASETS.register("latents", "data.path=STORE made by maskdit latents: VAE latents, memory-mapped; samples "
+                   "decode through the VAE", needs_path=True, rank=2)
+def _latents(cfg: Any, split: str) -> Dataset:
+    return LatentDataset(cfg.path)

@@ -155,6 +155,9 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     tasks = bench_tasks(model, cfg.task.names) if getattr(model, "task_conditioning", False) else []
     if len(model.token_grid) == 3 and tasks:
         return _video_task_eval(model, objective, dataset, cfg, tasks)
+    if dataset.codec.name != "uint8":
+        return {"num": 0, "skipped": f"dataset {dataset.name} stores {dataset.codec.name} values, not images: "
+                                     "score decoded samples with maskdit eval RUN --data IMAGES"}
     if not labelled(dataset):
         return {"num": 0, "skipped": f"dataset {dataset.name} has no labels: domain metrics need a classifier"}
     device = next(model.parameters()).device

@@ -2,9 +2,9 @@
 
 Each task has one fixed condition mask (:data:`TASK_BENCH`): predict / backward give half the frames (4 of
 8), interpolate every 2nd frame and the last, animate frame 0, complete half the frames at random, inpaint
-everything but a centred box. The model fills the rest of every clip; PSNR (capped at 60 dB) and SSIM on 0-255 frames are averaged
-over the frames that were not wholly given. Used by ``benchmarks/video_tasks.py`` and, for video models
-trained on tasks, by the training loop's evaluation (``eval_every`` / ``eval_every_s``).
+everything but a centred box. The model fills the rest of every clip; PSNR (capped at 60 dB) and SSIM on
+0-255 frames are averaged over the frames that were not wholly given. Used by ``benchmarks/video_tasks.py``
+and, for video models trained on tasks, by the training loop's evaluation (``eval_every``, ``eval_every_s``).
 """
 
 from __future__ import annotations

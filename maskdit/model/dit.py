@@ -21,7 +21,7 @@ from torch import nn
 
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
-from maskdit.masks import gather_tokens
+from maskdit.masks import gather_tokens, scatter_tokens
 from maskdit.model.blocks import (
     DiTBlock,
     FactorisedDiTBlock,
@@ -63,6 +63,15 @@ def check_fusion_route(route: Sequence[int], depth: int) -> tuple[int, int]:
     return start, end
 
 
+def check_tread_route(route: Sequence[int], depth: int) -> tuple[int, int]:
+    """A TREAD route ``(START, END)`` that fits ``depth``: tokens leave after block START, re-enter at END."""
+    start, end = int(route[0]), int(route[1])
+    if not 0 <= start < end <= depth:
+        raise ConfigError(f"mask.route [{start}, {end}] does not fit a depth-{depth} model: tokens must leave after "
+                          f"a block START and re-enter at END with 0 <= START < END <= {depth}")
+    return start, end
+
+
 def preset(name: str) -> dict[str, Any]:
     """The architecture fields of a named preset (a copy)."""
     if name not in PRESETS:
@@ -90,6 +99,9 @@ class DiT(nn.Module):
             ``START..END-1`` the deep path (the only blocks that ``keep_idx`` thins), and a
             :class:`~maskdit.model.blocks.SparseDenseFusion` joins both before the dense blocks ``END..``.
             The output then always covers every token.
+        route: ``(START, END)``, the TREAD route the model was trained with. It does not change the
+            network (sampling runs every token through every block); it lets ``forward(route=...)`` and
+            route-contrast guidance run the model routed as in training.
     """
 
     def __init__(
@@ -106,6 +118,7 @@ class DiT(nn.Module):
         attention: str = "full",
         task_conditioning: bool = False,
         fusion: Sequence[int] | None = None,
+        route: Sequence[int] | None = None,
     ):
         super().__init__()
         self.input_size = tuple(int(s) for s in input_size)
@@ -136,6 +149,7 @@ class DiT(nn.Module):
         self.fusion_route = None if fusion is None else check_fusion_route(fusion, depth)
         if self.fusion_route is not None and mixer_depth:
             raise ConfigError("a SPRINT model's dense shallow blocks are its patch mixer: set mixer_depth=0")
+        self.tread_route = None if route is None else check_tread_route(route, depth)
 
         self.patch_embed = nn.Linear(self.patch_dim, hidden_size)
         self.register_buffer("pos_embed", sincos_pos_embed(hidden_size, self.token_grid)[None], persistent=False)
@@ -166,6 +180,7 @@ class DiT(nn.Module):
             "attention": self.attention,
             "task_conditioning": self.task_conditioning,
             **({} if self.fusion_route is None else {"fusion": list(self.fusion_route)}),
+            **({} if self.tread_route is None else {"route": list(self.tread_route)}),
         }
 
     @classmethod
@@ -239,6 +254,15 @@ class DiT(nn.Module):
         mask = path_drop if torch.is_tensor(path_drop) else None
         return self.run_blocks(self.fusion(shallow, deep, keep_idx, mask), c, end)
 
+    def routed_blocks(self, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor,
+                      route: Sequence[int]) -> torch.Tensor:
+        """TREAD: every block on all tokens except blocks ``START..END-1``, which only ``keep_idx`` passes; the
+        other tokens skip them and re-enter before block ``END`` as they left."""
+        start, end = route
+        tokens = self.run_blocks(tokens, c, 0, start)
+        through = self.run_blocks(gather_tokens(tokens, keep_idx), c, start, end, pos=keep_idx)
+        return self.run_blocks(scatter_tokens(through, keep_idx, tokens, self.num_tokens), c, end)
+
     def features(
         self,
         x: torch.Tensor,
@@ -248,10 +272,13 @@ class DiT(nn.Module):
         end: int | None = None,
         given: torch.Tensor | None = None,
         path_drop: torch.Tensor | bool | None = None,
+        route: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token features after blocks ``0..end-1`` (all blocks by default) and the conditioning ``c``.
 
         The patch mixer (the first ``mixer_depth`` blocks) sees all tokens; the rest see only ``keep_idx``.
+        With ``route`` ``(START, END)`` the ``keep_idx`` tokens are *routed* instead (TREAD,
+        :meth:`routed_blocks`) and every token comes out.
         """
         c = self.condition(t, y)
         tokens = self.embed(x, given)
@@ -262,6 +289,10 @@ class DiT(nn.Module):
                 raise ConfigError("a SPRINT model (fusion) runs its blocks as one unit: features(end=...) is not "
                                   "supported")
             return self.fused_blocks(tokens, c, keep_idx, path_drop), c
+        if route is not None and keep_idx is not None:
+            if end is not None:
+                raise ConfigError("routing (TREAD) runs every block: features(end=...) is not supported with route")
+            return self.routed_blocks(tokens, c, keep_idx, check_tread_route(route, self.depth)), c
         if keep_idx is not None:
             tokens = self.run_blocks(tokens, c, 0, self.mixer_depth)
             tokens = self.run_blocks(gather_tokens(tokens, keep_idx), c, self.mixer_depth, end, pos=keep_idx)
@@ -277,6 +308,7 @@ class DiT(nn.Module):
         keep_idx: torch.Tensor | None = None,
         given: torch.Tensor | None = None,
         path_drop: torch.Tensor | bool | None = None,
+        route: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Predict the objective's target for noisy grid ``x`` at time ``t`` (shape ``(B,)``).
 
@@ -285,11 +317,13 @@ class DiT(nn.Module):
         ``(B, K, C*prod(patch))`` in that order; without it the result is a grid like ``x``. ``given``
         ``(B, N)`` bool marks tokens that are known and clean (a task's condition mask). A SPRINT model
         (``fusion``) always returns the whole grid; ``path_drop`` (``True`` or ``(B,)`` bool) replaces its
-        deep path by mask tokens (path-drop guidance's cheap unconditional branch).
+        deep path by mask tokens (path-drop guidance's cheap unconditional branch). ``route`` ``(START,
+        END)`` routes the ``keep_idx`` tokens through blocks ``START..END-1`` while the others skip them
+        (TREAD) and returns the whole grid.
         """
-        tokens, c = self.features(x, t, y, keep_idx, given=given, path_drop=path_drop)
+        tokens, c = self.features(x, t, y, keep_idx, given=given, path_drop=path_drop, route=route)
         out = self.final_layer(tokens, c)
-        if keep_idx is not None and self.fusion is None:
+        if keep_idx is not None and self.fusion is None and route is None:
             return out
         return unpatchify(out, self.patch_size, self.input_size, self.in_channels)
 

@@ -1,0 +1,68 @@
+"""Training throughput of 1 process against N torchrun processes at the same global batch.
+
+    python benchmarks/ddp_scaling.py --nproc 2 --steps 60 --batch 64          # CPU: gloo, one thread per process
+
+Each configuration trains the same run (``--preset``, global ``--batch``, ``--steps``) in a fresh run
+directory under ``--runs``, one after the other, and reads the steady-state rate from ``metrics.jsonl``
+(steps after the first ``--skip`` are counted, so start-up and the first steps' warm-up are left out).
+Tokens/s counts every token of every sample the step trains on. On the CPU every process gets
+``--threads`` threads, and the 1-process row is run with ``nproc x threads`` threads, so both use the
+same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(nproc: int, threads: int, args: argparse.Namespace) -> dict:
+    run_dir = Path(args.runs) / f"nproc{nproc}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own scratch runs
+    overrides = [f"batch_size={args.batch}", f"steps={args.steps}", "log_every=1", f"ckpt_every={args.steps}",
+                 f"run_dir={run_dir}", *args.extra]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    subprocess.run([*launcher, "-m", "maskdit", "train", "--no-progress", "--preset", args.preset, *overrides],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in records if "steps_per_s" in r and r["step"] > args.skip]
+    seconds = sum(1 / r["steps_per_s"] for r in timed)
+    tokens = json.loads((run_dir / "config.json").read_text())["model"]
+    grid = [s // p for s, p in zip(tokens["input_size"], tokens["patch_size"])]
+    per_sample = 1
+    for g in grid:
+        per_sample *= g
+    steps_per_s = len(timed) / seconds
+    return {"nproc": nproc, "threads": threads, "steps_per_s": steps_per_s,
+            "tokens_per_s": steps_per_s * args.batch * per_sample, "loss": records[-1]["loss"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="threads per process")
+    p.add_argument("--preset", default="digits")
+    p.add_argument("--batch", type=int, default=64, help="global batch")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--skip", type=int, default=10, help="first steps left out of the rate")
+    p.add_argument("--runs", default="runs/ddp_scaling")
+    p.add_argument("extra", nargs="*", help="more config overrides (key=value)")
+    args = p.parse_args()
+    rows = [run(1, args.nproc * args.threads, args), run(args.nproc, args.threads, args)]
+    print(f"\npreset {args.preset}, global batch {args.batch}, {args.steps} steps, {os.cpu_count()} CPUs\n")
+    print("| processes | threads each | steps/s | tokens/s | x 1 process | final loss |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['nproc']} | {r['threads']} | {r['steps_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
+              f"{r['steps_per_s'] / rows[0]['steps_per_s']:.2f} | {r['loss']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Multi-process training on torchrun: one process per device, DDP around the training step.
+
+    torchrun --standalone --nproc_per_node=2 -m maskdit train --preset digits
+
+torchrun starts the processes and sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; maskdit joins them
+into one process group (gloo on the CPU, NCCL on CUDA). ``batch_size`` stays the global batch: every rank
+draws the whole step's random inputs from ``(seed, step)`` and takes its own contiguous slice
+(:meth:`maskdit.step.StepInputs.shard`), so N processes compute what one process computes. Rank 0 alone
+writes (checkpoints, metrics, progress, evaluations); stop decisions (a signal on any rank, the time
+budget on rank 0) are agreed on every step, so all ranks stop after the same step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from maskdit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process stands: its rank, the number of processes and its device index on the node."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes."""
+        return self.rank == 0
+
+
+def world_from_env() -> World:
+    """The :class:`World` torchrun describes in the environment (one process when it is not set)."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as e:
+        raise ConfigError(f"WORLD_SIZE, RANK and LOCAL_RANK must be integers (as torchrun sets them): {e}") from None
+    if size < 1 or not 0 <= rank < size:
+        raise ConfigError(f"RANK {rank} does not fit WORLD_SIZE {size}: launch with torchrun")
+    return World(rank, size, local)
+
+
+def join(world: World, device: torch.device) -> torch.device:
+    """Join the process group of ``world`` (no-op for one process); returns this rank's device (a CUDA run
+    uses the GPU of its local rank)."""
+    if world.size == 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def leave() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        dist.barrier()
+
+
+def agree(world: World, values: list[float], device: torch.device) -> list[float]:
+    """The element-wise maximum of small host values over all ranks (every rank gets the same list)."""
+    if world.size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def mean_over_ranks(world: World, stats: dict[str, torch.Tensor | float], device: torch.device
+                    ) -> dict[str, torch.Tensor | float]:
+    """``stats`` averaged over ranks (for logging: each rank's loss covers its own slice of the batch)."""
+    if world.size == 1:
+        return stats
+    keys = sorted(stats)
+    t = torch.stack([torch.as_tensor(stats[k], dtype=torch.float64).to(device).reshape(()) for k in keys])
+    if device.type != "cuda":
+        t = t.cpu()
+    dist.all_reduce(t)
+    return dict(zip(keys, (t / world.size).tolist()))

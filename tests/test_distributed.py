@@ -1,0 +1,113 @@
+"""torchrun with 2 gloo processes on the CPU: N processes compute what one process computes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SMALL
+from maskdit.checkpoint import latest_checkpoint
+from maskdit.config import load_config
+from maskdit.errors import ConfigError
+from maskdit.train import Trainer, train
+
+RUN = [*SMALL, "model.depth=2", "batch_size=8", "steps=10", "log_every=1", "ckpt_every=5", "lr=1e-3",
+       "warmup_steps=0"]
+RECIPES = {"plain": [], "drop": ["mask.recipe=drop", "mask.ratio=0.5"],
+           "mae": ["mask.recipe=mae", "mask.ratio=0.5", "mask.decoder_depth=1"]}
+
+
+def torchrun(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "maskdit",
+           "train", "--no-progress", *args]
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = latest_checkpoint(run_dir)
+    return {**load_file(ckpt / "model.safetensors"), **{f"ema.{k}": v for k, v in
+                                                        load_file(ckpt / "ema.safetensors").items()}}
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_two_processes_reproduce_one_process(tmp_path, recipe):
+    args = [*RUN, *RECIPES[recipe]]
+    code, out, err = finish(torchrun([*args, f"run_dir={tmp_path / 'ddp'}"], tmp_path))
+    assert code == 0, err
+    assert out.count("run directory:") == 1 and "x 2 processes" in out  # rank 0 alone speaks
+    train(load_config("digits", overrides=[*args, f"run_dir={tmp_path / 'one'}"]), progress=False)
+    assert max_diff(weights(tmp_path / "ddp"), weights(tmp_path / "one")) <= 1e-6
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 11))  # written once, by rank 0
+    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["loss"] == pytest.approx(one[-1]["loss"], rel=1e-4)  # the global batch's loss
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["step_000005", "step_000010"]
+
+
+def test_resume_under_torchrun_reaches_the_uninterrupted_weights_and_sigterm_stops_every_rank(tmp_path):
+    run = [*RUN, "lr_schedule=constant"]  # so a 5-step run is the first half of the 10-step one
+    code, _, err = finish(torchrun([*run, "steps=5", f"run_dir={tmp_path / 'ddp'}"], tmp_path))
+    assert code == 0, err
+    code, _, err = finish(torchrun([*run, "--resume", f"run_dir={tmp_path / 'ddp'}"], tmp_path))
+    assert code == 0, err
+    train(load_config("digits", overrides=[*run, f"run_dir={tmp_path / 'one'}"]), progress=False)
+    assert max_diff(weights(tmp_path / "ddp"), weights(tmp_path / "one")) <= 1e-6
+
+    # SIGTERM to one worker: both ranks stop after the same step, one checkpoint, and the run resumes
+    long = tmp_path / "long"
+    proc = torchrun([*RUN, "steps=100000", "ckpt_every=100000", f"run_dir={long}"], tmp_path, start_new_session=True)
+    metrics = long / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    workers = children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[1], signal.SIGTERM)
+    code, _, err = finish(proc)
+    assert "stopped by SIGTERM at step" in err
+    (ckpt,) = list((long / "checkpoints").iterdir())
+    stopped = int(ckpt.name.split("_")[1])
+    assert stopped >= 3 and err.count("stopped by SIGTERM") == 1  # one rank reports, for all
+    code, _, err = finish(torchrun([*RUN, "--resume", f"steps={stopped + 2}", f"run_dir={long}"], tmp_path))
+    assert code == 0, err
+    assert latest_checkpoint(long).name == f"step_{stopped + 2:06d}"
+
+
+def children(pid: int) -> list[int]:
+    """The maskdit processes whose parent is ``pid`` (torchrun's workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"maskdit" in command:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def test_the_global_batch_must_divide_over_the_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="batch_size=8 is the global batch"):
+        Trainer(load_config("digits", overrides=[*RUN, f"run_dir={tmp_path / 'x'}"]), progress=False)
+    assert not (tmp_path / "x").exists()
