@@ -66,12 +66,15 @@ def benchmark(
     recipe: str = "drop",
     mixer_depth: int = 0,
     decoder_depth: int = 2,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Time ``steps`` forward+backward passes of a preset model on random data.
 
     With ``mask_ratio > 0`` each step drops that share of the tokens (fresh random indices per step) and
     computes the loss of masked-training ``recipe`` (drop / mae / mdt), with the first ``mixer_depth``
-    blocks running on all tokens (deferred masking).
+    blocks running on all tokens (deferred masking). ``compile`` compiles every block with
+    ``torch.compile`` after the FLOPs and saved activations are counted (eagerly); its warm-up steps
+    include the compilation.
     """
     dev = torch.device(device)
     depth = preset_fields(preset)["depth"]
@@ -104,7 +107,9 @@ def benchmark(
     with FlopCounterMode(display=False) as counter:
         one_step()
     flops = counter.get_total_flops()
-    for _ in range(max(0, warmup - 2)):
+    if compile:
+        model.compile_blocks()
+    for _ in range(max(0, warmup - 2) + (2 if compile else 0)):
         one_step()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -133,6 +138,7 @@ def benchmark(
         "mask_ratio": mask_ratio,
         "recipe": recipe,
         "mixer_depth": mixer_depth,
+        "compiled": compile,
         "steps_per_s": steps_per_s,
         "gflop_per_step": flops / 1e9,
         "activation_mb": saved.total / 2**20,

@@ -120,6 +120,7 @@ class Config:
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
     max_seconds: float | None = None  #: stop (with a checkpoint) after this much training wall-clock
     init_from: str | None = None  #: start from this run's/checkpoint's weights (e.g. the unmasking finetune)
+    compile: bool = False  #: torch.compile every transformer block (GPU speed; the first steps compile)
     nan_tolerance: int = 5  #: stop after this many steps in a row with a non-finite loss or gradient (skipped)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -155,6 +155,8 @@ class Trainer:
         self.model = model_for(cfg, self.dataset.shape, self.dataset.num_classes).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.recipe = recipe_for(cfg, self.model).to(self.device)
+        if cfg.compile:  # after the EMA copy, which stays eager
+            self.model.compile_blocks()
         self.step_module = TrainingStep(self.model, self.recipe, self.objective)
         self.forward = self.step_module  # what a step calls: DDP around the step module on several ranks
         if self.world.size > 1:

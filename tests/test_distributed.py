@@ -70,6 +70,11 @@ def test_resume_under_torchrun_reaches_the_uninterrupted_weights_and_sigterm_sto
     assert code == 0, err
     train(load_config("digits", overrides=[*run, f"run_dir={tmp_path / 'one'}"]), progress=False)
     assert max_diff(weights(tmp_path / "ddp"), weights(tmp_path / "one")) <= 1e-6
+    # resume at another world size: 1 process to step 5, then 2 processes on to 10 (works; not bit-exact)
+    train(load_config("digits", overrides=[*run, "steps=5", f"run_dir={tmp_path / 'mixed'}"]), progress=False)
+    code, _, err = finish(torchrun([*run, "--resume", f"run_dir={tmp_path / 'mixed'}"], tmp_path))
+    assert code == 0, err
+    assert max_diff(weights(tmp_path / "mixed"), weights(tmp_path / "one")) <= 1e-4
 
     # SIGTERM to one worker: both ranks stop after the same step, one checkpoint, and the run resumes
     long = tmp_path / "long"
@@ -111,3 +116,12 @@ def test_the_global_batch_must_divide_over_the_processes(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="batch_size=8 is the global batch"):
         Trainer(load_config("digits", overrides=[*RUN, f"run_dir={tmp_path / 'x'}"]), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_compiled_blocks_train_to_the_eager_weights(tmp_path):
+    """``compile=true`` compiles every block in place: same state-dict names, the same weights (to float
+    rounding) as eager training, and a checkpoint sampling can load."""
+    for flag in ("false", "true"):
+        train(load_config("digits", overrides=[*RUN, "steps=3", f"compile={flag}", f"run_dir={tmp_path / flag}"]),
+              progress=False)
+    assert max_diff(weights(tmp_path / "true"), weights(tmp_path / "false")) <= 1e-4

@@ -254,6 +254,11 @@ class DiT(nn.Module):
         mask = path_drop if torch.is_tensor(path_drop) else None
         return self.run_blocks(self.fusion(shallow, deep, keep_idx, mask), c, end)
 
+    def compile_blocks(self) -> None:
+        """``torch.compile`` every transformer block in place (weights and state-dict names unchanged)."""
+        for block in self.blocks:
+            block.compile()
+
     def routed_blocks(self, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor,
                       route: Sequence[int]) -> torch.Tensor:
         """TREAD: every block on all tokens except blocks ``START..END-1``, which only ``keep_idx`` passes; the
