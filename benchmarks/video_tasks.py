@@ -62,9 +62,10 @@ def main() -> None:
     results = {}
     for task in TASK_BENCH:
         start = time.time()
-        scores = task_quality(run.model, run.objective, run.codec, clips, [task], batch_size=64, **sampling)
+        scores, generated = task_quality(run.model, run.objective, run.codec, clips, [task], batch_size=64,
+                                         **sampling)
         seconds = time.time() - start
-        grid, generated = scores["_generated"][task]
+        grid, generated = generated[task]
         frames_given = given_frames(grid)
         scored = [f for f in range(grid.shape[0]) if f not in frames_given]
         row = {"model": scores[task], "given_frames": frames_given, "seconds": seconds, **sampling}

@@ -42,6 +42,11 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """Where checkpoint ``step`` of a run lives (once written)."""
+    return checkpoint_dir(run_dir) / f"step_{step:06d}"
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
     root = checkpoint_dir(run_dir)
@@ -224,9 +229,9 @@ def save_checkpoint(
 
     ``aux`` holds training-only parameters (a masked-training decoder); they go to ``aux.safetensors``.
     """
-    root = checkpoint_dir(run_dir)
+    final = checkpoint_path(run_dir, step)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:06d}"
     tmp = root / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -21,9 +21,9 @@ from maskdit.data import DATASETS
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
-from maskdit.model.dit import ATTENTIONS, PRESETS, check_fusion_route, check_tread_route
+from maskdit.model.dit import ATTENTIONS, PRESETS
 from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
-from maskdit.recipes import RECIPES, default_route, default_sprint_route
+from maskdit.recipes import RECIPES, sprint_route, tread_route
 from maskdit.registry import one_of
 from maskdit.samplers import GUIDANCES, SAMPLERS, check_sampler
 
@@ -239,14 +239,14 @@ class Config:
         """The SPRINT model's deep path ``(START, END)`` when ``mask.recipe=sprint``, else ``None``."""
         if self.mask.recipe != "sprint":
             return None
-        return tuple(self.mask.route) if self.mask.route else default_sprint_route(self.architecture()["depth"])
+        return sprint_route(self.mask.route, self.architecture()["depth"])
 
     def tread_route(self) -> tuple[int, int] | None:
         """The TREAD route ``(START, END)`` when ``mask.recipe=tread`` (kept in the model config, so sampling
         can route as in training for route-contrast guidance), else ``None``."""
         if self.mask.recipe != "tread":
             return None
-        return tuple(self.mask.route) if self.mask.route else default_route(self.architecture()["depth"])
+        return tread_route(self.mask.route, self.architecture()["depth"])
 
     def architecture(self) -> dict[str, Any]:
         """The preset's architecture fields with the ``model.*`` overrides applied; refuses shapes that
@@ -263,7 +263,7 @@ class Config:
                               f"got {self.model.mixer_depth}")
         if self.mask.recipe == "sprint":
             try:
-                check_fusion_route(self.mask.route or default_sprint_route(fields["depth"]), fields["depth"])
+                sprint_route(self.mask.route, fields["depth"])
             except ConfigError as e:
                 raise ConfigError(f"config key mask.route does not fit mask.recipe=sprint: {e}") from e
         if self.mask.route is not None and self.mask.route[1] > fields["depth"]:
@@ -271,10 +271,9 @@ class Config:
                               f"most model.depth={fields['depth']}")
         if self.mask.recipe == "tread":
             try:
-                check_tread_route(self.mask.route or default_route(fields["depth"]), fields["depth"])
+                tread_route(self.mask.route, fields["depth"])
             except ConfigError as e:
-                hint = "" if self.mask.route else " (this model is too shallow for the default route: set mask.route)"
-                raise ConfigError(f"config key mask.route does not fit mask.recipe=tread: {e}{hint}") from e
+                raise ConfigError(f"config key mask.route does not fit mask.recipe=tread: {e}") from e
         if self.mask.recipe == "mae" and self.mask.decoder_width is not None and self.mask.decoder_width % 4:
             raise ConfigError(f"config key mask.decoder_width must be a multiple of 4 (the decoder has 4 heads), "
                               f"got {self.mask.decoder_width}")

@@ -20,6 +20,10 @@ import torch.distributed as dist
 
 from maskdit.errors import ConfigError
 
+#: A gloo group over the same ranks for small host values (stop decisions) when the main group is NCCL,
+#: so agreeing on them never waits for the GPU; ``None`` means the default group serves.
+_host_group: dist.ProcessGroup | None = None
+
 
 @dataclass(frozen=True)
 class World:
@@ -56,15 +60,19 @@ def join(world: World, device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
+    global _host_group
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _host_group = dist.new_group(backend="gloo") if device.type == "cuda" else None
     return device
 
 
 def leave() -> None:
     """Leave the process group, if this process joined one."""
+    global _host_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _host_group = None
 
 
 def barrier(world: World) -> None:
@@ -72,12 +80,13 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def agree(world: World, values: list[float], device: torch.device) -> list[float]:
-    """The element-wise maximum of small host values over all ranks (every rank gets the same list)."""
+def agree(world: World, values: list[float]) -> list[float]:
+    """The element-wise maximum of small host values over all ranks (every rank gets the same list),
+    exchanged on the host: it adds no GPU synchronisation to a step."""
     if world.size == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_host_group)
     return t.tolist()
 
 
@@ -88,7 +97,5 @@ def mean_over_ranks(world: World, stats: dict[str, torch.Tensor | float], device
         return stats
     keys = sorted(stats)
     t = torch.stack([torch.as_tensor(stats[k], dtype=torch.float64).to(device).reshape(()) for k in keys])
-    if device.type != "cuda":
-        t = t.cpu()
-    dist.all_reduce(t)
+    dist.all_reduce(t)  # on the main group's device: a log step reads these values anyway
     return dict(zip(keys, (t / world.size).tolist()))

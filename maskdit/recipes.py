@@ -31,6 +31,7 @@ parameter that took no part in a step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,7 +41,7 @@ from maskdit.errors import ConfigError
 from maskdit.grid import patchify
 from maskdit.masks import gather_tokens, scatter_tokens
 from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
-from maskdit.model.dit import DiT, check_tread_route
+from maskdit.model.dit import DiT, check_fusion_route, check_tread_route
 from maskdit.objectives import Objective, denoising_loss, regression_pair, token_mse, training_pair
 from maskdit.registry import Registry
 
@@ -151,6 +152,15 @@ def default_route(depth: int) -> tuple[int, int]:
     return max(1, round(2 * depth / 28)), depth - max(1, round(4 * depth / 28))
 
 
+def tread_route(route: Sequence[int] | None, depth: int) -> tuple[int, int]:
+    """The TREAD route for ``mask.route`` (``None``: :func:`default_route`), checked against ``depth``."""
+    try:
+        return check_tread_route(default_route(depth) if route is None else route, depth)
+    except ConfigError as e:
+        hint = " (this model is too shallow for the default route: set mask.route)" if route is None else ""
+        raise ConfigError(f"{e}{hint}") from None
+
+
 @RECIPES.register("tread", "TREAD routing: a share of tokens skips the middle blocks and re-enters; loss on all",
                   tasks=True)
 class TreadRecipe(nn.Module):
@@ -165,11 +175,7 @@ class TreadRecipe(nn.Module):
 
     def __init__(self, model: DiT, route: tuple[int, int] | list[int] | None = None):
         super().__init__()
-        try:
-            self.route = check_tread_route(default_route(model.depth) if route is None else route, model.depth)
-        except ConfigError as e:
-            hint = " (this model is too shallow for the default route: set mask.route)" if route is None else ""
-            raise ConfigError(f"{e}{hint}") from None
+        self.route = tread_route(route, model.depth)
         if model.mixer_depth:
             raise ConfigError("mask.recipe=tread routes tokens past the middle blocks itself: set model.mixer_depth=0")
 
@@ -194,6 +200,11 @@ def default_sprint_route(depth: int) -> tuple[int, int]:
     28-block model (at least one each), the sparse deep path between them."""
     edge = max(1, round(2 * depth / 28))
     return edge, depth - edge
+
+
+def sprint_route(route: Sequence[int] | None, depth: int) -> tuple[int, int]:
+    """SPRINT's deep path for ``mask.route`` (``None``: :func:`default_sprint_route`), checked against ``depth``."""
+    return check_fusion_route(default_sprint_route(depth) if route is None else route, depth)
 
 
 @RECIPES.register("sprint", "SPRINT: dense shallow blocks, a sparse deep path on kept tokens, residual fusion; "

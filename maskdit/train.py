@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdit.checkpoint import (
-    checkpoint_dir,
+    checkpoint_path,
     find_run,
     first_loadable,
     latest_checkpoint,
@@ -337,7 +337,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 bar.update(1)
                 signalled, late = agree(self.world, [stop.signum or 0, float(
-                    main and cfg.max_seconds is not None and time.time() - started >= cfg.max_seconds)], self.device)
+                    main and cfg.max_seconds is not None and time.time() - started >= cfg.max_seconds)])
                 stopping, out_of_time = int(signalled) or None, late > 0
                 checkpoint_due = self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time
                 if self.step % cfg.log_every == 0 or checkpoint_due:
@@ -373,7 +373,7 @@ class Trainer:
                     started += spent
                 if checkpoint_due:
                     self.save_on_main(stop)  # a signal that came during the write stops right here:
-                    stopping = stopping or int(agree(self.world, [stop.signum or 0], self.device)[0]) or None
+                    stopping = stopping or int(agree(self.world, [stop.signum or 0])[0]) or None
                 if out_of_time:
                     break
             if stopping is not None:
@@ -390,7 +390,7 @@ class Trainer:
 
     def save_on_main(self, stop: StopOnSignal) -> Path:
         """Rank 0 writes the checkpoint (uninterruptibly); every rank waits for it and gets its path."""
-        path = checkpoint_dir(self.run_dir) / f"step_{self.step:06d}"
+        path = checkpoint_path(self.run_dir, self.step)
         if self.world.main:
             with stop.critical():
                 path = self.save()

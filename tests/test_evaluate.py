@@ -358,7 +358,7 @@ def test_video_task_models_are_evaluated_by_per_task_psnr_during_training(tmp_pa
     # the same scores as scoring the saved EMA model on the same held-out clips directly
     run = load_run(latest_checkpoint(tmp_path))
     clips = held_out_clips(cfg.data, 6)
-    direct = task_quality(run.model, run.objective, run.codec, clips, ["predict", "interpolate"], sampler="euler",
-                          steps=2, seed=cfg.seed)
+    direct, _ = task_quality(run.model, run.objective, run.codec, clips, ["predict", "interpolate"],
+                             sampler="euler", steps=2, seed=cfg.seed)
     assert direct["predict"]["psnr"] == pytest.approx(ev["predict_psnr"], abs=1e-4)
     assert 0 < ev["interpolate_psnr"] <= 60

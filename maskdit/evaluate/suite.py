@@ -11,9 +11,10 @@ Metric names (``--metrics``):
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import torch
@@ -142,6 +143,19 @@ def score_samples(
     return out
 
 
+@contextlib.contextmanager
+def _isolated_eval(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluate ``model`` without a trace: its RNG streams are forked and its train/eval mode restored."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+
+
 def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset, cfg: Any) -> dict[str, Any]:
     """A small-sample evaluation for the training loop: ``cfg.eval_num`` EMA samples with the run's
     sampler settings (``cfg.sample``, seed ``cfg.seed``), scored by domain FID, precision/recall and class
@@ -164,21 +178,15 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     s = cfg.sample
     settings = {"sampler": s.sampler or default_sampler(objective), "steps": s.steps,
                 "guidance_scale": s.guidance_scale, "seed": cfg.seed}
-    was_training = model.training
     start = time.time()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model.eval()
-        try:
-            num = cfg.eval_num
-            labels = torch.arange(num) % model.num_classes if getattr(model, "num_classes", 0) > 0 else None
-            x = generate(model, objective, num, labels, sampler=settings["sampler"], steps=s.steps,
-                         guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval,
-                         guidance=s.guidance, eta=s.eta,
-                         seed=cfg.seed)
-            metrics = ["domain_fid", "pr"] + (["class"] if labels is not None else [])
-            scores = score_samples(dataset.codec.decode(x), labels, dataset, metrics, device=device, progress=False)
-        finally:
-            model.train(was_training)
+    with _isolated_eval(model):
+        num = cfg.eval_num
+        labels = torch.arange(num) % model.num_classes if getattr(model, "num_classes", 0) > 0 else None
+        x = generate(model, objective, num, labels, sampler=settings["sampler"], steps=s.steps,
+                     guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval,
+                     guidance=s.guidance, eta=s.eta, seed=cfg.seed)
+        metrics = ["domain_fid", "pr"] + (["class"] if labels is not None else [])
+        scores = score_samples(dataset.codec.decode(x), labels, dataset, metrics, device=device, progress=False)
     scores.pop("per_class_accuracy", None)
     scores.pop("time_s", None)
     return {"num": num, **settings, **scores, "seconds": round(time.time() - start, 2)}
@@ -189,18 +197,12 @@ def _video_task_eval(model: torch.nn.Module, objective: Any, dataset: Any, cfg: 
     from maskdit.evaluate.video import held_out_clips, task_quality
     from maskdit.samplers import default_sampler
 
-    device = next(model.parameters()).device
     s = cfg.sample
     settings = {"sampler": s.sampler or default_sampler(objective), "steps": s.steps, "seed": cfg.seed}
     clips = held_out_clips(cfg.data, cfg.eval_num)
-    was_training = model.training
     start = time.time()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model.eval()
-        try:
-            scores = task_quality(model, objective, dataset.codec, clips, tasks, **settings)
-        finally:
-            model.train(was_training)
+    with _isolated_eval(model):
+        scores, _ = task_quality(model, objective, dataset.codec, clips, tasks, **settings)
     flat = {f"{task}_{k}": v for task in tasks for k, v in scores[task].items()}
     return {"num": len(clips), **settings, "mean_psnr": scores["mean_psnr"], **flat,
             "seconds": round(time.time() - start, 2)}

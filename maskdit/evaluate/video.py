@@ -46,22 +46,24 @@ def given_frames(grid: torch.Tensor) -> list[int]:
 
 
 def task_quality(model: torch.nn.Module, objective: Any, codec: Any, clips: torch.Tensor,
-                 tasks: list[str] | None = None, **sampling: Any) -> dict[str, Any]:
-    """``{task: {"psnr", "ssim"}}`` for each of ``tasks`` (default: every :data:`TASK_BENCH` task) on uint8
-    ``clips``, plus ``mean_psnr`` over them; also returns the generated clips under ``"_generated"``."""
+                 tasks: list[str] | None = None, **sampling: Any
+                 ) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Scores ``{task: {"psnr", "ssim"}, "mean_psnr": ...}`` for each of ``tasks`` (default: every
+    :data:`TASK_BENCH` task) on uint8 ``clips``, and ``{task: (condition mask, generated clips)}``."""
     from maskdit.tasks import complete, given_for
 
     run = SimpleNamespace(model=model, objective=objective, codec=codec)
-    out: dict[str, Any] = {"_generated": {}}
-    for task in tasks or list(TASK_BENCH):
+    tasks = tasks or list(TASK_BENCH)
+    scores: dict[str, Any] = {}
+    generated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for task in tasks:
         grid = given_for(task, model, bench_options(task, model.token_grid[0]), torch.Generator().manual_seed(0))
-        generated = complete(run, clips, grid, **sampling)
+        clips_out = complete(run, clips, grid, **sampling)
         scored = [f for f in range(grid.shape[0]) if f not in given_frames(grid)]
-        out[task] = frame_scores(generated, clips, scored)
-        out["_generated"][task] = (grid, generated)
-    named = [k for k in out if not k.startswith("_")]
-    out["mean_psnr"] = sum(out[k]["psnr"] for k in named) / len(named)
-    return out
+        scores[task] = frame_scores(clips_out, clips, scored)
+        generated[task] = (grid, clips_out)
+    scores["mean_psnr"] = sum(scores[t]["psnr"] for t in tasks) / len(tasks)
+    return scores, generated
 
 
 def bench_tasks(model: torch.nn.Module, trained: list[str]) -> list[str]:
