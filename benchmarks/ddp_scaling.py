@@ -1,6 +1,7 @@
 """Training throughput of 1 process against N torchrun processes at the same global batch.
 
     python benchmarks/ddp_scaling.py --nproc 2 --steps 60 --batch 64          # CPU: gloo, one thread per process
+    python benchmarks/ddp_scaling.py --strategies ddp,fsdp ...                  # DDP and FSDP2 side by side
 
 Each configuration trains the same run (``--preset``, global ``--batch``, ``--steps``) in a fresh run
 directory under ``--runs``, one after the other, and reads the steady-state rate from ``metrics.jsonl``
@@ -21,11 +22,11 @@ import sys
 from pathlib import Path
 
 
-def run(nproc: int, threads: int, args: argparse.Namespace) -> dict:
-    run_dir = Path(args.runs) / f"nproc{nproc}"
+def run(nproc: int, threads: int, args: argparse.Namespace, strategy: str = "ddp") -> dict:
+    run_dir = Path(args.runs) / (f"nproc{nproc}" + (f"_{strategy}" if nproc > 1 else ""))
     shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own scratch runs
     overrides = [f"batch_size={args.batch}", f"steps={args.steps}", "log_every=1", f"ckpt_every={args.steps}",
-                 f"run_dir={run_dir}", *args.extra]
+                 f"dist.strategy={strategy}", f"run_dir={run_dir}", *args.extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
@@ -40,7 +41,7 @@ def run(nproc: int, threads: int, args: argparse.Namespace) -> dict:
     for g in grid:
         per_sample *= g
     steps_per_s = len(timed) / seconds
-    return {"nproc": nproc, "threads": threads, "steps_per_s": steps_per_s,
+    return {"nproc": nproc, "strategy": strategy if nproc > 1 else "-", "threads": threads, "steps_per_s": steps_per_s,
             "tokens_per_s": steps_per_s * args.batch * per_sample, "loss": records[-1]["loss"]}
 
 
@@ -52,15 +53,17 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64, help="global batch")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--skip", type=int, default=10, help="first steps left out of the rate")
+    p.add_argument("--strategies", default="ddp", help="comma-separated dist.strategy values for the N-process rows")
     p.add_argument("--runs", default="runs/ddp_scaling")
     p.add_argument("extra", nargs="*", help="more config overrides (key=value)")
     args = p.parse_args()
-    rows = [run(1, args.nproc * args.threads, args), run(args.nproc, args.threads, args)]
+    rows = [run(1, args.nproc * args.threads, args),
+            *(run(args.nproc, args.threads, args, strategy) for strategy in args.strategies.split(","))]
     print(f"\npreset {args.preset}, global batch {args.batch}, {args.steps} steps, {os.cpu_count()} CPUs\n")
-    print("| processes | threads each | steps/s | tokens/s | x 1 process | final loss |")
-    print("|---|---|---|---|---|---|")
+    print("| processes | strategy | threads each | steps/s | tokens/s | x 1 process | final loss |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['nproc']} | {r['threads']} | {r['steps_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
+        print(f"| {r['nproc']} | {r['strategy']} | {r['threads']} | {r['steps_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
               f"{r['steps_per_s'] / rows[0]['steps_per_s']:.2f} | {r['loss']:.4f} |")
 
 

@@ -67,6 +67,7 @@ def benchmark(
     mixer_depth: int = 0,
     decoder_depth: int = 2,
     compile: bool = False,
+    grad_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Time ``steps`` forward+backward passes of a preset model on random data.
 
@@ -74,7 +75,8 @@ def benchmark(
     computes the loss of masked-training ``recipe`` (drop / mae / mdt), with the first ``mixer_depth``
     blocks running on all tokens (deferred masking). ``compile`` compiles every block with
     ``torch.compile`` after the FLOPs and saved activations are counted (eagerly); its warm-up steps
-    include the compilation.
+    include the compilation. ``grad_checkpoint`` recomputes every block's activations in backward (the
+    saved activations shrink; FLOPs and MFU still count the model's own work, not the recomputation).
     """
     dev = torch.device(device)
     depth = preset_fields(preset)["depth"]
@@ -101,12 +103,14 @@ def benchmark(
         model.zero_grad(set_to_none=True)
         loss_of.zero_grad(set_to_none=True)
 
+    with FlopCounterMode(display=False) as counter:
+        one_step()
+    flops = counter.get_total_flops()  # the model's FLOPs: counted before any recomputation is switched on
+    if grad_checkpoint:
+        model.checkpoint_blocks()
     saved = _SavedBytes()
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
         one_step()
-    with FlopCounterMode(display=False) as counter:
-        one_step()
-    flops = counter.get_total_flops()
     if compile:
         model.compile_blocks()
     for _ in range(max(0, warmup - 2) + (2 if compile else 0)):
@@ -139,6 +143,7 @@ def benchmark(
         "recipe": recipe,
         "mixer_depth": mixer_depth,
         "compiled": compile,
+        "grad_checkpoint": grad_checkpoint,
         "steps_per_s": steps_per_s,
         "gflop_per_step": flops / 1e9,
         "activation_mb": saved.total / 2**20,

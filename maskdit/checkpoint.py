@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from maskdit.distributed import full, shard_like
 from maskdit.errors import CheckpointError, MaskditError
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.json")
@@ -184,13 +185,14 @@ def set_rng_state(states: dict[str, str]) -> None:
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into flat tensors (safetensors) and JSON-ready metadata."""
+    """Split an optimizer state dict into flat tensors (safetensors, whole: sharded state is gathered) and
+    JSON-ready metadata."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, slots in sd["state"].items():
         for name, value in slots.items():
             if torch.is_tensor(value):
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+                tensors[f"{index}.{name}"] = full(value).detach().cpu().contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -207,28 +209,53 @@ def optimizer_state(ckpt: Path, meta: dict[str, Any]) -> dict[int, dict[str, Any
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, meta: dict[str, Any]) -> None:
+    """Restore the optimizer's state (laid out like its parameters: sharded ones get their shard)."""
     state = optimizer_state(ckpt, meta)
     groups = meta["param_groups"]
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
         raise CheckpointError(f"optimizer state in {ckpt} does not match the model's parameters")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, slots in state.items():
+        if index < len(params):
+            state[index] = {k: slot_like(v, params[index]) for k, v in slots.items()}
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def slot_like(value: Any, param: torch.Tensor) -> Any:
+    """An optimizer slot read from a checkpoint, placed like ``param`` (a moment of a sharded parameter
+    becomes this rank's shard; scalars such as Adam's step count stay as they are)."""
+    if not torch.is_tensor(value):
+        return value
+    if value.shape != param.shape or value.dim() == 0:
+        return value.to(param.device)
+    return shard_like(value.to(param.device), param)
+
+
+def checkpoint_files(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     aux: torch.nn.Module | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """The tensors of a checkpoint, whole and on the CPU, by file name, and the optimizer's JSON metadata.
+
+    Sharded (FSDP) weights and optimizer state are gathered: every rank must call this, then one writes.
+    ``aux`` holds training-only parameters (a masked-training decoder); they go to ``aux.safetensors``.
+    """
+    opt_tensors, opt_meta = optimizer_tensors(optimizer)
+    files = {"model.safetensors": _cpu_state(model), "ema.safetensors": _cpu_state(ema),
+             "optimizer.safetensors": opt_tensors}
+    if aux is not None and len(aux.state_dict()):
+        files[AUX_FILE] = _cpu_state(aux)
+    return files, opt_meta
 
 
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
-    model: torch.nn.Module,
-    ema: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, dict[str, torch.Tensor]],
     state: dict[str, Any],
     config: dict[str, Any],
     keep: int = 2,
-    aux: torch.nn.Module | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep`` checkpoints.
-
-    ``aux`` holds training-only parameters (a masked-training decoder); they go to ``aux.safetensors``.
-    """
+    """Write checkpoint ``step`` atomically (``tensors``: safetensors files by name, from
+    :func:`checkpoint_files`), then delete all but the newest ``keep`` checkpoints."""
     final = checkpoint_path(run_dir, step)
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
@@ -236,14 +263,10 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        opt_tensors, opt_meta = optimizer_tensors(optimizer)
-        save_file(_cpu_state(model), tmp / "model.safetensors")
-        save_file(_cpu_state(ema), tmp / "ema.safetensors")
-        save_file(opt_tensors, tmp / "optimizer.safetensors")
-        _write_json(tmp / "state.json", {**state, "step": step, "rng": rng_state(), "optimizer": opt_meta})
+        for name, file_tensors in tensors.items():
+            save_file(file_tensors, tmp / name)
+        _write_json(tmp / "state.json", {**state, "step": step, "rng": rng_state()})
         _write_json(tmp / "config.json", config)
-        if aux is not None and len(aux.state_dict()):
-            save_file(_cpu_state(aux), tmp / AUX_FILE)
         for f in tmp.iterdir():
             _fsync(f)
         _fsync(tmp)
@@ -264,7 +287,7 @@ def save_checkpoint(
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return {k: full(v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -298,7 +321,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
             f"checkpoint {path} does not match the model ({'; '.join(parts)}): "
             "build the model from the checkpoint's config.json"
         )
-    model.load_state_dict(tensors)
+    model.load_state_dict({k: shard_like(v, expected[k]) for k, v in tensors.items()})
 
 
 def load_aux(aux: torch.nn.Module, ckpt: Path) -> None:

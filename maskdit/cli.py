@@ -200,6 +200,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--mixer-depth", type=non_negative_int, default=0,
                        help="leading blocks on all tokens (deferred masking)")
         p.add_argument("--compile", action="store_true", help="torch.compile every block (timed after warm-up)")
+        p.add_argument("--grad-checkpoint", action="store_true",
+                       help="recompute each block's activations in backward (less memory, more compute)")
     return p
 
 
@@ -583,10 +585,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input)
     r = benchmark(args.preset, shape, args.batch, args.steps, args.warmup, str(pick_device(args.device)),
                   mask_ratio=args.mask_ratio, recipe=args.recipe, mixer_depth=args.mixer_depth,
-                  compile=args.compile)
+                  compile=args.compile, grad_checkpoint=args.grad_checkpoint)
     print(f"{r['preset']} input {r['input']} batch {r['batch']} on {r['device']}: {r['params'] / 1e6:.1f}M params, "
           f"{r['kept_tokens']} of {r['tokens']} tokens kept (recipe {r['recipe']}, mixer depth {r['mixer_depth']}"
-          + (", compiled" if r["compiled"] else "") + ")")
+          + (", compiled" if r["compiled"] else "") + (", activation checkpointing" if r["grad_checkpoint"] else "")
+          + ")")
     print(f"  {r['steps_per_s']:.2f} forward+backward steps/s, {r['gflop_per_step']:.1f} GFLOP/step, "
           f"activations {r['activation_mb']:.0f} MiB, peak memory {r['peak_mem_mb']:.0f} MiB"
           + (f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""))

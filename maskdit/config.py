@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from maskdit.data import DATASETS
+from maskdit.distributed import STRATEGIES
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
@@ -99,6 +100,11 @@ class SampleConfig:
 
 
 @dataclass
+class DistConfig:
+    strategy: str = "ddp"  #: under torchrun: a maskdit.distributed.STRATEGIES entry (ddp | fsdp)
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/digits"
     seed: int = 0
@@ -121,6 +127,7 @@ class Config:
     max_seconds: float | None = None  #: stop (with a checkpoint) after this much training wall-clock
     init_from: str | None = None  #: start from this run's/checkpoint's weights (e.g. the unmasking finetune)
     compile: bool = False  #: torch.compile every transformer block (GPU speed; the first steps compile)
+    grad_checkpoint: bool = False  #: recompute each block's activations in backward (less memory, ~1/3 more compute)
     nan_tolerance: int = 5  #: stop after this many steps in a row with a non-finite loss or gradient (skipped)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -128,6 +135,7 @@ class Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,6 +201,7 @@ class Config:
              "null or a positive even width"),
             ("mask.route", mask.route is None or (len(mask.route) == 2 and 0 <= mask.route[0] < mask.route[1]),
              "null or [START, END] with 0 <= START < END <= model.depth"),
+            ("dist.strategy", self.dist.strategy in STRATEGIES, "one of " + one_of(STRATEGIES.names())),
             ("task.names", all(n in TASKS for n in task.names), f"a list from {one_of(TASKS.names())}"),
             ("task.weights", weights is None or (len(weights) == len(task.names) and min(weights, default=0) >= 0
                                                  and sum(weights) > 0),

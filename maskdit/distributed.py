@@ -1,4 +1,4 @@
-"""Multi-process training on torchrun: one process per device, DDP around the training step.
+"""Multi-process training on torchrun: one process per device, the training step replicated (DDP) or sharded (FSDP2).
 
     torchrun --standalone --nproc_per_node=2 -m maskdit train --preset digits
 
@@ -17,8 +17,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
 
 from maskdit.errors import ConfigError
+from maskdit.registry import Registry
 
 #: A gloo group over the same ranks for small host values (stop decisions) when the main group is NCCL,
 #: so agreeing on them never waits for the GPU; ``None`` means the default group serves.
@@ -99,3 +102,78 @@ def mean_over_ranks(world: World, stats: dict[str, torch.Tensor | float], device
     t = torch.stack([torch.as_tensor(stats[k], dtype=torch.float64).to(device).reshape(()) for k in keys])
     dist.all_reduce(t)  # on the main group's device: a log step reads these values anyway
     return dict(zip(keys, (t / world.size).tolist()))
+
+
+# -- strategies: how the training step is spread over the ranks ----------------------------------------
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "dist.strategy")
+
+
+class Strategy:
+    """Spreads one run's training step over the ranks of a process group.
+
+    ``wrap`` returns what a step calls; ``sharded`` says whether parameters are split over the ranks (then
+    gathering a full state is a collective that every rank must enter).
+    """
+
+    sharded = False
+
+    def __init__(self, world: World, device: torch.device):
+        self.world, self.device = world, device
+
+    def wrap(self, step_module: nn.Module, model: nn.Module, ema: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+
+@STRATEGIES.register("ddp", "every rank holds the whole model; gradients are averaged (DistributedDataParallel)")
+class Replicated(Strategy):
+    def wrap(self, step_module: nn.Module, model: nn.Module, ema: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(step_module,
+                                       device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+
+@STRATEGIES.register("fsdp", "weights, gradients, optimizer state and EMA split over the ranks (FSDP2 fully_shard)")
+class Sharded(Strategy):
+    """FSDP2: each transformer block is one unit (its weights gathered just for its forward and backward),
+    the rest of the model and the recipe's training-only weights the root unit. On CUDA the gathered
+    weights compute in bf16 and gradients are reduced in fp32; on the CPU everything stays fp32. The EMA
+    is sharded the same way, so its update stays local to each rank."""
+
+    sharded = True
+
+    def wrap(self, step_module: nn.Module, model: nn.Module, ema: nn.Module) -> nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world.size,))
+        precision = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                          cast_forward_inputs=False)
+                     if self.device.type == "cuda" else MixedPrecisionPolicy())
+        for root, blocks in ((step_module, model.blocks), (ema, ema.blocks)):
+            for block in blocks:
+                fully_shard(block, mesh=mesh, mp_policy=precision)
+            fully_shard(root, mesh=mesh, mp_policy=precision)
+        return step_module
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``tensor`` (itself unless it is a sharded DTensor): for element-wise updates of
+    tensors sharded alike, such as the EMA towards the weights."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole of ``tensor``: a sharded DTensor is gathered (a collective: every rank must call)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def shard_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (whole, the same on every rank) laid out as ``like``: this rank's shard where ``like`` is a
+    DTensor (no communication), else ``tensor`` itself."""
+    if not isinstance(like, DTensor):
+        return tensor
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(tensor.to(like.device, like.dtype), like.device_mesh, like.placements,
+                             src_data_rank=None)

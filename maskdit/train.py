@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdit.checkpoint import (
+    checkpoint_files,
     checkpoint_path,
     find_run,
     first_loadable,
@@ -42,12 +43,23 @@ from maskdit.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
     set_rng_state,
+    slot_like,
     write_json_atomic,
     write_text_atomic,
 )
 from maskdit.config import Config, check_against_data, device_name_ok
 from maskdit.data import dataset_from_config
-from maskdit.distributed import World, agree, barrier, join, mean_over_ranks, world_from_env
+from maskdit.distributed import (
+    STRATEGIES,
+    World,
+    agree,
+    barrier,
+    full,
+    join,
+    local,
+    mean_over_ranks,
+    world_from_env,
+)
 from maskdit.errors import ConfigError, MaskditError
 from maskdit.model import DiT, build_model
 from maskdit.objectives import objective_from_config
@@ -155,15 +167,16 @@ class Trainer:
         self.model = model_for(cfg, self.dataset.shape, self.dataset.num_classes).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.recipe = recipe_for(cfg, self.model).to(self.device)
-        if cfg.compile:  # after the EMA copy, which stays eager
-            self.model.compile_blocks()
         self.step_module = TrainingStep(self.model, self.recipe, self.objective)
-        self.forward = self.step_module  # what a step calls: DDP around the step module on several ranks
-        if self.world.size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.forward = DistributedDataParallel(
-                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = self.step_module  # what a step calls: wrapped by the dist.strategy on several ranks
+        self.strategy = STRATEGIES.get(cfg.dist.strategy)(self.world, self.device) if self.world.size > 1 else None
+        self.sharded = bool(self.strategy and self.strategy.sharded)
+        if self.strategy:
+            self.forward = self.strategy.wrap(self.step_module, self.model, self.ema)
+        if cfg.grad_checkpoint:  # the EMA copy stays as it is: it only samples
+            self.model.checkpoint_blocks()
+        if cfg.compile:
+            self.model.compile_blocks()
         self.optimizer = torch.optim.AdamW(self.step_module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            betas=(0.9, 0.999), fused=True)
         tasks = dict(zip(cfg.task.names, cfg.task.weights or [1.0] * len(cfg.task.names)))
@@ -242,7 +255,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norm = full(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
         bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
         self.optimizer.found_inf = bad.float()  # read by the fused AdamW step, as torch's GradScaler does
         self.optimizer.step()
@@ -256,8 +269,8 @@ class Trainer:
     def update_ema(self, step: int, weight: torch.Tensor | float = 1.0) -> None:
         """Blend the EMA towards the weights; ``weight`` 0 (a skipped step) leaves it unchanged."""
         decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))  # warm up so early EMA is not stale
-        ema_params = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_params, list(self.model.parameters()), weight * (1.0 - decay))
+        ema_params = [local(p) for p in self.ema.parameters()]  # sharded alike under FSDP: a local update
+        torch._foreach_lerp_(ema_params, [local(p) for p in self.model.parameters()], weight * (1.0 - decay))
 
     def check_finite_streak(self) -> None:
         """Stop (keeping the last checkpoint) once ``nan_tolerance`` steps in a row were skipped."""
@@ -272,11 +285,13 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> Path:
-        state = {"data_position": self.data_position(self.step), "wall_time": time.time()}
-        return save_checkpoint(
-            self.run_dir, self.step, self.model, self.ema, self.optimizer, state, self.run_info(),
-            keep=self.cfg.keep_checkpoints, aux=self.recipe,
-        )
+        """Write checkpoint ``self.step`` (one process; on several, :meth:`save_on_main`)."""
+        return self._write(checkpoint_files(self.model, self.ema, self.optimizer, self.recipe))
+
+    def _write(self, files: tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]) -> Path:
+        tensors, optimizer_meta = files
+        state = {"data_position": self.data_position(self.step), "wall_time": time.time(), "optimizer": optimizer_meta}
+        return save_checkpoint(self.run_dir, self.step, tensors, state, self.run_info(), keep=self.cfg.keep_checkpoints)
 
     def load(self, ckpt: Path) -> None:
         load_weights(self.model, ckpt / "model.safetensors")
@@ -301,7 +316,7 @@ class Trainer:
         for index, p in enumerate(self.model.parameters()):
             slots = moments.get(index, {})
             if all(not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape for v in slots.values()):
-                self.optimizer.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in slots.items()}
+                self.optimizer.state[p] = {k: slot_like(v, p) for k, v in slots.items()}
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> Path:
@@ -336,8 +351,10 @@ class Trainer:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.update(1)
-                signalled, late = agree(self.world, [stop.signum or 0, float(
-                    main and cfg.max_seconds is not None and time.time() - started >= cfg.max_seconds)])
+                clock = time.time() - started  # training seconds (rank 0's count): evaluations are taken out
+                signalled, late, eval_s = agree(self.world, [
+                    stop.signum or 0, float(main and cfg.max_seconds is not None and clock >= cfg.max_seconds),
+                    float(main and bool(cfg.eval_every_s) and clock - last_eval_s >= cfg.eval_every_s)])
                 stopping, out_of_time = int(signalled) or None, late > 0
                 checkpoint_due = self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time
                 if self.step % cfg.log_every == 0 or checkpoint_due:
@@ -357,14 +374,14 @@ class Trainer:
                     sums, count, last_step, last_time = {}, 0, self.step, now
                     self.check_finite_streak()
                 eval_due = cfg.eval_every and self.step % cfg.eval_every == 0
-                clock = time.time() - started  # training seconds: evaluations are taken out of `started`
-                if cfg.eval_every_s and clock - last_eval_s >= cfg.eval_every_s:
+                if eval_s:
                     eval_due, last_eval_s = True, clock
-                if eval_due and main:  # leaves every RNG stream untouched
+                model = self.eval_model() if eval_due else None
+                if model is not None:  # rank 0; leaves every RNG stream untouched
                     from maskdit.evaluate.suite import training_eval
 
                     eval_start = time.time()
-                    result = training_eval(self.ema, self.objective, self.dataset, cfg)
+                    result = training_eval(model, self.objective, self.dataset, cfg)
                     metrics.write(json.dumps({"step": self.step, "elapsed_s": eval_start - started, "eval": result})
                                   + "\n")
                     metrics.flush()
@@ -391,11 +408,25 @@ class Trainer:
     def save_on_main(self, stop: StopOnSignal) -> Path:
         """Rank 0 writes the checkpoint (uninterruptibly); every rank waits for it and gets its path."""
         path = checkpoint_path(self.run_dir, self.step)
-        if self.world.main:
-            with stop.critical():
-                path = self.save()
+        with stop.critical():
+            if self.world.main or self.sharded:  # sharded: every rank takes part in gathering the full state
+                files = checkpoint_files(self.model, self.ema, self.optimizer, self.recipe)
+            if self.world.main:
+                path = self._write(files)
         barrier(self.world)
         return path
+
+    def eval_model(self) -> DiT | None:
+        """The EMA weights as one whole model for rank 0's evaluation (``None`` on other ranks); sharded
+        weights are gathered first, which every rank must enter."""
+        if not self.sharded:
+            return self.ema if self.world.main else None
+        weights = {k: full(v) for k, v in self.ema.state_dict().items()}
+        if not self.world.main:
+            return None
+        whole = model_for(self.cfg, self.dataset.shape, self.dataset.num_classes).to(self.device)
+        whole.load_state_dict(weights)
+        return whole.requires_grad_(False)
 
     def _truncate_metrics(self, path: Path) -> None:
         """On resume, drop records logged after the checkpoint (and a line torn by a crash) so the file

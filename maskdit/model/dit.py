@@ -12,6 +12,7 @@ The whole configuration is in the constructor; :attr:`DiT.config` returns it as 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -258,6 +259,12 @@ class DiT(nn.Module):
         """``torch.compile`` every transformer block in place (weights and state-dict names unchanged)."""
         for block in self.blocks:
             block.compile()
+
+    def checkpoint_blocks(self) -> None:
+        """Activation checkpointing: every transformer block keeps only its inputs for backward and
+        recomputes the rest (in place; weights, names and results unchanged)."""
+        for block in self.blocks:
+            block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
 
     def routed_blocks(self, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor,
                       route: Sequence[int]) -> torch.Tensor:
