@@ -229,7 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from maskdit.checkpoint import is_run, latest_checkpoint, read_json
     from maskdit.config import load_config
     from maskdit.distributed import leave, world_from_env
-    from maskdit.train import Trainer
+    from maskdit.train import StopOnSignal, Trainer
 
     files = [a for a in args.args if "=" not in a]
     overrides = [a for a in args.args if "=" in a]
@@ -248,7 +248,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     say = print if world.main else (lambda *a, **k: None)  # under torchrun, rank 0 speaks for all
     say(f"run directory: {cfg.run_dir}", flush=True)
     try:
-        trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+        with StopOnSignal() as starting:  # a signal while the trainer is built is kept, never lost in a library
+            trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+        if starting.signum is not None:
+            raise Terminated if starting.signum == signal.SIGTERM else KeyboardInterrupt
         n_params = sum(p.numel() for p in trainer.model.parameters())
         processes = f" x {world.size} processes" if world.size > 1 else ""
         say(f"model: {n_params / 1e6:.2f}M parameters, {trainer.model.num_tokens} tokens, "
