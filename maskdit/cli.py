@@ -99,6 +99,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance", choices=GUIDANCES.names(),
                    help="unconditional branch (default: the run's sample.guidance; "
                    + "; ".join(f"{n}: {d}" for n, d in GUIDANCES.describe()) + ")")
+    g.add_argument("--guidance-channels", type=positive_int, metavar="N",
+                   help="guide only the first N output channels, the rest from the conditional branch (DiT: 3)")
     g.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (0 deterministic, 1 ancestral)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     g.add_argument("--classes", type=class_list, help="comma-separated labels to cycle through (default: all)")
@@ -120,6 +122,8 @@ COMMAND_HELP = {
     "info": "describe what a run or checkpoint holds",
     "bench": "forward+backward throughput of a model preset",
     "latents": "encode images with a VAE into a latent store to train on",
+    "import": "turn a DiT, SiT or diffusers DiT checkpoint into a maskdit run",
+    "export": "write a run's model as a diffusers DiTTransformer2DModel directory",
 }
 
 
@@ -185,6 +189,20 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--batch", type=positive_int, default=64, help="images per VAE call")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    elif command == "import":
+        from maskdit.interop import FORMATS
+
+        p.add_argument("source", help="a DiT/SiT .pt (or .safetensors) state dict, or a diffusers model directory")
+        p.add_argument("--out", required=True, help="the new run directory (must not exist or be empty)")
+        p.add_argument("--format", default="auto", choices=["auto", *FORMATS.names()],
+                       help="auto: a directory is diffusers, a file DiT; " + "; ".join(
+                           f"{n}: {d}" for n, d in FORMATS.describe()))
+        p.add_argument("--num-heads", type=positive_int, help="attention heads (default: the DiT preset of the width)")
+        p.add_argument("--vae", help="a local AutoencoderKL directory to decode 4-channel latents (SD's VAE)")
+    elif command == "export":
+        p.add_argument("run_dir")
+        p.add_argument("--format", required=True, choices=["diffusers"], help="the target library's layout")
+        p.add_argument("--out", required=True, help="the new model directory (must not exist)")
     elif command == "info":
         p.add_argument("run_dir")
     elif command == "bench":
@@ -287,6 +305,7 @@ def _sampling_kwargs(args: argparse.Namespace, run: Any) -> dict[str, Any]:
         "guidance_scale": s.guidance_scale if args.guidance_scale is None else args.guidance_scale,
         "guidance_interval": args.guidance_interval or s.guidance_interval,
         "guidance": args.guidance or s.guidance,
+        "guidance_channels": args.guidance_channels or s.guidance_channels,
         "eta": s.eta if args.eta is None else args.eta,
         "seed": args.seed,
     }
@@ -467,6 +486,45 @@ def cmd_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from safetensors.torch import load_file
+
+    from maskdit.checkpoint import read_json
+    from maskdit.interop import import_run
+
+    ckpt = import_run(args.source, args.out, args.format, args.num_heads, args.vae)
+    model = read_json(ckpt / "config.json", keys=("model",))["model"]
+    params = sum(v.numel() for v in load_file(ckpt / "ema.safetensors").values())
+    table = math.prod(model["input_size"]) // math.prod(model["patch_size"]) * model["hidden_size"]
+    print(f"imported {args.source}: {params / 1e6:.1f}M parameters ({(params + table) / 1e6:.1f}M with the fixed "
+          f"position table, as DiT counts), depth {model['depth']}, width "
+          f"{model['hidden_size']}, {model['num_heads']} heads, patch {model['patch_size'][0]}, input "
+          f"{model['in_channels']}x{'x'.join(map(str, model['input_size']))}, {model['num_classes']} classes"
+          + (", learned sigma" if model.get("learn_sigma") else ""))
+    print(f"wrote {ckpt}; sample with: maskdit sample {args.out} --out samples.png")
+    print(args.out)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from maskdit.checkpoint import load_run
+    from maskdit.interop import export_diffusers
+
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"--out {out} already exists: choose a new directory for the exported model")
+    run = load_run(args.run_dir)
+    config = export_diffusers(run.model, out)
+    print(f"wrote {out} (DiTTransformer2DModel, {config['num_layers']} layers, width "
+          f"{config['num_attention_heads'] * config['attention_head_dim']}); load it with "
+          f"diffusers.DiTTransformer2DModel.from_pretrained('{out}')")
+    if run.model.t_embedder.freq_shift != 1.0:
+        print("note: diffusers' DiT embeds time with downscale_freq_shift=1 and this model was trained with "
+              f"{run.model.t_embedder.freq_shift:g}: diffusers computes a slightly different function "
+              "(maskdit import of this directory restores the original exactly)", file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -602,7 +660,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "eval": cmd_eval, "report": cmd_report,
-    "info": cmd_info, "bench": cmd_bench, "latents": cmd_latents,
+    "info": cmd_info, "bench": cmd_bench, "latents": cmd_latents, "import": cmd_import, "export": cmd_export,
 }
 
 

@@ -22,7 +22,7 @@ from maskdit.distributed import STRATEGIES
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
-from maskdit.model.dit import ATTENTIONS, PRESETS
+from maskdit.model.dit import ATTENTIONS, POS_LAYOUTS, PRESETS
 from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
 from maskdit.recipes import RECIPES, sprint_route, tread_route
 from maskdit.registry import one_of
@@ -43,6 +43,12 @@ class ModelConfig:
     attention: str = "full"  #: full | factorised (VDT: temporal then spatial attention; rank-3 grids)
     conditional: bool = True  #: use the dataset's labels (False: unconditional model)
     class_dropout: float = 0.1  #: share of labels replaced by the null label (for guidance)
+    learn_sigma: bool = False  #: ddpm: also predict the variance (DiT's 8-channel head; VLB loss term)
+    pos_layout: str | None = None  #: sin-cos table order: xy (DiT, columns first) | axes; null: xy for images
+    time_scale: float = 1000.0  #: the time embedding embeds time_offset + time_scale * t (SiT imports: 1 - t)
+    time_offset: float = 0.0
+    time_freq_shift: float = 0.0  #: sinusoid frequencies 10000^(-i / (128 - shift)): 0 DiT, 1 diffusers' DiT
+    mlp_norm_eps: float = 1e-6  #: epsilon of the LayerNorm before each MLP (DiT 1e-6, diffusers' DiT 1e-5)
 
 
 @dataclass
@@ -65,6 +71,7 @@ class ObjectiveConfig:
     logit_std: float = 1.0
     schedule: str = "linear"  #: ddpm: linear | cosine
     num_steps: int = 1000  #: ddpm: length of the chain
+    step_offset: int = 1  #: ddpm: step k is t = (k + step_offset) / T; 0 = DiT's integer timesteps (imports)
 
 
 @dataclass
@@ -97,6 +104,7 @@ class SampleConfig:
     guidance_interval: list[float] | None = None  #: [t_low, t_high]: guide only there
     guidance: str = "cfg"  #: a maskdit.samplers.GUIDANCES entry: cfg | path-drop (SPRINT) | route-contrast (TREAD)
     eta: float = 0.0  #: ddim only, in [0, 1]
+    guidance_channels: int | None = None  #: guide only the first N channels, the rest from the conditional branch
 
 
 @dataclass
@@ -166,6 +174,11 @@ class Config:
             ("max_seconds", self.max_seconds is None or self.max_seconds > 0, "null or positive"),
             ("init_from", self.init_from is None or bool(self.init_from.strip()), "null or a run directory"),
             ("model.preset", m.preset in PRESETS, "one of " + one_of(list(PRESETS))),
+            ("model.pos_layout", m.pos_layout is None or m.pos_layout in POS_LAYOUTS,
+             "null or one of " + one_of(POS_LAYOUTS)),
+            ("model.time_scale", m.time_scale != 0, "non-zero"),
+            ("model.time_freq_shift", 0 <= m.time_freq_shift <= 1, "in [0, 1]"),
+            ("model.mlp_norm_eps", m.mlp_norm_eps > 0, "positive"),
             ("model.depth", m.depth is None or m.depth >= 1, "null or at least 1"),
             ("model.hidden_size", m.hidden_size is None or (m.hidden_size >= 2 and m.hidden_size % 2 == 0),
              "null or an even number of at least 2"),
@@ -214,6 +227,9 @@ class Config:
                  and 0 <= smp.guidance_interval[0] <= smp.guidance_interval[1] <= 1),
              "null or [t_low, t_high] with 0 <= t_low <= t_high <= 1"),
             ("sample.eta", 0 <= smp.eta <= 1, "in [0, 1]"),
+            ("sample.guidance_channels", smp.guidance_channels is None or smp.guidance_channels >= 1,
+             "null (every predicted channel) or at least 1"),
+            ("objective.step_offset", obj.step_offset in (0, 1), "0 (DiT: t = k / T) or 1 (t = (k + 1) / T)"),
             ("sample.guidance", smp.guidance in GUIDANCES, "one of " + one_of(GUIDANCES.names())),
         ]
         for key, ok, allowed in checks:
@@ -234,6 +250,12 @@ class Config:
         if needs and mask.recipe != needs:
             raise ConfigError(f"config key sample.guidance={smp.guidance} needs a model trained with "
                               f"mask.recipe={needs}: set mask.recipe={needs} or sample.guidance=cfg")
+        if m.learn_sigma and obj.name != "ddpm":
+            raise ConfigError(f"config key model.learn_sigma=true needs objective.name=ddpm (a learned DDPM "
+                              f"variance), not {obj.name}: set objective.name=ddpm or model.learn_sigma=false")
+        if m.learn_sigma and not RECIPES.entry(mask.recipe).facts.get("learned_variance", False):
+            raise ConfigError(f"config key model.learn_sigma=true is not supported by mask.recipe={mask.recipe}: use "
+                              f"mask.recipe={one_of(RECIPES.names(learned_variance=True))} or model.learn_sigma=false")
         if mask.recipe == "sprint" and m.mixer_depth:
             raise ConfigError("config key model.mixer_depth must be 0 with mask.recipe=sprint: its dense shallow "
                               "blocks (mask.route START) are the patch mixer")

@@ -94,12 +94,16 @@ def axis_widths(dim: int, rank: int) -> list[int]:
     return widths
 
 
-def sincos_pos_embed(dim: int, grid: Sequence[int]) -> torch.Tensor:
+def sincos_pos_embed(dim: int, grid: Sequence[int], reverse_axes: bool = False) -> torch.Tensor:
     """Fixed positions ``(prod(grid), dim)``: one sin-cos block per axis, concatenated.
 
-    Row ``n`` belongs to token ``n`` in :func:`patchify`'s order. For a video grid ``(T, H, W)`` the first
-    block encodes the frame index, so it is also the temporal embedding.
+    Row ``n`` belongs to token ``n`` in :func:`patchify`'s order. The blocks follow the axes in order (for
+    a video grid ``(T, H, W)`` the first block encodes the frame index, so it is also the temporal
+    embedding), or with ``reverse_axes`` the last axis first: DiT's and diffusers' 2-D table, whose first
+    half encodes the column.
     """
-    coords = torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij")
-    parts = [sincos_1d(w, c.reshape(-1)) for w, c in zip(axis_widths(dim, len(grid)), coords)]
+    coords = [c.reshape(-1) for c in torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij")]
+    if reverse_axes:
+        coords = coords[::-1]
+    parts = [sincos_1d(w, c) for w, c in zip(axis_widths(dim, len(grid)), coords)]
     return torch.cat(parts, dim=1).float()

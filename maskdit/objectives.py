@@ -6,8 +6,10 @@ receive ``t`` as given; samplers integrate from ``t = 1`` down to ``t = 0``.
 * :class:`FlowMatching` (rectified flow): ``x_t = (1 - t) x_0 + t eps``; the model predicts the velocity
   ``v = eps - x_0`` (so ``dx/dt = v``).
 * :class:`DDPM`: ``T`` discrete steps ``k = 0..T-1`` with ``alpha_bar_k`` from a linear or cosine schedule;
-  step ``k`` is time ``t = (k + 1) / T``; ``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps`` and the
-  model predicts ``eps``.
+  step ``k`` is time ``t = (k + step_offset) / T`` (``step_offset`` 1 by default, so no step sits at the
+  clean ``t = 0``; 0 for models imported from DiT, whose step ``k`` embeds ``1000 t = k``);
+  ``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps`` and the model predicts ``eps`` (and, with a
+  learned variance, where its log-variance sits between the posterior's bounds).
 
 Each objective turns ``(x_0, eps, t)`` into the model input and the regression target; :func:`token_mse`
 averages the error over exactly the tokens a loss covers.
@@ -82,34 +84,76 @@ class DDPM:
     name = "ddpm"
     prediction = "eps"
 
-    def __init__(self, schedule: str = "linear", num_steps: int = 1000):
+    def __init__(self, schedule: str = "linear", num_steps: int = 1000, step_offset: int = 1):
         if num_steps < 2:
             raise ConfigError(f"objective.num_steps must be at least 2, got {num_steps}")
-        self.schedule, self.num_steps = schedule, num_steps
-        self.alpha_bar = torch.cumprod(1 - _betas(schedule, num_steps), dim=0)  # float64, index k
-        self._alpha_bar_on: dict[torch.device, torch.Tensor] = {}
+        if step_offset not in (0, 1):
+            raise ConfigError(f"objective.step_offset must be 0 (DiT's t = k / T) or 1 (t = (k + 1) / T), "
+                              f"got {step_offset}")
+        self.schedule, self.num_steps, self.step_offset = schedule, num_steps, step_offset
+        self.betas = _betas(schedule, num_steps)  # float64, index k
+        self.alpha_bar = torch.cumprod(1 - self.betas, dim=0)
+        self._tables_on: dict[torch.device, dict[str, torch.Tensor]] = {}
 
     @classmethod
     def from_config(cls, cfg: Any) -> DDPM:
-        return cls(cfg.schedule, cfg.num_steps)
+        return cls(cfg.schedule, cfg.num_steps, cfg.step_offset)
 
     def time_of_step(self, k: int) -> float:
-        """Step index -> package time ``t = (k + 1) / T`` as a Python float (for samplers)."""
-        return (k + 1) / self.num_steps
+        """Step index -> package time ``t = (k + step_offset) / T`` as a Python float (for samplers)."""
+        return (k + self.step_offset) / self.num_steps
 
     def time_of(self, k: torch.Tensor) -> torch.Tensor:
-        """Step index -> package time ``t = (k + 1) / T``."""
-        return (k.double() + 1) / self.num_steps
+        """Step index -> package time ``t = (k + step_offset) / T``."""
+        return (k.double() + self.step_offset) / self.num_steps
 
     def step_of(self, t: torch.Tensor) -> torch.Tensor:
         """Package time -> nearest step index."""
-        return (t.double() * self.num_steps).round().long().sub(1).clamp(0, self.num_steps - 1)
+        return (t.double() * self.num_steps).round().long().sub(self.step_offset).clamp(0, self.num_steps - 1)
+
+    def _tables(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The schedule's float64 tables on ``device`` (cached; looked up there, so no host sync)."""
+        if device not in self._tables_on:
+            ab = self.alpha_bar
+            ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+            posterior = self.betas * (1 - ab_prev) / (1 - ab)  # 0 at k = 0: clipped to k = 1 for its log
+            self._tables_on[device] = {k: v.to(device) for k, v in {
+                "alpha_bar": ab, "alpha_bar_prev": ab_prev, "betas": self.betas,
+                "log_posterior": torch.log(torch.cat([posterior[1:2], posterior[1:]])),
+            }.items()}
+        return self._tables_on[device]
 
     def alpha_bar_at(self, t: torch.Tensor) -> torch.Tensor:
-        """``alpha_bar`` at times ``t`` (float64, on ``t``'s device; looked up there, so no host sync)."""
-        if t.device not in self._alpha_bar_on:
-            self._alpha_bar_on[t.device] = self.alpha_bar.to(t.device)
-        return self._alpha_bar_on[t.device][self.step_of(t)]
+        """``alpha_bar`` at times ``t`` (float64, on ``t``'s device)."""
+        return self._tables(t.device)["alpha_bar"][self.step_of(t)]
+
+    def variance_terms(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                       v: torch.Tensor) -> torch.Tensor:
+        """The variational bound's term at each element, in bits, for a learned variance (improved DDPM).
+
+        ``v`` in [-1, 1] places the model's log-variance between the posterior's ``log beta_tilde_k`` and
+        ``log beta_k``; the mean comes from ``eps``, which callers detach so this term trains only the
+        variance (DiT's ``learn_sigma`` loss). Step ``k > 0``: KL(true posterior || model) per element;
+        ``k = 0``: the negative log-likelihood of ``x0`` under the model's Gaussian discretised to 256
+        bins on [-1, 1]. All tensors share one shape ``(B, ...)``; ``t`` is ``(B,)``.
+        """
+        tables, k = self._tables(t.device), self.step_of(t)
+        def at(name: str) -> torch.Tensor:
+            return _expand(tables[name][k], x0)
+        ab, ab_prev, beta = at("alpha_bar"), at("alpha_bar_prev"), at("betas")
+        x0, x_t, eps, v = x0.double(), x_t.double(), eps.double(), v.double()
+        coef_x0, coef_xt = beta * ab_prev.sqrt() / (1 - ab), (1 - ab_prev) * (1 - beta).sqrt() / (1 - ab)
+        true_mean = coef_x0 * x0 + coef_xt * x_t
+        true_log_var = at("log_posterior")
+        pred_x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        mean = coef_x0 * pred_x0 + coef_xt * x_t
+        frac = (v + 1) / 2
+        log_var = frac * beta.log() + (1 - frac) * true_log_var
+        kl = 0.5 * (-1.0 + log_var - true_log_var + (true_log_var - log_var).exp()
+                    + (true_mean - mean) ** 2 * (-log_var).exp())
+        nll = -_discretised_gaussian_log_likelihood(x0, mean, 0.5 * log_var)
+        first = (k == 0).reshape(-1, *([1] * (x0.dim() - 1)))
+        return (torch.where(first, nll, kl) / math.log(2.0)).float()
 
     def sample_time(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = torch.randint(0, self.num_steps, (batch,), generator=generator)
@@ -181,15 +225,45 @@ def denoising_loss(
     x_t, target, weight = training_pair(objective, x0, noise, t, model.patch_size, given)
     pred = model(x_t, t, y, keep_idx, given=given)
     if keep_idx is None:
-        return token_mse(patchify(pred, model.patch_size), target, weight)
-    kept_weight = None if weight is None else weight.gather(1, keep_idx.flatten(1))
-    return token_mse(pred, gather_tokens(target, keep_idx), kept_weight)
+        pred = patchify(pred, model.patch_size)
+    else:
+        target = gather_tokens(target, keep_idx)
+        weight = None if weight is None else weight.gather(1, keep_idx.flatten(1))
+    if not getattr(model, "learn_sigma", False):
+        return token_mse(pred, target, weight)
+    # a learned variance: each token holds (patch offsets..., 2C) values, the target's C first
+    b, n = pred.shape[:2]
+    c = x0.shape[1]
+    pred = pred.reshape(b, n, -1, 2 * c)
+    eps, v = pred[..., :c].reshape(b, n, -1), pred[..., c:].reshape(b, n, -1)
+    x0_tokens, xt_tokens = patchify(x0, model.patch_size), patchify(x_t, model.patch_size)
+    if keep_idx is not None:
+        x0_tokens, xt_tokens = gather_tokens(x0_tokens, keep_idx), gather_tokens(xt_tokens, keep_idx)
+    bound = objective.variance_terms(x0_tokens, xt_tokens, t, eps.detach(), v)
+    per_token = bound.mean(dim=-1)
+    vb = per_token.mean() if weight is None else (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+    return token_mse(eps, target, weight) + vb
 
 
 def hold_given(x: torch.Tensor, context: torch.Tensor, given: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
     """``x`` with the tokens marked ``given`` ``(B, N)`` replaced by ``context``'s (grids ``(B, C, *S)``)."""
     tokens = torch.where(given.unsqueeze(-1), patchify(context, patch), patchify(x, patch))
     return unpatchify(tokens, patch, x.shape[2:], x.shape[1])
+
+
+def _discretised_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
+                                         ) -> torch.Tensor:
+    """log P(x) for data in [-1, 1] on 256 levels under N(mean, exp(log_scale)^2), the outer bins open."""
+    def cdf(z: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+    inv_scale = (-log_scale).exp()
+    centred = x - mean
+    upper, lower = cdf(inv_scale * (centred + 1 / 255)), cdf(inv_scale * (centred - 1 / 255))
+    tiny = 1e-12
+    log_below = upper.clamp_min(tiny).log()
+    log_above = (1 - lower).clamp_min(tiny).log()
+    log_mid = (upper - lower).clamp_min(tiny).log()
+    return torch.where(x < -0.999, log_below, torch.where(x > 0.999, log_above, log_mid))
 
 
 def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ def _parts(**values: torch.Tensor | float) -> dict[str, torch.Tensor]:
     return {k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in values.items()}
 
 
-@RECIPES.register("drop", "plain dropping: the loss covers kept tokens only", tasks=True)
+@RECIPES.register("drop", "plain dropping: the loss covers kept tokens only", tasks=True, learned_variance=True)
 class DropRecipe(nn.Module):
     """(a) Plain token dropping: denoising loss on kept tokens only."""
 

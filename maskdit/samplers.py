@@ -17,6 +17,7 @@ Stochastic samplers draw their step noise from :class:`NoiseStreams`, one stream
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -84,18 +85,22 @@ def flow_heun(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: int, *,
 @SAMPLERS.register("ddim", "DDIM on a respaced DDPM chain; eta 0 deterministic, 1 ancestral",
                    objectives=("ddpm",), default=True, calls_per_step=1, takes_eta=True)
 def ddim(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: int, *, eta: float = 0.0,
-         noise: Callable[[], torch.Tensor] | None = None, progress: bool = False) -> torch.Tensor:
-    """DDIM on ``steps`` evenly spaced steps of the chain; ``eta = 0`` is deterministic, 1 is ancestral."""
+         noise: Callable[[], torch.Tensor] | None = None, progress: bool = False,
+         spacing: str = "linspace") -> torch.Tensor:
+    """DDIM on ``steps`` evenly spaced steps of the chain (:data:`SPACINGS`); ``eta = 0`` is deterministic,
+    1 is ancestral."""
     if not 1 <= steps <= objective.num_steps:
         raise ConfigError(f"steps must be in [1, {objective.num_steps}] for this DDPM, got {steps}")
     if eta > 0 and noise is None:
         noise = NoiseStreams(0, range(len(x)), x.shape[1:])
-    ks = torch.linspace(objective.num_steps - 1, 0, steps).round().long().tolist()
+    ks = respaced_steps(objective.num_steps, steps, spacing)
     ab = objective.alpha_bar.tolist()
+    channels = x.shape[1]
     for i in _steps(steps, progress):
         k = ks[i]
         a, a_prev = ab[k], (ab[ks[i + 1]] if i + 1 < steps else 1.0)
-        eps = fn(x, objective.time_of_step(k))
+        out = fn(x, objective.time_of_step(k))
+        eps = out[:, :channels]  # a learned-variance model adds channels after the prediction
         x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
         x = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
@@ -104,12 +109,56 @@ def ddim(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: int, *, eta:
     return x
 
 
+#: How a ``T``-step chain is thinned to ``n`` sampling steps (largest first): ``linspace`` (the default)
+#: rounds ``linspace(T - 1, 0, n)``, the set DiT's ``space_timesteps(T, "n")`` takes, ending at 0;
+#: ``leading`` takes ``k * (T // n)`` for ``k = n-1..0``, diffusers' default ``timestep_spacing``.
+SPACINGS = ("linspace", "leading")
+
+
+def respaced_steps(num_steps: int, steps: int, spacing: str = "linspace") -> list[int]:
+    """``steps`` steps of a ``num_steps`` chain, from the largest down to 0 (see :data:`SPACINGS`)."""
+    if spacing == "leading":
+        return [k * (num_steps // steps) for k in range(steps - 1, -1, -1)]
+    if spacing != "linspace":
+        raise ConfigError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+    return torch.linspace(num_steps - 1, 0, steps).round().long().tolist()
+
+
 @SAMPLERS.register("ddpm", "ancestral DDPM on a respaced chain (DDIM with eta 1)", objectives=("ddpm",),
                    calls_per_step=1)
 def ddpm_ancestral(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: int, *, eta: float = 0.0,
                    noise: Callable[[], torch.Tensor] | None = None, progress: bool = False) -> torch.Tensor:
-    """Ancestral sampling: DDIM with ``eta = 1`` (``eta`` is ignored)."""
-    return ddim(fn, x, objective, steps, eta=1.0, noise=noise, progress=progress)
+    """Ancestral sampling on the respaced chain (``eta`` is ignored): each step draws from the posterior
+    ``q(x_prev | x, x0)`` around the model's ``x0``. Its variance is the posterior's ``beta_tilde``
+    (DDIM with ``eta = 1``), or for a learned-variance model (``2C`` output channels) the model's own
+    interpolation between ``log beta_tilde`` and ``log beta`` of the respaced chain (DiT's sampler)."""
+    if not 1 <= steps <= objective.num_steps:
+        raise ConfigError(f"steps must be in [1, {objective.num_steps}] for this DDPM, got {steps}")
+    if noise is None:
+        noise = NoiseStreams(0, range(len(x)), x.shape[1:])
+    ks = respaced_steps(objective.num_steps, steps)
+    ab = objective.alpha_bar.tolist()
+    channels = x.shape[1]
+    # the respaced chain's betas and posterior variances (0 at the final step, which adds no noise)
+    a_of = [ab[k] for k in ks] + [1.0]
+    beta = [1 - a_of[i] / a_of[i + 1] for i in range(steps)]
+    tilde = [(1 - a_of[i + 1]) / (1 - a_of[i]) * beta[i] for i in range(steps)]
+    log_tilde = [math.log(v) if v > 0 else 0.0 for v in tilde]
+    for i in _steps(steps, progress):
+        a, a_prev = a_of[i], a_of[i + 1]
+        out = fn(x, objective.time_of_step(ks[i]))
+        eps = out[:, :channels]
+        x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
+        x = a_prev**0.5 * x0 + max(1 - a_prev - tilde[i], 0.0) ** 0.5 * eps  # the posterior mean
+        if i + 1 == steps:
+            break  # the last step adds no noise
+        if out.shape[1] == 2 * channels:
+            frac = (out[:, channels:].double() + 1) / 2
+            log_var = frac * math.log(beta[i]) + (1 - frac) * log_tilde[i]
+            x = x + (0.5 * log_var).exp().to(x.dtype) * noise().to(x)
+        else:
+            x = x + tilde[i] ** 0.5 * noise().to(x)
+    return x
 
 
 def check_sampler(sampler: str, objective_name: str) -> None:
@@ -204,8 +253,13 @@ def guided(
     interval: Sequence[float] | None = None,
     given: torch.Tensor | None = None,
     guidance: str = "cfg",
+    channels: int | None = None,
 ) -> ModelFn:
     """Bind labels and guidance into ``fn(x, t)``.
+
+    ``channels``: guide only the first so many output channels and take the rest from the strong branch
+    (DiT guides 3 of its 8; a learned variance is never guided). Default: every channel of the prediction
+    (the model's ``in_channels``), the variance channels of a learned-variance model from the strong branch.
 
     Output ``w + scale * (s - w)`` on all channels, where ``s`` and ``w`` are the strong and weak
     predictions of the :data:`GUIDANCES` mode: for ``cfg`` the prediction for ``y`` and the unconditional
@@ -222,16 +276,20 @@ def guided(
         raise ConfigError("a class-conditional model needs labels to sample")
     branches = GUIDANCES.get(guidance)
     needs_labels = GUIDANCES.entry(guidance).facts["labels"]
+    guide = channels or getattr(model, "in_channels", None)
 
     def fn(x: torch.Tensor, t: float) -> torch.Tensor:
-        t_batch = torch.full((x.shape[0],), float(t), device=x.device)
+        # float64: t = k / 1000 reaches the time embedding as exactly k (DiT's integer steps)
+        t_batch = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float64)
         in_interval = interval is None or interval[0] <= t <= interval[1]
         extra = {} if given is None else {"given": given}
         if (needs_labels and not conditional) or scale == 1.0 or not in_interval:
             return model(x, t_batch, y, **extra)
         null = torch.full_like(y, model.null_label) if conditional else None
         weak, strong = branches(model, x, t_batch, float(t), y, null, extra)
-        return torch.lerp(weak, strong, scale)
+        if guide is None or guide >= strong.shape[1]:
+            return torch.lerp(weak, strong, scale)
+        return torch.cat([torch.lerp(weak[:, :guide], strong[:, :guide], scale), strong[:, guide:]], dim=1)
 
     return fn
 
@@ -253,6 +311,7 @@ def generate(
     given: torch.Tensor | None = None,
     context: torch.Tensor | None = None,
     guidance: str = "cfg",
+    guidance_channels: int | None = None,
 ) -> torch.Tensor:
     """``num`` samples ``(num, C, *S)`` in model space. The starting noise and the step noise of sample
     ``i`` depend only on ``seed`` and ``i``, so results do not change with ``batch_size``.
@@ -280,7 +339,7 @@ def generate(
         x = noise[part].to(device)
         streams = NoiseStreams(seed, range(start, start + len(x)), shape)
         if given is None:
-            fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance)
+            fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance, channels=guidance_channels)
             x = sample(fn, x, objective, sampler, steps, eta, streams)
         else:
             g, ctx = given[part].to(device), context[part].to(device)
@@ -288,7 +347,8 @@ def generate(
             def hold(x: torch.Tensor, g: torch.Tensor = g, ctx: torch.Tensor = ctx) -> torch.Tensor:
                 return hold_given(x, ctx, g, model.patch_size)
 
-            fn = guided(model, y, guidance_scale, guidance_interval, given=g, guidance=guidance)
+            fn = guided(model, y, guidance_scale, guidance_interval, given=g, guidance=guidance,
+                        channels=guidance_channels)
             x = hold(sample(lambda x, t, fn=fn: fn(hold(x), t), hold(x), objective, sampler, steps, eta, streams))
         out.append(x.float().cpu())
     return torch.cat(out)

@@ -109,7 +109,25 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> 
         depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
         mlp_ratio=m.mlp_ratio, mixer_depth=m.mixer_depth, attention=m.attention,
         task_conditioning=bool(cfg.task.names), fusion=cfg.sprint_route(), route=cfg.tread_route(),
+        learn_sigma=m.learn_sigma, pos_layout=m.pos_layout, time_scale=m.time_scale, time_offset=m.time_offset,
+        time_freq_shift=m.time_freq_shift, mlp_norm_eps=m.mlp_norm_eps,
     )
+
+
+#: Model fields that fix what a model's weights compute, with the values of runs saved before they existed.
+FUNCTION_FIELDS = {"pos_layout": "axes", "time_scale": 1000.0, "time_offset": 0.0, "time_freq_shift": 0.0,
+                   "mlp_norm_eps": 1e-6}
+
+
+def inherit_function(cfg: Config, ckpt: Path) -> None:
+    """A run resumed or started from ``ckpt`` keeps what its weights mean: the position table's layout, the
+    time embedding, the MLP norm's epsilon (from the saved model) and, for the same DDPM, its step offset."""
+    saved = read_json(ckpt / "config.json", keys=("model", "config"))
+    for key, legacy in FUNCTION_FIELDS.items():
+        setattr(cfg.model, key, saved["model"].get(key, legacy))
+    objective = saved["config"].get("objective", {}) if isinstance(saved["config"], dict) else {}
+    if objective.get("name") == cfg.objective.name == "ddpm":
+        cfg.objective.step_offset = int(objective.get("step_offset", 1))
 
 
 def recipe_for(cfg: Config, model: DiT) -> torch.nn.Module:
@@ -155,6 +173,9 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(cfg.run_dir)
         to_resume = find_run(self.run_dir, resume)  # refuses before anything is built or written
+        source = to_resume[0] if to_resume else resolve_checkpoint(cfg.init_from) if cfg.init_from else None
+        if source is not None:
+            inherit_function(cfg, source)
         self.world = world_from_env()
         if cfg.batch_size % self.world.size:
             raise ConfigError(f"config key batch_size={cfg.batch_size} is the global batch and must divide evenly "

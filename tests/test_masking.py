@@ -94,8 +94,10 @@ def test_mdt_masked_pass_uses_interpolater_and_runs_decoder_on_all_tokens():
 
 
 def test_ratio_zero_training_reproduces_unmasked_training_exactly(tmp_path):
-    train(load_config("digits", overrides=[*SMALL, "steps=3", f"run_dir={tmp_path / 'plain'}"]), progress=False)
-    train(load_config("digits", overrides=[*SMALL, "steps=3", f"run_dir={tmp_path / 'mae0'}", "mask.recipe=mae",
+    # no clipping: the decoder's zero gradients would join the global norm's sum and change its rounding
+    run = [*SMALL, "steps=3", "grad_clip=0"]
+    train(load_config("digits", overrides=[*run, f"run_dir={tmp_path / 'plain'}"]), progress=False)
+    train(load_config("digits", overrides=[*run, f"run_dir={tmp_path / 'mae0'}", "mask.recipe=mae",
                                            "mask.ratio=0"]), progress=False)
     a = load_file(latest_checkpoint(tmp_path / "plain") / "model.safetensors")
     b = load_file(latest_checkpoint(tmp_path / "mae0") / "model.safetensors")

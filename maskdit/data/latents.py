@@ -162,6 +162,10 @@ class VAECodec:
     @torch.no_grad()
     def decode(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         if self._vae is None:
+            if not self.vae_dir:
+                raise ConfigError("this run decodes latents through a VAE it was never given: import it again with "
+                                  "--vae DIR (a local diffusers AutoencoderKL directory, e.g. SD's VAE saved with "
+                                  "save_pretrained)")
             self._vae = load_vae(self.vae_dir)
         vae = self._vae.to(x.device)
         parts = [vae.decode(part.float() / self.scaling_factor).sample for part in x.split(batch_size)]

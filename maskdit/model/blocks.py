@@ -22,20 +22,29 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class TimestepEmbedder(nn.Module):
-    """Continuous time ``t`` in [0, 1] -> sinusoidal features of ``1000 t`` -> two-layer MLP."""
+    """Continuous time ``t`` in [0, 1] -> sinusoidal features (cos, then sin) of ``offset + scale * t``
+    -> two-layer MLP.
 
-    def __init__(self, hidden_size: int, frequency_size: int = 256, time_scale: float = 1000.0):
+    ``offset + scale * t`` is formed in float64 and then rounded to float32, so ``t = k / 1000`` given in
+    float64 embeds the integer ``k`` exactly, as DiT's integer timesteps do. Frequencies are
+    ``10000^(-i / (half - freq_shift))`` (diffusers' ``downscale_freq_shift``).
+    """
+
+    def __init__(self, hidden_size: int, frequency_size: int = 256, time_scale: float = 1000.0,
+                 time_offset: float = 0.0, freq_shift: float = 0.0):
         super().__init__()
         self.frequency_size = frequency_size
-        self.time_scale = time_scale
+        self.time_scale, self.time_offset, self.freq_shift = float(time_scale), float(time_offset), float(freq_shift)
         self.mlp = nn.Sequential(
             nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.frequency_size // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        angles = (t.float() * self.time_scale)[:, None] * freqs[None]
+        exponent = -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32)
+        freqs = torch.exp(exponent / (half - self.freq_shift))
+        value = (self.time_offset + self.time_scale * t.to(torch.float64)).float()
+        angles = value[:, None] * freqs[None]
         features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
@@ -88,11 +97,12 @@ class DiTBlock(nn.Module):
     ``cond_dim`` is the width of ``c`` (default ``dim``; a narrower decoder takes the backbone's ``c``).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None,
+                 mlp_norm_eps: float = 1e-6):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=mlp_norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 6 * dim))
 

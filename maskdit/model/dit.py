@@ -52,6 +52,7 @@ for _size, (_depth, _hidden, _heads) in SIZES.items():
 
 
 #: Block types: full space-time attention, or VDT's factorised temporal-then-spatial attention.
+POS_LAYOUTS = ("xy", "axes")  #: the sin-cos table's axis order (see DiT's ``pos_layout``)
 ATTENTIONS = ("full", "factorised")
 
 
@@ -103,6 +104,19 @@ class DiT(nn.Module):
         route: ``(START, END)``, the TREAD route the model was trained with. It does not change the
             network (sampling runs every token through every block); it lets ``forward(route=...)`` and
             route-contrast guidance run the model routed as in training.
+        learn_sigma: predict ``2 * in_channels`` channels: the objective's target, then the interpolation
+            ``v`` in [-1, 1] between the DDPM posterior's smallest and largest log-variance (improved
+            DDPM, DiT's 8-channel head).
+        pos_layout: the order of the axes' blocks in the sin-cos position table: ``"xy"`` (the last axis
+            first: DiT and diffusers, columns then rows) or ``"axes"`` (axis order: rows then columns;
+            frames first for video). Default: ``"xy"`` for 2-D grids, ``"axes"`` otherwise; runs saved
+            before the choice existed load as ``"axes"``.
+        time_scale, time_offset: the time embedding embeds ``time_offset + time_scale * t`` (computed in
+            float64, so ``t = k / 1000`` embeds DiT's integer step ``k`` exactly). SiT imports use
+            ``1 - t``: offset 1, scale -1.
+        time_freq_shift: the sinusoid frequencies are ``10000^(-i / (half - shift))``: 0 in DiT, 1 in
+            diffusers' DiT (``downscale_freq_shift``).
+        mlp_norm_eps: epsilon of the LayerNorm before each MLP (DiT 1e-6, diffusers' DiT 1e-5).
     """
 
     def __init__(
@@ -120,6 +134,12 @@ class DiT(nn.Module):
         task_conditioning: bool = False,
         fusion: Sequence[int] | None = None,
         route: Sequence[int] | None = None,
+        learn_sigma: bool = False,
+        pos_layout: str | None = None,
+        time_scale: float = 1000.0,
+        time_offset: float = 0.0,
+        time_freq_shift: float = 0.0,
+        mlp_norm_eps: float = 1e-6,
     ):
         super().__init__()
         self.input_size = tuple(int(s) for s in input_size)
@@ -151,19 +171,27 @@ class DiT(nn.Module):
         if self.fusion_route is not None and mixer_depth:
             raise ConfigError("a SPRINT model's dense shallow blocks are its patch mixer: set mixer_depth=0")
         self.tread_route = None if route is None else check_tread_route(route, depth)
+        self.learn_sigma = bool(learn_sigma)
+        self.out_channels = in_channels * (2 if learn_sigma else 1)
+        self.pos_layout = pos_layout or ("xy" if len(self.input_size) == 2 else "axes")
+        if self.pos_layout not in POS_LAYOUTS:
+            raise ConfigError(f"pos_layout must be one of {', '.join(POS_LAYOUTS)}, got {pos_layout!r}")
+        self.mlp_norm_eps = float(mlp_norm_eps)
 
         self.patch_embed = nn.Linear(self.patch_dim, hidden_size)
-        self.register_buffer("pos_embed", sincos_pos_embed(hidden_size, self.token_grid)[None], persistent=False)
+        table = sincos_pos_embed(hidden_size, self.token_grid, reverse_axes=self.pos_layout == "xy")
+        self.register_buffer("pos_embed", table[None], persistent=False)
         self.given_embed = nn.Parameter(torch.zeros(hidden_size)) if task_conditioning else None
-        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale, time_offset=time_offset,
+                                           freq_shift=time_freq_shift)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio) if attention == "full"
+            DiTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps=mlp_norm_eps) if attention == "full"
             else FactorisedDiTBlock(hidden_size, num_heads, mlp_ratio, self.token_grid)
             for _ in range(depth)
         )
         self.fusion = None if fusion is None else SparseDenseFusion(hidden_size)
-        self.final_layer = FinalLayer(hidden_size, self.patch_dim)
+        self.final_layer = FinalLayer(hidden_size, self.out_channels * math.prod(self.patch_size))
         self.initialize_weights()
 
     @property
@@ -182,11 +210,19 @@ class DiT(nn.Module):
             "task_conditioning": self.task_conditioning,
             **({} if self.fusion_route is None else {"fusion": list(self.fusion_route)}),
             **({} if self.tread_route is None else {"route": list(self.tread_route)}),
+            "learn_sigma": self.learn_sigma,
+            "pos_layout": self.pos_layout,
+            "time_scale": self.t_embedder.time_scale,
+            "time_offset": self.t_embedder.time_offset,
+            "time_freq_shift": self.t_embedder.freq_shift,
+            "mlp_norm_eps": self.mlp_norm_eps,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DiT:
-        return cls(**config)
+        """Rebuild a model from :attr:`config`; a config saved before ``pos_layout`` existed keeps the
+        axis-order table it was trained with."""
+        return cls(**{"pos_layout": "axes", **config})
 
     @property
     def null_label(self) -> int:
@@ -337,7 +373,7 @@ class DiT(nn.Module):
         out = self.final_layer(tokens, c)
         if keep_idx is not None and self.fusion is None and route is None:
             return out
-        return unpatchify(out, self.patch_size, self.input_size, self.in_channels)
+        return unpatchify(out, self.patch_size, self.input_size, self.out_channels)
 
 
 def build_model(
