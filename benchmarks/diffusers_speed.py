@@ -95,8 +95,8 @@ def main() -> None:
     for name, r in rates.items():
         print(f"| {name} | {med[name]:.3f} | {', '.join(f'{v:.2f}' for v in r)} |")
     print(f"maskdit / diffusers: {med['maskdit'] / med['diffusers']:.2f}x")
-    print(f"sampling {args.batch} images, {args.sample_steps} ancestral steps: imported {min(timing['imported']):.2f} s, "
-          f"native {min(timing['native']):.2f} s (best of 2)")
+    print(f"sampling {args.batch} images, {args.sample_steps} ancestral steps: imported "
+          f"{min(timing['imported']):.2f} s, native {min(timing['native']):.2f} s (best of 2)")
 
 
 if __name__ == "__main__":

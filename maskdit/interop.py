@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(path)
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"cannot read {path}: {e}") from e
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a file torch.save wrote (nor .safetensors): pass a DiT/SiT checkpoint")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError and friends: the file holds more than tensors

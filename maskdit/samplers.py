@@ -127,7 +127,8 @@ def respaced_steps(num_steps: int, steps: int, spacing: str = "linspace") -> lis
 @SAMPLERS.register("ddpm", "ancestral DDPM on a respaced chain (DDIM with eta 1)", objectives=("ddpm",),
                    calls_per_step=1)
 def ddpm_ancestral(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: int, *, eta: float = 0.0,
-                   noise: Callable[[], torch.Tensor] | None = None, progress: bool = False) -> torch.Tensor:
+                   noise: Callable[[], torch.Tensor] | None = None, progress: bool = False,
+                   spacing: str = "linspace") -> torch.Tensor:
     """Ancestral sampling on the respaced chain (``eta`` is ignored): each step draws from the posterior
     ``q(x_prev | x, x0)`` around the model's ``x0``. Its variance is the posterior's ``beta_tilde``
     (DDIM with ``eta = 1``), or for a learned-variance model (``2C`` output channels) the model's own
@@ -136,7 +137,7 @@ def ddpm_ancestral(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: in
         raise ConfigError(f"steps must be in [1, {objective.num_steps}] for this DDPM, got {steps}")
     if noise is None:
         noise = NoiseStreams(0, range(len(x)), x.shape[1:])
-    ks = respaced_steps(objective.num_steps, steps)
+    ks = respaced_steps(objective.num_steps, steps, spacing)
     ab = objective.alpha_bar.tolist()
     channels = x.shape[1]
     # the respaced chain's betas and posterior variances (0 at the final step, which adds no noise)

@@ -15,7 +15,7 @@ from maskdit.errors import CheckpointError
 from maskdit.interop import dit_layout, export_diffusers, import_run, load_model
 from maskdit.model import DiT
 from maskdit.objectives import DDPM, FlowMatching
-from maskdit.samplers import ddim, flow_euler
+from maskdit.samplers import ddim, ddpm_ancestral, flow_euler
 
 # -- an independent DiT forward on DiT's own state-dict layout (models.py), for the parity tests ------------
 
@@ -104,7 +104,9 @@ def dit_file(tmp_path):
 def test_an_imported_dit_computes_dits_forward_for_integer_steps(tmp_path, dit_file, capsys):
     assert main(["import", str(dit_file), "--out", str(tmp_path / "run"), "--num-heads", "4"]) == 0
     assert "learned sigma" in capsys.readouterr().out
-    model = load_model(tmp_path / "run")
+    import maskdit
+
+    model = maskdit.load_model(tmp_path / "run")
     assert model.learn_sigma and model.out_channels == 8 and model.pos_layout == "xy"
     sd = torch.load(dit_file, weights_only=True)
     g = torch.Generator().manual_seed(1)
@@ -244,6 +246,37 @@ def test_samplers_match_diffusers_schedulers(tmp_path):
         v = model(theirs, torch.full((len(x),), float(sigma_t) / 1000, dtype=torch.float64))
         theirs = scheduler.step(v, sigma_t, theirs).prev_sample
     assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def test_learned_variance_sampler_matches_diffusers_ddpm_learned_range():
+    """maskdit's ancestral DDPM with a learned variance = diffusers' DDPMScheduler(variance_type="learned_range")
+    on the same respaced chain, model and noise (the model in float64)."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    model = DiT(input_size=(8, 8), in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=0,
+                learn_sigma=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.02 * torch.randn_like(p))
+    model.requires_grad_(False).double()
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    def fn(x, t):
+        return model(x, torch.full((len(x),), t, dtype=torch.float64))
+
+    g = torch.Generator().manual_seed(7)
+    ours = ddpm_ancestral(fn, x.clone(), DDPM(step_offset=0), 10, spacing="leading",
+                          noise=lambda: torch.randn(x.shape, generator=g, dtype=torch.float64))
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                              variance_type="learned_range", clip_sample=False, timestep_spacing="leading")
+    scheduler.set_timesteps(10)
+    g = torch.Generator().manual_seed(7)
+    theirs = x.clone()
+    for k in scheduler.timesteps:
+        theirs = scheduler.step(fn(theirs, int(k) / 1000), k, theirs, generator=g).prev_sample
+    # diffusers keeps its schedule tables in float32, maskdit in float64: agreement to float32's precision
+    assert (ours - theirs).abs().max().item() <= 1e-6 * theirs.abs().max().item()
 
 
 def test_imports_refuse_what_they_cannot_read(tmp_path):
