@@ -22,13 +22,24 @@ from maskdit.distributed import STRATEGIES
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
-from maskdit.model.dit import ATTENTIONS, POS_LAYOUTS, PRESETS
+from maskdit.model.blocks import MLPS, NORMS
+from maskdit.model.dit import ATTENTIONS, POS_LAYOUTS, POSITIONS, PRESETS
 from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
 from maskdit.recipes import RECIPES, sprint_route, tread_route
 from maskdit.registry import one_of
 from maskdit.samplers import GUIDANCES, SAMPLERS, check_sampler
 
 PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class MoEConfig:
+    experts: int = 0  #: routed experts per MoE feed-forward; 0 = dense blocks
+    shared: int = 0  #: always-on shared experts (DiT-MoE)
+    top_k: int = 2  #: experts each token is routed to
+    every: int = 1  #: every N-th block (1 = all) gets the mixture
+    capacity: float = 2.0  #: slots per expert, in multiples of an even share; assignments past it are not routed
+    balance: float = 0.01  #: weight of the load-balance loss
 
 
 @dataclass
@@ -49,6 +60,11 @@ class ModelConfig:
     time_offset: float = 0.0
     time_freq_shift: float = 0.0  #: sinusoid frequencies 10000^(-i / (128 - shift)): 0 DiT, 1 diffusers' DiT
     mlp_norm_eps: float = 1e-6  #: epsilon of the LayerNorm before each MLP (DiT 1e-6, diffusers' DiT 1e-5)
+    norm: str = "layernorm"  #: the blocks' pre-norms: layernorm | rmsnorm
+    qk_norm: bool = False  #: RMS-normalise queries and keys in every attention
+    mlp: str = "gelu"  #: feed-forward: gelu | swiglu (same parameters)
+    pos: str = "sincos"  #: positions: sincos (a fixed table) | rope (axial rotary, by each token's grid index)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
 
 @dataclass
@@ -179,6 +195,16 @@ class Config:
             ("model.time_scale", m.time_scale != 0, "non-zero"),
             ("model.time_freq_shift", 0 <= m.time_freq_shift <= 1, "in [0, 1]"),
             ("model.mlp_norm_eps", m.mlp_norm_eps > 0, "positive"),
+            ("model.norm", m.norm in NORMS, "one of " + one_of(list(NORMS))),
+            ("model.mlp", m.mlp in MLPS, "one of " + one_of(list(MLPS))),
+            ("model.pos", m.pos in POSITIONS, "one of " + one_of(POSITIONS)),
+            ("model.moe.experts", m.moe.experts >= 0, "non-negative (0 = dense)"),
+            ("model.moe.shared", m.moe.shared >= 0, "non-negative"),
+            ("model.moe.top_k", m.moe.experts == 0 or 1 <= m.moe.top_k <= m.moe.experts,
+             f"in [1, model.moe.experts={m.moe.experts}]"),
+            ("model.moe.every", m.moe.every >= 1, "at least 1"),
+            ("model.moe.capacity", m.moe.capacity > 0, "positive"),
+            ("model.moe.balance", m.moe.balance >= 0, "non-negative"),
             ("model.depth", m.depth is None or m.depth >= 1, "null or at least 1"),
             ("model.hidden_size", m.hidden_size is None or (m.hidden_size >= 2 and m.hidden_size % 2 == 0),
              "null or an even number of at least 2"),

@@ -135,7 +135,12 @@ class TrainingStep(nn.Module):
             extra = {} if inputs.path_drop is None else {"path_drop": inputs.path_drop}
             loss, parts = self.recipe.loss(model, self.objective, x0, y, inputs.t, inputs.noise, inputs.keep_idx,
                                            inputs.given, **extra)
-        for name, value in aux:
-            loss = loss + value
-            parts[name] = parts.get(name, 0.0) + value.detach()
+        stats: dict[str, list[torch.Tensor]] = {}
+        for name, value, adds in aux:
+            if adds:
+                loss = loss + value
+                parts[name] = parts.get(name, 0.0) + value.detach()
+            else:
+                stats.setdefault(name, []).append(value)
+        parts.update({name: torch.stack(values).mean() for name, values in stats.items()})
         return loss, parts

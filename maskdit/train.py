@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import signal
@@ -110,18 +111,20 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> 
         mlp_ratio=m.mlp_ratio, mixer_depth=m.mixer_depth, attention=m.attention,
         task_conditioning=bool(cfg.task.names), fusion=cfg.sprint_route(), route=cfg.tread_route(),
         learn_sigma=m.learn_sigma, pos_layout=m.pos_layout, time_scale=m.time_scale, time_offset=m.time_offset,
-        time_freq_shift=m.time_freq_shift, mlp_norm_eps=m.mlp_norm_eps,
+        time_freq_shift=m.time_freq_shift, mlp_norm_eps=m.mlp_norm_eps, norm=m.norm, qk_norm=m.qk_norm, mlp=m.mlp,
+        pos=m.pos, moe=dataclasses.asdict(m.moe) if m.moe.experts > 0 else None,
     )
 
 
 #: Model fields that fix what a model's weights compute, with the values of runs saved before they existed.
 FUNCTION_FIELDS = {"pos_layout": "axes", "time_scale": 1000.0, "time_offset": 0.0, "time_freq_shift": 0.0,
-                   "mlp_norm_eps": 1e-6}
+                   "mlp_norm_eps": 1e-6, "pos": "sincos", "norm": "layernorm"}
 
 
 def inherit_function(cfg: Config, ckpt: Path) -> None:
-    """A run resumed or started from ``ckpt`` keeps what its weights mean: the position table's layout, the
-    time embedding, the MLP norm's epsilon (from the saved model) and, for the same DDPM, its step offset."""
+    """A run resumed or started from ``ckpt`` keeps what its weights mean: how positions enter and their
+    table's layout, the time embedding, the norms (from the saved model) and, for the same DDPM, its step
+    offset. (Options that change the weights' shapes are checked when the weights load.)"""
     saved = read_json(ckpt / "config.json", keys=("model", "config"))
     for key, legacy in FUNCTION_FIELDS.items():
         setattr(cfg.model, key, saved["model"].get(key, legacy))

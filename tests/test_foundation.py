@@ -146,8 +146,12 @@ def test_positions_travel_with_kept_tokens_to_every_block():
     assert seen == [None, None, None]
 
 
-def test_the_training_step_never_reads_device_values_back(tmp_path, monkeypatch):
-    trainer = Trainer(small(tmp_path, "steps=3", "mask.ratio=0.5"), progress=False)
+@pytest.mark.parametrize("extra", [[], ["model.moe.experts=4", "model.moe.shared=1", "model.moe.capacity=0.5",
+                                         "model.pos=rope", "model.qk_norm=true"]])
+def test_the_training_step_never_reads_device_values_back(tmp_path, monkeypatch, extra):
+    """Plain, and with a mixture of experts whose capacity turns assignments away (routing stays on the
+    device) and rotary attention."""
+    trainer = Trainer(small(tmp_path, "steps=3", "mask.ratio=0.5", *extra), progress=False)
     reads = []
     for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
         real = getattr(torch.Tensor, name)

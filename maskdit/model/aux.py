@@ -14,20 +14,34 @@ from contextvars import ContextVar
 
 import torch
 
-_collector: ContextVar[list[tuple[str, torch.Tensor]] | None] = ContextVar("maskdit_aux_losses", default=None)
+_collector: ContextVar[list[tuple[str, torch.Tensor, bool]] | None] = ContextVar("maskdit_aux_losses",
+                                                                                  default=None)
+
+
+def aux_active() -> bool:
+    """True inside a training step that collects reports (so modules can skip computing them otherwise)."""
+    return _collector.get() is not None
 
 
 def report_aux_loss(name: str, value: torch.Tensor) -> None:
     """Add ``value`` (a scalar that already carries its weight) to the loss of the running training step."""
     bag = _collector.get()
     if bag is not None:
-        bag.append((name, value))
+        bag.append((name, value, True))
+
+
+def report_aux_stat(name: str, value: torch.Tensor) -> None:
+    """Log ``value`` (a detached scalar, e.g. an expert's load) with the step's metrics, without adding it to
+    the loss; several reports under one name are averaged."""
+    bag = _collector.get()
+    if bag is not None:
+        bag.append((name, value.detach(), False))
 
 
 @contextmanager
-def collect_aux_losses() -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Collect the ``(name, value)`` terms reported inside the ``with`` block."""
-    bag: list[tuple[str, torch.Tensor]] = []
+def collect_aux_losses() -> Iterator[list[tuple[str, torch.Tensor, bool]]]:
+    """Collect the ``(name, value, adds_to_loss)`` reports made inside the ``with`` block."""
+    bag: list[tuple[str, torch.Tensor, bool]] = []
     token = _collector.set(bag)
     try:
         yield bag

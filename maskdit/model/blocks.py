@@ -8,12 +8,14 @@ fresh model outputs zeros ("adaLN-Zero", Peebles & Xie, 2023).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from maskdit.masks import scatter_tokens
+from maskdit.model.moe import MoEMlp, MoESpec
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -61,21 +63,65 @@ class LabelEmbedder(nn.Module):
         return self.table(y)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention over the token axis through ``scaled_dot_product_attention``."""
+class AxialRoPE(nn.Module):
+    """Rotary positions for a token grid of rank 1-3: each axis rotates its own share of every head's
+    channel pairs by ``coordinate * frequency``, so attention scores depend only on coordinate differences.
 
-    def __init__(self, dim: int, num_heads: int):
+    Tokens are named by their index in the grid (patchify's row-major order), which travels with kept
+    tokens, so dropped, routed and factorised layouts all rotate by each token's own place. The pairs are
+    ``(x[i], x[i + head_dim / 2])``; pairs left over after an even split across axes stay unrotated.
+    """
+
+    def __init__(self, head_dim: int, token_grid: tuple[int, ...], theta: float = 10000.0):
+        super().__init__()
+        pairs, rank = head_dim // 2, len(token_grid)
+        per_axis = pairs // rank
+        if per_axis < 1:
+            raise ValueError(f"head width {head_dim} is too small for rotary positions over {rank} axes")
+        freqs = theta ** (-torch.arange(per_axis, dtype=torch.float64) / per_axis)
+        coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in token_grid],
+                                            indexing="ij"), dim=-1).reshape(-1, rank)
+        angles = torch.zeros(coords.shape[0], pairs, dtype=torch.float64)
+        for axis in range(rank):
+            angles[:, axis * per_axis:(axis + 1) * per_axis] = coords[:, axis:axis + 1] * freqs
+        self.register_buffer("cos", angles.cos(), persistent=False)  # float64: cast to the input's dtype
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+        """Rotate ``x`` ``(B, H, L, head_dim)`` whose tokens are grid indices ``ids`` ``(B, L)`` (``None``:
+        the whole grid in order)."""
+        cos, sin = (self.cos, self.sin) if ids is None else (self.cos[ids][:, None], self.sin[ids][:, None])
+        cos, sin = cos.to(x.device, x.dtype), sin.to(x.device, x.dtype)
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:2 * half]
+        rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        return rotated if x.shape[-1] == 2 * half else torch.cat([rotated, x[..., 2 * half:]], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the token axis through ``scaled_dot_product_attention``; optionally
+    with RMS-normalised queries and keys (``qk_norm``) and rotary positions (``rope``)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope: AxialRoPE | None = None):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.q_norm = nn.RMSNorm(dim // num_heads, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(dim // num_heads, eps=1e-6) if qk_norm else None
+        self.rope = [rope] if rope is not None else None  # a list: shared by every block, not a submodule
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        """``pos`` (token-grid indices of ``x``'s tokens, ``None`` = all in order) is unused by this
-        position-free attention; rotary variants read it."""
+        """``pos``: the token-grid index of each of ``x``'s tokens ``(B, L)`` (``None`` = the whole grid in
+        order); only rotary attention reads it."""
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            ids = None if pos is None else pos.reshape(b, -1)
+            q, k = self.rope[0](q, ids), self.rope[0](k, ids)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -91,6 +137,55 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+class SwiGLU(nn.Module):
+    """Gated feed-forward ``fc2(silu(gate) * up)``; its hidden width is 2/3 of the GELU MLP's, so both
+    have the same parameters and FLOPs."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        width = max(1, round(hidden * 2 / 3))
+        self.fc1 = nn.Linear(dim, 2 * width)  # gate and up, one matmul
+        self.fc2 = nn.Linear(width, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(gate) * up)
+
+
+#: Pre-norms of a block (and of the final layer), without learned affine: adaLN supplies shift and scale.
+NORMS = {"layernorm": lambda dim, eps: nn.LayerNorm(dim, elementwise_affine=False, eps=eps),
+         "rmsnorm": lambda dim, eps: nn.RMSNorm(dim, elementwise_affine=False, eps=eps)}
+#: Feed-forward layers ``cls(dim, hidden)``.
+MLPS = {"gelu": Mlp, "swiglu": SwiGLU}
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """How a transformer block is built: its norms, attention and feed-forward (DiT's by default)."""
+
+    norm: str = "layernorm"
+    qk_norm: bool = False
+    mlp: str = "gelu"
+    rope: AxialRoPE | None = field(default=None, compare=False)
+    mlp_norm_eps: float = 1e-6
+    moe: MoESpec | None = None  #: this block's feed-forward is a mixture of experts of ``mlp`` layers
+
+    def make_norm(self, dim: int, eps: float = 1e-6) -> nn.Module:
+        return NORMS[self.norm](dim, eps)
+
+    def make_attention(self, dim: int, num_heads: int) -> Attention:
+        return Attention(dim, num_heads, self.qk_norm, self.rope)
+
+    def make_mlp(self, dim: int, mlp_ratio: float) -> nn.Module:
+        hidden = int(dim * mlp_ratio)
+        if self.moe is None:
+            return MLPS[self.mlp](dim, hidden)
+        return MoEMlp(dim, self.moe, lambda: MLPS[self.mlp](dim, hidden))
+
+
+DEFAULT_BLOCK = BlockOptions()
+
+
 class DiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-Zero: shift, scale and gate for attention and MLP from ``c``.
 
@@ -98,12 +193,12 @@ class DiTBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None,
-                 mlp_norm_eps: float = 1e-6):
+                 options: BlockOptions = DEFAULT_BLOCK):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=mlp_norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm1 = options.make_norm(dim)
+        self.attn = options.make_attention(dim, num_heads)
+        self.norm2 = options.make_norm(dim, options.mlp_norm_eps)
+        self.mlp = options.make_mlp(dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,9 +217,9 @@ def zero_init_adaln(block: nn.Module) -> None:
 class FinalLayer(nn.Module):
     """adaLN-modulated LayerNorm and a linear map from features to patch values (zero-initialised)."""
 
-    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None):
+    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None, options: BlockOptions = DEFAULT_BLOCK):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = options.make_norm(dim)
         self.linear = nn.Linear(dim, out_dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 2 * dim))
 
@@ -147,17 +242,18 @@ class FactorisedDiTBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, token_grid: tuple[int, ...] = (1, 1),
-                 cond_dim: int | None = None):
+                 cond_dim: int | None = None, options: BlockOptions = DEFAULT_BLOCK):
         super().__init__()
         grid = tuple(int(s) for s in token_grid)
         self.token_grid = grid
         self.frames = grid[0] if len(grid) == 3 else 1
-        self.norm_t = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn_t = Attention(dim, num_heads)
-        self.norm_s = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn_s = Attention(dim, num_heads)
-        self.norm_m = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm_t = options.make_norm(dim)
+        self.attn_t = options.make_attention(dim, num_heads)
+        self.norm_s = options.make_norm(dim)
+        self.attn_s = options.make_attention(dim, num_heads)
+        self.norm_m = options.make_norm(dim, options.mlp_norm_eps)
+        self.mlp = options.make_mlp(dim, mlp_ratio)
+        self.rotary = options.rope is not None
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 9 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -169,14 +265,18 @@ class FactorisedDiTBlock(nn.Module):
                              f"frame; got {n} tokens" + ("" if pos is None else f" with index {tuple(pos.shape)}"))
         (shift_t, scale_t, gate_t, shift_s, scale_s, gate_s,
          shift_m, scale_m, gate_m) = self.adaLN_modulation(c).chunk(9, dim=-1)
+        ids_t = ids_s = None  # rotary attention: each sequence's tokens by their grid index
+        if self.rotary:
+            ids = (torch.arange(n, device=x.device).expand(b, n) if pos is None else pos).reshape(b, t, s)
+            ids_t, ids_s = ids.transpose(1, 2).reshape(b * s, t), ids.reshape(b * t, s)
         # temporal: (B, T, S, D) -> (B*S, T, D), one sequence per spatial position
         h = modulate(self.norm_t(x), shift_t, scale_t)
         h = h.reshape(b, t, s, d).transpose(1, 2).reshape(b * s, t, d)
-        h = self.attn_t(h).reshape(b, s, t, d).transpose(1, 2).reshape(b, n, d)
+        h = self.attn_t(h, ids_t).reshape(b, s, t, d).transpose(1, 2).reshape(b, n, d)
         x = x + gate_t.unsqueeze(1) * h
         # spatial: (B*T, S, D), one sequence per frame
         h = modulate(self.norm_s(x), shift_s, scale_s).reshape(b * t, s, d)
-        x = x + gate_s.unsqueeze(1) * self.attn_s(h).reshape(b, n, d)
+        x = x + gate_s.unsqueeze(1) * self.attn_s(h, ids_s).reshape(b, n, d)
         x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm_m(x), shift_m, scale_m))
         return x
 

@@ -12,6 +12,7 @@ The whole configuration is in the constructor; :attr:`DiT.config` returns it as 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -24,6 +25,10 @@ from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
 from maskdit.masks import gather_tokens, scatter_tokens
 from maskdit.model.blocks import (
+    MLPS,
+    NORMS,
+    AxialRoPE,
+    BlockOptions,
     DiTBlock,
     FactorisedDiTBlock,
     FinalLayer,
@@ -32,6 +37,7 @@ from maskdit.model.blocks import (
     TimestepEmbedder,
     zero_init_adaln,
 )
+from maskdit.model.moe import MoESpec
 
 #: Backbone sizes: (depth, hidden_size, num_heads). DiT's S/B/L/XL plus a CPU-sized ``tiny``.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -52,6 +58,7 @@ for _size, (_depth, _hidden, _heads) in SIZES.items():
 
 
 #: Block types: full space-time attention, or VDT's factorised temporal-then-spatial attention.
+POSITIONS = ("sincos", "rope")  #: how tokens know where they are (see DiT's ``pos``)
 POS_LAYOUTS = ("xy", "axes")  #: the sin-cos table's axis order (see DiT's ``pos_layout``)
 ATTENTIONS = ("full", "factorised")
 
@@ -117,6 +124,13 @@ class DiT(nn.Module):
         time_freq_shift: the sinusoid frequencies are ``10000^(-i / (half - shift))``: 0 in DiT, 1 in
             diffusers' DiT (``downscale_freq_shift``).
         mlp_norm_eps: epsilon of the LayerNorm before each MLP (DiT 1e-6, diffusers' DiT 1e-5).
+        norm: the blocks' pre-norms, ``"layernorm"`` (DiT) or ``"rmsnorm"``; qk_norm: RMS-normalise each
+            head's queries and keys (learned scale); mlp: ``"gelu"`` (DiT) or ``"swiglu"`` (the same
+            parameters); pos: ``"sincos"`` (a fixed table added to the tokens) or ``"rope"`` (axial rotary
+            positions inside attention, by each token's own grid index; no table).
+        moe: ``{"experts": E, "shared": S, "top_k": K, "every": N, "capacity": F, "balance": W}`` makes
+            every N-th block's feed-forward a mixture of E routed and S shared experts
+            (:mod:`maskdit.model.moe`); ``None`` (or 0 experts) keeps it dense.
     """
 
     def __init__(
@@ -140,6 +154,11 @@ class DiT(nn.Module):
         time_offset: float = 0.0,
         time_freq_shift: float = 0.0,
         mlp_norm_eps: float = 1e-6,
+        norm: str = "layernorm",
+        qk_norm: bool = False,
+        mlp: str = "gelu",
+        pos: str = "sincos",
+        moe: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.input_size = tuple(int(s) for s in input_size)
@@ -177,21 +196,34 @@ class DiT(nn.Module):
         if self.pos_layout not in POS_LAYOUTS:
             raise ConfigError(f"pos_layout must be one of {', '.join(POS_LAYOUTS)}, got {pos_layout!r}")
         self.mlp_norm_eps = float(mlp_norm_eps)
+        for key, value, allowed in (("norm", norm, NORMS), ("mlp", mlp, MLPS), ("pos", pos, POSITIONS)):
+            if value not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        self.pos = pos
+        rope = AxialRoPE(hidden_size // num_heads, self.token_grid) if pos == "rope" else None
+        self.rope = rope  # registered once here (the blocks share it), so .to(device) moves its tables
+        self.block_options = BlockOptions(norm, bool(qk_norm), mlp, rope, self.mlp_norm_eps)
+        moe = dict(moe or {})
+        self.moe_every = int(moe.pop("every", 1))
+        self.moe = MoESpec(**moe) if moe.get("experts", 0) > 0 else None
+        if self.moe_every < 1:
+            raise ConfigError(f"moe every must be at least 1, got {self.moe_every}")
 
         self.patch_embed = nn.Linear(self.patch_dim, hidden_size)
         table = sincos_pos_embed(hidden_size, self.token_grid, reverse_axes=self.pos_layout == "xy")
-        self.register_buffer("pos_embed", table[None], persistent=False)
+        self.register_buffer("pos_embed", table[None] * (pos == "sincos"), persistent=False)
         self.given_embed = nn.Parameter(torch.zeros(hidden_size)) if task_conditioning else None
         self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale, time_offset=time_offset,
                                            freq_shift=time_freq_shift)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps=mlp_norm_eps) if attention == "full"
-            else FactorisedDiTBlock(hidden_size, num_heads, mlp_ratio, self.token_grid)
-            for _ in range(depth)
+            DiTBlock(hidden_size, num_heads, mlp_ratio, options=self.options_of(i)) if attention == "full"
+            else FactorisedDiTBlock(hidden_size, num_heads, mlp_ratio, self.token_grid, options=self.options_of(i))
+            for i in range(depth)
         )
         self.fusion = None if fusion is None else SparseDenseFusion(hidden_size)
-        self.final_layer = FinalLayer(hidden_size, self.out_channels * math.prod(self.patch_size))
+        self.final_layer = FinalLayer(hidden_size, self.out_channels * math.prod(self.patch_size),
+                                      options=self.block_options)
         self.initialize_weights()
 
     @property
@@ -216,7 +248,17 @@ class DiT(nn.Module):
             "time_offset": self.t_embedder.time_offset,
             "time_freq_shift": self.t_embedder.freq_shift,
             "mlp_norm_eps": self.mlp_norm_eps,
+            "norm": self.block_options.norm,
+            "qk_norm": self.block_options.qk_norm,
+            "mlp": self.block_options.mlp,
+            "pos": self.pos,
+            **({} if self.moe is None else {"moe": {**dataclasses.asdict(self.moe), "every": self.moe_every}}),
         }
+
+    def options_of(self, index: int) -> BlockOptions:
+        """Block ``index``'s options: a mixture of experts in every ``moe_every``-th block (1-based)."""
+        moe = self.moe if self.moe is not None and (index + 1) % self.moe_every == 0 else None
+        return dataclasses.replace(self.block_options, moe=moe)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DiT:
@@ -233,7 +275,8 @@ class DiT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
