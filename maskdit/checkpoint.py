@@ -5,6 +5,7 @@
         ema.safetensors         EMA weights (used for sampling)
         optimizer.safetensors   optimizer tensors; its hyper-parameters go in state.json
         aux.safetensors         (masked recipes only) training-only decoder / interpolater weights
+        align.safetensors       (representation alignment only) the projector's weights
         state.json              step, data position, RNG states, optimizer groups
         config.json             the full run config, the model's constructor arguments, dataset facts
 
@@ -35,6 +36,7 @@ from maskdit.errors import CheckpointError, MaskditError
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.json")
 AUX_FILE = "aux.safetensors"  # optional: training-only parameters of a masked-training recipe
+ALIGN_FILE = "align.safetensors"  # optional: the representation-alignment projector
 STEP_NAME = re.compile(r"step_(\d{6,})")
 T = TypeVar("T")
 
@@ -232,7 +234,8 @@ def slot_like(value: Any, param: torch.Tensor) -> Any:
 
 
 def checkpoint_files(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     aux: torch.nn.Module | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+                     aux: torch.nn.Module | None = None, align: torch.nn.Module | None = None
+                     ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """The tensors of a checkpoint, whole and on the CPU, by file name, and the optimizer's JSON metadata.
 
     Sharded (FSDP) weights and optimizer state are gathered: every rank must call this, then one writes.
@@ -243,6 +246,8 @@ def checkpoint_files(model: torch.nn.Module, ema: torch.nn.Module, optimizer: to
              "optimizer.safetensors": opt_tensors}
     if aux is not None and len(aux.state_dict()):
         files[AUX_FILE] = _cpu_state(aux)
+    if align is not None:
+        files[ALIGN_FILE] = _cpu_state(align)
     return files, opt_meta
 
 
@@ -324,10 +329,11 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     model.load_state_dict({k: shard_like(v, expected[k]) for k, v in tensors.items()})
 
 
-def load_aux(aux: torch.nn.Module, ckpt: Path) -> None:
-    """Restore training-only recipe parameters; a checkpoint without them leaves ``aux`` as initialised."""
-    if len(aux.state_dict()) and (ckpt / AUX_FILE).is_file():
-        load_weights(aux, ckpt / AUX_FILE)
+def load_aux(aux: torch.nn.Module, ckpt: Path, name: str = AUX_FILE) -> None:
+    """Restore training-only parameters (a recipe's, or the alignment projector's with ``name``); a
+    checkpoint without them leaves ``aux`` as initialised."""
+    if len(aux.state_dict()) and (ckpt / name).is_file():
+        load_weights(aux, ckpt / name)
 
 
 def read_json(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -122,6 +122,7 @@ COMMAND_HELP = {
     "info": "describe what a run or checkpoint holds",
     "bench": "forward+backward throughput of a model preset",
     "latents": "encode images with a VAE into a latent store to train on",
+    "encoder": "train a small ViT by masked autoencoding, the target of representation alignment",
     "import": "turn a DiT, SiT or diffusers DiT checkpoint into a maskdit run",
     "export": "write a run's model as a diffusers DiTTransformer2DModel directory",
 }
@@ -188,6 +189,19 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--resize", type=positive_int, help="image folders: centre-crop and resize to this size")
         p.add_argument("--batch", type=positive_int, default=64, help="images per VAE call")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    elif command == "encoder":
+        p.add_argument("action", choices=["train"], help="train: fit a new encoder")
+        p.add_argument("data", help="digits, FILE.npz, a directory with images.npy, or an image folder")
+        p.add_argument("--out", required=True, help="the new encoder directory (must not exist)")
+        p.add_argument("--steps", type=positive_int, default=2000)
+        p.add_argument("--batch", type=positive_int, default=128)
+        p.add_argument("--patch", type=positive_int, default=2, help="patch size (the model's, to align 1:1)")
+        p.add_argument("--width", type=positive_int, default=128)
+        p.add_argument("--depth", type=positive_int, default=4)
+        p.add_argument("--heads", type=positive_int, default=4)
+        p.add_argument("--mask-ratio", type=ratio, default=0.75, help="share of patches dropped (MAE: 0.75)")
+        p.add_argument("--seed", type=int, default=0)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
     elif command == "import":
         from maskdit.interop import FORMATS
@@ -486,6 +500,21 @@ def cmd_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encoder(args: argparse.Namespace) -> int:
+    from maskdit.encoder import train_encoder
+
+    if args.width % args.heads:
+        raise ConfigError(f"--heads {args.heads} must divide --width {args.width}")
+    dataset = images_from_spec(args.data, "DATA")
+    facts = train_encoder(dataset, args.out, args.steps, args.batch, args.mask_ratio, args.patch, args.width,
+                          args.depth, args.heads, seed=args.seed, progress=not args.no_progress)
+    print(f"trained a {args.depth}-block ViT (width {args.width}, patch {args.patch}) for {args.steps} steps in "
+          f"{facts['seconds']:.0f}s: masked reconstruction error {facts['first_loss']:.3f} -> "
+          f"{facts['final_loss']:.3f}")
+    print(f"wrote {args.out}; align with: maskdit train align.weight=0.5 align.encoder={args.out}")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file
 
@@ -660,7 +689,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "eval": cmd_eval, "report": cmd_report,
-    "info": cmd_info, "bench": cmd_bench, "latents": cmd_latents, "import": cmd_import, "export": cmd_export,
+    "info": cmd_info, "bench": cmd_bench, "latents": cmd_latents, "encoder": cmd_encoder, "import": cmd_import,
+    "export": cmd_export,
 }
 
 

@@ -124,6 +124,14 @@ class SampleConfig:
 
 
 @dataclass
+class AlignConfig:
+    weight: float = 0.0  #: REPA's lambda; 0 = no representation alignment
+    block: int = 2  #: align the tokens after this block (1-based)
+    encoder: str | None = None  #: a directory from `maskdit encoder train` (the frozen target encoder)
+    hidden: int | None = None  #: the projector MLP's width (default 4 x model width)
+
+
+@dataclass
 class DistConfig:
     strategy: str = "ddp"  #: under torchrun: a maskdit.distributed.STRATEGIES entry (ddp | fsdp)
 
@@ -160,6 +168,7 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -241,6 +250,11 @@ class Config:
             ("mask.route", mask.route is None or (len(mask.route) == 2 and 0 <= mask.route[0] < mask.route[1]),
              "null or [START, END] with 0 <= START < END <= model.depth"),
             ("dist.strategy", self.dist.strategy in STRATEGIES, "one of " + one_of(STRATEGIES.names())),
+            ("align.weight", self.align.weight >= 0, "non-negative (0 = off)"),
+            ("align.block", self.align.block >= 1, "at least 1"),
+            ("align.encoder", self.align.weight == 0 or bool(self.align.encoder),
+             "a directory from maskdit encoder train when align.weight > 0"),
+            ("align.hidden", self.align.hidden is None or self.align.hidden >= 1, "null or at least 1"),
             ("task.names", all(n in TASKS for n in task.names), f"a list from {one_of(TASKS.names())}"),
             ("task.weights", weights is None or (len(weights) == len(task.names) and min(weights, default=0) >= 0
                                                  and sum(weights) > 0),
@@ -331,6 +345,9 @@ class Config:
                 tread_route(self.mask.route, fields["depth"])
             except ConfigError as e:
                 raise ConfigError(f"config key mask.route does not fit mask.recipe=tread: {e}") from e
+        if self.align.weight > 0 and self.align.block > fields["depth"]:
+            raise ConfigError(f"config key align.block must be at most model.depth={fields['depth']}, "
+                              f"got {self.align.block}")
         if self.mask.recipe == "mae" and self.mask.decoder_width is not None and self.mask.decoder_width % 4:
             raise ConfigError(f"config key mask.decoder_width must be a multiple of 4 (the decoder has 4 heads), "
                               f"got {self.mask.decoder_width}")

@@ -116,12 +116,15 @@ class TrainingStep(nn.Module):
 
     ``parts`` are detached scalar tensors (the recipe's loss terms and every auxiliary term by name), so
     reading them is left to the caller's log steps. Parameters are the model's, then the recipe's
-    training-only ones (the optimizer's order).
+    training-only ones, then the alignment projector's, if any (the optimizer's order). ``alignment`` (a
+    :class:`maskdit.align.Alignment`) sees the clean batch before the recipe runs the model.
     """
 
-    def __init__(self, model: nn.Module, recipe: nn.Module, objective: Objective):
+    def __init__(self, model: nn.Module, recipe: nn.Module, objective: Objective,
+                 alignment: nn.Module | None = None):
         super().__init__()
         self.model, self.recipe, self.objective = model, recipe, objective
+        self.alignment = alignment
 
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor | None], inputs: StepInputs
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -131,10 +134,16 @@ class TrainingStep(nn.Module):
             y = torch.where(inputs.drop_label, torch.full_like(y, model.null_label), y)
         else:
             y = None
-        with collect_aux_losses() as aux:
-            extra = {} if inputs.path_drop is None else {"path_drop": inputs.path_drop}
-            loss, parts = self.recipe.loss(model, self.objective, x0, y, inputs.t, inputs.noise, inputs.keep_idx,
-                                           inputs.given, **extra)
+        if self.alignment is not None:
+            self.alignment.prepare(x0)
+        try:
+            with collect_aux_losses() as aux:
+                extra = {} if inputs.path_drop is None else {"path_drop": inputs.path_drop}
+                loss, parts = self.recipe.loss(model, self.objective, x0, y, inputs.t, inputs.noise,
+                                               inputs.keep_idx, inputs.given, **extra)
+        finally:
+            if self.alignment is not None:
+                self.alignment.clear()
         stats: dict[str, list[torch.Tensor]] = {}
         for name, value, adds in aux:
             if adds:

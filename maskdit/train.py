@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdit.checkpoint import (
+    ALIGN_FILE,
     checkpoint_files,
     checkpoint_path,
     find_run,
@@ -191,7 +192,13 @@ class Trainer:
         self.model = model_for(cfg, self.dataset.shape, self.dataset.num_classes).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.recipe = recipe_for(cfg, self.model).to(self.device)
-        self.step_module = TrainingStep(self.model, self.recipe, self.objective)
+        self.alignment = None
+        if cfg.align.weight > 0:  # REPA: hooks onto a block of the (not yet compiled) model
+            from maskdit.align import Alignment, load_encoder
+
+            self.alignment = Alignment(self.model, load_encoder(cfg.align.encoder), cfg.align.block,
+                                       cfg.align.weight, cfg.align.hidden).to(self.device)
+        self.step_module = TrainingStep(self.model, self.recipe, self.objective, self.alignment)
         self.forward = self.step_module  # what a step calls: wrapped by the dist.strategy on several ranks
         self.strategy = STRATEGIES.get(cfg.dist.strategy)(self.world, self.device) if self.world.size > 1 else None
         self.sharded = bool(self.strategy and self.strategy.sharded)
@@ -310,7 +317,7 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> Path:
         """Write checkpoint ``self.step`` (one process; on several, :meth:`save_on_main`)."""
-        return self._write(checkpoint_files(self.model, self.ema, self.optimizer, self.recipe))
+        return self._write(checkpoint_files(self.model, self.ema, self.optimizer, self.recipe, self._align_part()))
 
     def _write(self, files: tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]) -> Path:
         tensors, optimizer_meta = files
@@ -321,6 +328,8 @@ class Trainer:
         load_weights(self.model, ckpt / "model.safetensors")
         load_weights(self.ema, ckpt / "ema.safetensors")
         load_aux(self.recipe, ckpt)
+        if self.alignment is not None:
+            load_aux(self.alignment.projector, ckpt, ALIGN_FILE)
         state = read_json(ckpt / "state.json", keys=("step", "optimizer", "rng"))
         load_optimizer(self.optimizer, ckpt, state["optimizer"])
         set_rng_state(state["rng"])
@@ -434,11 +443,14 @@ class Trainer:
         path = checkpoint_path(self.run_dir, self.step)
         with stop.critical():
             if self.world.main or self.sharded:  # sharded: every rank takes part in gathering the full state
-                files = checkpoint_files(self.model, self.ema, self.optimizer, self.recipe)
+                files = checkpoint_files(self.model, self.ema, self.optimizer, self.recipe, self._align_part())
             if self.world.main:
                 path = self._write(files)
         barrier(self.world)
         return path
+
+    def _align_part(self) -> torch.nn.Module | None:
+        return None if self.alignment is None else self.alignment.projector
 
     def eval_model(self) -> DiT | None:
         """The EMA weights as one whole model for rank 0's evaluation (``None`` on other ranks); sharded

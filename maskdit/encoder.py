@@ -1,0 +1,140 @@
+"""A small self-supervised ViT for representation alignment, trained here by masked autoencoding.
+
+REPA aligns a diffusion transformer's inner tokens with a frozen encoder's patch features. No pretrained
+encoder (DINOv2, ...) can be downloaded here, so the project trains its own: ``maskdit encoder train DATA
+--out DIR`` fits a ViT on the data's model-space images with MAE's objective (drop 75% of the patches,
+encode the rest, reconstruct the dropped ones with a light decoder) and saves the encoder alone:
+
+    DIR/encoder.json          {"kind": "maskdit-mae", constructor arguments, training facts}
+    DIR/encoder.safetensors   the encoder's weights
+
+:func:`load_encoder` reads it back (or a Hugging Face vision model directory, see :mod:`maskdit.align`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from maskdit.checkpoint import write_json_atomic
+from maskdit.errors import CheckpointError, ConfigError
+from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape
+from maskdit.masks import gather_tokens, random_keep_indices, scatter_tokens
+
+ENCODER_KIND = "maskdit-mae"
+
+
+class ViTEncoder(nn.Module):
+    """Patches -> linear embedding + fixed sin-cos positions -> pre-norm transformer -> patch features.
+
+    ``forward(x, keep_idx=None)`` returns ``(B, N, width)`` for every patch, or ``(B, K, width)`` for the
+    kept ones; :attr:`grid` is the patch grid, so callers can place the features.
+    """
+
+    def __init__(self, input_size: list[int], in_channels: int, patch_size: int = 2, width: int = 128,
+                 depth: int = 4, num_heads: int = 4):
+        super().__init__()
+        self.input_size, self.in_channels = [int(s) for s in input_size], int(in_channels)
+        self.patch = as_patch_size(patch_size, len(self.input_size))
+        self.grid = token_grid_shape(self.input_size, self.patch)
+        self.width, self.depth, self.num_heads = width, depth, num_heads
+        self.embed = nn.Linear(in_channels * int(torch.tensor(self.patch).prod()), width)
+        self.register_buffer("pos", sincos_pos_embed(width, self.grid)[None], persistent=False)
+        layer = nn.TransformerEncoderLayer(width, num_heads, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"input_size": self.input_size, "in_channels": self.in_channels, "patch_size": list(self.patch)[0],
+                "width": self.width, "depth": self.depth, "num_heads": self.num_heads}
+
+    def forward(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.embed(patchify(x, self.patch)) + self.pos
+        if keep_idx is not None:
+            tokens = gather_tokens(tokens, keep_idx)
+        return self.norm(self.blocks(tokens))
+
+
+class MaskedAutoencoder(nn.Module):
+    """MAE around a :class:`ViTEncoder`: a one-block decoder fills mask tokens in and predicts the pixels
+    (model-space values) of the dropped patches; the loss covers dropped patches only."""
+
+    def __init__(self, encoder: ViTEncoder, decoder_width: int = 64):
+        super().__init__()
+        self.encoder = encoder
+        n = len(sincos_pos_embed(decoder_width, encoder.grid))
+        self.to_decoder = nn.Linear(encoder.width, decoder_width)
+        self.mask_token = nn.Parameter(torch.zeros(decoder_width))
+        self.register_buffer("pos", sincos_pos_embed(decoder_width, encoder.grid)[None], persistent=False)
+        self.decoder = nn.TransformerEncoderLayer(decoder_width, 4, 4 * decoder_width, dropout=0.0,
+                                                  activation="gelu", batch_first=True, norm_first=True)
+        self.head = nn.Linear(decoder_width, encoder.embed.in_features)
+        self.num_tokens = n
+
+    def loss(self, x: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
+        target = patchify(x, self.encoder.patch)
+        kept = self.to_decoder(self.encoder(x, keep_idx))
+        full = scatter_tokens(kept, keep_idx, self.mask_token.expand(x.shape[0], self.num_tokens, -1),
+                              self.num_tokens)
+        pred = self.head(self.decoder(full + self.pos))
+        dropped = torch.ones(target.shape[:2], dtype=torch.bool, device=x.device).scatter(1, keep_idx, False)
+        return (pred - target).pow(2).mean(-1)[dropped].mean()
+
+
+def train_encoder(dataset: Any, out: str | Path, steps: int = 2000, batch_size: int = 128, mask_ratio: float = 0.75,
+                  patch_size: int = 2, width: int = 128, depth: int = 4, num_heads: int = 4, lr: float = 1e-3,
+                  seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Fit a :class:`ViTEncoder` by masked autoencoding on ``dataset`` (model space) and save it to ``out``."""
+    from maskdit.train import examples
+
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"--out {out} already exists: choose a new directory for the encoder")
+    torch.manual_seed(seed)
+    shape = list(dataset.shape)
+    encoder = ViTEncoder(shape[1:], shape[0], patch_size, width, depth, num_heads)
+    mae = MaskedAutoencoder(encoder)
+    optimizer = torch.optim.AdamW(mae.parameters(), lr=lr, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    start, losses = time.time(), []
+    for step in tqdm(range(steps), desc="encoder", disable=not progress):
+        index = torch.randint(0, len(dataset), (batch_size,), generator=gen)
+        x, _ = examples(dataset, index, False)
+        keep = random_keep_indices(batch_size, mae.num_tokens, mask_ratio, gen)
+        for group in optimizer.param_groups:  # warm-up, then cosine to 0
+            group["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = mae.loss(x, keep)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, out / "encoder.safetensors")
+    facts = {"kind": ENCODER_KIND, "config": encoder.config, "steps": steps, "batch_size": batch_size,
+             "mask_ratio": mask_ratio, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+             "first_loss": losses[0], "seconds": time.time() - start, "data": getattr(dataset, "name", "")}
+    write_json_atomic(out / "encoder.json", facts)
+    return facts
+
+
+def load_maskdit_encoder(path: Path) -> ViTEncoder:
+    try:
+        facts = json.loads((path / "encoder.json").read_text())
+        encoder = ViTEncoder(**facts["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path / 'encoder.json'} does not describe a maskdit encoder: {e}") from None
+    from maskdit.checkpoint import load_weights
+
+    load_weights(encoder, path / "encoder.safetensors")
+    return encoder
