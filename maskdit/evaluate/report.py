@@ -69,6 +69,9 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+EXPERT_LOAD = "expert_load_"  #: metrics keys of a mixture of experts' per-expert load, drawn in one panel
+
+
 def plot_curves(records: list[dict[str, Any]], keys: list[str], title: str) -> bytes:
     """One small panel per key against the step, as PNG bytes (matplotlib without pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -80,7 +83,17 @@ def plot_curves(records: list[dict[str, Any]], keys: list[str], title: str) -> b
     FigureCanvasAgg(fig)
     for i, key in enumerate(keys):
         ax = fig.add_subplot(rows, cols, i + 1)
-        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if key == EXPERT_LOAD.rstrip("_"):
+            names = sorted({k for r in records for k in r if k.startswith(EXPERT_LOAD)}, key=lambda k: int(k[12:]))
+            for name in names:
+                pts = [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]
+                ax.plot(*zip(*pts), linewidth=1.0, label=name[12:])
+            ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
+            ax.legend(title="expert", fontsize=6, title_fontsize=7, ncol=2)
+            key = "expert load (1 = an even share)"
+            pts = []
+        else:
+            pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker="." if len(pts) < 30 else None, linewidth=1.2)
@@ -198,6 +211,9 @@ def build_report(run_dir: str | Path, per_class: int = 4, seed: int = 0, device:
     skip = {"step", "elapsed_s"}
     keys = [k for k in dict.fromkeys(k for r in train for k in r) if k not in skip
             and any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in train)]
+    experts = [k for k in keys if k.startswith(EXPERT_LOAD)]
+    if experts:  # one panel for all experts' loads (a mixture-of-experts model)
+        keys = [k for k in keys if k not in experts] + [EXPERT_LOAD.rstrip("_")]
     parts.append(_img(plot_curves(train, keys, "training"), "training curves") if keys and train
                  else "<p>no training records</p>")
 
