@@ -23,6 +23,7 @@ from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
 from maskdit.model.blocks import MLPS, NORMS
+from maskdit.model.moe import ROUTINGS
 from maskdit.model.dit import ATTENTIONS, POS_LAYOUTS, POSITIONS, PRESETS
 from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
 from maskdit.recipes import RECIPES, sprint_route, tread_route
@@ -39,7 +40,9 @@ class MoEConfig:
     top_k: int = 2  #: experts each token is routed to
     every: int = 1  #: every N-th block (1 = all) gets the mixture
     capacity: float = 2.0  #: slots per expert, in multiples of an even share; assignments past it are not routed
-    balance: float = 0.01  #: weight of the load-balance loss
+    balance: float = 0.01  #: weight of the load-balance loss (token routing)
+    routing: str = "token"  #: token (each token picks top_k experts) | expert (each expert picks its tokens)
+    time_gate: bool = False  #: the router also sees the time/label conditioning (Switch-DiT, MoDE)
 
 
 @dataclass
@@ -214,6 +217,7 @@ class Config:
             ("model.moe.every", m.moe.every >= 1, "at least 1"),
             ("model.moe.capacity", m.moe.capacity > 0, "positive"),
             ("model.moe.balance", m.moe.balance >= 0, "non-negative"),
+            ("model.moe.routing", m.moe.routing in ROUTINGS, "one of " + one_of(ROUTINGS)),
             ("model.depth", m.depth is None or m.depth >= 1, "null or at least 1"),
             ("model.hidden_size", m.hidden_size is None or (m.hidden_size >= 2 and m.hidden_size % 2 == 0),
              "null or an even number of at least 2"),

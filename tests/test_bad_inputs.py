@@ -380,6 +380,7 @@ CASES: list[Case] = [
     C("train-moe-capacity-zero", [*TRAIN, "model.moe.experts=2", "model.moe.capacity=0"], "model.moe.capacity"),
     C("train-moe-every-zero", [*TRAIN, "model.moe.experts=2", "model.moe.every=0"], "model.moe.every"),
     C("train-moe-unknown-key", [*TRAIN, "model.moe.expert=4"], "model.moe.expert"),
+    C("train-moe-routing-unknown", [*TRAIN, "model.moe.experts=2", "model.moe.routing=hash"], "model.moe.routing"),
     C("train-align-without-encoder", [*TRAIN, "align.weight=0.5"], "align.encoder"),
     C("train-align-encoder-not-a-dir", [*TRAIN, "align.weight=0.5", "align.block=1", "align.encoder=adir"],
       "align.encoder",

@@ -151,3 +151,41 @@ def test_moe_routing_is_deterministic_and_dropped_tokens_get_no_gradient():
     per_token = patchify(x.grad, model.patch_size).abs().sum(-1)
     kept = torch.zeros_like(per_token, dtype=torch.bool).scatter_(1, keep, True)
     assert per_token[~kept].abs().max().item() == 0.0 and per_token[kept].min().item() > 0
+
+
+def test_expert_choice_routing_is_per_sample_and_balanced():
+    from maskdit.model.aux import collect_aux_losses
+    from maskdit.model.blocks import Mlp
+    from maskdit.model.moe import MoEMlp, MoESpec
+
+    torch.manual_seed(0)
+    layer = MoEMlp(16, MoESpec(experts=4, top_k=1, capacity=1.0, routing="expert"), lambda: Mlp(16, 32))
+    torch.nn.init.normal_(layer.router.weight)
+    x = torch.randn(3, 12, 16)
+    with torch.no_grad(), collect_aux_losses() as bag:
+        both = layer(x)
+        alone = layer(x[1:2])
+    assert torch.allclose(both[1:2], alone, atol=1e-6)  # a sample's routing does not depend on its batch
+    names = {name for name, _, _ in bag}
+    assert "loss_balance" not in names  # balanced by construction
+    loads = [float(v) for name, v, _ in bag if name.startswith("expert_load_")][:4]
+    assert loads == pytest.approx([1.0] * 4)
+
+
+def test_time_gated_routing_follows_the_conditioning():
+    from maskdit.model.blocks import Mlp
+    from maskdit.model.moe import MoEMlp, MoESpec
+
+    torch.manual_seed(0)
+    layer = MoEMlp(16, MoESpec(experts=4, top_k=1, time_gate=True), lambda: Mlp(16, 32))
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        torch.nn.init.zeros_(layer.gate_cond.weight)  # a silent gate: routing by the tokens alone
+        c = torch.randn(2, 16)
+        assert torch.equal(layer.logits(x, c), layer.logits(x, None))
+        torch.nn.init.normal_(layer.gate_cond.weight, std=5.0)
+        early, late = layer.logits(x, c).argmax(-1), layer.logits(x, -c).argmax(-1)
+    assert not torch.equal(early, late)  # another time (conditioning): other experts
+    model = DiT(input_size=(8, 8), in_channels=1, hidden_size=32, depth=1, num_heads=2, num_classes=2,
+                moe={"experts": 2, "top_k": 1, "time_gate": True, "routing": "token"})
+    assert model.blocks[0].mlp.gate_cond is not None and model.config["moe"]["time_gate"] is True

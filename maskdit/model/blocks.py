@@ -133,7 +133,8 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """``c`` (the block's conditioning) is for feed-forwards that route by it (MoE); unused here."""
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
@@ -147,7 +148,7 @@ class SwiGLU(nn.Module):
         self.fc1 = nn.Linear(dim, 2 * width)  # gate and up, one matmul
         self.fc2 = nn.Linear(width, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         gate, up = self.fc1(x).chunk(2, dim=-1)
         return self.fc2(F.silu(gate) * up)
 
@@ -204,7 +205,7 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)
         x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a), pos)
-        x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m), c)
         return x
 
 
@@ -277,7 +278,7 @@ class FactorisedDiTBlock(nn.Module):
         # spatial: (B*T, S, D), one sequence per frame
         h = modulate(self.norm_s(x), shift_s, scale_s).reshape(b * t, s, d)
         x = x + gate_s.unsqueeze(1) * self.attn_s(h, ids_s).reshape(b, n, d)
-        x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm_m(x), shift_m, scale_m))
+        x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm_m(x), shift_m, scale_m), c)
         return x
 
 

@@ -26,15 +26,24 @@ from torch import nn
 from maskdit.model.aux import aux_active, report_aux_loss, report_aux_stat
 
 
+#: How tokens meet experts: ``token`` (each token picks its top-k experts, DiT-MoE) or ``expert`` (each
+#: expert picks its ``capacity * top_k / experts`` share of each sample's tokens; balanced by construction,
+#: no balance loss; micro-budget training).
+ROUTINGS = ("token", "expert")
+
+
 @dataclass(frozen=True)
 class MoESpec:
-    """The MoE layer's shape: routed and shared experts, experts per token, capacity factor, loss weight."""
+    """The MoE layer's shape: routed and shared experts, experts per token, capacity factor, loss weight,
+    routing, and whether the router also sees the time/label conditioning (Switch-DiT, MoDE)."""
 
     experts: int
     shared: int = 0
     top_k: int = 2
     capacity: float = 2.0
     balance: float = 0.01
+    routing: str = "token"
+    time_gate: bool = False
 
 
 class MoEMlp(nn.Module):
@@ -44,16 +53,29 @@ class MoEMlp(nn.Module):
         super().__init__()
         if not 1 <= spec.top_k <= spec.experts:
             raise ValueError(f"top_k {spec.top_k} must be in [1, experts={spec.experts}]")
+        if spec.routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {spec.routing!r}")
         self.spec = spec
         self.router = nn.Linear(dim, spec.experts, bias=False)
+        self.gate_cond = nn.Linear(dim, spec.experts, bias=False) if spec.time_gate else None
         self.experts = nn.ModuleList(make_expert() for _ in range(spec.experts))
         self.shared = nn.ModuleList(make_expert() for _ in range(spec.shared))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
+    def logits(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """Router logits ``(B, L, E)``; with ``time_gate`` the conditioning ``c`` ``(B, D)`` shifts them
+        per sample, so the choice of experts can follow the noise level."""
+        logits = self.router(x)
+        if self.gate_cond is not None and c is not None:
+            logits = logits + self.gate_cond(c).unsqueeze(1)
+        return logits.float()
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.spec.routing == "expert":
+            return self._expert_choice(x, c)
+        shape = x.shape  # (B, L, D)
         tokens = x.reshape(-1, shape[-1])
         n, e, k = tokens.shape[0], self.spec.experts, self.spec.top_k
-        probs = self.router(tokens).float().softmax(dim=-1)  # (N, E)
+        probs = self.logits(x, c).reshape(n, e).softmax(dim=-1)  # (N, E)
         weight, choice = probs.topk(k, dim=-1)  # (N, k)
         weight = weight / weight.sum(dim=-1, keepdim=True)
         # slots: the assignment order is token-major, so earlier tokens win a full expert's slots
@@ -80,6 +102,30 @@ class MoEMlp(nn.Module):
         if aux_active():
             share = onehot.float().mean(dim=0)  # f_e: each expert's share of the assignments
             report_aux_loss("loss_balance", self.spec.balance * e * (share * probs.mean(dim=0)).sum())
-            for index in range(e):
-                report_aux_stat(f"expert_load_{index}", share[index].detach() * e)  # 1 = an even share
+            self._report_loads(share * e)  # 1 = an even share
         return out.reshape(shape)
+
+    def _expert_choice(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """Each expert takes its top-scoring ``capacity * top_k / E`` share of every sample's tokens (so
+        samples never compete for an expert, and sample i does not depend on its batch)."""
+        b, n, d = x.shape
+        e = self.spec.experts
+        probs = self.logits(x, c).softmax(dim=-1)  # (B, N, E)
+        chosen = min(n, max(1, math.ceil(self.spec.capacity * self.spec.top_k * n / e)))
+        gate, rows = probs.transpose(1, 2).topk(chosen, dim=-1)  # (B, E, C): each expert's tokens
+        out = torch.zeros_like(x)
+        for index, expert in enumerate(self.experts):
+            picked = rows[:, index]  # (B, C)
+            inputs = x.gather(1, picked.unsqueeze(-1).expand(-1, -1, d))
+            y = expert(inputs) * gate[:, index].unsqueeze(-1).to(x.dtype)
+            out = out.scatter_add(1, picked.unsqueeze(-1).expand(-1, -1, d), y)
+        for expert in self.shared:
+            out = out + expert(x)
+        if aux_active():
+            counts = torch.zeros(b, n, e, device=x.device).scatter_(1, rows.transpose(1, 2), 1.0)
+            self._report_loads(counts.sum(dim=(0, 1)) / counts.sum() * e)
+        return out
+
+    def _report_loads(self, loads: torch.Tensor) -> None:
+        for index in range(self.spec.experts):
+            report_aux_stat(f"expert_load_{index}", loads[index].detach())

@@ -1,0 +1,78 @@
+"""The DiT toolbox at equal wall-clock: MoE, each block option, RoPE and representation alignment against the
+plain DiT, on the CPU.
+
+    python benchmarks/toolbox.py --data digits --budget 120 --points 2 --num 400 --sample-steps 6 --batch 64
+    python benchmarks/toolbox.py --data mnist32 --budget 600 --points 3 --num 400 --sample-steps 6 --batch 32 \\
+        model.hidden_size=64
+
+Every arm trains the same preset for the same number of seconds (the machinery of
+``masking_convergence.py``: evaluations during training are taken out of the budget; the final row is
+the EMA weights' domain FID and class accuracy), one after the other, so run it on a quiet machine.
+MoE arms keep the active parameters of the dense model: each token passes one routed and one shared
+expert of half the MLP width (``model.mlp_ratio=2``). The alignment arm first trains its encoder with
+``maskdit encoder train`` on the same images (its time is printed, not counted in the budget, as REPA does
+not count DINOv2's). Curves and the table go to ``docs/toolbox/DATA``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import masking_convergence as study  # noqa: E402  (the equal-wall-clock machinery)
+
+ENCODERS = Path("runs/toolbox/encoders")
+ARMS: dict[str, list[str]] = {
+    "plain": [],
+    "moe 4 (top-1 + 1 shared, half width)": ["model.moe.experts=4", "model.moe.top_k=1", "model.moe.shared=1",
+                                             "model.mlp_ratio=2"],
+    "moe 8 (top-1 + 1 shared, half width)": ["model.moe.experts=8", "model.moe.top_k=1", "model.moe.shared=1",
+                                             "model.mlp_ratio=2"],
+    "rmsnorm": ["model.norm=rmsnorm"],
+    "qk-norm": ["model.qk_norm=true"],
+    "swiglu": ["model.mlp=swiglu"],
+    "rope": ["model.pos=rope"],
+    "rmsnorm + qk-norm + swiglu + rope": ["model.norm=rmsnorm", "model.qk_norm=true", "model.mlp=swiglu",
+                                          "model.pos=rope"],
+    "align (self-trained MAE encoder, block 2)": ["align.weight=0.5", "align.block=2"],
+}
+
+
+def encoder_for(data: str, images: str) -> Path:
+    """Train (once) the MAE encoder the alignment arm aligns with; prints its time."""
+    out = ENCODERS / data
+    if not (out / "encoder.json").is_file():
+        start = time.time()
+        subprocess.run([sys.executable, "-m", "maskdit", "encoder", "train", images, "--out", str(out), "--steps",
+                        "1500", "--batch", "128", "--patch", "2", "--width", "64", "--depth", "2", "--heads", "4",
+                        "--no-progress"], check=True)
+        print(f"[encoder] trained in {time.time() - start:.0f}s -> {out}", flush=True)
+    return out
+
+
+def main() -> None:
+    data = sys.argv[sys.argv.index("--data") + 1] if "--data" in sys.argv else "mnist32"
+    if "--out" not in sys.argv:
+        sys.argv += ["--out", f"docs/toolbox/{data}"]
+    if "--runs" not in sys.argv:
+        sys.argv += ["--runs", "runs/toolbox"]
+    images = "digits" if data == "digits" else (sys.argv[sys.argv.index("--data-path") + 1]
+                                                if "--data-path" in sys.argv else "runs/data/mnist32.npz")
+    arms = dict(ARMS)
+    wanted = sys.argv[sys.argv.index("--arms") + 1].split(",") if "--arms" in sys.argv else list(arms)
+    if any(a.startswith("align") for a in wanted) and "--table" not in sys.argv:
+        if data == "mnist32" and not Path(images).is_file():
+            study.make_mnist32(Path(images))
+        label = next(a for a in arms if a.startswith("align"))
+        arms[label] = [*arms[label], f"align.encoder={encoder_for(data, images)}"]
+    study.ARMS.clear()
+    study.ARMS.update(arms)
+    study.BASELINE = "plain"
+    study.main()
+
+
+if __name__ == "__main__":
+    main()
