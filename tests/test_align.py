@@ -85,5 +85,5 @@ def test_alignment_refuses_a_missing_encoder(tmp_path):
     from maskdit.train import Trainer
 
     with pytest.raises(ConfigError, match="align.encoder"):
-        Trainer(load_config("digits", overrides=[*SMALL, "align.weight=1", f"align.encoder={tmp_path}",
+        Trainer(load_config("digits", overrides=[*SMALL, "align.weight=1", "align.block=1", f"align.encoder={tmp_path}",
                                                  f"run_dir={tmp_path / 'r'}"]), progress=False)
