@@ -86,6 +86,17 @@ def interval(text: str) -> list[float]:
     return [lo, hi]
 
 
+def grid_size(text: str) -> tuple[int, ...]:
+    """``HxW`` (or ``L``, ``TxHxW``): positive integers."""
+    try:
+        size = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 16x16") from None
+    if not size or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 16x16")
+    return size
+
+
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     from maskdit.samplers import GUIDANCES, SAMPLERS
 
@@ -147,6 +158,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--num", type=positive_int, help="number of samples (default 100; with --context: all clips)")
         p.add_argument("--out", required=True,
                        help="FILE.png (a grid, one row per class) or FILE.npz; with --task also FILE.gif / FILE.mp4")
+        p.add_argument("--size", type=grid_size, metavar="HxW",
+                       help="sample at another size (models trained with model.pos=rope; multiples of the patch)")
         _add_overwrite(p)
         t = p.add_argument_group("tasks (models trained with task.names)")
         t.add_argument("--task", choices=TASKS.names(), help="generate what this task leaves open in --context")
@@ -351,7 +364,12 @@ def _draw(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any, dict]
 
     labels = _labels(args, run, num)
     kwargs = _sampling_kwargs(args, run)
-    x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, **kwargs)
+    size = getattr(args, "size", None)
+    if size is not None and (run.model.pos != "rope" or len(size) != len(run.model.input_size)):
+        raise ConfigError(f"--size {'x'.join(map(str, size))}: only a model trained with model.pos=rope samples at "
+                          f"another size, with as many axes as its {'x'.join(map(str, run.model.input_size))}")
+    x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, size=size,
+                 **kwargs)
     return run.codec.decode(x), labels, kwargs
 
 

@@ -313,9 +313,11 @@ def generate(
     context: torch.Tensor | None = None,
     guidance: str = "cfg",
     guidance_channels: int | None = None,
+    size: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """``num`` samples ``(num, C, *S)`` in model space. The starting noise and the step noise of sample
-    ``i`` depend only on ``seed`` and ``i``, so results do not change with ``batch_size``.
+    """``num`` samples ``(num, C, *S)`` in model space (``size``: another ``S``, for rotary models). The
+    starting noise and the step noise of sample ``i`` depend only on ``seed`` and ``i``, so results do not
+    change with ``batch_size``.
 
     With a condition mask ``given`` ``(num, N)`` and ``context`` ``(num, C, *S)``, the given tokens are
     held to their context values before every model call and in the result, which therefore equals
@@ -324,7 +326,7 @@ def generate(
     sampler = sampler or default_sampler(objective)
     check_sampler(sampler, objective.name)
     device = next(model.parameters()).device
-    shape = (model.in_channels, *model.input_size)
+    shape = (model.in_channels, *(size or model.input_size))
     noise = torch.randn((num, *shape), generator=torch.Generator().manual_seed(seed))
     if labels is not None and len(labels) != num:
         raise ConfigError(f"{len(labels)} labels for {num} samples")

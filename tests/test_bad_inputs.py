@@ -394,6 +394,8 @@ CASES: list[Case] = [
     C("encoder-heads-do-not-divide", ["encoder", "train", "digits", "--out", "enc", "--width", "10", "--heads", "4"],
       "--heads"),
     C("encoder-data-missing", ["encoder", "train", "missing.npz", "--out", "enc"], "missing.npz"),
+    C("sample-size-not-a-size", ["sample", "{img}", "--size", "big", "--out", "s.png"], "--size"),
+    C("sample-size-table-model", ["sample", "{img}", "--size", "16x16", "--out", "s.png"], "--size"),
     C("sample-guidance-channels-zero", ["sample", "{img}", "--guidance-channels", "0", "--out", "s.png"],
       "--guidance-channels"),
     C("train-resize-zero", [*TRAIN, "data.resize=0"], "data.resize"),

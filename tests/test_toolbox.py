@@ -189,3 +189,28 @@ def test_time_gated_routing_follows_the_conditioning():
     model = DiT(input_size=(8, 8), in_channels=1, hidden_size=32, depth=1, num_heads=2, num_classes=2,
                 moe={"experts": 2, "top_k": 1, "time_gate": True, "routing": "token"})
     assert model.blocks[0].mlp.gate_cond is not None and model.config["moe"]["time_gate"] is True
+
+
+def test_a_rope_model_samples_at_another_size_and_a_table_model_refuses(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = perturbed(DiT(input_size=(8, 8), in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=2,
+                          pos="rope"))
+    t, y = torch.rand(2), torch.tensor([0, 1])
+    big = model(torch.randn(2, 1, 16, 12), t, y)
+    assert big.shape == (2, 1, 16, 12) and torch.isfinite(big).all()
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(model(x, t, y), model(x, t, y))  # the training size is untouched by the other one
+    table = DiT(input_size=(8, 8), in_channels=1, hidden_size=32, depth=1, num_heads=2, num_classes=2)
+    with pytest.raises(Exception, match="only a model.pos=rope model"):
+        table(torch.randn(1, 1, 16, 16), t[:1], y[:1])
+    run = tmp_path / "run"
+    assert main(["train", "--no-progress", *SMALL, "steps=2", "model.pos=rope", f"run_dir={run}"]) == 0
+    assert main(["sample", str(run), "--num", "4", "--steps", "2", "--size", "16x16",
+                 "--out", str(tmp_path / "big.npz")]) == 0
+    import numpy as np
+
+    assert np.load(tmp_path / "big.npz")["images"].shape == (4, 16, 16, 1)
+    plain = tmp_path / "plain"
+    assert main(["train", "--no-progress", *SMALL, "steps=2", f"run_dir={plain}"]) == 0
+    assert main(["sample", str(plain), "--num", "4", "--size", "16x16", "--out", str(tmp_path / "x.png")]) == 2
+    assert "only a model trained with model.pos=rope" in capsys.readouterr().err

@@ -7,7 +7,9 @@ fresh model outputs zeros ("adaLN-Zero", Peebles & Xie, 2023).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -74,23 +76,40 @@ class AxialRoPE(nn.Module):
 
     def __init__(self, head_dim: int, token_grid: tuple[int, ...], theta: float = 10000.0):
         super().__init__()
-        pairs, rank = head_dim // 2, len(token_grid)
-        per_axis = pairs // rank
-        if per_axis < 1:
-            raise ValueError(f"head width {head_dim} is too small for rotary positions over {rank} axes")
-        freqs = theta ** (-torch.arange(per_axis, dtype=torch.float64) / per_axis)
-        coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in token_grid],
-                                            indexing="ij"), dim=-1).reshape(-1, rank)
-        angles = torch.zeros(coords.shape[0], pairs, dtype=torch.float64)
-        for axis in range(rank):
-            angles[:, axis * per_axis:(axis + 1) * per_axis] = coords[:, axis:axis + 1] * freqs
-        self.register_buffer("cos", angles.cos(), persistent=False)  # float64: cast to the input's dtype
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.pairs, self.rank = head_dim // 2, len(token_grid)
+        self.per_axis = self.pairs // self.rank
+        if self.per_axis < 1:
+            raise ValueError(f"head width {head_dim} is too small for rotary positions over {self.rank} axes")
+        self.theta = theta
+        cos, sin = self.tables(tuple(token_grid))
+        self.register_buffer("cos", cos, persistent=False)  # float64: cast to the input's dtype
+        self.register_buffer("sin", sin, persistent=False)
+        self._other: tuple[torch.Tensor, torch.Tensor] | None = None  # the tables of another grid, while active
+
+    def tables(self, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``(prod(grid), head_dim / 2)`` of every token of ``grid``, in float64."""
+        freqs = self.theta ** (-torch.arange(self.per_axis, dtype=torch.float64) / self.per_axis)
+        coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in grid],
+                                            indexing="ij"), dim=-1).reshape(-1, self.rank)
+        angles = torch.zeros(coords.shape[0], self.pairs, dtype=torch.float64)
+        for axis in range(self.rank):
+            angles[:, axis * self.per_axis:(axis + 1) * self.per_axis] = coords[:, axis:axis + 1] * freqs
+        return angles.cos(), angles.sin()
+
+    @contextlib.contextmanager
+    def at(self, grid: tuple[int, ...]) -> Iterator[None]:
+        """Rotate by the places of another token grid meanwhile (sampling at another size)."""
+        self._other = tuple(t.to(self.cos.device) for t in self.tables(grid))  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            self._other = None
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
         """Rotate ``x`` ``(B, H, L, head_dim)`` whose tokens are grid indices ``ids`` ``(B, L)`` (``None``:
         the whole grid in order)."""
-        cos, sin = (self.cos, self.sin) if ids is None else (self.cos[ids][:, None], self.sin[ids][:, None])
+        table_cos, table_sin = self._other or (self.cos, self.sin)
+        cos, sin = (table_cos, table_sin) if ids is None else (table_cos[ids][:, None], table_sin[ids][:, None])
         cos, sin = cos.to(x.device, x.dtype), sin.to(x.device, x.dtype)
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:2 * half]

@@ -297,12 +297,16 @@ class DiT(nn.Module):
 
     def embed(self, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
         """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions (and the "given" flag) added."""
-        if tuple(x.shape[1:]) != (self.in_channels, *self.input_size):
+        resized = self.pos == "rope" and self.attention == "full" and x.dim() == 2 + len(self.input_size) and \
+            x.shape[1] == self.in_channels and all(s % p == 0 for s, p in zip(x.shape[2:], self.patch_size))
+        if tuple(x.shape[1:]) != (self.in_channels, *self.input_size) and not resized:
             raise ConfigError(
                 f"model expects input (B, {self.in_channels}, {', '.join(map(str, self.input_size))}), "
-                f"got {tuple(x.shape)}"
-            )
-        tokens = self.patch_embed(patchify(x, self.patch_size)) + self.pos_embed
+                f"got {tuple(x.shape)}" + ("" if self.pos == "rope" else " (only a model.pos=rope model with full "
+                                           "attention takes other sizes)"))
+        tokens = self.patch_embed(patchify(x, self.patch_size))
+        if tuple(x.shape[2:]) == self.input_size:
+            tokens = tokens + self.pos_embed
         if given is not None:
             if self.given_embed is None:
                 raise ConfigError("this model was trained without task_conditioning: it cannot take a condition mask")
@@ -373,6 +377,13 @@ class DiT(nn.Module):
         """
         c = self.condition(t, y)
         tokens = self.embed(x, given)
+        grid = token_grid_shape(x.shape[2:], self.patch_size)
+        if grid != self.token_grid:  # a rotary model at another size: every token, every block
+            if keep_idx is not None or self.fusion is not None or route is not None or given is not None:
+                raise ConfigError(f"at a grid other than the training one {self.token_grid} the model runs plain: "
+                                  "no dropping, routing, SPRINT fusion or condition mask")
+            with self.rope.at(grid):
+                return self.run_blocks(tokens, c, 0, end), c
         if path_drop is not None and self.fusion is None:
             raise ConfigError("path drop (path-drop guidance) needs a SPRINT model: train with mask.recipe=sprint")
         if self.fusion is not None:
@@ -416,7 +427,7 @@ class DiT(nn.Module):
         out = self.final_layer(tokens, c)
         if keep_idx is not None and self.fusion is None and route is None:
             return out
-        return unpatchify(out, self.patch_size, self.input_size, self.out_channels)
+        return unpatchify(out, self.patch_size, tuple(x.shape[2:]), self.out_channels)
 
 
 def build_model(
