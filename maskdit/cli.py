@@ -113,6 +113,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-channels", type=positive_int, metavar="N",
                    help="guide only the first N output channels, the rest from the conditional branch (DiT: 3)")
     g.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (0 deterministic, 1 ancestral)")
+    g.add_argument("--accel", metavar="NAME[:key=value,...]",
+                   help="a sampling accelerator, e.g. cache:every=3 (reuse the middle blocks' residual)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     g.add_argument("--classes", type=class_list, help="comma-separated labels to cycle through (default: all)")
     g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights (default ema)")
@@ -335,7 +337,15 @@ def _sampling_kwargs(args: argparse.Namespace, run: Any) -> dict[str, Any]:
         "guidance_channels": args.guidance_channels or s.guidance_channels,
         "eta": s.eta if args.eta is None else args.eta,
         "seed": args.seed,
+        **({} if not getattr(args, "accel", None) else {"accel": _checked_accel(args.accel)}),
     }
+
+
+def _checked_accel(spec: str) -> str:
+    from maskdit.accel import parse_accel
+
+    parse_accel(spec)  # refuse a bad spec before any sampling starts
+    return spec
 
 
 def _labels(args: argparse.Namespace, run: Any, num: int) -> Any:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from maskdit.accel import accelerated
 from maskdit.errors import ConfigError
 from maskdit.masks import random_keep_indices
 from maskdit.objectives import Objective, hold_given
@@ -314,10 +315,12 @@ def generate(
     guidance: str = "cfg",
     guidance_channels: int | None = None,
     size: Sequence[int] | None = None,
+    accel: str | None = None,
 ) -> torch.Tensor:
     """``num`` samples ``(num, C, *S)`` in model space (``size``: another ``S``, for rotary models). The
     starting noise and the step noise of sample ``i`` depend only on ``seed`` and ``i``, so results do not
-    change with ``batch_size``.
+    change with ``batch_size``. ``accel`` names a sampling accelerator (:mod:`maskdit.accel`), opened
+    afresh for every batch.
 
     With a condition mask ``given`` ``(num, N)`` and ``context`` ``(num, C, *S)``, the given tokens are
     held to their context values before every model call and in the result, which therefore equals
@@ -341,17 +344,20 @@ def generate(
         y = labels[part].to(device) if labels is not None else None
         x = noise[part].to(device)
         streams = NoiseStreams(seed, range(start, start + len(x)), shape)
-        if given is None:
-            fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance, channels=guidance_channels)
-            x = sample(fn, x, objective, sampler, steps, eta, streams)
-        else:
-            g, ctx = given[part].to(device), context[part].to(device)
+        with accelerated(model, accel, steps * SAMPLERS.entry(sampler).facts["calls_per_step"]):
+            if given is None:
+                fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance,
+                            channels=guidance_channels)
+                x = sample(fn, x, objective, sampler, steps, eta, streams)
+            else:
+                g, ctx = given[part].to(device), context[part].to(device)
 
-            def hold(x: torch.Tensor, g: torch.Tensor = g, ctx: torch.Tensor = ctx) -> torch.Tensor:
-                return hold_given(x, ctx, g, model.patch_size)
+                def hold(x: torch.Tensor, g: torch.Tensor = g, ctx: torch.Tensor = ctx) -> torch.Tensor:
+                    return hold_given(x, ctx, g, model.patch_size)
 
-            fn = guided(model, y, guidance_scale, guidance_interval, given=g, guidance=guidance,
-                        channels=guidance_channels)
-            x = hold(sample(lambda x, t, fn=fn: fn(hold(x), t), hold(x), objective, sampler, steps, eta, streams))
+                fn = guided(model, y, guidance_scale, guidance_interval, given=g, guidance=guidance,
+                            channels=guidance_channels)
+                x = hold(sample(lambda x, t, fn=fn: fn(hold(x), t), hold(x), objective, sampler, steps, eta,
+                                streams))
         out.append(x.float().cpu())
     return torch.cat(out)
