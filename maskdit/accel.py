@@ -2,6 +2,9 @@
 
     maskdit sample RUN --out x.png --accel cache:every=3
 
+* ``ras:ratio=R[,every=M]`` (region-adaptive sampling, RAS): each call recomputes only the ``R`` share
+  of each sample's tokens whose prediction changed most between the two previous calls; the others keep
+  their cached prediction. Full calls first, every ``M``-th (5) and last. ``ratio=1`` is exactly uncached.
 * ``cache:every=K[,tail=F]`` (block caching, as in Delta-DiT / Faster Diffusion's feature reuse): consecutive
   sampling steps change the middle blocks' contribution little, so the residual they add (output minus
   input of blocks ``1..depth-2``) is computed on one model call in ``K`` and reused on the others; the
@@ -88,6 +91,53 @@ def block_cache(model: torch.nn.Module, calls: int, every: float = 2, tail: floa
         yield
     finally:
         del model.run_blocks
+
+
+@ACCELS.register("ras", "region-adaptive: recompute only the share R of tokens whose prediction changes most "
+                 "(ratio=R, every=M full calls)", options=("ratio", "every"))
+@contextlib.contextmanager
+def region_adaptive(model: torch.nn.Module, calls: int, ratio: float = 0.5, every: float = 5) -> Iterator[None]:
+    """RAS: after two full calls, each call runs the model on each sample's ``ratio`` share of tokens whose
+    prediction moved most between the last two calls (they attend among themselves) and keeps the cached
+    prediction for the rest; every ``every``-th call and the last one run in full. ``ratio=1`` is exactly
+    uncached."""
+    if not 0 < ratio <= 1:
+        raise ConfigError(f"--accel ras: ratio must be in (0, 1], got {ratio:g}")
+    if every < 1 or int(every) != every:
+        raise ConfigError(f"--accel ras: every must be a whole number of at least 1, got {every:g}")
+    from maskdit.grid import patchify, unpatchify
+    from maskdit.masks import num_kept
+
+    plain = model.forward
+    state: dict[tuple[int, ...], dict[str, Any]] = {}
+    thinnable = getattr(model, "fusion", None) is None and ratio < 1
+
+    def forward(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, keep_idx: Any = None,
+                **kw: Any) -> torch.Tensor:
+        if keep_idx is not None or kw.get("route") is not None or not thinnable:
+            return plain(x, t, y, keep_idx, **kw)
+        key = tuple(x.shape)
+        s = state.setdefault(key, {"calls": 0, "out": None, "change": None})
+        index = s["calls"]
+        s["calls"] += 1
+        if s["change"] is None or index % int(every) == 0 or index + 1 >= calls:
+            out = plain(x, t, y, **kw)
+        else:
+            n = s["change"].shape[1]
+            keep = s["change"].topk(num_kept(n, 1 - ratio), dim=1).indices.sort(dim=1).values
+            thin = plain(x, t, y, keep, **kw)  # (B, K, P) prediction tokens of the chosen places
+            tokens = patchify(s["out"], model.patch_size).scatter(1, keep.unsqueeze(-1).expand_as(thin), thin)
+            out = unpatchify(tokens, model.patch_size, x.shape[2:], s["out"].shape[1])
+        if s["out"] is not None:
+            s["change"] = patchify((out - s["out"]).float().abs(), model.patch_size).mean(-1)
+        s["out"] = out
+        return out
+
+    model.forward = forward
+    try:
+        yield
+    finally:
+        del model.forward
 
 
 @contextlib.contextmanager

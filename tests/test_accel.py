@@ -55,3 +55,22 @@ def test_bad_accelerator_specs_are_refused():
     with pytest.raises(ConfigError, match="whole number"):
         draw(DiT(input_size=(8, 8), in_channels=1, hidden_size=32, depth=3, num_heads=2, num_classes=3),
              accel="cache:every=0.5")
+
+
+def test_ras_ratio_1_is_exactly_uncached_and_a_share_keeps_the_guarantees(model):
+    plain = draw(model)
+    assert torch.equal(draw(model, accel="ras:ratio=1"), plain)
+    seen = []
+    handle = model.blocks[0].register_forward_hook(lambda m, a, out: seen.append(out.shape[1]))
+    half = draw(model, accel="ras:ratio=0.5,every=4")
+    handle.remove()
+    assert 8 in seen and 16 in seen  # thinned calls ran on half of the 16 tokens, full calls on all
+    assert not torch.equal(half, plain) and torch.isfinite(half).all()
+    assert torch.equal(draw(model, accel="ras:ratio=0.5", batch_size=4), draw(model, accel="ras:ratio=0.5"))
+    context = torch.rand(6, 1, 8, 8) * 2 - 1
+    given = torch.zeros(6, 16, dtype=torch.bool)
+    given[:, 8:] = True
+    out = draw(model, accel="ras:ratio=0.5", given=given, context=context)
+    assert torch.equal(out[:, :, 4:], context[:, :, 4:])
+    with pytest.raises(ConfigError, match="ratio"):
+        draw(model, accel="ras:ratio=0")
