@@ -8,7 +8,7 @@ encode the rest, reconstruct the dropped ones with a light decoder) and saves th
     DIR/encoder.json          {"kind": "maskdit-mae", constructor arguments, training facts}
     DIR/encoder.safetensors   the encoder's weights
 
-:func:`load_encoder` reads it back (or a Hugging Face vision model directory, see :mod:`maskdit.align`).
+:func:`maskdit.align.load_encoder` reads it back.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from maskdit.checkpoint import write_json_atomic
 from maskdit.errors import CheckpointError, ConfigError
 from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape
 from maskdit.masks import gather_tokens, random_keep_indices, scatter_tokens
+from maskdit.model.decoders import dropped_mask
 
 ENCODER_KIND = "maskdit-mae"
 
@@ -45,7 +46,7 @@ class ViTEncoder(nn.Module):
         self.patch = as_patch_size(patch_size, len(self.input_size))
         self.grid = token_grid_shape(self.input_size, self.patch)
         self.width, self.depth, self.num_heads = width, depth, num_heads
-        self.embed = nn.Linear(in_channels * int(torch.tensor(self.patch).prod()), width)
+        self.embed = nn.Linear(in_channels * math.prod(self.patch), width)
         self.register_buffer("pos", sincos_pos_embed(width, self.grid)[None], persistent=False)
         layer = nn.TransformerEncoderLayer(width, num_heads, 4 * width, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True)
@@ -71,14 +72,13 @@ class MaskedAutoencoder(nn.Module):
     def __init__(self, encoder: ViTEncoder, decoder_width: int = 64):
         super().__init__()
         self.encoder = encoder
-        n = len(sincos_pos_embed(decoder_width, encoder.grid))
         self.to_decoder = nn.Linear(encoder.width, decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(decoder_width))
         self.register_buffer("pos", sincos_pos_embed(decoder_width, encoder.grid)[None], persistent=False)
         self.decoder = nn.TransformerEncoderLayer(decoder_width, 4, 4 * decoder_width, dropout=0.0,
                                                   activation="gelu", batch_first=True, norm_first=True)
         self.head = nn.Linear(decoder_width, encoder.embed.in_features)
-        self.num_tokens = n
+        self.num_tokens = math.prod(encoder.grid)
 
     def loss(self, x: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
         target = patchify(x, self.encoder.patch)
@@ -86,7 +86,7 @@ class MaskedAutoencoder(nn.Module):
         full = scatter_tokens(kept, keep_idx, self.mask_token.expand(x.shape[0], self.num_tokens, -1),
                               self.num_tokens)
         pred = self.head(self.decoder(full + self.pos))
-        dropped = torch.ones(target.shape[:2], dtype=torch.bool, device=x.device).scatter(1, keep_idx, False)
+        dropped = dropped_mask(keep_idx, self.num_tokens).bool()
         return (pred - target).pow(2).mean(-1)[dropped].mean()
 
 

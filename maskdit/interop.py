@@ -37,6 +37,7 @@ import torch
 
 from maskdit.checkpoint import checkpoint_files, find_run, save_checkpoint, write_json_atomic
 from maskdit.errors import CheckpointError, ConfigError
+from maskdit.grid import sincos_pos_embed
 from maskdit.model import DiT, PRESETS
 from maskdit.registry import Registry
 
@@ -128,10 +129,11 @@ def dit_layout(sd: dict[str, torch.Tensor], source: Path, num_heads: int | None)
               "hidden_size": width, "depth": depth, "num_heads": _heads(width, num_heads, source),
               "mlp_ratio": hidden / width, "num_classes": num_classes, "learn_sigma": out == 2 * channels,
               "pos_layout": "xy"}
-    model = DiT(**config)
+    with torch.device("meta"):  # names and shapes only: the import builds the real model once, later
+        model = DiT(**config)
     expected = {_dit_name(k) for k in model.state_dict()} | {"pos_embed"}
     _refuse_keys(expected, set(sd), source, "DiT")
-    pos = model.pos_embed[0]
+    pos = sincos_pos_embed(width, model.token_grid, reverse_axes=True)
     if not torch.allclose(sd["pos_embed"].reshape(pos.shape).float(), pos, atol=1e-5):
         raise CheckpointError(f"{source}: pos_embed is not DiT's fixed 2-D sin-cos table for a {side}x{side} grid "
                               "(a learned or interpolated table cannot be imported)")
@@ -222,9 +224,10 @@ def import_diffusers(source: Path, num_heads: int | None = None) -> tuple[dict, 
     if out not in (channels, 2 * channels) or config["num_classes"] == 0:
         raise CheckpointError(f"{source}: out_channels {out} for {channels} in, {config['num_classes']} classes: "
                               "maskdit imports class-conditional DiTs predicting C or 2C channels")
-    model = DiT(**config)
+    with torch.device("meta"):  # names and shapes only, as for DiT
+        model = DiT(**config)
     names = diffusers_names(depth)
-    _refuse_keys(set(names.values()) | _per_block_embedders(sd, depth), set(sd), source, "diffusers DiT")
+    _refuse_keys(set(names.values()) | _per_block_embedders(depth), set(sd), source, "diffusers DiT")
     for i in range(1, depth):  # every block's copy of the embedders must be block 0's
         for k in _embedder_keys(i):
             if not torch.equal(sd[k], sd[k.replace(f"transformer_blocks.{i}.", "transformer_blocks.0.", 1)]):
@@ -249,7 +252,7 @@ def _embedder_keys(block: int) -> list[str]:
         [base + "class_embedder.embedding_table.weight"]
 
 
-def _per_block_embedders(sd: dict[str, torch.Tensor], depth: int) -> set[str]:
+def _per_block_embedders(depth: int) -> set[str]:
     return {k for i in range(1, depth) for k in _embedder_keys(i)}
 
 
@@ -358,9 +361,8 @@ def import_run(source: str | Path, out: str | Path, fmt: str = "auto", num_heads
     config, state, settings = FORMATS.get(fmt)(source, num_heads)
     model = DiT.from_config(config)
     model.load_state_dict(state)
-    preset = next((name for name, f in PRESETS.items() if f.get("hidden_size") == config["hidden_size"]
-                   and f.get("depth") == config["depth"] and _same_patch(f.get("patch_size"), config["patch_size"])),
-                  "tiny")
+    preset = next((name for name, f in PRESETS.items() if f["hidden_size"] == config["hidden_size"]
+                   and f["depth"] == config["depth"] and [f["patch_size"]] * 2 == config["patch_size"]), "tiny")
     fields = ("learn_sigma", "pos_layout", "time_scale", "time_offset", "time_freq_shift", "mlp_norm_eps")
     base = Config().to_dict()
     base["model"].update(preset=preset, depth=config["depth"], hidden_size=config["hidden_size"],
@@ -383,10 +385,6 @@ def import_run(source: str | Path, out: str | Path, fmt: str = "auto", num_heads
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", info)
     return save_checkpoint(out, 0, files, {"optimizer": meta, "data_position": {}, "wall_time": 0.0}, info)
-
-
-def _same_patch(a: Any, b: list[int]) -> bool:
-    return a is not None and [a] * len(b) == list(b) if isinstance(a, int) else list(a or []) == list(b)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> DiT:

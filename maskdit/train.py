@@ -317,7 +317,7 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> Path:
         """Write checkpoint ``self.step`` (one process; on several, :meth:`save_on_main`)."""
-        return self._write(checkpoint_files(self.model, self.ema, self.optimizer, self.recipe, self._align_part()))
+        return self._write(self._checkpoint_files())
 
     def _write(self, files: tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]) -> Path:
         tensors, optimizer_meta = files
@@ -443,14 +443,16 @@ class Trainer:
         path = checkpoint_path(self.run_dir, self.step)
         with stop.critical():
             if self.world.main or self.sharded:  # sharded: every rank takes part in gathering the full state
-                files = checkpoint_files(self.model, self.ema, self.optimizer, self.recipe, self._align_part())
+                files = self._checkpoint_files()
             if self.world.main:
                 path = self._write(files)
         barrier(self.world)
         return path
 
-    def _align_part(self) -> torch.nn.Module | None:
-        return None if self.alignment is None else self.alignment.projector
+    def _checkpoint_files(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        """The run's checkpoint tensors, whole (gathered from the ranks when sharded: every rank calls)."""
+        return checkpoint_files(self.model, self.ema, self.optimizer, self.recipe,
+                                None if self.alignment is None else self.alignment.projector)
 
     def eval_model(self) -> DiT | None:
         """The EMA weights as one whole model for rank 0's evaluation (``None`` on other ranks); sharded
