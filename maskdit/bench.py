@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from maskdit.errors import ConfigError
 from maskdit.masks import DROP_SHAPES, num_kept
 from maskdit.model import build_model
+from maskdit.model.aux import collect_aux_losses
 from maskdit.model.dit import preset as preset_fields
 from maskdit.objectives import FlowMatching
 from maskdit.recipes import build_recipe, default_sprint_route
@@ -30,6 +31,19 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not 2 <= len(shape) <= 4 or min(shape) < 1:
         raise ConfigError(f"--input {text!r} must look like CxL, CxHxW or CxTxHxW with positive sizes, e.g. 4x32x32")
     return shape
+
+
+def active_params(model: torch.nn.Module) -> int:
+    """Parameters one token passes through: an MoE layer counts its router, shared experts and ``top_k``
+    routed experts (what "equal active parameters" compares), every other layer all of its weights."""
+    from maskdit.model.moe import MoEMlp
+
+    total = sum(p.numel() for p in model.parameters())
+    for m in model.modules():
+        if isinstance(m, MoEMlp):
+            per_expert = sum(p.numel() for p in m.experts[0].parameters())
+            total -= per_expert * (m.spec.experts - m.spec.top_k)
+    return total
 
 
 def _peak_flops(device: torch.device) -> float | None:
@@ -68,6 +82,7 @@ def benchmark(
     decoder_depth: int = 2,
     compile: bool = False,
     grad_checkpoint: bool = False,
+    model_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Time ``steps`` forward+backward passes of a preset model on random data.
 
@@ -77,12 +92,14 @@ def benchmark(
     ``torch.compile`` after the FLOPs and saved activations are counted (eagerly); its warm-up steps
     include the compilation. ``grad_checkpoint`` recomputes every block's activations in backward (the
     saved activations shrink; FLOPs and MFU still count the model's own work, not the recomputation).
+    ``model_fields`` override the preset's block fields (``norm``, ``mlp``, ``pos``, ``moe`` ...); the loss
+    includes the auxiliary terms the model reports (an MoE balance loss), as in training.
     """
     dev = torch.device(device)
     depth = preset_fields(preset)["depth"]
     fusion = default_sprint_route(depth) if recipe == "sprint" else None
     model = build_model(preset, input_shape[1:], input_shape[0], num_classes, mixer_depth=mixer_depth,
-                        fusion=fusion).to(dev)
+                        fusion=fusion, **(model_fields or {})).to(dev)
     loss_of = build_recipe(recipe, model, decoder_depth=decoder_depth).to(dev)
     objective = FlowMatching()
     gen = torch.Generator().manual_seed(0)
@@ -97,8 +114,9 @@ def benchmark(
     def one_step() -> None:
         keep_idx = DROP_SHAPES.get(shape)(batch, model.token_grid, mask_ratio, gen)
         keep_idx = None if keep_idx is None else keep_idx.to(dev)
-        with autocast:
+        with autocast, collect_aux_losses() as aux:
             loss, _ = loss_of.loss(model, objective, x, y, t, noise, keep_idx)
+        loss = loss + sum((v for _, v, adds in aux if adds), torch.zeros((), device=dev))
         loss.backward()
         model.zero_grad(set_to_none=True)
         loss_of.zero_grad(set_to_none=True)
@@ -136,6 +154,8 @@ def benchmark(
         "batch": batch,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "params": sum(p.numel() for p in model.parameters()),
+        "active_params": active_params(model),
+        "model_fields": model_fields or {},
         "training_only_params": sum(p.numel() for p in loss_of.parameters()),
         "tokens": model.num_tokens,
         "kept_tokens": keep,

@@ -13,6 +13,7 @@ Errors a user can fix print one line (``error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -249,6 +250,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--compile", action="store_true", help="torch.compile every block (timed after warm-up)")
         p.add_argument("--grad-checkpoint", action="store_true",
                        help="recompute each block's activations in backward (less memory, more compute)")
+        p.add_argument("overrides", nargs="*", metavar="model.KEY=VALUE",
+                       help="block options over the preset: " + ", ".join(f"model.{k}" for k in BENCH_FIELDS)
+                       + " (e.g. model.moe.experts=4 model.moe.top_k=1)")
     return p
 
 
@@ -693,6 +697,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_fields(overrides: list[str]) -> dict[str, Any]:
+    """``model.KEY=VALUE`` overrides -> validated ``build_model`` fields (only those ``BENCH_FIELDS`` names)."""
+    for text in overrides:
+        key = text.partition("=")[0]
+        if key.split(".")[:2][-1] not in BENCH_FIELDS or not key.startswith("model."):
+            raise ConfigError(f"bench override {text!r}: only " + ", ".join(f"model.{k}" for k in BENCH_FIELDS)
+                              + " may be set (e.g. model.mlp=swiglu)")
+    from maskdit.config import load_config
+
+    m = load_config(overrides=list(overrides)).model
+    given = {text.partition("=")[0].split(".")[1] for text in overrides}
+    fields = {k: getattr(m, k) for k in given if k != "moe"}
+    if "moe" in given and m.moe.experts > 0:
+        fields["moe"] = dataclasses.asdict(m.moe)
+    return fields
+
+
+#: The model fields ``maskdit bench`` lets a user set over the preset.
+BENCH_FIELDS = ("depth", "hidden_size", "num_heads", "mlp_ratio", "norm", "qk_norm", "mlp", "pos", "moe")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from maskdit.bench import benchmark, parse_shape
     from maskdit.model import PRESETS
@@ -701,11 +726,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r} is not a model preset: choose one of {', '.join(PRESETS)}")
     shape = parse_shape(args.input)
+    fields = bench_fields(args.overrides)
     r = benchmark(args.preset, shape, args.batch, args.steps, args.warmup, str(pick_device(args.device)),
                   mask_ratio=args.mask_ratio, recipe=args.recipe, mixer_depth=args.mixer_depth,
-                  compile=args.compile, grad_checkpoint=args.grad_checkpoint)
-    print(f"{r['preset']} input {r['input']} batch {r['batch']} on {r['device']}: {r['params'] / 1e6:.1f}M params, "
-          f"{r['kept_tokens']} of {r['tokens']} tokens kept (recipe {r['recipe']}, mixer depth {r['mixer_depth']}"
+                  compile=args.compile, grad_checkpoint=args.grad_checkpoint, model_fields=fields)
+    print(f"{r['preset']} input {r['input']} batch {r['batch']} on {r['device']}: {r['params'] / 1e6:.1f}M params"
+          + (f" ({r['active_params'] / 1e6:.1f}M active)" if r["active_params"] != r["params"] else "")
+          + f", {r['kept_tokens']} of {r['tokens']} tokens kept (recipe {r['recipe']}, mixer depth {r['mixer_depth']}"
           + (", compiled" if r["compiled"] else "") + (", activation checkpointing" if r["grad_checkpoint"] else "")
           + ")")
     print(f"  {r['steps_per_s']:.2f} forward+backward steps/s, {r['gflop_per_step']:.1f} GFLOP/step, "

@@ -84,19 +84,15 @@ class MoEMlp(nn.Module):
         capacity = max(1, math.ceil(self.spec.capacity * k * n / e))
         routed = slot < capacity
         token_of = torch.arange(n, device=x.device).repeat_interleave(k)
-        # table (E, capacity) of token indices; unused slots point at a zero row appended at index n
-        table = torch.full((e * capacity + 1,), n, device=x.device, dtype=torch.long)
+        # dispatch: each routed assignment has its own row of the (E * capacity) expert input; the
+        # unrouted ones all land on one spare row that no expert reads. Unique destinations mean no
+        # atomic accumulation into a shared row (a GPU hot spot), forward or backward.
         where = torch.where(routed, choice.reshape(-1) * capacity + slot, e * capacity)
-        table = table.scatter(0, where, torch.where(routed, token_of, n))[:-1].reshape(e, capacity)
-        padded = torch.cat([tokens, tokens.new_zeros(1, shape[-1])])
-        out = torch.zeros_like(padded)
-        gate = torch.zeros(n + 1, e, device=x.device, dtype=weight.dtype)
-        gate[token_of, choice.reshape(-1)] = torch.where(routed, weight.reshape(-1), 0.0)
-        for index, expert in enumerate(self.experts):
-            rows = table[index]
-            y = expert(padded[rows]) * gate[rows, index].unsqueeze(-1).to(padded.dtype)
-            out = out.index_add(0, rows, y)
-        out = out[:n]
+        dispatched = tokens.new_zeros(e * capacity + 1, shape[-1]).index_put((where,), tokens[token_of])
+        outputs = [expert(dispatched[i * capacity:(i + 1) * capacity]) for i, expert in enumerate(self.experts)]
+        outputs.append(tokens.new_zeros(1, shape[-1]))  # what an unrouted assignment reads
+        combined = torch.cat(outputs)[where] * torch.where(routed, weight.reshape(-1), 0.0).unsqueeze(-1).to(x.dtype)
+        out = combined.reshape(n, k, shape[-1]).sum(dim=1)
         for expert in self.shared:
             out = out + expert(tokens)
         if aux_active():
