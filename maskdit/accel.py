@@ -21,7 +21,7 @@ cached values are its own: sample ``i`` still depends only on ``(seed, i)``, and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,6 +30,20 @@ from maskdit.errors import ConfigError
 from maskdit.registry import Registry
 
 ACCELS: Registry[Any] = Registry("accelerator", key="--accel")
+
+
+def parse_accels(spec: str) -> list[tuple[str, dict[str, float]]]:
+    """``"int8+ras:ratio=0.5"`` -> one ``(name, options)`` per ``+``-joined part; each name at most once."""
+    parts = spec.split("+")
+    if not all(parts):
+        raise ConfigError(f"--accel {spec!r}: an empty part; join accelerators with one '+', e.g. int8+ras:ratio=0.5")
+    parsed = [parse_accel(part) for part in parts]
+    names = [name for name, _ in parsed]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--accel {spec!r}: each accelerator may appear once")
+    if {"cache", "ras"} <= set(names):
+        raise ConfigError(f"--accel {spec!r}: cache and ras both reuse earlier calls' results; choose one")
+    return parsed
 
 
 def parse_accel(spec: str) -> tuple[str, dict[str, float]]:
@@ -140,12 +154,36 @@ def region_adaptive(model: torch.nn.Module, calls: int, ratio: float = 0.5, ever
         del model.forward
 
 
+@ACCELS.register("int8", "int8 weights and activations in the blocks' linear layers, activation ranges "
+                 "calibrated per time-step group (groups=G, calib=N float samples)", options=("groups", "calib"),
+                 transform=True)
+def int8_transform(model: torch.nn.Module, calibrate: Callable[[torch.nn.Module, int], Any], key: tuple,
+                   groups: float = 4, calib: float = 64) -> torch.nn.Module:
+    """The int8 copy of ``model`` (cached on it per sampling settings ``key``); ``calibrate(model, n)``
+    samples ``n`` calibration samples in float."""
+    from maskdit.quant import int8_model
+
+    if groups < 1 or int(groups) != groups:
+        raise ConfigError(f"--accel int8: groups must be a whole number of at least 1, got {groups:g}")
+    if calib < 1 or int(calib) != calib:
+        raise ConfigError(f"--accel int8: calib must be a whole number of at least 1, got {calib:g}")
+    return int8_model(model, int(groups), (key, int(calib)), lambda m: calibrate(m, int(calib)))
+
+
+def transformed(model: torch.nn.Module, spec: str | None, calibrate: Callable[[torch.nn.Module, int], Any],
+                key: tuple) -> torch.nn.Module:
+    """``model`` after the transform accelerators ``spec`` names (itself if none)."""
+    for name, options in parse_accels(spec) if spec else []:
+        if ACCELS.entry(name).facts.get("transform"):
+            model = ACCELS.get(name)(model, calibrate, key, **options)
+    return model
+
+
 @contextlib.contextmanager
 def accelerated(model: torch.nn.Module, spec: str | None, calls: int) -> Iterator[None]:
-    """Open the accelerator ``spec`` names around ``model`` (no-op for ``None``)."""
-    if not spec:
-        yield
-        return
-    name, options = parse_accel(spec)
-    with ACCELS.get(name)(model, calls, **options):
+    """Open the per-batch accelerators ``spec`` names around ``model`` (no-op for ``None``)."""
+    with contextlib.ExitStack() as stack:
+        for name, options in parse_accels(spec) if spec else []:
+            if not ACCELS.entry(name).facts.get("transform"):
+                stack.enter_context(ACCELS.get(name)(model, calls, **options))
         yield

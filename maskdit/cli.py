@@ -6,6 +6,7 @@
     maskdit report RUN_DIR [--out FILE.html]
     maskdit info   RUN_DIR
     maskdit bench  --preset NAME --input CxHxW --batch B
+    maskdit invert RUN_DIR --images X.npz --out noise.npz   (then: sample RUN_DIR --from-noise noise.npz ...)
 
 Errors a user can fix print one line (``error: ...``) and exit with status 2.
 """
@@ -114,8 +115,10 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-channels", type=positive_int, metavar="N",
                    help="guide only the first N output channels, the rest from the conditional branch (DiT: 3)")
     g.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (0 deterministic, 1 ancestral)")
-    g.add_argument("--accel", metavar="NAME[:key=value,...]",
-                   help="a sampling accelerator, e.g. cache:every=3 (reuse the middle blocks' residual)")
+    g.add_argument("--accel", metavar="NAME[:key=value,...][+NAME...]",
+                   help="sampling accelerators (docs/inference.md): cache:every=3 (reuse the middle blocks' "
+                   "residual), ras:ratio=0.5 (recompute half the tokens), int8 (calibrated int8 linear layers); "
+                   "join with +, e.g. int8+ras:ratio=0.5")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     g.add_argument("--classes", type=class_list, help="comma-separated labels to cycle through (default: all)")
     g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights (default ema)")
@@ -139,6 +142,7 @@ COMMAND_HELP = {
     "encoder": "train a small ViT by masked autoencoding, the target of representation alignment",
     "import": "turn a DiT, SiT or diffusers DiT checkpoint into a maskdit run",
     "export": "write a run's model as a diffusers DiTTransformer2DModel directory",
+    "invert": "find the starting noise that samples into given images (DDIM / reverse-ODE inversion)",
 }
 
 
@@ -163,6 +167,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                        help="FILE.png (a grid, one row per class) or FILE.npz; with --task also FILE.gif / FILE.mp4")
         p.add_argument("--size", type=grid_size, metavar="HxW",
                        help="sample at another size (models trained with model.pos=rope; multiples of the patch)")
+        p.add_argument("--from-noise", metavar="NOISE.npz",
+                       help="start from this noise (maskdit invert) instead of seeded noise; its labels, sampler, "
+                       "steps and guidance are the defaults; with --task inpaint --mask: edit real images")
         _add_overwrite(p)
         t = p.add_argument_group("tasks (models trained with task.names)")
         t.add_argument("--task", choices=TASKS.names(), help="generate what this task leaves open in --context")
@@ -233,6 +240,23 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("run_dir")
         p.add_argument("--format", required=True, choices=["diffusers"], help="the target library's layout")
         p.add_argument("--out", required=True, help="the new model directory (must not exist)")
+    elif command == "invert":
+        from maskdit.samplers import INVERSIONS
+
+        p.add_argument("run_dir", help="run directory or checkpoint directory")
+        p.add_argument("--images", required=True,
+                       help="images .npz (images N x H x W x C uint8) or clips .npz (frames N x T x H x W x C)")
+        p.add_argument("--out", required=True, help="NOISE.npz: the starting noise, labels and settings")
+        p.add_argument("--sampler", choices=INVERSIONS.names(),
+                       help="the deterministic sampler to invert (default heun for flow, ddim for ddpm)")
+        p.add_argument("--steps", type=positive_int, default=50, help="inversion (and reconstruction) steps")
+        p.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
+                       help="classifier-free guidance during inversion (1 = off, which inverts best)")
+        p.add_argument("--classes", type=class_list, help="labels to cycle through (default: the file's 'labels')")
+        p.add_argument("--weights", choices=["ema", "model"], default="ema")
+        p.add_argument("--batch-size", type=positive_int, default=256)
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        _add_overwrite(p)
     elif command == "info":
         p.add_argument("run_dir")
     elif command == "bench":
@@ -346,9 +370,9 @@ def _sampling_kwargs(args: argparse.Namespace, run: Any) -> dict[str, Any]:
 
 
 def _checked_accel(spec: str) -> str:
-    from maskdit.accel import parse_accel
+    from maskdit.accel import parse_accels
 
-    parse_accel(spec)  # refuse a bad spec before any sampling starts
+    parse_accels(spec)  # refuse a bad spec before any sampling starts
     return spec
 
 
@@ -373,17 +397,34 @@ def _load(args: argparse.Namespace) -> Any:
     return load_run(args.run_dir, ema=args.weights == "ema", device=pick_device(args.device))
 
 
-def _draw(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any, dict]:
+def _from_noise(args: argparse.Namespace, run: Any) -> dict[str, Any]:
+    """``--from-noise``: the starting noise, and its labels and settings as defaults of the options left out."""
+    from maskdit.media import load_noise
+
+    if not getattr(args, "from_noise", None):
+        return {}
+    if getattr(args, "size", None) is not None:
+        raise ConfigError("--size does not apply with --from-noise (the noise fixes the size)")
+    found = load_noise(args.from_noise, (run.model.in_channels, *run.model.input_size))
+    args.sampler = args.sampler or found.get("sampler")
+    args.steps = args.steps or found.get("steps")
+    if args.guidance_scale is None:
+        args.guidance_scale = found.get("guidance_scale")
+    return found
+
+
+def _draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | None = None) -> tuple[Any, Any, dict]:
     from maskdit.samplers import generate
 
-    labels = _labels(args, run, num)
+    noise = noise or {}
+    labels = noise["labels"] if noise.get("labels") is not None and not args.classes else _labels(args, run, num)
     kwargs = _sampling_kwargs(args, run)
     size = getattr(args, "size", None)
     if size is not None and (run.model.pos != "rope" or len(size) != len(run.model.input_size)):
         raise ConfigError(f"--size {'x'.join(map(str, size))}: only a model trained with model.pos=rope samples at "
                           f"another size, with as many axes as its {'x'.join(map(str, run.model.input_size))}")
     x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, size=size,
-                 **kwargs)
+                 start=noise.get("noise"), **kwargs)
     return run.codec.decode(x), labels, kwargs
 
 
@@ -434,6 +475,10 @@ def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
     context = load_context(args.context, run.model)
     if args.num is not None and args.num < len(context):
         context = context[: args.num]
+    noise = _from_noise(args, run)
+    if noise and len(noise["noise"]) != len(context):
+        raise ConfigError(f"--from-noise {args.from_noise} holds {len(noise['noise'])} starts for {len(context)} "
+                          "--context inputs: invert the same inputs")
     if args.mask:
         if args.task not in ("inpaint", "outpaint"):
             raise ConfigError("--mask applies to --task inpaint or outpaint")
@@ -443,9 +488,12 @@ def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
     if bool(grid.all()):
         raise ConfigError(f"--task {args.task}: the mask leaves nothing to generate")
     labels = _labels(args, run, len(context))
+    if noise.get("labels") is not None and not args.classes:
+        labels = noise["labels"]
     kwargs = _sampling_kwargs(args, run)
     start = time.time()
-    out = complete(run, context, grid, labels, batch_size=args.batch_size, progress=True, **kwargs)
+    out = complete(run, context, grid, labels, batch_size=args.batch_size, progress=True,
+                   **({"start": noise["noise"]} if noise else {}), **kwargs)
     video = out.dim() == 5
     if video and args.out.lower().endswith((".gif", ".mp4")):
         path = save_video(args.out, comparison_frames(context, out, grid, run.model))
@@ -474,14 +522,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for option in ("given_frames", "stride"):
         if getattr(args, option) is not None:
             raise ConfigError(f"--{option.replace('_', '-')} applies with --task only")
-    args.num = args.num or 100
     run = _load(args)
+    noise = _from_noise(args, run)
+    if noise:
+        if args.num is not None and args.num != len(noise["noise"]):
+            raise ConfigError(f"--num {args.num}: --from-noise {args.from_noise} holds {len(noise['noise'])} starts; "
+                              "leave --num out")
+        args.num = len(noise["noise"])
+    args.num = args.num or 100
     video = len(run.model.input_size) == 3
     allowed = (".png", ".npz", ".gif", ".mp4") if video else (".png", ".npz")
     if not args.out.lower().endswith(allowed):
         raise ConfigError(f"--out {args.out}: the file name must end in {', '.join(allowed)}")
     start = time.time()
-    images, labels, kwargs = _draw(args, run, args.num)
+    images, labels, kwargs = _draw(args, run, args.num, noise)
     if video and not args.out.lower().endswith(".png"):
         path = save_video(args.out, images.permute(0, 2, 3, 4, 1).numpy())
     elif video:
@@ -742,10 +796,54 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_invert(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from maskdit.media import save_noise
+    from maskdit.samplers import default_sampler, generate, invert
+    from maskdit.tasks import load_context
+
+    if not args.out.lower().endswith(".npz"):
+        raise ConfigError(f"--out {args.out}: the noise file's name must end in .npz")
+    check_out(args.out, args.overwrite)
+    run = _load(args)
+    images = load_context(args.images, run.model, flag="--images")
+    labels = None
+    if run.model.num_classes:
+        if args.classes:
+            labels = _labels(args, run, len(images))
+        else:
+            with np.load(args.images, allow_pickle=False) as f:
+                stored = f["labels"] if "labels" in f.files else None
+            if stored is None or stored.shape != (len(images),) or stored.dtype.kind not in "iu":
+                raise ConfigError(f"--images {args.images} has no 'labels' ({len(images)} integers) for this "
+                                  "class-conditional model: pass --classes")
+            labels = torch.from_numpy(stored.astype(np.int64))
+            if int(labels.min()) < 0 or int(labels.max()) >= run.model.num_classes:
+                raise ConfigError(f"--images {args.images}: labels must be in 0-{run.model.num_classes - 1}")
+    elif args.classes:
+        raise ConfigError("--classes: this model is unconditional and takes no class labels")
+    sampler = args.sampler or default_sampler(run.objective)
+    settings = {"sampler": sampler, "steps": args.steps, "guidance_scale": args.guidance_scale}
+    start = time.time()
+    x0 = run.codec.encode(images)
+    noise = invert(run.model, run.objective, x0, labels, sampler, args.steps, args.guidance_scale,
+                   batch_size=args.batch_size, progress=True)
+    path = save_noise(args.out, noise, labels, settings)
+    back = run.codec.decode(generate(run.model, run.objective, len(noise), labels, batch_size=args.batch_size,
+                                     start=noise, **settings))
+    mse = float((back.double() - images.double()).pow(2).mean())
+    quality = "exact (identical pixels)" if mse == 0 else f"PSNR {10 * math.log10(255**2 / mse):.1f} dB"
+    print(f"wrote the starting noise of {len(noise)} inputs to {path} ({time.time() - start:.1f}s, step {run.step}, "
+          + ", ".join(f"{k}={v}" for k, v in settings.items()) + f"); sampling it back: {quality}")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "eval": cmd_eval, "report": cmd_report,
     "info": cmd_info, "bench": cmd_bench, "latents": cmd_latents, "encoder": cmd_encoder, "import": cmd_import,
-    "export": cmd_export,
+    "export": cmd_export, "invert": cmd_invert,
 }
 
 

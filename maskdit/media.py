@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from maskdit.errors import ConfigError
+from maskdit.errors import ConfigError, DataError
 
 
 def image_grid(images: torch.Tensor, labels: torch.Tensor | None = None, pad: int = 1,
@@ -62,6 +63,49 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | 
             np.savez(f, **arrays)
     tmp.replace(path)
     return path
+
+
+def save_noise(path: str | Path, noise: torch.Tensor, labels: torch.Tensor | None, settings: dict[str, Any]) -> Path:
+    """Write inverted starting noise: ``noise`` float32 ``(N, C, *S)``, ``labels`` int64 when given, and the
+    sampling ``settings`` it inverts (``sampler``, ``steps``, ``guidance_scale``) as 0-d arrays."""
+    path = Path(path)
+    tmp = _atomic_target(path)
+    arrays = {"noise": noise.float().numpy(), **{k: np.asarray(v) for k, v in settings.items()}}
+    if labels is not None:
+        arrays["labels"] = labels.numpy().astype(np.int64)
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_noise(path: str | Path, shape: tuple[int, ...]) -> dict[str, Any]:
+    """Read a :func:`save_noise` file for a model whose inputs are ``shape`` ``(C, *S)``: ``noise`` (a tensor),
+    ``labels`` (a tensor or None) and the settings it was inverted with."""
+    from maskdit.data import npz_reason
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--from-noise {path} does not exist: write one with maskdit invert")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # zipfile / numpy raise several types for a damaged file
+        raise DataError(f"cannot read --from-noise {path} as .npz ({npz_reason(e)}): "
+                        "write it with maskdit invert") from e
+    noise = arrays.get("noise")
+    if noise is None or noise.dtype.kind != "f" or tuple(noise.shape[1:]) != tuple(shape) or len(noise) == 0:
+        found = "no 'noise' array" if noise is None else f"'noise' {noise.dtype} {noise.shape}"
+        raise DataError(f"--from-noise {path}: needs float 'noise' of shape N x {' x '.join(map(str, shape))} for "
+                        f"this model, found {found}")
+    labels = arrays.get("labels")
+    if labels is not None and (labels.dtype.kind not in "iu" or labels.shape != (len(noise),)):
+        raise DataError(f"--from-noise {path}: 'labels' must be {len(noise)} integers, "
+                        f"got {labels.dtype} {labels.shape}")
+    settings = {k: arrays[k].item() for k in ("sampler", "steps", "guidance_scale")
+                if k in arrays and arrays[k].ndim == 0}
+    return {"noise": torch.from_numpy(noise.astype(np.float32)),
+            "labels": None if labels is None else torch.from_numpy(labels.astype(np.int64)), **settings}
 
 
 VIDEO_SUFFIXES = (".gif", ".mp4", ".npz")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from maskdit.accel import accelerated
+from maskdit.accel import accelerated, transformed
 from maskdit.errors import ConfigError
 from maskdit.masks import random_keep_indices
 from maskdit.objectives import Objective, hold_given
@@ -114,6 +114,8 @@ def ddim(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: int, *, eta:
 #: rounds ``linspace(T - 1, 0, n)``, the set DiT's ``space_timesteps(T, "n")`` takes, ending at 0;
 #: ``leading`` takes ``k * (T // n)`` for ``k = n-1..0``, diffusers' default ``timestep_spacing``.
 SPACINGS = ("linspace", "leading")
+#: The noise seed of the float samples an accelerator calibrates on (int8).
+CALIBRATION_SEED = 2**31 - 1
 
 
 def respaced_steps(num_steps: int, steps: int, spacing: str = "linspace") -> list[int]:
@@ -160,6 +162,52 @@ def ddpm_ancestral(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: in
             x = x + (0.5 * log_var).exp().to(x.dtype) * noise().to(x)
         else:
             x = x + tilde[i] ** 0.5 * noise().to(x)
+    return x
+
+
+#: sampler name -> its inversion ``(fn, x0, objective, steps, progress) -> x at t = 1``: the deterministic
+#: scheme run from data to noise on the same time grid, so sampling from the result with that sampler and
+#: ``steps`` returns (nearly) ``x0`` (DDIM inversion; reverse Euler / Heun for flow). ``ddpm`` has none.
+INVERSIONS: Registry[Sampler] = Registry("inversion", key="--sampler")
+
+
+@INVERSIONS.register("euler", "Euler steps from t=0 to t=1 on the flow ODE")
+def flow_euler_inverse(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: int,
+                       progress: bool = False) -> torch.Tensor:
+    ts = torch.linspace(0.0, 1.0, steps + 1).tolist()
+    for i in _steps(steps, progress):
+        x = x + (ts[i + 1] - ts[i]) * fn(x, ts[i])
+    return x
+
+
+@INVERSIONS.register("heun", "Heun steps from t=0 to t=1 on the flow ODE")
+def flow_heun_inverse(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: int,
+                      progress: bool = False) -> torch.Tensor:
+    ts = torch.linspace(0.0, 1.0, steps + 1).tolist()
+    for i in _steps(steps, progress):
+        dt = ts[i + 1] - ts[i]
+        v = fn(x, ts[i])
+        x = x + dt * 0.5 * (v + fn(x + dt * v, ts[i + 1]))
+    return x
+
+
+@INVERSIONS.register("ddim", "DDIM inversion (eta 0) up the respaced chain")
+def ddim_inverse(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: int,
+                 progress: bool = False) -> torch.Tensor:
+    """Each step re-noises the model's ``x0`` with its own ``eps`` to the next noise level; the ``eps`` of
+    the first step (from clean data) comes from the chain's lowest sampling step."""
+    if not 1 <= steps <= objective.num_steps:
+        raise ConfigError(f"steps must be in [1, {objective.num_steps}] for this DDPM, got {steps}")
+    ks = respaced_steps(objective.num_steps, steps)
+    ab = objective.alpha_bar.tolist()
+    a_of = [ab[k] for k in ks] + [1.0]
+    channels = x.shape[1]
+    for step in _steps(steps, progress):
+        i = steps - 1 - step  # from noise level a_of[i + 1] up to a_of[i]
+        k = ks[i + 1] if i + 1 < steps else ks[i]
+        eps = fn(x, objective.time_of_step(k))[:, :channels]
+        x0 = (x - (1 - a_of[i + 1]) ** 0.5 * eps) / a_of[i + 1] ** 0.5
+        x = a_of[i] ** 0.5 * x0 + (1 - a_of[i]) ** 0.5 * eps
     return x
 
 
@@ -316,11 +364,13 @@ def generate(
     guidance_channels: int | None = None,
     size: Sequence[int] | None = None,
     accel: str | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``num`` samples ``(num, C, *S)`` in model space (``size``: another ``S``, for rotary models). The
     starting noise and the step noise of sample ``i`` depend only on ``seed`` and ``i``, so results do not
     change with ``batch_size``. ``accel`` names a sampling accelerator (:mod:`maskdit.accel`), opened
-    afresh for every batch.
+    afresh for every batch. ``start`` ``(num, C, *S)`` replaces the seeded starting noise (the result of
+    :func:`invert`, to reconstruct or edit real inputs); step noise still comes from ``seed``.
 
     With a condition mask ``given`` ``(num, N)`` and ``context`` ``(num, C, *S)``, the given tokens are
     held to their context values before every model call and in the result, which therefore equals
@@ -330,7 +380,13 @@ def generate(
     check_sampler(sampler, objective.name)
     device = next(model.parameters()).device
     shape = (model.in_channels, *(size or model.input_size))
-    noise = torch.randn((num, *shape), generator=torch.Generator().manual_seed(seed))
+    if start is not None:
+        if tuple(start.shape) != (num, *shape):
+            raise ConfigError(f"the starting noise has shape {tuple(start.shape)}; this model and count need "
+                              f"{(num, *shape)}")
+        noise = start.float()
+    else:
+        noise = torch.randn((num, *shape), generator=torch.Generator().manual_seed(seed))
     if labels is not None and len(labels) != num:
         raise ConfigError(f"{len(labels)} labels for {num} samples")
     if given is not None:
@@ -338,6 +394,15 @@ def generate(
             raise ConfigError(f"a condition mask needs one mask and one context per sample ({num})")
         if bool(given.all(dim=1).any()):
             raise ConfigError("the condition mask leaves nothing to generate for some sample: mark tokens to generate")
+    if accel:
+        def calibrate(float_model: torch.nn.Module, n: int) -> torch.Tensor:  # float samples, a fixed seed
+            y = None if labels is None else torch.arange(n) % max(1, getattr(float_model, "num_classes", 1))
+            return generate(float_model, objective, n, y, sampler, steps, guidance_scale, guidance_interval, eta,
+                            CALIBRATION_SEED, batch_size, guidance=guidance, guidance_channels=guidance_channels,
+                            size=size)
+        key = (objective.name, sampler, steps, guidance_scale, tuple(guidance_interval or ()), eta, guidance,
+               guidance_channels, tuple(size or ()), labels is None)
+        model = transformed(model, accel, calibrate, key)
     out = []
     for start in tqdm(range(0, num, batch_size), desc="sampling", disable=not progress or num <= batch_size):
         part = slice(start, start + batch_size)
@@ -360,4 +425,37 @@ def generate(
                 x = hold(sample(lambda x, t, fn=fn: fn(hold(x), t), hold(x), objective, sampler, steps, eta,
                                 streams))
         out.append(x.float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def invert(
+    model: torch.nn.Module,
+    objective: Objective,
+    x0: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    sampler: str | None = None,
+    steps: int = 50,
+    guidance_scale: float = 1.0,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """The starting noise ``(N, C, *S)`` from which ``sampler`` with ``steps`` (and the same labels and
+    guidance) draws ``x0`` (model space): the deterministic sampler run backwards (:data:`INVERSIONS`).
+    Guidance above 1 makes the inversion drift (null-text inversion's subject); 1 inverts best."""
+    sampler = sampler or default_sampler(objective)
+    check_sampler(sampler, objective.name)
+    if sampler not in INVERSIONS:
+        usable = [n for n in INVERSIONS.names() if n in SAMPLERS.names(objectives=objective.name)]
+        raise ConfigError(f"sampler {sampler!r} is stochastic and cannot be inverted: use {one_of(usable)}")
+    if labels is not None and len(labels) != len(x0):
+        raise ConfigError(f"{len(labels)} labels for {len(x0)} inputs")
+    device = next(model.parameters()).device
+    out = []
+    batches = range(0, len(x0), batch_size)
+    for start in tqdm(batches, desc="inverting", disable=not progress or len(batches) == 1):
+        part = slice(start, start + batch_size)
+        y = labels[part].to(device) if labels is not None else None
+        fn = guided(model, y, guidance_scale)
+        out.append(INVERSIONS.get(sampler)(fn, x0[part].to(device).float(), objective, steps).float().cpu())
     return torch.cat(out)

@@ -20,36 +20,36 @@ from maskdit.masks import task_mask
 from maskdit.samplers import generate
 
 
-def load_context(path: str | Path, model: Any) -> torch.Tensor:
+def load_context(path: str | Path, model: Any, flag: str = "--context") -> torch.Tensor:
     """A context ``.npz`` as uint8 ``(N, C, *S)``: ``frames`` ``N x T x H x W x C`` (video) or ``images``
-    ``N x H x W x C`` (images), checked against the model's input shape."""
+    ``N x H x W x C`` (images), checked against the model's input shape (``flag``: the option named in errors)."""
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"--context {path} is a directory: give an .npz file")
+        raise DataError(f"{flag} {path} is a directory: give an .npz file")
     if not path.is_file():
-        raise DataError(f"--context {path} does not exist")
+        raise DataError(f"{flag} {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as f:
             key = "frames" if "frames" in f.files else "images" if "images" in f.files else None
             if key is None:
-                raise DataError(f"--context {path} holds neither 'frames' nor 'images' (found: {', '.join(f.files)})")
+                raise DataError(f"{flag} {path} holds neither 'frames' nor 'images' (found: {', '.join(f.files)})")
             array = f[key]
     except DataError:
         raise
     except Exception as e:  # zipfile / numpy raise several types for a damaged file
         raise DataError(f"cannot read --context {path} as .npz ({npz_reason(e)}): save it with numpy.savez") from e
     if len(array) == 0:
-        raise DataError(f"--context {path} holds no clips: give at least one")
+        raise DataError(f"{flag} {path} holds no clips: give at least one")
     if array.dtype != np.uint8 or array.ndim != len(model.input_size) + 2:
         raise DataError(
-            f"--context {path}: '{key}' must be uint8 N x {' x '.join(['T', 'H', 'W'][-len(model.input_size):])} x C, "
+            f"{flag} {path}: '{key}' must be uint8 N x {' x '.join(['T', 'H', 'W'][-len(model.input_size):])} x C, "
             f"got {array.dtype} {array.shape}"
         )
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 1)))
     expected = (model.in_channels, *model.input_size)
     if tuple(x.shape[1:]) != expected:
         raise DataError(
-            f"--context {path}: clips of shape {tuple(array.shape[1:])} do not fit this model, which takes "
+            f"{flag} {path}: clips of shape {tuple(array.shape[1:])} do not fit this model, which takes "
             f"{tuple(expected[1:]) + (expected[0],)} (frames/pixels x channels)"
         )
     return x

@@ -74,3 +74,94 @@ def test_ras_ratio_1_is_exactly_uncached_and_a_share_keeps_the_guarantees(model)
     assert torch.equal(out[:, :, 4:], context[:, :, 4:])
     with pytest.raises(ConfigError, match="ratio"):
         draw(model, accel="ras:ratio=0")
+
+
+def test_int8_linear_is_within_a_quantum_of_float_and_each_row_is_its_own():
+    from maskdit.quant import Int8Linear, TimeGroup
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    group = TimeGroup(2)
+    q = Int8Linear(linear, torch.tensor([3.0, 0.5]), group)
+    x = torch.randn(40, 64).clamp(-3, 3)
+    with torch.no_grad():
+        ref = linear(x)
+        out = q(x)
+        # the error bound: weight quantum x |x|_1 + input quantum x |w|_1, per output
+        w_q = linear.weight.abs().amax(dim=1) / 127
+        bound = (w_q * x.abs().sum(dim=1, keepdim=True) + (2 * 3.0 / 255) * linear.weight.abs().sum(dim=1)) / 2
+        assert ((out - ref).abs() <= bound * 1.01 + 1e-5).all()
+        assert (out - ref).abs().max() / ref.abs().max() < 0.02
+        assert torch.equal(q(x[:5]), out[:5])  # a row's result does not depend on the rows beside it
+        wild = torch.cat([x[:5], 100 * torch.randn(3, 64)])
+        assert torch.equal(q(wild)[:5], out[:5])  # outliers are clipped, not allowed to stretch the scale
+        # the CUDA kernel's arithmetic (torch._int_mm, symmetric int8) agrees with fbgemm's to the bound too
+        assert ((q._cuda(x, 3.0) - ref).abs() <= bound * 1.01 + 1e-5).all()
+        group.index = 1  # the other time group: inputs clip to its range of 0.5
+        assert torch.allclose(q(x), linear(x.clamp(-0.5, 0.5)), atol=float(bound.max()))
+
+
+def test_int8_sampling_calibrates_once_per_setting_and_keeps_the_guarantees(model):
+    import maskdit.quant as quant
+
+    plain = draw(model)
+    calibrations = []
+    original = quant.calibrate
+    quant.calibrate = lambda *a, **k: calibrations.append(1) or original(*a, **k)
+    try:
+        int8 = draw(model, accel="int8:groups=3,calib=8")
+        assert len(calibrations) == 1 and torch.equal(draw(model, accel="int8:groups=3,calib=8"), int8)
+        assert len(calibrations) == 1  # cached for the same settings
+        assert not torch.equal(int8, plain) and (int8 - plain).abs().max() < 0.1
+        assert torch.equal(draw(model, accel="int8:groups=3,calib=8", batch_size=4), int8)
+        context = torch.rand(6, 1, 8, 8) * 2 - 1
+        given = torch.zeros(6, 16, dtype=torch.bool)
+        given[:, :8] = True
+        out = draw(model, accel="int8:groups=3,calib=8+ras:ratio=0.5", given=given, context=context)
+        assert torch.equal(out[:, :, :4], context[:, :, :4])
+        with torch.no_grad():  # new weights: calibrate again
+            model.blocks[0].mlp.fc1.weight.mul_(1.0)
+        draw(model, accel="int8:groups=3,calib=8")
+        assert len(calibrations) == 2
+    finally:
+        quant.calibrate = original
+    layers = [m for m in model.__dict__["_int8_cache"].popitem()[1].modules() if isinstance(m, quant.Int8Linear)]
+    assert len(layers) == 4 * 4  # qkv, proj, fc1, fc2 of each of 4 blocks; adaLN stays float
+    assert all(len(layer.ranges) == 3 for layer in layers)
+    assert not any(isinstance(m, quant.Int8Linear) for m in model.modules())  # the float model is untouched
+
+
+def test_calibration_records_each_time_groups_largest_input():
+    from maskdit.quant import calibrate
+
+    torch.manual_seed(0)
+    net = DiT(input_size=(4, 4), in_channels=1, hidden_size=16, depth=2, num_heads=2, num_classes=0)
+    seen = {0: 0.0, 1: 0.0}
+    state = {}
+    hook = net.blocks[1].mlp.fc2.register_forward_pre_hook(
+        lambda m, a: seen.__setitem__(state["g"], max(seen[state["g"]], float(a[0].abs().max()))))
+
+    def run():
+        for t, scale in [(0.2, 1.0), (0.3, 5.0), (0.8, 0.1)]:
+            state["g"] = int(t * 2)
+            net(scale * torch.randn(3, 1, 4, 4), torch.full((3,), t))
+
+    with torch.no_grad():
+        ranges = calibrate(net, 2, run)
+    hook.remove()
+    assert ranges["1.mlp.fc2"].tolist() == pytest.approx([seen[0], seen[1]])
+    assert seen[0] > 0 and seen[1] > 0
+
+
+def test_composed_accelerator_specs_are_checked():
+    from maskdit.accel import parse_accels
+
+    assert parse_accels("int8+ras:ratio=0.5") == [("int8", {}), ("ras", {"ratio": 0.5})]
+    for spec, words in [("int8+", "empty part"), ("int8+int8", "once"), ("cache+ras", "choose one"),
+                        ("int8:bits=4", "not an option")]:
+        with pytest.raises(ConfigError, match=words):
+            parse_accels(spec)
+    for spec in ["int8:groups=0", "int8:calib=2.5"]:
+        with pytest.raises(ConfigError, match="whole number"):
+            draw(DiT(input_size=(8, 8), in_channels=1, hidden_size=32, depth=3, num_heads=2, num_classes=3),
+                 accel=spec)

@@ -48,6 +48,8 @@ VTRAIN = ["train", "--no-progress", *VIDEO, "run_dir=new_run"]
 RESUME = ["train", "--no-progress", "--resume", *TINY, "run_dir=new_run"]
 SAMPLE = ["sample", "{img}", "--num", "2", "--steps", "1", "--out", "out.png"]
 VTASK = ["sample", "{vid}", "--task", "predict", "--context", "clips.npz", "--steps", "1", "--out", "out.npz"]
+INVERT = ["invert", "{img}", "--images", "images.npz", "--steps", "1", "--out", "noise.npz"]
+FROM_NOISE = ["sample", "{img}", "--from-noise", "noise.npz", "--out", "out.png"]
 ITASK = ["sample", "{timg}", "--task", "inpaint", "--context", "images.npz", "--steps", "1", "--out", "out.png"]
 EVAL = ["eval", "{img}", "--num", "4", "--steps", "1", "--metrics", "domain_fid"]
 REPORT = ["report", "{img}", "--per-class", "1", "--out", "r.html"]
@@ -228,6 +230,8 @@ def word(w: str) -> re.Pattern:
 
 CTX_CLIPS = npz("clips.npz", frames=np.zeros((2, 4, 8, 8, 1), U8))
 CTX_IMAGES = npz("images.npz", images=np.zeros((2, 8, 8, 1), U8))
+INV_IMAGES = npz("images.npz", images=np.zeros((2, 8, 8, 1), U8), labels=np.array([1, 2]))
+NOISE2 = npz("noise.npz", noise=np.zeros((2, 1, 8, 8), np.float32))
 SAMPLES = npz("samples.npz", images=np.zeros((4, 8, 8), U8), labels=np.array([0, 1, 0, 1]))
 REAL = npz("real.npz", images=np.random.default_rng(1).integers(0, 255, (20, 8, 8), dtype=U8), labels=LABELS)
 USER_FILE = text("userdir/notes.txt", "my notes, not a run")
@@ -397,6 +401,11 @@ CASES: list[Case] = [
     C("sample-accel-unknown", ["sample", "{img}", "--accel", "warp", "--out", "s.png"], "--accel"),
     C("sample-accel-bad-option", ["sample", "{img}", "--accel", "cache:evry=2", "--out", "s.png"], "--accel"),
     C("sample-accel-every-zero", ["sample", "{img}", "--accel", "cache:every=0", "--out", "s.png"], "--accel"),
+    C("sample-accel-int8-groups-zero", ["sample", "{img}", "--accel", "int8:groups=0", "--out", "s.png"], "--accel"),
+    C("sample-accel-int8-bits", ["sample", "{img}", "--accel", "int8:bits=4", "--out", "s.png"], "--accel"),
+    C("sample-accel-empty-part", ["sample", "{img}", "--accel", "int8+", "--out", "s.png"], "--accel"),
+    C("sample-accel-cache-and-ras", ["sample", "{img}", "--accel", "cache+ras", "--out", "s.png"], "--accel"),
+    C("eval-accel-twice", ["eval", "{img}", "--accel", "int8+int8"], "--accel"),
     C("sample-size-not-a-size", ["sample", "{img}", "--size", "big", "--out", "s.png"], "--size"),
     C("sample-size-table-model", ["sample", "{img}", "--size", "16x16", "--out", "s.png"], "--size"),
     C("sample-guidance-channels-zero", ["sample", "{img}", "--guidance-channels", "0", "--out", "s.png"],
@@ -590,6 +599,30 @@ CASES: list[Case] = [
       CTX_CLIPS),
     C("task-without-context", [*VTASK[:4], *VTASK[6:]], "--context"),
     C("task-out-suffix-jpg", [*VTASK[:-1], "out.jpg"], "out.jpg", CTX_CLIPS),
+
+    # ---- invert and sample --from-noise -------------------------------------------------------------
+    C("invert-images-missing", INVERT, "images.npz"),
+    C("invert-images-wrong-shape", INVERT, "images.npz", npz("images.npz", images=np.zeros((2, 16, 16, 1), U8))),
+    C("invert-no-labels", INVERT, "--classes", npz("images.npz", images=np.zeros((2, 8, 8, 1), U8))),
+    C("invert-labels-out-of-range", INVERT, "0-9", npz("images.npz", images=np.zeros((2, 8, 8, 1), U8),
+                                                       labels=np.array([1, 12]))),
+    C("invert-classes-out-of-range", [*INVERT, "--classes", "12"], "out of range", INV_IMAGES),
+    C("invert-out-not-npz", [*INVERT[:-1], "noise.png"], ".npz", INV_IMAGES),
+    C("invert-out-exists", INVERT, "--overwrite", INV_IMAGES, npz("noise.npz", other=np.zeros(2))),
+    C("invert-ddim-on-flow", [*INVERT, "--sampler", "ddim"], "ddim", INV_IMAGES),
+    C("invert-ddpm-sampler", [*INVERT, "--sampler", "ddpm"], "--sampler", INV_IMAGES),
+    C("invert-steps-zero", [*INVERT, "--steps", "0"], "--steps", INV_IMAGES),
+    C("from-noise-missing", FROM_NOISE, "noise.npz"),
+    C("from-noise-garbage", FROM_NOISE, "noise.npz", text("noise.npz", b"PK\x03\x04garbage")),
+    C("from-noise-no-noise", FROM_NOISE, "'noise'", npz("noise.npz", other=np.zeros(2))),
+    C("from-noise-wrong-shape", FROM_NOISE, "1 x 8 x 8", npz("noise.npz", noise=np.zeros((2, 1, 4, 4), np.float32))),
+    C("from-noise-integers", FROM_NOISE, "float", npz("noise.npz", noise=np.zeros((2, 1, 8, 8), np.int64))),
+    C("from-noise-bad-labels", FROM_NOISE, "labels", npz("noise.npz", noise=np.zeros((2, 1, 8, 8), np.float32),
+                                                         labels=np.zeros(3, np.int64))),
+    C("from-noise-num-mismatch", [*FROM_NOISE, "--num", "5"], "--num", NOISE2),
+    C("from-noise-with-size", [*FROM_NOISE, "--size", "8x8"], "--size", NOISE2),
+    C("from-noise-count-vs-context", [*ITASK, "--from-noise", "noise.npz"], "--from-noise", CTX_IMAGES,
+      npz("noise.npz", noise=np.zeros((7, 1, 8, 8), np.float32))),
 
     # ---- eval --------------------------------------------------------------------------------------
     C("eval-run-missing", ["eval", "missing_run", "--num", "4"], "missing_run"),
