@@ -7,6 +7,7 @@
     maskdit info   RUN_DIR
     maskdit bench  --preset NAME --input CxHxW --batch B
     maskdit invert RUN_DIR --images X.npz --out noise.npz   (then: sample RUN_DIR --from-noise noise.npz ...)
+    maskdit prune  RUN_DIR --keep-blocks K --out NEW_RUN    (then: train init_from=NEW_RUN model.depth=K ...)
 
 Errors a user can fix print one line (``error: ...``) and exit with status 2.
 """
@@ -143,6 +144,7 @@ COMMAND_HELP = {
     "import": "turn a DiT, SiT or diffusers DiT checkpoint into a maskdit run",
     "export": "write a run's model as a diffusers DiTTransformer2DModel directory",
     "invert": "find the starting noise that samples into given images (DDIM / reverse-ODE inversion)",
+    "prune": "keep K of a run's blocks (learned TinyFusion search or evenly spaced) as a new run to finetune",
 }
 
 
@@ -257,6 +259,17 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=positive_int, default=256)
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         _add_overwrite(p)
+    elif command == "prune":
+        from maskdit.prune import PRUNERS
+
+        p.add_argument("run_dir", help="run directory or checkpoint directory")
+        p.add_argument("--keep-blocks", type=positive_int, required=True, help="blocks to keep")
+        p.add_argument("--out", required=True, help="the new run directory (must not exist or be empty)")
+        p.add_argument("--method", choices=PRUNERS.names(), default="learned",
+                       help="; ".join(f"{n}: {d}" for n, d in PRUNERS.describe()))
+        p.add_argument("--search-steps", type=positive_int, default=200,
+                       help="learned: training steps of the search (on the run's data)")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     elif command == "info":
         p.add_argument("run_dir")
     elif command == "bench":
@@ -840,10 +853,25 @@ def cmd_invert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from maskdit.prune import prune_run
+    from maskdit.train import pick_device
+
+    start = time.time()
+    r = prune_run(args.run_dir, args.out, args.keep_blocks, args.method, args.search_steps,
+                  device=pick_device(args.device), progress=True)
+    print(f"kept blocks {r['kept']} ({args.method}, {time.time() - start:.1f}s); denoising loss on held-out batches: "
+          f"full {r['loss_full']:.4f}, kept {r['loss_kept']:.4f}, evenly spaced {r['every_other']} "
+          f"{r['loss_every_other']:.4f}")
+    print(f"wrote {args.out}; recover with: maskdit train init_from={args.out} model.depth={args.keep_blocks} "
+          f"run_dir=NEW_DIR steps=N (plus the options the run was trained with)")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "eval": cmd_eval, "report": cmd_report,
     "info": cmd_info, "bench": cmd_bench, "latents": cmd_latents, "encoder": cmd_encoder, "import": cmd_import,
-    "export": cmd_export, "invert": cmd_invert,
+    "export": cmd_export, "invert": cmd_invert, "prune": cmd_prune,
 }
 
 
