@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from maskdit.bench import benchmark, parse_shape
+from maskdit.bench import add_timing_arguments, benchmark, parse_shape
 
 CONFIGS = [  # (label, recipe, ratio, mixer_depth)
     ("unmasked", "drop", 0.0, 0),
@@ -34,12 +34,7 @@ CONFIGS = [  # (label, recipe, ratio, mixer_depth)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="DiT-S/2")
-    p.add_argument("--input", default="4x32x32")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per configuration and round")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    add_timing_arguments(p)
     p.add_argument("--only", help="comma-separated labels to time (the unmasked row is always timed)")
     args = p.parse_args()
     shape = parse_shape(args.input)

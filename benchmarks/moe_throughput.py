@@ -14,7 +14,7 @@ import argparse
 import json
 from typing import Any
 
-from maskdit.bench import benchmark, parse_shape
+from maskdit.bench import add_timing_arguments, benchmark, parse_shape
 
 
 def moe(experts: int, top_k: int, capacity: float = 2.0, shared: int = 0, **more: Any) -> dict[str, Any]:
@@ -35,12 +35,7 @@ CONFIGS = [  # (label, model fields)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="DiT-S/2")
-    p.add_argument("--input", default="4x32x32")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per configuration and round")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    add_timing_arguments(p)
     args = p.parse_args()
     shape = parse_shape(args.input)
     best: dict[str, dict] = {}

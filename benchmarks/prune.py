@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--finetune", type=float, default=0.2, help="finetune steps as a share of the run's steps")
     p.add_argument("--search-steps", type=int, default=200)
     p.add_argument("--num", type=int, default=400)
+    p.add_argument("--methods", default="learned,every-other")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="finetune config overrides, e.g. lr=3e-4")
     args = p.parse_args()
     from maskdit.checkpoint import load_run
     from maskdit.cli import main as cli
@@ -53,7 +55,7 @@ def main() -> None:
     steps = max(1, round(args.finetune * full.config.steps))
     rows = [("full model", len(full.model.blocks), "-", score(args.run, args.num, dataset), 0.0)]
     work = Path(tempfile.mkdtemp(prefix="prune-"))
-    for method in ("learned", "every-other"):
+    for method in args.methods.split(","):
         start = time.perf_counter()
         pruned = work / method
         r = prune_run(args.run, pruned, args.keep, method, args.search_steps)
@@ -65,7 +67,7 @@ def main() -> None:
         config_path = work / f"{method}.yaml"
         config_path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if v is not None}))
         start = time.perf_counter()
-        assert cli(["train", "--no-progress", str(config_path)]) == 0
+        assert cli(["train", "--no-progress", str(config_path), *args.overrides]) == 0
         rows.append((f"{method}, + finetune {steps} steps", args.keep, str(r["kept"]),
                      score(work / f"{method}-ft", args.num, dataset), time.perf_counter() - start))
     base = sum(s["domain_fid"] for s in rows[0][3]) / 2

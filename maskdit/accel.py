@@ -114,7 +114,7 @@ def region_adaptive(model: torch.nn.Module, calls: int, ratio: float = 0.5, ever
     """RAS: after two full calls, each call runs the model on each sample's ``ratio`` share of tokens whose
     prediction moved most between the last two calls (they attend among themselves) and keeps the cached
     prediction for the rest; every ``every``-th call and the last one run in full. ``ratio=1`` is exactly
-    uncached."""
+    uncached. A video model with factorised attention recomputes whole tubes (places across all frames)."""
     if not 0 < ratio <= 1:
         raise ConfigError(f"--accel ras: ratio must be in (0, 1], got {ratio:g}")
     if every < 1 or int(every) != every:
@@ -125,6 +125,17 @@ def region_adaptive(model: torch.nn.Module, calls: int, ratio: float = 0.5, ever
     plain = model.forward
     state: dict[tuple[int, ...], dict[str, Any]] = {}
     thinnable = getattr(model, "fusion", None) is None and ratio < 1
+    tubes = getattr(model, "attention", "full") == "factorised"
+
+    def choose(change: torch.Tensor) -> torch.Tensor:
+        """The tokens to recompute: ``(B, K)`` sorted, or for factorised video attention whole tubes (the
+        same places in every frame, by their change summed over frames) as a ``(B, T, K)`` grid index."""
+        if not tubes:
+            return change.topk(num_kept(change.shape[1], 1 - ratio), dim=1).indices.sort(dim=1).values
+        frames = model.token_grid[0]
+        per_place = change.reshape(len(change), frames, -1).sum(dim=1)  # (B, S)
+        places = per_place.topk(num_kept(per_place.shape[1], 1 - ratio), dim=1).indices.sort(dim=1).values
+        return torch.arange(frames, device=change.device)[None, :, None] * per_place.shape[1] + places[:, None, :]
 
     def forward(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, keep_idx: Any = None,
                 **kw: Any) -> torch.Tensor:
@@ -137,9 +148,9 @@ def region_adaptive(model: torch.nn.Module, calls: int, ratio: float = 0.5, ever
         if s["change"] is None or index % int(every) == 0 or index + 1 >= calls:
             out = plain(x, t, y, **kw)
         else:
-            n = s["change"].shape[1]
-            keep = s["change"].topk(num_kept(n, 1 - ratio), dim=1).indices.sort(dim=1).values
+            keep = choose(s["change"])
             thin = plain(x, t, y, keep, **kw)  # (B, K, P) prediction tokens of the chosen places
+            keep = keep.flatten(1)
             tokens = patchify(s["out"], model.patch_size).scatter(1, keep.unsqueeze(-1).expand_as(thin), thin)
             out = unpatchify(tokens, model.patch_size, x.shape[2:], s["out"].shape[1])
         if s["out"] is not None:

@@ -8,8 +8,9 @@ the auxiliary-loss channel as ``loss_align`` (weight ``lambda``).
 
 The encoder is any ``nn.Module`` mapping a model-space batch ``(B, C, *S)`` to patch features ``(B, N_e,
 F)`` with a ``grid`` attribute (its patch grid); :func:`load_encoder` reads one trained by ``maskdit
-encoder train`` (:mod:`maskdit.encoder`). When the encoder's grid differs from the model's token grid
-(2-D), its feature map is resized to the model's bilinearly.
+encoder train`` (:mod:`maskdit.encoder`) or a Hugging Face vision model saved in a local directory.
+When the encoder's grid differs from the model's token grid (2-D), its feature map is resized to the
+model's bilinearly.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ from maskdit.model.aux import aux_active, report_aux_loss
 
 
 def load_encoder(path: str | Path) -> nn.Module:
-    """A frozen encoder from a local directory written by ``maskdit encoder train``."""
-    from maskdit.encoder import load_maskdit_encoder
+    """A frozen encoder from a local directory: written by ``maskdit encoder train`` (``encoder.json``) or a
+    Hugging Face vision model's ``save_pretrained`` (``config.json``; needs ``transformers``)."""
+    from maskdit.encoder import load_hf_encoder, load_maskdit_encoder
 
     path = Path(path)
-    if not (path / "encoder.json").is_file():
-        raise ConfigError(f"align.encoder {path} is not an encoder directory (no encoder.json): train one with "
-                          "maskdit encoder train DATA --out DIR")
-    return load_maskdit_encoder(path).eval().requires_grad_(False)
+    if (path / "encoder.json").is_file():
+        return load_maskdit_encoder(path).eval().requires_grad_(False)
+    if (path / "config.json").is_file() and not (path / "checkpoints").exists():
+        return load_hf_encoder(path).eval().requires_grad_(False)
+    raise ConfigError(f"align.encoder {path} is not an encoder directory (no encoder.json, no Hugging Face "
+                      "config.json): train one with maskdit encoder train DATA --out DIR, or save a vision "
+                      "model there with save_pretrained")
 
 
 class Alignment(nn.Module):

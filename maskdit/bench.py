@@ -22,6 +22,16 @@ from maskdit.recipes import build_recipe, default_sprint_route
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
 
+def add_timing_arguments(p: Any) -> None:
+    """The options of the side-by-side throughput benchmarks (``benchmarks/*_throughput.py``)."""
+    p.add_argument("--preset", default="DiT-S/2")
+    p.add_argument("--input", default="4x32x32")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per configuration and round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """``'4x32x32'`` -> ``(4, 32, 32)``: channels then 1-3 spatial sizes."""
     try:

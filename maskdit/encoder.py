@@ -8,7 +8,9 @@ encode the rest, reconstruct the dropped ones with a light decoder) and saves th
     DIR/encoder.json          {"kind": "maskdit-mae", constructor arguments, training facts}
     DIR/encoder.safetensors   the encoder's weights
 
-:func:`maskdit.align.load_encoder` reads it back.
+:func:`maskdit.align.load_encoder` reads it back. Where a pretrained vision model is at hand as a local
+Hugging Face directory (``save_pretrained``: a DINOv2, ViT, ... ``config.json`` and weights),
+:class:`HFVisionEncoder` wraps it instead (``transformers``' ``AutoModel``, loaded offline).
 """
 
 from __future__ import annotations
@@ -138,3 +140,60 @@ def load_maskdit_encoder(path: Path) -> ViTEncoder:
 
     load_weights(encoder, path / "encoder.safetensors")
     return encoder
+
+
+#: ImageNet's channel means and deviations: the normalisation of a model with no preprocessor_config.json.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class HFVisionEncoder(nn.Module):
+    """A Hugging Face vision transformer from a local directory as an alignment encoder: model-space pixels
+    ``(B, C, H, W)`` in [-1, 1] (1 or 3 channels) become the model's RGB input at its own image size,
+    normalised as its preprocessor says (ImageNet's statistics by default), and the output is its last
+    layer's patch tokens ``(B, N, F)`` (class and register tokens, which come first, are left out)."""
+
+    def __init__(self, model: nn.Module, mean: Any = IMAGENET_MEAN, std: Any = IMAGENET_STD):
+        super().__init__()
+        cfg = model.config
+        size = cfg.image_size if isinstance(cfg.image_size, (list, tuple)) else (cfg.image_size,) * 2
+        patch = cfg.patch_size if isinstance(cfg.patch_size, (list, tuple)) else (cfg.patch_size,) * 2
+        self.model, self.size = model, tuple(int(v) for v in size)
+        self.grid = tuple(s // p for s, p in zip(self.size, patch))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise ConfigError(f"a Hugging Face vision encoder sees 1- or 3-channel images, got a batch of shape "
+                              f"{tuple(x.shape)} (latent data needs an encoder of latents: maskdit encoder train)")
+        rgb = ((x.float() + 1) / 2).expand(-1, 3, -1, -1)
+        if tuple(rgb.shape[2:]) != self.size:
+            rgb = nn.functional.interpolate(rgb, size=self.size, mode="bilinear", align_corners=False)
+        hidden = self.model(pixel_values=(rgb - self.mean) / self.std).last_hidden_state
+        return hidden[:, -math.prod(self.grid):]
+
+
+def load_hf_encoder(path: Path) -> HFVisionEncoder:
+    """The vision model saved in ``path`` (``config.json`` + weights), loaded offline with ``AutoModel``."""
+    try:
+        from transformers import AutoModel
+    except ImportError:
+        raise ConfigError(f"align.encoder {path} is a Hugging Face model directory: install transformers "
+                          "(pip install 'maskdit[align]')") from None
+    try:
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"align.encoder {path}: transformers cannot load it ({reason})") from None
+    if not hasattr(model.config, "image_size") or not hasattr(model.config, "patch_size"):
+        raise ConfigError(f"align.encoder {path} holds a {model.config.model_type} model, not a vision transformer "
+                          "with image_size and patch_size (DINOv2, ViT, ...)")
+    stats: dict[str, Any] = {}
+    pre = path / "preprocessor_config.json"
+    if pre.is_file():
+        try:
+            saved = json.loads(pre.read_text())
+            stats = {"mean": saved["image_mean"], "std": saved["image_std"]}
+        except (ValueError, KeyError, TypeError):
+            stats = {}
+    return HFVisionEncoder(model, **stats)

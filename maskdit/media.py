@@ -56,13 +56,16 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | 
         grid = image_grid(images, labels)
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
     else:
-        arrays = {"images": images.permute(0, 2, 3, 1).numpy().astype(np.uint8)}
-        if labels is not None:
-            arrays["labels"] = labels.numpy().astype(np.int64)
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+        _write_npz(tmp, {"images": images.permute(0, 2, 3, 1).numpy().astype(np.uint8)}, labels)
     tmp.replace(path)
     return path
+
+
+def _write_npz(tmp: Path, arrays: dict[str, np.ndarray], labels: torch.Tensor | None) -> None:
+    if labels is not None:
+        arrays = {**arrays, "labels": labels.numpy().astype(np.int64)}
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def save_noise(path: str | Path, noise: torch.Tensor, labels: torch.Tensor | None, settings: dict[str, Any]) -> Path:
@@ -70,11 +73,7 @@ def save_noise(path: str | Path, noise: torch.Tensor, labels: torch.Tensor | Non
     sampling ``settings`` it inverts (``sampler``, ``steps``, ``guidance_scale``) as 0-d arrays."""
     path = Path(path)
     tmp = _atomic_target(path)
-    arrays = {"noise": noise.float().numpy(), **{k: np.asarray(v) for k, v in settings.items()}}
-    if labels is not None:
-        arrays["labels"] = labels.numpy().astype(np.int64)
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+    _write_npz(tmp, {"noise": noise.float().numpy(), **{k: np.asarray(v) for k, v in settings.items()}}, labels)
     tmp.replace(path)
     return path
 
@@ -82,17 +81,10 @@ def save_noise(path: str | Path, noise: torch.Tensor, labels: torch.Tensor | Non
 def load_noise(path: str | Path, shape: tuple[int, ...]) -> dict[str, Any]:
     """Read a :func:`save_noise` file for a model whose inputs are ``shape`` ``(C, *S)``: ``noise`` (a tensor),
     ``labels`` (a tensor or None) and the settings it was inverted with."""
-    from maskdit.data import npz_reason
+    from maskdit.data import read_npz
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--from-noise {path} does not exist: write one with maskdit invert")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as e:  # zipfile / numpy raise several types for a damaged file
-        raise DataError(f"cannot read --from-noise {path} as .npz ({npz_reason(e)}): "
-                        "write it with maskdit invert") from e
+    arrays = read_npz(path, "--from-noise", "write one with maskdit invert")
     noise = arrays.get("noise")
     if noise is None or noise.dtype.kind != "f" or tuple(noise.shape[1:]) != tuple(shape) or len(noise) == 0:
         found = "no 'noise' array" if noise is None else f"'noise' {noise.dtype} {noise.shape}"

@@ -87,3 +87,50 @@ def test_alignment_refuses_a_missing_encoder(tmp_path):
     with pytest.raises(ConfigError, match="align.encoder"):
         Trainer(load_config("digits", overrides=[*SMALL, "align.weight=1", "align.block=1", f"align.encoder={tmp_path}",
                                                  f"run_dir={tmp_path / 'r'}"]), progress=False)
+
+
+def tiny_dino(path, **saved_stats):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             image_size=16, patch_size=4)).save_pretrained(path)
+    if saved_stats:
+        (path / "preprocessor_config.json").write_text(json.dumps(saved_stats))
+    return path
+
+
+def test_a_local_hugging_face_vision_model_is_an_alignment_encoder(tmp_path):
+    from transformers import AutoModel
+
+    from maskdit.align import load_encoder
+
+    enc = load_encoder(tiny_dino(tmp_path / "dino", image_mean=[0.5] * 3, image_std=[0.25] * 3))
+    assert enc.grid == (4, 4) and not any(p.requires_grad for p in enc.parameters())
+    x = torch.rand(2, 1, 8, 8) * 2 - 1  # 1-channel model-space digits in [-1, 1]
+    features = enc(x)
+    # by hand: to [0, 1], grey to RGB, up to the model's 16x16, its preprocessor's statistics, patch tokens only
+    rgb = torch.nn.functional.interpolate(((x + 1) / 2).expand(-1, 3, -1, -1), size=(16, 16), mode="bilinear",
+                                          align_corners=False)
+    reference = AutoModel.from_pretrained(tmp_path / "dino", local_files_only=True).eval()
+    with torch.no_grad():
+        expected = reference(pixel_values=(rgb - 0.5) / 0.25).last_hidden_state[:, 1:]
+    assert features.shape == (2, 16, 32) and torch.allclose(features, expected, atol=1e-5)
+
+    run = tmp_path / "run"  # a digits model with a 4x4 token grid aligns with it end to end
+    assert main(["train", "--no-progress", *SMALL, "model.depth=2", "steps=3", "align.weight=0.5",
+                 "align.block=1", f"align.encoder={tmp_path / 'dino'}", f"run_dir={run}"]) == 0
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert -0.5 <= record["loss_align"] <= 0.5 and record["loss_align"] != 0  # -weight x cosine similarity
+
+
+def test_a_hugging_face_model_that_is_not_a_vision_transformer_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from maskdit.align import load_encoder
+    from maskdit.errors import ConfigError
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=50)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ConfigError, match="not a vision transformer"):
+        load_encoder(tmp_path / "bert")

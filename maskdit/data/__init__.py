@@ -130,18 +130,24 @@ def load_digits() -> ImageDataset:
     )
 
 
+def read_npz(path: Path, what: str, fix: str, save: str = "save it with numpy.savez") -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path`` (never unpickling); ``what`` names it in errors, ``fix`` says
+    what to do when it is missing, ``save`` how to write a readable one."""
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a directory, not an .npz file: {fix}")
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist: {fix}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except Exception as e:  # zipfile / numpy raise several types for a damaged file
+        raise DataError(f"cannot read {what} {path} as .npz ({npz_reason(e)}): {save}") from e
+
+
 def load_npz(path: str | Path) -> ImageDataset:
     """``.npz`` with ``images`` uint8 ``N x H x W`` or ``N x H x W x C`` and optional integer ``labels``."""
     path = Path(path)
-    if path.is_dir():
-        raise DataError(f"dataset file {path} is a directory, not an .npz file: check data.path")
-    if not path.is_file():
-        raise DataError(f"dataset file {path} does not exist: check data.path")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as e:  # zipfile / numpy raise several types for a damaged file
-        raise DataError(f"cannot read {path} as .npz ({npz_reason(e)}): save it with numpy.savez") from e
+    arrays = read_npz(path, "dataset file", "check data.path")
     if "images" not in arrays:
         raise DataError(f"{path} has no 'images' array (found: {', '.join(arrays) or 'nothing'})")
     images = arrays["images"]
