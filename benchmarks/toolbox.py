@@ -11,7 +11,8 @@ the EMA weights' domain FID and class accuracy), one after the other, so run it 
 MoE arms keep the active parameters of the dense model: each token passes one routed and one shared
 expert of half the MLP width (``model.mlp_ratio=2``). The alignment arm first trains its encoder with
 ``maskdit encoder train`` on the same images (its time is printed, not counted in the budget, as REPA does
-not count DINOv2's). Curves and the table go to ``docs/toolbox/DATA``.
+not count DINOv2's). Two arms add masked training: the masking study's best recipe (SPRINT at 0.75, then
+10% of the budget unmasked) alone and with SwiGLU. Curves and the table go to ``docs/toolbox/DATA``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ ARMS: dict[str, list[str]] = {
     "rmsnorm + qk-norm + swiglu + rope": ["model.norm=rmsnorm", "model.qk_norm=true", "model.mlp=swiglu",
                                           "model.pos=rope"],
     "align (self-trained MAE encoder, block 2)": ["align.weight=0.5", "align.block=2"],
+    # the masking study's best recipe alone and with the digits study's best option (SwiGLU)
+    "sprint 0.75 + finetune": ["mask.recipe=sprint", "mask.ratio=0.75", "mask.shape=structured"],
+    "swiglu + sprint 0.75 + finetune": ["model.mlp=swiglu", "mask.recipe=sprint", "mask.ratio=0.75",
+                                        "mask.shape=structured"],
 }
 
 
