@@ -67,6 +67,12 @@ def main() -> None:
     images = "digits" if data == "digits" else (sys.argv[sys.argv.index("--data-path") + 1]
                                                 if "--data-path" in sys.argv else "runs/data/mnist32.npz")
     arms = dict(ARMS)
+    if "--only" in sys.argv:  # ';'-separated label prefixes, in the order to run (labels may hold commas)
+        at = sys.argv.index("--only")
+        prefixes = [v.strip() for v in sys.argv[at + 1].split(";") if v.strip()]
+        del sys.argv[at:at + 2]
+        chosen = [next(label for label in ARMS if label.startswith(prefix)) for prefix in prefixes]
+        arms = {label: ARMS[label] for label in ["plain", *[c for c in chosen if c != "plain"]]}
     wanted = sys.argv[sys.argv.index("--arms") + 1].split(",") if "--arms" in sys.argv else list(arms)
     if any(a.startswith("align") for a in wanted) and "--table" not in sys.argv:
         if data == "mnist32" and not Path(images).is_file():

@@ -404,11 +404,11 @@ def generate(
                guidance_channels, tuple(size or ()), labels is None)
         model = transformed(model, accel, calibrate, key)
     out = []
-    for start in tqdm(range(0, num, batch_size), desc="sampling", disable=not progress or num <= batch_size):
-        part = slice(start, start + batch_size)
+    for first in tqdm(range(0, num, batch_size), desc="sampling", disable=not progress or num <= batch_size):
+        part = slice(first, first + batch_size)
         y = labels[part].to(device) if labels is not None else None
         x = noise[part].to(device)
-        streams = NoiseStreams(seed, range(start, start + len(x)), shape)
+        streams = NoiseStreams(seed, range(first, first + len(x)), shape)
         with accelerated(model, accel, steps * SAMPLERS.entry(sampler).facts["calls_per_step"]):
             if given is None:
                 fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance,
@@ -453,8 +453,8 @@ def invert(
     device = next(model.parameters()).device
     out = []
     batches = range(0, len(x0), batch_size)
-    for start in tqdm(batches, desc="inverting", disable=not progress or len(batches) == 1):
-        part = slice(start, start + batch_size)
+    for first in tqdm(batches, desc="inverting", disable=not progress or len(batches) == 1):
+        part = slice(first, first + batch_size)
         y = labels[part].to(device) if labels is not None else None
         fn = guided(model, y, guidance_scale)
         out.append(INVERSIONS.get(sampler)(fn, x0[part].to(device).float(), objective, steps).float().cpu())
