@@ -12,7 +12,8 @@ MoE arms keep the active parameters of the dense model: each token passes one ro
 expert of half the MLP width (``model.mlp_ratio=2``). The alignment arm first trains its encoder with
 ``maskdit encoder train`` on the same images (its time is printed, not counted in the budget, as REPA does
 not count DINOv2's). Two arms add masked training: the masking study's best recipe (SPRINT at 0.75, then
-10% of the budget unmasked) alone and with SwiGLU. Curves and the table go to ``docs/toolbox/DATA``.
+10% of the budget unmasked) alone, with SwiGLU, RoPE and alignment. Curves and the table go to
+``docs/toolbox/DATA``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ ARMS: dict[str, list[str]] = {
     "sprint 0.75 + finetune": ["mask.recipe=sprint", "mask.ratio=0.75", "mask.shape=structured"],
     "swiglu + sprint 0.75 + finetune": ["model.mlp=swiglu", "mask.recipe=sprint", "mask.ratio=0.75",
                                         "mask.shape=structured"],
+    "rope + sprint 0.75 + finetune": ["model.pos=rope", "mask.recipe=sprint", "mask.ratio=0.75",
+                                      "mask.shape=structured"],
+    "align + sprint 0.75 + finetune": ["align.weight=0.5", "align.block=2", "mask.recipe=sprint", "mask.ratio=0.75",
+                                       "mask.shape=structured"],
 }
 
 
@@ -74,11 +79,12 @@ def main() -> None:
         chosen = [next(label for label in ARMS if label.startswith(prefix)) for prefix in prefixes]
         arms = {label: ARMS[label] for label in ["plain", *[c for c in chosen if c != "plain"]]}
     wanted = sys.argv[sys.argv.index("--arms") + 1].split(",") if "--arms" in sys.argv else list(arms)
-    if any(a.startswith("align") for a in wanted) and "--table" not in sys.argv:
+    aligned = [a for a in wanted if a in arms and any(o.startswith("align.weight") for o in arms[a])]
+    if aligned and "--table" not in sys.argv:
         if data == "mnist32" and not Path(images).is_file():
             study.make_mnist32(Path(images))
-        label = next(a for a in arms if a.startswith("align"))
-        arms[label] = [*arms[label], f"align.encoder={encoder_for(data, images)}"]
+        for label in aligned:
+            arms[label] = [*arms[label], f"align.encoder={encoder_for(data, images)}"]
     study.ARMS.clear()
     study.ARMS.update(arms)
     study.BASELINE = "plain"
