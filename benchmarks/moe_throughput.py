@@ -11,16 +11,18 @@ counts. Prints a Markdown table and a JSON list on its last line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
 from maskdit.bench import add_timing_arguments, benchmark, parse_shape
+from maskdit.config import MoEConfig
 
 
 def moe(experts: int, top_k: int, capacity: float = 2.0, shared: int = 0, **more: Any) -> dict[str, Any]:
-    spec = {"experts": experts, "shared": shared, "top_k": top_k, "every": 1, "capacity": capacity,
-            "balance": 0.01, "routing": "token", "time_gate": False}
-    return {"moe": spec, **more}
+    """Model fields for an MoE of ``experts`` (the config's defaults for the rest) plus ``more``."""
+    spec = MoEConfig(experts=experts, shared=shared, top_k=top_k, capacity=capacity)
+    return {"moe": dataclasses.asdict(spec), **more}
 
 
 CONFIGS = [  # (label, model fields)

@@ -764,25 +764,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The model fields ``maskdit bench`` lets a user set over the preset.
+BENCH_FIELDS = ("depth", "hidden_size", "num_heads", "mlp_ratio", "norm", "qk_norm", "mlp", "pos", "moe")
+
+
 def bench_fields(overrides: list[str]) -> dict[str, Any]:
     """``model.KEY=VALUE`` overrides -> validated ``build_model`` fields (only those ``BENCH_FIELDS`` names)."""
-    for text in overrides:
-        key = text.partition("=")[0]
-        if key.split(".")[:2][-1] not in BENCH_FIELDS or not key.startswith("model."):
-            raise ConfigError(f"bench override {text!r}: only " + ", ".join(f"model.{k}" for k in BENCH_FIELDS)
-                              + " may be set (e.g. model.mlp=swiglu)")
     from maskdit.config import load_config
 
+    given = set()
+    for text in overrides:
+        section, _, rest = text.partition("=")[0].partition(".")
+        name = rest.partition(".")[0]
+        if section != "model" or name not in BENCH_FIELDS:
+            raise ConfigError(f"bench override {text!r}: only " + ", ".join(f"model.{k}" for k in BENCH_FIELDS)
+                              + " may be set (e.g. model.mlp=swiglu)")
+        given.add(name)
     m = load_config(overrides=list(overrides)).model
-    given = {text.partition("=")[0].split(".")[1] for text in overrides}
     fields = {k: getattr(m, k) for k in given if k != "moe"}
     if "moe" in given and m.moe.experts > 0:
         fields["moe"] = dataclasses.asdict(m.moe)
     return fields
-
-
-#: The model fields ``maskdit bench`` lets a user set over the preset.
-BENCH_FIELDS = ("depth", "hidden_size", "num_heads", "mlp_ratio", "norm", "qk_norm", "mlp", "pos", "moe")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

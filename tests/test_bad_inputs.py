@@ -694,6 +694,9 @@ CASES: list[Case] = [
 
     # ---- bench -------------------------------------------------------------------------------------
     C("bench-input-abc", [*BENCH, "--input", "abc"], "abc"),
+    C("bench-override-not-model", [*BENCH, "steps=3"], "steps=3"),
+    C("bench-override-unknown-field", [*BENCH, "model.foo=1"], "model.foo=1"),
+    C("bench-override-bad-value", [*BENCH, "model.moe.experts=-1"], "model.moe.experts"),
     C("bench-input-zero-axis", [*BENCH, "--input", "4x0x32"], "4x0x32"),
     C("bench-input-not-divisible", [*BENCH, "--input", "4x33x32"], "33"),
     C("bench-input-too-many-axes", [*BENCH, "--input", "4x8x8x8x8"], "4x8x8x8x8"),
