@@ -2,6 +2,7 @@
 
     python benchmarks/step_overhead.py                      # the digits preset, ratios 0 / 0.5 / 0.75
     python benchmarks/step_overhead.py --preset digits model.patch_size=1   # any train overrides
+    python benchmarks/step_overhead.py --preset bouncing-digits --arms "base:;token time:model.token_time=true"
 
 Masking shortens only the forward and backward; everything else in a step is a fixed cost that caps the
 speed-up. Each part is timed on the real Trainer (same model, data and optimizer as `maskdit train`),
@@ -51,19 +52,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="digits")
     p.add_argument("--ratios", default="0,0.5,0.75")
+    p.add_argument("--arms", help="'NAME:OVERRIDES;...' (space-separated overrides) instead of --ratios")
     p.add_argument("--steps", type=int, default=40, help="timed steps per ratio and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    ratios = [float(r) for r in args.ratios.split(",")]
+    if args.arms:
+        arms = {name: extra.split() for name, _, extra in (a.partition(":") for a in args.arms.split(";"))}
+    else:
+        arms = {r: [f"mask.ratio={r}"] for r in args.ratios.split(",")}
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in ratios:
-            cfg = load_config(args.preset, overrides=[*args.overrides, f"mask.ratio={r}", f"run_dir={tmp}/r{r}"])
-            trainers[r] = Trainer(cfg, progress=False)
-        best: dict[float, dict[str, float]] = {}
+        for i, (name, extra) in enumerate(arms.items()):
+            cfg = load_config(args.preset, overrides=[*args.overrides, *extra, f"run_dir={tmp}/arm{i}"])
+            trainers[name] = Trainer(cfg, progress=False)
+        best: dict[str, dict[str, float]] = {}
         for round_ in range(args.rounds):
-            for r in ratios if round_ % 2 == 0 else ratios[::-1]:
+            for r in list(arms) if round_ % 2 == 0 else list(arms)[::-1]:
                 for k in range(3):  # warm-up
                     parts(trainers[r], k)
                 sums: dict[str, float] = {}
@@ -74,18 +79,19 @@ def main() -> None:
                 if r not in best or sums["step"] < best[r]["step"]:
                     best[r] = sums
     names = ["inputs+data", "forward+backward", "clip+optimizer", "ema", "step"]
-    model = trainers[ratios[0]].model
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"\n{args.preset} {' '.join(args.overrides)}: {model.num_tokens} tokens, {params:.2f}M parameters, "
-          f"batch {trainers[ratios[0]].cfg.batch_size}, {torch.get_num_threads()} threads; ms per step, "
+    first = trainers[next(iter(arms))]
+    params = sum(p.numel() for p in first.model.parameters()) / 1e6
+    print(f"\n{args.preset} {' '.join(args.overrides)}: {first.model.num_tokens} tokens, {params:.2f}M parameters, "
+          f"batch {first.cfg.batch_size}, {torch.get_num_threads()} threads; ms per step, "
           f"best of {args.rounds} rounds x {args.steps} steps\n")
-    print("| mask ratio | " + " | ".join(names) + " | fixed share | steps/s |")
+    label = "arm" if args.arms else "mask ratio"
+    print(f"| {label} | " + " | ".join(names) + " | fixed share | steps/s |")
     print("|---|" + "---|" * (len(names) + 2))
     rows = []
-    for r in ratios:
+    for r in arms:
         b = best[r]
         fixed = (b["step"] - b["forward+backward"]) / b["step"]
-        rows.append({"ratio": r, **{k: b[k] * 1000 for k in names}, "fixed_share": fixed,
+        rows.append({label.replace(" ", "_"): r, **{k: b[k] * 1000 for k in names}, "fixed_share": fixed,
                      "steps_per_s": 1 / b["step"]})
         print(f"| {r} | " + " | ".join(f"{b[k] * 1000:.1f}" for k in names) + f" | {fixed:.0%} | {1 / b['step']:.1f} |")
     print(json.dumps(rows))

@@ -7,8 +7,11 @@ frame and the last; animate: frame 0; complete: 4 random frames; inpaint: a cent
 frames), the model fills the rest of every test clip, and PSNR / SSIM (on 0-255 frames) are averaged
 over the frames that were not wholly given. Baselines: *copy last given frame* (each generated frame
 repeats the nearest given frame before it, or after it when there is none) and *linear interpolation*
-between the given frames around it (copying at the ends). Writes ``OUT/tasks.json``, a GIF per task
-(context | truth | generated) and prints a Markdown table.
+between the given frames around it (copying at the ends). On one-digit bouncing digits it also reports
+*identity*: the share of generated frames whose sprite crop (:func:`maskdit.evaluate.video.sprite_crops`)
+the digits classifier reads as the clip's digit, next to the same share for the true frames (the
+ceiling). Writes ``OUT/tasks.json``, a GIF per task (context | truth | generated) and prints a Markdown
+table.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from maskdit.checkpoint import load_run
-from maskdit.evaluate.video import TASK_BENCH, frame_scores, given_frames, held_out_clips, task_quality
+from maskdit.evaluate.video import TASK_BENCH, frame_scores, given_frames, held_out_set, identity_rate, task_quality
 from maskdit.media import save_video
 from maskdit.tasks import comparison_frames
 
@@ -46,21 +50,39 @@ def baselines(clips: torch.Tensor, frames_given: list[int]) -> dict[str, torch.T
     return {"copy last given frame": copy, "linear interpolation": lerp.round().to(torch.uint8)}
 
 
+def identity_reader(data: Any, cfg: Any) -> tuple[Any, int] | None:
+    """The digits classifier and the sprite size, where identity can be read (one digit per clip)."""
+    if cfg.data.name != "bouncing-digits" or data.labels is None or data.labels.dim() != 1:
+        return None
+    from maskdit.data import load_digits
+    from maskdit.evaluate.classifier import load_classifier
+
+    return load_classifier(load_digits(), progress=False), 8 * (2 if cfg.data.size >= 32 else 1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--num", type=int, default=64, help="held-out clips")
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
+    p.add_argument("--sampler", help="sampler (default: the run's)")
+    p.add_argument("--guidance", help="guidance mode, e.g. context (default: none)")
+    p.add_argument("--guidance-scale", type=float, default=1.0)
+    p.add_argument("--tasks", help="comma-separated tasks (default: every benchmark task)")
     p.add_argument("--out", default="docs/tasks")
     args = p.parse_args()
     run = load_run(args.run_dir)
     cfg = run.config
-    clips = held_out_clips(cfg.data, args.num)
+    data = held_out_set(cfg.data, args.num)
+    clips, labels = data.frames[:args.num], None if data.labels is None else data.labels[:args.num]
+    reader = identity_reader(data, cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sampling = {"sampler": cfg.sample.sampler, "steps": args.steps or cfg.sample.steps, "seed": 0}
+    sampling = {"sampler": args.sampler or cfg.sample.sampler, "steps": args.steps or cfg.sample.steps, "seed": 0}
+    if args.guidance_scale != 1.0:
+        sampling.update(guidance=args.guidance or "cfg", guidance_scale=args.guidance_scale)
     results = {}
-    for task in TASK_BENCH:
+    for task in args.tasks.split(",") if args.tasks else TASK_BENCH:
         start = time.time()
         scores, generated = task_quality(run.model, run.objective, run.codec, clips, [task], batch_size=64,
                                          **sampling)
@@ -72,17 +94,22 @@ def main() -> None:
         if frames_given and task != "inpaint":
             for name, fill in baselines(clips, frames_given).items():
                 row[name] = frame_scores(fill, clips, scored)
+            if reader is not None:
+                clf, sprite = reader
+                row["identity"] = identity_rate(clf, generated, labels, scored, sprite)
+                row["identity_real"] = identity_rate(clf, clips, labels, scored, sprite)
         results[task] = row
         save_video(out / f"{task}.gif", comparison_frames(clips[:8], generated[:8], grid, run.model))
         print(task, json.dumps(row), flush=True)
     (out / "tasks.json").write_text(json.dumps(results, indent=2))
     print(f"\n{args.num} held-out clips, {cfg.data.name}, step {run.step}, {sampling}\n")
-    print("| task | model PSNR / SSIM | copy last given frame | linear interpolation |")
-    print("|---|---|---|---|")
+    print("| task | model PSNR / SSIM | identity (real) | copy last given frame | linear interpolation |")
+    print("|---|---|---|---|---|")
     for task, row in results.items():
         cells = [f"{row[k]['psnr']:.2f} dB / {row[k]['ssim']:.3f}" if k in row else "-"
                  for k in ("model", "copy last given frame", "linear interpolation")]
-        print(f"| {task} | " + " | ".join(cells) + " |")
+        ident = f"{row['identity']:.1%} ({row['identity_real']:.1%})" if "identity" in row else "-"
+        print(f"| {task} | {cells[0]} | {ident} | " + " | ".join(cells[1:]) + " |")
 
 
 if __name__ == "__main__":

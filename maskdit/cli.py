@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -335,6 +336,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     world = world_from_env()
     say = print if world.main else (lambda *a, **k: None)  # under torchrun, rank 0 speaks for all
     say(f"run directory: {cfg.run_dir}", flush=True)
+    trainer = None
     try:
         with StopOnSignal() as starting:  # a signal while the trainer is built is kept, never lost in a library
             trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
@@ -352,9 +354,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             say(cfg.run_dir)
             return 0
         trainer.run()
+        last_step = trainer.step
     finally:
+        # DDP holds the process group: free it while the interpreter is whole, so the group's worker threads
+        # are joined here and never torn down during interpreter exit (gloo aborts the process then)
+        trainer = None
+        gc.collect()
         leave()
-    say(f"trained steps {first_step}-{trainer.step} in {time.time() - start:.0f}s", flush=True)
+    say(f"trained steps {first_step}-{last_step} in {time.time() - start:.0f}s", flush=True)
     say(f"wrote {latest_checkpoint(cfg.run_dir)} and {Path(cfg.run_dir) / 'metrics.jsonl'}")
     say(cfg.run_dir)
     return 0

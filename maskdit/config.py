@@ -55,6 +55,7 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     mixer_depth: int = 0  #: leading blocks that see all tokens before dropping (deferred masking)
     attention: str = "full"  #: full | factorised (VDT: temporal then spatial attention; rank-3 grids)
+    token_time: bool = False  #: task models: given tokens are conditioned on time 0, the rest on t (per-token time)
     conditional: bool = True  #: use the dataset's labels (False: unconditional model)
     class_dropout: float = 0.1  #: share of labels replaced by the null label (for guidance)
     learn_sigma: bool = False  #: ddpm: also predict the variance (DiT's 8-channel head; VLB loss term)
@@ -121,7 +122,7 @@ class SampleConfig:
     steps: int = 25
     guidance_scale: float = 1.0
     guidance_interval: list[float] | None = None  #: [t_low, t_high]: guide only there
-    guidance: str = "cfg"  #: a maskdit.samplers.GUIDANCES entry: cfg | path-drop (SPRINT) | route-contrast (TREAD)
+    guidance: str = "cfg"  #: a maskdit.samplers.GUIDANCES entry: cfg | path-drop | route-contrast | context
     eta: float = 0.0  #: ddim only, in [0, 1]
     guidance_channels: int | None = None  #: guide only the first N channels, the rest from the conditional branch
 
@@ -287,6 +288,9 @@ class Config:
             raise ConfigError(f"config key data.path is required when data.name={data.name}")
         if smp.sampler is not None:
             check_sampler(smp.sampler, obj.name)
+        if m.token_time and not task.names:
+            raise ConfigError("config key model.token_time=true conditions the given tokens of a task on time 0: it "
+                              "needs condition masks (set task.names) or model.token_time=false")
         if task.names and not RECIPES.entry(mask.recipe).facts["tasks"]:
             raise ConfigError(f"config key mask.recipe={mask.recipe} does not support condition masks (task.names): "
                               f"use mask.recipe={one_of(RECIPES.names(tasks=True))}")
@@ -294,6 +298,9 @@ class Config:
         if needs and mask.recipe != needs:
             raise ConfigError(f"config key sample.guidance={smp.guidance} needs a model trained with "
                               f"mask.recipe={needs}: set mask.recipe={needs} or sample.guidance=cfg")
+        if smp.guidance in GUIDANCES and GUIDANCES.entry(smp.guidance).facts.get("tasks") and not task.names:
+            raise ConfigError(f"config key sample.guidance={smp.guidance} needs a model trained on tasks: set "
+                              "task.names or sample.guidance=cfg")
         if m.learn_sigma and obj.name != "ddpm":
             raise ConfigError(f"config key model.learn_sigma=true needs objective.name=ddpm (a learned DDPM "
                               f"variance), not {obj.name}: set objective.name=ddpm or model.learn_sigma=false")

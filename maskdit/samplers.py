@@ -281,6 +281,16 @@ def _route_contrast(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, ti
     return weak, strong
 
 
+@GUIDANCES.register("context", "task models: contrast the prediction that knows which tokens are given (clean) "
+                    "with one that does not (works without labels)", recipe=None, labels=False, tasks=True)
+def _context(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, time: float, y: torch.Tensor | None,
+             null: torch.Tensor | None, extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    strong = model(x, t, y, **extra)
+    if "given" not in extra:  # nothing is given: there is nothing to contrast
+        return strong, strong
+    return model(x, t, y), strong  # the weak branch sees the same values, unflagged and at the sample's time
+
+
 #: model attribute each training recipe leaves, which a guidance needing that recipe checks
 _RECIPE_ATTRS = {"sprint": "fusion", "tread": "tread_route"}
 
@@ -294,6 +304,9 @@ def check_guidance(name: str, model: torch.nn.Module) -> None:
     if recipe and getattr(model, _RECIPE_ATTRS[recipe], None) is None:
         raise ConfigError(f"guidance {name} needs a {recipe.upper()} model (trained with mask.recipe={recipe}): "
                           "use cfg")
+    if GUIDANCES.entry(name).facts.get("tasks") and not getattr(model, "task_conditioning", False):
+        raise ConfigError(f"guidance {name} contrasts given and open tokens: it needs a model trained on tasks "
+                          "(task.names) and a task to sample; use cfg")
 
 
 def guided(

@@ -13,16 +13,17 @@ from maskdit.masks import random_keep_indices, task_mask
 from maskdit.model import DiT
 from maskdit.objectives import FlowMatching, denoising_loss
 from maskdit.samplers import generate
-from maskdit.train import Trainer
+from maskdit.train import Trainer, model_for
 from conftest import perturbed
 
 VIDEO = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=32",
          "warmup_steps=1", "sample.steps=2"]
 
 
-def video_model(attention="full"):
+def video_model(attention="full", token_time=False):
     torch.manual_seed(0)
-    return perturbed(DiT((4, 8, 8), 1, (1, 2, 2), 32, 2, 2, attention=attention, task_conditioning=True))
+    return perturbed(DiT((4, 8, 8), 1, (1, 2, 2), 32, 2, 2, attention=attention, task_conditioning=True,
+                         token_time=token_time))
 
 
 def clips(n=3):
@@ -65,14 +66,81 @@ def test_condition_mask_with_token_dropping_covers_kept_and_generated_only():
 
 @pytest.mark.parametrize("attention", ["full", "factorised"])
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
-def test_sampling_returns_given_tokens_exactly(attention, sampler):
-    model = video_model(attention)
+@pytest.mark.parametrize("token_time", [False, True])
+def test_sampling_returns_given_tokens_exactly(attention, sampler, token_time):
+    model = video_model(attention, token_time)
     context = torch.rand(2, 1, 4, 8, 8) * 2 - 1
     given = task_mask("interpolate", model.token_grid, stride=2).reshape(1, -1).expand(2, -1)
     out = generate(model, FlowMatching(), 2, sampler=sampler, steps=3, given=given, context=context)
     tok_out, tok_ctx = patchify(out, model.patch_size), patchify(context, model.patch_size)
     assert torch.equal(tok_out[given], tok_ctx[given])
     assert not torch.allclose(tok_out[~given], tok_ctx[~given])
+
+
+# --- per-token time: given tokens at t = 0 ---------------------------------------------------------------
+
+
+def _twins(attention: str) -> tuple[DiT, DiT]:
+    """The same weights with and without per-token time."""
+    plain, timed = video_model(attention), video_model(attention, token_time=True)
+    timed.load_state_dict(plain.state_dict())
+    return plain, timed
+
+
+@pytest.mark.parametrize("attention", ["full", "factorised"])
+def test_token_time_is_exactly_the_global_path_when_every_token_has_the_same_time(attention):
+    plain, timed = _twins(attention)
+    x, _, t = clips()
+    nothing = torch.zeros(3, plain.num_tokens, dtype=torch.bool)
+    assert torch.equal(timed(x, t, given=nothing), plain(x, t, given=nothing))
+    assert torch.equal(timed(x, t), plain(x, t))  # no condition mask at all
+    given = task_mask("predict", plain.token_grid, k=2).reshape(1, -1).expand(3, -1)
+    zero = torch.zeros(3)  # every token at t = 0: both levels are the same vector
+    assert torch.equal(timed(x, zero, given=given), plain(x, zero, given=given))
+    # with a mask and t > 0 the generated tokens see that their neighbours are clean
+    out_timed, out_plain = patchify(timed(x, t, given=given), (1, 2, 2)), patchify(plain(x, t, given=given), (1, 2, 2))
+    assert (out_timed[~given] - out_plain[~given]).abs().max() > 1e-5
+
+
+def test_token_time_follows_each_kept_token_to_its_place():
+    """Dropping reorders tokens: each must still find its own level (a permutation of all tokens is
+    attention-equivariant, so the prediction is the full one, permuted)."""
+    _, timed = _twins("full")
+    x, _, t = clips()
+    given = task_mask("interpolate", timed.token_grid, stride=2).reshape(1, -1).expand(3, -1)
+    order = torch.stack([torch.randperm(timed.num_tokens, generator=torch.Generator().manual_seed(i))
+                         for i in range(3)])
+    full = patchify(timed(x, t, given=given), timed.patch_size)
+    permuted = timed(x, t, keep_idx=order, given=given)
+    assert torch.allclose(permuted, full.gather(1, order[..., None].expand_as(full)), atol=1e-5)
+
+
+def test_token_time_needs_condition_masks():
+    with pytest.raises(ConfigError, match="token_time"):
+        DiT((4, 8, 8), 1, (1, 2, 2), 32, 2, 2, token_time=True)
+    with pytest.raises(ConfigError, match="model.token_time=true .* needs condition masks"):
+        load_config("digits", overrides=["model.token_time=true"])
+    cfg = load_config("bouncing-digits", overrides=[*VIDEO, "model.token_time=true"])
+    assert DiT.from_config(model_for(cfg, (1, 8, 16, 16), 0).config).token_time  # saved with the model
+
+
+def test_context_guidance_contrasts_knowing_the_given_tokens_with_not_knowing_them():
+    from maskdit.samplers import guided
+
+    model = video_model(token_time=True)
+    x, _, t = clips()
+    given = task_mask("predict", model.token_grid, k=2).reshape(1, -1).expand(3, -1)
+    fn = guided(model, None, 2.5, given=given, guidance="context")
+    strong, weak = model(x, torch.full((3,), 0.4, dtype=torch.float64), given=given), \
+        model(x, torch.full((3,), 0.4, dtype=torch.float64))
+    assert torch.allclose(fn(x, 0.4), weak + 2.5 * (strong - weak), atol=1e-6)
+    assert torch.equal(guided(model, None, 2.5, guidance="context")(x, 0.4), weak)  # no task: nothing to contrast
+    context = torch.rand(3, 1, 4, 8, 8) * 2 - 1
+    out = generate(model, FlowMatching(), 3, steps=3, given=given, context=context, guidance="context",
+                   guidance_scale=2.0)
+    assert torch.equal(patchify(out, model.patch_size)[given], patchify(context, model.patch_size)[given])
+    with pytest.raises(ConfigError, match="guidance context .* needs a model trained on tasks"):
+        guided(DiT((4, 8, 8), 1, (1, 2, 2), 32, 2, 2), None, 2.0, guidance="context")
 
 
 def test_mask_that_leaves_nothing_to_generate_is_refused():

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from maskdit.evaluate.metrics import psnr, ssim
 
@@ -72,11 +73,51 @@ def bench_tasks(model: torch.nn.Module, trained: list[str]) -> list[str]:
     return [t for t in TASK_BENCH if t in trained and (rank == 3 or t == "inpaint")]
 
 
-def held_out_clips(data_cfg: Any, num: int) -> torch.Tensor:
-    """``num`` uint8 clips ``(N, C, T, H, W)`` of the data set's test split (the embedded video sets draw it
-    from a separate stream; a data set without one gives its first clips)."""
+def held_out_set(data_cfg: Any, num: int) -> Any:
+    """The data set's test split with ``num`` clips (the embedded video sets draw it from a separate stream)."""
     from dataclasses import replace
 
     from maskdit.data import dataset_from_config
 
-    return dataset_from_config(replace(data_cfg, num=num), split="test").frames[:num]
+    return dataset_from_config(replace(data_cfg, num=num), split="test")
+
+
+def held_out_clips(data_cfg: Any, num: int) -> torch.Tensor:
+    """``num`` uint8 clips ``(N, C, T, H, W)`` of the data set's test split (a data set without a separate
+    test stream gives its first clips)."""
+    return held_out_set(data_cfg, num).frames[:num]
+
+
+def sprite_crops(frames: torch.Tensor, sprite: int) -> torch.Tensor:
+    """Where each uint8 frame ``(M, C, H, W)`` draws its one sprite: the ``sprite`` x ``sprite`` window
+    ``(M, C, sprite, sprite)`` holding the most intensity, and among windows that hold it all (a digit with
+    blank margins fits several) the one centred nearest the frame's intensity centroid, as the digits
+    themselves are roughly centred in their 8 x 8 boxes."""
+    weight = frames.float().sum(1)  # (M, H, W)
+    mass = weight.sum((1, 2)).clamp(min=1e-6)
+    ys = torch.arange(frames.shape[-2], dtype=torch.float32)
+    xs = torch.arange(frames.shape[-1], dtype=torch.float32)
+    cy, cx = (weight.sum(2) * ys).sum(1) / mass, (weight.sum(1) * xs).sum(1) / mass
+    energy = F.avg_pool2d(weight.unsqueeze(1), sprite, stride=1)[:, 0]  # (M, places_y, places_x)
+    centre = (sprite - 1) / 2
+    dist = (ys[:energy.shape[1], None] + centre - cy[:, None, None]) ** 2 + \
+        (xs[None, :energy.shape[2]] + centre - cx[:, None, None]) ** 2
+    best = energy >= energy.amax((1, 2), keepdim=True) * 0.999
+    corner = torch.where(best, -dist, torch.tensor(float("-inf"))).flatten(1).argmax(1)
+    width = energy.shape[2]
+    return torch.stack([f[:, y:y + sprite, x:x + sprite] for f, y, x in
+                        zip(frames, (corner // width).tolist(), (corner % width).tolist())])
+
+
+def identity_rate(classifier: Any, clips: torch.Tensor, labels: torch.Tensor, frames: list[int],
+                  sprite: int = 8) -> float:
+    """Share of ``frames`` of uint8 ``clips`` ``(N, 1, T, H, W)`` whose sprite crop the digits classifier
+    reads as the clip's digit ``labels`` ``(N,)`` (crops of a sprite enlarged ``k`` times are averaged
+    down to the classifier's 8 x 8)."""
+    from maskdit.data import from_uint8
+
+    crops = sprite_crops(clips[:, :, frames].transpose(1, 2).flatten(0, 1), sprite)
+    if sprite != 8:
+        crops = F.avg_pool2d(crops.float(), sprite // 8).round().to(torch.uint8)
+    predicted = classifier.predict(from_uint8(crops))
+    return (predicted == labels.repeat_interleave(len(frames))).float().mean().item()

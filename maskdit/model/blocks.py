@@ -21,8 +21,41 @@ from maskdit.model.moe import MoEMlp, MoESpec
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Per-sample affine modulation of token features: ``x * (1 + scale) + shift``."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """Affine modulation of token features ``(B, L, D)``: ``x * (1 + scale) + shift``, with one shift and
+    scale per sample ``(B, D)`` or per token ``(B, L, D)``."""
+    if shift.dim() == x.dim() - 1:
+        shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
+    return x * (1 + scale) + shift
+
+
+@dataclass(frozen=True)
+class TokenTime:
+    """Per-token conditioning in two levels: ``c`` for the tokens being generated, ``given_c`` (the same
+    sample at time 0, clean) for the tokens a condition mask ``given`` ``(B, N)`` marks as known.
+
+    adaLN is affine in ``silu(c)``, so each block computes its modulation once per level and picks it per
+    token; the cost over per-sample conditioning is one more small matmul and a select per block.
+    """
+
+    c: torch.Tensor
+    given_c: torch.Tensor
+    given: torch.Tensor
+
+    def modulation(self, layer: nn.Module, pos: torch.Tensor | None) -> torch.Tensor:
+        """``layer`` applied per token ``(B, L, M)``; ``pos`` names the tokens (``None``: the whole grid)."""
+        given = self.given if pos is None else self.given.gather(1, pos.reshape(len(pos), -1))
+        return torch.where(given.unsqueeze(-1), layer(self.given_c).unsqueeze(1), layer(self.c).unsqueeze(1))
+
+
+def modulation(layer: nn.Module, c: torch.Tensor | TokenTime, pos: torch.Tensor | None) -> torch.Tensor:
+    """A block's adaLN output for conditioning ``c``: ``(B, 1, M)`` per sample, ``(B, L, M)`` per token."""
+    return c.modulation(layer, pos) if isinstance(c, TokenTime) else layer(c).unsqueeze(1)
+
+
+def per_sample(c: torch.Tensor | TokenTime) -> torch.Tensor:
+    """The per-sample conditioning ``(B, D)`` (a :class:`TokenTime`'s generated level), for layers that route
+    or modulate per sample."""
+    return c.c if isinstance(c, TokenTime) else c
 
 
 class TimestepEmbedder(nn.Module):
@@ -221,10 +254,10 @@ class DiTBlock(nn.Module):
         self.mlp = options.make_mlp(dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a), pos)
-        x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m), c)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | TokenTime, pos: torch.Tensor | None = None) -> torch.Tensor:
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = modulation(self.adaLN_modulation, c, pos).chunk(6, -1)
+        x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), pos)
+        x = x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m), per_sample(c))
         return x
 
 
@@ -276,7 +309,7 @@ class FactorisedDiTBlock(nn.Module):
         self.rotary = options.rope is not None
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 9 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | TokenTime, pos: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
         t, s = (pos.shape[1], pos.shape[2]) if pos is not None and pos.dim() == 3 else (self.frames, n // self.frames)
         if t * s != n or (pos is not None and pos.dim() == 2 and n != math.prod(self.token_grid)):
@@ -284,7 +317,7 @@ class FactorisedDiTBlock(nn.Module):
                              f"{math.prod(self.token_grid)}, or a kept grid index (B, T', S') from mask.shape=tube or "
                              f"frame; got {n} tokens" + ("" if pos is None else f" with index {tuple(pos.shape)}"))
         (shift_t, scale_t, gate_t, shift_s, scale_s, gate_s,
-         shift_m, scale_m, gate_m) = self.adaLN_modulation(c).chunk(9, dim=-1)
+         shift_m, scale_m, gate_m) = modulation(self.adaLN_modulation, c, pos).chunk(9, dim=-1)
         ids_t = ids_s = None  # rotary attention: each sequence's tokens by their grid index
         if self.rotary:
             ids = (torch.arange(n, device=x.device).expand(b, n) if pos is None else pos).reshape(b, t, s)
@@ -293,11 +326,11 @@ class FactorisedDiTBlock(nn.Module):
         h = modulate(self.norm_t(x), shift_t, scale_t)
         h = h.reshape(b, t, s, d).transpose(1, 2).reshape(b * s, t, d)
         h = self.attn_t(h, ids_t).reshape(b, s, t, d).transpose(1, 2).reshape(b, n, d)
-        x = x + gate_t.unsqueeze(1) * h
+        x = x + gate_t * h
         # spatial: (B*T, S, D), one sequence per frame
         h = modulate(self.norm_s(x), shift_s, scale_s).reshape(b * t, s, d)
-        x = x + gate_s.unsqueeze(1) * self.attn_s(h, ids_s).reshape(b, n, d)
-        x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm_m(x), shift_m, scale_m), c)
+        x = x + gate_s * self.attn_s(h, ids_s).reshape(b, n, d)
+        x = x + gate_m * self.mlp(modulate(self.norm_m(x), shift_m, scale_m), per_sample(c))
         return x
 
 

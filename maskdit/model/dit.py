@@ -35,6 +35,7 @@ from maskdit.model.blocks import (
     LabelEmbedder,
     SparseDenseFusion,
     TimestepEmbedder,
+    TokenTime,
     zero_init_adaln,
 )
 from maskdit.model.moe import MoESpec
@@ -104,6 +105,9 @@ class DiT(nn.Module):
             same positions kept in every frame, see :func:`maskdit.masks.tube_keep_indices`).
         task_conditioning: learn a "given" embedding added to the tokens a condition mask marks as known
             (clean), so one model serves every task of :data:`maskdit.masks.TASKS` (VDT).
+        token_time: condition each token on its own time: given tokens on ``t = 0`` (they are clean), the
+            rest on the sample's ``t`` (diffusion-forcing style; :class:`~maskdit.model.blocks.TokenTime`).
+            Needs ``task_conditioning``; without a condition mask the model is unchanged.
         fusion: ``(START, END)`` makes a SPRINT model: blocks ``0..START-1`` are the dense shallow path,
             ``START..END-1`` the deep path (the only blocks that ``keep_idx`` thins), and a
             :class:`~maskdit.model.blocks.SparseDenseFusion` joins both before the dense blocks ``END..``.
@@ -146,6 +150,7 @@ class DiT(nn.Module):
         mixer_depth: int = 0,
         attention: str = "full",
         task_conditioning: bool = False,
+        token_time: bool = False,
         fusion: Sequence[int] | None = None,
         route: Sequence[int] | None = None,
         learn_sigma: bool = False,
@@ -186,6 +191,10 @@ class DiT(nn.Module):
             raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
         self.attention = attention
         self.task_conditioning = task_conditioning
+        if token_time and not task_conditioning:
+            raise ConfigError("token_time conditions given tokens on time 0: it needs task_conditioning "
+                              "(train with task.names)")
+        self.token_time = bool(token_time)
         self.fusion_route = None if fusion is None else check_fusion_route(fusion, depth)
         if self.fusion_route is not None and mixer_depth:
             raise ConfigError("a SPRINT model's dense shallow blocks are its patch mixer: set mixer_depth=0")
@@ -240,6 +249,7 @@ class DiT(nn.Module):
             "mixer_depth": self.mixer_depth,
             "attention": self.attention,
             "task_conditioning": self.task_conditioning,
+            **({"token_time": True} if self.token_time else {}),
             **({} if self.fusion_route is None else {"fusion": list(self.fusion_route)}),
             **({} if self.tread_route is None else {"route": list(self.tread_route)}),
             "learn_sigma": self.learn_sigma,
@@ -377,29 +387,31 @@ class DiT(nn.Module):
         """
         c = self.condition(t, y)
         tokens = self.embed(x, given)
+        cb = c if given is None or not self.token_time else TokenTime(c, self.condition(torch.zeros_like(t), y),
+                                                                       given.bool())
         grid = token_grid_shape(x.shape[2:], self.patch_size)
         if grid != self.token_grid:  # a rotary model at another size: every token, every block
             if keep_idx is not None or self.fusion is not None or route is not None or given is not None:
                 raise ConfigError(f"at a grid other than the training one {self.token_grid} the model runs plain: "
                                   "no dropping, routing, SPRINT fusion or condition mask")
             with self.rope.at(grid):
-                return self.run_blocks(tokens, c, 0, end), c
+                return self.run_blocks(tokens, cb, 0, end), c
         if path_drop is not None and self.fusion is None:
             raise ConfigError("path drop (path-drop guidance) needs a SPRINT model: train with mask.recipe=sprint")
         if self.fusion is not None:
             if end is not None:
                 raise ConfigError("a SPRINT model (fusion) runs its blocks as one unit: features(end=...) is not "
                                   "supported")
-            return self.fused_blocks(tokens, c, keep_idx, path_drop), c
+            return self.fused_blocks(tokens, cb, keep_idx, path_drop), c
         if route is not None and keep_idx is not None:
             if end is not None:
                 raise ConfigError("routing (TREAD) runs every block: features(end=...) is not supported with route")
-            return self.routed_blocks(tokens, c, keep_idx, check_tread_route(route, self.depth)), c
+            return self.routed_blocks(tokens, cb, keep_idx, check_tread_route(route, self.depth)), c
         if keep_idx is not None:
-            tokens = self.run_blocks(tokens, c, 0, self.mixer_depth)
-            tokens = self.run_blocks(gather_tokens(tokens, keep_idx), c, self.mixer_depth, end, pos=keep_idx)
+            tokens = self.run_blocks(tokens, cb, 0, self.mixer_depth)
+            tokens = self.run_blocks(gather_tokens(tokens, keep_idx), cb, self.mixer_depth, end, pos=keep_idx)
         else:
-            tokens = self.run_blocks(tokens, c, 0, end)
+            tokens = self.run_blocks(tokens, cb, 0, end)
         return tokens, c
 
     def forward(
