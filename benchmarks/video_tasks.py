@@ -69,16 +69,19 @@ def main() -> None:
     p.add_argument("--guidance", help="guidance mode, e.g. context (default: none)")
     p.add_argument("--guidance-scale", type=float, default=1.0)
     p.add_argument("--tasks", help="comma-separated tasks (default: every benchmark task)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA or training weights")
     p.add_argument("--out", default="docs/tasks")
     args = p.parse_args()
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, ema=args.weights == "ema")
     cfg = run.config
     data = held_out_set(cfg.data, args.num)
     clips, labels = data.frames[:args.num], None if data.labels is None else data.labels[:args.num]
     reader = identity_reader(data, cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sampling = {"sampler": args.sampler or cfg.sample.sampler, "steps": args.steps or cfg.sample.steps, "seed": 0}
+    sampling = {"sampler": args.sampler or cfg.sample.sampler, "steps": args.steps or cfg.sample.steps,
+                "seed": args.seed}
     if args.guidance_scale != 1.0:
         sampling.update(guidance=args.guidance or "cfg", guidance_scale=args.guidance_scale)
     results = {}

@@ -55,6 +55,8 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     mixer_depth: int = 0  #: leading blocks that see all tokens before dropping (deferred masking)
     attention: str = "full"  #: full | factorised (VDT: temporal then spatial attention; rank-3 grids)
+    full_every: int = 0  #: factorised models: every N-th block attends over all tokens (0: none; full: all do)
+    full_blocks: list[int] = field(default_factory=list)  #: factorised models: more blocks with full attention
     token_time: bool = False  #: task models: given tokens are conditioned on time 0, the rest on t (per-token time)
     conditional: bool = True  #: use the dataset's labels (False: unconditional model)
     class_dropout: float = 0.1  #: share of labels replaced by the null label (for guidance)
@@ -229,6 +231,7 @@ class Config:
             ("model.class_dropout", 0 <= m.class_dropout < 1, "in [0, 1)"),
             ("model.mlp_ratio", m.mlp_ratio > 0, "positive"),
             ("model.mixer_depth", m.mixer_depth >= 0, "non-negative (and below the model depth)"),
+            ("model.full_every", m.full_every >= 0, "0 (no full blocks) or a positive block period"),
             ("model.attention", m.attention in ATTENTIONS, "one of " + one_of(ATTENTIONS)),
             ("data.name", data.name in DATASETS, "one of " + one_of(DATASETS.names())),
             ("data.num", data.num >= 1, "at least 1"),

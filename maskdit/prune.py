@@ -185,10 +185,13 @@ def prune_run(source: str | Path, out: str | Path, keep: int, method: str = "lea
                 "loss_full": held_out_loss(model, None, loss_fn), "loss_kept": held_out_loss(model, kept, loss_fn),
                 "every_other": baseline, "loss_every_other": held_out_loss(model, baseline, loss_fn)}
     config = {**model.config, "depth": keep, "mixer_depth": min(model.mixer_depth, keep)}
+    if model.full_blocks:  # the kept blocks' new places
+        config["full_blocks"] = [new for new, old in enumerate(kept) if old in model.full_blocks]
     pruned = DiT.from_config(config)
     pruned.load_state_dict(keep_blocks(model, kept))
     base = run.config.to_dict()
-    base["model"].update(depth=keep, mixer_depth=config["mixer_depth"])
+    base["model"].update(depth=keep, mixer_depth=config["mixer_depth"], full_blocks=config.get("full_blocks", []),
+                         full_every=0)  # the kept full blocks, by their new places
     base["run_dir"], base["init_from"] = str(out), None
     cfg = load_config(base=base)
     info = {"config": cfg.to_dict(), "model": pruned.config, "dataset": run.dataset,

@@ -109,7 +109,8 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> 
     return build_model(
         m.preset, dataset_shape[1:], dataset_shape[0], num_classes if m.conditional else 0,
         depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
-        mlp_ratio=m.mlp_ratio, mixer_depth=m.mixer_depth, attention=m.attention, token_time=m.token_time,
+        mlp_ratio=m.mlp_ratio, mixer_depth=m.mixer_depth, attention=m.attention, full_blocks=m.full_blocks,
+        full_every=m.full_every, token_time=m.token_time,
         task_conditioning=bool(cfg.task.names), fusion=cfg.sprint_route(), route=cfg.tread_route(),
         learn_sigma=m.learn_sigma, pos_layout=m.pos_layout, time_scale=m.time_scale, time_offset=m.time_offset,
         time_freq_shift=m.time_freq_shift, mlp_norm_eps=m.mlp_norm_eps, norm=m.norm, qk_norm=m.qk_norm, mlp=m.mlp,

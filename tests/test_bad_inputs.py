@@ -380,6 +380,8 @@ CASES: list[Case] = [
     C("train-pos-unknown", [*TRAIN, "model.pos=alibi"], "model.pos"),
     C("train-qk-norm-not-bool", [*TRAIN, "model.qk_norm=maybe"], "model.qk_norm"),
     C("train-token-time-without-tasks", [*TRAIN, "model.token_time=true"], "model.token_time"),
+    C("train-full-blocks-beyond-depth", [*TRAIN, "model.full_blocks=[7]"], "full_blocks"),
+    C("train-full-every-negative", [*TRAIN, "model.full_every=-1"], "model.full_every"),
     C("train-context-guidance-without-tasks", [*TRAIN, "sample.guidance=context"], "sample.guidance=context"),
     C("train-moe-top-k-above-experts", [*TRAIN, "model.moe.experts=2", "model.moe.top_k=3"], "model.moe.top_k"),
     C("train-moe-experts-negative", [*TRAIN, "model.moe.experts=-1"], "model.moe.experts"),

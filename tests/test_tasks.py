@@ -173,6 +173,22 @@ def test_factorised_dit_mixes_across_frames_and_within_a_frame():
     assert not torch.allclose(model(swapped, t)[:, :, [1, 0, 2, 3]], base, atol=1e-5)
 
 
+def test_factorised_model_with_full_blocks_runs_on_kept_tubes_and_round_trips():
+    """Blocks named in full_blocks attend over all tokens; under tube dropping they take the kept grid index
+    like the factorised ones, and keeping every tube equals the full pass."""
+    x, t = torch.randn(1, 1, 4, 8, 8), torch.rand(1)
+    model = _perturbed(DiT((4, 8, 8), 1, (1, 4, 4), 32, 3, 4, attention="factorised", full_blocks=[1]))
+    assert [type(b).__name__ for b in model.blocks] == ["FactorisedDiTBlock", "DiTBlock", "FactorisedDiTBlock"]
+    assert DiT.from_config(model.config).full_blocks == (1,)
+    every = DiT((4, 8, 8), 1, (1, 4, 4), 32, 6, 4, attention="factorised", full_every=3)
+    assert every.full_blocks == (2, 5) and DiT.from_config(every.config).full_blocks == (2, 5)
+    every_tube = torch.arange(16).reshape(1, 4, 4)  # (B, T', S'): all 4 places of all 4 frames, in order
+    assert torch.allclose(model(x, t, keep_idx=every_tube), patchify(model(x, t), (1, 4, 4)), atol=1e-5)
+    with pytest.raises(ConfigError, match="full_blocks"):
+        DiT((4, 8, 8), 1, (1, 4, 4), 32, 2, 4, attention="factorised", full_blocks=[2])
+    assert DiT((4, 8, 8), 1, (1, 4, 4), 32, 2, 4, full_every=1).full_blocks == ()  # full attention: all blocks are
+
+
 def test_temporal_embedding_changes_with_frame_index():
     model = DiT((3, 4, 4), 1, (1, 2, 2), 32, 1, 4, attention="factorised")
     pos = model.pos_embed[0].reshape(3, 2, 2, 32)  # (t, h, w, D) in token order

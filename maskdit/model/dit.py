@@ -103,6 +103,9 @@ class DiT(nn.Module):
         attention: ``"full"`` (every block attends over all tokens) or ``"factorised"`` (VDT: temporal
             attention across frames, then spatial attention within each frame; with dropping it needs the
             same positions kept in every frame, see :func:`maskdit.masks.tube_keep_indices`).
+        full_blocks, full_every: in a factorised model, the blocks that attend over all tokens at once (full
+            space-time attention) instead: those listed, and every ``full_every``-th (1-based; 0 for none).
+            A full-attention model ignores them (all its blocks are).
         task_conditioning: learn a "given" embedding added to the tokens a condition mask marks as known
             (clean), so one model serves every task of :data:`maskdit.masks.TASKS` (VDT).
         token_time: condition each token on its own time: given tokens on ``t = 0`` (they are clean), the
@@ -149,6 +152,8 @@ class DiT(nn.Module):
         num_classes: int = 0,
         mixer_depth: int = 0,
         attention: str = "full",
+        full_blocks: Sequence[int] = (),
+        full_every: int = 0,
         task_conditioning: bool = False,
         token_time: bool = False,
         fusion: Sequence[int] | None = None,
@@ -190,6 +195,11 @@ class DiT(nn.Module):
         if attention not in ATTENTIONS:
             raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
         self.attention = attention
+        every = {i for i in range(depth) if full_every and (i + 1) % int(full_every) == 0}
+        full = sorted({int(i) for i in full_blocks} | every)
+        if full and not 0 <= full[0] <= full[-1] < depth:
+            raise ConfigError(f"full_blocks {full} must name blocks 0..{depth - 1}")
+        self.full_blocks = tuple(full) if attention == "factorised" else ()  # in a full model every block is
         self.task_conditioning = task_conditioning
         if token_time and not task_conditioning:
             raise ConfigError("token_time conditions given tokens on time 0: it needs task_conditioning "
@@ -226,7 +236,8 @@ class DiT(nn.Module):
                                            freq_shift=time_freq_shift)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio, options=self.options_of(i)) if attention == "full"
+            DiTBlock(hidden_size, num_heads, mlp_ratio, options=self.options_of(i))
+            if attention == "full" or i in self.full_blocks
             else FactorisedDiTBlock(hidden_size, num_heads, mlp_ratio, self.token_grid, options=self.options_of(i))
             for i in range(depth)
         )
@@ -248,6 +259,7 @@ class DiT(nn.Module):
             "num_classes": self.num_classes,
             "mixer_depth": self.mixer_depth,
             "attention": self.attention,
+            **({"full_blocks": list(self.full_blocks)} if self.full_blocks else {}),
             "task_conditioning": self.task_conditioning,
             **({"token_time": True} if self.token_time else {}),
             **({} if self.fusion_route is None else {"fusion": list(self.fusion_route)}),
