@@ -91,8 +91,8 @@ def main() -> None:
     for r in arms:
         b = best[r]
         fixed = (b["step"] - b["forward+backward"]) / b["step"]
-        rows.append({label.replace(" ", "_"): r, **{k: b[k] * 1000 for k in names}, "fixed_share": fixed,
-                     "steps_per_s": 1 / b["step"]})
+        rows.append({**({"arm": r} if args.arms else {"ratio": float(r)}), **{k: b[k] * 1000 for k in names},
+                     "fixed_share": fixed, "steps_per_s": 1 / b["step"]})
         print(f"| {r} | " + " | ".join(f"{b[k] * 1000:.1f}" for k in names) + f" | {fixed:.0%} | {1 / b['step']:.1f} |")
     print(json.dumps(rows))
 
