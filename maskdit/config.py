@@ -25,6 +25,7 @@ from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
 from maskdit.model.blocks import MLPS, NORMS
 from maskdit.model.moe import ROUTINGS
 from maskdit.model.dit import ATTENTIONS, POS_LAYOUTS, POSITIONS, PRESETS
+from maskdit.model.precond import PRECONDS
 from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
 from maskdit.recipes import RECIPES, sprint_route, tread_route
 from maskdit.registry import one_of
@@ -43,6 +44,13 @@ class MoEConfig:
     balance: float = 0.01  #: weight of the load-balance loss (token routing)
     routing: str = "token"  #: token (each token picks top_k experts) | expert (each expert picks its tokens)
     time_gate: bool = False  #: the router also sees the time/label conditioning (Switch-DiT, MoDE)
+
+
+@dataclass
+class DecoderConfig:
+    width: int = 0  #: MaskDiT's released decoder between the blocks and the final layer (0 = none)
+    depth: int = 8
+    num_heads: int = 16
 
 
 @dataclass
@@ -71,6 +79,11 @@ class ModelConfig:
     mlp: str = "gelu"  #: feed-forward: gelu | swiglu (same parameters)
     pos: str = "sincos"  #: positions: sincos (a fixed table) | rope (axial rotary, by each token's grid index)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  #: used at sampling too (MaskDiT imports)
+    rel_pos_bias: bool = False  #: a learned bias per head and 2-D token offset in attention (MDT)
+    long_skips: int | None = None  #: MDT's layout: U-Net long skips, then this many blocks joining the input
+    precond: str | None = None  #: edm: EDM's preconditioning presented as a flow velocity (MaskDiT imports)
+    sigma_data: float = 0.5  #: precond=edm: the data's standard deviation
 
 
 @dataclass
@@ -221,6 +234,15 @@ class Config:
             ("model.moe.capacity", m.moe.capacity > 0, "positive"),
             ("model.moe.balance", m.moe.balance >= 0, "non-negative"),
             ("model.moe.routing", m.moe.routing in ROUTINGS, "one of " + one_of(ROUTINGS)),
+            ("model.decoder.width", m.decoder.width >= 0 and m.decoder.width % 2 == 0, "0 (none) or an even width"),
+            ("model.decoder.depth", m.decoder.depth >= 1, "at least 1"),
+            ("model.decoder.num_heads", m.decoder.num_heads >= 1 and m.decoder.width % m.decoder.num_heads == 0,
+             f"at least 1 and a divisor of model.decoder.width={m.decoder.width}"),
+            ("model.precond", m.precond is None or m.precond in PRECONDS, "null or one of " + one_of(PRECONDS)),
+            ("model.sigma_data", m.sigma_data > 0, "positive"),
+            ("model.long_skips", m.long_skips is None or m.long_skips >= 0, "null or non-negative"),
+            ("model.precond", m.precond is None or self.objective.name == "flow",
+             "null unless objective.name=flow (EDM's preconditioning is presented as a flow velocity)"),
             ("model.depth", m.depth is None or m.depth >= 1, "null or at least 1"),
             ("model.hidden_size", m.hidden_size is None or (m.hidden_size >= 2 and m.hidden_size % 2 == 0),
              "null or an even number of at least 2"),

@@ -2,6 +2,8 @@
 
     maskdit import DiT-XL-2-256x256.pt --out runs/dit-xl2 [--vae DIR]       # facebookresearch/DiT (EMA state dict)
     maskdit import SiT-XL-2-256.pt --format sit --out runs/sit-xl2          # SiT: same layout, flow objective
+    maskdit import maskdit-ema.pt --format maskdit --out runs/maskdit      # MaskDiT: decoder + EDM precond
+    maskdit import mdt_xl2_v2_ckpt.pt --format mdt --out runs/mdt           # MDT v2: skips, relative bias
     maskdit import DIFFUSERS_DIR --out runs/dit-xl2                         # a DiTTransformer2DModel directory
     maskdit export runs/dit-xl2 --format diffusers --out DIR
 
@@ -16,6 +18,12 @@ as both model and EMA, a config that samples the way the source does, ready for 
 * **SiT**: SiT's ``t`` runs from noise (0) to data (1) and its velocity points to the data; maskdit's
   ``t`` runs the other way, so the import embeds ``1 - t`` and negates the output layer. The variance
   channels SiT's forward discards are dropped.
+* **MaskDiT**: its EDM denoiser ``D(x; sigma, y)`` as a flow velocity (``model.precond=edm``, see
+  :mod:`maskdit.model.precond`), its narrow decoder kept as part of the network (``model.decoder``), the
+  one-hot label map as a table with a zero null row. Sampling: EDM's Heun, 40 steps.
+* **MDT v2**: learned position tables, a relative position bias in every attention and long skips
+  (``model.pos=learned``, ``rel_pos_bias``, ``long_skips``); the training-only side-interpolater is left
+  out. Sampling as DiT.
 * **diffusers** ``DiTTransformer2DModel``: its time embedding shifts the frequencies
   (``downscale_freq_shift=1``) and its pre-MLP LayerNorm has eps ``norm_eps``; both are kept in the model
   config. diffusers gives every block its own copy of the time and label embedders: they must be equal
@@ -37,7 +45,7 @@ import torch
 
 from maskdit.checkpoint import checkpoint_files, find_run, save_checkpoint, write_json_atomic
 from maskdit.errors import CheckpointError, ConfigError
-from maskdit.grid import sincos_pos_embed
+from maskdit.grid import sincos_pos_embed, token_grid_shape
 from maskdit.model import DiT, PRESETS
 from maskdit.registry import Registry
 
@@ -100,12 +108,13 @@ def _heads(width: int, num_heads: int | None, source: Path) -> int:
 
 
 # -- DiT and SiT -----------------------------------------------------------------------------------------
-def dit_layout(sd: dict[str, torch.Tensor], source: Path, num_heads: int | None) -> tuple[dict[str, Any],
-                                                                                          dict[str, torch.Tensor]]:
-    """The maskdit model config and state dict of a DiT-layout state dict (facebookresearch/DiT models.py)."""
+def dit_layout(sd: dict[str, torch.Tensor], source: Path, num_heads: int | None, extra: dict[str, Any] | None = None
+               ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The maskdit model config and state dict of a DiT-layout state dict (facebookresearch/DiT models.py);
+    ``extra`` adds model fields (a decoder, a preconditioning) whose tensors carry maskdit's own names."""
     if "x_embedder.proj.weight" not in sd:
-        raise CheckpointError(f"{source} has no x_embedder.proj.weight: it is not a DiT/SiT state dict (for a "
-                              "diffusers directory pass the directory)")
+        hint = "--format maskdit" if "model.x_embedder.proj.weight" in sd else "the directory for a diffusers model"
+        raise CheckpointError(f"{source} has no x_embedder.proj.weight: it is not a DiT/SiT state dict (pass {hint})")
     proj = sd["x_embedder.proj.weight"]
     if proj.dim() != 4 or proj.shape[2] != proj.shape[3]:
         raise CheckpointError(f"{source}: x_embedder.proj.weight has shape {tuple(proj.shape)}, not a square 2-D "
@@ -128,7 +137,7 @@ def dit_layout(sd: dict[str, torch.Tensor], source: Path, num_heads: int | None)
     config = {"input_size": [side * patch] * 2, "in_channels": channels, "patch_size": [patch, patch],
               "hidden_size": width, "depth": depth, "num_heads": _heads(width, num_heads, source),
               "mlp_ratio": hidden / width, "num_classes": num_classes, "learn_sigma": out == 2 * channels,
-              "pos_layout": "xy"}
+              "pos_layout": "xy", **(extra or {})}
     with torch.device("meta"):  # names and shapes only: the import builds the real model once, later
         model = DiT(**config)
     expected = {_dit_name(k) for k in model.state_dict()} | {"pos_embed"}
@@ -185,6 +194,128 @@ def import_sit(source: Path, num_heads: int | None = None) -> tuple[dict, dict, 
     settings = {"objective": {"name": "flow", "time_sampling": "uniform"},
                 "sample": {"sampler": "heun", "steps": 125, "guidance_scale": 4.0, "guidance_channels": 3}}
     return config, state, settings
+
+
+# -- MaskDiT -------------------------------------------------------------------------------------------------
+MASKDIT_DECODER_HEADS = 16  #: MaskDiT's decoder always has 16 heads (models/maskdit.py)
+MASKDIT_UNSUPPORTED = ("cls_token", "feat_embedder.", "cls_token_embedder.", "enc_feat_embedder.")
+
+
+@FORMATS.register("maskdit", "MaskDiT release (Anima-Lab/MaskDiT: the EMA state dict of EDMPrecond, with or without "
+                  "its decoder); EDM preconditioning, EDM's Heun sampler")
+def import_maskdit(source: Path, num_heads: int | None = None) -> tuple[dict, dict, dict]:
+    sd = {k.removeprefix("model."): v for k, v in read_state_dict(source).items()}
+    for key in sd:
+        if key.startswith(MASKDIT_UNSUPPORTED):
+            raise CheckpointError(f"{source} has {key}: MaskDiT models with a class token or external/encoder "
+                                  "features (pad_cls_token, ext_feature_dim, self_cond) cannot be imported")
+    table, proj = sd.get("y_embedder.embedding_table.weight"), sd.get("x_embedder.proj.weight")
+    if table is not None and proj is not None and table.shape[0] != proj.shape[0]:
+        raise CheckpointError(f"{source}: y_embedder.embedding_table.weight has shape {tuple(table.shape)}, not "
+                              f"MaskDiT's one-hot label map (width {proj.shape[0]}, classes): is it a DiT checkpoint? "
+                              "(--format dit)")
+    if table is not None:  # a one-hot linear map (hidden, classes); the null label is the zero vector
+        sd["y_embedder.embedding_table.weight"] = torch.cat([table.t(), table.new_zeros(1, table.shape[0])])
+    extra: dict[str, Any] = {"precond": "edm", "sigma_data": 0.5, "time_scale": 1.0}
+    decoder_pos = sd.pop("decoder_pos_embed", None)
+    if "decoder_layer.linear.weight" in sd:
+        width = sd["decoder_layer.linear.weight"].shape[0]
+        depth = len({k.split(".")[1] for k in sd if k.startswith("decoder_blocks.")})
+        extra["decoder"] = {"width": width, "depth": depth, "num_heads": MASKDIT_DECODER_HEADS}
+        for key in [k for k in sd if k.startswith(("decoder_layer.", "decoder_blocks."))]:
+            ours = key.replace("decoder_layer.", "decoder.", 1).replace("decoder_blocks.", "decoder.blocks.", 1)
+            sd[ours] = sd.pop(key)
+        mask_token = sd.pop("mask_token", None)  # only trained with the MAE loss; MaskDiT fills zeros otherwise
+        sd["decoder.mask_token"] = torch.zeros(width) if mask_token is None else mask_token.reshape(width)
+    config, state = dit_layout(sd, source, num_heads, extra)
+    if "decoder" in extra:
+        grid = token_grid_shape(config["input_size"], config["patch_size"])
+        pos = sincos_pos_embed(extra["decoder"]["width"], grid, reverse_axes=True)
+        if decoder_pos is None or not torch.allclose(decoder_pos.reshape(pos.shape).float(), pos, atol=1e-5):
+            raise CheckpointError(f"{source}: decoder_pos_embed is missing or not the fixed 2-D sin-cos table")
+    settings = {"objective": {"name": "flow", "time_sampling": "uniform"},
+                "sample": {"sampler": "edm", "steps": 40, "guidance_scale": 1.5}}
+    return config, state, settings
+
+
+# -- MDT --------------------------------------------------------------------------------------------------
+def _count(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+
+
+@FORMATS.register("mdt", "MDT v2 release (sail-sg/MDT: the state dict of MDTv2); learned positions, relative "
+                  "position bias, long skips; DDPM with learned sigma")
+def import_mdt(source: Path, num_heads: int | None = None) -> tuple[dict, dict, dict]:
+    sd = read_state_dict(source)
+    if "en_inblocks.0.attn.qkv.weight" not in sd or "x_embedder.proj.weight" not in sd:
+        raise CheckpointError(f"{source} has no en_inblocks.0.attn.qkv.weight: it is not an MDT v2 state dict "
+                              "(--format names the layout)")
+    half, outs, dec = (_count(sd, p) for p in ("en_inblocks.", "en_outblocks.", "de_blocks."))
+    if outs != half:
+        raise CheckpointError(f"{source}: {half} en_inblocks but {outs} en_outblocks; MDT pairs them one to one")
+    proj, table = sd["x_embedder.proj.weight"], sd.get("en_inblocks.0.attn.rel_pos_bias.relative_position_bias_table")
+    if proj.dim() != 4 or proj.shape[2] != proj.shape[3] or table is None:
+        raise CheckpointError(f"{source}: x_embedder.proj.weight {tuple(proj.shape)} or the relative position bias "
+                              "table is not MDT v2's")
+    width, channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
+    heads = table.shape[1]  # the bias table has one column per head: no guessing
+    if num_heads not in (None, heads):
+        raise ConfigError(f"--num-heads {num_heads} contradicts {source}, whose attention bias has {heads} heads")
+    side = math.isqrt(sd["pos_embed"].shape[-2]) if "pos_embed" in sd else 0
+    if side == 0 or side * side != sd["pos_embed"].shape[-2]:
+        raise CheckpointError(f"{source}: no pos_embed, or one that is not a square grid")
+    out = sd["final_layer.linear.weight"].shape[0] // (patch * patch) if "final_layer.linear.weight" in sd else 0
+    if out not in (channels, 2 * channels):
+        raise CheckpointError(f"{source}: the final layer predicts {out} channels per pixel for {channels} input "
+                              f"channels: expected {channels} or {2 * channels} (learned sigma)")
+    hidden = sd["en_inblocks.0.mlp.fc1.weight"].shape[0] if "en_inblocks.0.mlp.fc1.weight" in sd else 4 * width
+    config = {"input_size": [side * patch] * 2, "in_channels": channels, "patch_size": [patch, patch],
+              "hidden_size": width, "depth": 2 * half + dec, "num_heads": heads, "mlp_ratio": hidden / width,
+              "num_classes": sd["y_embedder.embedding_table.weight"].shape[0] - 1
+              if "y_embedder.embedding_table.weight" in sd else 0,
+              "learn_sigma": out == 2 * channels, "pos_layout": "xy", "pos": "learned", "rel_pos_bias": True,
+              "long_skips": dec}
+    if config["num_classes"] < 1:
+        raise CheckpointError(f"{source}: no label table: maskdit imports class-conditional MDT models")
+    model = DiT(**config)  # the real model: its bias index is compared with the source's below
+    names = mdt_names(model)
+    unused = {k for k in sd if k.startswith("sideblocks.") or k == "mask_token"
+              or k.endswith("relative_position_index")}
+    _refuse_keys(set(names.values()), set(sd) - unused, source, "MDT v2")
+    for i in range(model.depth):
+        index = sd.get(names[f"blocks.{i}.attn.rel_bias.table"].replace("bias_table", "index"))
+        if index is not None and not torch.equal(index.long(), model.blocks[i].attn.rel_bias.index):
+            raise CheckpointError(f"{source}: block {i}'s relative_position_index is not BEiT's for a {side}x{side} "
+                                  "grid")
+    state = {ours: sd[theirs] for ours, theirs in names.items()}
+    state["patch_embed.weight"] = proj.permute(0, 2, 3, 1).reshape(width, -1)
+    settings = {"objective": {"name": "ddpm", "schedule": "linear", "num_steps": 1000, "step_offset": 0},
+                "sample": {"sampler": "ddpm" if config["learn_sigma"] else "ddim", "steps": 250,
+                           "guidance_scale": 4.0, "guidance_channels": 3}}
+    return model.config, _checked_shapes(model, state, source), settings
+
+
+def mdt_names(model: DiT) -> dict[str, str]:
+    """maskdit tensor name -> MDT v2's: blocks in order are its en_inblocks, en_outblocks and de_blocks, and
+    each skip join is the skip_linear of the block it feeds."""
+    half = model.skip_half
+
+    def block(i: int) -> str:
+        return f"en_inblocks.{i}." if i < half else f"en_outblocks.{i - half}." if i < 2 * half \
+            else f"de_blocks.{i - 2 * half}."
+    names = {}
+    for ours in model.state_dict():
+        head, _, rest = ours.partition(".")
+        if head == "blocks":
+            i, _, tail = rest.partition(".")
+            names[ours] = block(int(i)) + tail.replace("attn.rel_bias.table",
+                                                       "attn.rel_pos_bias.relative_position_bias_table")
+        elif head == "skips":
+            i, _, tail = rest.partition(".")
+            names[ours] = block(int(i)) + "skip_linear." + tail
+        else:
+            names[ours] = _dit_name(ours)
+    return names
 
 
 # -- diffusers --------------------------------------------------------------------------------------------
@@ -299,6 +430,11 @@ def export_diffusers(model: DiT, out: Path) -> dict[str, Any]:
         problems.append("the time embedding embeds 1 - t (a SiT import): diffusers embeds 1000 t")
     if max(model.input_size[0] // 64, 1) != 1:
         problems.append(f"sample size {model.input_size[0]} makes diffusers rescale its position table")
+    if model.decoder is not None or model.precond is not None:
+        problems.append("MaskDiT's decoder and EDM preconditioning have no diffusers DiT counterpart")
+    if model.skips is not None or model.block_options.rel_grid or model.pos != "sincos":
+        problems.append("MDT's long skips, relative position bias and learned or rotary positions have no diffusers "
+                        "DiT counterpart")
     if problems:
         raise ConfigError("this model cannot be exported to diffusers: " + "; ".join(problems))
     depth = model.depth
@@ -363,12 +499,13 @@ def import_run(source: str | Path, out: str | Path, fmt: str = "auto", num_heads
     model.load_state_dict(state)
     preset = next((name for name, f in PRESETS.items() if f["hidden_size"] == config["hidden_size"]
                    and f["depth"] == config["depth"] and [f["patch_size"]] * 2 == config["patch_size"]), "tiny")
-    fields = ("learn_sigma", "pos_layout", "time_scale", "time_offset", "time_freq_shift", "mlp_norm_eps")
+    fields = ("learn_sigma", "pos_layout", "time_scale", "time_offset", "time_freq_shift", "mlp_norm_eps",
+              "decoder", "precond", "sigma_data", "pos", "rel_pos_bias", "long_skips")
     base = Config().to_dict()
     base["model"].update(preset=preset, depth=config["depth"], hidden_size=config["hidden_size"],
                          num_heads=config["num_heads"], patch_size=config["patch_size"][0],
                          mlp_ratio=config["mlp_ratio"], conditional=config["num_classes"] > 0,
-                         **{k: config[k] for k in fields})
+                         **{k: config[k] for k in fields if k in config})
     base["data"].update(name="latents", path="NO-DATA (imported): pass data.path=STORE to train")
     base["run_dir"] = str(out)
     for section, values in settings.items():

@@ -175,6 +175,9 @@ def prune_run(source: str | Path, out: str | Path, keep: int, method: str = "lea
     if model.fusion_route is not None or model.tread_route is not None:
         raise ConfigError("this run routes tokens past chosen blocks (SPRINT/TREAD): its routes name blocks "
                           "that pruning would remove; prune a plainly trained or finetuned run")
+    if model.skips is not None or model.decoder is not None:
+        raise ConfigError("this run has long skips (MDT) or a decoder (MaskDiT): pruning blocks would break the "
+                          "pairs of blocks they join; prune a plain DiT")
     if model.moe is not None and model.moe_every != 1:
         raise ConfigError(f"this run has mixture-of-experts every {model.moe_every} blocks: pruning would move "
                           "them; prune a run with model.moe.every=1 or a dense one")

@@ -105,7 +105,7 @@ class MAERecipe(nn.Module):
             return loss, _parts(loss_denoise=loss, loss_aux=0.0)
         x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
         kept, c = model.features(x_t, t, y, keep_idx)
-        denoise = token_mse(model.final_layer(kept, c), gather_tokens(target, keep_idx))
+        denoise = token_mse(model.head(kept, c, keep_idx), gather_tokens(target, keep_idx))
         reconstruction = self.decoder(kept, c, keep_idx)
         aux = token_mse(reconstruction, patchify(x_t, model.patch_size), dropped_mask(keep_idx, model.num_tokens))
         return denoise + self.aux_weight * aux, _parts(loss_denoise=denoise, loss_aux=aux)
@@ -143,7 +143,7 @@ class MDTRecipe(nn.Module):
         kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
         tokens = self.interpolater(kept, c, keep_idx, model.pos_embed)
         tokens = model.run_blocks(tokens, c, self.encoder_depth)  # every token again: positions in order
-        masked = token_mse(model.final_layer(tokens, c), target)
+        masked = token_mse(model.head(tokens, c), target)
         return full + masked, _parts(loss_full=full, loss_masked=masked)
 
 
@@ -191,7 +191,7 @@ class TreadRecipe(nn.Module):
             return loss, _parts(loss_denoise=loss)
         x_t, target, weight = training_pair(objective, x0, noise, t, model.patch_size, given)
         tokens, c = model.features(x_t, t, y, keep_idx, given=given, route=self.route)
-        loss = token_mse(model.final_layer(tokens, c), target, weight)
+        loss = token_mse(model.head(tokens, c), target, weight)
         return loss, _parts(loss_denoise=loss)
 
 
@@ -237,7 +237,7 @@ class SprintRecipe(nn.Module):
              path_drop: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_t, target, weight = training_pair(objective, x0, noise, t, model.patch_size, given)
         tokens, c = model.features(x_t, t, y, keep_idx, given=given, path_drop=path_drop)
-        loss = token_mse(model.final_layer(tokens, c), target, weight)
+        loss = token_mse(model.head(tokens, c), target, weight)
         return loss, _parts(loss_denoise=loss)
 
 
@@ -284,7 +284,7 @@ class MaskDiTRecipe(nn.Module):
         if given is not None:  # a dropped given token is still known to be given
             fill = fill + given.unsqueeze(-1).to(fill.dtype) * model.given_embed
         tokens = scatter_tokens(kept, keep_idx, fill, model.num_tokens)
-        out = model.final_layer(model.run_blocks(tokens, c, self.encoder_depth), c)
+        out = model.head(model.run_blocks(tokens, c, self.encoder_depth), c)
         dropped = dropped_mask(keep_idx, model.num_tokens)
         generated = 1.0 if weight is None else weight.to(dropped.dtype)
         denoise = token_mse(out, target, (1.0 - dropped) * generated)
@@ -301,4 +301,7 @@ def build_recipe(name: str, model: DiT, cfg: Any = None, **options: Any) -> nn.M
         from maskdit.config import MaskConfig
 
         cfg = MaskConfig(**{k: v for k, v in options.items() if v is not None})
+    if getattr(model, "precond", None) is not None and name != "drop":
+        raise ConfigError(f"mask.recipe={name} runs the network in pieces, past the EDM preconditioning of this "
+                          "model (a MaskDiT import): finetune it with mask.recipe=drop")
     return RECIPES.get(name).build(model, cfg)

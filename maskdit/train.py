@@ -49,7 +49,7 @@ from maskdit.checkpoint import (
     write_json_atomic,
     write_text_atomic,
 )
-from maskdit.config import Config, check_against_data, device_name_ok
+from maskdit.config import Config, DecoderConfig, check_against_data, device_name_ok
 from maskdit.data import dataset_from_config
 from maskdit.distributed import (
     STRATEGIES,
@@ -115,12 +115,14 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> 
         learn_sigma=m.learn_sigma, pos_layout=m.pos_layout, time_scale=m.time_scale, time_offset=m.time_offset,
         time_freq_shift=m.time_freq_shift, mlp_norm_eps=m.mlp_norm_eps, norm=m.norm, qk_norm=m.qk_norm, mlp=m.mlp,
         pos=m.pos, moe=dataclasses.asdict(m.moe) if m.moe.experts > 0 else None,
+        decoder=dataclasses.asdict(m.decoder) if m.decoder.width > 0 else None, precond=m.precond,
+        sigma_data=m.sigma_data, rel_pos_bias=m.rel_pos_bias, long_skips=m.long_skips,
     )
 
 
 #: Model fields that fix what a model's weights compute, with the values of runs saved before they existed.
 FUNCTION_FIELDS = {"pos_layout": "axes", "time_scale": 1000.0, "time_offset": 0.0, "time_freq_shift": 0.0,
-                   "mlp_norm_eps": 1e-6, "pos": "sincos", "norm": "layernorm"}
+                   "mlp_norm_eps": 1e-6, "pos": "sincos", "norm": "layernorm", "precond": None, "sigma_data": 0.5}
 
 
 def inherit_function(cfg: Config, ckpt: Path) -> None:
@@ -130,6 +132,12 @@ def inherit_function(cfg: Config, ckpt: Path) -> None:
     saved = read_json(ckpt / "config.json", keys=("model", "config"))
     for key, legacy in FUNCTION_FIELDS.items():
         setattr(cfg.model, key, saved["model"].get(key, legacy))
+    # layers an import brought (MaskDiT's decoder, MDT's skips and biases) stay unless the config names them
+    if saved["model"].get("decoder") and not cfg.model.decoder.width:
+        cfg.model.decoder = DecoderConfig(**saved["model"]["decoder"])
+    for key in ("rel_pos_bias", "long_skips"):
+        if saved["model"].get(key) and not getattr(cfg.model, key):
+            setattr(cfg.model, key, saved["model"][key])
     objective = saved["config"].get("objective", {}) if isinstance(saved["config"], dict) else {}
     if objective.get("name") == cfg.objective.name == "ddpm":
         cfg.objective.step_offset = int(objective.get("step_offset", 1))

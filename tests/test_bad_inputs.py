@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from maskdit.cli import main
@@ -107,6 +108,13 @@ def text(name: str, content: str | bytes = "") -> Setup:
         else:
             (tmp / name).write_text(content)
     return _setup(f"file:{name}:{content!r}", make)
+
+
+def tensors(name: str, shapes: dict[str, tuple[int, ...]]) -> Setup:
+    """A ``.pt`` state dict of zero tensors with the given names and shapes."""
+    def make(tmp: Path, runs: Runs) -> None:
+        torch.save({k: torch.zeros(v) for k, v in shapes.items()}, tmp / name)
+    return _setup(f"pt:{name}:{sorted(shapes.items())}", make)
 
 
 def folder(name: str) -> Setup:
@@ -363,6 +371,24 @@ CASES: list[Case] = [
     C("import-format-unknown", ["import", "junk.pt", "--format", "onnx", "--out", "run"], "--format"),
     C("import-num-heads-zero", ["import", "junk.pt", "--num-heads", "0", "--out", "run"], "--num-heads"),
     C("import-diffusers-dir-without-config", ["import", "hf", "--out", "run"], "config.json", folder("hf")),
+    C("import-maskdit-file-as-dit", ["import", "m.pt", "--out", "run"], "--format maskdit",
+      tensors("m.pt", {"model.x_embedder.proj.weight": (64, 4, 2, 2)})),
+    C("import-dit-file-as-maskdit", ["import", "d.pt", "--format", "maskdit", "--out", "run"], "--format dit",
+      tensors("d.pt", {"x_embedder.proj.weight": (64, 4, 2, 2), "y_embedder.embedding_table.weight": (11, 64)})),
+    C("import-maskdit-with-cls-token", ["import", "c.pt", "--format", "maskdit", "--out", "run"], "class token",
+      tensors("c.pt", {"model.x_embedder.proj.weight": (64, 4, 2, 2), "model.cls_token": (1, 1, 64)})),
+    C("import-dit-file-as-mdt", ["import", "d.pt", "--format", "mdt", "--out", "run"], "MDT v2",
+      tensors("d.pt", {"x_embedder.proj.weight": (64, 4, 2, 2), "blocks.0.attn.qkv.weight": (192, 64)})),
+    C("train-long-skips-not-fitting-depth", [*TRAIN, "model.depth=6", "model.long_skips=3"], "long_skips"),
+    C("train-long-skips-negative", [*TRAIN, "model.long_skips=-1"], "model.long_skips"),
+    C("train-long-skips-with-mixer", [*TRAIN, "model.long_skips=2", "model.mixer_depth=1"], "mixer_depth"),
+    C("train-precond-unknown", [*TRAIN, "model.precond=vp"], "model.precond"),
+    C("train-precond-with-ddpm", [*TRAIN, "model.precond=edm", "objective.name=ddpm"], "model.precond"),
+    C("train-sigma-data-zero", [*TRAIN, "model.sigma_data=0"], "model.sigma_data"),
+    C("train-decoder-width-odd", [*TRAIN, "model.decoder.width=33"], "model.decoder.width"),
+    C("train-decoder-heads-not-dividing", [*TRAIN, "model.decoder.width=32", "model.decoder.num_heads=5"],
+      "model.decoder.num_heads"),
+    C("train-decoder-with-rope", [*TRAIN, "model.decoder.width=32", "model.pos=rope"], "decoder"),
     C("import-diffusers-bad-json", ["import", "hf", "--out", "run"], "config.json",
       text("hf/config.json", "{oops"), text("hf/diffusion_pytorch_model.safetensors", b"")),
     C("export-video-run", ["export", "{vid}", "--format", "diffusers", "--out", "exp"], "cannot be exported"),

@@ -54,44 +54,65 @@ def random_dit_state(width=64, depth=2, heads=4, channels=4, patch=2, side=4, cl
     return sd
 
 
-def dit_forward(sd, x, k, y, heads, time_input=None):
-    """DiT's forward(x, t, y) written from the paper and models.py's structure: integer steps ``k``."""
-    width, channels, patch = sd["x_embedder.proj.weight"].shape[:3]
+def _modulate(v, shift, scale):
+    return v * (1 + scale[:, None]) + shift[:, None]
+
+
+def ref_block(sd, b, h, c, heads, bias=None):
+    """One DiT block (``b``: its name prefix) on tokens ``h`` under conditioning ``c``; ``bias`` ``(heads, L, L)``
+    is added to the attention logits."""
+    width = h.shape[-1]
+    mod = F.linear(F.silu(c), sd[b + "adaLN_modulation.1.weight"], sd[b + "adaLN_modulation.1.bias"]).chunk(6, 1)
+    a = _modulate(F.layer_norm(h, (width,), eps=1e-6), mod[0], mod[1])
+    n, length, _ = a.shape
+    q, kk, v = F.linear(a, sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"]).reshape(
+        n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    logits = q @ kk.transpose(-2, -1) / math.sqrt(width // heads)
+    weights = (logits if bias is None else logits + bias).softmax(-1)
+    att = (weights @ v).transpose(1, 2).reshape(n, length, width)
+    h = h + mod[2][:, None] * F.linear(att, sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"])
+    m = _modulate(F.layer_norm(h, (width,), eps=1e-6), mod[3], mod[4])
+    m = F.linear(F.gelu(F.linear(m, sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"]), approximate="tanh"),
+                 sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"])
+    return h + mod[5][:, None] * m
+
+
+def ref_norm_linear(sd, b, h, c):
+    """adaLN-modulated LayerNorm then a linear map (DiT's final layer, MaskDiT's decoder entry)."""
+    mod = F.linear(F.silu(c), sd[b + "adaLN_modulation.1.weight"], sd[b + "adaLN_modulation.1.bias"])
+    shift, scale = mod.chunk(2, 1)
+    return F.linear(_modulate(F.layer_norm(h, (h.shape[-1],), eps=1e-6), shift, scale), sd[b + "linear.weight"],
+                    sd[b + "linear.bias"])
+
+
+def ref_embed(sd, x, time_input):
+    """Patch embedding + positions, and the time embedding of ``time_input`` (float32, DiT's sinusoid)."""
+    patch = sd["x_embedder.proj.weight"].shape[2]
     h = F.conv2d(x, sd["x_embedder.proj.weight"], sd["x_embedder.proj.bias"], stride=patch)
-    side = h.shape[-1]
     h = h.flatten(2).transpose(1, 2) + sd["pos_embed"]
-    half = 128
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
-    args = (k.float() if time_input is None else time_input)[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(10000) * torch.arange(128, dtype=torch.float32) / 128)
+    args = time_input.float()[:, None] * freqs[None]
     t = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     t = F.linear(F.silu(F.linear(t, sd["t_embedder.mlp.0.weight"], sd["t_embedder.mlp.0.bias"])),
                  sd["t_embedder.mlp.2.weight"], sd["t_embedder.mlp.2.bias"])
-    c = t + sd["y_embedder.embedding_table.weight"][y]
+    return h, t
 
-    def modulate(v, shift, scale):
-        return v * (1 + scale[:, None]) + shift[:, None]
-    depth = len({key.split(".")[1] for key in sd if key.startswith("blocks.")})
-    for i in range(depth):
-        b = f"blocks.{i}."
-        mod = F.linear(F.silu(c), sd[b + "adaLN_modulation.1.weight"], sd[b + "adaLN_modulation.1.bias"]).chunk(6, 1)
-        a = modulate(F.layer_norm(h, (width,), eps=1e-6), mod[0], mod[1])
-        n, length, _ = a.shape
-        q, kk, v = F.linear(a, sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"]).reshape(
-            n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        weights = (q @ kk.transpose(-2, -1) / math.sqrt(width // heads)).softmax(-1)
-        att = (weights @ v).transpose(1, 2).reshape(n, length, width)
-        h = h + mod[2][:, None] * F.linear(att, sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"])
-        m = modulate(F.layer_norm(h, (width,), eps=1e-6), mod[3], mod[4])
-        m = F.linear(F.gelu(F.linear(m, sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"]), approximate="tanh"),
-                     sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"])
-        h = h + mod[5][:, None] * m
-    shift, scale = F.linear(F.silu(c), sd["final_layer.adaLN_modulation.1.weight"],
-                            sd["final_layer.adaLN_modulation.1.bias"]).chunk(2, 1)
-    h = F.linear(modulate(F.layer_norm(h, (width,), eps=1e-6), shift, scale), sd["final_layer.linear.weight"],
-                 sd["final_layer.linear.bias"])
-    out = h.shape[-1] // (patch * patch)
+
+def ref_unpatchify(h, patch):
+    n, length, dim = h.shape
+    side, out = math.isqrt(length), dim // (patch * patch)
     h = h.reshape(n, side, side, patch, patch, out)
     return torch.einsum("nhwpqc->nchpwq", h).reshape(n, out, side * patch, side * patch)
+
+
+def dit_forward(sd, x, k, y, heads, time_input=None):
+    """DiT's forward(x, t, y) written from the paper and models.py's structure: integer steps ``k``."""
+    h, t = ref_embed(sd, x, k.float() if time_input is None else time_input)
+    c = t + sd["y_embedder.embedding_table.weight"][y]
+    depth = len({key.split(".")[1] for key in sd if key.startswith("blocks.")})
+    for i in range(depth):
+        h = ref_block(sd, f"blocks.{i}.", h, c, heads)
+    return ref_unpatchify(ref_norm_linear(sd, "final_layer.", h, c), sd["x_embedder.proj.weight"].shape[2])
 
 
 @pytest.fixture
@@ -326,3 +347,289 @@ def test_learned_sigma_trains_and_samples_with_its_variance(tmp_path):
     assert main(["sample", str(run), "--num", "4", "--sampler", "ddpm", "--steps", "5",
                  "--out", str(tmp_path / "s.npz")]) == 0
     assert np.load(tmp_path / "s.npz")["images"].shape == (4, 8, 8, 1)
+
+
+# -- MaskDiT's release layout -------------------------------------------------------------------------------
+
+
+def random_maskdit_state(decoder_width=32, decoder_depth=2, mask_token=True, seed=4, **kw):
+    """An EMA state dict with MaskDiT's names and shapes (EDMPrecond around models/maskdit.py's DiT with its
+    decoder): the one-hot label map, the decoder entry, its blocks and table, the final layer at its width."""
+    sd = random_dit_state(sigma=False, seed=seed, **kw)
+    g = torch.Generator().manual_seed(seed + 100)
+    def r(*shape):
+        return 0.05 * torch.randn(*shape, generator=g)
+    width = sd["x_embedder.proj.weight"].shape[0]
+    classes = sd.pop("y_embedder.embedding_table.weight").shape[0] - 1
+    sd["y_embedder.embedding_table.weight"] = r(width, classes)
+    if decoder_width:
+        dw, side, rows = decoder_width, math.isqrt(sd["pos_embed"].shape[1]), sd["final_layer.linear.weight"].shape[0]
+        sd.update({"decoder_layer.linear.weight": r(dw, width), "decoder_layer.linear.bias": r(dw),
+                   "decoder_layer.adaLN_modulation.1.weight": r(2 * width, width),
+                   "decoder_layer.adaLN_modulation.1.bias": r(2 * width),
+                   "decoder_pos_embed": torch.from_numpy(dit_pos_table(dw, side)).float()[None],
+                   "final_layer.linear.weight": r(rows, dw), "final_layer.linear.bias": r(rows),
+                   "final_layer.adaLN_modulation.1.weight": r(2 * dw, width),
+                   "final_layer.adaLN_modulation.1.bias": r(2 * dw)})
+        if mask_token:
+            sd["mask_token"] = r(1, 1, dw)
+        for i in range(decoder_depth):
+            b = f"decoder_blocks.{i}."
+            sd.update({b + "attn.qkv.weight": r(3 * dw, dw), b + "attn.qkv.bias": r(3 * dw),
+                       b + "attn.proj.weight": r(dw, dw), b + "attn.proj.bias": r(dw),
+                       b + "mlp.fc1.weight": r(4 * dw, dw), b + "mlp.fc1.bias": r(4 * dw),
+                       b + "mlp.fc2.weight": r(dw, 4 * dw), b + "mlp.fc2.bias": r(dw),
+                       b + "adaLN_modulation.1.weight": r(6 * dw, width), b + "adaLN_modulation.1.bias": r(6 * dw)})
+    return {"model." + k: v for k, v in sd.items()}  # EDMPrecond keeps the DiT as .model
+
+
+def maskdit_denoiser(sd, x, sigma, onehot, heads, decoder_heads=16, sigma_data=0.5):
+    """MaskDiT's EDMPrecond.forward(x, sigma, class_labels) -> D(x; sigma), from the release's structure."""
+    sd = {k.removeprefix("model."): v for k, v in sd.items()}
+    s = sigma.float().reshape(-1, 1, 1, 1)
+    c_skip = sigma_data**2 / (s**2 + sigma_data**2)
+    c_out = s * sigma_data / (s**2 + sigma_data**2).sqrt()
+    c_in = 1 / (sigma_data**2 + s**2).sqrt()
+    h, t = ref_embed(sd, c_in * x, (s.log() / 4).flatten())
+    c = t + F.linear(onehot, sd["y_embedder.embedding_table.weight"])
+    for i in range(len({k.split(".")[1] for k in sd if k.startswith("blocks.")})):
+        h = ref_block(sd, f"blocks.{i}.", h, c, heads)
+    if "decoder_layer.linear.weight" in sd:
+        h = ref_norm_linear(sd, "decoder_layer.", h, c) + sd["decoder_pos_embed"]
+        for i in range(len({k.split(".")[1] for k in sd if k.startswith("decoder_blocks.")})):
+            h = ref_block(sd, f"decoder_blocks.{i}.", h, c, decoder_heads)
+    out = ref_unpatchify(ref_norm_linear(sd, "final_layer.", h, c), sd["x_embedder.proj.weight"].shape[2])
+    return c_skip * x + c_out * out
+
+
+def test_a_maskdit_import_computes_the_releases_edm_denoiser(tmp_path):
+    sd = random_maskdit_state()
+    torch.save(sd, tmp_path / "maskdit.pt")
+    assert main(["import", str(tmp_path / "maskdit.pt"), "--format", "maskdit", "--out", str(tmp_path / "run"),
+                 "--num-heads", "4"]) == 0
+    model = load_model(tmp_path / "run")
+    assert model.decoder is not None and (model.decoder.width, model.decoder.depth) == (32, 2)
+    assert model.precond is not None and not model.learn_sigma
+    g = torch.Generator().manual_seed(5)
+    x0, noise = torch.randn(6, 4, 8, 8, generator=g), torch.randn(6, 4, 8, 8, generator=g)
+    sigma = torch.tensor([0.002, 0.05, 0.5, 1.0, 7.0, 80.0])
+    y = torch.tensor([0, 3, 9, 10, 5, 1])  # 10 = the null label: MaskDiT's all-zero one-hot
+    onehot = F.one_hot(y, 11)[:, :10].float()
+    x_sigma = x0 + sigma.reshape(-1, 1, 1, 1) * noise
+    t = sigma / (1 + sigma)  # maskdit's flow time of that noise level: x_t = x_sigma / (1 + sigma)
+    with torch.no_grad():
+        theirs = maskdit_denoiser(sd, x_sigma, sigma, onehot, heads=4)
+        x_t = x_sigma / (1 + sigma.reshape(-1, 1, 1, 1))
+        v = model(x_t, t, y)
+        ours = x_t - t.reshape(-1, 1, 1, 1) * v  # the denoised estimate the velocity implies
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    run = load_run(tmp_path / "run")
+    assert (run.config.sample.sampler, run.config.sample.steps, run.objective.name) == ("edm", 40, "flow")
+    # without its decoder (use_decoder=False) and without the MAE mask token it imports too
+    torch.save(random_maskdit_state(decoder_width=0), tmp_path / "plain.pt")
+    import_run(tmp_path / "plain.pt", tmp_path / "plain", "maskdit", num_heads=4)
+    assert load_model(tmp_path / "plain").decoder is None
+    torch.save(random_maskdit_state(mask_token=False), tmp_path / "nomae.pt")
+    import_run(tmp_path / "nomae.pt", tmp_path / "nomae", "maskdit", num_heads=4)
+    assert torch.equal(load_model(tmp_path / "nomae").decoder.mask_token, torch.zeros(32))
+
+
+def test_edm_sampler_on_a_maskdit_import_is_maskdits_sampler_with_guidance(tmp_path):
+    from maskdit.samplers import edm_sigmas, generate
+
+    sd = random_maskdit_state(seed=6)
+    torch.save(sd, tmp_path / "m.pt")
+    import_run(tmp_path / "m.pt", tmp_path / "run", "maskdit", num_heads=4)
+    run = load_run(tmp_path / "run")
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    y, scale, steps = torch.tensor([2, 4, 8]), 1.5, 6
+    onehot = F.one_hot(y, 10).float()
+
+    def net(x, sigma):  # MaskDiT's forward_with_cfg on all channels: the null label is the zero vector
+        s = torch.full((len(x),), sigma)
+        cond = maskdit_denoiser(sd, x, s, onehot, heads=4)
+        uncond = maskdit_denoiser(sd, x, s, torch.zeros_like(onehot), heads=4)
+        return uncond + scale * (cond - uncond)
+
+    sigmas = edm_sigmas(steps)  # MaskDiT's edm_sampler (S_churn 0): Heun, Euler on the last step
+    x = latents.double() * sigmas[0]
+    with torch.no_grad():
+        for i in range(steps):
+            s, s_next = sigmas[i], sigmas[i + 1]
+            d = (x - net(x.float(), s).double()) / s
+            x_next = x + (s_next - s) * d
+            if i < steps - 1:
+                x_next = x + (s_next - s) * (0.5 * d + 0.5 * (x_next - net(x_next.float(), s_next).double()) / s_next)
+            x = x_next
+        ours = generate(run.model, run.objective, 3, y, "edm", steps, guidance_scale=scale, start=latents)
+    assert sigmas[0] == 80.0 and abs(sigmas[-2] - 0.002) < 1e-12 and sigmas[-1] == 0.0
+    assert (ours.double() - x).abs().max().item() <= 1e-4 * max(1.0, x.abs().max().item())
+
+
+def test_a_maskdit_import_finetunes_masked_and_refuses_what_it_cannot_hold(tmp_path):
+    from maskdit.config import load_config
+    from maskdit.train import train
+
+    torch.save(random_maskdit_state(channels=1, classes=10, seed=8), tmp_path / "m.pt")
+    import_run(tmp_path / "m.pt", tmp_path / "run", "maskdit", num_heads=4)
+    model = load_model(tmp_path / "run")
+    # the decoder fills dropped places with its mask token and returns the kept tokens: keeping every token
+    # (in order) is the full pass, and dropped inputs get exactly zero gradient
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    t, y = torch.tensor([0.3, 0.8]), torch.tensor([1, 2])
+    everything = torch.arange(16).expand(2, 16)
+    full = model(x, t, y)
+    from maskdit.grid import patchify
+
+    assert torch.allclose(model(x, t, y, keep_idx=everything), patchify(full, model.patch_size), atol=1e-6)
+    keep = torch.tensor([[0, 5, 6, 15], [1, 2, 3, 4]])
+    model(x, t, y, keep_idx=keep).sum().backward()
+    grads = patchify(x.grad, model.patch_size).abs().sum(-1)
+    kept = torch.zeros(2, 16, dtype=torch.bool).scatter(1, keep, True)
+    assert grads[~kept].max().item() == 0.0 and grads[kept].min().item() > 0
+    # masked finetuning from the import: the decoder, EDM preconditioning and time scale come along
+    train(load_config("digits", overrides=["model.depth=2", "model.hidden_size=64", "model.num_heads=4",
+                                           "batch_size=8", "steps=2", "warmup_steps=0", "mask.ratio=0.5",
+                                           f"init_from={tmp_path / 'run'}", f"run_dir={tmp_path / 'ft'}"]),
+          progress=False)
+    tuned = load_run(tmp_path / "ft").model
+    assert tuned.decoder is not None and tuned.precond is not None and tuned.t_embedder.time_scale == 1.0
+    with pytest.raises(Exception, match="mask.recipe=drop"):
+        train(load_config("digits", overrides=["model.depth=2", "model.hidden_size=64", "model.num_heads=4",
+                                               "steps=1", "mask.ratio=0.5", "mask.recipe=mae",
+                                               f"init_from={tmp_path / 'run'}", f"run_dir={tmp_path / 'ft2'}"]),
+              progress=False)
+    with pytest.raises(Exception, match="no diffusers DiT counterpart"):
+        export_diffusers(model, tmp_path / "hf")
+    sd = random_maskdit_state(seed=9)
+    sd["model.cls_token"] = torch.zeros(1, 1, 64)
+    torch.save(sd, tmp_path / "cls.pt")
+    with pytest.raises(CheckpointError, match="class token"):
+        import_run(tmp_path / "cls.pt", tmp_path / "cls", "maskdit", num_heads=4)
+    assert not (tmp_path / "cls").exists() and not (tmp_path / "hf").exists()
+
+
+# -- MDT v2's release layout --------------------------------------------------------------------------------
+
+
+def beit_index(side):
+    """BEiT's relative_position_index for a side x side window (as MDT v2 stores it)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (side - 1)
+    return rel[..., 0] * (2 * side - 1) + rel[..., 1]
+
+
+def random_mdt_state(width=64, half=2, decode=2, heads=4, channels=4, patch=2, side=4, classes=10, seed=11):
+    """A state dict with MDT v2's names and shapes (models.py's MDTv2), random weights everywhere."""
+    base = random_dit_state(width=width, depth=2 * half + decode, heads=heads, channels=channels, patch=patch,
+                            side=side, classes=classes, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    def r(*shape):
+        return 0.05 * torch.randn(*shape, generator=g)
+    sd = {k: v for k, v in base.items() if not k.startswith("blocks.")}
+    sd["pos_embed"] = sd["pos_embed"] + r(*sd["pos_embed"].shape)  # learned: no longer the sin-cos table
+    sd["decoder_pos_embed"] = r(*sd["pos_embed"].shape)
+    sd["mask_token"] = r(1, 1, width)
+    groups = [("en_inblocks", half, False), ("en_outblocks", half, True), ("de_blocks", decode, True),
+              ("sideblocks", 1, False)]
+    index, rows = beit_index(side), (2 * side - 1) ** 2 + 3
+    for name, count, skip in groups:
+        for j in range(count):
+            prefix = f"{name}.{j}."
+            for key, value in base.items():
+                if key.startswith("blocks.0."):
+                    sd[prefix + key.removeprefix("blocks.0.")] = r(*value.shape)
+            sd[prefix + "attn.rel_pos_bias.relative_position_bias_table"] = r(rows, heads)
+            sd[prefix + "attn.rel_pos_bias.relative_position_index"] = index.clone()
+            if skip:
+                sd[prefix + "skip_linear.weight"], sd[prefix + "skip_linear.bias"] = r(width, 2 * width), r(width)
+    return sd
+
+
+def mdt_forward(sd, x, k, y, heads):
+    """MDT v2's forward(x, t, y) (no masking), written from the release's structure."""
+    h, t = ref_embed(sd, x, k.float())
+    c = t + sd["y_embedder.embedding_table.weight"][y]
+
+    def run(prefix, h):
+        table = sd[prefix + "attn.rel_pos_bias.relative_position_bias_table"]
+        bias = table[sd[prefix + "attn.rel_pos_bias.relative_position_index"]].permute(2, 0, 1)
+        return ref_block(sd, prefix, h, c, heads, bias)
+
+    def join(prefix, h, skip):
+        return F.linear(torch.cat([h, skip], -1), sd[prefix + "skip_linear.weight"], sd[prefix + "skip_linear.bias"])
+    embedded, skips = h, []
+    for j in range(_count_prefix(sd, "en_inblocks.")):
+        h = run(f"en_inblocks.{j}.", h)
+        skips.append(h)
+    for j in range(_count_prefix(sd, "en_outblocks.")):
+        h = run(f"en_outblocks.{j}.", join(f"en_outblocks.{j}.", h, skips.pop()))
+    h = h + sd["decoder_pos_embed"]
+    for j in range(_count_prefix(sd, "de_blocks.")):
+        h = run(f"de_blocks.{j}.", join(f"de_blocks.{j}.", h, embedded))
+    return ref_unpatchify(ref_norm_linear(sd, "final_layer.", h, c), sd["x_embedder.proj.weight"].shape[2])
+
+
+def _count_prefix(sd, prefix):
+    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+
+
+def test_an_mdt_import_computes_mdts_forward_and_samples_like_its_script(tmp_path):
+    sd = random_mdt_state()
+    torch.save(sd, tmp_path / "mdt.pt")
+    assert main(["import", str(tmp_path / "mdt.pt"), "--format", "mdt", "--out", str(tmp_path / "run")]) == 0
+    model = load_model(tmp_path / "run")  # the heads came from the bias table: no --num-heads needed
+    assert (model.num_heads, model.depth, model.long_skips, model.pos) == (4, 6, 2, "learned")
+    g = torch.Generator().manual_seed(12)
+    x, y, k = torch.randn(5, 4, 8, 8, generator=g), torch.tensor([0, 3, 9, 10, 5]), torch.tensor([0, 1, 400, 998, 999])
+    with torch.no_grad():
+        ours = model(x, k.double() / 1000, y)
+        theirs = mdt_forward(sd, x, k, y, heads=4)
+    assert ours.shape == theirs.shape == (5, 8, 8, 8)
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    run = load_run(tmp_path / "run")
+    s = run.config.sample
+    assert (s.sampler, s.steps, s.guidance_scale, s.guidance_channels) == ("ddpm", 250, 4.0, 3)
+    assert run.objective.step_offset == 0
+    # under token dropping each kept token keeps its own relative biases, skips and decoder positions:
+    # keeping every token (shuffled) is the full pass, shuffled
+    perm = torch.randperm(16, generator=g).expand(2, 16)
+    from maskdit.grid import patchify
+
+    with torch.no_grad():
+        kept = model(x[:2], k[:2].double() / 1000, y[:2], keep_idx=perm)
+        full = patchify(model(x[:2], k[:2].double() / 1000, y[:2]), model.patch_size)
+    assert torch.allclose(kept, full.gather(1, perm[..., None].expand(-1, -1, full.shape[-1])), atol=1e-5)
+
+
+def test_mdt_import_refusals_and_finetuning(tmp_path):
+    from maskdit.config import load_config
+    from maskdit.train import train
+
+    sd = random_mdt_state(channels=1, seed=13)
+    sd["en_inblocks.0.attn.rel_pos_bias.relative_position_index"] = sd[
+        "en_inblocks.0.attn.rel_pos_bias.relative_position_index"].flip(0)
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="relative_position_index"):
+        import_run(tmp_path / "bad.pt", tmp_path / "a", "mdt")
+    with pytest.raises(Exception, match="contradicts"):
+        import_run(tmp_path / "bad.pt", tmp_path / "a", "mdt", num_heads=2)
+    sd = random_mdt_state(channels=1, seed=13)
+    del sd["de_blocks.1.skip_linear.bias"]
+    torch.save(sd, tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match=r"missing 1 tensor\(s\).*de_blocks\.1\.skip_linear\.bias"):
+        import_run(tmp_path / "missing.pt", tmp_path / "b", "mdt")
+    torch.save(random_mdt_state(channels=1, seed=13), tmp_path / "mdt.pt")
+    import_run(tmp_path / "mdt.pt", tmp_path / "run", "mdt")
+    with pytest.raises(Exception, match="no diffusers DiT counterpart"):
+        export_diffusers(load_model(tmp_path / "run"), tmp_path / "hf")
+    # masked finetuning from the import keeps its skips, biases and learned tables; they train
+    train(load_config("digits", overrides=["model.depth=6", "model.hidden_size=64", "model.num_heads=4",
+                                           "batch_size=8", "steps=2", "warmup_steps=0", "mask.ratio=0.5",
+                                           "objective.name=ddpm", "model.learn_sigma=true",
+                                           f"init_from={tmp_path / 'run'}", f"run_dir={tmp_path / 'ft'}"]),
+          progress=False)
+    before, after = load_model(tmp_path / "run"), load_model(tmp_path / "ft")
+    assert after.long_skips == 2 and after.block_options.rel_grid == (4, 4) and after.pos == "learned"
+    assert not torch.equal(before.decoder_pos_embed, after.decoder_pos_embed)
+    assert not any(p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "hf"))

@@ -150,11 +150,34 @@ class AxialRoPE(nn.Module):
         return rotated if x.shape[-1] == 2 * half else torch.cat([rotated, x[..., 2 * half:]], dim=-1)
 
 
+class RelativePositionBias(nn.Module):
+    """A learned bias per head for every 2-D offset between two tokens (BEiT, MDT), added to the attention
+    logits. The table has ``(2H - 1)(2W - 1) + 3`` rows per head, as BEiT's and MDT's (3 for class tokens,
+    unused here), so their tables load unchanged; row ``(dy + H - 1)(2W - 1) + dx + W - 1`` holds the
+    offset ``(dy, dx)`` from key to query."""
+
+    def __init__(self, grid: tuple[int, int], num_heads: int):
+        super().__init__()
+        h, w = grid
+        self.table = nn.Parameter(torch.zeros((2 * h - 1) * (2 * w - 1) + 3, num_heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1)
+        rel = coords[:, :, None] - coords[:, None, :]
+        self.register_buffer("index", (rel[0] + h - 1) * (2 * w - 1) + rel[1] + w - 1, persistent=False)
+        nn.init.trunc_normal_(self.table, std=0.02)
+
+    def forward(self, ids: torch.Tensor | None) -> torch.Tensor:
+        """The bias ``(1 or B, heads, L, L)`` among tokens ``ids`` ``(B, L)`` (``None``: the whole grid)."""
+        index = self.index[None] if ids is None else self.index[ids[:, :, None], ids[:, None, :]]
+        return self.table[index].permute(0, 3, 1, 2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over the token axis through ``scaled_dot_product_attention``; optionally
-    with RMS-normalised queries and keys (``qk_norm``) and rotary positions (``rope``)."""
+    with RMS-normalised queries and keys (``qk_norm``), rotary positions (``rope``) and a learned relative
+    position bias (``rel_grid``: the 2-D token grid it spans)."""
 
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope: AxialRoPE | None = None):
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope: AxialRoPE | None = None,
+                 rel_grid: tuple[int, int] | None = None):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -162,6 +185,7 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(dim // num_heads, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(dim // num_heads, eps=1e-6) if qk_norm else None
         self.rope = [rope] if rope is not None else None  # a list: shared by every block, not a submodule
+        self.rel_bias = None if rel_grid is None else RelativePositionBias(rel_grid, num_heads)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         """``pos``: the token-grid index of each of ``x``'s tokens ``(B, L)`` (``None`` = the whole grid in
@@ -173,7 +197,8 @@ class Attention(nn.Module):
         if self.rope is not None:
             ids = None if pos is None else pos.reshape(b, -1)
             q, k = self.rope[0](q, ids), self.rope[0](k, ids)
-        out = F.scaled_dot_product_attention(q, k, v)
+        bias = None if self.rel_bias is None else self.rel_bias(None if pos is None else pos.reshape(b, -1))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -222,12 +247,13 @@ class BlockOptions:
     rope: AxialRoPE | None = field(default=None, compare=False)
     mlp_norm_eps: float = 1e-6
     moe: MoESpec | None = None  #: this block's feed-forward is a mixture of experts of ``mlp`` layers
+    rel_grid: tuple[int, int] | None = None  #: a learned relative position bias over this 2-D token grid
 
     def make_norm(self, dim: int, eps: float = 1e-6) -> nn.Module:
         return NORMS[self.norm](dim, eps)
 
     def make_attention(self, dim: int, num_heads: int) -> Attention:
-        return Attention(dim, num_heads, self.qk_norm, self.rope)
+        return Attention(dim, num_heads, self.qk_norm, self.rope, self.rel_grid)
 
     def make_mlp(self, dim: int, mlp_ratio: float) -> nn.Module:
         hidden = int(dim * mlp_ratio)

@@ -6,6 +6,9 @@
 * :class:`SideInterpolater` (MDT): one full-width block that predicts features for the dropped tokens
   from the kept ones; kept tokens pass through unchanged (the masked shortcut), and the backbone's
   remaining blocks then run on the completed set.
+
+:class:`DecoderHead` is the exception: MaskDiT's released models keep their narrow decoder at sampling
+time, so it is part of the backbone (``DiT(decoder=...)``), not a training-only head.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from torch import nn
 
 from maskdit.errors import ConfigError
 from maskdit.grid import sincos_pos_embed
-from maskdit.masks import scatter_tokens
-from maskdit.model.blocks import DiTBlock, FinalLayer, zero_init_adaln
+from maskdit.masks import gather_tokens, scatter_tokens
+from maskdit.model.blocks import DiTBlock, FinalLayer, modulate, zero_init_adaln
 
 
 def dropped_mask(keep_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -72,3 +75,47 @@ class SideInterpolater(nn.Module):
         dropped = dropped_mask(keep_idx, n).unsqueeze(-1).to(kept.dtype)
         tokens = scatter_tokens(kept, keep_idx, self.mask_token, n) + dropped * pos_embed
         return torch.where(dropped.bool(), self.block(tokens, c), tokens)
+
+
+class DecoderHead(nn.Module):
+    """MaskDiT's released decoder, run at training and sampling: the backbone's tokens through an
+    adaLN-modulated LayerNorm and a linear map to ``width``, then its own sin-cos positions and ``depth``
+    blocks of that width conditioned on the backbone's ``c``. The model's final layer follows at ``width``.
+
+    Given ``pos`` (the kept tokens' indices) the gaps are filled with ``mask_token`` (zeros in releases
+    trained without the MAE loss), every token passes the blocks, and the kept tokens come back out.
+    """
+
+    def __init__(self, token_grid: tuple[int, ...], hidden_size: int, width: int = 512, depth: int = 8,
+                 num_heads: int = 16, mlp_ratio: float = 4.0, pos_layout: str = "xy"):
+        super().__init__()
+        if width % num_heads or width % 2 or depth < 1:
+            raise ConfigError(f"decoder width {width} must be even and divisible by its {num_heads} heads, and its "
+                              f"depth ({depth}) at least 1")
+        self.width, self.depth, self.num_heads = width, depth, num_heads
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.linear = nn.Linear(hidden_size, width)
+        self.mask_token = nn.Parameter(torch.zeros(width))
+        table = sincos_pos_embed(width, token_grid, reverse_axes=pos_layout == "xy")
+        self.register_buffer("pos_embed", table[None], persistent=False)
+        self.blocks = nn.ModuleList(DiTBlock(width, num_heads, mlp_ratio, cond_dim=hidden_size) for _ in range(depth))
+
+    def zero_init(self) -> None:
+        """MaskDiT's start: every decoder block the identity, the entry map zero."""
+        for module in (*self.blocks, self):
+            zero_init_adaln(module)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        x = self.linear(modulate(self.norm(tokens), shift, scale))
+        n = self.pos_embed.shape[1]
+        if pos is not None:
+            x = scatter_tokens(x, pos, self.mask_token.to(x.dtype), n)
+        x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x, c)
+        return x if pos is None else gather_tokens(x, pos)

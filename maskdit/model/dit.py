@@ -38,7 +38,9 @@ from maskdit.model.blocks import (
     TokenTime,
     zero_init_adaln,
 )
+from maskdit.model.decoders import DecoderHead
 from maskdit.model.moe import MoESpec
+from maskdit.model.precond import PRECONDS, EDMPrecond
 
 #: Backbone sizes: (depth, hidden_size, num_heads). DiT's S/B/L/XL plus a CPU-sized ``tiny``.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -59,7 +61,7 @@ for _size, (_depth, _hidden, _heads) in SIZES.items():
 
 
 #: Block types: full space-time attention, or VDT's factorised temporal-then-spatial attention.
-POSITIONS = ("sincos", "rope")  #: how tokens know where they are (see DiT's ``pos``)
+POSITIONS = ("sincos", "learned", "rope")  #: how tokens know where they are (see DiT's ``pos``)
 POS_LAYOUTS = ("xy", "axes")  #: the sin-cos table's axis order (see DiT's ``pos_layout``)
 ATTENTIONS = ("full", "factorised")
 
@@ -133,11 +135,24 @@ class DiT(nn.Module):
         mlp_norm_eps: epsilon of the LayerNorm before each MLP (DiT 1e-6, diffusers' DiT 1e-5).
         norm: the blocks' pre-norms, ``"layernorm"`` (DiT) or ``"rmsnorm"``; qk_norm: RMS-normalise each
             head's queries and keys (learned scale); mlp: ``"gelu"`` (DiT) or ``"swiglu"`` (the same
-            parameters); pos: ``"sincos"`` (a fixed table added to the tokens) or ``"rope"`` (axial rotary
-            positions inside attention, by each token's own grid index; no table).
+            parameters); pos: ``"sincos"`` (a fixed table added to the tokens), ``"learned"`` (the same table
+            as a trained parameter, MDT) or ``"rope"`` (axial rotary positions inside attention, by each
+            token's own grid index; no table).
+        rel_pos_bias: a learned bias per head and 2-D token offset in every attention (BEiT, MDT); 2-D grids
+            and full attention only.
         moe: ``{"experts": E, "shared": S, "top_k": K, "every": N, "capacity": F, "balance": W}`` makes
             every N-th block's feed-forward a mixture of E routed and S shared experts
             (:mod:`maskdit.model.moe`); ``None`` (or 0 experts) keeps it dense.
+        decoder: ``{"width": W, "depth": D, "num_heads": H}`` puts MaskDiT's released decoder
+            (:class:`~maskdit.model.decoders.DecoderHead`) between the blocks and the final layer, which then
+            works at width W; it runs at sampling too. Full attention, image-like grids; ``None``: none.
+        long_skips: MDT's layout, with ``N = long_skips`` decoder blocks: of the other blocks, each of the first
+            half feeds its output to its mirror in the second half (U-Net long skips, joined by a linear map
+            of the concatenation); then a second learned position table is added and each of the last ``N``
+            blocks joins the embedded input the same way. ``None``: a plain stack.
+        precond: ``"edm"`` wraps the network in EDM's preconditioning and presents it as a flow velocity
+            (:class:`~maskdit.model.precond.EDMPrecond`, ``sigma_data``); the time embedding then embeds EDM's
+            ``c_noise = ln(sigma) / 4`` (set ``time_scale=1``). For MaskDiT imports.
     """
 
     def __init__(
@@ -169,6 +184,11 @@ class DiT(nn.Module):
         mlp: str = "gelu",
         pos: str = "sincos",
         moe: dict[str, Any] | None = None,
+        decoder: dict[str, Any] | None = None,
+        rel_pos_bias: bool = False,
+        long_skips: int | None = None,
+        precond: str | None = None,
+        sigma_data: float = 0.5,
     ):
         super().__init__()
         self.input_size = tuple(int(s) for s in input_size)
@@ -221,7 +241,10 @@ class DiT(nn.Module):
         self.pos = pos
         rope = AxialRoPE(hidden_size // num_heads, self.token_grid) if pos == "rope" else None
         self.rope = rope  # registered once here (the blocks share it), so .to(device) moves its tables
-        self.block_options = BlockOptions(norm, bool(qk_norm), mlp, rope, self.mlp_norm_eps)
+        if rel_pos_bias and (attention != "full" or len(self.token_grid) != 2):
+            raise ConfigError("rel_pos_bias is a 2-D bias for full attention: image grids with attention=full only")
+        self.block_options = BlockOptions(norm, bool(qk_norm), mlp, rope, self.mlp_norm_eps,
+                                          rel_grid=tuple(self.token_grid) if rel_pos_bias else None)
         moe = dict(moe or {})
         self.moe_every = int(moe.pop("every", 1))
         self.moe = MoESpec(**moe) if moe.get("experts", 0) > 0 else None
@@ -230,7 +253,10 @@ class DiT(nn.Module):
 
         self.patch_embed = nn.Linear(self.patch_dim, hidden_size)
         table = sincos_pos_embed(hidden_size, self.token_grid, reverse_axes=self.pos_layout == "xy")
-        self.register_buffer("pos_embed", table[None] * (pos == "sincos"), persistent=False)
+        if pos == "learned":  # starts as the sin-cos table, then trains
+            self.pos_embed = nn.Parameter(table[None].clone())
+        else:
+            self.register_buffer("pos_embed", table[None] * (pos == "sincos"), persistent=False)
         self.given_embed = nn.Parameter(torch.zeros(hidden_size)) if task_conditioning else None
         self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale, time_offset=time_offset,
                                            freq_shift=time_freq_shift)
@@ -242,8 +268,34 @@ class DiT(nn.Module):
             for i in range(depth)
         )
         self.fusion = None if fusion is None else SparseDenseFusion(hidden_size)
-        self.final_layer = FinalLayer(hidden_size, self.out_channels * math.prod(self.patch_size),
-                                      options=self.block_options)
+        self.long_skips = None if long_skips is None else int(long_skips)
+        self.skips, self.decoder_pos_embed = None, None
+        if self.long_skips is not None:
+            half = (depth - self.long_skips) // 2
+            if self.long_skips < 0 or half < 1 or 2 * half + self.long_skips != depth:
+                raise ConfigError(f"long_skips={long_skips} does not fit depth {depth}: depth must be 2 * half + "
+                                  "long_skips with half >= 1 (MDT: 28 = 2 * 12 + 4)")
+            if mixer_depth or self.fusion_route is not None or self.tread_route is not None or attention != "full":
+                raise ConfigError("long skips (MDT's layout) run every block in one pass: no mixer_depth, SPRINT "
+                                  "fusion, TREAD route or factorised attention")
+            self.skip_half = half
+            self.skips = nn.ModuleDict({str(i): nn.Linear(2 * hidden_size, hidden_size) for i in range(half, depth)})
+            self.decoder_pos_embed = nn.Parameter(table[None].clone())
+        self.decoder = None
+        if decoder:
+            if attention != "full" or self.fusion_route is not None or pos != "sincos":
+                raise ConfigError("a decoder (MaskDiT's released layout) needs full attention, sin-cos positions and "
+                                  "no SPRINT fusion")
+            self.decoder = DecoderHead(self.token_grid, hidden_size, mlp_ratio=mlp_ratio, pos_layout=self.pos_layout,
+                                       **decoder)
+        head_width = hidden_size if self.decoder is None else self.decoder.width
+        self.final_layer = FinalLayer(head_width, self.out_channels * math.prod(self.patch_size),
+                                      cond_dim=hidden_size, options=self.block_options)
+        if precond is not None and precond not in PRECONDS:
+            raise ConfigError(f"precond must be one of {', '.join(PRECONDS)}, got {precond!r}")
+        if precond is not None and (learn_sigma or token_time):
+            raise ConfigError("precond=edm presents the model as a flow velocity: no learn_sigma or token_time")
+        self.precond = None if precond is None else EDMPrecond(sigma_data)
         self.initialize_weights()
 
     @property
@@ -275,6 +327,11 @@ class DiT(nn.Module):
             "mlp": self.block_options.mlp,
             "pos": self.pos,
             **({} if self.moe is None else {"moe": {**dataclasses.asdict(self.moe), "every": self.moe_every}}),
+            **({} if self.decoder is None else {"decoder": {"width": self.decoder.width, "depth": self.decoder.depth,
+                                                            "num_heads": self.decoder.num_heads}}),
+            **({} if self.precond is None else {"precond": "edm", "sigma_data": self.precond.sigma_data}),
+            **({"rel_pos_bias": True} if self.block_options.rel_grid else {}),
+            **({} if self.long_skips is None else {"long_skips": self.long_skips}),
         }
 
     def options_of(self, index: int) -> BlockOptions:
@@ -307,6 +364,8 @@ class DiT(nn.Module):
             zero_init_adaln(block)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.decoder is not None:
+            self.decoder.zero_init()
 
     def condition(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The per-sample conditioning vector ``c`` from time and (for class-conditional models) labels."""
@@ -346,6 +405,23 @@ class DiT(nn.Module):
             tokens = block(tokens, c, pos)
         return tokens
 
+    def skip_blocks(self, tokens: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """MDT's layout (``long_skips``): encoder blocks with U-Net skips, then the decoder position table and
+        decoder blocks that each join the embedded input. ``pos``: the tokens' grid indices, as in
+        :meth:`run_blocks`."""
+        half, embedded, stack = self.skip_half, tokens, []
+        for i, block in enumerate(self.blocks):
+            if i == 2 * half:
+                table = self.decoder_pos_embed
+                tokens = tokens + (table if pos is None else gather_tokens(table.expand(len(tokens), -1, -1), pos))
+            if i >= half:
+                skip = stack.pop() if i < 2 * half else embedded
+                tokens = self.skips[str(i)](torch.cat([tokens, skip], dim=-1))
+            tokens = block(tokens, c, pos)
+            if i < half:
+                stack.append(tokens)
+        return tokens
+
     def fused_blocks(self, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor | None = None,
                      path_drop: torch.Tensor | bool | None = None) -> torch.Tensor:
         """SPRINT: dense shallow blocks, the deep blocks on ``keep_idx`` only, fusion, dense final blocks.
@@ -359,6 +435,13 @@ class DiT(nn.Module):
             deep = self.run_blocks(deep, c, start, end, pos=keep_idx)
         mask = path_drop if torch.is_tensor(path_drop) else None
         return self.run_blocks(self.fusion(shallow, deep, keep_idx, mask), c, end)
+
+    def head(self, tokens: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Token features -> patch values: the decoder (if any) and the final layer. ``pos`` ``(B, K)``: the
+        grid indices of the tokens given (``None``: all ``N`` in order)."""
+        if self.decoder is not None:
+            tokens = self.decoder(tokens, c, pos)
+        return self.final_layer(tokens, c)
 
     def compile_blocks(self) -> None:
         """``torch.compile`` every transformer block in place (weights and state-dict names unchanged)."""
@@ -419,6 +502,11 @@ class DiT(nn.Module):
             if end is not None:
                 raise ConfigError("routing (TREAD) runs every block: features(end=...) is not supported with route")
             return self.routed_blocks(tokens, cb, keep_idx, check_tread_route(route, self.depth)), c
+        if self.skips is not None:
+            if end is not None:
+                raise ConfigError("a model with long skips (MDT's layout) runs its blocks as one unit: "
+                                  "features(end=...) is not supported")
+            return self.skip_blocks(tokens if keep_idx is None else gather_tokens(tokens, keep_idx), cb, keep_idx), c
         if keep_idx is not None:
             tokens = self.run_blocks(tokens, cb, 0, self.mixer_depth)
             tokens = self.run_blocks(gather_tokens(tokens, keep_idx), cb, self.mixer_depth, end, pos=keep_idx)
@@ -447,8 +535,25 @@ class DiT(nn.Module):
         END)`` routes the ``keep_idx`` tokens through blocks ``START..END-1`` while the others skip them
         (TREAD) and returns the whole grid.
         """
+        if self.precond is not None:
+            return self.precond(self.network, x, t, self.patch_size, y=y, keep_idx=keep_idx, given=given,
+                                path_drop=path_drop, route=route)
+        return self.network(x, t, y, keep_idx, given, path_drop, route)
+
+    def network(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        keep_idx: torch.Tensor | None = None,
+        given: torch.Tensor | None = None,
+        path_drop: torch.Tensor | bool | None = None,
+        route: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward` without the preconditioning (the network itself; the same for most models)."""
         tokens, c = self.features(x, t, y, keep_idx, given=given, path_drop=path_drop, route=route)
-        out = self.final_layer(tokens, c)
+        out = self.head(tokens, c, keep_idx if keep_idx is not None and self.fusion is None and route is None
+                        else None)
         if keep_idx is not None and self.fusion is None and route is None:
             return out
         return unpatchify(out, self.patch_size, tuple(x.shape[2:]), self.out_channels)
