@@ -233,7 +233,8 @@ def import_maskdit(source: Path, num_heads: int | None = None) -> tuple[dict, di
         pos = sincos_pos_embed(extra["decoder"]["width"], grid, reverse_axes=True)
         if decoder_pos is None or not torch.allclose(decoder_pos.reshape(pos.shape).float(), pos, atol=1e-5):
             raise CheckpointError(f"{source}: decoder_pos_embed is missing or not the fixed 2-D sin-cos table")
-    settings = {"objective": {"name": "flow", "time_sampling": "uniform"},
+    # EDM trains on ln(sigma) ~ N(-1.2, 1.2^2); ln(sigma) = logit(t), so finetuning sees the same noise levels
+    settings = {"objective": {"name": "flow", "time_sampling": "logit_normal", "logit_mean": -1.2, "logit_std": 1.2},
                 "sample": {"sampler": "edm", "steps": 40, "guidance_scale": 1.5}}
     return config, state, settings
 

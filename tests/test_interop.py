@@ -425,6 +425,7 @@ def test_a_maskdit_import_computes_the_releases_edm_denoiser(tmp_path):
     assert (ours - theirs).abs().max().item() <= 1e-5
     run = load_run(tmp_path / "run")
     assert (run.config.sample.sampler, run.config.sample.steps, run.objective.name) == ("edm", 40, "flow")
+    assert (run.objective.time_sampling, run.objective.logit_mean, run.objective.logit_std) == ("logit_normal", -1.2, 1.2)
     # without its decoder (use_decoder=False) and without the MAE mask token it imports too
     torch.save(random_maskdit_state(decoder_width=0), tmp_path / "plain.pt")
     import_run(tmp_path / "plain.pt", tmp_path / "plain", "maskdit", num_heads=4)
