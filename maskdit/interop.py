@@ -280,9 +280,9 @@ def import_mdt(source: Path, num_heads: int | None = None) -> tuple[dict, dict, 
         raise CheckpointError(f"{source}: no label table: maskdit imports class-conditional MDT models")
     model = DiT(**config)  # the real model: its bias index is compared with the source's below
     names = mdt_names(model)
-    unused = {k for k in sd if k.startswith("sideblocks.") or k == "mask_token"
-              or k.endswith("relative_position_index")}
-    _refuse_keys(set(names.values()), set(sd) - unused, source, "MDT v2")
+    side = {k for k in sd if k.startswith("sideblocks.") or k == "mask_token"}  # the masked pass's: optional
+    _refuse_keys(set(names.values()), {k for k in sd if k not in side and not k.endswith("relative_position_index")},
+                 source, "MDT v2")
     for i in range(model.depth):
         index = sd.get(names[f"blocks.{i}.attn.rel_bias.table"].replace("bias_table", "index"))
         if index is not None and not torch.equal(index.long(), model.blocks[i].attn.rel_bias.index):
@@ -292,7 +292,17 @@ def import_mdt(source: Path, num_heads: int | None = None) -> tuple[dict, dict, 
     state["patch_embed.weight"] = proj.permute(0, 2, 3, 1).reshape(width, -1)
     settings = {"objective": {"name": "ddpm", "schedule": "linear", "num_steps": 1000, "step_offset": 0},
                 "sample": {"sampler": "ddpm" if config["learn_sigma"] else "ddim", "steps": 250,
-                           "guidance_scale": 4.0, "guidance_channels": 3}}
+                           "guidance_scale": 4.0, "guidance_channels": 3},
+                "mask": {"recipe": "mdt"}}
+    if side:  # MDT's side-interpolater: the mdt recipe's training-only weights (aux.safetensors)
+        if _count(sd, "sideblocks.") != 1 or "mask_token" not in sd:
+            found = f"{_count(sd, 'sideblocks.')} side block(s), {'a' if 'mask_token' in sd else 'no'} mask token"
+            raise CheckpointError(f"{source}: MDT v2 has one side block and a mask token; found {found}")
+        settings["aux"] = {"interpolater.mask_token": sd["mask_token"].reshape(width)}
+        for key, value in sd.items():
+            if key.startswith("sideblocks.0.") and not key.endswith("relative_position_index"):
+                ours = key.replace("sideblocks.0.", "interpolater.block.", 1)
+                settings["aux"][ours.replace("rel_pos_bias.relative_position_bias_table", "rel_bias.table")] = value
     return model.config, _checked_shapes(model, state, source), settings
 
 
@@ -496,8 +506,20 @@ def import_run(source: str | Path, out: str | Path, fmt: str = "auto", num_heads
         raise CheckpointError(f"--out {out} already exists: choose a new directory for the imported run")
     find_run(out, resume=False)
     config, state, settings = FORMATS.get(fmt)(source, num_heads)
+    aux_state = settings.pop("aux", None)
     model = DiT.from_config(config)
     model.load_state_dict(state)
+    aux = None
+    if aux_state is not None:  # training-only weights of the recipe the source was trained with
+        from maskdit.recipes import build_recipe
+
+        aux = build_recipe(settings["mask"]["recipe"], model)
+        expected = aux.state_dict()
+        bad = sorted(set(expected) ^ set(aux_state)) or [k for k in expected if expected[k].shape != aux_state[k].shape]
+        if bad:
+            raise CheckpointError(f"{source}: the training-only weights do not fit maskdit's "
+                                  f"{settings['mask']['recipe']} recipe (first: {bad[0]})")
+        aux.load_state_dict({k: v.float() for k, v in aux_state.items()})
     preset = next((name for name, f in PRESETS.items() if f["hidden_size"] == config["hidden_size"]
                    and f["depth"] == config["depth"] and [f["patch_size"]] * 2 == config["patch_size"]), "tiny")
     fields = ("learn_sigma", "pos_layout", "time_scale", "time_offset", "time_freq_shift", "mlp_norm_eps",
@@ -519,7 +541,7 @@ def import_run(source: str | Path, out: str | Path, fmt: str = "auto", num_heads
                         "num_classes": config["num_classes"], "class_names": [], "codec": codec},
             "imported": {"source": str(source), "format": fmt}}
     optimizer = torch.optim.AdamW(model.parameters())
-    files, meta = checkpoint_files(model, model, optimizer)
+    files, meta = checkpoint_files(model, model, optimizer, aux)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", info)
     return save_checkpoint(out, 0, files, {"optimizer": meta, "data_position": {}, "wall_time": 0.0}, info)

@@ -229,6 +229,22 @@ def denoising_loss(
     else:
         target = gather_tokens(target, keep_idx)
         weight = None if weight is None else weight.gather(1, keep_idx.flatten(1))
+    return prediction_loss(model, objective, pred, target, x0, x_t, t, keep_idx, weight)
+
+
+def prediction_loss(
+    model: torch.nn.Module,
+    objective: Objective,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    keep_idx: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss of prediction tokens ``pred`` (``keep_idx``'s, or all ``N``) against ``target`` tokens: the
+    MSE, plus for a learned-variance model (``2C`` channels) the variational bound on its variance."""
     if not getattr(model, "learn_sigma", False):
         return token_mse(pred, target, weight)
     # a learned variance: each token holds (patch offsets..., 2C) values, the target's C first

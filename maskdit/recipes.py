@@ -42,7 +42,7 @@ from maskdit.grid import patchify
 from maskdit.masks import gather_tokens, scatter_tokens
 from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
 from maskdit.model.dit import DiT, check_fusion_route, check_tread_route
-from maskdit.objectives import Objective, denoising_loss, regression_pair, token_mse, training_pair
+from maskdit.objectives import Objective, denoising_loss, prediction_loss, regression_pair, token_mse, training_pair
 from maskdit.registry import Registry
 
 #: name -> recipe class, built by ``cls.build(model, mask_config)``; facts ``tasks``: takes condition masks,
@@ -111,22 +111,30 @@ class MAERecipe(nn.Module):
         return denoise + self.aux_weight * aux, _parts(loss_denoise=denoise, loss_aux=aux)
 
 
-@RECIPES.register("mdt", "MDT: full pass + masked pass through a side-interpolater", tasks=False)
+@RECIPES.register("mdt", "MDT: full pass + masked pass through a side-interpolater", tasks=False,
+                  learned_variance=True)
 class MDTRecipe(nn.Module):
-    """(c) MDT: full pass + masked pass through a side-interpolater placed ``decoder_depth`` blocks from the end."""
+    """(c) MDT: full pass + masked pass through a side-interpolater placed ``decoder_depth`` blocks from the end.
+
+    A model with MDT's own layout (``long_skips``, an MDT import) places it where MDT does: after the
+    encoder blocks and their long skips, before the decoder blocks (``decoder_depth`` is then the model's);
+    its side block is built like the model's blocks and the decoder position table reaches every token.
+    """
 
     name = "mdt"
 
     def __init__(self, model: DiT, decoder_depth: int = 2):
         super().__init__()
         encoder_depth = model.depth - decoder_depth
-        if not model.mixer_depth < encoder_depth <= model.depth - 1:
+        skips = model.skips is not None
+        if not skips and not model.mixer_depth < encoder_depth <= model.depth - 1:
             raise ConfigError(
                 f"mask.decoder_depth {decoder_depth} does not fit a depth-{model.depth} model with mixer_depth "
                 f"{model.mixer_depth}: the interpolater needs at least one masked block before it and one after"
             )
         self.encoder_depth = encoder_depth
-        self.interpolater = SideInterpolater(model.hidden_size, model.num_heads, model.mlp_ratio)
+        self.interpolater = SideInterpolater(model.hidden_size, model.num_heads, model.mlp_ratio, pos_on_kept=skips,
+                                             **({"options": model.block_options} if skips else {}))
 
     @classmethod
     def build(cls, model: DiT, cfg: Any) -> MDTRecipe:
@@ -137,13 +145,17 @@ class MDTRecipe(nn.Module):
              ) -> tuple[torch.Tensor, dict[str, float]]:
         _refuse_tasks(self.name, given)
         x_t, target = regression_pair(objective, x0, noise, t, model.patch_size)
-        full = token_mse(patchify(model(x_t, t, y), model.patch_size), target)
+        full = prediction_loss(model, objective, patchify(model(x_t, t, y), model.patch_size), target, x0, x_t, t)
         if keep_idx is None or keep_idx[0].numel() == model.num_tokens:
             return full + _touch(self).to(x0.device), _parts(loss_full=full, loss_masked=0.0)
-        kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
-        tokens = self.interpolater(kept, c, keep_idx, model.pos_embed)
-        tokens = model.run_blocks(tokens, c, self.encoder_depth)  # every token again: positions in order
-        masked = token_mse(model.head(tokens, c), target)
+        if model.skips is not None:
+            c = model.condition(t, y)
+            tokens = model.skip_blocks(model.embed(x_t), c, keep_idx, side=self.interpolater)
+        else:
+            kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
+            tokens = self.interpolater(kept, c, keep_idx, model.pos_embed)
+            tokens = model.run_blocks(tokens, c, self.encoder_depth)  # every token again: positions in order
+        masked = prediction_loss(model, objective, model.head(tokens, c), target, x0, x_t, t)
         return full + masked, _parts(loss_full=full, loss_masked=masked)
 
 

@@ -62,7 +62,7 @@ from maskdit.distributed import (
     mean_over_ranks,
     world_from_env,
 )
-from maskdit.errors import ConfigError, MaskditError
+from maskdit.errors import CheckpointError, ConfigError, MaskditError
 from maskdit.model import DiT, build_model
 from maskdit.objectives import objective_from_config
 from maskdit.recipes import build_recipe
@@ -348,11 +348,17 @@ class Trainer:
         """Start a new stage from another run's weights (e.g. unmasking after masked training).
 
         Model and EMA weights are copied; so are the optimizer moments of the backbone parameters, so the
-        new stage does not restart Adam's statistics from zero. Training-only recipe parameters start
-        fresh (the stage may use another recipe or none), and the step count starts at 0.
+        new stage does not restart Adam's statistics from zero. Training-only recipe parameters carry over
+        when the new stage uses the same recipe and start fresh otherwise; the step count starts at 0.
         """
         load_weights(self.model, ckpt / "model.safetensors")
         load_weights(self.ema, ckpt / "ema.safetensors")
+        saved = read_json(ckpt / "config.json", keys=("config",))["config"]
+        if isinstance(saved, dict) and saved.get("mask", {}).get("recipe") == self.cfg.mask.recipe:
+            try:  # the same recipe goes on with its decoder (an MDT import's side block)...
+                load_aux(self.recipe, ckpt)
+            except CheckpointError:  # ...unless this stage shapes it differently: then it starts fresh
+                pass
         state = read_json(ckpt / "state.json", keys=("optimizer",))
         moments = optimizer_state(ckpt, state["optimizer"])
         for index, p in enumerate(self.model.parameters()):

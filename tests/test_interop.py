@@ -425,7 +425,8 @@ def test_a_maskdit_import_computes_the_releases_edm_denoiser(tmp_path):
     assert (ours - theirs).abs().max().item() <= 1e-5
     run = load_run(tmp_path / "run")
     assert (run.config.sample.sampler, run.config.sample.steps, run.objective.name) == ("edm", 40, "flow")
-    assert (run.objective.time_sampling, run.objective.logit_mean, run.objective.logit_std) == ("logit_normal", -1.2, 1.2)
+    objective = run.objective
+    assert (objective.time_sampling, objective.logit_mean, objective.logit_std) == ("logit_normal", -1.2, 1.2)
     # without its decoder (use_decoder=False) and without the MAE mask token it imports too
     torch.save(random_maskdit_state(decoder_width=0), tmp_path / "plain.pt")
     import_run(tmp_path / "plain.pt", tmp_path / "plain", "maskdit", num_heads=4)
@@ -624,13 +625,82 @@ def test_mdt_import_refusals_and_finetuning(tmp_path):
     import_run(tmp_path / "mdt.pt", tmp_path / "run", "mdt")
     with pytest.raises(Exception, match="no diffusers DiT counterpart"):
         export_diffusers(load_model(tmp_path / "run"), tmp_path / "hf")
-    # masked finetuning from the import keeps its skips, biases and learned tables; they train
-    train(load_config("digits", overrides=["model.depth=6", "model.hidden_size=64", "model.num_heads=4",
-                                           "batch_size=8", "steps=2", "warmup_steps=0", "mask.ratio=0.5",
-                                           "objective.name=ddpm", "model.learn_sigma=true",
-                                           f"init_from={tmp_path / 'run'}", f"run_dir={tmp_path / 'ft'}"]),
-          progress=False)
+    # masked finetuning from the import keeps its skips, biases and learned tables; they train. With MDT's
+    # own recipe (the import's) the side-interpolater comes along from the import's training-only weights
+    from maskdit.train import Trainer
+
+    overrides = ["model.depth=6", "model.hidden_size=64", "model.num_heads=4", "batch_size=8", "steps=2",
+                 "warmup_steps=0", "mask.ratio=0.5", "objective.name=ddpm", "model.learn_sigma=true",
+                 f"init_from={tmp_path / 'run'}"]
+    trainer = Trainer(load_config("digits", overrides=[*overrides, "mask.recipe=mdt", f"run_dir={tmp_path / 'ft0'}"]),
+                      progress=False)
+    side = sd["sideblocks.0.attn.rel_pos_bias.relative_position_bias_table"]
+    assert torch.equal(trainer.recipe.interpolater.block.attn.rel_bias.table.detach().cpu(), side)
+    assert torch.equal(trainer.recipe.interpolater.mask_token.detach().cpu(), sd["mask_token"].reshape(-1))
+    trainer.run()
+    assert json.loads((tmp_path / "ft0" / "metrics.jsonl").read_text().splitlines()[-1])["loss_masked"] > 0
+    train(load_config("digits", overrides=[*overrides, f"run_dir={tmp_path / 'ft'}"]), progress=False)
     before, after = load_model(tmp_path / "run"), load_model(tmp_path / "ft")
     assert after.long_skips == 2 and after.block_options.rel_grid == (4, 4) and after.pos == "learned"
     assert not torch.equal(before.decoder_pos_embed, after.decoder_pos_embed)
     assert not any(p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "hf"))
+
+
+def mdt_masked_forward(sd, x, k, y, heads, keep):
+    """MDT v2's masked training pass (forward with enable_mask): the encoder on the kept tokens (their rows
+    and columns of each bias), the side-interpolater completing every token, the decoder on all of them."""
+    h, t = ref_embed(sd, x, k.float())
+    c = t + sd["y_embedder.embedding_table.weight"][y]
+    n, length, width = h.shape
+
+    def bias(prefix, ids=None):
+        full = sd[prefix + "attn.rel_pos_bias.relative_position_bias_table"][
+            sd[prefix + "attn.rel_pos_bias.relative_position_index"]].permute(2, 0, 1)
+        return full if ids is None else torch.stack([full[:, i][:, :, i] for i in ids])
+
+    def join(prefix, h, skip):
+        return F.linear(torch.cat([h, skip], -1), sd[prefix + "skip_linear.weight"], sd[prefix + "skip_linear.bias"])
+    embedded, skips = h, []
+    h = torch.stack([h[b, keep[b]] for b in range(n)])
+    for j in range(_count_prefix(sd, "en_inblocks.")):
+        h = ref_block(sd, f"en_inblocks.{j}.", h, c, heads, bias(f"en_inblocks.{j}.", keep))
+        skips.append(h)
+    for j in range(_count_prefix(sd, "en_outblocks.")):
+        p = f"en_outblocks.{j}."
+        h = ref_block(sd, p, join(p, h, skips.pop()), c, heads, bias(p, keep))
+    full = sd["mask_token"].expand(n, length, width).clone()
+    for b in range(n):
+        full[b, keep[b]] = h[b]
+    before = full + sd["decoder_pos_embed"]
+    after = ref_block(sd, "sideblocks.0.", before, c, heads, bias("sideblocks.0."))
+    dropped = torch.ones(n, length, 1)
+    for b in range(n):
+        dropped[b, keep[b]] = 0.0
+    h = after * dropped + before * (1 - dropped)
+    for j in range(_count_prefix(sd, "de_blocks.")):
+        p = f"de_blocks.{j}."
+        h = ref_block(sd, p, join(p, h, embedded), c, heads, bias(p))
+    return ref_unpatchify(ref_norm_linear(sd, "final_layer.", h, c), sd["x_embedder.proj.weight"].shape[2])
+
+
+def test_mdt_recipe_on_an_import_runs_mdts_masked_pass(tmp_path):
+    from maskdit.recipes import build_recipe
+
+    sd = random_mdt_state(seed=14)
+    torch.save(sd, tmp_path / "mdt.pt")
+    import_run(tmp_path / "mdt.pt", tmp_path / "run", "mdt")
+    run = load_run(tmp_path / "run")
+    assert run.config.mask.recipe == "mdt"
+    recipe = build_recipe("mdt", run.model)
+    from maskdit.checkpoint import latest_checkpoint, load_aux
+
+    load_aux(recipe, latest_checkpoint(tmp_path / "run"))
+    g = torch.Generator().manual_seed(15)
+    x, y, k = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([1, 10]), torch.tensor([3, 700])
+    keep = torch.stack([torch.randperm(16, generator=g)[:6] for _ in range(2)])
+    with torch.no_grad():
+        c = run.model.condition(k.double() / 1000, y)
+        tokens = run.model.skip_blocks(run.model.embed(x), c, keep, side=recipe.interpolater)
+        ours = ref_unpatchify(run.model.head(tokens, c), 2)
+        theirs = mdt_masked_forward(sd, x, k, y, 4, keep)
+    assert (ours - theirs).abs().max().item() <= 1e-5

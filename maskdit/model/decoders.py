@@ -19,7 +19,7 @@ from torch import nn
 from maskdit.errors import ConfigError
 from maskdit.grid import sincos_pos_embed
 from maskdit.masks import gather_tokens, scatter_tokens
-from maskdit.model.blocks import DiTBlock, FinalLayer, modulate, zero_init_adaln
+from maskdit.model.blocks import DEFAULT_BLOCK, BlockOptions, DiTBlock, FinalLayer, modulate, zero_init_adaln
 
 
 def dropped_mask(keep_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -62,10 +62,12 @@ class MAEDecoder(nn.Module):
 class SideInterpolater(nn.Module):
     """One block over all tokens that predicts the dropped tokens' features (MDT's side-interpolater)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, pos_on_kept: bool = False,
+                 options: BlockOptions = DEFAULT_BLOCK):
         super().__init__()
+        self.pos_on_kept = pos_on_kept  # MDT's long-skip layout adds its decoder table to every token here
         self.mask_token = nn.Parameter(torch.zeros(hidden_size))
-        self.block = DiTBlock(hidden_size, num_heads, mlp_ratio)
+        self.block = DiTBlock(hidden_size, num_heads, mlp_ratio, options=options)
         zero_init_adaln(self.block)
         nn.init.normal_(self.mask_token, std=0.02)
 
@@ -73,7 +75,8 @@ class SideInterpolater(nn.Module):
                 ) -> torch.Tensor:
         n = pos_embed.shape[1]
         dropped = dropped_mask(keep_idx, n).unsqueeze(-1).to(kept.dtype)
-        tokens = scatter_tokens(kept, keep_idx, self.mask_token, n) + dropped * pos_embed
+        tokens = scatter_tokens(kept, keep_idx, self.mask_token, n) + (pos_embed if self.pos_on_kept
+                                                                      else dropped * pos_embed)
         return torch.where(dropped.bool(), self.block(tokens, c), tokens)
 
 

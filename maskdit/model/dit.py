@@ -405,17 +405,23 @@ class DiT(nn.Module):
             tokens = block(tokens, c, pos)
         return tokens
 
-    def skip_blocks(self, tokens: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        """MDT's layout (``long_skips``): encoder blocks with U-Net skips, then the decoder position table and
-        decoder blocks that each join the embedded input. ``pos``: the tokens' grid indices, as in
-        :meth:`run_blocks`."""
-        half, embedded, stack = self.skip_half, tokens, []
+    def skip_blocks(self, embedded: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None,
+                    side: nn.Module | None = None) -> torch.Tensor:
+        """MDT's layout (``long_skips``) on the embedded tokens ``(B, N, D)``: encoder blocks with U-Net skips,
+        then the decoder position table and decoder blocks that each join the embedded input. ``pos``
+        ``(B, K)``: only those tokens pass (token dropping). With ``side`` (MDT's masked training pass,
+        :class:`~maskdit.model.decoders.SideInterpolater`) the encoder runs on the ``pos`` tokens, ``side``
+        completes every token (with the decoder table) and the decoder blocks run on all ``N``."""
+        half, stack = self.skip_half, []
+        tokens = embedded if pos is None else gather_tokens(embedded, pos)
         for i, block in enumerate(self.blocks):
-            if i == 2 * half:
+            if i == 2 * half and side is not None and pos is not None:
+                tokens, pos = side(tokens, c, pos, self.decoder_pos_embed), None
+            elif i == 2 * half:
                 table = self.decoder_pos_embed
                 tokens = tokens + (table if pos is None else gather_tokens(table.expand(len(tokens), -1, -1), pos))
             if i >= half:
-                skip = stack.pop() if i < 2 * half else embedded
+                skip = stack.pop() if i < 2 * half else embedded if pos is None else gather_tokens(embedded, pos)
                 tokens = self.skips[str(i)](torch.cat([tokens, skip], dim=-1))
             tokens = block(tokens, c, pos)
             if i < half:
@@ -506,7 +512,7 @@ class DiT(nn.Module):
             if end is not None:
                 raise ConfigError("a model with long skips (MDT's layout) runs its blocks as one unit: "
                                   "features(end=...) is not supported")
-            return self.skip_blocks(tokens if keep_idx is None else gather_tokens(tokens, keep_idx), cb, keep_idx), c
+            return self.skip_blocks(tokens, cb, keep_idx), c
         if keep_idx is not None:
             tokens = self.run_blocks(tokens, cb, 0, self.mixer_depth)
             tokens = self.run_blocks(gather_tokens(tokens, keep_idx), cb, self.mixer_depth, end, pos=keep_idx)
