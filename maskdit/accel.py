@@ -74,6 +74,9 @@ def block_cache(model: torch.nn.Module, calls: int, every: float = 2, tail: floa
         raise ConfigError(f"--accel cache: every must be a whole number of at least 1, got {every:g}")
     if not 0 <= tail <= 1:
         raise ConfigError(f"--accel cache: tail must be in [0, 1], got {tail:g}")
+    if getattr(model, "skips", None) is not None:
+        raise ConfigError("--accel cache reuses a run of consecutive blocks; a model with long skips (MDT's layout) "
+                          "joins blocks across the stack: use ras or int8")
     depth = len(model.blocks)
     start, end = 1, depth - 1
     if end <= start:  # nothing in the middle to cache

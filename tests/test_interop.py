@@ -644,6 +644,13 @@ def test_mdt_import_refusals_and_finetuning(tmp_path):
     assert after.long_skips == 2 and after.block_options.rel_grid == (4, 4) and after.pos == "learned"
     assert not torch.equal(before.decoder_pos_embed, after.decoder_pos_embed)
     assert not any(p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "hf"))
+    from maskdit.samplers import generate
+
+    run = load_run(tmp_path / "run")
+    with pytest.raises(Exception, match="long skips"):
+        generate(run.model, run.objective, 2, torch.tensor([1, 2]), "ddim", 3, accel="cache:every=2")
+    ras = generate(run.model, run.objective, 2, torch.tensor([1, 2]), "ddim", 3, accel="ras:ratio=1")
+    assert torch.equal(ras, generate(run.model, run.objective, 2, torch.tensor([1, 2]), "ddim", 3))
 
 
 def mdt_masked_forward(sd, x, k, y, heads, keep):
