@@ -66,6 +66,7 @@ def number(cast: type, ok: Any, wanted: str) -> Any:
 positive_int = number(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = number(int, lambda v: v >= 0, "a non-negative integer")
 non_negative_float = number(float, lambda v: 0 <= v < math.inf, "a non-negative number")
+positive_float = number(float, lambda v: 0 < v < math.inf, "a positive number")
 unit_float = number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 ratio = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
@@ -116,6 +117,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    + "; ".join(f"{n}: {d}" for n, d in GUIDANCES.describe()) + ")")
     g.add_argument("--guidance-channels", type=positive_int, metavar="N",
                    help="guide only the first N output channels, the rest from the conditional branch (DiT: 3)")
+    g.add_argument("--guidance-power", type=positive_float, metavar="P",
+                   help="MDT's power-cosine guidance schedule: scale 1 at t=1 rising to the full scale at t=0 "
+                   "(MDT: 0.01; default: the run's sample.guidance_power, null = constant)")
     g.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (0 deterministic, 1 ancestral)")
     g.add_argument("--accel", metavar="NAME[:key=value,...][+NAME...]",
                    help="sampling accelerators (docs/inference.md): cache:every=3 (reuse the middle blocks' "
@@ -383,6 +387,7 @@ def _sampling_kwargs(args: argparse.Namespace, run: Any) -> dict[str, Any]:
         "guidance_interval": args.guidance_interval or s.guidance_interval,
         "guidance": args.guidance or s.guidance,
         "guidance_channels": args.guidance_channels or s.guidance_channels,
+        "guidance_power": args.guidance_power or s.guidance_power,
         "eta": s.eta if args.eta is None else args.eta,
         "seed": args.seed,
         **({} if not getattr(args, "accel", None) else {"accel": _checked_accel(args.accel)}),

@@ -140,6 +140,7 @@ class SampleConfig:
     guidance: str = "cfg"  #: a maskdit.samplers.GUIDANCES entry: cfg | path-drop | route-contrast | context
     eta: float = 0.0  #: ddim only, in [0, 1]
     guidance_channels: int | None = None  #: guide only the first N channels, the rest from the conditional branch
+    guidance_power: float | None = None  #: MDT's power-cosine schedule of the scale over t (null: constant)
 
 
 @dataclass
@@ -299,6 +300,8 @@ class Config:
             ("sample.eta", 0 <= smp.eta <= 1, "in [0, 1]"),
             ("sample.guidance_channels", smp.guidance_channels is None or smp.guidance_channels >= 1,
              "null (every predicted channel) or at least 1"),
+            ("sample.guidance_power", smp.guidance_power is None or smp.guidance_power > 0,
+             "null (a constant scale) or positive"),
             ("objective.step_offset", obj.step_offset in (0, 1), "0 (DiT: t = k / T) or 1 (t = (k + 1) / T)"),
             ("sample.guidance", smp.guidance in GUIDANCES, "one of " + one_of(GUIDANCES.names())),
         ]

@@ -292,7 +292,7 @@ def import_mdt(source: Path, num_heads: int | None = None) -> tuple[dict, dict, 
     state["patch_embed.weight"] = proj.permute(0, 2, 3, 1).reshape(width, -1)
     settings = {"objective": {"name": "ddpm", "schedule": "linear", "num_steps": 1000, "step_offset": 0},
                 "sample": {"sampler": "ddpm" if config["learn_sigma"] else "ddim", "steps": 250,
-                           "guidance_scale": 4.0, "guidance_channels": 3},
+                           "guidance_scale": 4.0, "guidance_channels": 3, "guidance_power": 0.01},
                 "mask": {"recipe": "mdt"}}
     if side:  # MDT's side-interpolater: the mdt recipe's training-only weights (aux.safetensors)
         if _count(sd, "sideblocks.") != 1 or "mask_token" not in sd:

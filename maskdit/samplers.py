@@ -352,6 +352,7 @@ def guided(
     given: torch.Tensor | None = None,
     guidance: str = "cfg",
     channels: int | None = None,
+    power: float | None = None,
 ) -> ModelFn:
     """Bind labels and guidance into ``fn(x, t)``.
 
@@ -367,6 +368,9 @@ def guided(
     needs labels but the model is unconditional, the output is the plain prediction and no second pass is
     made. ``given`` ``(B, N)`` (a task's condition mask) is passed to the model with every call. ``t`` is a
     Python float, so deciding costs no device sync.
+
+    ``power`` ``p`` scales the guidance by MDT's power-cosine schedule: ``1 + (scale - 1) * (1 - cos(pi *
+    (1 - t)^p)) / 2``, from 1 at ``t = 1`` to ``scale`` at ``t = 0`` (small ``p``: nearly constant).
     """
     check_guidance(guidance, model)
     conditional = getattr(model, "num_classes", 0) > 0
@@ -385,9 +389,10 @@ def guided(
             return model(x, t_batch, y, **extra)
         null = torch.full_like(y, model.null_label) if conditional else None
         weak, strong = branches(model, x, t_batch, float(t), y, null, extra)
+        w = scale if power is None else 1 + (scale - 1) * (1 - math.cos(math.pi * (1 - float(t)) ** power)) / 2
         if guide is None or guide >= strong.shape[1]:
-            return torch.lerp(weak, strong, scale)
-        return torch.cat([torch.lerp(weak[:, :guide], strong[:, :guide], scale), strong[:, guide:]], dim=1)
+            return torch.lerp(weak, strong, w)
+        return torch.cat([torch.lerp(weak[:, :guide], strong[:, :guide], w), strong[:, guide:]], dim=1)
 
     return fn
 
@@ -413,6 +418,7 @@ def generate(
     size: Sequence[int] | None = None,
     accel: str | None = None,
     start: torch.Tensor | None = None,
+    guidance_power: float | None = None,
 ) -> torch.Tensor:
     """``num`` samples ``(num, C, *S)`` in model space (``size``: another ``S``, for rotary models). The
     starting noise and the step noise of sample ``i`` depend only on ``seed`` and ``i``, so results do not
@@ -447,9 +453,9 @@ def generate(
             y = None if labels is None else torch.arange(n) % max(1, getattr(float_model, "num_classes", 1))
             return generate(float_model, objective, n, y, sampler, steps, guidance_scale, guidance_interval, eta,
                             CALIBRATION_SEED, batch_size, guidance=guidance, guidance_channels=guidance_channels,
-                            size=size)
+                            size=size, guidance_power=guidance_power)
         key = (objective.name, sampler, steps, guidance_scale, tuple(guidance_interval or ()), eta, guidance,
-               guidance_channels, tuple(size or ()), labels is None)
+               guidance_channels, tuple(size or ()), labels is None, guidance_power)
         model = transformed(model, accel, calibrate, key)
     out = []
     for first in tqdm(range(0, num, batch_size), desc="sampling", disable=not progress or num <= batch_size):
@@ -460,7 +466,7 @@ def generate(
         with accelerated(model, accel, steps * SAMPLERS.entry(sampler).facts["calls_per_step"]):
             if given is None:
                 fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance,
-                            channels=guidance_channels)
+                            channels=guidance_channels, power=guidance_power)
                 x = sample(fn, x, objective, sampler, steps, eta, streams)
             else:
                 g, ctx = given[part].to(device), context[part].to(device)
@@ -469,7 +475,7 @@ def generate(
                     return hold_given(x, ctx, g, model.patch_size)
 
                 fn = guided(model, y, guidance_scale, guidance_interval, given=g, guidance=guidance,
-                            channels=guidance_channels)
+                            channels=guidance_channels, power=guidance_power)
                 x = hold(sample(lambda x, t, fn=fn: fn(hold(x), t), hold(x), objective, sampler, steps, eta,
                                 streams))
         out.append(x.float().cpu())

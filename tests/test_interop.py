@@ -591,8 +591,19 @@ def test_an_mdt_import_computes_mdts_forward_and_samples_like_its_script(tmp_pat
     assert (ours - theirs).abs().max().item() <= 1e-5
     run = load_run(tmp_path / "run")
     s = run.config.sample
-    assert (s.sampler, s.steps, s.guidance_scale, s.guidance_channels) == ("ddpm", 250, 4.0, 3)
+    assert (s.sampler, s.steps, s.guidance_scale, s.guidance_channels, s.guidance_power) == ("ddpm", 250, 4.0, 3, 0.01)
     assert run.objective.step_offset == 0
+    # guidance as MDT's forward_with_cfg: the scale follows its power-cosine of the step, on 3 channels
+    from maskdit.samplers import guided
+
+    for power, step in ((0.01, 999), (0.5, 300)):
+        real = (4.0 - 1) * (1 - math.cos((1 - step / 1000) ** power * math.pi)) / 2 + 1
+        with torch.no_grad():
+            cond, uncond = (mdt_forward(sd, x[:1], torch.tensor([step]), torch.tensor([label]), heads=4)
+                            for label in (3, 10))
+            ours = guided(model, torch.tensor([3]), 4.0, channels=3, power=power)(x[:1], step / 1000)
+        want = torch.cat([uncond[:, :3] + real * (cond[:, :3] - uncond[:, :3]), cond[:, 3:]], dim=1)
+        assert (ours - want).abs().max().item() <= 1e-5
     # under token dropping each kept token keeps its own relative biases, skips and decoder positions:
     # keeping every token (shuffled) is the full pass, shuffled
     perm = torch.randperm(16, generator=g).expand(2, 16)

@@ -137,7 +137,8 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
     start = time.time()
     x = generate(run.model, run.objective, num, labels, sampler=sampler, steps=s.steps,
                  guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval, guidance=s.guidance,
-                 guidance_channels=s.guidance_channels, eta=s.eta, seed=seed, progress=progress)
+                 guidance_channels=s.guidance_channels, guidance_power=s.guidance_power, eta=s.eta, seed=seed,
+                 progress=progress)
     caption = (f"step {run.step}: {num} samples from the EMA weights, sampler={sampler}, steps={s.steps}, "
                f"guidance_scale={s.guidance_scale}, seed={seed} ({time.time() - start:.1f}s)")
     images = run.codec.decode(x)

@@ -184,7 +184,8 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
         labels = torch.arange(num) % model.num_classes if getattr(model, "num_classes", 0) > 0 else None
         x = generate(model, objective, num, labels, sampler=settings["sampler"], steps=s.steps,
                      guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval,
-                     guidance=s.guidance, guidance_channels=s.guidance_channels, eta=s.eta, seed=cfg.seed)
+                     guidance=s.guidance, guidance_channels=s.guidance_channels,
+                     guidance_power=s.guidance_power, eta=s.eta, seed=cfg.seed)
         metrics = ["domain_fid", "pr"] + (["class"] if labels is not None else [])
         scores = score_samples(dataset.codec.decode(x), labels, dataset, metrics, device=device, progress=False)
     scores.pop("per_class_accuracy", None)
