@@ -45,13 +45,17 @@ def random_dit_state(width=64, depth=2, heads=4, channels=4, patch=2, side=4, cl
           "final_layer.adaLN_modulation.1.weight": r(2 * width, width),
           "final_layer.adaLN_modulation.1.bias": r(2 * width)}
     for i in range(depth):
-        b = f"blocks.{i}."
-        sd.update({b + "attn.qkv.weight": r(3 * width, width), b + "attn.qkv.bias": r(3 * width),
-                   b + "attn.proj.weight": r(width, width), b + "attn.proj.bias": r(width),
-                   b + "mlp.fc1.weight": r(4 * width, width), b + "mlp.fc1.bias": r(4 * width),
-                   b + "mlp.fc2.weight": r(width, 4 * width), b + "mlp.fc2.bias": r(width),
-                   b + "adaLN_modulation.1.weight": r(6 * width, width), b + "adaLN_modulation.1.bias": r(6 * width)})
+        sd.update(random_block_state(r, f"blocks.{i}.", width, width))
     return sd
+
+
+def random_block_state(r, b, width, cond):
+    """One DiT block's tensors (timm's Attention and Mlp names) of ``width``, conditioned on ``cond``."""
+    return {b + "attn.qkv.weight": r(3 * width, width), b + "attn.qkv.bias": r(3 * width),
+            b + "attn.proj.weight": r(width, width), b + "attn.proj.bias": r(width),
+            b + "mlp.fc1.weight": r(4 * width, width), b + "mlp.fc1.bias": r(4 * width),
+            b + "mlp.fc2.weight": r(width, 4 * width), b + "mlp.fc2.bias": r(width),
+            b + "adaLN_modulation.1.weight": r(6 * width, cond), b + "adaLN_modulation.1.bias": r(6 * width)}
 
 
 def _modulate(v, shift, scale):
@@ -374,12 +378,7 @@ def random_maskdit_state(decoder_width=32, decoder_depth=2, mask_token=True, see
         if mask_token:
             sd["mask_token"] = r(1, 1, dw)
         for i in range(decoder_depth):
-            b = f"decoder_blocks.{i}."
-            sd.update({b + "attn.qkv.weight": r(3 * dw, dw), b + "attn.qkv.bias": r(3 * dw),
-                       b + "attn.proj.weight": r(dw, dw), b + "attn.proj.bias": r(dw),
-                       b + "mlp.fc1.weight": r(4 * dw, dw), b + "mlp.fc1.bias": r(4 * dw),
-                       b + "mlp.fc2.weight": r(dw, 4 * dw), b + "mlp.fc2.bias": r(dw),
-                       b + "adaLN_modulation.1.weight": r(6 * dw, width), b + "adaLN_modulation.1.bias": r(6 * dw)})
+            sd.update(random_block_state(r, f"decoder_blocks.{i}.", dw, width))
     return {"model." + k: v for k, v in sd.items()}  # EDMPrecond keeps the DiT as .model
 
 

@@ -541,26 +541,19 @@ class DiT(nn.Module):
         END)`` routes the ``keep_idx`` tokens through blocks ``START..END-1`` while the others skip them
         (TREAD) and returns the whole grid.
         """
+        options = {"given": given, "path_drop": path_drop, "route": route}
         if self.precond is not None:
-            return self.precond(self.network, x, t, self.patch_size, y=y, keep_idx=keep_idx, given=given,
-                                path_drop=path_drop, route=route)
-        return self.network(x, t, y, keep_idx, given, path_drop, route)
+            return self.precond(self.network, x, t, self.patch_size, y=y, keep_idx=keep_idx, **options)
+        return self.network(x, t, y, keep_idx, **options)
 
-    def network(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        y: torch.Tensor | None = None,
-        keep_idx: torch.Tensor | None = None,
-        given: torch.Tensor | None = None,
-        path_drop: torch.Tensor | bool | None = None,
-        route: Sequence[int] | None = None,
-    ) -> torch.Tensor:
-        """:meth:`forward` without the preconditioning (the network itself; the same for most models)."""
-        tokens, c = self.features(x, t, y, keep_idx, given=given, path_drop=path_drop, route=route)
-        out = self.head(tokens, c, keep_idx if keep_idx is not None and self.fusion is None and route is None
-                        else None)
-        if keep_idx is not None and self.fusion is None and route is None:
+    def network(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                keep_idx: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+        """:meth:`forward` without the preconditioning (the network itself; the same for most models);
+        ``options``: ``given``, ``path_drop``, ``route`` as there."""
+        tokens, c = self.features(x, t, y, keep_idx, **options)
+        tokens_out = keep_idx is not None and self.fusion is None and options.get("route") is None
+        out = self.head(tokens, c, keep_idx if tokens_out else None)
+        if tokens_out:
             return out
         return unpatchify(out, self.patch_size, tuple(x.shape[2:]), self.out_channels)
 
