@@ -636,11 +636,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     model = read_json(ckpt / "config.json", keys=("model",))["model"]
     params = sum(v.numel() for v in load_file(ckpt / "ema.safetensors").values())
     table = math.prod(model["input_size"]) // math.prod(model["patch_size"]) * model["hidden_size"]
-    print(f"imported {args.source}: {params / 1e6:.1f}M parameters ({(params + table) / 1e6:.1f}M with the fixed "
-          f"position table, as DiT counts), depth {model['depth']}, width "
+    counted = f"{(params + table) / 1e6:.1f}M with the fixed position table, as DiT counts" \
+        if model.get("pos", "sincos") == "sincos" else "its learned position tables included"
+    decoder = model.get("decoder") or {}
+    extras = [text for text, present in (
+        ("learned sigma", model.get("learn_sigma")),
+        (f"a decoder of {decoder.get('depth')} blocks at width {decoder.get('width')}", decoder),
+        ("EDM preconditioning", model.get("precond")),
+        (f"long skips with {model.get('long_skips')} decoder blocks", model.get("long_skips") is not None),
+        ("relative position bias", model.get("rel_pos_bias"))) if present]
+    print(f"imported {args.source}: {params / 1e6:.1f}M parameters ({counted}), depth {model['depth']}, width "
           f"{model['hidden_size']}, {model['num_heads']} heads, patch {model['patch_size'][0]}, input "
           f"{model['in_channels']}x{'x'.join(map(str, model['input_size']))}, {model['num_classes']} classes"
-          + (", learned sigma" if model.get("learn_sigma") else ""))
+          + "".join(f", {e}" for e in extras))
     print(f"wrote {ckpt}; sample with: maskdit sample {args.out} --out samples.png")
     print(args.out)
     return 0
