@@ -1,0 +1,34 @@
+"""Score the final EMA weights of study runs again with other sample seeds: the sampling noise of a table.
+
+    python benchmarks/reseed_eval.py runs/toolbox600/mnist32/plain_0 runs/toolbox600/mnist32/swiglu_0 --seeds 1,2
+
+Each run is evaluated exactly as the study's final evaluation (``training_eval``: the run's own eval_num,
+sampler and steps), only with ``seed`` changed; prints one line per run and seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from maskdit.checkpoint import latest_checkpoint, load_run
+from maskdit.data import load_dataset
+from maskdit.evaluate.suite import training_eval
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run directories (their latest checkpoint is scored)")
+    p.add_argument("--seeds", default="1,2", help="comma-separated sample seeds")
+    args = p.parse_args()
+    for path in args.runs:
+        run = load_run(latest_checkpoint(path))
+        dataset = load_dataset(run.config.data.name, run.config.data.path)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            run.config.seed = seed
+            scores = training_eval(run.model, run.objective, dataset, run.config)
+            print(f"{path} seed {seed}: " + ", ".join(f"{k} {scores[k]:.2f}" for k in ("domain_fid", "class_accuracy")
+                                                     if k in scores), flush=True)
+
+
+if __name__ == "__main__":
+    main()
