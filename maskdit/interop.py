@@ -22,8 +22,8 @@ as both model and EMA, a config that samples the way the source does, ready for 
   :mod:`maskdit.model.precond`), its narrow decoder kept as part of the network (``model.decoder``), the
   one-hot label map as a table with a zero null row. Sampling: EDM's Heun, 40 steps.
 * **MDT v2**: learned position tables, a relative position bias in every attention and long skips
-  (``model.pos=learned``, ``rel_pos_bias``, ``long_skips``); the training-only side-interpolater is left
-  out. Sampling as DiT.
+  (``model.pos=learned``, ``rel_pos_bias``, ``long_skips``); its side-interpolater becomes the ``mdt``
+  recipe's training-only weights. Sampling as DiT, with MDT's power-cosine guidance schedule.
 * **diffusers** ``DiTTransformer2DModel``: its time embedding shifts the frequencies
   (``downscale_freq_shift=1``) and its pre-MLP LayerNorm has eps ``norm_eps``; both are kept in the model
   config. diffusers gives every block its own copy of the time and label embedders: they must be equal
@@ -47,9 +47,12 @@ from maskdit.checkpoint import checkpoint_files, find_run, save_checkpoint, writ
 from maskdit.errors import CheckpointError, ConfigError
 from maskdit.grid import sincos_pos_embed, token_grid_shape
 from maskdit.model import DiT, PRESETS
+from maskdit.model.blocks import RelativePositionBias
 from maskdit.registry import Registry
 
-#: source format name -> converter ``(path, num_heads) -> (model config, state dict, run settings)``
+#: source format name -> converter ``(path, num_heads) -> (model config, state dict, run settings)``; the
+#: settings may carry ``"aux"``: the tensors of the training recipe (``settings["mask"]["recipe"]``) the
+#: source was trained with, written as the run's training-only weights
 FORMATS: Registry[Any] = Registry("import format", key="--format")
 #: DiT's width -> heads (S, B, L, XL), for checkpoints that do not say
 HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1152: 16}
@@ -87,6 +90,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in data.items()}
 
 
+def _count(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    """How many numbered modules ``PREFIX<i>.`` the state dict holds (blocks, decoder blocks...)."""
+    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+
+
 def _refuse_keys(expected: set[str], found: set[str], source: Path, kind: str) -> None:
     missing, extra = sorted(expected - found), sorted(found - expected)
     if missing:
@@ -120,7 +128,7 @@ def dit_layout(sd: dict[str, torch.Tensor], source: Path, num_heads: int | None,
         raise CheckpointError(f"{source}: x_embedder.proj.weight has shape {tuple(proj.shape)}, not a square 2-D "
                               "patch embedding (width, channels, p, p)")
     width, channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
-    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    depth = _count(sd, "blocks.")
     if depth == 0 or "pos_embed" not in sd:
         raise CheckpointError(f"{source}: no transformer blocks or no pos_embed: not a DiT/SiT state dict")
     tokens = sd["pos_embed"].shape[-2]
@@ -220,7 +228,7 @@ def import_maskdit(source: Path, num_heads: int | None = None) -> tuple[dict, di
     decoder_pos = sd.pop("decoder_pos_embed", None)
     if "decoder_layer.linear.weight" in sd:
         width = sd["decoder_layer.linear.weight"].shape[0]
-        depth = len({k.split(".")[1] for k in sd if k.startswith("decoder_blocks.")})
+        depth = _count(sd, "decoder_blocks.")
         extra["decoder"] = {"width": width, "depth": depth, "num_heads": MASKDIT_DECODER_HEADS}
         for key in [k for k in sd if k.startswith(("decoder_layer.", "decoder_blocks."))]:
             ours = key.replace("decoder_layer.", "decoder.", 1).replace("decoder_blocks.", "decoder.blocks.", 1)
@@ -240,8 +248,8 @@ def import_maskdit(source: Path, num_heads: int | None = None) -> tuple[dict, di
 
 
 # -- MDT --------------------------------------------------------------------------------------------------
-def _count(sd: dict[str, torch.Tensor], prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+MDT_BIAS = ("attn.rel_bias.table", "attn.rel_pos_bias.relative_position_bias_table")  #: (maskdit's, MDT's) name
+MDT_BIAS_INDEX = "attn.rel_pos_bias.relative_position_index"  #: a buffer MDT saves; maskdit recomputes it
 
 
 @FORMATS.register("mdt", "MDT v2 release (sail-sg/MDT: the state dict of MDTv2); learned positions, relative "
@@ -278,31 +286,31 @@ def import_mdt(source: Path, num_heads: int | None = None) -> tuple[dict, dict, 
               "long_skips": dec}
     if config["num_classes"] < 1:
         raise CheckpointError(f"{source}: no label table: maskdit imports class-conditional MDT models")
-    model = DiT(**config)  # the real model: its bias index is compared with the source's below
+    with torch.device("meta"):  # names and shapes only: the import builds the real model once, later
+        model = DiT(**config)
     names = mdt_names(model)
-    side = {k for k in sd if k.startswith("sideblocks.") or k == "mask_token"}  # the masked pass's: optional
-    _refuse_keys(set(names.values()), {k for k in sd if k not in side and not k.endswith("relative_position_index")},
+    side_keys = {k for k in sd if k.startswith("sideblocks.") or k == "mask_token"}  # the masked pass's: optional
+    _refuse_keys(set(names.values()), {k for k in sd if k not in side_keys and not k.endswith(MDT_BIAS_INDEX)},
                  source, "MDT v2")
-    for i in range(model.depth):
-        index = sd.get(names[f"blocks.{i}.attn.rel_bias.table"].replace("bias_table", "index"))
-        if index is not None and not torch.equal(index.long(), model.blocks[i].attn.rel_bias.index):
-            raise CheckpointError(f"{source}: block {i}'s relative_position_index is not BEiT's for a {side}x{side} "
-                                  "grid")
+    index = RelativePositionBias((side, side), heads).index  # the same in every block
+    for key in (k for k in sd if k.endswith(MDT_BIAS_INDEX) and k not in side_keys):
+        if not torch.equal(sd[key].long(), index):
+            raise CheckpointError(f"{source}: {key} is not BEiT's relative position index for a {side}x{side} grid")
     state = {ours: sd[theirs] for ours, theirs in names.items()}
     state["patch_embed.weight"] = proj.permute(0, 2, 3, 1).reshape(width, -1)
     settings = {"objective": {"name": "ddpm", "schedule": "linear", "num_steps": 1000, "step_offset": 0},
                 "sample": {"sampler": "ddpm" if config["learn_sigma"] else "ddim", "steps": 250,
                            "guidance_scale": 4.0, "guidance_channels": 3, "guidance_power": 0.01},
                 "mask": {"recipe": "mdt"}}
-    if side:  # MDT's side-interpolater: the mdt recipe's training-only weights (aux.safetensors)
+    if side_keys:  # MDT's side-interpolater: the mdt recipe's training-only weights (aux.safetensors)
         if _count(sd, "sideblocks.") != 1 or "mask_token" not in sd:
             found = f"{_count(sd, 'sideblocks.')} side block(s), {'a' if 'mask_token' in sd else 'no'} mask token"
             raise CheckpointError(f"{source}: MDT v2 has one side block and a mask token; found {found}")
         settings["aux"] = {"interpolater.mask_token": sd["mask_token"].reshape(width)}
         for key, value in sd.items():
-            if key.startswith("sideblocks.0.") and not key.endswith("relative_position_index"):
+            if key.startswith("sideblocks.0.") and not key.endswith(MDT_BIAS_INDEX):
                 ours = key.replace("sideblocks.0.", "interpolater.block.", 1)
-                settings["aux"][ours.replace("rel_pos_bias.relative_position_bias_table", "rel_bias.table")] = value
+                settings["aux"][ours.replace(MDT_BIAS[1], MDT_BIAS[0])] = value
     return model.config, _checked_shapes(model, state, source), settings
 
 
@@ -319,8 +327,7 @@ def mdt_names(model: DiT) -> dict[str, str]:
         head, _, rest = ours.partition(".")
         if head == "blocks":
             i, _, tail = rest.partition(".")
-            names[ours] = block(int(i)) + tail.replace("attn.rel_bias.table",
-                                                       "attn.rel_pos_bias.relative_position_bias_table")
+            names[ours] = block(int(i)) + tail.replace(*MDT_BIAS)
         elif head == "skips":
             i, _, tail = rest.partition(".")
             names[ours] = block(int(i)) + "skip_linear." + tail

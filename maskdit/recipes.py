@@ -40,6 +40,7 @@ from torch import nn
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify
 from maskdit.masks import gather_tokens, scatter_tokens
+from maskdit.model.blocks import DEFAULT_BLOCK
 from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
 from maskdit.model.dit import DiT, check_fusion_route, check_tread_route
 from maskdit.objectives import Objective, denoising_loss, prediction_loss, regression_pair, token_mse, training_pair
@@ -134,7 +135,7 @@ class MDTRecipe(nn.Module):
             )
         self.encoder_depth = encoder_depth
         self.interpolater = SideInterpolater(model.hidden_size, model.num_heads, model.mlp_ratio, pos_on_kept=skips,
-                                             **({"options": model.block_options} if skips else {}))
+                                             options=model.block_options if skips else DEFAULT_BLOCK)
 
     @classmethod
     def build(cls, model: DiT, cfg: Any) -> MDTRecipe:

@@ -135,9 +135,10 @@ def inherit_function(cfg: Config, ckpt: Path) -> None:
     # layers an import brought (MaskDiT's decoder, MDT's skips and biases) stay unless the config names them
     if saved["model"].get("decoder") and not cfg.model.decoder.width:
         cfg.model.decoder = DecoderConfig(**saved["model"]["decoder"])
-    for key in ("rel_pos_bias", "long_skips"):
-        if saved["model"].get(key) and not getattr(cfg.model, key):
-            setattr(cfg.model, key, saved["model"][key])
+    if saved["model"].get("rel_pos_bias"):
+        cfg.model.rel_pos_bias = True
+    if saved["model"].get("long_skips") is not None and cfg.model.long_skips is None:
+        cfg.model.long_skips = saved["model"]["long_skips"]
     objective = saved["config"].get("objective", {}) if isinstance(saved["config"], dict) else {}
     if objective.get("name") == cfg.objective.name == "ddpm":
         cfg.objective.step_offset = int(objective.get("step_offset", 1))

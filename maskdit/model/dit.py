@@ -414,14 +414,15 @@ class DiT(nn.Module):
         completes every token (with the decoder table) and the decoder blocks run on all ``N``."""
         half, stack = self.skip_half, []
         tokens = embedded if pos is None else gather_tokens(embedded, pos)
+        inputs = tokens  # what the decoder blocks join: the embedded input of the tokens that pass
         for i, block in enumerate(self.blocks):
-            if i == 2 * half and side is not None and pos is not None:
-                tokens, pos = side(tokens, c, pos, self.decoder_pos_embed), None
+            if i == 2 * half and side is not None and pos is not None:  # MDT's masked pass completes every token
+                tokens, pos, inputs = side(tokens, c, pos, self.decoder_pos_embed), None, embedded
             elif i == 2 * half:
-                table = self.decoder_pos_embed
-                tokens = tokens + (table if pos is None else gather_tokens(table.expand(len(tokens), -1, -1), pos))
+                table = self.decoder_pos_embed.expand(len(tokens), -1, -1)
+                tokens = tokens + (table if pos is None else gather_tokens(table, pos))
             if i >= half:
-                skip = stack.pop() if i < 2 * half else embedded if pos is None else gather_tokens(embedded, pos)
+                skip = stack.pop() if i < 2 * half else inputs
                 tokens = self.skips[str(i)](torch.cat([tokens, skip], dim=-1))
             tokens = block(tokens, c, pos)
             if i < half:
