@@ -1,10 +1,12 @@
 """Depth pruning with a recovery finetune against the full model: domain FID and class accuracy.
 
-    python benchmarks/prune.py runs/digits --keep 3 --finetune 0.2 --num 400
+    python benchmarks/prune.py runs/digits --keep 3 --finetune 0.2 --num 400 --distill 1.0
 
 For each method (learned TinyFusion search, evenly spaced) the run is pruned to ``--keep`` blocks, scored
 as pruned, finetuned from there for ``--finetune`` x the run's training steps with its own config
-(``init_from``), and scored again; the full model is scored alongside. Scores: domain FID and class
+(``init_from``), and scored again; with ``--distill W`` also finetuned with the full run as the teacher
+(``distill.teacher``, ``distill.weight=W``: TinyFusion's recovery by distillation). The full model is scored
+alongside. Scores: domain FID and class
 accuracy of ``--num`` samples (the run's sampler, steps and guidance), two noise seeds.
 """
 
@@ -43,6 +45,8 @@ def main() -> None:
     p.add_argument("--search-steps", type=int, default=200)
     p.add_argument("--num", type=int, default=400)
     p.add_argument("--methods", default="learned,every-other")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="also finetune with the full run as teacher at this distill.weight (0 = not)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="finetune config overrides, e.g. lr=3e-4")
     args = p.parse_args()
     from maskdit.checkpoint import load_run
@@ -61,15 +65,19 @@ def main() -> None:
         r = prune_run(args.run, pruned, args.keep, method, args.search_steps)
         search_s = time.perf_counter() - start
         rows.append((f"{method}, pruned", args.keep, str(r["kept"]), score(pruned, args.num, dataset), search_s))
-        cfg = load_run(pruned).config.to_dict()
-        cfg.update(steps=steps, init_from=str(pruned), run_dir=str(work / f"{method}-ft"),
-                   ckpt_every=steps, keep_checkpoints=1)
-        config_path = work / f"{method}.yaml"
-        config_path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if v is not None}))
-        start = time.perf_counter()
-        assert cli(["train", "--no-progress", str(config_path), *args.overrides]) == 0
-        rows.append((f"{method}, + finetune {steps} steps", args.keep, str(r["kept"]),
-                     score(work / f"{method}-ft", args.num, dataset), time.perf_counter() - start))
+        for distill in [0.0, args.distill] if args.distill else [0.0]:
+            cfg = load_run(pruned).config.to_dict()
+            out = work / f"{method}-ft{'-kd' if distill else ''}"
+            cfg.update(steps=steps, init_from=str(pruned), run_dir=str(out), ckpt_every=steps, keep_checkpoints=1)
+            if distill:
+                cfg["distill"] = {"teacher": str(args.run), "weight": distill}
+            config_path = work / f"{out.name}.yaml"
+            config_path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if v is not None}))
+            start = time.perf_counter()
+            assert cli(["train", "--no-progress", str(config_path), *args.overrides]) == 0
+            how = f" distilled (weight {distill:g})" if distill else ""
+            rows.append((f"{method}, + finetune {steps} steps{how}", args.keep, str(r["kept"]),
+                         score(out, args.num, dataset), time.perf_counter() - start))
     base = sum(s["domain_fid"] for s in rows[0][3]) / 2
     print(f"\nrun {args.run} (step {full.step}, {len(full.model.blocks)} blocks), {args.num} samples x seeds 0 "
           "and 1\n")

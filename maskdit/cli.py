@@ -7,7 +7,7 @@
     maskdit info   RUN_DIR
     maskdit bench  --preset NAME --input CxHxW --batch B
     maskdit invert RUN_DIR --images X.npz --out noise.npz   (then: sample RUN_DIR --from-noise noise.npz ...)
-    maskdit prune  RUN_DIR --keep-blocks K --out NEW_RUN    (then: train init_from=NEW_RUN model.depth=K ...)
+    maskdit prune  RUN_DIR --keep-blocks K --out NEW_RUN    (then: train init_from=NEW_RUN distill.teacher=RUN_DIR ...)
 
 Errors a user can fix print one line (``error: ...``) and exit with status 2.
 """
@@ -886,7 +886,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
           f"full {r['loss_full']:.4f}, kept {r['loss_kept']:.4f}, evenly spaced {r['every_other']} "
           f"{r['loss_every_other']:.4f}")
     print(f"wrote {args.out}; recover with: maskdit train init_from={args.out} model.depth={args.keep_blocks} "
-          f"run_dir=NEW_DIR steps=N (plus the options the run was trained with)")
+          f"distill.teacher={args.run_dir} run_dir=NEW_DIR steps=N (plus the options the run was trained with; "
+          "the full run as teacher recovers best, docs/inference.md)")
     return 0
 
 

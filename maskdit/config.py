@@ -152,6 +152,12 @@ class AlignConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = None  #: a run (or checkpoint) whose EMA model teaches, e.g. the unpruned run; null = off
+    weight: float = 1.0  #: share of the regression target the teacher supplies, in (0, 1] (1 = pure distillation)
+
+
+@dataclass
 class DistConfig:
     strategy: str = "ddp"  #: under torchrun: a maskdit.distributed.STRATEGIES entry (ddp | fsdp)
 
@@ -189,6 +195,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,6 +293,7 @@ class Config:
             ("align.encoder", self.align.weight == 0 or bool(self.align.encoder),
              "a directory from maskdit encoder train when align.weight > 0"),
             ("align.hidden", self.align.hidden is None or self.align.hidden >= 1, "null or at least 1"),
+            ("distill.weight", 0 < self.distill.weight <= 1, "in (0, 1] (set distill.teacher=null to turn it off)"),
             ("task.names", all(n in TASKS for n in task.names), f"a list from {one_of(TASKS.names())}"),
             ("task.weights", weights is None or (len(weights) == len(task.names) and min(weights, default=0) >= 0
                                                  and sum(weights) > 0),

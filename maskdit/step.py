@@ -117,14 +117,16 @@ class TrainingStep(nn.Module):
     ``parts`` are detached scalar tensors (the recipe's loss terms and every auxiliary term by name), so
     reading them is left to the caller's log steps. Parameters are the model's, then the recipe's
     training-only ones, then the alignment projector's, if any (the optimizer's order). ``alignment`` (a
-    :class:`maskdit.align.Alignment`) sees the clean batch before the recipe runs the model.
+    :class:`maskdit.align.Alignment`) sees the clean batch before the recipe runs the model;
+    ``distillation`` (a :class:`maskdit.distill.Distillation`) mixes a frozen teacher's prediction into the
+    target the recipe regresses.
     """
 
     def __init__(self, model: nn.Module, recipe: nn.Module, objective: Objective,
-                 alignment: nn.Module | None = None):
+                 alignment: nn.Module | None = None, distillation: Any = None):
         super().__init__()
         self.model, self.recipe, self.objective = model, recipe, objective
-        self.alignment = alignment
+        self.alignment, self.distillation = alignment, distillation
 
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor | None], inputs: StepInputs
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -139,7 +141,10 @@ class TrainingStep(nn.Module):
         try:
             with collect_aux_losses() as aux:
                 extra = {} if inputs.path_drop is None else {"path_drop": inputs.path_drop}
-                loss, parts = self.recipe.loss(model, self.objective, x0, y, inputs.t, inputs.noise,
+                objective = self.objective
+                if self.distillation is not None:
+                    objective = self.distillation.objective(objective, y, inputs.given)
+                loss, parts = self.recipe.loss(model, objective, x0, y, inputs.t, inputs.noise,
                                                inputs.keep_idx, inputs.given, **extra)
         finally:
             if self.alignment is not None:

@@ -51,6 +51,7 @@ from maskdit.checkpoint import (
 )
 from maskdit.config import Config, DecoderConfig, check_against_data, device_name_ok
 from maskdit.data import dataset_from_config
+from maskdit.distill import distillation_for
 from maskdit.distributed import (
     STRATEGIES,
     World,
@@ -208,7 +209,8 @@ class Trainer:
 
             self.alignment = Alignment(self.model, load_encoder(cfg.align.encoder), cfg.align.block,
                                        cfg.align.weight, cfg.align.hidden).to(self.device)
-        self.step_module = TrainingStep(self.model, self.recipe, self.objective, self.alignment)
+        self.distillation = distillation_for(cfg, self.model, self.device)  # distill.teacher: a frozen teacher
+        self.step_module = TrainingStep(self.model, self.recipe, self.objective, self.alignment, self.distillation)
         self.forward = self.step_module  # what a step calls: wrapped by the dist.strategy on several ranks
         self.strategy = STRATEGIES.get(cfg.dist.strategy)(self.world, self.device) if self.world.size > 1 else None
         self.sharded = bool(self.strategy and self.strategy.sharded)

@@ -76,9 +76,14 @@ def test_ras_ratio_1_is_exactly_uncached_and_a_share_keeps_the_guarantees(model)
         draw(model, accel="ras:ratio=0")
 
 
-def test_int8_linear_is_within_a_quantum_of_float_and_each_row_is_its_own():
+@pytest.mark.parametrize("kernel", ["onednn", "fbgemm"])
+def test_int8_linear_is_within_a_quantum_of_float_and_each_row_is_its_own(kernel, monkeypatch):
+    import maskdit.quant as quant
     from maskdit.quant import Int8Linear, TimeGroup
 
+    if kernel == "onednn" and not quant._onednn_works():
+        pytest.skip("this PyTorch has no oneDNN int8 linear")
+    monkeypatch.setitem(quant._ONEDNN, "ok", kernel == "onednn")
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
     group = TimeGroup(2)
@@ -99,6 +104,32 @@ def test_int8_linear_is_within_a_quantum_of_float_and_each_row_is_its_own():
         assert ((q._cuda(x, 3.0) - ref).abs() <= bound * 1.01 + 1e-5).all()
         group.index = 1  # the other time group: inputs clip to its range of 0.5
         assert torch.allclose(q(x), linear(x.clamp(-0.5, 0.5)), atol=float(bound.max()))
+
+
+def test_int8_feed_forward_runs_gelu_inside_the_kernel_within_the_quantization_error():
+    import torch.nn.functional as F
+
+    from maskdit.model.blocks import Mlp
+    from maskdit.quant import Int8Mlp, TimeGroup, _onednn_works
+
+    torch.manual_seed(0)
+    mlp = Mlp(64, 256)
+    x = torch.randn(40, 64).clamp(-3, 3)
+    with torch.no_grad():
+        hidden = F.gelu(mlp.fc1(x), approximate="tanh")
+        q = Int8Mlp(mlp, torch.tensor([3.0]), torch.tensor([float(hidden.abs().max())]), TimeGroup(1))
+        ref, out = mlp(x), q(x)
+        assert (out - ref).abs().max() / ref.abs().max() < 0.03
+        assert torch.equal(q(x[:5]), out[:5])  # rows stay independent
+        wild = torch.cat([x[:5], 100 * torch.randn(3, 64)])
+        assert torch.equal(q(wild)[:5], out[:5])  # outliers are clipped, in the input and in the hidden codes
+        # the unfused path (float GELU between two int8 layers: CUDA, or no oneDNN) agrees to the same error
+        unfused = q.fc2(F.gelu(q.fc1(x), approximate="tanh"))
+        assert (unfused - ref).abs().max() / ref.abs().max() < 0.03
+        if _onednn_works():
+            assert not torch.equal(out, unfused)  # the fused kernel really ran
+            # the hidden codes span [GELU_MIN, range]: half the step of a symmetric range, so less error
+            assert q.hidden_scale()[0] < 2 * float(hidden.abs().max()) / 255
 
 
 def test_int8_sampling_calibrates_once_per_setting_and_keeps_the_guarantees(model):
@@ -125,8 +156,10 @@ def test_int8_sampling_calibrates_once_per_setting_and_keeps_the_guarantees(mode
         assert len(calibrations) == 2
     finally:
         quant.calibrate = original
-    layers = [m for m in model.__dict__["_int8_cache"].popitem()[1].modules() if isinstance(m, quant.Int8Linear)]
+    quantized = model.__dict__["_int8_cache"].popitem()[1]
+    layers = [m for m in quantized.modules() if isinstance(m, quant.Int8Linear)]
     assert len(layers) == 4 * 4  # qkv, proj, fc1, fc2 of each of 4 blocks; adaLN stays float
+    assert sum(isinstance(m, quant.Int8Mlp) for m in quantized.modules()) == 4  # fc1 + GELU + fc2 as one
     assert all(len(layer.ranges) == 3 for layer in layers)
     assert not any(isinstance(m, quant.Int8Linear) for m in model.modules())  # the float model is untouched
 

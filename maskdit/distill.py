@@ -1,0 +1,106 @@
+"""Knowledge distillation from a frozen teacher run: the recovery finetune after depth pruning (TinyFusion),
+or any smaller student of the same data and objective.
+
+At every training step the teacher (the EMA model of ``distill.teacher``) predicts the objective's target at
+the step's own noisy input, labels and condition mask, and a share ``w`` (``distill.weight``) of the
+regression target comes from it: the target is ``(1 - w) * data target + w * teacher prediction``. Since
+``(1 - w)|s - d|^2 + w|s - T|^2 = |s - ((1 - w) d + w T)|^2 + const``, this is the data loss plus ``w`` x
+the student-to-teacher loss, in every recipe at once: recipes ask the objective for their target, and the
+step hands them an objective whose target is mixed. ``w = 1`` is pure distillation. The teacher costs one
+no-grad forward on every token per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskdit.errors import ConfigError
+from maskdit.objectives import Objective, hold_given
+
+
+class TeacherTarget:
+    """``objective`` with its ``target`` mixed with the teacher's prediction for one step's ``y`` and ``given``;
+    every other attribute is the objective's own."""
+
+    def __init__(self, objective: Objective, teacher: nn.Module, weight: float, y: torch.Tensor | None,
+                 given: torch.Tensor | None):
+        self._objective, self._teacher, self._weight = objective, teacher, weight
+        self._y, self._given = y, given
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._objective, name)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        data = self._objective.target(x0, noise, t)
+        x_t = self._objective.noisy(x0, noise, t)
+        teacher = self._teacher
+        if self._given is not None:
+            x_t = hold_given(x_t, x0, self._given, teacher.patch_size)
+        with torch.no_grad():
+            pred = teacher(x_t, t, self._y, given=self._given)[:, : data.shape[1]]
+        return torch.lerp(data.float(), pred.float(), self._weight).to(data.dtype)
+
+
+class Distillation:
+    """A frozen teacher and the share of the target it supplies; :meth:`objective` wraps a step's objective.
+
+    The teacher is held outside the module tree (a list), so it is neither trained nor checkpointed and
+    adds no parameters to the optimizer or to DDP/FSDP.
+    """
+
+    def __init__(self, teacher: nn.Module, weight: float):
+        if not 0 < weight <= 1:
+            raise ConfigError(f"config key distill.weight must be in (0, 1], got {weight}")
+        self._teacher = [teacher.eval().requires_grad_(False)]
+        self.weight = float(weight)
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher[0]
+
+    def to(self, device: torch.device | str) -> Distillation:
+        self._teacher[0] = self.teacher.to(device)
+        return self
+
+    def objective(self, objective: Objective, y: torch.Tensor | None, given: torch.Tensor | None) -> TeacherTarget:
+        return TeacherTarget(objective, self.teacher, self.weight, y, given)
+
+
+def check_teacher(student: nn.Module, teacher: nn.Module, cfg: Any, teacher_cfg: Any, where: str) -> None:
+    """Refuse a teacher that does not predict the student's target on the student's inputs."""
+    facts = [
+        ("input channels", student.in_channels, teacher.in_channels),
+        ("input size", tuple(student.input_size), tuple(teacher.input_size)),
+        ("patch size", tuple(student.patch_size), tuple(teacher.patch_size)),
+        ("classes", student.num_classes, teacher.num_classes),
+        ("objective", cfg.objective.name, teacher_cfg.objective.name),
+        ("preconditioning", student.config.get("precond"), teacher.config.get("precond")),
+    ]
+    if cfg.objective.name == "ddpm":
+        facts += [(f"objective.{k}", getattr(cfg.objective, k), getattr(teacher_cfg.objective, k))
+                  for k in ("schedule", "num_steps", "step_offset")]
+    for what, mine, theirs in facts:
+        if mine != theirs:
+            raise ConfigError(f"distill.teacher {where} cannot teach this model: its {what} is {theirs}, this "
+                              f"model's is {mine}; distil from a run of the same data and objective")
+    if cfg.task.names and not teacher_cfg.task.names:
+        raise ConfigError(f"distill.teacher {where} was trained without condition-mask tasks and cannot predict "
+                          f"with given tokens; drop task.names or distil from a task-trained run")
+
+
+def distillation_for(cfg: Any, student: nn.Module, device: torch.device | str) -> Distillation | None:
+    """The run's :class:`Distillation` (``distill.teacher`` set), or ``None``."""
+    if not cfg.distill.teacher:
+        return None
+    from maskdit.checkpoint import load_run
+    from maskdit.errors import CheckpointError
+
+    try:
+        teacher = load_run(cfg.distill.teacher)
+    except CheckpointError as e:
+        raise ConfigError(f"distill.teacher: {e}") from e
+    check_teacher(student, teacher.model, cfg, teacher.config, cfg.distill.teacher)
+    return Distillation(teacher.model, cfg.distill.weight).to(device)
