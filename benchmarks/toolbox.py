@@ -11,8 +11,9 @@ the EMA weights' domain FID and class accuracy), one after the other, so run it 
 MoE arms keep the active parameters of the dense model: each token passes one routed and one shared
 expert of half the MLP width (``model.mlp_ratio=2``). The alignment arm first trains its encoder with
 ``maskdit encoder train`` on the same images (its time is printed, not counted in the budget, as REPA does
-not count DINOv2's). Two arms add masked training: the masking study's best recipe (SPRINT at 0.75, then
-10% of the budget unmasked) alone, with SwiGLU, RoPE and alignment. Curves and the table go to
+not count DINOv2's). Other arms add masked training: the masking study's best recipe on mnist32 (SPRINT at
+0.75, then 10% of the budget unmasked) alone, with SwiGLU, RoPE and alignment, and the digits' best (TREAD
+at 0.5) alone and with SwiGLU. Curves and the table go to
 ``docs/toolbox/DATA``.
 """
 
@@ -48,6 +49,9 @@ ARMS: dict[str, list[str]] = {
                                       "mask.shape=structured"],
     "align + sprint 0.75 + finetune": ["align.weight=0.5", "align.block=2", "mask.recipe=sprint", "mask.ratio=0.75",
                                        "mask.shape=structured"],
+    # the digits' best masked recipe (docs/masking.md: TREAD 0.5, a tie with unmasked at 16 tokens)
+    "tread 0.5": ["mask.recipe=tread", "mask.ratio=0.5"],
+    "swiglu + tread 0.5": ["model.mlp=swiglu", "mask.recipe=tread", "mask.ratio=0.5"],
 }
 
 
