@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskdit.errors import ConfigError
+from maskdit.errors import CheckpointError, ConfigError
 from maskdit.objectives import Objective, hold_given
 
 
@@ -69,8 +69,10 @@ class Distillation:
         return TeacherTarget(objective, self.teacher, self.weight, y, given)
 
 
-def check_teacher(student: nn.Module, teacher: nn.Module, cfg: Any, teacher_cfg: Any, where: str) -> None:
-    """Refuse a teacher that does not predict the student's target on the student's inputs."""
+def check_teacher(student: nn.Module, teacher: nn.Module, cfg: Any, teacher_cfg: Any) -> None:
+    """Refuse a teacher (``cfg.distill.teacher``, trained with ``teacher_cfg``) that does not predict the
+    student's target on the student's inputs."""
+    where = cfg.distill.teacher
     facts = [
         ("input channels", student.in_channels, teacher.in_channels),
         ("input size", tuple(student.input_size), tuple(teacher.input_size)),
@@ -96,11 +98,10 @@ def distillation_for(cfg: Any, student: nn.Module, device: torch.device | str) -
     if not cfg.distill.teacher:
         return None
     from maskdit.checkpoint import load_run
-    from maskdit.errors import CheckpointError
 
     try:
         teacher = load_run(cfg.distill.teacher)
     except CheckpointError as e:
         raise ConfigError(f"distill.teacher: {e}") from e
-    check_teacher(student, teacher.model, cfg, teacher.config, cfg.distill.teacher)
+    check_teacher(student, teacher.model, cfg, teacher.config)
     return Distillation(teacher.model, cfg.distill.weight).to(device)

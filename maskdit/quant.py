@@ -21,6 +21,7 @@ wide hidden activations never exist in float. Where oneDNN's op is missing, fbge
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -37,21 +38,22 @@ FLOAT_LAYERS = ("adaLN_modulation",)
 GELU_MIN = -0.1700
 
 
-def _onednn_works() -> bool:
+@functools.cache
+def onednn_available() -> bool:
     """Whether this PyTorch has oneDNN's int8 linear on the CPU (x86 builds); checked once by a tiny call."""
-    if "ok" not in _ONEDNN:
-        try:
-            packed = torch.ops.onednn.qlinear_prepack(torch.ones(2, 2, dtype=torch.int8), None)
-            out = torch.ops.onednn.qlinear_pointwise(torch.full((1, 2), 129, dtype=torch.uint8), 1.0, 128, packed,
-                                                     torch.ones(2), torch.zeros(2, dtype=torch.long), None, 1.0, 0,
-                                                     torch.float32, "none", [], "")
-            _ONEDNN["ok"] = bool(torch.equal(out, torch.full((1, 2), 2.0)))
-        except (AttributeError, RuntimeError, NotImplementedError):
-            _ONEDNN["ok"] = False
-    return _ONEDNN["ok"]
+    try:
+        packed = torch.ops.onednn.qlinear_prepack(torch.ones(2, 2, dtype=torch.int8), None)
+        out = torch.ops.onednn.qlinear_pointwise(torch.full((1, 2), 129, dtype=torch.uint8), 1.0, 128, packed,
+                                                 torch.ones(2), torch.zeros(2, dtype=torch.long), None, 1.0, 0,
+                                                 torch.float32, "none", [], "")
+        return bool(torch.equal(out, torch.full((1, 2), 2.0)))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
-_ONEDNN: dict[str, bool] = {}
+def _onednn_for(x: torch.Tensor) -> bool:
+    """Whether ``x`` goes through the oneDNN kernels: a non-empty CPU tensor where they exist."""
+    return x.device.type == "cpu" and x.numel() > 0 and onednn_available()
 
 
 def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
@@ -95,6 +97,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
         self._packed: Any = None
         self._onednn: Any = None
+        self._w_zero = torch.zeros(self.out_features, dtype=torch.long)  # oneDNN's weight zero points
 
     def _cpu_packed(self) -> Any:
         if self._packed is None:
@@ -108,7 +111,6 @@ class Int8Linear(nn.Module):
     def onednn_packed(self) -> Any:
         if self._onednn is None:
             self._onednn = torch.ops.onednn.qlinear_prepack(self.w_int8, None)
-            self._w_zero = torch.zeros(self.out_features, dtype=torch.long)
         return self._onednn
 
     def onednn(self, codes: torch.Tensor, scale: float, zero_point: int, out_scale: float = 1.0,
@@ -128,7 +130,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         limit = self.ranges[self.group.index]
         shape = x.shape
-        if x.device.type == "cpu" and _onednn_works() and x.numel():
+        if _onednn_for(x):
             codes, scale = self.input_codes(x)
             out = self.onednn(codes, scale, 128)
         elif x.device.type == "cpu":
@@ -169,7 +171,7 @@ class Int8Mlp(nn.Module):
         return scale, round(-GELU_MIN / scale)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        if x.device.type != "cpu" or not _onednn_works() or not x.numel():
+        if not _onednn_for(x):
             return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
         codes, scale = self.fc1.input_codes(x)
         h_scale, h_zero = self.hidden_scale()
@@ -208,15 +210,16 @@ def quantize(model: nn.Module, ranges: dict[str, torch.Tensor], groups: int) -> 
     """A copy of ``model`` whose target layers are :class:`Int8Linear` with the calibrated ``ranges``."""
     q = copy.deepcopy(model)
     group = TimeGroup(groups)
+
+    def replace(name: str, module: nn.Module) -> None:
+        parent_name, _, child = name.rpartition(".")
+        setattr(q.blocks.get_submodule(parent_name) if parent_name else q.blocks, child, module)
+
     for name, mlp in list(q.blocks.named_modules()):
         if type(mlp) is Mlp:
-            parent_name, _, child = name.rpartition(".")
-            setattr(q.blocks.get_submodule(parent_name), child,
-                    Int8Mlp(mlp, ranges[f"{name}.fc1"], ranges[f"{name}.fc2"], group))
+            replace(name, Int8Mlp(mlp, ranges[f"{name}.fc1"], ranges[f"{name}.fc2"], group))
     for name, linear in _targets(q):
-        parent_name, _, child = name.rpartition(".")
-        parent = q.blocks.get_submodule(parent_name) if parent_name else q.blocks
-        setattr(parent, child, Int8Linear(linear, ranges[name], group))
+        replace(name, Int8Linear(linear, ranges[name], group))
     group.hook(q)
     return q
 

@@ -81,9 +81,9 @@ def test_int8_linear_is_within_a_quantum_of_float_and_each_row_is_its_own(kernel
     import maskdit.quant as quant
     from maskdit.quant import Int8Linear, TimeGroup
 
-    if kernel == "onednn" and not quant._onednn_works():
+    if kernel == "onednn" and not quant.onednn_available():
         pytest.skip("this PyTorch has no oneDNN int8 linear")
-    monkeypatch.setitem(quant._ONEDNN, "ok", kernel == "onednn")
+    monkeypatch.setattr(quant, "onednn_available", lambda: kernel == "onednn")
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
     group = TimeGroup(2)
@@ -110,7 +110,7 @@ def test_int8_feed_forward_runs_gelu_inside_the_kernel_within_the_quantization_e
     import torch.nn.functional as F
 
     from maskdit.model.blocks import Mlp
-    from maskdit.quant import Int8Mlp, TimeGroup, _onednn_works
+    from maskdit.quant import Int8Mlp, TimeGroup, onednn_available
 
     torch.manual_seed(0)
     mlp = Mlp(64, 256)
@@ -126,7 +126,7 @@ def test_int8_feed_forward_runs_gelu_inside_the_kernel_within_the_quantization_e
         # the unfused path (float GELU between two int8 layers: CUDA, or no oneDNN) agrees to the same error
         unfused = q.fc2(F.gelu(q.fc1(x), approximate="tanh"))
         assert (unfused - ref).abs().max() / ref.abs().max() < 0.03
-        if _onednn_works():
+        if onednn_available():
             assert not torch.equal(out, unfused)  # the fused kernel really ran
             # the hidden codes span [GELU_MIN, range]: half the step of a symmetric range, so less error
             assert q.hidden_scale()[0] < 2 * float(hidden.abs().max()) / 255
