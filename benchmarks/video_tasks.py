@@ -71,9 +71,11 @@ def main() -> None:
     p.add_argument("--tasks", help="comma-separated tasks (default: every benchmark task)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA or training weights")
+    p.add_argument("--device", default="cpu",
+                   help="where the model samples (cpu, cuda); scores are computed on the CPU")
     p.add_argument("--out", default="docs/tasks")
     args = p.parse_args()
-    run = load_run(args.run_dir, ema=args.weights == "ema")
+    run = load_run(args.run_dir, ema=args.weights == "ema", device=args.device)
     cfg = run.config
     data = held_out_set(cfg.data, args.num)
     clips, labels = data.frames[:args.num], None if data.labels is None else data.labels[:args.num]

@@ -364,6 +364,20 @@ def test_video_task_models_are_evaluated_by_per_task_psnr_during_training(tmp_pa
     assert 0 < ev["interpolate_psnr"] <= 60
 
 
+def test_the_benchmark_inpaints_the_same_pixels_at_every_patch_size():
+    from maskdit.evaluate.video import bench_options
+    from maskdit.masks import task_mask
+
+    boxes = []
+    for patch, grid in ((4, (8, 4, 4)), (2, (8, 8, 8))):
+        given = task_mask("inpaint", grid, None, **bench_options("inpaint", grid))
+        pixels = given.repeat_interleave(patch, 1).repeat_interleave(patch, 2)  # (8, 16, 16) given pixels
+        boxes.append(~pixels)
+    assert torch.equal(boxes[0], boxes[1])
+    assert int(boxes[0][0].sum()) == 64 and bool(boxes[0][:, 4:12, 4:12].all())  # the centre 8x8 of 16x16
+    assert bench_options("predict", (8, 8, 8)) == {"k": 4}
+
+
 def test_sprite_crops_find_the_digit_and_identity_reads_real_clips(digits, cache):
     from maskdit.data.video import bouncing_digits
     from maskdit.evaluate.classifier import load_classifier

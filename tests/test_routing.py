@@ -117,6 +117,7 @@ def test_tread_trains_with_tasks_on_video(tmp_path):
 def test_factorised_video_trains_with_grid_drop_shapes_and_refuses_others(tmp_path, recipe, shape):
     base = ["model.depth=3", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=16",
             "data.frames=4", "data.size=8", "warmup_steps=1", "steps=2", "model.attention=factorised",
+            "model.patch_size=[1,4,4]",
             f"mask.recipe={recipe}", "mask.ratio=0.5", "mask.route=[1,2]", "mask.decoder_depth=1"]
     with pytest.raises(ConfigError, match="mask.shape=tube"):
         load_config("bouncing-digits", overrides=base)  # random tokens: no frames x positions grid

@@ -25,13 +25,19 @@ TASK_BENCH: dict[str, dict[str, Any]] = {
     "interpolate": {"stride": 2},
     "animate": {"frame": 0},
     "complete": {"k": None},
-    "inpaint": {"box": (1, 3, 1, 3)},
+    "inpaint": {"box": None},
 }
 
 
-def bench_options(task: str, frames: int) -> dict[str, Any]:
-    """The :data:`TASK_BENCH` options of ``task`` for a token grid of ``frames`` frames."""
-    return {k: max(1, frames // 2) if v is None and k == "k" else v for k, v in TASK_BENCH[task].items()}
+def bench_options(task: str, grid: tuple[int, ...]) -> dict[str, Any]:
+    """The :data:`TASK_BENCH` options of ``task`` for a token grid ``(frames, height, width)``: ``k`` is half
+    the frames; the inpainting box is the centre half of each side, the same pixels at any patch size."""
+    options = dict(TASK_BENCH[task])
+    if "k" in options and options["k"] is None:
+        options["k"] = max(1, grid[0] // 2)
+    if "box" in options and options["box"] is None:
+        options["box"] = tuple(v for side in grid[-2:] for v in (side // 4, side - side // 4))
+    return options
 
 
 def frame_scores(pred: torch.Tensor, truth: torch.Tensor, frames: list[int]) -> dict[str, float]:
@@ -58,7 +64,7 @@ def task_quality(model: torch.nn.Module, objective: Any, codec: Any, clips: torc
     scores: dict[str, Any] = {}
     generated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for task in tasks:
-        grid = given_for(task, model, bench_options(task, model.token_grid[0]), torch.Generator().manual_seed(0))
+        grid = given_for(task, model, bench_options(task, tuple(model.token_grid)), torch.Generator().manual_seed(0))
         clips_out = complete(run, clips, grid, **sampling)
         scored = [f for f in range(grid.shape[0]) if f not in given_frames(grid)]
         scores[task] = frame_scores(clips_out, clips, scored)
