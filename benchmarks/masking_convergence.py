@@ -80,8 +80,9 @@ def make_mnist32(path: Path) -> None:
     np.savez(path, images=images, labels=y.astype(np.int64))
 
 
-#: the layout the video study measured (docs/masking.md): the bouncing-digits preset of that day
-VIDEO_LAYOUT = ["model.patch_size=[1,4,4]", "model.full_every=0", "model.token_time=false", "lr=1e-3",
+#: the layout the video study measured (docs/masking.md): the bouncing-digits preset of that day (the
+#: learning rate and batch come from --lr and --batch, as for every data set)
+VIDEO_LAYOUT = ["model.patch_size=[1,4,4]", "model.full_every=0", "model.token_time=false",
                 "task.weights=[1,3,1,2,1,1,1]"]
 
 
