@@ -52,6 +52,11 @@ ARMS: dict[str, list[str]] = {
     # the digits' best masked recipe (docs/masking.md: TREAD 0.5, a tie with unmasked at 16 tokens)
     "tread 0.5": ["mask.recipe=tread", "mask.ratio=0.5"],
     "swiglu + tread 0.5": ["model.mlp=swiglu", "mask.recipe=tread", "mask.ratio=0.5"],
+    # progressive routing: 0.5 at the start, none by step 1,400 (about what a digits arm trains in 120 s)
+    "tread 0.5 decaying": ["mask.recipe=tread", "mask.ratio=0.5", "mask.schedule=linear_decay",
+                           "mask.schedule_steps=1400"],
+    "swiglu + tread 0.5 decaying": ["model.mlp=swiglu", "mask.recipe=tread", "mask.ratio=0.5",
+                                    "mask.schedule=linear_decay", "mask.schedule_steps=1400"],
 }
 
 

@@ -10,8 +10,11 @@ repeats the nearest given frame before it, or after it when there is none) and *
 between the given frames around it (copying at the ends). On one-digit bouncing digits it also reports
 *identity*: the share of generated frames whose sprite crop (:func:`maskdit.evaluate.video.sprite_crops`)
 the digits classifier reads as the clip's digit, next to the same share for the true frames (the
-ceiling). Writes ``OUT/tasks.json``, a GIF per task (context | truth | generated) and prints a Markdown
-table.
+ceiling). On bouncing balls, animating from frame 0 is also scored against a *perfect sample*: the
+same ball launched with another velocity from the data's own distribution (what a flawless sampler
+draws, averaged over 16 launches), and the pixel mean of those 16 futures (near the best PSNR any
+prediction can have, a blur). Writes ``OUT/tasks.json``, a GIF per task (context | truth | generated)
+and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -50,6 +53,28 @@ def baselines(clips: torch.Tensor, frames_given: list[int]) -> dict[str, torch.T
     return {"copy last given frame": copy, "linear interpolation": lerp.round().to(torch.uint8)}
 
 
+def perfect_samples(cfg: Any, clips: torch.Tensor, draws: int = 16) -> list[torch.Tensor] | None:
+    """On bouncing balls, ``draws`` other futures ``(N, C, T, H, W)`` of each held-out clip's first frame, each
+    exactly as likely as the real one (the generator's ``velocity_seed``); ``None`` for other data."""
+    if cfg.data.name != "bouncing-balls":
+        return None
+    from maskdit.data.video import load_video_dataset
+
+    futures = [load_video_dataset("bouncing-balls", "test", len(clips), frames=cfg.data.frames, size=cfg.data.size,
+                                  velocity_seed=k).frames for k in range(draws)]
+    if not all(torch.equal(f[:, :, 0], clips[:, :, 0]) for f in futures):
+        raise RuntimeError("the relaunched balls do not start from the held-out clips' first frames")
+    return futures
+
+
+def oracle_scores(futures: list[torch.Tensor], clips: torch.Tensor, scored: list[int]) -> dict[str, dict]:
+    """Scores of a perfect sample (averaged over the futures) and of the futures' pixel mean."""
+    each = [frame_scores(f, clips, scored) for f in futures]
+    mean = torch.stack(futures).float().mean(0).round().to(torch.uint8)
+    return {"perfect sample": {k: sum(e[k] for e in each) / len(each) for k in each[0]},
+            "mean of perfect samples": frame_scores(mean, clips, scored)}
+
+
 def identity_reader(data: Any, cfg: Any) -> tuple[Any, int] | None:
     """The digits classifier and the sprite size, where identity can be read (one digit per clip)."""
     if cfg.data.name != "bouncing-digits" or data.labels is None or data.labels.dim() != 1:
@@ -80,6 +105,7 @@ def main() -> None:
     data = held_out_set(cfg.data, args.num)
     clips, labels = data.frames[:args.num], None if data.labels is None else data.labels[:args.num]
     reader = identity_reader(data, cfg)
+    futures = perfect_samples(cfg, clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sampling = {"sampler": args.sampler or cfg.sample.sampler, "steps": args.steps or cfg.sample.steps,
@@ -99,6 +125,8 @@ def main() -> None:
         if frames_given and task != "inpaint":
             for name, fill in baselines(clips, frames_given).items():
                 row[name] = frame_scores(fill, clips, scored)
+            if futures is not None and frames_given == [0]:
+                row.update(oracle_scores(futures, clips, scored))
             if reader is not None:
                 clf, sprite = reader
                 row["identity"] = identity_rate(clf, generated, labels, scored, sprite)
@@ -108,11 +136,12 @@ def main() -> None:
         print(task, json.dumps(row), flush=True)
     (out / "tasks.json").write_text(json.dumps(results, indent=2))
     print(f"\n{args.num} held-out clips, {cfg.data.name}, step {run.step}, {sampling}\n")
-    print("| task | model PSNR / SSIM | identity (real) | copy last given frame | linear interpolation |")
-    print("|---|---|---|---|---|")
+    columns = ["model", "copy last given frame", "linear interpolation"]
+    columns += [k for k in ("perfect sample", "mean of perfect samples") if any(k in r for r in results.values())]
+    print("| task | model PSNR / SSIM | identity (real) | " + " | ".join(columns[1:]) + " |")
+    print("|---" * (len(columns) + 2) + "|")
     for task, row in results.items():
-        cells = [f"{row[k]['psnr']:.2f} dB / {row[k]['ssim']:.3f}" if k in row else "-"
-                 for k in ("model", "copy last given frame", "linear interpolation")]
+        cells = [f"{row[k]['psnr']:.2f} dB / {row[k]['ssim']:.3f}" if k in row else "-" for k in columns]
         ident = f"{row['identity']:.1%} ({row['identity_real']:.1%})" if "identity" in row else "-"
         print(f"| {task} | {cells[0]} | {ident} | " + " | ".join(cells[1:]) + " |")
 

@@ -79,6 +79,22 @@ def test_balls_stay_inside_never_vanish_and_fall():
     assert torch.allclose(d2, torch.full_like(d2, 0.5), atol=1e-4)
 
 
+def test_relaunched_balls_share_the_first_frame_and_keep_the_physics():
+    real = bouncing_balls(32, frames=6, size=16, split="test")
+    again = bouncing_balls(32, frames=6, size=16, split="test", velocity_seed=3)
+    assert torch.equal(again.frames[:, :, 0], real.frames[:, :, 0])
+    assert torch.equal(again.frames, bouncing_balls(32, frames=6, size=16, split="test", velocity_seed=3).frames)
+    assert not torch.equal(again.frames, bouncing_balls(32, frames=6, size=16, split="test", velocity_seed=4).frames)
+    # another future: nearly every clip's later frames differ from the real ones
+    assert (again.frames[:, :, 1:] != real.frames[:, :, 1:]).flatten(1).any(1).float().mean() > 0.9
+    # the same law: between bounces the vertical speed still grows by g = size/64 per frame
+    y = again.positions[:, 0, :, 0]
+    d2 = y[:, 2:] - 2 * y[:, 1:-1] + y[:, :-2]
+    assert (torch.isclose(d2, torch.full_like(d2, 0.25), atol=1e-4).float().mean() > 0.5)
+    with pytest.raises(ConfigError, match="at_rest=True has none"):
+        bouncing_balls(2, at_rest=True, velocity_seed=1)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ConfigError, match="num must be at least 1"):
         bouncing_digits(0)

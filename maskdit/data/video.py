@@ -181,6 +181,7 @@ def bouncing_balls(
     gravity: float | None = None,
     antialias: bool = True,
     at_rest: bool = False,
+    velocity_seed: int | None = None,
 ) -> VideoDataset:
     """Filled discs under constant gravity bouncing elastically off the four walls.
 
@@ -188,6 +189,9 @@ def bouncing_balls(
     down, i.e. towards larger ``y``), then the ball moves and reflects off any wall it crossed. Radii are
     ``size/12 .. size/8``. Balls pass through each other (no ball-ball collisions). ``at_rest=True``
     starts every ball still, in the top quarter of the canvas (for checking that it falls).
+    ``velocity_seed`` keeps the radii and first frames of ``seed`` but draws the starting velocities from
+    a stream of their own: another future of the same first frame, exactly as likely as the real one (a
+    perfect sample of animating from frame 0, the reference of ``benchmarks/video_tasks.py``).
     """
     _check_common(num, frames, size)
     if balls not in (1, 2):
@@ -195,6 +199,8 @@ def bouncing_balls(
     g = size / 64 if gravity is None else float(gravity)
     if g < 0:
         raise ConfigError(f"gravity must be non-negative (down is +y), got {gravity}")
+    if at_rest and velocity_seed is not None:
+        raise ConfigError("velocity_seed draws starting velocities, at_rest=True has none: drop one of them")
     rng = _rng(seed, split, kind=2)
 
     radius = rng.uniform(size / 12, size / 8, size=(num, balls, 1))
@@ -207,6 +213,8 @@ def bouncing_balls(
     else:
         pos = rng.uniform(low, high, size=(num, balls, 2))
         vel = rng.uniform(-2 * size / 32, 2 * size / 32, size=(num, balls, 2))
+        if velocity_seed is not None:
+            vel = np.random.default_rng([int(velocity_seed), 2]).uniform(-2 * size / 32, 2 * size / 32, vel.shape)
 
     video = np.zeros((num, 1, frames, size, size), dtype=np.uint8)
     track = np.zeros((num, balls, frames, 2))
