@@ -212,9 +212,8 @@ def bouncing_balls(
         vel = np.zeros((num, balls, 2))
     else:
         pos = rng.uniform(low, high, size=(num, balls, 2))
-        vel = rng.uniform(-2 * size / 32, 2 * size / 32, size=(num, balls, 2))
-        if velocity_seed is not None:
-            vel = np.random.default_rng([int(velocity_seed), 2]).uniform(-2 * size / 32, 2 * size / 32, vel.shape)
+        launch = rng if velocity_seed is None else np.random.default_rng([int(velocity_seed), 2])
+        vel = launch.uniform(-2 * size / 32, 2 * size / 32, size=(num, balls, 2))
 
     video = np.zeros((num, 1, frames, size, size), dtype=np.uint8)
     track = np.zeros((num, balls, frames, 2))
