@@ -11,7 +11,7 @@ set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HF_HUB_OFFLINE=1
 PY=${PY:-python3}; OUT=${OUT:-out}; DEVICE=${DEVICE:-cuda}; TRAIN_S=${TRAIN_S:-270}; NUM=${NUM:-64}
 # the sweep's base: the preset of that day (patch 1x4x4, batch 32, lr 1e-3) with the weighted task mix
-COMMON=${COMMON:-"model.patch_size=[1,4,4] batch_size=32 lr=1e-3 task.weights=[0.5,4,1,4,1,1,0.5]"}
+COMMON=${COMMON:-"model.patch_size=[1,4,4] batch_size=32 lr=1e-3 task.weights=[0.5,4,1,4,1,1,0.5] compile=false precision=auto"}
 BIG="data.num=40000 batch_size=256 steps=2400 ckpt_every=600"  # 8.75x the preset's clips seen, 40k distinct
 ARMS=${ARMS:-"b32:steps=2340 ckpt_every=1170;\
 b256:$BIG;\

@@ -83,7 +83,7 @@ def make_mnist32(path: Path) -> None:
 #: the layout the video study measured (docs/masking.md): the bouncing-digits preset of that day (the
 #: learning rate and batch come from --lr and --batch, as for every data set)
 VIDEO_LAYOUT = ["model.patch_size=[1,4,4]", "model.full_every=0", "model.token_time=false",
-                "task.weights=[1,3,1,2,1,1,1]"]
+                "task.weights=[1,3,1,2,1,1,1]", "compile=false", "precision=auto"]
 
 
 def data_overrides(args: argparse.Namespace) -> list[str]:

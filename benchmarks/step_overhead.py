@@ -19,6 +19,7 @@ import time
 import torch
 
 from maskdit.config import load_config
+from maskdit.distributed import autocast
 from maskdit.train import Trainer, learning_rate
 
 
@@ -32,7 +33,8 @@ def parts(trainer: Trainer, step: int) -> dict[str, float]:
     t0 = time.perf_counter()
     for group in trainer.optimizer.param_groups:
         group["lr"] = learning_rate(trainer.cfg, step)
-    loss, _ = trainer.step_module((x0, y), inputs)
+    with autocast(trainer.cfg.precision, trainer.device):
+        loss, _ = trainer.step_module((x0, y), inputs)
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     out["forward+backward"] = time.perf_counter() - t0

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from maskdit.data import DATASETS
-from maskdit.distributed import STRATEGIES
+from maskdit.distributed import PRECISIONS, STRATEGIES
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
@@ -184,7 +184,8 @@ class Config:
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
     max_seconds: float | None = None  #: stop (with a checkpoint) after this much training wall-clock
     init_from: str | None = None  #: start from this run's/checkpoint's weights (e.g. the unmasking finetune)
-    compile: bool = False  #: torch.compile every transformer block (GPU speed; the first steps compile)
+    compile: bool = False  #: torch.compile every transformer block (first steps compile; a CPU needs a C++ compiler)
+    precision: str = "auto"  #: auto (bf16 autocast on a GPU, fp32 on a CPU) | fp32 | bf16; weights stay fp32
     grad_checkpoint: bool = False  #: recompute each block's activations in backward (less memory, ~1/3 more compute)
     nan_tolerance: int = 5  #: stop after this many steps in a row with a non-finite loss or gradient (skipped)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -224,6 +225,7 @@ class Config:
             ("nan_tolerance", self.nan_tolerance >= 1, "at least 1"),
             ("device", self.device == "auto" or device_name_ok(self.device), "auto, cpu, cuda or cuda:N"),
             ("max_seconds", self.max_seconds is None or self.max_seconds > 0, "null or positive"),
+            ("precision", self.precision in PRECISIONS, "one of " + one_of(PRECISIONS)),
             ("init_from", self.init_from is None or bool(self.init_from.strip()), "null or a run directory"),
             ("model.preset", m.preset in PRESETS, "one of " + one_of(list(PRESETS))),
             ("model.pos_layout", m.pos_layout is None or m.pos_layout in POS_LAYOUTS,

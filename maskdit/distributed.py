@@ -70,6 +70,19 @@ def join(world: World, device: torch.device) -> torch.device:
     return device
 
 
+#: ``precision`` values: how the forward pass computes (weights, gradients and optimizer stay fp32).
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The forward pass's autocast context: bf16 for ``bf16``, and for ``auto`` on a GPU; fp32 otherwise.
+
+    On a CPU with AVX-512 BF16 (AMD Zen 4, Intel Sapphire Rapids) bf16 buys speed only with compiled blocks:
+    eager bf16 spends what the matmuls save on casts (docs/tasks.md measures both)."""
+    on = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
 def leave() -> None:
     """Leave the process group, if this process joined one."""
     global _host_group

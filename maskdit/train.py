@@ -19,6 +19,8 @@ import copy
 import dataclasses
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -56,6 +58,7 @@ from maskdit.distributed import (
     STRATEGIES,
     World,
     agree,
+    autocast,
     barrier,
     full,
     join,
@@ -80,6 +83,16 @@ class Interrupted(Exception):
 
 class TrainingDiverged(MaskditError):
     """``nan_tolerance`` steps in a row had a non-finite loss or gradient."""
+
+
+def check_compiler(device: torch.device) -> None:
+    """``compile=true`` on a CPU builds C++ kernels: refuse up front, not at the first step, without a compiler."""
+    if device.type != "cpu":
+        return
+    names = [os.environ.get("CXX"), "g++", "clang++", "c++"]
+    if not any(name and shutil.which(name) for name in names):
+        raise ConfigError("compile=true on the CPU needs a C++ compiler (g++ or clang++, or $CXX) and none was "
+                          "found: install one (e.g. apt-get install g++) or pass compile=false")
 
 
 def pick_device(name: str) -> torch.device:
@@ -196,6 +209,11 @@ class Trainer:
             raise ConfigError(f"config key batch_size={cfg.batch_size} is the global batch and must divide evenly "
                               f"over the {self.world.size} processes: use a multiple of {self.world.size}")
         self.device = join(self.world, pick_device(cfg.device))
+        if cfg.compile:
+            check_compiler(self.device)
+        if cfg.precision == "bf16" and self.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            print("warning: this CPU has no native bf16, so precision=bf16 emulates it and trains slower: "
+                  "pass precision=fp32", file=sys.stderr)
         torch.manual_seed(cfg.seed)
         self.dataset = dataset_from_config(cfg.data)
         check_against_data(cfg, self.dataset)
@@ -293,7 +311,7 @@ class Trainer:
         batch = (x0.to(dev, non_blocking=True), None if y is None else y.to(dev, non_blocking=True))
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with autocast(cfg.precision, dev):
             loss, parts = self.forward(batch, inputs.to(dev))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

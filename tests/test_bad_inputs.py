@@ -43,7 +43,7 @@ from maskdit.cli import main
 # -- tiny settings shared by the fixtures and the train cases ----------------------------------------
 TINY = ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "warmup_steps=1",
         "sample.steps=2", "steps=2", "ckpt_every=1", "keep_checkpoints=1"]
-VIDEO = ["--preset", "bouncing-digits", *TINY, "data.num=16", "data.frames=4", "data.size=8"]
+VIDEO = ["--preset", "bouncing-digits", *TINY, "compile=false", "data.num=16", "data.frames=4", "data.size=8"]
 TRAIN = ["train", "--no-progress", *TINY, "run_dir=new_run"]
 VTRAIN = ["train", "--no-progress", *VIDEO, "run_dir=new_run"]
 RESUME = ["train", "--no-progress", "--resume", *TINY, "run_dir=new_run"]
@@ -315,6 +315,7 @@ CASES: list[Case] = [
     C("train-eval-num-small", [*TRAIN, "eval_num=2"], "eval_num"),
     C("train-max-seconds-zero", [*TRAIN, "max_seconds=0"], "max_seconds"),
     C("train-nan-tolerance-zero", [*TRAIN, "nan_tolerance=0"], "nan_tolerance"),
+    C("train-precision-fp16", [*TRAIN, "precision=fp16"], "precision"),
     C("train-device-tpu", [*TRAIN, "device=tpu"], "device"),
     C("train-device-cuda-bad-index", [*TRAIN, "device=cuda:x"], "device"),
     C("train-unknown-key", [*TRAIN, "foo=1"], "foo"),

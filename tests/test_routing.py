@@ -105,7 +105,7 @@ def test_route_and_combinations_are_validated_before_training(tmp_path):
 
 def test_tread_trains_with_tasks_on_video(tmp_path):
     cfg = load_config("bouncing-digits", overrides=[
-        "model.depth=3", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=16",
+        "compile=false", "model.depth=3", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=16",
         "data.frames=4", "data.size=8", "warmup_steps=1", "steps=2", "model.attention=full", "mask.recipe=tread",
         "mask.ratio=0.5", "mask.route=[1,2]", f"run_dir={tmp_path}"])
     train(cfg, progress=False)
@@ -115,8 +115,8 @@ def test_tread_trains_with_tasks_on_video(tmp_path):
 @pytest.mark.parametrize("recipe,shape", [("drop", "tube"), ("tread", "frame"), ("sprint", "tube"),
                                           ("maskdit", "frame")])
 def test_factorised_video_trains_with_grid_drop_shapes_and_refuses_others(tmp_path, recipe, shape):
-    base = ["model.depth=3", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=16",
-            "data.frames=4", "data.size=8", "warmup_steps=1", "steps=2", "model.attention=factorised",
+    base = ["compile=false", "model.depth=3", "model.hidden_size=32", "model.num_heads=2", "batch_size=8",
+            "data.num=16", "data.frames=4", "data.size=8", "warmup_steps=1", "steps=2", "model.attention=factorised",
             "model.patch_size=[1,4,4]",
             f"mask.recipe={recipe}", "mask.ratio=0.5", "mask.route=[1,2]", "mask.decoder_depth=1"]
     with pytest.raises(ConfigError, match="mask.shape=tube"):

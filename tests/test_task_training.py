@@ -16,7 +16,7 @@ from maskdit.samplers import generate
 from maskdit.train import Trainer, model_for
 from conftest import perturbed
 
-VIDEO = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=32",
+VIDEO = ["compile=false", "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=32",
          "warmup_steps=1", "sample.steps=2"]
 
 

@@ -130,6 +130,7 @@ def test_learning_rate_schedule():
         ("objective.name=score", "objective.name must be one of flow or ddpm"),
         ("data.name=npz", "data.path is required"),
         ("batch", "must look like key=value"),
+        ("precision=fp16", "precision must be one of auto, fp32 or bf16"),
     ],
 )
 def test_bad_config_values_name_the_key(override, message):
@@ -144,3 +145,49 @@ def test_scientific_notation_reaches_float_keys(tmp_path):
     assert cfg.lr == 3e-4 and cfg.model.class_dropout == 0.1 and cfg.lr_min == 1e-6
     with pytest.raises(ConfigError, match="steps has the wrong type"):
         load_config(None, None, ["steps=1e3"])
+
+
+def test_bf16_precision_computes_the_forward_in_bf16_and_keeps_fp32_weights(tmp_path):
+    """``precision=bf16`` autocasts the forward (on the CPU too): the losses move by bf16 rounding only,
+    the weights, gradients and checkpoints stay fp32, and the default on a CPU is fp32."""
+    runs = {}
+    for precision in ("auto", "fp32", "bf16"):
+        train(small_cfg(tmp_path / precision, "steps=3", f"precision={precision}"), progress=False)
+        runs[precision] = [json.loads(line)["loss"] for line in (tmp_path / precision / "metrics.jsonl").open()]
+    assert runs["auto"] == runs["fp32"]
+    # step 1's loss is the same in both (the zero-initialised final layer predicts 0); later steps differ by rounding
+    assert runs["bf16"][0] == runs["fp32"][0]
+    assert runs["bf16"][-1] != runs["fp32"][-1]
+    assert runs["bf16"][-1] == pytest.approx(runs["fp32"][-1], rel=0.02)
+    model, ema, _ = weights(tmp_path / "bf16")
+    assert {t.dtype for t in [*model.values(), *ema.values()]} == {torch.float32}
+
+
+def test_compile_on_the_cpu_without_a_compiler_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import maskdit.train as train_mod
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(train_mod.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="compile=true on the CPU needs a C.. compiler.*compile=false"):
+        Trainer(small_cfg(tmp_path / "run", "compile=true", "device=cpu"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_compiled_bf16_training_resumes_exactly(tmp_path):
+    """The bouncing-digits preset's mode (compiled blocks, bf16 forward on the CPU) keeps the exact-resume promise."""
+    extra = ["steps=5", "compile=true", "precision=bf16", "model.depth=1"]
+    train(small_cfg(tmp_path / "full", *extra), progress=False)
+    cfg = small_cfg(tmp_path / "split", *extra)
+    train(cfg, progress=False, stop_after=3)
+    train(cfg, resume=True, progress=False)
+    for full, split in zip(weights(tmp_path / "full"), weights(tmp_path / "split")):
+        assert_same(full, split)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    Trainer(small_cfg(tmp_path / "run", "precision=bf16", "device=cpu"), progress=False)
+    err = capsys.readouterr().err
+    assert "no native bf16" in err and "pass precision=fp32" in err
+    Trainer(small_cfg(tmp_path / "run", "precision=fp32", "device=cpu"), progress=False)
+    assert "bf16" not in capsys.readouterr().err
