@@ -77,8 +77,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """The forward pass's autocast context: bf16 for ``bf16``, and for ``auto`` on a GPU; fp32 otherwise.
 
-    On a CPU with AVX-512 BF16 (AMD Zen 4, Intel Sapphire Rapids) bf16 buys speed only with compiled blocks:
-    eager bf16 spends what the matmuls save on casts (docs/tasks.md measures both)."""
+    On a CPU with AVX-512 BF16 (AMD Zen 4, Intel Sapphire Rapids) bf16 can buy speed only with compiled
+    blocks, and not at every shape: eager bf16 spends what the matmuls save on casts (docs/tasks.md)."""
     on = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
