@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from maskdit.distributed import autocast
 from maskdit.errors import ConfigError
 from maskdit.masks import DROP_SHAPES, num_kept
 from maskdit.model import build_model
@@ -117,14 +118,14 @@ def benchmark(
     y = torch.randint(0, num_classes, (batch,), generator=gen).to(dev)
     t = torch.rand(batch, generator=gen).to(dev)
     noise = torch.randn(x.shape, generator=gen).to(dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    mixed = autocast("auto", dev)  # bf16 on a GPU, fp32 on a CPU, as training does by default
     keep = num_kept(model.num_tokens, mask_ratio)
     shape = "structured" if recipe == "sprint" else "random"  # SPRINT's mask: the same share of every 2x2 group
 
     def one_step() -> None:
         keep_idx = DROP_SHAPES.get(shape)(batch, model.token_grid, mask_ratio, gen)
         keep_idx = None if keep_idx is None else keep_idx.to(dev)
-        with autocast, collect_aux_losses() as aux:
+        with mixed, collect_aux_losses() as aux:
             loss, _ = loss_of.loss(model, objective, x, y, t, noise, keep_idx)
         loss = loss + sum((v for _, v, adds in aux if adds), torch.zeros((), device=dev))
         loss.backward()
