@@ -9,7 +9,9 @@
 #   DEVICE=cpu TRAIN_S=20 NUM=4 ARMS="a:steps=6 ckpt_every=3" OUT=/tmp/dry bash benchmarks/gpu_tasks.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HF_HUB_OFFLINE=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # many processes share the host's cores
 PY=${PY:-python3}; OUT=${OUT:-out}; DEVICE=${DEVICE:-cuda}; TRAIN_S=${TRAIN_S:-270}; NUM=${NUM:-64}
+GUIDED=${GUIDED:-1}  # 1: also score each arm's last checkpoint with context guidance 2
 # the sweep's base: the preset of that day (patch 1x4x4, batch 32, lr 1e-3) with the weighted task mix
 COMMON=${COMMON:-"model.patch_size=[1,4,4] batch_size=32 lr=1e-3 task.weights=[0.5,4,1,4,1,1,0.5] compile=false precision=auto"}
 BIG="data.num=40000 batch_size=256 steps=2400 ckpt_every=600"  # 8.75x the preset's clips seen, 40k distinct
@@ -46,7 +48,7 @@ evaluate() {  # every checkpoint of one arm, oldest first; the last one also wit
     score "$arm" "$ckpt" "${ckpt##*/}"
     last=$ckpt
   done
-  [ -z "$last" ] || score "$arm" "$last" "ctx2-${last##*/}" --guidance context --guidance-scale 2
+  [ -z "$last" ] || [ "$GUIDED" != 1 ] || score "$arm" "$last" "ctx2-${last##*/}" --guidance context --guidance-scale 2
 }
 
 IFS=';' read -ra specs <<< "$ARMS"

@@ -1,8 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify
+from maskdit.model import blocks
 from maskdit.model import DiT, build_model
 from conftest import perturbed
 
@@ -73,3 +75,27 @@ def test_config_round_trip():
     model = DiT((4, 8, 8), 3, (1, 2, 2), 32, 2, 4, num_classes=7)
     again = DiT.from_config(model.config)
     assert again.config == model.config
+
+
+@pytest.mark.parametrize("length", [8, 64, blocks.EXPLICIT_MAX_LEN + 88])
+def test_attend_in_bf16_on_cpu_agrees_with_fp32_sdpa_and_takes_the_explicit_path_for_short_sequences(
+        length, monkeypatch):
+    """Short bf16 sequences on a CPU skip SDPA (its CPU flash kernel is slow there), long ones use it; either
+    way output and gradients agree with fp32 SDPA to bf16 rounding, with an additive bias too. In fp32 the
+    result is SDPA's, bit for bit."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, length, 16, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, 2, length, length)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    assert torch.equal(blocks.attend(q, k, v, bias), ref)
+
+    sdpa, calls = F.scaled_dot_product_attention, []
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+    out = blocks.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert bool(calls) == (length > blocks.EXPLICIT_MAX_LEN)
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    assert (out.float() - ref).abs().max().item() < 0.05
+    for g, r in zip(grads, ref_grads):
+        assert (g - r).abs().max().item() < 0.05 * r.abs().max().item()

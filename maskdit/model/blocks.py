@@ -171,8 +171,25 @@ class RelativePositionBias(nn.Module):
         return self.table[index].permute(0, 3, 1, 2)
 
 
+#: Longest sequence that :func:`attend` computes as an explicit product and softmax on a CPU in bf16.
+EXPLICIT_MAX_LEN = 512
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention over ``(..., L, head_dim)``: ``scaled_dot_product_attention``, except on a CPU in
+    bf16 for sequences up to ``EXPLICIT_MAX_LEN``, where torch's CPU flash kernel is 2-5x slower (forward plus
+    backward) than the explicit ``softmax(q k^T / sqrt(d)) v`` (factorised video attention runs thousands of
+    such short sequences; ``benchmarks/attention_kernels.py``). The softmax runs in fp32 there."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] <= EXPLICIT_MAX_LEN:
+        w = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        if bias is not None:
+            w = w + bias
+        return torch.softmax(w.float(), dim=-1).to(v.dtype) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention over the token axis through ``scaled_dot_product_attention``; optionally
+    """Multi-head self-attention over the token axis (through :func:`attend`); optionally
     with RMS-normalised queries and keys (``qk_norm``), rotary positions (``rope``) and a learned relative
     position bias (``rel_grid``: the 2-D token grid it spans)."""
 
@@ -198,7 +215,7 @@ class Attention(nn.Module):
             ids = None if pos is None else pos.reshape(b, -1)
             q, k = self.rope[0](q, ids), self.rope[0](k, ids)
         bias = None if self.rel_bias is None else self.rel_bias(None if pos is None else pos.reshape(b, -1))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
+        out = attend(q, k, v, bias)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
