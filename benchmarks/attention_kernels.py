@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from maskdit.model.blocks import explicit_attention as explicit
+
 #: (name, (sequences, heads, length, head_dim))
 SHAPES = [("temporal (bouncing-digits)", (256, 4, 8, 32)), ("spatial (bouncing-digits)", (32, 4, 64, 32)),
           ("full (bouncing-digits)", (4, 4, 512, 32)), ("1024 tokens", (4, 4, 1024, 32)),
@@ -32,11 +34,6 @@ SHAPES = [("temporal (bouncing-digits)", (256, 4, 8, 32)), ("spatial (bouncing-d
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v)
-
-
-def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    w = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    return torch.softmax(w.float(), dim=-1).to(v.dtype) @ v
 
 
 def time_call(fn, shape: tuple[int, ...], dtype: torch.dtype, steps: int) -> float:
@@ -61,8 +58,8 @@ def step_costs(preset: str, lengths: list[int], steps: int, rounds: int, overrid
     sys.path.insert(0, str(Path(__file__).parent))
     from step_overhead import parts
 
-    import maskdit.model.blocks as blocks
     from maskdit.config import load_config
+    from maskdit.model import blocks
     from maskdit.train import Trainer
 
     best = {n: float("inf") for n in lengths}

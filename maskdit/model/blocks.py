@@ -175,16 +175,22 @@ class RelativePositionBias(nn.Module):
 EXPLICIT_MAX_LEN = 512
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias) v`` as two matrix products, the softmax in fp32."""
+    w = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if bias is not None:
+        w = w + bias
+    return torch.softmax(w.float(), dim=-1).to(v.dtype) @ v
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention over ``(..., L, head_dim)``: ``scaled_dot_product_attention``, except on a CPU in
-    bf16 for sequences up to ``EXPLICIT_MAX_LEN``, where torch's CPU flash kernel is 2-5x slower (forward plus
-    backward) than the explicit ``softmax(q k^T / sqrt(d)) v`` (factorised video attention runs thousands of
-    such short sequences; ``benchmarks/attention_kernels.py``). The softmax runs in fp32 there."""
+    bf16 for sequences up to ``EXPLICIT_MAX_LEN``, where torch's CPU flash kernel is 2-3x slower (forward plus
+    backward) than :func:`explicit_attention` (factorised video attention runs thousands of such short
+    sequences; ``benchmarks/attention_kernels.py``)."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] <= EXPLICIT_MAX_LEN:
-        w = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-        if bias is not None:
-            w = w + bias
-        return torch.softmax(w.float(), dim=-1).to(v.dtype) @ v
+        return explicit_attention(q, k, v, bias)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
 
 
