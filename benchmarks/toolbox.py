@@ -13,8 +13,8 @@ expert of half the MLP width (``model.mlp_ratio=2``). The alignment arm first tr
 ``maskdit encoder train`` on the same images (its time is printed, not counted in the budget, as REPA does
 not count DINOv2's). Other arms add masked training: the masking study's best recipe on mnist32 (SPRINT at
 0.75, then 10% of the budget unmasked) alone, with SwiGLU, RoPE and alignment, and the digits' best (TREAD
-at 0.5) alone and with SwiGLU. Curves and the table go to
-``docs/toolbox/DATA``.
+at 0.5) alone and with SwiGLU; the ``patch 1`` arms train the digits at 64 tokens instead of 16, unmasked and
+masked. Curves and the table go to ``docs/toolbox/DATA``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,16 @@ ARMS: dict[str, list[str]] = {
                            "mask.schedule_steps=1400"],
     "swiglu + tread 0.5 decaying": ["model.mlp=swiglu", "mask.recipe=tread", "mask.ratio=0.5",
                                     "mask.schedule=linear_decay", "mask.schedule_steps=1400"],
+    # two options at once (SwiGLU and alignment), alone and under the digits' best masked recipe
+    "swiglu + align": ["model.mlp=swiglu", "align.weight=0.5", "align.block=2"],
+    "swiglu + align + tread 0.5": ["model.mlp=swiglu", "align.weight=0.5", "align.block=2", "mask.recipe=tread",
+                                   "mask.ratio=0.5"],
+    # the digits at patch 1 (64 tokens instead of 16): a finer model whose steps masking can make cheap
+    "patch 1": ["model.patch_size=1"],
+    "patch 1 + drop 0.75 + finetune": ["model.patch_size=1", "mask.recipe=drop", "mask.ratio=0.75"],
+    "patch 1 + sprint 0.75 + finetune": ["model.patch_size=1", "mask.recipe=sprint", "mask.ratio=0.75",
+                                         "mask.shape=structured"],
+    "patch 1 + tread 0.75": ["model.patch_size=1", "mask.recipe=tread", "mask.ratio=0.75"],
 }
 
 
