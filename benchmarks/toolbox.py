@@ -13,8 +13,8 @@ expert of half the MLP width (``model.mlp_ratio=2``). The alignment arm first tr
 ``maskdit encoder train`` on the same images (its time is printed, not counted in the budget, as REPA does
 not count DINOv2's). Other arms add masked training: the masking study's best recipe on mnist32 (SPRINT at
 0.75, then 10% of the budget unmasked) alone, with SwiGLU, RoPE and alignment, and the digits' best (TREAD
-at 0.5) alone and with SwiGLU; the ``patch 1`` arms train the digits at 64 tokens instead of 16, unmasked and
-masked. Curves and the table go to ``docs/toolbox/DATA``.
+at 0.5) alone, with SwiGLU, and with SwiGLU and alignment together; the ``patch 1`` arms train the digits at
+64 tokens instead of 16, unmasked and masked. Curves and the table go to ``docs/toolbox/DATA``.
 """
 
 from __future__ import annotations
