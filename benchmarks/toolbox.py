@@ -14,7 +14,8 @@ expert of half the MLP width (``model.mlp_ratio=2``). The alignment arm first tr
 not count DINOv2's). Other arms add masked training: the masking study's best recipe on mnist32 (SPRINT at
 0.75, then 10% of the budget unmasked) alone, with SwiGLU, RoPE and alignment, and the digits' best (TREAD
 at 0.5) alone, with SwiGLU, and with SwiGLU and alignment together; the ``patch 1`` arms train the digits at
-64 tokens instead of 16, unmasked and masked. Curves and the table go to ``docs/toolbox/DATA``.
+64 tokens instead of 16, unmasked and masked; the ``b32``/``b128`` arms change the batch (masked steps at twice
+the batch cost about an unmasked one). Curves and the table go to ``docs/toolbox/DATA``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ ARMS: dict[str, list[str]] = {
     "patch 1 + sprint 0.75 + finetune": ["model.patch_size=1", "mask.recipe=sprint", "mask.ratio=0.75",
                                          "mask.shape=structured"],
     "patch 1 + tread 0.75": ["model.patch_size=1", "mask.recipe=tread", "mask.ratio=0.75"],
+    # other batch sizes: a masked step at twice the batch costs about an unmasked step at the study's batch
+    "b32 plain": ["batch_size=32"],
+    "b128 plain": ["batch_size=128"],
+    "b128 sprint 0.75 + finetune": ["batch_size=128", "mask.recipe=sprint", "mask.ratio=0.75", "mask.shape=structured"],
+    "b128 swiglu + sprint 0.75 + finetune": ["batch_size=128", "model.mlp=swiglu", "mask.recipe=sprint",
+                                             "mask.ratio=0.75", "mask.shape=structured"],
+    "b128 tread 0.5": ["batch_size=128", "mask.recipe=tread", "mask.ratio=0.5"],
+    "b128 swiglu + tread 0.5": ["batch_size=128", "model.mlp=swiglu", "mask.recipe=tread", "mask.ratio=0.5"],
 }
 
 
