@@ -217,11 +217,17 @@ def plot(curves: dict, order: list[str], path: Path, keys: list[str], log_first:
     fig.savefig(path, dpi=110)
 
 
+def split_labels(text: str) -> list[str]:
+    """Arm labels from ``--arms``: ';'-separated if the text has a ';' (labels may hold commas), else ','."""
+    return [a.strip() for a in text.split(";" if ";" in text else ",") if a.strip()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=list(DATA), default="mnist32")
     p.add_argument("--data-path", default="runs/data/mnist32.npz", help="mnist32: where the .npz is (built if absent)")
-    p.add_argument("--arms", help="comma-separated arm labels (default: all): " + "; ".join(ARMS))
+    p.add_argument("--arms", help="arm labels separated by commas, or by ';' when a label holds a comma "
+                                  "(default: all): " + "; ".join(ARMS))
     p.add_argument("--budget", type=float, default=600.0, help="training seconds per arm")
     p.add_argument("--points", type=int, default=6, help="evaluations during each arm (plus one at the end)")
     p.add_argument("--num", type=int, default=500, help="samples per evaluation")
@@ -239,10 +245,10 @@ def main() -> None:
     out = Path(args.out or f"docs/masking/{args.data}")
     out.mkdir(parents=True, exist_ok=True)
     if not args.table:
-        labels = [a.strip() for a in args.arms.split(",")] if args.arms else list(ARMS)
+        labels = split_labels(args.arms) if args.arms else list(ARMS)
         unknown = [a for a in labels if a not in ARMS]
         if unknown:
-            raise SystemExit(f"unknown arm(s) {unknown}: choose from {list(ARMS)}")
+            p.error(f"unknown arm(s) {unknown}: choose from {list(ARMS)}")
         for label in labels:
             path = out / f"{slug(label)}.json"
             if path.exists():

@@ -20,6 +20,9 @@ def main() -> None:
     p.add_argument("runs", nargs="+", help="run directories (their latest checkpoint is scored)")
     p.add_argument("--seeds", default="1,2", help="comma-separated sample seeds")
     args = p.parse_args()
+    missing = [path for path in args.runs if latest_checkpoint(path) is None]
+    if missing:
+        p.error(f"no checkpoint in {', '.join(missing)}: give study run directories (e.g. runs/toolbox/digits/plain_0)")
     for path in args.runs:
         run = load_run(latest_checkpoint(path))
         dataset = load_dataset(run.config.data.name, run.config.data.path)

@@ -106,7 +106,7 @@ def main() -> None:
         del sys.argv[at:at + 2]
         chosen = [next(label for label in ARMS if label.startswith(prefix)) for prefix in prefixes]
         arms = {label: ARMS[label] for label in ["plain", *[c for c in chosen if c != "plain"]]}
-    wanted = sys.argv[sys.argv.index("--arms") + 1].split(",") if "--arms" in sys.argv else list(arms)
+    wanted = study.split_labels(sys.argv[sys.argv.index("--arms") + 1]) if "--arms" in sys.argv else list(arms)
     aligned = [a for a in wanted if a in arms and any(o.startswith("align.weight") for o in arms[a])]
     if aligned and "--table" not in sys.argv:
         if data == "mnist32" and not Path(images).is_file():
