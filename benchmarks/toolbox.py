@@ -104,7 +104,12 @@ def main() -> None:
         at = sys.argv.index("--only")
         prefixes = [v.strip() for v in sys.argv[at + 1].split(";") if v.strip()]
         del sys.argv[at:at + 2]
-        chosen = [next(label for label in ARMS if label.startswith(prefix)) for prefix in prefixes]
+        chosen = [next((label for label in ARMS if label.startswith(prefix)), None) for prefix in prefixes]
+        if None in chosen:
+            unknown = [pre for pre, label in zip(prefixes, chosen) if label is None]
+            print(f"toolbox.py: error: --only {unknown} starts no arm label; the labels: {'; '.join(ARMS)}",
+                  file=sys.stderr)
+            sys.exit(2)
         arms = {label: ARMS[label] for label in ["plain", *[c for c in chosen if c != "plain"]]}
     wanted = study.split_labels(sys.argv[sys.argv.index("--arms") + 1]) if "--arms" in sys.argv else list(arms)
     aligned = [a for a in wanted if a in arms and any(o.startswith("align.weight") for o in arms[a])]
