@@ -242,13 +242,13 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="only build the table and plot from saved curves")
     p.add_argument("extra", nargs="*", help="more config overrides for every arm (key=value)")
     args = p.parse_args()
+    labels = split_labels(args.arms) if args.arms else list(ARMS)
+    unknown = [a for a in labels if a not in ARMS]
+    if unknown and not args.table:
+        p.error(f"unknown arm(s) {unknown}: choose from {list(ARMS)}")
     out = Path(args.out or f"docs/masking/{args.data}")
     out.mkdir(parents=True, exist_ok=True)
     if not args.table:
-        labels = split_labels(args.arms) if args.arms else list(ARMS)
-        unknown = [a for a in labels if a not in ARMS]
-        if unknown:
-            p.error(f"unknown arm(s) {unknown}: choose from {list(ARMS)}")
         for label in labels:
             path = out / f"{slug(label)}.json"
             if path.exists():

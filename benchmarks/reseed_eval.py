@@ -20,11 +20,12 @@ def main() -> None:
     p.add_argument("runs", nargs="+", help="run directories (their latest checkpoint is scored)")
     p.add_argument("--seeds", default="1,2", help="comma-separated sample seeds")
     args = p.parse_args()
-    missing = [path for path in args.runs if latest_checkpoint(path) is None]
+    checkpoints = {path: latest_checkpoint(path) for path in args.runs}
+    missing = [path for path, ckpt in checkpoints.items() if ckpt is None]
     if missing:
         p.error(f"no checkpoint in {', '.join(missing)}: give study run directories (e.g. runs/toolbox/digits/plain_0)")
-    for path in args.runs:
-        run = load_run(latest_checkpoint(path))
+    for path, ckpt in checkpoints.items():
+        run = load_run(ckpt)
         dataset = load_dataset(run.config.data.name, run.config.data.path)
         for seed in (int(s) for s in args.seeds.split(",")):
             run.config.seed = seed
