@@ -222,6 +222,12 @@ def split_labels(text: str) -> list[str]:
     return [a.strip() for a in text.split(";" if ";" in text else ",") if a.strip()]
 
 
+def unknown_arms(labels: list[str], arms: dict[str, list[str]]) -> str | None:
+    """The error for labels that name no arm, or None."""
+    unknown = [a for a in labels if a not in arms]
+    return f"unknown arm(s) {unknown}: choose from {list(arms)}" if unknown else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=list(DATA), default="mnist32")
@@ -243,9 +249,9 @@ def main() -> None:
     p.add_argument("extra", nargs="*", help="more config overrides for every arm (key=value)")
     args = p.parse_args()
     labels = split_labels(args.arms) if args.arms else list(ARMS)
-    unknown = [a for a in labels if a not in ARMS]
-    if unknown and not args.table:
-        p.error(f"unknown arm(s) {unknown}: choose from {list(ARMS)}")
+    problem = unknown_arms(labels, ARMS)
+    if problem and not args.table:
+        p.error(problem)
     out = Path(args.out or f"docs/masking/{args.data}")
     out.mkdir(parents=True, exist_ok=True)
     if not args.table:

@@ -87,6 +87,12 @@ def encoder_for(data: str, images: str) -> Path:
     return out
 
 
+def fail(message: str) -> None:
+    """Bad input: one line, exit status 2."""
+    print(f"toolbox.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     data = sys.argv[sys.argv.index("--data") + 1] if "--data" in sys.argv else "mnist32"
     if "--out" not in sys.argv:
@@ -103,13 +109,14 @@ def main() -> None:
         chosen = [next((label for label in ARMS if label.startswith(prefix)), None) for prefix in prefixes]
         if None in chosen:
             unknown = [pre for pre, label in zip(prefixes, chosen) if label is None]
-            print(f"toolbox.py: error: --only {unknown} starts no arm label; the labels: {'; '.join(ARMS)}",
-                  file=sys.stderr)
-            sys.exit(2)
+            fail(f"--only {unknown} starts no arm label; the labels: {'; '.join(ARMS)}")
         arms = {label: ARMS[label] for label in ["plain", *[c for c in chosen if c != "plain"]]}
     wanted = study.split_labels(sys.argv[sys.argv.index("--arms") + 1]) if "--arms" in sys.argv else list(arms)
+    table_only = "--table" in sys.argv
+    if not table_only and (problem := study.unknown_arms(wanted, arms)):
+        fail(problem)  # before an alignment encoder is trained for the other arms
     aligned = [a for a in wanted if a in arms and any(o.startswith("align.weight") for o in arms[a])]
-    if aligned and "--table" not in sys.argv:
+    if aligned and not table_only:
         if data == "mnist32" and not Path(images).is_file():
             study.make_mnist32(Path(images))
         for label in aligned:
