@@ -206,8 +206,9 @@ def plot(curves: dict, order: list[str], path: Path, keys: list[str], log_first:
     for ax, key in zip(axes, keys):
         for i, label in enumerate(order):  # past ten arms the colours repeat, so the line style changes
             rows = [r for r in curves[label]["rows"] if key in r]
-            ax.plot([r["seconds"] for r in rows], [r[key] for r in rows], marker="os^"[i // 10 % 3],
-                    linestyle=["-", "--", ":"][i // 10 % 3], color=f"C{i % 10}", label=label)
+            style = i // 10 % 3
+            ax.plot([r["seconds"] for r in rows], [r[key] for r in rows], marker="os^"[style],
+                    linestyle=["-", "--", ":"][style], color=f"C{i % 10}", label=label)
         ax.set_xlabel(f"training wall-clock (s), {next(iter(curves.values()))['device']}")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
