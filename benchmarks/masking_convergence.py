@@ -27,8 +27,10 @@ import argparse
 import json
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -202,7 +204,10 @@ def plot(curves: dict, order: list[str], path: Path, keys: list[str], log_first:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    # up to six arms the legend fits inside the first panel; more would cover curves, so they go below both
+    below = -(-len(order) // 3) if len(order) > 6 else 0
+    legend_height = 0.2 * below + 0.1 if below else 0.0
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4 + legend_height))
     for ax, key in zip(axes, keys):
         for i, label in enumerate(order):  # past ten arms the colours repeat, so the line style changes
             rows = [r for r in curves[label]["rows"] if key in r]
@@ -214,9 +219,19 @@ def plot(curves: dict, order: list[str], path: Path, keys: list[str], log_first:
         ax.grid(alpha=0.3)
     if log_first:
         axes[0].set_yscale("log")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    if below:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, legend_height / (4 + legend_height), 1, 1))
+    else:
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def fail(message: str) -> NoReturn:
+    """Bad input: one line that names the problem, exit status 2 (argparse's ``error`` adds a usage line)."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def split_labels(text: str) -> list[str]:
@@ -253,7 +268,7 @@ def main() -> None:
     labels = split_labels(args.arms) if args.arms else list(ARMS)
     problem = unknown_arms(labels, ARMS)
     if problem and not args.table:
-        p.error(problem)
+        fail(problem)
     out = Path(args.out or f"docs/masking/{args.data}")
     out.mkdir(parents=True, exist_ok=True)
     if not args.table:

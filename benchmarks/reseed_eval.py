@@ -9,10 +9,15 @@ sampler and steps), only with ``seed`` changed; prints one line per run and seed
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from maskdit.checkpoint import latest_checkpoint, load_run
 from maskdit.data import load_dataset
 from maskdit.evaluate.suite import training_eval
+
+sys.path.insert(0, str(Path(__file__).parent))
+from masking_convergence import fail  # noqa: E402  (the study scripts' one-line bad-input exit)
 
 
 def main() -> None:
@@ -23,7 +28,7 @@ def main() -> None:
     checkpoints = {path: latest_checkpoint(path) for path in args.runs}
     missing = [path for path, ckpt in checkpoints.items() if ckpt is None]
     if missing:
-        p.error(f"no checkpoint in {', '.join(missing)}: give study run directories (e.g. runs/toolbox/digits/plain_0)")
+        fail(f"no checkpoint in {', '.join(missing)}: give study run directories (e.g. runs/toolbox/digits/plain_0)")
     for path, ckpt in checkpoints.items():
         run = load_run(ckpt)
         dataset = load_dataset(run.config.data.name, run.config.data.path)

@@ -29,5 +29,6 @@ def test_study_script_bad_input(script: str, args: list[str], expect: str, tmp_p
                                                        "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2, done.stderr
     assert expect in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # the problem alone, no usage block
     assert "Traceback" not in done.stderr + done.stdout
     assert list(tmp_path.iterdir()) == []  # no output folder, no run directory
