@@ -45,6 +45,10 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line instead of printing the usage block."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        unknown = "unrecognized arguments: "
+        if message.startswith(unknown):  # argparse lists every word after the first unknown option; name only those
+            options = [word for word in message[len(unknown):].split() if word.startswith("-")]
+            message = f"unknown option(s) {', '.join(options)}" if options else message
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 

@@ -253,6 +253,9 @@ CASES: list[Case] = [
     C("usage-unknown-command-case", ["TRAIN"], "TRAIN"),
     C("usage-unknown-top-flag", ["--bogus"], "--bogus"),
     C("usage-train-unknown-flag", ["train", "--bogus"], "--bogus"),
+    # a flag where overrides are key=value: the line names the flag, not every word after it
+    C("usage-train-flag-among-overrides", ["train", "--steps", "1", "model.mlp=swiglu"],
+      re.compile(r"unknown option\(s\) --steps \(see")),
     C("usage-train-preset-no-value", ["train", "--preset"], "--preset"),
     C("usage-sample-no-args", ["sample"], re.compile(r"run_dir|RUN_DIR|--out")),  # either missing one
     C("usage-sample-missing-out", ["sample", "{img}"], "--out"),
