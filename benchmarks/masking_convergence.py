@@ -234,6 +234,13 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+class StudyParser(argparse.ArgumentParser):
+    """argparse whose errors, its own (a bad choice, a malformed number) and the script's, are one line."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        fail(message)
+
+
 def split_labels(text: str) -> list[str]:
     """Arm labels from ``--arms``: ';'-separated if the text has a ';' (labels may hold commas), else ','."""
     return [a.strip() for a in text.split(";" if ";" in text else ",") if a.strip()]
@@ -246,7 +253,7 @@ def unknown_arms(labels: list[str], arms: dict[str, list[str]]) -> str | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = StudyParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=list(DATA), default="mnist32")
     p.add_argument("--data-path", default="runs/data/mnist32.npz", help="mnist32: where the .npz is (built if absent)")
     p.add_argument("--arms", help="arm labels separated by commas, or by ';' when a label holds a comma "
@@ -268,7 +275,7 @@ def main() -> None:
     labels = split_labels(args.arms) if args.arms else list(ARMS)
     problem = unknown_arms(labels, ARMS)
     if problem and not args.table:
-        fail(problem)
+        p.error(problem)
     out = Path(args.out or f"docs/masking/{args.data}")
     out.mkdir(parents=True, exist_ok=True)
     if not args.table:

@@ -17,18 +17,18 @@ from maskdit.data import load_dataset
 from maskdit.evaluate.suite import training_eval
 
 sys.path.insert(0, str(Path(__file__).parent))
-from masking_convergence import fail  # noqa: E402  (the study scripts' one-line bad-input exit)
+from masking_convergence import StudyParser  # noqa: E402  (the study scripts' one-line bad-input errors)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = StudyParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (their latest checkpoint is scored)")
     p.add_argument("--seeds", default="1,2", help="comma-separated sample seeds")
     args = p.parse_args()
     checkpoints = {path: latest_checkpoint(path) for path in args.runs}
     missing = [path for path, ckpt in checkpoints.items() if ckpt is None]
     if missing:
-        fail(f"no checkpoint in {', '.join(missing)}: give study run directories (e.g. runs/toolbox/digits/plain_0)")
+        p.error(f"no checkpoint in {', '.join(missing)}: give study run directories (e.g. runs/toolbox/digits/plain_0)")
     for path, ckpt in checkpoints.items():
         run = load_run(ckpt)
         dataset = load_dataset(run.config.data.name, run.config.data.path)

@@ -14,6 +14,9 @@ CASES = [
     ("reseed_eval.py", ["no_such_run", "--seeds", "1"], "no checkpoint in no_such_run"),
     ("masking_convergence.py", ["--data", "digits", "--arms", "nope", "--out", "out", "--runs", "runs"],
      "unknown arm(s) ['nope']"),
+    # argparse's own errors are one line too
+    ("masking_convergence.py", ["--data", "bogus", "--out", "out"], "argument --data: invalid choice: 'bogus'"),
+    ("reseed_eval.py", ["run", "--bogus"], "unrecognized arguments: --bogus"),
     ("toolbox.py", ["--data", "digits", "--only", "zzz", "--out", "out", "--runs", "runs"],
      "--only ['zzz'] starts no arm label"),
     # a label that holds a comma is one arm when the list is ';'-separated
