@@ -9,12 +9,13 @@ counts), Heun with guidance, under bf16 autocast on CUDA.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
 import torch
 
 from maskdit.bench import parse_shape
+from maskdit.cli import Parser, guarded, positive_int
 from maskdit.distributed import autocast
 from maskdit.model import build_model
 from maskdit.objectives import FlowMatching
@@ -22,12 +23,12 @@ from maskdit.samplers import generate
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="DiT-S/2")
     p.add_argument("--input", default="4x32x32")
-    p.add_argument("--num", type=int, default=64)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--num", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--rounds", type=positive_int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--accels", default="cache:every=2;cache:every=3;ras:ratio=0.5;ras:ratio=0.25",
                    help="settings separated by ';'")
@@ -62,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

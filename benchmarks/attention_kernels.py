@@ -15,7 +15,6 @@ interleaved rounds; prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from maskdit.cli import Parser, guarded, non_negative_ints, positive_int
 from maskdit.model.blocks import explicit_attention as explicit
 
 #: (name, (sequences, heads, length, head_dim))
@@ -83,16 +83,17 @@ def step_costs(preset: str, lengths: list[int], steps: int, rounds: int, overrid
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=positive_int, default=20)
+    p.add_argument("--rounds", type=positive_int, default=2)
     p.add_argument("--preset", help="time whole training steps of this preset instead")
-    p.add_argument("--lengths", default="0,64,512", help="--preset: cut-off lengths to compare (0 first)")
+    p.add_argument("--lengths", type=non_negative_ints, default="0,64,512",
+                   help="--preset: cut-off lengths to compare (0 first)")
     p.add_argument("overrides", nargs="*", help="--preset: train overrides")
     args = p.parse_args()
     if args.preset:
-        step_costs(args.preset, [int(n) for n in args.lengths.split(",")], args.steps, args.rounds, args.overrides)
+        step_costs(args.preset, args.lengths, args.steps, args.rounds, args.overrides)
         return
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     kernels = {"sdpa": sdpa, "explicit": explicit,
@@ -112,4 +113,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

@@ -16,22 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from maskdit.checkpoint import remove_run
+from maskdit.cli import Parser, guarded, non_negative_int, positive_int
+
 
 def run(nproc: int, threads: int, args: argparse.Namespace, strategy: str = "ddp") -> dict:
     run_dir = Path(args.runs) / (f"nproc{nproc}" + (f"_{strategy}" if nproc > 1 else ""))
-    shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own scratch runs
+    remove_run(run_dir)  # the benchmark's own scratch run from an earlier try
     overrides = [f"batch_size={args.batch}", f"steps={args.steps}", "log_every=1", f"ckpt_every={args.steps}",
                  f"dist.strategy={strategy}", f"run_dir={run_dir}", *args.extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
-    subprocess.run([*launcher, "-m", "maskdit", "train", "--no-progress", "--preset", args.preset, *overrides],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    done = subprocess.run([*launcher, "-m", "maskdit", "train", "--no-progress", "--preset", args.preset, *overrides],
+                          env=env, stdout=subprocess.DEVNULL)
+    if done.returncode:  # maskdit has said why on stderr
+        sys.exit(done.returncode)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "steps_per_s" in r and r["step"] > args.skip]
     seconds = sum(1 / r["steps_per_s"] for r in timed)
@@ -46,13 +50,13 @@ def run(nproc: int, threads: int, args: argparse.Namespace, strategy: str = "ddp
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="threads per process")
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--nproc", type=positive_int, default=2)
+    p.add_argument("--threads", type=positive_int, default=1, help="threads per process")
     p.add_argument("--preset", default="digits")
-    p.add_argument("--batch", type=int, default=64, help="global batch")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--skip", type=int, default=10, help="first steps left out of the rate")
+    p.add_argument("--batch", type=positive_int, default=64, help="global batch")
+    p.add_argument("--steps", type=positive_int, default=60)
+    p.add_argument("--skip", type=non_negative_int, default=10, help="first steps left out of the rate")
     p.add_argument("--strategies", default="ddp", help="comma-separated dist.strategy values for the N-process rows")
     p.add_argument("--runs", default="runs/ddp_scaling")
     p.add_argument("extra", nargs="*", help="more config overrides (key=value)")
@@ -68,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

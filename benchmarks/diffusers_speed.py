@@ -11,13 +11,15 @@ against a native maskdit model of the same architecture (same sampler, steps and
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from maskdit.cli import Parser, guarded, positive_int
 
 
 def steps_per_s(step, n: int) -> float:
@@ -28,11 +30,11 @@ def steps_per_s(step, n: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    p.add_argument("--sample-steps", type=int, default=10)
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--rounds", type=positive_int, default=5)
+    p.add_argument("--steps", type=positive_int, default=3, help="timed steps per round")
+    p.add_argument("--sample-steps", type=positive_int, default=10)
     args = p.parse_args()
     from diffusers import DiTTransformer2DModel
 
@@ -100,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

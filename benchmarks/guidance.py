@@ -13,36 +13,37 @@ Scale 1 (no guidance, one conditional pass) is the reference row.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
 import torch
 
 from maskdit.checkpoint import load_run
+from maskdit.cli import Parser, guarded, positive_floats, positive_int
 from maskdit.data import load_dataset
 from maskdit.evaluate.suite import score_samples
 from maskdit.samplers import generate
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="a run trained with mask.recipe=sprint or tread")
-    p.add_argument("--scales", default="1.5,3")
-    p.add_argument("--num", type=int, default=400)
-    p.add_argument("--steps", type=int, default=10, help="Heun steps")
+    p.add_argument("--scales", type=positive_floats, default="1.5,3")
+    p.add_argument("--num", type=positive_int, default=400)
+    p.add_argument("--steps", type=positive_int, default=10, help="Heun steps")
     args = p.parse_args()
     run = load_run(args.run)
     cfg = run.config
     own = {"sprint": "path-drop", "tread": "route-contrast"}.get(cfg.mask.recipe)
     if own is None:
-        raise SystemExit(f"{args.run} was trained with mask.recipe={cfg.mask.recipe}: this compares the guidance of "
-                         "sprint or tread runs with cfg")
+        p.error(f"{args.run} was trained with mask.recipe={cfg.mask.recipe}: this compares the guidance of sprint "
+                "or tread runs with cfg; pass such a run")
     if own == "route-contrast" and run.model.tread_route is None:  # a TREAD run saved before routes were kept
         run.model.tread_route = cfg.tread_route()
     dataset = load_dataset(cfg.data.name, cfg.data.path)
     labels = torch.arange(args.num) % run.model.num_classes
     rows = []
-    settings = [(1.0, "cfg")] + [(float(s), g) for s in args.scales.split(",") for g in ("cfg", own)]
+    settings = [(1.0, "cfg")] + [(s, g) for s in args.scales for g in ("cfg", own)]
     for scale, guidance in settings:
         start = time.perf_counter()
         x = generate(run.model, run.objective, args.num, labels, "heun", args.steps, scale, guidance=guidance, seed=7)
@@ -60,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

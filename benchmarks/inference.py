@@ -12,12 +12,14 @@ calibrates (int8) does so once before the rounds; that one-off cost is printed a
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from maskdit.cli import Parser, guarded, positive_int
 
 
 def settings_of(text: str) -> list[str | None]:
@@ -115,10 +117,10 @@ def video_table(run, args, settings) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("run")
-    p.add_argument("--num", type=int, default=400, help="samples (image runs) or held-out clips (video runs)")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--num", type=positive_int, default=400, help="samples (image runs) or held-out clips (video runs)")
+    p.add_argument("--steps", type=positive_int, default=10)
     p.add_argument("--accels", default="cache:every=2,cache:every=3", help="settings, separated by ';' or ','")
     p.add_argument("--grid", help="image runs: write a PNG with the first samples of each setting")
     args = p.parse_args()
@@ -133,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

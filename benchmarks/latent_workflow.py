@@ -12,7 +12,6 @@ time and throughput.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -21,22 +20,26 @@ from pathlib import Path
 
 import numpy as np
 
+from maskdit.cli import Parser, guarded, positive_int
+
 
 def run(args: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "maskdit", *args], check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-m", "maskdit", *args], stdout=subprocess.DEVNULL)
+    if done.returncode:  # maskdit has said why on stderr
+        sys.exit(done.returncode)
     return time.perf_counter() - start
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/latent_workflow", help="a new directory for everything it makes")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--width", type=int, default=32, help="the VAE's first block width (SD's VAE: 128)")
+    p.add_argument("--steps", type=positive_int, default=200)
+    p.add_argument("--width", type=positive_int, default=32, help="the VAE's first block width (SD's VAE: 128)")
     args = p.parse_args()
     out = Path(args.out)
     if out.exists():
-        sys.exit(f"error: {out} exists: pass a new --out directory")
+        p.error(f"{out} exists: pass a new --out directory")
     from diffusers import AutoencoderKL
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -73,4 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

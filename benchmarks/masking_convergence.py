@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
+
+from maskdit.cli import Parser, UsageError, guarded, positive_float, positive_int, unit_float
 
 #: label -> config overrides. The finetune arm is SPRINT's two stages: 90% of the budget masked, then
 #: 10% at ratio 0 from those weights (init_from).
@@ -100,7 +101,7 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
-    from maskdit.checkpoint import latest_checkpoint, load_run
+    from maskdit.checkpoint import latest_checkpoint, load_run, remove_run
     from maskdit.config import load_config
     from maskdit.data import load_dataset
     from maskdit.evaluate.suite import training_eval
@@ -120,7 +121,7 @@ def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
     rows, offset, step0, previous = [], 0.0, 0, None
     for i, (overrides, seconds) in enumerate(stages):
         run_dir = runs / f"{slug(label)}_{i}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # the study's own scratch runs
+        remove_run(run_dir)  # the study's own scratch run from an earlier try
         extra = [f"init_from={previous}"] if previous else []
         cfg = load_config(DATA[args.data][0], overrides=[*common, *overrides, *extra, f"max_seconds={seconds}",
                                                   f"run_dir={run_dir}"])
@@ -229,16 +230,8 @@ def plot(curves: dict, order: list[str], path: Path, keys: list[str], log_first:
 
 
 def fail(message: str) -> NoReturn:
-    """Bad input: one line that names the problem, exit status 2 (argparse's ``error`` adds a usage line)."""
-    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-class StudyParser(argparse.ArgumentParser):
-    """argparse whose errors, its own (a bad choice, a malformed number) and the script's, are one line."""
-
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
-        fail(message)
+    """Bad input found after parsing: one line and exit status 2 (through :func:`maskdit.cli.guarded`)."""
+    raise UsageError(f"{Path(sys.argv[0]).name}: {message}")
 
 
 def split_labels(text: str) -> list[str]:
@@ -253,19 +246,19 @@ def unknown_arms(labels: list[str], arms: dict[str, list[str]]) -> str | None:
 
 
 def main() -> None:
-    p = StudyParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=list(DATA), default="mnist32")
     p.add_argument("--data-path", default="runs/data/mnist32.npz", help="mnist32: where the .npz is (built if absent)")
     p.add_argument("--arms", help="arm labels separated by commas, or by ';' when a label holds a comma "
                                   "(default: all): " + "; ".join(ARMS))
-    p.add_argument("--budget", type=float, default=600.0, help="training seconds per arm")
-    p.add_argument("--points", type=int, default=6, help="evaluations during each arm (plus one at the end)")
-    p.add_argument("--num", type=int, default=500, help="samples per evaluation")
-    p.add_argument("--sample-steps", type=int, default=10, help="Heun steps per sample")
+    p.add_argument("--budget", type=positive_float, default=600.0, help="training seconds per arm")
+    p.add_argument("--points", type=positive_int, default=6, help="evaluations during each arm (plus one at the end)")
+    p.add_argument("--num", type=positive_int, default=500, help="samples per evaluation")
+    p.add_argument("--sample-steps", type=positive_int, default=10, help="Heun steps per sample")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--ema", type=unit_float, default=0.995)
     p.add_argument("--device", default="cpu")
     p.add_argument("--runs", default="runs/convergence", help="scratch run directories (replaced per arm)")
     p.add_argument("--out", default=None, help="curves, table and plot (default docs/masking/DATA)")
@@ -292,4 +285,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

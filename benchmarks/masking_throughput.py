@@ -9,10 +9,11 @@ run) and a JSON list on its last line.
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 
 from maskdit.bench import add_timing_arguments, benchmark, parse_shape
+from maskdit.cli import Parser, guarded
 
 CONFIGS = [  # (label, recipe, ratio, mixer_depth)
     ("unmasked", "drop", 0.0, 0),
@@ -33,7 +34,7 @@ CONFIGS = [  # (label, recipe, ratio, mixer_depth)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     add_timing_arguments(p)
     p.add_argument("--only", help="comma-separated labels to time (the unmasked row is always timed)")
     args = p.parse_args()
@@ -67,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

@@ -10,12 +10,13 @@ counts. Prints a Markdown table and a JSON list on its last line.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+import sys
 from typing import Any
 
 from maskdit.bench import add_timing_arguments, benchmark, parse_shape
+from maskdit.cli import Parser, guarded
 from maskdit.config import MoEConfig
 
 
@@ -36,7 +37,7 @@ CONFIGS = [  # (label, model fields)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     add_timing_arguments(p)
     args = p.parse_args()
     shape = parse_shape(args.input)
@@ -62,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

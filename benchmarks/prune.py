@@ -12,13 +12,15 @@ accuracy of ``--num`` samples (the run's sampler, steps and guidance), two noise
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import yaml
+
+from maskdit.cli import Parser, guarded, non_negative_float, positive_int
 
 
 def score(run_dir: Path, num: int, dataset) -> list[dict]:
@@ -38,14 +40,15 @@ def score(run_dir: Path, num: int, dataset) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
-    p.add_argument("--keep", type=int, default=3)
-    p.add_argument("--finetune", type=float, default=0.2, help="finetune steps as a share of the run's steps")
-    p.add_argument("--search-steps", type=int, default=200)
-    p.add_argument("--num", type=int, default=400)
+    p.add_argument("--keep", type=positive_int, default=3)
+    p.add_argument("--finetune", type=non_negative_float, default=0.2,
+                   help="finetune steps as a share of the run's steps")
+    p.add_argument("--search-steps", type=positive_int, default=200)
+    p.add_argument("--num", type=positive_int, default=400)
     p.add_argument("--methods", default="learned,every-other")
-    p.add_argument("--distill", type=float, default=0.0,
+    p.add_argument("--distill", type=non_negative_float, default=0.0,
                    help="also finetune with the full run as teacher at this distill.weight (0 = not)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="finetune config overrides, e.g. lr=3e-4")
     args = p.parse_args()
@@ -91,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

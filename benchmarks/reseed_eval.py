@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from maskdit.checkpoint import latest_checkpoint, load_run
+from maskdit.cli import Parser, guarded, non_negative_ints
 from maskdit.data import load_dataset
 from maskdit.evaluate.suite import training_eval
 
-sys.path.insert(0, str(Path(__file__).parent))
-from masking_convergence import StudyParser  # noqa: E402  (the study scripts' one-line bad-input errors)
-
 
 def main() -> None:
-    p = StudyParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (their latest checkpoint is scored)")
-    p.add_argument("--seeds", default="1,2", help="comma-separated sample seeds")
+    p.add_argument("--seeds", type=non_negative_ints, default=[1, 2], help="comma-separated sample seeds")
     args = p.parse_args()
     checkpoints = {path: latest_checkpoint(path) for path in args.runs}
     missing = [path for path, ckpt in checkpoints.items() if ckpt is None]
@@ -32,7 +29,7 @@ def main() -> None:
     for path, ckpt in checkpoints.items():
         run = load_run(ckpt)
         dataset = load_dataset(run.config.data.name, run.config.data.path)
-        for seed in (int(s) for s in args.seeds.split(",")):
+        for seed in args.seeds:
             run.config.seed = seed
             scores = training_eval(run.model, run.objective, dataset, run.config)
             print(f"{path} seed {seed}: " + ", ".join(f"{k} {scores[k]:.2f}" for k in ("domain_fid", "class_accuracy")
@@ -40,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

@@ -11,23 +11,24 @@ rotary positions buy and what they do not.
 
 from __future__ import annotations
 
-import argparse
-import shutil
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from maskdit.cli import Parser, guarded, positive_float, positive_int, positive_ints
+
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="an existing run trained with model.pos=rope (default: train one)")
-    p.add_argument("--train-s", type=float, default=180.0)
-    p.add_argument("--num", type=int, default=400)
-    p.add_argument("--steps", type=int, default=10, help="Heun steps")
-    p.add_argument("--sizes", default="8,12,16")
+    p.add_argument("--train-s", type=positive_float, default=180.0)
+    p.add_argument("--num", type=positive_int, default=400)
+    p.add_argument("--steps", type=positive_int, default=10, help="Heun steps")
+    p.add_argument("--sizes", type=positive_ints, default="8,12,16")
     args = p.parse_args()
-    from maskdit.checkpoint import load_run
+    from maskdit.checkpoint import load_run, remove_run
     from maskdit.config import load_config
     from maskdit.data import load_dataset
     from maskdit.evaluate.suite import score_samples
@@ -36,7 +37,7 @@ def main() -> None:
 
     run_dir = Path(args.run or "runs/rope_sizes")
     if not args.run:
-        shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own scratch run
+        remove_run(run_dir)  # the benchmark's own scratch run from an earlier try
         train(load_config("digits", overrides=["model.pos=rope", "steps=100000000", "lr_schedule=constant",
                                                f"max_seconds={args.train_s}", "ckpt_every=100000000",
                                                f"run_dir={run_dir}"]), progress=False)
@@ -46,7 +47,7 @@ def main() -> None:
     print(f"run {run_dir}, step {run.step}; {args.num} samples per size, Heun {args.steps} steps, guidance "
           f"{run.config.sample.guidance_scale}\n")
     print("| sampled at | scored at | domain FID | class accuracy |\n|---|---|---|---|")
-    for side in (int(s) for s in args.sizes.split(",")):
+    for side in args.sizes:
         x = generate(run.model, run.objective, args.num, labels, sampler="heun", steps=args.steps,
                      guidance_scale=run.config.sample.guidance_scale, size=(side, side), seed=0)
         if side != 8:
@@ -56,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

@@ -11,13 +11,14 @@ interleaved over rounds, best round kept. Prints a Markdown table and a JSON lis
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import tempfile
 import time
 
 import torch
 
+from maskdit.cli import Parser, guarded, positive_int
 from maskdit.config import load_config
 from maskdit.distributed import autocast
 from maskdit.train import Trainer, learning_rate
@@ -51,12 +52,12 @@ def parts(trainer: Trainer, step: int) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="digits")
     p.add_argument("--ratios", default="0,0.5,0.75")
     p.add_argument("--arms", help="'NAME:OVERRIDES;...' (space-separated overrides) instead of --ratios")
-    p.add_argument("--steps", type=int, default=40, help="timed steps per ratio and round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=positive_int, default=40, help="timed steps per ratio and round")
+    p.add_argument("--rounds", type=positive_int, default=3)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     if args.arms:
@@ -100,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

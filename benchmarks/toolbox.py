@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from maskdit.cli import guarded
+
 sys.path.insert(0, str(Path(__file__).parent))
 import masking_convergence as study  # noqa: E402  (the equal-wall-clock machinery)
 
@@ -84,9 +86,11 @@ def encoder_for(data: str, images: str) -> Path:
     out = ENCODERS / data
     if not (out / "encoder.json").is_file():
         start = time.time()
-        subprocess.run([sys.executable, "-m", "maskdit", "encoder", "train", images, "--out", str(out), "--steps",
-                        "1500", "--batch", "128", "--patch", "2", "--width", "64", "--depth", "2", "--heads", "4",
-                        "--no-progress"], check=True)
+        done = subprocess.run([sys.executable, "-m", "maskdit", "encoder", "train", images, "--out", str(out),
+                               "--steps", "1500", "--batch", "128", "--patch", "2", "--width", "64", "--depth", "2",
+                               "--heads", "4", "--no-progress"])
+        if done.returncode:  # maskdit has said why on stderr
+            sys.exit(done.returncode)
         print(f"[encoder] trained in {time.time() - start:.0f}s -> {out}", flush=True)
     return out
 
@@ -126,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

@@ -19,8 +19,8 @@ and prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from maskdit.checkpoint import load_run
+from maskdit.cli import Parser, guarded, non_negative_float, non_negative_int, positive_int
 from maskdit.evaluate.video import TASK_BENCH, frame_scores, given_frames, held_out_set, identity_rate, task_quality
 from maskdit.media import save_video
 from maskdit.tasks import comparison_frames
@@ -86,15 +87,15 @@ def identity_reader(data: Any, cfg: Any) -> tuple[Any, int] | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
-    p.add_argument("--num", type=int, default=64, help="held-out clips")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
+    p.add_argument("--num", type=positive_int, default=64, help="held-out clips")
+    p.add_argument("--steps", type=positive_int, help="sampler steps (default: the run's)")
     p.add_argument("--sampler", help="sampler (default: the run's)")
     p.add_argument("--guidance", help="guidance mode, e.g. context (default: none)")
-    p.add_argument("--guidance-scale", type=float, default=1.0)
+    p.add_argument("--guidance-scale", type=non_negative_float, default=1.0)
     p.add_argument("--tasks", help="comma-separated tasks (default: every benchmark task)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed")
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA or training weights")
     p.add_argument("--device", default="cpu",
                    help="where the model samples (cpu, cuda); scores are computed on the CPU")
@@ -147,4 +148,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

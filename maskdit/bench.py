@@ -25,11 +25,13 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A
 
 def add_timing_arguments(p: Any) -> None:
     """The options of the side-by-side throughput benchmarks (``benchmarks/*_throughput.py``)."""
+    from maskdit.cli import positive_int
+
     p.add_argument("--preset", default="DiT-S/2")
     p.add_argument("--input", default="4x32x32")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per configuration and round")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--steps", type=positive_int, default=4, help="timed steps per configuration and round")
+    p.add_argument("--rounds", type=positive_int, default=2)
     p.add_argument("--device", default="cpu")
 
 

@@ -113,6 +113,17 @@ def is_run(path: Path) -> bool:
     return isinstance(data, dict) and {"config", "model"} <= set(data)
 
 
+def remove_run(run_dir: Path) -> None:
+    """Delete a maskdit run directory (a benchmark's scratch run, before it is trained again). Anything else
+    there is refused, so a directory the project did not make is never removed."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir() or (any(run_dir.iterdir()) and not is_run(run_dir)):
+        raise CheckpointError(f"{run_dir} exists and is not a maskdit run, so it was left alone: move it, or "
+                              "choose another runs directory")
+    shutil.rmtree(run_dir)
+
+
 def find_run(run_dir: Path, resume: bool) -> list[Path]:
     """Decide, before anything is written, what training into ``run_dir`` means: the checkpoints to resume
     from, newest first (empty: start at step 0). Refuses a file, a directory holding anything but a run,

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +76,25 @@ unit_float = number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 ratio = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
-def class_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"must be comma-separated class indices such as 0,3,7, got {text!r}")
-    return values
+def number_list(cast: type, ok: Any, wanted: str) -> Any:
+    """An argparse ``type`` for comma-separated numbers, each ``cast`` and passing ``ok`` (``wanted`` names them)."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values or not all(ok(v) for v in values):
+            raise argparse.ArgumentTypeError(f"must be comma-separated {wanted}, got {text!r}")
+        return values
+
+    return parse
+
+
+class_list = number_list(int, lambda v: v >= 0, "class indices such as 0,3,7")
+non_negative_ints = number_list(int, lambda v: v >= 0, "non-negative integers")
+positive_ints = number_list(int, lambda v: v >= 1, "positive integers")
+positive_floats = number_list(float, lambda v: 0 < v < math.inf, "positive numbers")
 
 
 def interval(text: str) -> list[float]:
@@ -924,6 +936,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Expected failures (bad input, missing or damaged files, a full disk) print one
     line and return 2; signals return 128 + their number; a bug still shows its traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    return guarded(lambda: _dispatch(argv))
+
+
+def guarded(run: Callable[[], int | None]) -> int:
+    """Call ``run`` the way maskdit runs a command, and return its exit status: expected failures (a
+    ``MaskditError``, a ``UsageError``, a file that cannot be used) print one line and give 2, signals give 128
+    + their number, a bug still shows its traceback. The benchmark scripts end with ``sys.exit(guarded(main))``."""
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -931,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
         from maskdit.train import Interrupted
 
         try:
-            return _dispatch(argv)
+            return run() or 0
         except (MaskditError, UsageError) as e:
             return _fail(str(e))
         except Interrupted as e:

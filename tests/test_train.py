@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 import maskdit.checkpoint as ckpt_mod
-from maskdit.checkpoint import latest_checkpoint, list_checkpoints, load_run, load_weights
+from maskdit.checkpoint import latest_checkpoint, list_checkpoints, load_run, load_weights, remove_run
 from maskdit.config import load_config
 from maskdit.errors import CheckpointError, ConfigError
 from maskdit.model import DiT
@@ -62,6 +62,26 @@ def test_existing_run_is_not_overwritten(tmp_path):
     train(cfg, progress=False)
     with pytest.raises(CheckpointError, match="--resume"):
         Trainer(cfg, progress=False)
+
+
+def test_remove_run_deletes_runs_only(tmp_path):
+    """Benchmarks clear their scratch runs with remove_run: a run (or an empty folder) goes, anything else stays."""
+    run = tmp_path / "run"
+    train(small_cfg(run, "steps=3"), progress=False)
+    remove_run(run)
+    assert not run.exists()
+    (tmp_path / "empty").mkdir()
+    remove_run(tmp_path / "empty")
+    remove_run(tmp_path / "never-made")  # nothing there: nothing to do
+    assert not (tmp_path / "empty").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    for path in (mine, tmp_path / "file"):
+        with pytest.raises(CheckpointError, match="is not a maskdit run, so it was left alone"):
+            remove_run(path)
+    assert (mine / "notes.txt").read_text() == "keep me" and (tmp_path / "file").read_text() == "keep me too"
 
 
 def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
