@@ -55,14 +55,17 @@ def main() -> None:
     from maskdit.checkpoint import load_run
     from maskdit.cli import main as cli
     from maskdit.data import dataset_from_config
-    from maskdit.prune import prune_run
+    from maskdit.prune import PRUNERS, prune_run
 
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods or any(m not in PRUNERS.names() for m in methods):  # before the full model is scored
+        p.error(f"--methods {args.methods!r}: choose from {', '.join(PRUNERS.names())}, separated by commas")
     full = load_run(args.run)
     dataset = dataset_from_config(full.config.data)
     steps = max(1, round(args.finetune * full.config.steps))
     rows = [("full model", len(full.model.blocks), "-", score(args.run, args.num, dataset), 0.0)]
     work = Path(tempfile.mkdtemp(prefix="prune-"))
-    for method in args.methods.split(","):
+    for method in methods:
         start = time.perf_counter()
         pruned = work / method
         r = prune_run(args.run, pruned, args.keep, method, args.search_steps)

@@ -34,6 +34,7 @@ CASES = [
     ("inference.py", ["no_such_run"], "no_such_run does not exist"),
     ("masking_throughput.py", ["--batch", "0"], "argument --batch: must be a positive integer"),
     ("prune.py", ["no_such_run"], "no_such_run does not exist"),
+    ("prune.py", ["no_such_run", "--methods", "learned,magic"], "--methods 'learned,magic': choose from"),
     ("rope_sizes.py", ["--sizes", "8,0"], "argument --sizes: must be comma-separated positive integers"),
     ("step_overhead.py", ["--rounds", "x"], "argument --rounds: must be a positive integer"),
     ("video_tasks.py", ["no_such_run", "--bogus"], "unknown option(s) --bogus"),
