@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 
 from maskdit.errors import ConfigError, DataError
+from maskdit.files import atomic_file
 
 
 def image_grid(images: torch.Tensor, labels: torch.Tensor | None = None, pad: int = 1,
@@ -37,11 +37,6 @@ def image_grid(images: torch.Tensor, labels: torch.Tensor | None = None, pad: in
     return canvas
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
     """Write ``uint8 (N, C, H, W)`` samples: ``.png`` as a grid (a row per class), ``.npz`` as
     ``images`` uint8 ``N x H x W x C`` plus ``labels`` int64 when given."""
@@ -51,13 +46,12 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | 
     suffix = path.suffix.lower()
     if suffix not in (".png", ".npz"):
         raise ConfigError(f"--out {path}: the file name must end in .png (a grid) or .npz (arrays)")
-    tmp = _atomic_target(path)
-    if suffix == ".png":
-        grid = image_grid(images, labels)
-        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
-    else:
-        _write_npz(tmp, {"images": images.permute(0, 2, 3, 1).numpy().astype(np.uint8)}, labels)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        if suffix == ".png":
+            grid = image_grid(images, labels)
+            Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
+        else:
+            _write_npz(tmp, {"images": images.permute(0, 2, 3, 1).numpy().astype(np.uint8)}, labels)
     return path
 
 
@@ -72,9 +66,8 @@ def save_noise(path: str | Path, noise: torch.Tensor, labels: torch.Tensor | Non
     """Write inverted starting noise: ``noise`` float32 ``(N, C, *S)``, ``labels`` int64 when given, and the
     sampling ``settings`` it inverts (``sampler``, ``steps``, ``guidance_scale``) as 0-d arrays."""
     path = Path(path)
-    tmp = _atomic_target(path)
-    _write_npz(tmp, {"noise": noise.float().numpy(), **{k: np.asarray(v) for k, v in settings.items()}}, labels)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        _write_npz(tmp, {"noise": noise.float().numpy(), **{k: np.asarray(v) for k, v in settings.items()}}, labels)
     return path
 
 
@@ -152,9 +145,7 @@ def save_video(path: str | Path, frames: np.ndarray | torch.Tensor, fps: float =
         raise ConfigError(f"video has no frames: shape {array.shape}")
     if fps <= 0:
         raise ConfigError(f"fps must be positive, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
+    with atomic_file(path) as tmp:
         if suffix == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, frames=clips)
@@ -172,10 +163,6 @@ def save_video(path: str | Path, frames: np.ndarray | torch.Tensor, fps: float =
                                     pixelformat="yuv420p", macro_block_size=16, quality=8) as writer:
                 for frame in video:
                     writer.append_data(frame)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

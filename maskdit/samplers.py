@@ -12,8 +12,14 @@ is one registered function here plus its test.
 * ``ddim`` (eps, with ``eta``) and ``ddpm`` (ancestral): ``steps`` evenly spaced steps of the
   ``T``-step chain, one model call each. Ancestral DDPM on a respaced chain is DDIM with ``eta = 1``.
 
-Stochastic samplers draw their step noise from :class:`NoiseStreams`, one stream per sample, so sample
-``i`` depends only on the seed and ``i`` and never on the batch it was drawn in.
+**Batches.** :func:`generate` and :func:`invert` call the network on batches of exactly ``batch_size``
+samples: the last batch is padded with copies of its last sample, which are computed and dropped. BLAS and
+oneDNN pick their kernels (and so their rounding) by the shapes of a call, and on some CPUs by where a row
+sits in it; with every call the same shape and sample ``i`` always in row ``i % batch_size``, sample ``i``
+depends only on the seed, ``i`` and ``batch_size``, exactly, on any CPU or GPU, never on ``num`` or on
+which other samples share its batch. Different batch sizes agree to float rounding only (kernels differ),
+which the tests bound; the default is :data:`BATCH_SIZE` everywhere. Stochastic samplers draw their step
+noise from :class:`NoiseStreams`, one stream per sample, so that noise, too, follows the sample.
 """
 
 from __future__ import annotations
@@ -36,6 +42,23 @@ Sampler = Callable[..., torch.Tensor]
 #: name -> sampler ``(fn, x, objective, steps, *, eta, noise, progress) -> x_0``; facts: ``objectives``
 #: (the objective names it integrates), ``default`` (the one used when none is named), ``calls_per_step``.
 SAMPLERS: Registry[Sampler] = Registry("sampler", key="sample.sampler")
+
+#: Samples per network call when no batch size is given (the CLI's ``--batch-size`` default too).
+BATCH_SIZE = 32
+
+
+def padded(x: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    """``x`` with copies of its last row appended up to ``rows`` rows, so every network call has one shape."""
+    if x is None or len(x) == rows:
+        return x
+    return torch.cat([x, x[-1:].expand(rows - len(x), *x.shape[1:])])
+
+
+def batches(num: int, batch_size: int) -> range:
+    """The first index of each batch of ``batch_size`` (positive) among ``num`` samples."""
+    if batch_size < 1:
+        raise ConfigError(f"the batch size must be a positive number of samples, got {batch_size}")
+    return range(0, num, batch_size)
 
 
 def _seed_of(seed: int, index: int) -> int:
@@ -409,7 +432,7 @@ def generate(
     guidance_interval: Sequence[float] | None = None,
     eta: float = 0.0,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     progress: bool = False,
     given: torch.Tensor | None = None,
     context: torch.Tensor | None = None,
@@ -421,8 +444,9 @@ def generate(
     guidance_power: float | None = None,
 ) -> torch.Tensor:
     """``num`` samples ``(num, C, *S)`` in model space (``size``: another ``S``, for rotary models). The
-    starting noise and the step noise of sample ``i`` depend only on ``seed`` and ``i``, so results do not
-    change with ``batch_size``. ``accel`` names a sampling accelerator (:mod:`maskdit.accel`), opened
+    network sees batches of exactly ``batch_size`` samples (the last one padded) and the starting and step
+    noise of sample ``i`` depend only on ``seed`` and ``i``, so sample ``i`` depends only on ``seed``,
+    ``i`` and ``batch_size`` (module docstring). ``accel`` names a sampling accelerator (:mod:`maskdit.accel`), opened
     afresh for every batch. ``start`` ``(num, C, *S)`` replaces the seeded starting noise (the result of
     :func:`invert`, to reconstruct or edit real inputs); step noise still comes from ``seed``.
 
@@ -458,18 +482,19 @@ def generate(
                guidance_channels, tuple(size or ()), labels is None, guidance_power)
         model = transformed(model, accel, calibrate, key)
     out = []
-    for first in tqdm(range(0, num, batch_size), desc="sampling", disable=not progress or num <= batch_size):
+    for first in tqdm(batches(num, batch_size), desc="sampling", disable=not progress or num <= batch_size):
         part = slice(first, first + batch_size)
-        y = labels[part].to(device) if labels is not None else None
-        x = noise[part].to(device)
-        streams = NoiseStreams(seed, range(first, first + len(x)), shape)
+        kept = len(noise[part])
+        y = padded(labels[part], batch_size).to(device) if labels is not None else None
+        x = padded(noise[part], batch_size).to(device)
+        streams = NoiseStreams(seed, range(first, first + batch_size), shape)
         with accelerated(model, accel, steps * SAMPLERS.entry(sampler).facts["calls_per_step"]):
             if given is None:
                 fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance,
                             channels=guidance_channels, power=guidance_power)
                 x = sample(fn, x, objective, sampler, steps, eta, streams)
             else:
-                g, ctx = given[part].to(device), context[part].to(device)
+                g, ctx = padded(given[part], batch_size).to(device), padded(context[part], batch_size).to(device)
 
                 def hold(x: torch.Tensor, g: torch.Tensor = g, ctx: torch.Tensor = ctx) -> torch.Tensor:
                     return hold_given(x, ctx, g, model.patch_size)
@@ -478,7 +503,7 @@ def generate(
                             channels=guidance_channels, power=guidance_power)
                 x = hold(sample(lambda x, t, fn=fn: fn(hold(x), t), hold(x), objective, sampler, steps, eta,
                                 streams))
-        out.append(x.float().cpu())
+        out.append(x[:kept].float().cpu())
     return torch.cat(out)
 
 
@@ -491,12 +516,13 @@ def invert(
     sampler: str | None = None,
     steps: int = 50,
     guidance_scale: float = 1.0,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     progress: bool = False,
 ) -> torch.Tensor:
     """The starting noise ``(N, C, *S)`` from which ``sampler`` with ``steps`` (and the same labels and
     guidance) draws ``x0`` (model space): the deterministic sampler run backwards (:data:`INVERSIONS`).
-    Guidance above 1 makes the inversion drift (null-text inversion's subject); 1 inverts best."""
+    Guidance above 1 makes the inversion drift (null-text inversion's subject); 1 inverts best. Batches
+    are padded as in :func:`generate`, so input ``i``'s noise depends only on that input and ``batch_size``."""
     sampler = sampler or default_sampler(objective)
     check_sampler(sampler, objective.name)
     if sampler not in INVERSIONS:
@@ -506,10 +532,11 @@ def invert(
         raise ConfigError(f"{len(labels)} labels for {len(x0)} inputs")
     device = next(model.parameters()).device
     out = []
-    batches = range(0, len(x0), batch_size)
-    for first in tqdm(batches, desc="inverting", disable=not progress or len(batches) == 1):
+    starts = batches(len(x0), batch_size)
+    for first in tqdm(starts, desc="inverting", disable=not progress or len(starts) == 1):
         part = slice(first, first + batch_size)
-        y = labels[part].to(device) if labels is not None else None
+        y = padded(labels[part], batch_size).to(device) if labels is not None else None
         fn = guided(model, y, guidance_scale)
-        out.append(INVERSIONS.get(sampler)(fn, x0[part].to(device).float(), objective, steps).float().cpu())
+        x = padded(x0[part], batch_size).to(device).float()
+        out.append(INVERSIONS.get(sampler)(fn, x, objective, steps)[:len(x0[part])].float().cpu())
     return torch.cat(out)

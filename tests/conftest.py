@@ -34,3 +34,27 @@ def tree_hashes(root: Path) -> dict[str, str]:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Classifier caches go to a per-session temp folder, never the user's home."""
     monkeypatch.setenv("MASKDIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """The bad-input corpus's three tiny runs (image, image with tasks, video), trained once per session."""
+    from corpus import make_runs
+
+    return make_runs(tmp_path_factory.mktemp("bad-input-runs"))
+
+
+def shape_sensitive_kernels(monkeypatch, eps: float = 1e-7) -> None:
+    """Make every ``nn.Linear`` behave like a BLAS that picks its kernel by the call's shape (as oneDNN and
+    MKL do on AMX/AVX-512 CPUs): each output moves by ``eps`` of its size times an amount (up to 109) that
+    depends on how many rows share the call and on the row's place in it, i.e. by a few float32 ulps. Code
+    that is exact only on friendly CPUs fails here."""
+    plain = torch.nn.Linear.forward
+
+    def skewed(self, x):
+        out = plain(self, x)
+        rows = out.numel() // out.shape[-1]
+        shift = (rows % 97 + torch.arange(rows, device=out.device) % 13).to(out.dtype)
+        return out + eps * out.abs() * shift.reshape(*out.shape[:-1], 1)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", skewed)

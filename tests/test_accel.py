@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import perturbed
+from conftest import perturbed, shape_sensitive_kernels
 from maskdit.accel import parse_accel
 from maskdit.errors import ConfigError
 from maskdit.model import DiT
@@ -18,9 +18,33 @@ def model():
                          task_conditioning=True)).eval()
 
 
-def draw(model, **kw):
-    labels = torch.arange(6) % 3
-    return generate(model, FlowMatching(), 6, labels, sampler="heun", steps=5, guidance_scale=2.0, **kw)
+def draw(model, num=6, **kw):
+    labels = torch.arange(num) % 3
+    return generate(model, FlowMatching(), num, labels, sampler="heun", steps=5, guidance_scale=2.0, **kw)
+
+
+def within_rounding(a, b):
+    """Batch sizes change kernels and so rounding, nothing more: agreement to 1e-4 of the values' scale."""
+    return (a - b).abs().max() <= 1e-4 * max(1.0, float(b.abs().max()))
+
+
+@pytest.mark.parametrize("accel", [None, "cache:every=2", "ras:ratio=0.5", "int8:groups=2,calib=8",
+                                   "int8+ras:ratio=0.5"])
+def test_a_sample_depends_only_on_seed_index_and_batch_size_even_with_shape_sensitive_kernels(model, accel,
+                                                                                             monkeypatch):
+    shape_sensitive_kernels(monkeypatch)
+    rows = []
+    handle = model.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+    few = draw(model, 5, batch_size=4, accel=accel)  # batches of 4: samples 0-3, then 4 and three copies of it
+    many = draw(model, 11, batch_size=4, accel=accel)
+    handle.remove()
+    assert set(rows) == {8}  # every call: the batch of 4 twice (guidance's two branches), whatever num is
+    assert torch.equal(few, many[:5])  # sample i sits in row i % 4 of a call of one shape, beside any others
+    # the kernels really do depend on the shape: a batch size of 5 changes the floats, within rounding (int8:
+    # a code can round to its neighbour, and RAS then pick another token, so within a few quanta)
+    other = draw(model, 5, batch_size=5, accel=accel)
+    assert not torch.equal(other, few)
+    assert within_rounding(other, few) if "int8" not in (accel or "") else (other - few).abs().max() < 0.05
 
 
 def test_cache_every_1_is_exactly_uncached_and_every_3_runs_the_middle_blocks_less(model):
@@ -35,10 +59,10 @@ def test_cache_every_1_is_exactly_uncached_and_every_3_runs_the_middle_blocks_le
     assert "run_blocks" not in model.__dict__  # the model is restored
 
 
-def test_cached_samples_do_not_depend_on_the_batch_and_given_tokens_stay_exact(model):
+def test_cached_samples_agree_across_batch_sizes_and_given_tokens_stay_exact(model):
     a = draw(model, accel="cache:every=2", batch_size=6)
     b = draw(model, accel="cache:every=2", batch_size=4)
-    assert torch.equal(a, b)
+    assert within_rounding(a, b)
     context = torch.rand(6, 1, 8, 8) * 2 - 1
     given = torch.zeros(6, 16, dtype=torch.bool)
     given[:, :8] = True  # the top half of the token grid is given
@@ -66,7 +90,7 @@ def test_ras_ratio_1_is_exactly_uncached_and_a_share_keeps_the_guarantees(model)
     handle.remove()
     assert 8 in seen and 16 in seen  # thinned calls ran on half of the 16 tokens, full calls on all
     assert not torch.equal(half, plain) and torch.isfinite(half).all()
-    assert torch.equal(draw(model, accel="ras:ratio=0.5", batch_size=4), draw(model, accel="ras:ratio=0.5"))
+    assert within_rounding(draw(model, accel="ras:ratio=0.5", batch_size=4), draw(model, accel="ras:ratio=0.5"))
     context = torch.rand(6, 1, 8, 8) * 2 - 1
     given = torch.zeros(6, 16, dtype=torch.bool)
     given[:, 8:] = True
@@ -97,9 +121,13 @@ def test_int8_linear_is_within_a_quantum_of_float_and_each_row_is_its_own(kernel
         bound = (w_q * x.abs().sum(dim=1, keepdim=True) + (2 * 3.0 / 255) * linear.weight.abs().sum(dim=1)) / 2
         assert ((out - ref).abs() <= bound * 1.01 + 1e-5).all()
         assert (out - ref).abs().max() / ref.abs().max() < 0.02
-        assert torch.equal(q(x[:5]), out[:5])  # a row's result does not depend on the rows beside it
-        wild = torch.cat([x[:5], 100 * torch.randn(3, 64)])
-        assert torch.equal(q(wild)[:5], out[:5])  # outliers are clipped, not allowed to stretch the scale
+        # in a call of the same shape, a row's result does not depend on the rows beside it (kernels may
+        # change with the shape, so only equal shapes are compared); outliers beside it are clipped, not
+        # allowed to stretch the scale
+        others = torch.cat([x[:5], torch.randn(35, 64).clamp(-3, 3)])
+        assert torch.equal(q(others)[:5], out[:5])
+        wild = torch.cat([x[:5], 100 * torch.randn(35, 64)])
+        assert torch.equal(q(wild)[:5], out[:5])
         # the CUDA kernel's arithmetic (torch._int_mm, symmetric int8) agrees with fbgemm's to the bound too
         assert ((q._cuda(x, 3.0) - ref).abs() <= bound * 1.01 + 1e-5).all()
         group.index = 1  # the other time group: inputs clip to its range of 0.5
@@ -120,9 +148,10 @@ def test_int8_feed_forward_runs_gelu_inside_the_kernel_within_the_quantization_e
         q = Int8Mlp(mlp, torch.tensor([3.0]), torch.tensor([float(hidden.abs().max())]), TimeGroup(1))
         ref, out = mlp(x), q(x)
         assert (out - ref).abs().max() / ref.abs().max() < 0.03
-        assert torch.equal(q(x[:5]), out[:5])  # rows stay independent
-        wild = torch.cat([x[:5], 100 * torch.randn(3, 64)])
-        assert torch.equal(q(wild)[:5], out[:5])  # outliers are clipped, in the input and in the hidden codes
+        # rows stay independent in a call of the same shape; outliers are clipped, in the input and in the
+        # hidden codes
+        assert torch.equal(q(torch.cat([x[:5], torch.randn(35, 64).clamp(-3, 3)]))[:5], out[:5])
+        assert torch.equal(q(torch.cat([x[:5], 100 * torch.randn(35, 64)]))[:5], out[:5])
         # the unfused path (float GELU between two int8 layers: CUDA, or no oneDNN) agrees to the same error
         unfused = q.fc2(F.gelu(q.fc1(x), approximate="tanh"))
         assert (unfused - ref).abs().max() / ref.abs().max() < 0.03
@@ -144,7 +173,8 @@ def test_int8_sampling_calibrates_once_per_setting_and_keeps_the_guarantees(mode
         assert len(calibrations) == 1 and torch.equal(draw(model, accel="int8:groups=3,calib=8"), int8)
         assert len(calibrations) == 1  # cached for the same settings
         assert not torch.equal(int8, plain) and (int8 - plain).abs().max() < 0.1
-        assert torch.equal(draw(model, accel="int8:groups=3,calib=8", batch_size=4), int8)
+        # another batch size: calibration and kernels see other shapes, so the int8 codes may round apart
+        assert (draw(model, accel="int8:groups=3,calib=8", batch_size=4) - int8).abs().max() < 0.05
         context = torch.rand(6, 1, 8, 8) * 2 - 1
         given = torch.zeros(6, 16, dtype=torch.bool)
         given[:, :8] = True
@@ -214,8 +244,8 @@ def test_ras_on_factorised_video_attention_recomputes_whole_tubes():
     handle.remove()
     assert (8,) in seen and (16,) in seen  # 4 frames x 2 of the 4 places, or all 16 tokens
     assert torch.isfinite(thin).all() and not torch.equal(thin, clips())
-    # batch independence up to float rounding (plain sampling of this model differs by 2e-7 across batches)
-    assert torch.allclose(clips(accel="ras:ratio=0.5", batch_size=3), clips(accel="ras:ratio=0.5"), atol=1e-5)
+    # another batch size agrees up to float rounding (kernels chosen by shape)
+    assert within_rounding(clips(accel="ras:ratio=0.5", batch_size=3), clips(accel="ras:ratio=0.5"))
     context = torch.rand(4, 1, 4, 8, 8) * 2 - 1
     given = torch.zeros(4, 16, dtype=torch.bool)
     given[:, :8] = True  # the first two frames are given

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from maskdit.errors import CheckpointError
+from maskdit.files import atomic_file
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -253,8 +254,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, per_class: 
     """Write the report of ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``); returns the path."""
     out = Path(out) if out is not None else Path(run_dir) / "report.html"
     text = build_report(run_dir, per_class, seed, device, progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    with atomic_file(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return out
