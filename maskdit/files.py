@@ -10,10 +10,11 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
+def atomic_file(path: str | Path, label: str = "") -> Iterator[Path]:
     """Yield a temporary name beside ``path`` (same suffix, so writers that read it pick the format) and
     rename it over ``path`` when the block succeeds. On any failure the temporary is removed, and an
-    ``OSError`` (full disk, no permission, a parent that is a file) names ``path``, not the temporary."""
+    ``OSError`` (full disk, no permission, a parent that is a file) names ``path`` as the user gave it,
+    after ``label`` (the option that named it, e.g. ``--out``), never the temporary."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
@@ -21,7 +22,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         yield tmp
         tmp.replace(path)
     except OSError as e:
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise OSError(e.errno, e.strerror or str(e), f"{label} {path}".strip()) from None
     finally:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -46,7 +46,7 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | 
     suffix = path.suffix.lower()
     if suffix not in (".png", ".npz"):
         raise ConfigError(f"--out {path}: the file name must end in .png (a grid) or .npz (arrays)")
-    with atomic_file(path) as tmp:
+    with atomic_file(path, "--out") as tmp:
         if suffix == ".png":
             grid = image_grid(images, labels)
             Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
@@ -66,29 +66,57 @@ def save_noise(path: str | Path, noise: torch.Tensor, labels: torch.Tensor | Non
     """Write inverted starting noise: ``noise`` float32 ``(N, C, *S)``, ``labels`` int64 when given, and the
     sampling ``settings`` it inverts (``sampler``, ``steps``, ``guidance_scale``) as 0-d arrays."""
     path = Path(path)
-    with atomic_file(path) as tmp:
+    with atomic_file(path, "--out") as tmp:
         _write_npz(tmp, {"noise": noise.float().numpy(), **{k: np.asarray(v) for k, v in settings.items()}}, labels)
     return path
 
 
-def load_noise(path: str | Path, shape: tuple[int, ...]) -> dict[str, Any]:
-    """Read a :func:`save_noise` file for a model whose inputs are ``shape`` ``(C, *S)``: ``noise`` (a tensor),
-    ``labels`` (a tensor or None) and the settings it was inverted with."""
+#: The sampling settings :func:`save_noise` writes beside the noise (and :func:`load_noise` reads back).
+NOISE_SETTINGS = ("sampler", "steps", "guidance_scale")
+
+
+def load_noise(path: str | Path, shape: tuple[int, ...], num_classes: int | None = None) -> dict[str, Any]:
+    """Read a :func:`save_noise` file for a model whose inputs are ``shape`` ``(C, *S)`` (and ``num_classes``
+    classes, when given): ``noise`` (a tensor), ``labels`` (a tensor or None) and the settings it was inverted
+    with, as stored (one value each; the caller checks them as it checks the options they stand for).
+
+    Refused: noise that is not float ``N x C x *S`` or holds NaN or infinity (it would sample black images),
+    labels that are not ``N`` integers in the model's class range (or any labels for an unconditional model)
+    and settings that are not single values."""
     from maskdit.data import read_npz
 
     path = Path(path)
+    fix = "write it again with maskdit invert on this run"
     arrays = read_npz(path, "--from-noise", "write one with maskdit invert")
     noise = arrays.get("noise")
     if noise is None or noise.dtype.kind != "f" or tuple(noise.shape[1:]) != tuple(shape) or len(noise) == 0:
         found = "no 'noise' array" if noise is None else f"'noise' {noise.dtype} {noise.shape}"
         raise DataError(f"--from-noise {path}: needs float 'noise' of shape N x {' x '.join(map(str, shape))} for "
                         f"this model, found {found}")
+    finite = np.isfinite(noise)
+    if not finite.all():
+        bad = int((~finite).any(axis=tuple(range(1, noise.ndim))).sum())
+        raise DataError(f"--from-noise {path}: 'noise' holds NaN or infinite values ({bad} of {len(noise)} "
+                        f"starts), which sample nothing but black: {fix}")
     labels = arrays.get("labels")
     if labels is not None and (labels.dtype.kind not in "iu" or labels.shape != (len(noise),)):
         raise DataError(f"--from-noise {path}: 'labels' must be {len(noise)} integers, "
                         f"got {labels.dtype} {labels.shape}")
-    settings = {k: arrays[k].item() for k in ("sampler", "steps", "guidance_scale")
-                if k in arrays and arrays[k].ndim == 0}
+    if labels is not None and num_classes is not None:
+        if num_classes == 0:
+            raise DataError(f"--from-noise {path} holds class labels but this model is unconditional: the noise "
+                            f"was inverted with another run; {fix}")
+        low, high = int(labels.min()), int(labels.max())  # before any cast: a huge uint64 must not wrap
+        if low < 0 or high >= num_classes:
+            raise DataError(f"--from-noise {path}: 'labels' must be in 0-{num_classes - 1} for this model, found "
+                            f"{low if low < 0 else high}; {fix}, or pass --classes")
+    settings = {}
+    for key in NOISE_SETTINGS:
+        if key in arrays:
+            if arrays[key].ndim != 0:
+                raise DataError(f"--from-noise {path}: '{key}' must be a single value, got an array of shape "
+                                f"{arrays[key].shape}; {fix}")
+            settings[key] = arrays[key].item()
     return {"noise": torch.from_numpy(noise.astype(np.float32)),
             "labels": None if labels is None else torch.from_numpy(labels.astype(np.int64)), **settings}
 
@@ -145,7 +173,7 @@ def save_video(path: str | Path, frames: np.ndarray | torch.Tensor, fps: float =
         raise ConfigError(f"video has no frames: shape {array.shape}")
     if fps <= 0:
         raise ConfigError(f"fps must be positive, got {fps}")
-    with atomic_file(path) as tmp:
+    with atomic_file(path, "--out") as tmp:
         if suffix == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, frames=clips)

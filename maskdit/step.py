@@ -25,9 +25,14 @@ from maskdit.objectives import Objective
 from maskdit.recipes import RECIPES
 
 
+#: The largest seed maskdit takes (``seed`` in a config, ``--seed``): what a torch generator accepts as is.
+MAX_SEED = 2**63 - 1
+
+
 def seeded(seed: int, index: int) -> torch.Generator:
-    """A CPU generator for stream ``index`` of run ``seed``."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+    """A CPU generator for stream ``index`` of run ``seed`` (the mix wraps at 2^64, so any seed up to
+    :data:`MAX_SEED` works and small seeds keep the streams they always had)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) % 2**64)
 
 
 @dataclass

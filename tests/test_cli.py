@@ -148,5 +148,6 @@ def test_library_log_lines_stay_off_stderr_unless_verbose_and_one_rank_reports(m
         assert [r.getMessage() for r in caplog.records] == ["accelerate is not installed"]
         assert [str(w.message) for w in shown] == ["defaulting to unsafe serialization"]
     monkeypatch.setenv("RANK", "1")  # under torchrun: the other ranks fail alike and stay quiet
+    monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["info", "broken"]) == 2 and capfd.readouterr().err == ""
     assert logging.root.manager.disable == logging.NOTSET  # logging is left as it was

@@ -205,3 +205,9 @@ def test_a_worker_killed_mid_step_loses_only_the_steps_since_the_last_checkpoint
     train(load_config("digits", overrides=[*args, f"run_dir={tmp_path / 'whole'}"]), progress=False)
     # one process, 40 steps: the two reduction orders drift apart by a few float32 ulps of the weights
     assert max_diff(weights(run), weights(tmp_path / "whole")) <= 1e-5
+
+
+def test_under_torchrun_one_rank_reports_bad_input(tmp_path):
+    code, out, err = finish(torchrun([*RUN, "model.depth=0", f"run_dir={tmp_path / 'bad'}"], tmp_path))
+    assert code != 0 and err.count("error: config key model.depth must be") == 1, err  # not once per rank
+    assert not (tmp_path / "bad").exists()

@@ -254,6 +254,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, per_class: 
     """Write the report of ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``); returns the path."""
     out = Path(out) if out is not None else Path(run_dir) / "report.html"
     text = build_report(run_dir, per_class, seed, device, progress)
-    with atomic_file(out) as tmp:
+    with atomic_file(out, "--out") as tmp:
         tmp.write_text(text, encoding="utf-8")
     return out
