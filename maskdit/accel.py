@@ -21,6 +21,7 @@ cached values are its own: sample ``i`` still depends only on ``(seed, i)``, and
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,27 +47,45 @@ def parse_accels(spec: str) -> list[tuple[str, dict[str, float]]]:
     return parsed
 
 
+#: Option value rules: ``(test, what a value must be)``; an accelerator names one per option (``rules``).
+WHOLE = (lambda v: v >= 1 and v == int(v), "a whole number of at least 1")
+UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+SHARE = (lambda v: 0 < v <= 1, "in (0, 1]")
+#: int8: more time-step groups than this only costs memory (a DDPM chain has 1000 times); more calibration
+#: samples than this only costs time (ranges settle within a few hundred).
+MAX_GROUPS, MAX_CALIB = 1000, 65536
+GROUPS = (lambda v: 1 <= v <= MAX_GROUPS and v == int(v), f"a whole number in [1, {MAX_GROUPS}]")
+CALIB = (lambda v: 1 <= v <= MAX_CALIB and v == int(v), f"a whole number in [1, {MAX_CALIB}]")
+
+
 def parse_accel(spec: str) -> tuple[str, dict[str, float]]:
-    """``"cache:every=3,tail=0.2"`` -> ``("cache", {"every": 3.0, "tail": 0.2})``; refuses what it cannot read."""
+    """``"cache:every=3,tail=0.2"`` -> ``("cache", {"every": 3.0, "tail": 0.2})``; refuses what it cannot read
+    and values outside the accelerator's ``rules`` (NaN and infinity always), so a bad value is refused when
+    the option is read, before any sampling starts."""
     name, _, rest = spec.partition(":")
     if name not in ACCELS:
         raise ConfigError(f"--accel {spec!r}: unknown accelerator {name!r}: choose one of {', '.join(ACCELS.names())}")
     options: dict[str, float] = {}
+    facts = ACCELS.entry(name).facts
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
-        allowed = ACCELS.entry(name).facts["options"]
+        allowed = facts["options"]
         if not eq or key not in allowed:
             raise ConfigError(f"--accel {spec!r}: {part!r} is not an option of {name} (options: "
                               f"{', '.join(f'{k}=' for k in allowed)})")
         try:
-            options[key] = float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(f"--accel {spec!r}: {key} must be a number, got {value!r}") from None
+        ok, wanted = facts.get("rules", {}).get(key, (lambda v: True, "a finite number"))
+        if not math.isfinite(number) or not ok(number):  # NaN and infinity first: the rules may call int()
+            raise ConfigError(f"--accel {spec!r}: {name} option {key} must be {wanted}, got {value!r}")
+        options[key] = number
     return name, options
 
 
 @ACCELS.register("cache", "reuse the middle blocks' residual on K-1 of every K model calls (every=K, tail=F)",
-                 options=("every", "tail"))
+                 options=("every", "tail"), rules={"every": WHOLE, "tail": UNIT})
 @contextlib.contextmanager
 def block_cache(model: torch.nn.Module, calls: int, every: float = 2, tail: float = 0.2) -> Iterator[None]:
     every_k = int(every)
@@ -111,7 +130,8 @@ def block_cache(model: torch.nn.Module, calls: int, every: float = 2, tail: floa
 
 
 @ACCELS.register("ras", "region-adaptive: recompute only the share R of tokens whose prediction changes most "
-                 "(ratio=R, every=M full calls)", options=("ratio", "every"))
+                 "(ratio=R, every=M full calls)", options=("ratio", "every"),
+                 rules={"ratio": SHARE, "every": WHOLE})
 @contextlib.contextmanager
 def region_adaptive(model: torch.nn.Module, calls: int, ratio: float = 0.5, every: float = 5) -> Iterator[None]:
     """RAS: after two full calls, each call runs the model on each sample's ``ratio`` share of tokens whose
@@ -170,7 +190,7 @@ def region_adaptive(model: torch.nn.Module, calls: int, ratio: float = 0.5, ever
 
 @ACCELS.register("int8", "int8 weights and activations in the blocks' linear layers, activation ranges "
                  "calibrated per time-step group (groups=G, calib=N float samples)", options=("groups", "calib"),
-                 transform=True)
+                 rules={"groups": GROUPS, "calib": CALIB}, transform=True)
 def int8_transform(model: torch.nn.Module, calibrate: Callable[[torch.nn.Module, int], Any], key: tuple,
                    groups: float = 4, calib: float = 64) -> torch.nn.Module:
     """The int8 copy of ``model`` (cached on it per sampling settings ``key``); ``calibrate(model, n)``

@@ -41,6 +41,20 @@ def load_encoder(path: str | Path) -> nn.Module:
                       "model there with save_pretrained")
 
 
+def check_encoder_fits(encoder: nn.Module, model: nn.Module) -> None:
+    """Refuse an encoder trained on other inputs than the model's (channels, size), before any probe."""
+    data = f"{model.in_channels} x {' x '.join(map(str, model.input_size))}"
+    channels, size = getattr(encoder, "in_channels", None), getattr(encoder, "input_size", None)
+    if channels is not None and int(channels) != model.in_channels:
+        raise ConfigError(f"align.encoder was trained on {channels}-channel inputs, but the data is {data} "
+                          f"({model.in_channels} channels): train an encoder on this data (maskdit encoder train "
+                          "DATA --out DIR, where DATA is what data.name/data.path name) and pass it as align.encoder")
+    if size is not None and [int(s) for s in size] != [int(s) for s in model.input_size]:
+        raise ConfigError(f"align.encoder was trained on inputs of {' x '.join(map(str, size))}, but the data is "
+                          f"{data}: train an encoder on this data (maskdit encoder train DATA --out DIR) and pass it "
+                          "as align.encoder")
+
+
 class Alignment(nn.Module):
     """REPA's projector and loss around a frozen ``encoder``, hooked onto ``model.blocks[block - 1]``."""
 
@@ -48,6 +62,7 @@ class Alignment(nn.Module):
         super().__init__()
         if not 1 <= block <= len(model.blocks):
             raise ConfigError(f"align.block must be in [1, {len(model.blocks)}], got {block}")
+        check_encoder_fits(encoder, model)
         probe = torch.zeros(1, model.in_channels, *model.input_size)
         with torch.no_grad():
             features = encoder(probe).shape[-1]

@@ -15,20 +15,23 @@ Errors a user can fix print one line (``error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
+import logging
 import math
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from maskdit.errors import CheckpointError, ConfigError, MaskditError
+from maskdit.errors import CheckpointError, ConfigError, DataError, MaskditError
 
 # Only the standard library and maskdit.errors at import time: torch loads inside main(), so Ctrl-C or SIGTERM during
 # start-up ends with one line instead of a traceback, and --help answers at once.
@@ -74,6 +77,11 @@ non_negative_float = number(float, lambda v: 0 <= v < math.inf, "a non-negative 
 positive_float = number(float, lambda v: 0 < v < math.inf, "a positive number")
 unit_float = number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 ratio = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+#: The largest --guidance-scale: far past any useful guidance (DiT samples at 4), and short of the scales
+#: whose arithmetic overflows float32 or turns every sample into NaN.
+MAX_GUIDANCE_SCALE = 1000
+guidance_scale_value = number(float, lambda v: 0 <= v <= MAX_GUIDANCE_SCALE,
+                              f"a number in [0, {MAX_GUIDANCE_SCALE}] (1 = no guidance)")
 
 
 def number_list(cast: type, ok: Any, wanted: str) -> Any:
@@ -89,6 +97,19 @@ def number_list(cast: type, ok: Any, wanted: str) -> Any:
         return values
 
     return parse
+
+
+def seed_value(text: str) -> int:
+    """A seed: an integer in [0, MAX_SEED] (what a torch generator takes)."""
+    from maskdit.step import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {text!r}")
+    return value
 
 
 class_list = number_list(int, lambda v: v >= 0, "class indices such as 0,3,7")
@@ -119,14 +140,14 @@ def grid_size(text: str) -> tuple[int, ...]:
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
-    from maskdit.samplers import GUIDANCES, SAMPLERS
+    from maskdit.samplers import BATCH_SIZE, GUIDANCES, SAMPLERS
 
     g = p.add_argument_group("sampling")
     g.add_argument("--sampler", choices=SAMPLERS.names(),
                    help="default: the run's sample.sampler (" + "; ".join(f"{n}: {d}" for n, d in SAMPLERS.describe())
                    + ")")
     g.add_argument("--steps", type=positive_int, help="sampler steps (default: the run's sample.steps)")
-    g.add_argument("--guidance-scale", type=non_negative_float, help="classifier-free guidance; 1 = off")
+    g.add_argument("--guidance-scale", type=guidance_scale_value, help="classifier-free guidance; 1 = off")
     g.add_argument("--guidance-interval", type=interval, metavar="LOW,HIGH", help="guide only for t in [LOW, HIGH]")
     g.add_argument("--guidance", choices=GUIDANCES.names(),
                    help="unconditional branch (default: the run's sample.guidance; "
@@ -141,10 +162,12 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="sampling accelerators (docs/inference.md): cache:every=3 (reuse the middle blocks' "
                    "residual), ras:ratio=0.5 (recompute half the tokens), int8 (calibrated int8 linear layers); "
                    "join with +, e.g. int8+ras:ratio=0.5")
-    g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    g.add_argument("--seed", type=seed_value, default=0, help="noise seed (default 0)")
     g.add_argument("--classes", type=class_list, help="comma-separated labels to cycle through (default: all)")
     g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights (default ema)")
-    g.add_argument("--batch-size", type=positive_int, default=256, help="samples per model batch")
+    g.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                   help=f"samples per network call, the last call padded (default {BATCH_SIZE}); sample i depends "
+                   "only on --seed, i and this")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
@@ -176,6 +199,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     from maskdit.recipes import RECIPES
 
     p = Parser(prog=f"maskdit {command}", description=COMMAND_HELP[command])
+    p.add_argument("--verbose", action="store_true", help="also show the libraries' own log lines and warnings")
     if command == "train":
         p.description = "Train from a preset, a YAML file and key=value overrides (dotted keys)."
         p.add_argument("--preset", help="a named config (see maskdit/configs); default: digits")
@@ -217,7 +241,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
         _add_overwrite(p)
         p.add_argument("--per-class", type=positive_int, default=4, help="samples per class in each checkpoint's grid")
-        p.add_argument("--seed", type=int, default=0, help="noise seed of the sample grids (default 0)")
+        p.add_argument("--seed", type=seed_value, default=0, help="noise seed of the sample grids (default 0)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     elif command == "data":
         p.add_argument("name", choices=list(VIDEO_DATASETS))
@@ -225,7 +249,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--num", type=positive_int, default=16)
         p.add_argument("--frames", type=positive_int, default=8)
         p.add_argument("--size", type=positive_int, default=16)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=seed_value, default=0)
         p.add_argument("--out", required=True, help="clips.npz (frames N x T x H x W x C uint8), .gif or .mp4")
         _add_overwrite(p)
     elif command == "latents":
@@ -247,7 +271,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--depth", type=positive_int, default=4)
         p.add_argument("--heads", type=positive_int, default=4)
         p.add_argument("--mask-ratio", type=ratio, default=0.75, help="share of patches dropped (MAE: 0.75)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=seed_value, default=0)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
     elif command == "import":
         from maskdit.interop import FORMATS
@@ -264,7 +288,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--format", required=True, choices=["diffusers"], help="the target library's layout")
         p.add_argument("--out", required=True, help="the new model directory (must not exist)")
     elif command == "invert":
-        from maskdit.samplers import INVERSIONS
+        from maskdit.samplers import BATCH_SIZE, INVERSIONS
 
         p.add_argument("run_dir", help="run directory or checkpoint directory")
         p.add_argument("--images", required=True,
@@ -273,11 +297,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--sampler", choices=INVERSIONS.names(),
                        help="the deterministic sampler to invert (default heun for flow, ddim for ddpm)")
         p.add_argument("--steps", type=positive_int, default=50, help="inversion (and reconstruction) steps")
-        p.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
+        p.add_argument("--guidance-scale", type=guidance_scale_value, default=1.0,
                        help="classifier-free guidance during inversion (1 = off, which inverts best)")
         p.add_argument("--classes", type=class_list, help="labels to cycle through (default: the file's 'labels')")
         p.add_argument("--weights", choices=["ema", "model"], default="ema")
-        p.add_argument("--batch-size", type=positive_int, default=256)
+        p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                       help=f"inputs per network call, the last call padded (default {BATCH_SIZE})")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         _add_overwrite(p)
     elif command == "prune":
@@ -288,8 +313,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="the new run directory (must not exist or be empty)")
         p.add_argument("--method", choices=PRUNERS.names(), default="learned",
                        help="; ".join(f"{n}: {d}" for n, d in PRUNERS.describe()))
-        p.add_argument("--search-steps", type=positive_int, default=200,
-                       help="learned: training steps of the search (on the run's data)")
+        p.add_argument("--search-steps", type=positive_int,
+                       help="learned: training steps of the search (on the run's data; default 200)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     elif command == "info":
         p.add_argument("run_dir")
@@ -387,22 +412,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampling_kwargs(args: argparse.Namespace, run: Any) -> dict[str, Any]:
+def _sampling_kwargs(args: argparse.Namespace, run: Any, noise: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sampling settings: each option given, else the ``--from-noise`` file's setting (``noise``, as
+    :func:`_from_noise` checked it), else the run's ``sample.*``; refuses options that do not fit the model."""
     from maskdit.registry import one_of
-    from maskdit.samplers import SAMPLERS, default_sampler
+    from maskdit.samplers import GUIDANCES, SAMPLERS, default_sampler
 
-    s = run.config.sample
+    s, noise = run.config.sample, noise or {}
     fitting = SAMPLERS.names(objectives=run.objective.name)
     if args.sampler and args.sampler not in fitting:
         raise ConfigError(f"--sampler {args.sampler} does not fit this run's {run.objective.name} objective: "
                           f"use {one_of(fitting)}")
+    model = run.model
+    guidance = args.guidance or s.guidance
+    from_file = args.guidance_scale is None and noise.get("guidance_scale") is not None
+    scale = noise["guidance_scale"] if from_file else s.guidance_scale if args.guidance_scale is None \
+        else args.guidance_scale
+    # asked for, not the run's defaults: a guidance needing labels on an unconditional model would sample unguided
+    if (args.guidance_scale is not None or from_file or args.guidance) and scale != 1 and not model.num_classes \
+            and GUIDANCES.entry(guidance).facts["labels"]:
+        source = ("--guidance-scale" if args.guidance_scale is not None
+                  else f"the guidance_scale of --from-noise {args.from_noise}" if from_file
+                  else f"--guidance {guidance} with the run's sample.guidance_scale")
+        raise ConfigError(f"guidance scale {scale:g} ({source}): {guidance} guidance contrasts class labels and this "
+                          "model is unconditional, so it would sample unguided: pass --guidance-scale 1"
+                          + (", or use --guidance context with --task" if model.task_conditioning else ""))
+    channels = args.guidance_channels or s.guidance_channels
+    if channels is not None and channels > model.in_channels:
+        where = "--guidance-channels" if args.guidance_channels else "the run's sample.guidance_channels"
+        fits = "1" if model.in_channels == 1 else f"1-{model.in_channels}"
+        raise ConfigError(f"{where} {channels}: this model predicts {model.in_channels} channel(s), so at most "
+                          f"{model.in_channels} can be guided: pass --guidance-channels {fits} (or leave it out)")
     return {
-        "sampler": args.sampler or s.sampler or default_sampler(run.objective),
-        "steps": args.steps or s.steps,
-        "guidance_scale": s.guidance_scale if args.guidance_scale is None else args.guidance_scale,
+        "sampler": args.sampler or noise.get("sampler") or s.sampler or default_sampler(run.objective),
+        "steps": args.steps or noise.get("steps") or s.steps,
+        "guidance_scale": scale,
         "guidance_interval": args.guidance_interval or s.guidance_interval,
-        "guidance": args.guidance or s.guidance,
-        "guidance_channels": args.guidance_channels or s.guidance_channels,
+        "guidance": guidance,
+        "guidance_channels": channels,
         "guidance_power": args.guidance_power or s.guidance_power,
         "eta": s.eta if args.eta is None else args.eta,
         "seed": args.seed,
@@ -439,33 +486,60 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _from_noise(args: argparse.Namespace, run: Any) -> dict[str, Any]:
-    """``--from-noise``: the starting noise, and its labels and settings as defaults of the options left out."""
+    """``--from-noise``: the starting noise, and its labels and settings as defaults of the options left out
+    (:func:`_sampling_kwargs` takes them). A setting read from the file passes the checks of the option it
+    stands for (``maskdit invert``'s ``--sampler``, ``--steps`` and ``--guidance-scale``), so a file cannot
+    set what the command line would refuse."""
     from maskdit.media import load_noise
+    from maskdit.registry import one_of
+    from maskdit.samplers import INVERSIONS, SAMPLERS
 
     if not getattr(args, "from_noise", None):
         return {}
     if getattr(args, "size", None) is not None:
         raise ConfigError("--size does not apply with --from-noise (the noise fixes the size)")
-    found = load_noise(args.from_noise, (run.model.in_channels, *run.model.input_size))
-    args.sampler = args.sampler or found.get("sampler")
-    args.steps = args.steps or found.get("steps")
-    if args.guidance_scale is None:
-        args.guidance_scale = found.get("guidance_scale")
+    found = load_noise(args.from_noise, (run.model.in_channels, *run.model.input_size), run.model.num_classes)
+    fix = "write it again with maskdit invert on this run"
+    for key, option, parse in (("steps", "--steps", positive_int),
+                               ("guidance_scale", "--guidance-scale", guidance_scale_value)):
+        value = found.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        try:
+            found[key] = parse(str(value) if number else "")  # exactly the option's own check
+            continue
+        except argparse.ArgumentTypeError as e:
+            wanted = str(e).partition(", got")[0].removeprefix("must be ")
+        raise DataError(f"--from-noise {args.from_noise}: its {key} {value!r} is refused: like {option}, it must be "
+                        f"{wanted}; {fix}")
+    sampler = found.get("sampler")
+    if sampler is not None:
+        fitting = [n for n in INVERSIONS.names() if n in SAMPLERS.names(objectives=run.objective.name)]
+        if sampler not in fitting:
+            raise DataError(f"--from-noise {args.from_noise}: its sampler {sampler!r} is not one that inverts "
+                            f"this run's {run.objective.name} objective ({one_of(fitting)}): the noise was "
+                            f"inverted with another run; {fix}")
     return found
 
 
 def _draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | None = None) -> tuple[Any, Any, dict]:
     from maskdit.samplers import generate
+    from maskdit.tasks import check_finite
 
     noise = noise or {}
+    if args.guidance == "context":
+        raise ConfigError("--guidance context contrasts given and open tokens: it needs --task and --context; "
+                          "sample without a task with --guidance cfg")
     labels = noise["labels"] if noise.get("labels") is not None and not args.classes else _labels(args, run, num)
-    kwargs = _sampling_kwargs(args, run)
+    kwargs = _sampling_kwargs(args, run, noise)
     size = getattr(args, "size", None)
     if size is not None and (run.model.pos != "rope" or len(size) != len(run.model.input_size)):
         raise ConfigError(f"--size {'x'.join(map(str, size))}: only a model trained with model.pos=rope samples at "
                           f"another size, with as many axes as its {'x'.join(map(str, run.model.input_size))}")
     x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, size=size,
                  start=noise.get("noise"), **kwargs)
+    check_finite(x, kwargs)
     return run.codec.decode(x), labels, kwargs
 
 
@@ -484,23 +558,34 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_options(args: argparse.Namespace) -> dict[str, Any]:
+def _task_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     """--given-frames / --stride as the options the task's builder takes (by option name, so a newly
-    registered task with a ``k``, ``frame`` or ``stride`` option needs no change here)."""
+    registered task with a ``k``, ``frame`` or ``stride`` option needs no change here), checked against the
+    model's token-grid frames so a value out of range names its option."""
     from maskdit.masks import task_options
 
     takes = task_options(args.task)
     options: dict[str, Any] = {}
+    frames = model.token_grid[0] if len(model.token_grid) == 3 else None
     if args.given_frames is not None:
-        if "k" in takes:
-            options["k"] = args.given_frames
-        elif "frame" in takes:
-            options["frame"] = args.given_frames - 1
+        if "k" in takes:  # k frames given: at most all but one
+            options["k"], top = args.given_frames, (frames or 0) - 1
+        elif "frame" in takes:  # the given frame's index + 1
+            options["frame"], top = args.given_frames - 1, frames or 0
         else:
             raise ConfigError(f"--given-frames does not apply to --task {args.task}")
+        if frames is not None and args.given_frames > top:
+            all_given = " leaves nothing to generate" if args.given_frames == frames and "k" in takes else ""
+            raise ConfigError(f"--given-frames {args.given_frames}{all_given}: this model's clips have {frames} "
+                              f"(token) frames, so --task {args.task} takes "
+                              + (f"1-{top}" if top >= 1 else "no --given-frames"))
     if args.stride is not None:
         if "stride" not in takes:
             raise ConfigError(f"--stride does not apply to --task {args.task}")
+        if frames is not None and not 2 <= args.stride <= frames:
+            all_given = " leaves nothing to generate" if args.stride == 1 else ""
+            raise ConfigError(f"--stride {args.stride}{all_given}: this model's clips have {frames} (token) frames, so "
+                              f"--task {args.task} takes " + (f"2-{frames}" if frames >= 2 else "no --stride"))
         options["stride"] = args.stride
     return options
 
@@ -513,9 +598,16 @@ def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
 
     if not args.context:
         raise ConfigError("--task needs --context FILE.npz with the clips (or images) to condition on")
+    if args.size is not None:
+        raise ConfigError(f"--size {'x'.join(map(str, args.size))} does not apply with --task: the --context inputs "
+                          "fix the size; leave --size out")
     context = load_context(args.context, run.model)
-    if args.num is not None and args.num < len(context):
+    if args.num is not None and args.num > len(context):
+        raise ConfigError(f"--num {args.num}: --context {args.context} holds {len(context)} inputs, one result each; "
+                          f"give at most {len(context)} or leave --num out")
+    if args.num is not None:
         context = context[: args.num]
+    options = _task_options(args, run.model)
     noise = _from_noise(args, run)
     if noise and len(noise["noise"]) != len(context):
         raise ConfigError(f"--from-noise {args.from_noise} holds {len(noise['noise'])} starts for {len(context)} "
@@ -525,13 +617,13 @@ def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
             raise ConfigError("--mask applies to --task inpaint or outpaint")
         grid = mask_from_png(args.mask, run.model)
     else:
-        grid = given_for(args.task, run.model, _task_options(args), torch.Generator().manual_seed(args.seed))
+        grid = given_for(args.task, run.model, options, torch.Generator().manual_seed(args.seed))
     if bool(grid.all()):
         raise ConfigError(f"--task {args.task}: the mask leaves nothing to generate")
     labels = _labels(args, run, len(context))
     if noise.get("labels") is not None and not args.classes:
         labels = noise["labels"]
-    kwargs = _sampling_kwargs(args, run)
+    kwargs = _sampling_kwargs(args, run, noise)
     start = time.time()
     out = complete(run, context, grid, labels, batch_size=args.batch_size, progress=True,
                    **({"start": noise["noise"]} if noise else {}), **kwargs)
@@ -678,7 +770,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.exists():
         raise ConfigError(f"--out {out} already exists: choose a new directory for the exported model")
     run = load_run(args.run_dir)
-    config = export_diffusers(run.model, out)
+    config = export_diffusers(run.model, out, run)
     print(f"wrote {out} (DiTTransformer2DModel, {config['num_layers']} layers, width "
           f"{config['num_attention_heads'] * config['attention_head_dim']}); load it with "
           f"diffusers.DiTTransformer2DModel.from_pretrained('{out}')")
@@ -804,8 +896,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 BENCH_FIELDS = ("depth", "hidden_size", "num_heads", "mlp_ratio", "norm", "qk_norm", "mlp", "pos", "moe")
 
 
-def bench_fields(overrides: list[str]) -> dict[str, Any]:
-    """``model.KEY=VALUE`` overrides -> validated ``build_model`` fields (only those ``BENCH_FIELDS`` names)."""
+def bench_fields(overrides: list[str], preset: str = "tiny") -> dict[str, Any]:
+    """``model.KEY=VALUE`` overrides -> ``build_model`` fields (only those ``BENCH_FIELDS`` names), validated
+    against the model ``preset`` (its depth bounds ``model.moe.every``, its width the heads)."""
     from maskdit.config import load_config
 
     given = set()
@@ -816,7 +909,7 @@ def bench_fields(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"bench override {text!r}: only " + ", ".join(f"model.{k}" for k in BENCH_FIELDS)
                               + " may be set (e.g. model.mlp=swiglu)")
         given.add(name)
-    m = load_config(overrides=list(overrides)).model
+    m = load_config(overrides=[f"model.preset={preset}", *overrides]).model
     fields = {k: getattr(m, k) for k in given if k != "moe"}
     if "moe" in given and m.moe.experts > 0:
         fields["moe"] = dataclasses.asdict(m.moe)
@@ -831,7 +924,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r} is not a model preset: choose one of {', '.join(PRESETS)}")
     shape = parse_shape(args.input)
-    fields = bench_fields(args.overrides)
+    fields = bench_fields(args.overrides, args.preset)
     r = benchmark(args.preset, shape, args.batch, args.steps, args.warmup, str(pick_device(args.device)),
                   mask_ratio=args.mask_ratio, recipe=args.recipe, mixer_depth=args.mixer_depth,
                   compile=args.compile, grad_checkpoint=args.grad_checkpoint, model_fields=fields)
@@ -848,16 +941,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
     from maskdit.media import save_noise
     from maskdit.samplers import default_sampler, generate, invert
-    from maskdit.tasks import load_context
+    from maskdit.tasks import load_context, load_labels
 
     if not args.out.lower().endswith(".npz"):
         raise ConfigError(f"--out {args.out}: the noise file's name must end in .npz")
     check_out(args.out, args.overwrite)
+    if Path(args.out).exists() and Path(args.images).exists() and os.path.samefile(args.out, args.images):
+        raise ConfigError(f"--out {args.out} is the --images file: write the noise to another file")
     run = _load(args)
     images = load_context(args.images, run.model, flag="--images")
     labels = None
@@ -865,25 +957,28 @@ def cmd_invert(args: argparse.Namespace) -> int:
         if args.classes:
             labels = _labels(args, run, len(images))
         else:
-            with np.load(args.images, allow_pickle=False) as f:
-                stored = f["labels"] if "labels" in f.files else None
-            if stored is None or stored.shape != (len(images),) or stored.dtype.kind not in "iu":
+            labels = load_labels(args.images, len(images), run.model.num_classes, flag="--images")
+            if labels is None:
                 raise ConfigError(f"--images {args.images} has no 'labels' ({len(images)} integers) for this "
                                   "class-conditional model: pass --classes")
-            labels = torch.from_numpy(stored.astype(np.int64))
-            if int(labels.min()) < 0 or int(labels.max()) >= run.model.num_classes:
-                raise ConfigError(f"--images {args.images}: labels must be in 0-{run.model.num_classes - 1}")
     elif args.classes:
         raise ConfigError("--classes: this model is unconditional and takes no class labels")
+    elif args.guidance_scale != 1:
+        raise ConfigError(f"--guidance-scale {args.guidance_scale:g}: this model is unconditional, so guidance has no "
+                          "class labels to contrast and the noise would not be what the file says: pass "
+                          "--guidance-scale 1 (or leave it out)")
     sampler = args.sampler or default_sampler(run.objective)
     settings = {"sampler": sampler, "steps": args.steps, "guidance_scale": args.guidance_scale}
     start = time.time()
     x0 = run.codec.encode(images)
     noise = invert(run.model, run.objective, x0, labels, sampler, args.steps, args.guidance_scale,
                    batch_size=args.batch_size, progress=True)
-    path = save_noise(args.out, noise, labels, settings)
+    if not bool(noise.isfinite().all()):
+        raise ConfigError(f"inverting gave NaN or infinite noise (--guidance-scale {args.guidance_scale:g}, --steps "
+                          f"{args.steps}): invert with --guidance-scale 1, which inverts best")
     back = run.codec.decode(generate(run.model, run.objective, len(noise), labels, batch_size=args.batch_size,
                                      start=noise, **settings))
+    path = save_noise(args.out, noise, labels, settings)  # only once all went well: a failure writes nothing
     mse = float((back.double() - images.double()).pow(2).mean())
     quality = "exact (identical pixels)" if mse == 0 else f"PSNR {10 * math.log10(255**2 / mse):.1f} dB"
     print(f"wrote the starting noise of {len(noise)} inputs to {path} ({time.time() - start:.1f}s, step {run.step}, "
@@ -895,8 +990,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from maskdit.prune import prune_run
     from maskdit.train import pick_device
 
+    if args.search_steps is not None and args.method != "learned":
+        raise ConfigError(f"--search-steps applies to --method learned; --method {args.method} does not search: "
+                          "leave --search-steps out")
     start = time.time()
-    r = prune_run(args.run_dir, args.out, args.keep_blocks, args.method, args.search_steps,
+    r = prune_run(args.run_dir, args.out, args.keep_blocks, args.method, args.search_steps or 200,
                   device=pick_device(args.device), progress=True)
     print(f"kept blocks {r['kept']} ({args.method}, {time.time() - start:.1f}s); denoising loss on held-out batches: "
           f"full {r['loss_full']:.4f}, kept {r['loss_kept']:.4f}, evenly spaced {r['every_other']} "
@@ -925,7 +1023,26 @@ def _dispatch(argv: list[str]) -> int:
         raise UsageError(f"maskdit: unknown command {command!r}: choose one of {', '.join(COMMANDS)} "
                          "(see maskdit --help)")
     args = build_parser(command).parse_intermixed_args(rest)
-    return COMMANDS[command](args)
+    with library_logs(args.verbose):
+        return COMMANDS[command](args)
+
+
+@contextlib.contextmanager
+def library_logs(verbose: bool) -> Iterator[None]:
+    """Keep the libraries' own log lines and warnings (diffusers, transformers, torch: "accelerate is not
+    installed", "defaulting to unsafe serialization", deprecations) off stderr unless ``verbose``: maskdit
+    says what matters, as one line on failure and nothing extra on success."""
+    if verbose:
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -975,8 +1092,19 @@ def guarded(run: Callable[[], int | None]) -> int:
 
 
 def _fail(message: str) -> int:
-    print("error: " + " ".join(message.split()), file=sys.stderr)
+    if not _quiet_rank():
+        print("error: " + " ".join(message.split()), file=sys.stderr)
     return 2
+
+
+def _quiet_rank() -> bool:
+    """Whether this process is rank 1 or above of a well-formed torchrun world: every rank fails alike on bad
+    input, so rank 0 alone says so (a malformed RANK or WORLD_SIZE is itself the error, and every rank says it)."""
+    try:
+        rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return False
+    return 0 < rank < size
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
 from maskdit.recipes import RECIPES, sprint_route, tread_route
 from maskdit.registry import one_of
 from maskdit.samplers import GUIDANCES, SAMPLERS, check_sampler
+from maskdit.step import MAX_SEED
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -208,6 +209,7 @@ class Config:
         checks = [
             ("run_dir", bool(self.run_dir.strip()), "a non-empty path"),
             ("steps", self.steps >= 1, "at least 1"),
+            ("seed", 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}] (what a random generator takes)"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("lr", self.lr > 0, "positive"),
             ("lr_schedule", self.lr_schedule in ("constant", "cosine"), "constant or cosine"),
@@ -394,6 +396,25 @@ class Config:
                 tread_route(self.mask.route, fields["depth"])
             except ConfigError as e:
                 raise ConfigError(f"config key mask.route does not fit mask.recipe=tread: {e}") from e
+        if self.model.pos == "rope":  # each head's channel pairs are split over the token grid's axes
+            head = fields["hidden_size"] // fields["num_heads"]
+            rank = DATASETS.entry(self.data.name).facts["rank"] if self.data.name in DATASETS else 2
+            if head // 2 // rank < 1:
+                raise ConfigError(
+                    f"config key model.pos=rope needs heads of at least {2 * rank} channels (a rotated pair per "
+                    f"axis of data.name={self.data.name}'s {rank}-axis token grid), but model.hidden_size="
+                    f"{fields['hidden_size']} / model.num_heads={fields['num_heads']} gives {head}: use fewer "
+                    "model.num_heads, a larger model.hidden_size or model.pos=sincos")
+        moe = self.model.moe
+        if moe.experts > 0 and moe.every > fields["depth"]:
+            raise ConfigError(f"config key model.moe.every={moe.every} is larger than model.depth={fields['depth']}: "
+                              "no block would get the mixture of experts (every N-th block does); use model.moe.every "
+                              f"in [1, {fields['depth']}], or model.moe.experts=0 for a dense model")
+        for key, value, on in (("shared", moe.shared, moe.shared > 0), ("time_gate", "true", moe.time_gate)):
+            if on and moe.experts == 0:
+                raise ConfigError(f"config key model.moe.{key}={value} needs routed experts, but model.moe.experts=0 "
+                                  "builds dense blocks (no mixture at all): set model.moe.experts to at least 1, or "
+                                  f"leave model.moe.{key} out")
         if self.align.weight > 0 and self.align.block > fields["depth"]:
             raise ConfigError(f"config key align.block must be at most model.depth={fields['depth']}, "
                               f"got {self.align.block}")
@@ -517,8 +538,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is a directory: give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}): "
+                          "save it as UTF-8 (YAML config files are text)") from None
+    try:
+        data = yaml.safe_load(content) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from maskdit.checkpoint import write_json_atomic
-from maskdit.errors import CheckpointError, ConfigError
-from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape
-from maskdit.masks import gather_tokens, random_keep_indices, scatter_tokens
+from maskdit.errors import CheckpointError, ConfigError, DataError
+from maskdit.grid import as_patch_size, axis_widths, patchify, sincos_pos_embed, token_grid_shape
+from maskdit.masks import gather_tokens, num_kept, random_keep_indices, scatter_tokens
 from maskdit.model.decoders import dropped_mask
 
 ENCODER_KIND = "maskdit-mae"
@@ -101,10 +103,26 @@ def train_encoder(dataset: Any, out: str | Path, steps: int = 2000, batch_size: 
     out = Path(out)
     if out.exists():
         raise ConfigError(f"--out {out} already exists: choose a new directory for the encoder")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
     torch.manual_seed(seed)
     shape = list(dataset.shape)
+    try:
+        as_patch_size(patch_size, len(shape) - 1)
+        token_grid_shape(shape[1:], as_patch_size(patch_size, len(shape) - 1))
+    except ConfigError as e:
+        raise ConfigError(f"--patch {patch_size} does not fit the data ({'x'.join(map(str, shape))}): {e}") from None
+    try:
+        axis_widths(width, len(shape) - 1)
+    except ConfigError as e:
+        raise ConfigError(f"--width {width} does not fit sin-cos positions: {e}") from None
     encoder = ViTEncoder(shape[1:], shape[0], patch_size, width, depth, num_heads)
     mae = MaskedAutoencoder(encoder)
+    if not (0 <= mask_ratio < 1 and num_kept(mae.num_tokens, mask_ratio) < mae.num_tokens):
+        raise ConfigError(f"--mask-ratio {mask_ratio} must drop at least one of the {mae.num_tokens} patches (it "
+                          f"leaves nothing to reconstruct) and keep one: give a ratio in [{1 / mae.num_tokens:.3g}, "
+                          "1), e.g. 0.75 as MAE")
     optimizer = torch.optim.AdamW(mae.parameters(), lr=lr, weight_decay=0.05)
     gen = torch.Generator().manual_seed(seed)
     start, losses = time.time(), []
@@ -115,30 +133,121 @@ def train_encoder(dataset: Any, out: str | Path, steps: int = 2000, batch_size: 
         for group in optimizer.param_groups:  # warm-up, then cosine to 0
             group["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         loss = mae.loss(x, keep)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):  # before the step: weights and --out stay untouched
+            raise DataError(f"encoder training stopped at step {step}: the masked reconstruction loss is "
+                            f"{losses[-1]}; nothing was written: check that DATA holds finite values, or try "
+                            "another --mask-ratio or --patch")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, out / "encoder.safetensors")
+    if not all(torch.isfinite(p).all() for p in encoder.parameters()):
+        raise DataError(f"encoder training ended with non-finite weights after {steps} steps; nothing was written: "
+                        "check that DATA holds finite values, or try another --mask-ratio or --patch")
     facts = {"kind": ENCODER_KIND, "config": encoder.config, "steps": steps, "batch_size": batch_size,
              "mask_ratio": mask_ratio, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
              "first_loss": losses[0], "seconds": time.time() - start, "data": getattr(dataset, "name", "")}
-    write_json_atomic(out / "encoder.json", facts)
+    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()][::-1]  # parents this call creates
+    tmp: Path | None = None
+    try:  # written beside out under a new hidden name and renamed once complete: out appears whole or not at all
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp / "encoder.safetensors")
+        write_json_atomic(tmp / "encoder.json", facts)
+        if out.exists():
+            raise ConfigError(f"--out {out} appeared while training: choose a new directory for the encoder")
+        tmp.rename(out)
+        tmp = None
+    except OSError as e:
+        raise DataError(f"cannot write the encoder to {out}: {e.strerror or e}; nothing was kept: free space or "
+                        "choose another --out") from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for parent in reversed(made):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
     return facts
 
 
-def load_maskdit_encoder(path: Path) -> ViTEncoder:
+def _count(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+#: encoder.json's ``config``: each constructor argument, its test and its words for the error line.
+ENCODER_FIELDS: dict[str, tuple[Any, str]] = {
+    "input_size": (lambda v: isinstance(v, list) and 1 <= len(v) <= 3 and all(_count(s) for s in v),
+                   "a list of 1-3 positive ints"),
+    "in_channels": (_count, "a positive int"),
+    "patch_size": (_count, "a positive int"),
+    "width": (lambda v: _count(v, 2) and v % 2 == 0, "a positive even int"),
+    "depth": (_count, "a positive int"),
+    "num_heads": (_count, "a positive int"),
+}
+
+
+def encoder_config(path: Path) -> dict[str, Any]:
+    """The constructor arguments that ``path/encoder.json`` (written by :func:`train_encoder`) holds, checked
+    so that a damaged or hand-edited file is refused naming its key, never half built."""
+    where = path / "encoder.json"
+    fix = "train one again with maskdit encoder train DATA --out DIR"
     try:
-        facts = json.loads((path / "encoder.json").read_text())
-        encoder = ViTEncoder(**facts["config"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path / 'encoder.json'} does not describe a maskdit encoder: {e}") from None
+        facts = json.loads(where.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"align.encoder {where} is not readable JSON ({reason}): {fix}") from None
+    config = facts.get("config") if isinstance(facts, dict) else None
+    if not isinstance(config, dict) or (facts.get("kind", ENCODER_KIND) != ENCODER_KIND):
+        raise CheckpointError(f"align.encoder {where} does not describe a maskdit encoder (a JSON object with kind "
+                              f"{ENCODER_KIND!r} and a config mapping): {fix}")
+    unknown = sorted(set(config) - set(ENCODER_FIELDS))
+    missing = [key for key in ENCODER_FIELDS if key not in config]
+    if unknown or missing:
+        what = f"lacks config.{', config.'.join(missing)}" if missing else f"has unknown key config.{unknown[0]}"
+        raise CheckpointError(f"align.encoder {where} {what}: {fix}")
+    for key, (ok, wanted) in ENCODER_FIELDS.items():
+        if not ok(config[key]):
+            shown = repr(config[key])
+            raise CheckpointError(f"align.encoder {where} key config.{key} must be {wanted}, got "
+                                  f"{shown if len(shown) <= 60 else shown[:60] + '...'}: {fix}")
+    if config["width"] % config["num_heads"]:
+        raise CheckpointError(f"align.encoder {where}: config.num_heads {config['num_heads']} does not divide "
+                              f"config.width {config['width']}: {fix}")
+    rank = len(config["input_size"])
+    try:
+        token_grid_shape(config["input_size"], as_patch_size(config["patch_size"], rank))
+        axis_widths(config["width"], rank)
+    except ConfigError as e:
+        raise CheckpointError(f"align.encoder {where} holds a config that cannot build: {e}: {fix}") from None
+    return config
+
+
+def load_maskdit_encoder(path: Path) -> ViTEncoder:
+    encoder = ViTEncoder(**encoder_config(path))
+    from safetensors import safe_open
+
     from maskdit.checkpoint import load_weights
 
-    load_weights(encoder, path / "encoder.safetensors")
+    weights, fix = path / "encoder.safetensors", "train one again with maskdit encoder train DATA --out DIR"
+    try:
+        with safe_open(weights, "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception:  # noqa: BLE001 - missing or damaged: load_weights names the problem
+        shapes = None
+    if shapes is not None:
+        for key, value in encoder.state_dict().items():
+            if key in shapes and shapes[key] != tuple(value.shape):
+                raise CheckpointError(f"align.encoder {path}: encoder.safetensors holds {key} of {shapes[key]}, but "
+                                      f"encoder.json describes {tuple(value.shape)}: the files are from different "
+                                      f"encoders; {fix}")
+    load_weights(encoder, weights)
+    if not all(torch.isfinite(p).all() for p in encoder.parameters()):
+        raise CheckpointError(f"align.encoder {path}: encoder.safetensors holds non-finite weights (NaN or inf): "
+                              f"{fix}")
     return encoder
 
 

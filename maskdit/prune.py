@@ -36,6 +36,8 @@ MAX_CHOICES = 1024  #: per group; more than this and the search space is too lar
 
 def group_layout(depth: int, keep: int) -> tuple[int, int]:
     """``(M, N)``: the smallest groups of ``M`` consecutive blocks from which keeping ``N`` each leaves ``keep``."""
+    if depth < 2:
+        raise ConfigError(f"--keep-blocks {keep}: a {depth}-block model has no block to spare; prune a deeper run")
     if not 1 <= keep < depth:
         raise ConfigError(f"--keep-blocks {keep}: must be between 1 and {depth - 1} for a {depth}-block model")
     m = depth // math.gcd(depth, keep)
@@ -165,6 +167,9 @@ def prune_run(source: str | Path, out: str | Path, keep: int, method: str = "lea
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"--out {out} already exists: choose a new directory for the pruned run")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a directory; choose a new directory")
     find_run(out, resume=False)
     if method not in PRUNERS:
         raise ConfigError(f"--method {method!r}: choose one of {', '.join(PRUNERS.names())}")
@@ -181,6 +186,10 @@ def prune_run(source: str | Path, out: str | Path, keep: int, method: str = "lea
     if model.moe is not None and model.moe_every != 1:
         raise ConfigError(f"this run has mixture-of-experts every {model.moe_every} blocks: pruning would move "
                           "them; prune a run with model.moe.every=1 or a dense one")
+    if keep <= model.mixer_depth:  # the pruned model keeps the mixer's depth and needs blocks after it
+        raise ConfigError(f"--keep-blocks {keep}: this run's patch mixer is {model.mixer_depth} blocks deep "
+                          f"(model.mixer_depth), and the pruned model needs blocks after it: keep at least "
+                          f"{model.mixer_depth + 1}")
     loss_fn = denoising_batches(run, run.config.batch_size)
     kept = PRUNERS.get(method)(model, keep, loss_fn=loss_fn, steps=steps, progress=progress)
     baseline = evenly_spaced(depth, keep)

@@ -37,7 +37,7 @@ def load_context(path: str | Path, model: Any, flag: str = "--context") -> torch
     except DataError:
         raise
     except Exception as e:  # zipfile / numpy raise several types for a damaged file
-        raise DataError(f"cannot read --context {path} as .npz ({npz_reason(e)}): save it with numpy.savez") from e
+        raise DataError(f"cannot read {flag} {path} as .npz ({npz_reason(e)}): save it with numpy.savez") from e
     if len(array) == 0:
         raise DataError(f"{flag} {path} holds no clips: give at least one")
     if array.dtype != np.uint8 or array.ndim != len(model.input_size) + 2:
@@ -53,6 +53,28 @@ def load_context(path: str | Path, model: Any, flag: str = "--context") -> torch
             f"{tuple(expected[1:]) + (expected[0],)} (frames/pixels x channels)"
         )
     return x
+
+
+def load_labels(path: str | Path, count: int, num_classes: int, flag: str = "--images") -> torch.Tensor | None:
+    """The ``labels`` of the ``.npz`` at ``path`` (read by :func:`load_context`) as int64: ``count`` integers in
+    ``0..num_classes-1``; None when the file has none. Anything else is refused, naming ``flag`` and
+    ``--classes`` (which replaces the file's labels)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "labels" not in f.files:
+                return None
+            labels = f["labels"]
+    except Exception as e:  # zipfile / numpy raise several types for a damaged (or pickled) array
+        raise DataError(f"cannot read the 'labels' of {flag} {path} ({npz_reason(e)}): save them as integers "
+                        "with numpy.savez, or pass --classes") from e
+    if labels.dtype.kind not in "iu" or labels.shape != (count,):
+        raise DataError(f"{flag} {path}: 'labels' must be {count} integers (one per input), got {labels.dtype} "
+                        f"{labels.shape}: fix the file or pass --classes")
+    low, high = int(labels.min()), int(labels.max())  # before any cast: a huge uint64 must not wrap
+    if low < 0 or high >= num_classes:
+        raise DataError(f"{flag} {path}: labels must be in 0-{num_classes - 1} for this model, found "
+                        f"{low if low < 0 else high}: fix the file or pass --classes")
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 def mask_from_png(path: str | Path, model: Any) -> torch.Tensor:
@@ -101,7 +123,19 @@ def complete(run: Any, context: torch.Tensor, given: torch.Tensor, labels: torch
         raise ConfigError(f"a condition mask must be shaped like the token grid {tuple(model.token_grid)} or "
                           f"({n}, {model.num_tokens}) (one per clip), got {tuple(given.shape)}")
     out = generate(model, run.objective, n, labels, given=flat, context=run.codec.encode(context), **sampling)
+    check_finite(out, sampling)
     return torch.where(pixel_mask(flat, model), context, run.codec.decode(out))
+
+
+def check_finite(samples: torch.Tensor, settings: dict[str, Any]) -> None:
+    """Refuse samples (model space, before decoding) holding NaN or infinity: decoded, they would be black
+    images written with exit status 0. ``settings`` are the sampling settings, named in the message."""
+    bad = int((~samples.isfinite()).flatten(1).any(dim=1).sum())
+    if bad:
+        shown = ", ".join(f"{k}={settings[k]}" for k in ("sampler", "steps", "guidance_scale", "accel")
+                          if settings.get(k) is not None)
+        raise DataError(f"sampling diverged: {bad} of {len(samples)} samples hold NaN or infinite values ({shown}); "
+                        "nothing was written: lower --guidance-scale, drop --accel or check --from-noise")
 
 
 def comparison_frames(truth: torch.Tensor, generated: torch.Tensor, given: torch.Tensor, model: Any) -> np.ndarray:

@@ -120,6 +120,10 @@ def learning_rate(cfg: Config, step: int) -> float:
 
 def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> DiT:
     m = cfg.model
+    guided = cfg.sample.guidance_channels
+    if guided is not None and guided > dataset_shape[0]:
+        raise ConfigError(f"config key sample.guidance_channels={guided} is more than the data's {dataset_shape[0]} "
+                          "channels: use at most that many, or null to guide every channel")
     return build_model(
         m.preset, dataset_shape[1:], dataset_shape[0], num_classes if m.conditional else 0,
         depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
@@ -250,6 +254,7 @@ class Trainer:
         if tasks:  # refuse a task that does not fit the token grid before training starts
             self.inputs.draw(0)
         self.step = 0
+        self._wrote_checkpoint = False  # by this process: a run that stops before its first one cleans up
         self._bad_streak = torch.zeros((), dtype=torch.int64, device=self.device)
         self._worst_streak = torch.zeros((), dtype=torch.int64, device=self.device)
         if self.device.type == "cuda":
@@ -352,7 +357,9 @@ class Trainer:
     def _write(self, files: tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]) -> Path:
         tensors, optimizer_meta = files
         state = {"data_position": self.data_position(self.step), "wall_time": time.time(), "optimizer": optimizer_meta}
-        return save_checkpoint(self.run_dir, self.step, tensors, state, self.run_info(), keep=self.cfg.keep_checkpoints)
+        path = save_checkpoint(self.run_dir, self.step, tensors, state, self.run_info(), keep=self.cfg.keep_checkpoints)
+        self._wrote_checkpoint = True
+        return path
 
     def load(self, ckpt: Path) -> None:
         load_weights(self.model, ckpt / "model.safetensors")
@@ -396,11 +403,24 @@ class Trainer:
         Several ranks (torchrun) agree on every step whether to stop, so they stop after the same step;
         rank 0 alone writes.
         """
+        main, run_dir = self.world.main, self.run_dir
+        # what this run creates, outermost first: missing parents and run_dir, config.json, metrics, checkpoints/
+        created = [p for p in [run_dir, *run_dir.parents] if not p.exists()][::-1] + [
+            p for p in (run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "checkpoints")
+            if not p.exists()] if main else []
+        try:
+            if main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(run_dir / "config.json", self.run_info())
+                self._truncate_metrics(run_dir / "metrics.jsonl")
+            return self._run(stop_after)
+        except BaseException:
+            if main and not self._wrote_checkpoint:
+                remove_created(created)  # a run that wrote no checkpoint leaves nothing behind
+            raise
+
+    def _run(self, stop_after: int | None) -> Path:
         cfg, main = self.cfg, self.world.main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.run_dir / "config.json", self.run_info())
-            self._truncate_metrics(self.run_dir / "metrics.jsonl")
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.progress and main), dynamic_ncols=True, file=sys.stderr)
@@ -516,6 +536,19 @@ class Trainer:
             if isinstance(record, dict) and record.get("step", math.inf) <= self.step:
                 keep.append(line)
         write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def remove_created(paths: list[Path]) -> None:
+    """Remove what a run that wrote no checkpoint created (``paths``, outermost first), deepest first: files,
+    then directories only while empty (anything else found in them stays, and so do they)."""
+    for path in reversed(paths):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            elif path.exists():
+                path.unlink()
+        except OSError:
+            pass
 
 
 class StopOnSignal:

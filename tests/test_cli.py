@@ -147,6 +147,7 @@ def test_library_log_lines_stay_off_stderr_unless_verbose_and_one_rank_reports(m
         assert main(["info", "run", "--verbose"]) == 0  # --verbose: the libraries speak as they would
         assert [r.getMessage() for r in caplog.records] == ["accelerate is not installed"]
         assert [str(w.message) for w in shown] == ["defaulting to unsafe serialization"]
+    capfd.readouterr()  # (what --verbose printed; a library's handler may be bound to an earlier test's stream)
     monkeypatch.setenv("RANK", "1")  # under torchrun: the other ranks fail alike and stay quiet
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["info", "broken"]) == 2 and capfd.readouterr().err == ""

@@ -104,7 +104,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_partial_checkpoin
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert "model.safetensors" in err and "No space left on device" in err
-    assert not list((tmp_path / "run" / "checkpoints").iterdir())
+    assert not (tmp_path / "run").exists()  # the run wrote no checkpoint: what it created is gone
 
 
 def test_an_unwritable_cache_is_one_line_naming_it(tmp_path, monkeypatch, capsys):

@@ -92,12 +92,41 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return PIXELS.decode(x)
 
 
+CHANNELS = (1, 3, 4)  #: channel counts of images (gray, RGB, RGBA): how a 4-D array's layout is told apart
+LAYOUTS = ("NHWC", "NCHW")
+
+
+def channels_last(images: np.ndarray, source: str, layout: str | None = None, fix: str = "") -> np.ndarray:
+    """A 4-D image array as ``N x H x W x C`` (a view). ``layout`` (``NHWC`` or ``NCHW``) says which it is;
+    without it the array is channels-last when only its last axis can be channels (1, 3 or 4 of them),
+    channels-first (``N x C x H x W``, transposed) when only axis 1 can, and when both can, the reading that
+    gives square images wins; an array that is neither is read channels-last, as always. The rest is
+    ambiguous and refused, naming ``source`` (``fix``: how to say which it is)."""
+    if layout is not None:
+        return images if layout == "NHWC" else images.transpose(0, 2, 3, 1)
+    _, a, b, c = images.shape
+    last, first = c in CHANNELS, a in CHANNELS
+    if first and not last:
+        return images.transpose(0, 2, 3, 1)
+    if last and first:
+        square_last, square_first = a == b, b == c
+        if square_first and not square_last:
+            return images.transpose(0, 2, 3, 1)
+        if not (square_last and not square_first):
+            raise DataError(f"{source}: images of shape {images.shape} could be N x H x W x C ({a}x{b} images of "
+                            f"{c} channels) or N x C x H x W ({b}x{c} images of {a} channels): {fix}")
+    return images
+
+
 def check_images(images: np.ndarray, source: str) -> None:
     """Refuse an image array ``N x H x W x C`` with no images or no pixels, naming ``source``."""
     if len(images) == 0:
         raise DataError(f"{source} holds no images: give at least one")
     if min(images.shape[1:3]) < 1:
         raise DataError(f"{source}: images of shape {images.shape[1:3]} hold no pixels; give images of at least 1x1")
+    if images.ndim == 4 and images.shape[3] < 1:
+        raise DataError(f"{source}: images of shape {images.shape} have no channels; give N x H x W (gray) or "
+                        "N x H x W x C with C >= 1")
 
 
 def check_labels(labels: np.ndarray, count: int, source: str) -> int:
@@ -145,7 +174,9 @@ def read_npz(path: Path, what: str, fix: str, save: str = "save it with numpy.sa
 
 
 def load_npz(path: str | Path) -> ImageDataset:
-    """``.npz`` with ``images`` uint8 ``N x H x W`` or ``N x H x W x C`` and optional integer ``labels``."""
+    """``.npz`` with ``images`` uint8 ``N x H x W``, ``N x H x W x C`` or ``N x C x H x W`` (see
+    :func:`channels_last`; an optional string ``layout``, ``NHWC`` or ``NCHW``, says which) and optional
+    integer ``labels``."""
     path = Path(path)
     arrays = read_npz(path, "dataset file", "check data.path")
     if "images" not in arrays:
@@ -153,10 +184,22 @@ def load_npz(path: str | Path) -> ImageDataset:
     images = arrays["images"]
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(
-            f"{path}: 'images' must be uint8 N x H x W or N x H x W x C, got {images.dtype} {images.shape}"
+            f"{path}: 'images' must be uint8 N x H x W, N x H x W x C or N x C x H x W, got {images.dtype} "
+            f"{images.shape}"
         )
+    layout = arrays.get("layout")
+    if layout is not None:
+        layout = str(layout) if layout.ndim == 0 and layout.dtype.kind == "U" else None
+        if layout not in LAYOUTS:
+            raise DataError(f"{path}: 'layout' must be the string NHWC or NCHW, got {arrays['layout']!r}"[:300])
+        if images.ndim == 3:
+            raise DataError(f"{path}: 'layout' {layout} names the channel axis, but 'images' is N x H x W "
+                            "(gray, no channel axis): leave 'layout' out")
     if images.ndim == 3:
         images = images[..., None]
+    else:
+        images = channels_last(images, str(path), layout,
+                               "say which with a 'layout' array: numpy.savez(..., layout='NHWC') or layout='NCHW'")
     check_images(images, str(path))
     labels = arrays.get("labels")
     num_classes = 0 if labels is None else check_labels(labels, len(images), str(path))
@@ -235,6 +278,16 @@ def npz_reason(e: Exception) -> str:
     return text
 
 
+def read_npy(path: Path, mmap_mode: str | None = None,
+             fix: str = "save it again with numpy.save") -> np.ndarray:
+    """The array in the ``.npy`` file ``path`` (never unpickling; memory-mapped with ``mmap_mode``); a damaged
+    file is refused naming it."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except Exception as e:  # numpy raises several types for a damaged file
+        raise DataError(f"cannot read {path} ({npz_reason(e) or type(e).__name__}): {fix}") from e
+
+
 def load_npy(path: str | Path) -> ImageDataset:
     """A directory with ``images.npy`` (uint8 ``N x H x W [x C]``) and optional ``labels.npy``, memory-mapped:
     batches read only the examples they use, so the set need not fit in RAM."""
@@ -244,15 +297,17 @@ def load_npy(path: str | Path) -> ImageDataset:
                         "check data.path")
     if not (root / "images.npy").is_file():
         raise DataError(f"npy dataset {root} has no images.npy")
-    try:
-        images = np.load(root / "images.npy", mmap_mode="c", allow_pickle=False)
-        labels = np.load(root / "labels.npy", allow_pickle=False) if (root / "labels.npy").is_file() else None
-    except Exception as e:  # numpy raises several types for a damaged file
-        raise DataError(f"cannot read the arrays in {root} ({npz_reason(e)}): save them with numpy.save") from e
+    if (root / "labels.npy").exists() and not (root / "labels.npy").is_file():
+        raise DataError(f"npy dataset {root}: labels.npy is not a file: save the labels with numpy.save, or move "
+                        "it away for an unlabelled dataset")
+    images = read_npy(root / "images.npy", mmap_mode="c")
+    labels = read_npy(root / "labels.npy") if (root / "labels.npy").is_file() else None
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DataError(f"{root}/images.npy must be uint8 N x H x W or N x H x W x C, got {images.dtype} "
-                        f"{images.shape}")
-    images = images[..., None] if images.ndim == 3 else images
+        raise DataError(f"{root}/images.npy must be uint8 N x H x W, N x H x W x C or N x C x H x W, got "
+                        f"{images.dtype} {images.shape}")
+    images = images[..., None] if images.ndim == 3 else channels_last(
+        images, f"{root}/images.npy", fix="save it as N x H x W x C, or as an .npz with a 'layout' array "
+        "(NHWC or NCHW) and data.name=npz")
     check_images(images, f"{root}/images.npy")
     num_classes = 0 if labels is None else check_labels(labels, len(images), f"{root}/labels.npy")
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2)  # a view: pages are read when indexed

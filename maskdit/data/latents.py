@@ -17,7 +17,10 @@ local directory: maskdit never downloads.
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from maskdit.data.codec import CODECS, PIXELS
 from maskdit.errors import ConfigError, DataError
 
 MANIFEST = "manifest.json"
+FORMAT = "maskdit-latents"
 SD_SCALING = 0.18215  #: Stable Diffusion's VAE scaling factor, used when a VAE's config names none
 
 
@@ -43,10 +47,16 @@ def load_vae(path: str | Path) -> Any:
         raise ConfigError(f"VAE {path} is not a local VAE directory (no config.json): maskdit never downloads; "
                           "save one with AutoencoderKL.save_pretrained(DIR), or fetch one elsewhere, e.g. "
                           "huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir DIR, and pass DIR")
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its notes (e.g. about accelerate) are not errors of the user's
     try:
         vae = AutoencoderKL.from_pretrained(root, local_files_only=True)
     except (OSError, ValueError, EnvironmentError) as e:
         raise DataError(f"cannot load the VAE in {root}: {str(e).splitlines()[0]}") from e
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     return vae.eval().requires_grad_(False)
 
 
@@ -67,40 +77,130 @@ def _to_vae_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 def encode_images(dataset: Any, vae_dir: str | Path, out: str | Path, batch_size: int = 64,
                   device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
     """Encode every image of ``dataset`` (uint8 ``images``) and its mirror into a new store ``out``; returns
-    the manifest. ``out`` must not exist yet (nothing is ever overwritten); it appears complete or not at all."""
-    from maskdit.checkpoint import write_json_atomic
-
+    the manifest. ``out`` must not exist yet (nothing is ever overwritten); it appears complete or not at all:
+    the store is written into a new hidden directory beside ``out`` and renamed once complete, and a failed
+    write (a full disk, an interrupt) removes what it wrote."""
     out = Path(out)
     if out.exists():
         raise ConfigError(f"--out {out} exists: latents go to a new directory (maskdit never overwrites files)")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
     vae = load_vae(vae_dir).to(device)
     scale = vae_scaling(vae)
     images = dataset.images
     n = len(images)
     probe = vae.encode(_to_vae_channels(PIXELS.encode(images[:1]).to(device), vae.config.in_channels)).latent_dist
     shape = (n, 2, *probe.mean.shape[1:])
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # our own leftover from an interrupted run
-    tmp.mkdir(parents=True)
-    mean = np.lib.format.open_memmap(tmp / "mean.npy", mode="w+", dtype=np.float16, shape=shape)
-    std = np.lib.format.open_memmap(tmp / "std.npy", mode="w+", dtype=np.float16, shape=shape)
-    for start in tqdm(range(0, n, batch_size), desc="encoding", unit="batch", disable=not progress):
-        x = _to_vae_channels(PIXELS.encode(images[start:start + batch_size]).to(device), vae.config.in_channels)
-        for side, pixels in enumerate((x, x.flip(-1))):
-            dist = vae.encode(pixels).latent_dist
-            mean[start:start + len(x), side] = (dist.mean * scale).cpu().numpy()
-            std[start:start + len(x), side] = (dist.std * scale).cpu().numpy()
-    mean.flush()
-    std.flush()
-    del mean, std
+    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()][::-1]  # parents this run creates
+    tmp: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        manifest = _write_store(tmp, dataset, vae, vae_dir, scale, shape, batch_size, device, progress)
+        if out.exists():  # made meanwhile by someone else: theirs stays
+            raise ConfigError(f"--out {out} appeared while encoding: choose another --out "
+                              "(maskdit never overwrites files)")
+        tmp.rename(out)
+        tmp = None
+    except OSError as e:
+        raise DataError(f"cannot write the latent store {out}: {e.strerror or e}; nothing was kept: free space "
+                        "(or choose another --out) and run maskdit latents again") from None
+    finally:
+        if tmp is not None:  # a failed or interrupted write leaves no half store behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            for parent in reversed(made):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+    return manifest
+
+
+def _write_store(tmp: Path, dataset: Any, vae: Any, vae_dir: str | Path, scale: float, shape: tuple[int, ...],
+                 batch_size: int, device: str | torch.device, progress: bool) -> dict[str, Any]:
+    """The store's files in ``tmp``: the arrays written in order with plain writes (a full disk fails the
+    write, never a memory-mapped page later), the manifest last."""
+    from maskdit.checkpoint import write_json_atomic
+
+    images, n = dataset.images, len(dataset.images)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": shape}
+    with open(tmp / "mean.npy", "wb") as mean, open(tmp / "std.npy", "wb") as std:
+        for f in (mean, std):
+            np.lib.format.write_array_header_1_0(f, header)
+        for start in tqdm(range(0, n, batch_size), desc="encoding", unit="batch", disable=not progress):
+            x = _to_vae_channels(PIXELS.encode(images[start:start + batch_size]).to(device), vae.config.in_channels)
+            dists = [vae.encode(pixels).latent_dist for pixels in (x, x.flip(-1))]  # the image, its mirror
+            for f, part in ((mean, "mean"), (std, "std")):
+                rows = torch.stack([getattr(d, part) * scale for d in dists], dim=1)  # (b, 2, C, h, w)
+                f.write(rows.cpu().numpy().astype(np.float16).tobytes())
+        for f in (mean, std):
+            f.flush()
+            os.fsync(f.fileno())
     if dataset.labels is not None:
         np.save(tmp / "labels.npy", dataset.labels.numpy())
-    manifest = {"format": "maskdit-latents", "version": 1, "vae": str(Path(vae_dir).resolve()),
+    manifest = {"format": FORMAT, "version": 1, "vae": str(Path(vae_dir).resolve()),
                 "scaling_factor": scale, "latent_shape": list(shape[2:]), "image_shape": list(images.shape[1:]),
                 "num": n, "num_classes": dataset.num_classes if dataset.labels is not None else 0,
                 "class_names": list(getattr(dataset, "class_names", [])), "source": dataset.name}
     write_json_atomic(tmp / MANIFEST, manifest)
-    tmp.rename(out)
+    return manifest
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _positive_ints(value: Any, length: int | None = None) -> bool:
+    return isinstance(value, list) and (length is None or len(value) == length) and len(value) > 0 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+
+
+#: The manifest's keys: what each must be (a test and its words for the error line).
+MANIFEST_KEYS: dict[str, tuple[Any, str]] = {
+    "format": (lambda v: v == FORMAT, f"'{FORMAT}'"),
+    "vae": (lambda v: isinstance(v, str), "the VAE directory (a string)"),
+    "scaling_factor": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       and v > 0, "a positive number"),
+    "image_shape": (lambda v: _positive_ints(v, 3), "[C, H, W] of the encoded images"),
+    "num": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "the number of latents (>= 1)"),
+    "num_classes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a count >= 0"),
+}
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """A latent store's ``manifest.json``, checked: a JSON object with every key of :data:`MANIFEST_KEYS`
+    (and, when present, ``latent_shape`` a list of positive ints and ``class_names`` a list of strings)."""
+    from maskdit.data import MAX_CLASSES
+
+    path = root / MANIFEST
+    again = "encode the images again with maskdit latents IMAGES --vae DIR --out NEW_STORE"
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"latent store {path} is not readable JSON ({reason}): {again}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"latent store {path} must hold a JSON object, got {type(manifest).__name__}: "
+                        f"{again}")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise DataError(f"latent store {path} lacks {', '.join(missing)}: {again}")
+    for key, (ok, wanted) in MANIFEST_KEYS.items():
+        if not ok(manifest[key]):
+            raise DataError(f"latent store {path} key {key} must be {wanted}, got {_short(manifest[key])}: "
+                            f"{again}")
+    if manifest["num_classes"] > MAX_CLASSES:
+        raise DataError(f"latent store {path} key num_classes {manifest['num_classes']} is beyond the "
+                        f"maximum of {MAX_CLASSES} classes: {again}")
+    if "latent_shape" in manifest and not _positive_ints(manifest["latent_shape"], 3):
+        raise DataError(f"latent store {path} key latent_shape must be [C, h, w], got "
+                        f"{_short(manifest['latent_shape'])}: {again}")
+    names = manifest.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise DataError(f"latent store {path} key class_names must be a list of strings, got {_short(names)}: "
+                        f"{again}")
     return manifest
 
 
@@ -110,23 +210,42 @@ class LatentDataset:
     mirrors = True  #: ``batch(idx, mirrored)`` gives the latents of mirrored images (``data.flip``)
 
     def __init__(self, path: str | Path):
+        from maskdit.data import check_labels, read_npy
+
         root = Path(path)
         if not (root / MANIFEST).is_file():
             raise DataError(f"{root} is not a latent store (no {MANIFEST}): make one with maskdit latents IMAGES "
                             f"--vae DIR --out {root}")
-        try:
-            self.manifest = json.loads((root / MANIFEST).read_text())
-            self.mean = np.load(root / "mean.npy", mmap_mode="r", allow_pickle=False)
-            labels = np.load(root / "labels.npy", allow_pickle=False) if (root / "labels.npy").is_file() else None
-        except (OSError, ValueError, json.JSONDecodeError) as e:
-            raise DataError(f"latent store {root} is damaged ({e}): encode it again") from e
-        m = self.manifest
-        if self.mean.ndim != 5 or self.mean.shape[1] != 2 or len(self.mean) != m.get("num"):
-            raise DataError(f"latent store {root}: mean.npy is {self.mean.shape}, the manifest says {m.get('num')} "
-                            "latents: encode it again")
+        self.manifest = m = read_manifest(root)
+        again = "encode the images again with maskdit latents IMAGES --vae DIR --out NEW_STORE"
+        if not (root / "mean.npy").is_file():
+            raise DataError(f"latent store {root} has no mean.npy (the latents): {again}")
+        self.mean = read_npy(root / "mean.npy", "r", again)
+        labels = read_npy(root / "labels.npy", None, again) if (root / "labels.npy").exists() else None
+        if not np.issubdtype(self.mean.dtype, np.floating) or self.mean.dtype.itemsize > 8:
+            raise DataError(f"latent store {root}: mean.npy holds {self.mean.dtype} values, not floating-point "
+                            f"latents: {again}")
+        if self.mean.ndim != 5 or self.mean.shape[1] != 2 or len(self.mean) != m["num"] \
+                or min(self.mean.shape, default=0) < 1:
+            raise DataError(f"latent store {root}: mean.npy is {self.mean.shape}, the manifest says {m['num']} "
+                            f"latents of N x 2 x C x h x w: {again}")
+        if "latent_shape" in m and list(self.mean.shape[2:]) != m["latent_shape"]:
+            raise DataError(f"latent store {root}: mean.npy holds latents of {list(self.mean.shape[2:])}, the "
+                            f"manifest says latent_shape {m['latent_shape']}: {again}")
+        classes = m["num_classes"]
+        if labels is None and classes:
+            raise DataError(f"latent store {root}: the manifest says {classes} classes but labels.npy is missing: "
+                            f"restore labels.npy, set num_classes to 0 in {root / MANIFEST}, or {again}")
+        if labels is not None:
+            found = check_labels(labels, len(self.mean), f"latent store {root}: labels.npy")
+            if found > classes:
+                allowed = f"labels must be 0..{classes - 1}" if classes else "an unlabelled store has no labels.npy"
+                raise DataError(f"latent store {root}: labels.npy has label {found - 1}, beyond the manifest's "
+                                f"num_classes {classes} ({allowed}): fix num_classes in {root / MANIFEST} or the "
+                                f"labels, or {again}")
         self.labels = None if labels is None else torch.from_numpy(labels.astype(np.int64))
-        self.num_classes = int(m.get("num_classes", 0))
-        self.class_names = list(m.get("class_names", []))
+        self.num_classes = int(classes)
+        self.class_names = list(m.get("class_names") or [])
         self.name = root.name
         self.codec = VAECodec(m["vae"], m["scaling_factor"], m["image_shape"][0])
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskdit.errors import ConfigError
 from maskdit.masks import scatter_tokens
 from maskdit.model.moe import MoEMlp, MoESpec
 
@@ -112,7 +113,9 @@ class AxialRoPE(nn.Module):
         self.pairs, self.rank = head_dim // 2, len(token_grid)
         self.per_axis = self.pairs // self.rank
         if self.per_axis < 1:
-            raise ValueError(f"head width {head_dim} is too small for rotary positions over {self.rank} axes")
+            raise ConfigError(f"head width {head_dim} is too small for rotary positions (model.pos=rope) over "
+                              f"{self.rank} axes: each head needs at least {2 * self.rank} channels; use fewer "
+                              "heads, a wider model or pos=sincos")
         self.theta = theta
         cos, sin = self.tables(tuple(token_grid))
         self.register_buffer("cos", cos, persistent=False)  # float64: cast to the input's dtype

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskdit.errors import ConfigError
 from maskdit.model.aux import aux_active, report_aux_loss, report_aux_stat
 
 
@@ -52,9 +53,11 @@ class MoEMlp(nn.Module):
     def __init__(self, dim: int, spec: MoESpec, make_expert: Any):
         super().__init__()
         if not 1 <= spec.top_k <= spec.experts:
-            raise ValueError(f"top_k {spec.top_k} must be in [1, experts={spec.experts}]")
+            raise ConfigError(f"moe top_k {spec.top_k} must be in [1, experts={spec.experts}]")
         if spec.routing not in ROUTINGS:
-            raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {spec.routing!r}")
+            raise ConfigError(f"moe routing must be one of {', '.join(ROUTINGS)}, got {spec.routing!r}")
+        if spec.capacity <= 0 or spec.shared < 0 or spec.balance < 0:
+            raise ConfigError(f"moe capacity must be positive and shared, balance non-negative, got {spec}")
         self.spec = spec
         self.router = nn.Linear(dim, spec.experts, bias=False)
         self.gate_cond = nn.Linear(dim, spec.experts, bias=False) if spec.time_gate else None
