@@ -29,6 +29,14 @@ as both model and EMA, a config that samples the way the source does, ready for 
   config. diffusers gives every block its own copy of the time and label embedders: they must be equal
   (as in every converted DiT checkpoint); the final layer uses block 0's, as diffusers does.
 
+``export`` refuses, naming the run's config key, every model option diffusers' DiT cannot compute (SwiGLU,
+RMSNorm, qk-norm, experts, rotary or learned positions, decoders, preconditioning, skips...), and writes
+``maskdit.json`` beside the diffusers files: the time shift and the run's objective, sampling settings and
+dataset facts, so that importing the directory again gives a run that samples the same. Every input is
+checked where it is read (config keys and their types, tensor names, shapes, dtypes and finite values,
+``maskdit.json``, ``--vae``), and an import or export writes into a temporary directory that becomes the
+output only when complete.
+
 Nothing is unpickled: ``.pt`` files are read with ``torch.load(weights_only=True)``, which loads tensors
 and plain containers only.
 """
@@ -37,7 +45,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
+import re
+import shutil
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +60,7 @@ import torch
 from maskdit.checkpoint import checkpoint_files, find_run, save_checkpoint, write_json_atomic
 from maskdit.errors import CheckpointError, ConfigError
 from maskdit.grid import sincos_pos_embed, token_grid_shape
-from maskdit.model import DiT, PRESETS
+from maskdit.model import PRESETS, DiT
 from maskdit.model.blocks import RelativePositionBias
 from maskdit.registry import Registry
 
@@ -62,32 +76,99 @@ MASKDIT_NOTE = "maskdit.json"  #: what an export adds so that re-importing it is
 
 # -- reading ---------------------------------------------------------------------------------------------
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.pt``/``.pth`` (a state dict, or one under ``ema``/``model``) or ``.safetensors`` file."""
+    """Tensors of a ``.pt``/``.pth`` (a state dict, or one under ``ema``/``model``) or ``.safetensors`` file;
+    every name a string, every value a floating-point tensor with finite values (integer tensors only for
+    position indices, ``*_index``)."""
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file: pass a DiT/SiT .pt file or a diffusers directory")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(path)
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"cannot read {path}: {e}") from e
+            data: Any = load_file(path)
+        except (SafetensorError, ValueError) as e:  # a damaged header, a truncated body, an unknown dtype
+            raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}): it is damaged or "
+                                  "truncated; copy it again, or write it again with save_pretrained") from None
+        return _checked_values(data, path)
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a file torch.save wrote (nor .safetensors): pass a DiT/SiT checkpoint")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError and friends: the file holds more than tensors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:  # weights_only refused: the file holds more than tensors
         raise CheckpointError(f"{path} holds objects other than tensors, which maskdit never unpickles "
-                              f"({first[:160]}): save the EMA state dict alone (torch.save(ckpt['ema'], 'ema.pt'))"
-                              ) from None
+                              f"({_first_line(e)[:160]}): save the EMA state dict alone "
+                              "(torch.save(ckpt['ema'], 'ema.pt'))") from None
+    except Exception as e:  # noqa: BLE001 - zip and storage errors of a damaged file have no common type
+        raise CheckpointError(f"cannot read {path} ({_first_line(e)[:160]}): the file is damaged or truncated; "
+                              "copy or save it again") from None
     for key in ("ema", "model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
             break
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path} is not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in data.items()}
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a state dict (names -> tensors): save the "
+                              "model's state_dict() (the EMA's for DiT: torch.save(ckpt['ema'], 'ema.pt'))")
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path} has a key {key!r} ({type(key).__name__}) where a state dict has tensor "
+                                  "names: save the model's state_dict()")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {key} is a {type(value).__name__}, not a tensor: save the model's "
+                                  "state_dict() alone (torch.save(ckpt['ema'], 'ema.pt'))")
+    return _checked_values({k.removeprefix("module."): v for k, v in data.items()}, path)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an error's message, without terminal colour codes (torch's load errors carry some)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _checked_values(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Refuse weights that are not floating point (quantised, complex, boolean) or hold NaN or infinity."""
+    for key, value in sd.items():
+        if value.is_floating_point():
+            if not bool(torch.isfinite(value).all()):
+                raise CheckpointError(f"{path}: {key} holds NaN or infinite values: the weights are damaged or "
+                                      "come from a run that diverged; export them again from a healthy checkpoint")
+        elif value.is_complex() or value.dtype == torch.bool or not key.endswith("_index"):
+            raise CheckpointError(f"{path}: {key} is a {str(value.dtype).removeprefix('torch.')} tensor, not "
+                                  "floating-point weights: maskdit imports float32/float16/bfloat16 checkpoints "
+                                  "(dequantise it first)")
+    return sd
+
+
+def _tensor(sd: dict[str, torch.Tensor], key: str, source: Path, dims: int, what: str) -> torch.Tensor:
+    """``sd[key]``, which the architecture is inferred from: it must exist and have ``dims`` axes, all non-empty."""
+    if key not in sd:
+        raise CheckpointError(f"{source} has no {key}: it is not a complete checkpoint of this layout (--format "
+                              "names the layout)")
+    value = sd[key]
+    if value.dim() != dims or 0 in value.shape:
+        raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, not {what}: the checkpoint is "
+                              "damaged or of another layout (--format names the layout)")
+    return value
+
+
+def _position_table(sd: dict[str, torch.Tensor], key: str, width: int, source: Path,
+                    tokens: int | None = None) -> int:
+    """The number of tokens of a position table ``(1, tokens, width)``: a positive square (DiT's grids are
+    square), ``tokens`` when given."""
+    table = _tensor(sd, key, source, 3, f"(1, tokens, {width}): one row of width {width} per token")
+    if table.shape[0] != 1 or table.shape[2] != width:
+        raise CheckpointError(f"{source}: {key} has shape {tuple(table.shape)}, not (1, tokens, {width}): its width "
+                              f"must be the model's ({width}, from the patch embedding): the checkpoint is damaged "
+                              "or mixes two models")
+    count = table.shape[1]
+    side = math.isqrt(count)
+    if side * side != count:
+        raise CheckpointError(f"{source}: {key} has {count} tokens, not a square grid: DiT-family checkpoints "
+                              "cover square images")
+    if tokens is not None and count != tokens:
+        raise CheckpointError(f"{source}: {key} has {count} tokens, the model's grid has {tokens}: the checkpoint "
+                              "is damaged or mixes two models")
+    return count
 
 
 def _count(sd: dict[str, torch.Tensor], prefix: str) -> int:
@@ -123,25 +204,28 @@ def dit_layout(sd: dict[str, torch.Tensor], source: Path, num_heads: int | None,
     if "x_embedder.proj.weight" not in sd:
         hint = "--format maskdit" if "model.x_embedder.proj.weight" in sd else "the directory for a diffusers model"
         raise CheckpointError(f"{source} has no x_embedder.proj.weight: it is not a DiT/SiT state dict (pass {hint})")
-    proj = sd["x_embedder.proj.weight"]
-    if proj.dim() != 4 or proj.shape[2] != proj.shape[3]:
+    proj = _tensor(sd, "x_embedder.proj.weight", source, 4, "a square 2-D patch embedding (width, channels, p, p)")
+    if proj.shape[2] != proj.shape[3]:
         raise CheckpointError(f"{source}: x_embedder.proj.weight has shape {tuple(proj.shape)}, not a square 2-D "
                               "patch embedding (width, channels, p, p)")
     width, channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
     depth = _count(sd, "blocks.")
     if depth == 0 or "pos_embed" not in sd:
         raise CheckpointError(f"{source}: no transformer blocks or no pos_embed: not a DiT/SiT state dict")
-    tokens = sd["pos_embed"].shape[-2]
+    tokens = _position_table(sd, "pos_embed", width, source)
     side = math.isqrt(tokens)
-    if side * side != tokens:
-        raise CheckpointError(f"{source}: pos_embed has {tokens} tokens, not a square grid")
-    out = sd["final_layer.linear.weight"].shape[0] // (patch * patch) if "final_layer.linear.weight" in sd else 0
+    final = sd.get("final_layer.linear.weight")
+    out = 0 if final is None or final.dim() != 2 else final.shape[0] // (patch * patch)
     if out not in (channels, 2 * channels):
         raise CheckpointError(f"{source}: the final layer predicts {out} channels per pixel for {channels} input "
                               f"channels: expected {channels} or {2 * channels} (learned sigma)")
-    table = sd.get("y_embedder.embedding_table.weight")
-    num_classes = 0 if table is None else table.shape[0] - 1  # DiT keeps one extra row: the null label
-    hidden = sd["blocks.0.mlp.fc1.weight"].shape[0] if "blocks.0.mlp.fc1.weight" in sd else 4 * width
+    num_classes = 0
+    if "y_embedder.embedding_table.weight" in sd:  # DiT keeps one extra row: the null label
+        num_classes = _tensor(sd, "y_embedder.embedding_table.weight", source, 2,
+                              f"a label table (classes + 1, {width})").shape[0] - 1
+    hidden = 4 * width
+    if "blocks.0.mlp.fc1.weight" in sd:
+        hidden = _tensor(sd, "blocks.0.mlp.fc1.weight", source, 2, f"an MLP's first layer (hidden, {width})").shape[0]
     config = {"input_size": [side * patch] * 2, "in_channels": channels, "patch_size": [patch, patch],
               "hidden_size": width, "depth": depth, "num_heads": _heads(width, num_heads, source),
               "mlp_ratio": hidden / width, "num_classes": num_classes, "learn_sigma": out == 2 * channels,
@@ -151,7 +235,7 @@ def dit_layout(sd: dict[str, torch.Tensor], source: Path, num_heads: int | None,
     expected = {_dit_name(k) for k in model.state_dict()} | {"pos_embed"}
     _refuse_keys(expected, set(sd), source, "DiT")
     pos = sincos_pos_embed(width, model.token_grid, reverse_axes=True)
-    if not torch.allclose(sd["pos_embed"].reshape(pos.shape).float(), pos, atol=1e-5):
+    if not torch.allclose(sd["pos_embed"][0].float(), pos, atol=1e-5):
         raise CheckpointError(f"{source}: pos_embed is not DiT's fixed 2-D sin-cos table for a {side}x{side} grid "
                               "(a learned or interpolated table cannot be imported)")
     state = {k: sd[_dit_name(k)] for k in model.state_dict()}
@@ -218,6 +302,10 @@ def import_maskdit(source: Path, num_heads: int | None = None) -> tuple[dict, di
             raise CheckpointError(f"{source} has {key}: MaskDiT models with a class token or external/encoder "
                                   "features (pad_cls_token, ext_feature_dim, self_cond) cannot be imported")
     table, proj = sd.get("y_embedder.embedding_table.weight"), sd.get("x_embedder.proj.weight")
+    if proj is not None:
+        proj = _tensor(sd, "x_embedder.proj.weight", source, 4, "a 2-D patch embedding (width, channels, p, p)")
+    if table is not None:
+        table = _tensor(sd, "y_embedder.embedding_table.weight", source, 2, "a label map (width, classes)")
     if table is not None and proj is not None and table.shape[0] != proj.shape[0]:
         raise CheckpointError(f"{source}: y_embedder.embedding_table.weight has shape {tuple(table.shape)}, not "
                               f"MaskDiT's one-hot label map (width {proj.shape[0]}, classes): is it a DiT checkpoint? "
@@ -227,19 +315,25 @@ def import_maskdit(source: Path, num_heads: int | None = None) -> tuple[dict, di
     extra: dict[str, Any] = {"precond": "edm", "sigma_data": 0.5, "time_scale": 1.0}
     decoder_pos = sd.pop("decoder_pos_embed", None)
     if "decoder_layer.linear.weight" in sd:
-        width = sd["decoder_layer.linear.weight"].shape[0]
+        entry = _tensor(sd, "decoder_layer.linear.weight", source, 2, "the decoder entry (decoder width, width)")
+        width = entry.shape[0]
         depth = _count(sd, "decoder_blocks.")
         extra["decoder"] = {"width": width, "depth": depth, "num_heads": MASKDIT_DECODER_HEADS}
         for key in [k for k in sd if k.startswith(("decoder_layer.", "decoder_blocks."))]:
             ours = key.replace("decoder_layer.", "decoder.", 1).replace("decoder_blocks.", "decoder.blocks.", 1)
             sd[ours] = sd.pop(key)
         mask_token = sd.pop("mask_token", None)  # only trained with the MAE loss; MaskDiT fills zeros otherwise
+        if mask_token is not None and mask_token.numel() != width:
+            raise CheckpointError(f"{source}: mask_token has shape {tuple(mask_token.shape)}, not one token of the "
+                                  f"decoder's width {width} (decoder_layer.linear.weight): the checkpoint is damaged")
         sd["decoder.mask_token"] = torch.zeros(width) if mask_token is None else mask_token.reshape(width)
     config, state = dit_layout(sd, source, num_heads, extra)
     if "decoder" in extra:
         grid = token_grid_shape(config["input_size"], config["patch_size"])
         pos = sincos_pos_embed(extra["decoder"]["width"], grid, reverse_axes=True)
-        if decoder_pos is None or not torch.allclose(decoder_pos.reshape(pos.shape).float(), pos, atol=1e-5):
+        tables = {} if decoder_pos is None else {"decoder_pos_embed": decoder_pos}
+        _position_table(tables, "decoder_pos_embed", extra["decoder"]["width"], source, math.prod(grid))
+        if not torch.allclose(decoder_pos[0].float(), pos, atol=1e-5):
             raise CheckpointError(f"{source}: decoder_pos_embed is missing or not the fixed 2-D sin-cos table")
     # EDM trains on ln(sigma) ~ N(-1.2, 1.2^2); ln(sigma) = logit(t), so finetuning sees the same noise levels
     settings = {"objective": {"name": "flow", "time_sampling": "logit_normal", "logit_mean": -1.2, "logit_std": 1.2},
@@ -262,28 +356,38 @@ def import_mdt(source: Path, num_heads: int | None = None) -> tuple[dict, dict, 
     half, outs, dec = (_count(sd, p) for p in ("en_inblocks.", "en_outblocks.", "de_blocks."))
     if outs != half:
         raise CheckpointError(f"{source}: {half} en_inblocks but {outs} en_outblocks; MDT pairs them one to one")
-    proj, table = sd["x_embedder.proj.weight"], sd.get("en_inblocks.0.attn.rel_pos_bias.relative_position_bias_table")
-    if proj.dim() != 4 or proj.shape[2] != proj.shape[3] or table is None:
-        raise CheckpointError(f"{source}: x_embedder.proj.weight {tuple(proj.shape)} or the relative position bias "
-                              "table is not MDT v2's")
+    proj = _tensor(sd, "x_embedder.proj.weight", source, 4, "a square 2-D patch embedding (width, channels, p, p)")
+    if proj.shape[2] != proj.shape[3]:
+        raise CheckpointError(f"{source}: x_embedder.proj.weight has shape {tuple(proj.shape)}, not a square 2-D "
+                              "patch embedding (width, channels, p, p)")
+    table = _tensor(sd, "en_inblocks.0." + MDT_BIAS[1], source, 2, "a relative position bias table (offsets, heads)")
     width, channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
     heads = table.shape[1]  # the bias table has one column per head: no guessing
     if num_heads not in (None, heads):
         raise ConfigError(f"--num-heads {num_heads} contradicts {source}, whose attention bias has {heads} heads")
-    side = math.isqrt(sd["pos_embed"].shape[-2]) if "pos_embed" in sd else 0
-    if side == 0 or side * side != sd["pos_embed"].shape[-2]:
-        raise CheckpointError(f"{source}: no pos_embed, or one that is not a square grid")
-    out = sd["final_layer.linear.weight"].shape[0] // (patch * patch) if "final_layer.linear.weight" in sd else 0
+    if width % heads:
+        raise CheckpointError(f"{source}: the attention bias has {heads} heads, which do not divide the width "
+                              f"{width} (x_embedder.proj.weight): the checkpoint is damaged or mixes two models")
+    if "pos_embed" not in sd:
+        raise CheckpointError(f"{source}: no pos_embed: not an MDT v2 state dict")
+    side = math.isqrt(_position_table(sd, "pos_embed", width, source))
+    final = sd.get("final_layer.linear.weight")
+    out = 0 if final is None or final.dim() != 2 else final.shape[0] // (patch * patch)
     if out not in (channels, 2 * channels):
         raise CheckpointError(f"{source}: the final layer predicts {out} channels per pixel for {channels} input "
                               f"channels: expected {channels} or {2 * channels} (learned sigma)")
-    hidden = sd["en_inblocks.0.mlp.fc1.weight"].shape[0] if "en_inblocks.0.mlp.fc1.weight" in sd else 4 * width
+    hidden = 4 * width
+    if "en_inblocks.0.mlp.fc1.weight" in sd:
+        hidden = _tensor(sd, "en_inblocks.0.mlp.fc1.weight", source, 2, f"an MLP's first layer (hidden, {width})"
+                         ).shape[0]
+    num_classes = 0
+    if "y_embedder.embedding_table.weight" in sd:
+        num_classes = _tensor(sd, "y_embedder.embedding_table.weight", source, 2,
+                              f"a label table (classes + 1, {width})").shape[0] - 1
     config = {"input_size": [side * patch] * 2, "in_channels": channels, "patch_size": [patch, patch],
               "hidden_size": width, "depth": 2 * half + dec, "num_heads": heads, "mlp_ratio": hidden / width,
-              "num_classes": sd["y_embedder.embedding_table.weight"].shape[0] - 1
-              if "y_embedder.embedding_table.weight" in sd else 0,
-              "learn_sigma": out == 2 * channels, "pos_layout": "xy", "pos": "learned", "rel_pos_bias": True,
-              "long_skips": dec}
+              "num_classes": num_classes, "learn_sigma": out == 2 * channels, "pos_layout": "xy", "pos": "learned",
+              "rel_pos_bias": True, "long_skips": dec}
     if config["num_classes"] < 1:
         raise CheckpointError(f"{source}: no label table: maskdit imports class-conditional MDT models")
     with torch.device("meta"):  # names and shapes only: the import builds the real model once, later
@@ -293,8 +397,8 @@ def import_mdt(source: Path, num_heads: int | None = None) -> tuple[dict, dict, 
     _refuse_keys(set(names.values()), {k for k in sd if k not in side_keys and not k.endswith(MDT_BIAS_INDEX)},
                  source, "MDT v2")
     index = RelativePositionBias((side, side), heads).index  # the same in every block
-    for key in (k for k in sd if k.endswith(MDT_BIAS_INDEX) and k not in side_keys):
-        if not torch.equal(sd[key].long(), index):
+    for key in (k for k in sd if k.endswith(MDT_BIAS_INDEX)):
+        if sd[key].shape != index.shape or not torch.equal(sd[key].long(), index):
             raise CheckpointError(f"{source}: {key} is not BEiT's relative position index for a {side}x{side} grid")
     state = {ours: sd[theirs] for ours, theirs in names.items()}
     state["patch_embed.weight"] = proj.permute(0, 2, 3, 1).reshape(width, -1)
@@ -306,6 +410,9 @@ def import_mdt(source: Path, num_heads: int | None = None) -> tuple[dict, dict, 
         if _count(sd, "sideblocks.") != 1 or "mask_token" not in sd:
             found = f"{_count(sd, 'sideblocks.')} side block(s), {'a' if 'mask_token' in sd else 'no'} mask token"
             raise CheckpointError(f"{source}: MDT v2 has one side block and a mask token; found {found}")
+        if sd["mask_token"].numel() != width:
+            raise CheckpointError(f"{source}: mask_token has shape {tuple(sd['mask_token'].shape)}, not one token of "
+                                  f"width {width}: the checkpoint is damaged or mixes two models")
         settings["aux"] = {"interpolater.mask_token": sd["mask_token"].reshape(width)}
         for key, value in sd.items():
             if key.startswith("sideblocks.0.") and not key.endswith(MDT_BIAS_INDEX):
@@ -337,46 +444,126 @@ def mdt_names(model: DiT) -> dict[str, str]:
 
 
 # -- diffusers --------------------------------------------------------------------------------------------
+#: DiTTransformer2DModel's config keys that shape the model, with diffusers' defaults (a key that config.json
+#: leaves out means its default there, as for ``from_pretrained``); ``None``: the key may be null
+DIFFUSERS_SIZES: dict[str, int | None] = {"sample_size": 32, "patch_size": 2, "in_channels": 4, "out_channels": None,
+                                          "num_attention_heads": 16, "attention_head_dim": 72, "num_layers": 28,
+                                          "num_embeds_ada_norm": 1000}
+#: what maskdit's DiT block is in diffusers' terms; any other value cannot be expressed
+DIFFUSERS_FIXED = {"norm_type": "ada_norm_zero", "activation_fn": "gelu-approximate", "norm_elementwise_affine": False,
+                   "attention_bias": True}
+
+
+def _read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; ``fix`` says what to do about a damaged one."""
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not a JSON text file: {fix}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}): {fix}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {_json_kind(data)}, not an object of settings: {fix}")
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", type(None): "null", dict: "object"}.get(type(value), "number")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def diffusers_config(config_file: Path) -> dict[str, Any]:
+    """The settings of a diffusers ``config.json`` that maskdit reads, type-checked (diffusers' defaults for
+    missing keys); refuses what maskdit's DiT cannot express."""
+    fix = "it is not a diffusers model config (save the model again with save_pretrained)"
+    cfg = _read_json_object(config_file, fix)
+    name = cfg.get("_class_name")
+    if name not in (None, "DiTTransformer2DModel", "Transformer2DModel"):
+        raise CheckpointError(f"{config_file.parent} holds a {name}, not a DiTTransformer2DModel")
+    for key, want in DIFFUSERS_FIXED.items():
+        if cfg.get(key, want) != want:
+            raise CheckpointError(f"{config_file}: {key}={cfg.get(key)!r} is not DiT's {want!r}; maskdit cannot "
+                                  "express it")
+    out: dict[str, Any] = {"missing": sorted(set(DIFFUSERS_SIZES) - set(cfg))}
+    for key, default in DIFFUSERS_SIZES.items():
+        value = cfg.get(key, default)
+        if value is None and key in ("out_channels", "num_embeds_ada_norm"):
+            out[key] = None
+            continue
+        if not _whole(value) or value < 1:
+            raise CheckpointError(f"{config_file}: {key} is {json.dumps(value)}, not a positive whole number: set "
+                                  f"{key} to the model's value (save_pretrained writes every key)")
+        out[key] = value
+    eps = cfg.get("norm_eps", 1e-5)
+    if not _number(eps) or eps <= 0:
+        raise CheckpointError(f"{config_file}: norm_eps is {json.dumps(eps)}, not a positive number: set norm_eps "
+                              "to the model's LayerNorm epsilon (diffusers' default is 1e-5)")
+    out["norm_eps"] = float(eps)
+    size, patch = out["sample_size"], out["patch_size"]
+    if max(size // 64, 1) != 1:
+        raise CheckpointError(f"{config_file}: sample_size {size} makes diffusers scale its position table "
+                              "(interpolation_scale > 1), which maskdit does not express")
+    if size % patch:
+        raise CheckpointError(f"{config_file}: patch_size {patch} does not divide sample_size {size}: set both to "
+                              "the model's values")
+    return out
+
+
 @FORMATS.register("diffusers", "a diffusers DiTTransformer2DModel directory (config.json + safetensors)")
 def import_diffusers(source: Path, num_heads: int | None = None) -> tuple[dict, dict, dict]:
     config_file, weights_file = source / "config.json", source / DIFFUSERS_WEIGHTS
     if not config_file.is_file() or not weights_file.is_file():
         raise CheckpointError(f"{source} is not a diffusers model directory: expected config.json and "
                               f"{DIFFUSERS_WEIGHTS} (save_pretrained with safe_serialization; .bin is not read)")
-    try:
-        cfg = json.loads(config_file.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
-    if cfg.get("_class_name") not in (None, "DiTTransformer2DModel", "Transformer2DModel"):
-        raise CheckpointError(f"{source} holds a {cfg.get('_class_name')}, not a DiTTransformer2DModel")
-    fixed = {"norm_type": "ada_norm_zero", "activation_fn": "gelu-approximate", "norm_elementwise_affine": False,
-             "attention_bias": True}
-    for key, want in fixed.items():
-        if cfg.get(key, want) != want:
-            raise CheckpointError(f"{source}: {key}={cfg.get(key)!r} is not DiT's {want!r}; maskdit cannot express it")
-    size, patch, channels = int(cfg.get("sample_size", 32)), int(cfg.get("patch_size", 2)), int(cfg["in_channels"])
-    if max(size // 64, 1) != 1:
-        raise CheckpointError(f"{source}: sample_size {size} makes diffusers scale its position table "
-                              "(interpolation_scale > 1), which maskdit does not express")
-    out = int(cfg.get("out_channels") or channels)
-    heads, head_dim = int(cfg.get("num_attention_heads", 16)), int(cfg.get("attention_head_dim", 72))
-    width, depth = heads * head_dim, int(cfg.get("num_layers", 28))
-    from safetensors.torch import load_file
-
-    sd = load_file(weights_file)
-    note = json.loads((source / MASKDIT_NOTE).read_text()) if (source / MASKDIT_NOTE).is_file() else {}
+    cfg = diffusers_config(config_file)
+    size, patch, channels = cfg["sample_size"], cfg["patch_size"], cfg["in_channels"]
+    out = cfg["out_channels"] or channels
+    heads, head_dim, depth = cfg["num_attention_heads"], cfg["attention_head_dim"], cfg["num_layers"]
+    width, classes = heads * head_dim, cfg["num_embeds_ada_norm"] or 0
+    if num_heads not in (None, heads):
+        raise ConfigError(f"--num-heads {num_heads} contradicts {config_file}, which says "
+                          f"{_fact(cfg, 'num_attention_heads')}")
+    if out not in (channels, 2 * channels) or classes == 0:
+        raise CheckpointError(f"{config_file}: out_channels {out} for {_fact(cfg, 'in_channels')}, {classes} classes "
+                              "(num_embeds_ada_norm): maskdit imports class-conditional DiTs predicting C or 2C "
+                              "channels")
+    sd = read_state_dict(weights_file)
+    blocks = _count(sd, "transformer_blocks.")
+    if blocks != depth:
+        raise CheckpointError(f"{config_file} says {_fact(cfg, 'num_layers')} but {weights_file} holds {blocks} "
+                              "transformer blocks: set num_layers to the model's depth (or the weights belong to "
+                              "another model)")
+    proj = _tensor(sd, "pos_embed.proj.weight", weights_file, 4, "a patch embedding (width, channels, p, p)")
+    if proj.shape[0] != width:  # before a model of that width is built
+        raise CheckpointError(f"{weights_file}: pos_embed.proj.weight has shape {tuple(proj.shape)}, but config.json's "
+                              f"{_fact(cfg, 'num_attention_heads')} x {_fact(cfg, 'attention_head_dim')} make the "
+                              f"width {width}: set both to the model's values")
+    note = read_note(source / MASKDIT_NOTE)
     config = {"input_size": [size, size], "in_channels": channels, "patch_size": [patch, patch],
               "hidden_size": width, "depth": depth, "num_heads": heads, "mlp_ratio": 4.0,
-              "num_classes": int(cfg.get("num_embeds_ada_norm") or 0), "learn_sigma": out == 2 * channels,
-              "pos_layout": "xy", "time_freq_shift": float(note.get("time_freq_shift", 1.0)),
-              "mlp_norm_eps": float(cfg.get("norm_eps", 1e-5))}
-    if out not in (channels, 2 * channels) or config["num_classes"] == 0:
-        raise CheckpointError(f"{source}: out_channels {out} for {channels} in, {config['num_classes']} classes: "
-                              "maskdit imports class-conditional DiTs predicting C or 2C channels")
-    with torch.device("meta"):  # names and shapes only, as for DiT
-        model = DiT(**config)
+              "num_classes": classes, "learn_sigma": out == 2 * channels, "pos_layout": "xy",
+              "time_freq_shift": note.get("time_freq_shift", 1.0), "mlp_norm_eps": cfg["norm_eps"]}
+    try:
+        with torch.device("meta"):  # names and shapes only, as for DiT
+            model = DiT(**config)
+    except ConfigError as e:
+        raise CheckpointError(f"{config_file} describes a model maskdit cannot build ({e}): set its sizes to the "
+                              "model's values") from None
     names = diffusers_names(depth)
     _refuse_keys(set(names.values()) | _per_block_embedders(depth), set(sd), source, "diffusers DiT")
+    _check_diffusers_shapes(model, names, sd, weights_file, cfg)
+    class_names = note.get("dataset", {}).get("class_names", [])
+    if len(class_names) not in (0, classes):
+        raise CheckpointError(f"{source / MASKDIT_NOTE}: dataset.class_names has {len(class_names)} names for the "
+                              f"model's {classes} classes: write the export again, or remove {MASKDIT_NOTE} to import "
+                              "the directory as a plain diffusers DiT")
     for i in range(1, depth):  # every block's copy of the embedders must be block 0's
         for k in _embedder_keys(i):
             if not torch.equal(sd[k], sd[k.replace(f"transformer_blocks.{i}.", "transformer_blocks.0.", 1)]):
@@ -392,7 +579,98 @@ def import_diffusers(source: Path, num_heads: int | None = None) -> tuple[dict, 
     settings = {"objective": {"name": "ddpm", "schedule": "linear", "num_steps": 1000, "step_offset": 0},
                 "sample": {"sampler": "ddpm" if config["learn_sigma"] else "ddim", "steps": 250,
                            "guidance_scale": 4.0, "guidance_channels": 3}}
+    for section in ("objective", "sample"):  # a maskdit export: the settings the run was trained and sampled with
+        if section in note:
+            settings[section] = note[section]
+    if "dataset" in note:
+        settings["dataset"] = note["dataset"]
     return model.config, state, settings
+
+
+def _check_diffusers_shapes(model: DiT, names: dict[str, str], sd: dict[str, torch.Tensor], weights_file: Path,
+                            cfg: dict[str, Any]) -> None:
+    """Every tensor of a diffusers DiT has the shape its config.json gives it; a mismatch names the keys."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    width = model.hidden_size
+    expected: dict[str, tuple[int, ...]] = {}
+    for ours, theirs in names.items():
+        if ":" in ours:  # q, k, v: a third of maskdit's qkv each
+            shape = shapes[ours.split(":")[0]]
+            expected[theirs] = (shape[0] // 3, *shape[1:])
+        else:
+            expected[theirs] = shapes[ours]
+    expected["pos_embed.proj.weight"] = (width, model.in_channels, *model.patch_size)
+    for block in range(1, model.depth):
+        for k in _embedder_keys(block):
+            expected[k] = expected[k.replace(f"transformer_blocks.{block}.", "transformer_blocks.0.", 1)]
+    for name, want in expected.items():
+        if tuple(sd[name].shape) != want:
+            keys = ("in_channels, patch_size" if name == "pos_embed.proj.weight" else
+                    "out_channels, patch_size" if name.startswith("proj_out_2.") else
+                    "num_embeds_ada_norm" if "class_embedder" in name else "num_attention_heads, attention_head_dim")
+            facts = ", ".join(_fact(cfg, k) for k in keys.split(", "))
+            raise CheckpointError(f"{weights_file}: {name} has shape {tuple(sd[name].shape)}, but config.json "
+                                  f"({facts}) needs {want}: the weights and config.json describe different models; "
+                                  "fix config.json or use the weights saved with it")
+
+
+def _fact(cfg: dict[str, Any], key: str) -> str:
+    """``KEY VALUE`` of a diffusers config, saying when the value is diffusers' default for a key left out."""
+    return f"{key} {json.dumps(cfg[key])}" + (" (left out, so diffusers' default)" if key in cfg["missing"] else "")
+
+
+def read_note(path: Path) -> dict[str, Any]:
+    """What a maskdit export adds to a diffusers directory (``maskdit.json``), checked: ``time_freq_shift`` (a
+    number in [0, 1]) and, from newer exports, the run's ``objective`` and ``sample`` settings and its
+    ``dataset`` facts (``codec``, ``class_names``). Empty when the file is absent (a diffusers model)."""
+    if not path.exists():
+        return {}
+    fix = f"write the export again, or remove {path.name} to import the directory as a plain diffusers DiT"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file: {fix}")
+    note = _read_json_object(path, fix)
+    out: dict[str, Any] = {}
+    if "time_freq_shift" in note:
+        shift = note["time_freq_shift"]
+        if not _number(shift) or not 0 <= shift <= 1:
+            raise CheckpointError(f"{path}: time_freq_shift is {json.dumps(shift)}, not a number in [0, 1] (0: DiT's "
+                                  f"time embedding, 1: diffusers'): {fix}")
+        out["time_freq_shift"] = float(shift)
+    for section in ("objective", "sample"):
+        if section in note:
+            if not isinstance(note[section], dict):
+                raise CheckpointError(f"{path}: {section} is a JSON {_json_kind(note[section])}, not an object of "
+                                      f"{section} settings: {fix}")
+            out[section] = note[section]
+    if "dataset" in note:
+        out["dataset"] = _note_dataset(note["dataset"], path, fix)
+    return out
+
+
+def _note_dataset(data: Any, path: Path, fix: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: dataset is a JSON {_json_kind(data)}, not an object: {fix}")
+    out: dict[str, Any] = {}
+    names = data.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: dataset.class_names is not a list of names (one per class): {fix}")
+    out["class_names"] = names
+    if "codec" in data:
+        codec = data["codec"]
+        if not isinstance(codec, dict) or codec.get("name") not in ("uint8", "vae"):
+            raise CheckpointError(f"{path}: dataset.codec is {json.dumps(codec)[:80]}, not a codec maskdit knows "
+                                  f"(uint8 or vae): {fix}")
+        if codec["name"] == "vae":
+            vae, scale, channels = codec.get("vae", ""), codec.get("scaling_factor"), codec.get("channels", 3)
+            if not isinstance(vae, str) or not _number(scale) or scale <= 0 or channels not in (1, 3) \
+                    or isinstance(channels, bool) or set(codec) - {"name", "vae", "scaling_factor", "channels"}:
+                raise CheckpointError(f"{path}: dataset.codec {json.dumps(codec)[:120]} is not a VAE codec (vae: a "
+                                      f"directory, scaling_factor: a positive number, channels: 1 or 3): {fix}")
+            codec = {"name": "vae", "vae": vae, "scaling_factor": float(scale), "channels": int(channels)}
+        else:
+            codec = {"name": "uint8"}
+        out["codec"] = codec
+    return out
 
 
 def _embedder_keys(block: int) -> list[str]:
@@ -428,33 +706,65 @@ def diffusers_names(depth: int) -> dict[str, str]:
     return names
 
 
-def export_diffusers(model: DiT, out: Path) -> dict[str, Any]:
-    """Write ``model`` as a diffusers ``DiTTransformer2DModel`` directory; refuses what diffusers cannot
-    express. Returns the diffusers config written."""
+def diffusers_problems(model: DiT) -> list[str]:
+    """What of ``model`` diffusers' ``DiTTransformer2DModel`` cannot compute, each named by the run's config key
+    (empty: the export computes the same function, but for the time embedding's frequency shift)."""
     problems = []
     if len(model.input_size) != 2 or model.input_size[0] != model.input_size[1]:
-        problems.append(f"input {model.input_size} is not a square image")
+        size = "x".join(map(str, model.input_size))
+        problems.append(f"input {size} (not a square image, which diffusers' DiT takes)")
+    elif max(model.input_size[0] // 64, 1) != 1:
+        problems.append(f"input {model.input_size[0]}x{model.input_size[1]} (diffusers rescales the position table "
+                        "from 128 on)")
     if len(set(model.patch_size)) != 1:
-        problems.append(f"patch {model.patch_size} is not square")
-    if model.attention != "full" or model.fusion is not None or model.task_conditioning:
-        problems.append("factorised attention, a SPRINT fusion or task conditioning has no diffusers counterpart")
+        problems.append(f"model.patch_size={list(model.patch_size)} (not square)")
+    if model.attention != "full":
+        problems.append(f"model.attention={model.attention}")
+    if model.fusion is not None:
+        problems.append("mask.recipe=sprint (its fusion layer)")
+    if model.task_conditioning:
+        problems.append("task.names (task conditioning)")
     if model.num_classes == 0:
-        problems.append("diffusers' DiT is class-conditional only")
+        problems.append("model.conditional=false (diffusers' DiT is class-conditional only)")
     if model.mlp_ratio != 4.0:
-        problems.append(f"MLP ratio {model.mlp_ratio} (diffusers' DiT blocks use 4)")
+        problems.append(f"model.mlp_ratio={model.mlp_ratio:g} (diffusers' DiT blocks use 4)")
+    if model.block_options.mlp != "gelu":
+        problems.append(f"model.mlp={model.block_options.mlp} (diffusers' DiT has a GELU MLP)")
+    if model.block_options.norm != "layernorm":
+        problems.append(f"model.norm={model.block_options.norm} (diffusers' DiT uses LayerNorm)")
+    if model.block_options.qk_norm:
+        problems.append("model.qk_norm=true (diffusers' DiT does not normalise queries and keys)")
+    if any(model.options_of(i).moe is not None for i in range(model.depth)):
+        problems.append(f"model.moe.experts={model.moe.experts} (a mixture of experts)")
     if model.pos_layout != "xy":
-        problems.append("the position table is in axis order (a run from before pos_layout): diffusers uses xy")
+        problems.append(f"model.pos_layout={model.pos_layout} (diffusers' position table is xy)")
+    if model.pos != "sincos":
+        problems.append(f"model.pos={model.pos} (diffusers' DiT adds a fixed sin-cos table)")
     if (model.t_embedder.time_scale, model.t_embedder.time_offset) != (1000.0, 0.0):
-        problems.append("the time embedding embeds 1 - t (a SiT import): diffusers embeds 1000 t")
-    if max(model.input_size[0] // 64, 1) != 1:
-        problems.append(f"sample size {model.input_size[0]} makes diffusers rescale its position table")
-    if model.decoder is not None or model.precond is not None:
-        problems.append("MaskDiT's decoder and EDM preconditioning have no diffusers DiT counterpart")
-    if model.skips is not None or model.block_options.rel_grid or model.pos != "sincos":
-        problems.append("MDT's long skips, relative position bias and learned or rotary positions have no diffusers "
-                        "DiT counterpart")
+        problems.append(f"model.time_scale={model.t_embedder.time_scale:g} and model.time_offset="
+                        f"{model.t_embedder.time_offset:g} (diffusers embeds 1000 t)")
+    if model.decoder is not None:
+        problems.append(f"model.decoder.width={model.decoder.width} (MaskDiT's decoder)")
+    if model.precond is not None:
+        problems.append("model.precond=edm (EDM preconditioning)")
+    if model.skips is not None:
+        problems.append(f"model.long_skips={model.long_skips} (MDT's long skips)")
+    if model.block_options.rel_grid:
+        problems.append("model.rel_pos_bias=true (a relative position bias)")
+    return problems
+
+
+def export_diffusers(model: DiT, out: Path, run: Any = None) -> dict[str, Any]:
+    """Write ``model`` as a diffusers ``DiTTransformer2DModel`` directory; refuses what diffusers cannot
+    express. ``run`` (a :class:`~maskdit.checkpoint.LoadedRun`): its objective, sampling settings and dataset
+    facts go into ``maskdit.json`` too, so that importing the directory again gives a run that samples the
+    same. Returns the diffusers config written; nothing is written when it fails."""
+    problems = diffusers_problems(model)
     if problems:
-        raise ConfigError("this model cannot be exported to diffusers: " + "; ".join(problems))
+        raise ConfigError("this model cannot be exported to diffusers: what it was trained with has no diffusers DiT "
+                          "counterpart, so DiTTransformer2DModel would compute another function: "
+                          + "; ".join(problems) + ": export a run trained without " + ("it" if len(problems) == 1
+                                                                                       else "these options"))
     depth = model.depth
     names = diffusers_names(depth)
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
@@ -481,12 +791,17 @@ def export_diffusers(model: DiT, out: Path) -> dict[str, Any]:
               "norm_eps": model.mlp_norm_eps}
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in sd.items()}, out / DIFFUSERS_WEIGHTS)
-    write_json_atomic(out / "config.json", config)
-    write_json_atomic(out / MASKDIT_NOTE, {"time_freq_shift": model.t_embedder.freq_shift,
-                                           "note": "diffusers' DiT embeds time with downscale_freq_shift=1; "
-                                                   "maskdit import reads this file to restore the original shift"})
+    note: dict[str, Any] = {"time_freq_shift": model.t_embedder.freq_shift,
+                            "note": "diffusers' DiT embeds time with downscale_freq_shift=1; maskdit import reads "
+                                    "this file to restore the original shift and the run's settings"}
+    if run is not None:
+        run_config = run.config.to_dict()
+        note.update(objective=run_config["objective"], sample=run_config["sample"],
+                    dataset={k: run.dataset[k] for k in ("codec", "class_names") if k in run.dataset})
+    with new_directory(out) as tmp:
+        save_file({k: v.contiguous() for k, v in sd.items()}, tmp / DIFFUSERS_WEIGHTS)
+        write_json_atomic(tmp / "config.json", config)
+        write_json_atomic(tmp / MASKDIT_NOTE, note)
     return config
 
 
@@ -499,7 +814,8 @@ def detect_format(source: Path) -> str:
 
 def import_run(source: str | Path, out: str | Path, fmt: str = "auto", num_heads: int | None = None,
                vae: str | None = None) -> Path:
-    """Convert ``source`` and write it as a new maskdit run at ``out``; returns the checkpoint written."""
+    """Convert ``source`` and write it as a new maskdit run at ``out``; returns the checkpoint written. Nothing
+    is written unless the whole import succeeds."""
     from maskdit.config import Config, load_config
 
     source, out = Path(source), Path(out)
@@ -512,8 +828,14 @@ def import_run(source: str | Path, out: str | Path, fmt: str = "auto", num_heads
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"--out {out} already exists: choose a new directory for the imported run")
     find_run(out, resume=False)
+    latent_channels = None if vae is None else check_vae_dir(vae)
     config, state, settings = FORMATS.get(fmt)(source, num_heads)
+    if latent_channels is not None and latent_channels != config["in_channels"]:
+        raise ConfigError(f"--vae {vae} encodes {latent_channels} latent channels (latent_channels in its config.json) "
+                          f"but {source} models {config['in_channels']} channels: pass the VAE the model was trained "
+                          "with, or leave --vae out")
     aux_state = settings.pop("aux", None)
+    dataset = settings.pop("dataset", {})  # a maskdit export's facts (maskdit.json)
     model = DiT.from_config(config)
     model.load_state_dict(state)
     aux = None
@@ -540,18 +862,81 @@ def import_run(source: str | Path, out: str | Path, fmt: str = "auto", num_heads
     base["run_dir"] = str(out)
     for section, values in settings.items():
         base[section].update(values)
-    cfg = load_config(base=base)
-    codec = {"name": "vae", "vae": str(vae) if vae else "", "scaling_factor": 0.18215, "channels": 3} \
-        if config["in_channels"] == 4 else {"name": "uint8"}
+    try:
+        cfg = load_config(base=base)
+    except ConfigError as e:
+        if fmt != "diffusers" or not (source / MASKDIT_NOTE).is_file():
+            raise
+        note = source / MASKDIT_NOTE  # the only settings that did not come from maskdit itself
+        raise CheckpointError(f"{note}: its settings do not load ({e}): write the export again, or remove "
+                              f"{MASKDIT_NOTE} to import the directory as a plain diffusers DiT") from None
+    codec = dataset.get("codec") or ({"name": "vae", "vae": "", "scaling_factor": 0.18215, "channels": 3}
+                                     if config["in_channels"] == 4 or vae else {"name": "uint8"})
+    if vae:
+        codec = {"scaling_factor": 0.18215, "channels": 3, **codec, "name": "vae", "vae": str(Path(vae).resolve())}
     info = {"config": cfg.to_dict(), "model": model.config,
             "dataset": {"name": "imported", "shape": [config["in_channels"], *config["input_size"]], "size": 0,
-                        "num_classes": config["num_classes"], "class_names": [], "codec": codec},
+                        "num_classes": config["num_classes"], "class_names": dataset.get("class_names", []),
+                        "codec": codec},
             "imported": {"source": str(source), "format": fmt}}
     optimizer = torch.optim.AdamW(model.parameters())
     files, meta = checkpoint_files(model, model, optimizer, aux)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", info)
-    return save_checkpoint(out, 0, files, {"optimizer": meta, "data_position": {}, "wall_time": 0.0}, info)
+    with new_directory(out) as tmp:
+        write_json_atomic(tmp / "config.json", info)
+        ckpt = save_checkpoint(tmp, 0, files, {"optimizer": meta, "data_position": {}, "wall_time": 0.0}, info)
+    return out / ckpt.relative_to(tmp)
+
+
+def check_vae_dir(vae: str) -> int:
+    """Refuse a ``--vae`` that is not a local diffusers ``AutoencoderKL`` directory; returns its latent channels."""
+    path = Path(vae)
+    fix = "pass a local diffusers AutoencoderKL directory (save_pretrained's config.json and " \
+          "diffusion_pytorch_model.safetensors; maskdit never downloads)"
+    if not path.is_dir():
+        raise ConfigError(f"--vae {vae} {'does not exist' if not path.exists() else 'is not a directory'}: {fix}")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"--vae {vae} has no config.json, so it is not a diffusers VAE directory: {fix}")
+    cfg = _read_json_object(path / "config.json", fix)
+    if cfg.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+        raise ConfigError(f"--vae {vae} holds a {cfg.get('_class_name')}, not an AutoencoderKL: {fix}")
+    if not any((path / f"diffusion_pytorch_model.{ext}").is_file() for ext in ("safetensors", "bin")):
+        raise ConfigError(f"--vae {vae} has no weights (diffusion_pytorch_model.safetensors): {fix}")
+    channels = cfg.get("latent_channels", 4)
+    if not _whole(channels) or channels < 1:
+        raise ConfigError(f"--vae {vae}: latent_channels in its config.json is {json.dumps(channels)}, not a positive "
+                          f"whole number: {fix}")
+    return channels
+
+
+@contextmanager
+def new_directory(out: Path) -> Iterator[Path]:
+    """A fresh directory beside ``out`` to write into; it becomes ``out`` (which is absent or empty) when the
+    block succeeds. On any failure it is removed, with the parents this made: nothing is left behind."""
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for n in range(1000):
+            tmp = out.parent / f".{out.name}.{os.getpid()}-{n}.tmp"
+            try:
+                tmp.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise CheckpointError(f"cannot make a temporary directory beside {out}: remove the stale .{out.name}.*.tmp")
+        try:
+            yield tmp
+            tmp.replace(out)  # an empty directory at ``out`` is replaced
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except BaseException:
+        for parent in made:  # innermost first
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> DiT:

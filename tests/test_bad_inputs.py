@@ -8,8 +8,50 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus import *
-from corpus import Case, Runs, check
+from corpus import (
+    BENCH,
+    CTX_CLIPS,
+    CTX_IMAGES,
+    DATA,
+    EVAL,
+    FROM_NOISE,
+    HUGE_LABEL,
+    IMAGES,
+    INV_IMAGES,
+    INVERT,
+    ITASK,
+    NOISE2,
+    REAL,
+    REPORT,
+    RESUME,
+    SAMPLE,
+    SAMPLES,
+    TINY,
+    TRAIN,
+    U8,
+    USER_FILE,
+    VTASK,
+    VTRAIN,
+    C,
+    Case,
+    Runs,
+    check,
+    copy_run,
+    digits_like,
+    drop_key,
+    edit_json,
+    folder,
+    image_folder,
+    nan_weights,
+    npz,
+    overwrite,
+    png,
+    tensors,
+    text,
+    truncate,
+    wider_model,
+    word,
+)
 
 CASES: list[Case] = [
     # ---- top-level usage -------------------------------------------------------------------------

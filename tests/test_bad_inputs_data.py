@@ -17,8 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from corpus import *  # the case vocabulary
-from corpus import Case, Runs, check, succeed
+from corpus import (
+    TINY,
+    TRAIN,
+    U8,
+    VTRAIN,
+    C,
+    Case,
+    Runs,
+    check,
+    folder,
+    npz,
+    succeed,
+    text,
+)
 
 from maskdit.cli import main
 

@@ -14,8 +14,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus import *
-from corpus import Case, Runs, check, succeed
+from corpus import (
+    CTX_CLIPS,
+    CTX_IMAGES,
+    FROM_NOISE,
+    INV_IMAGES,
+    INVERT,
+    ITASK,
+    SAMPLE,
+    TINY,
+    U8,
+    USER_FILE,
+    VTASK,
+    C,
+    Case,
+    Runs,
+    Setup,
+    check,
+    npz,
+    png,
+    succeed,
+    text,
+)
 
 from maskdit.cli import main
 
