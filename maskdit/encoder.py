@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 
 from maskdit.checkpoint import write_json_atomic
 from maskdit.errors import CheckpointError, ConfigError, DataError
+from maskdit.files import atomic_directory
 from maskdit.grid import as_patch_size, axis_widths, patchify, sincos_pos_embed, token_grid_shape
 from maskdit.masks import gather_tokens, num_kept, random_keep_indices, scatter_tokens
 from maskdit.model.decoders import dropped_mask
@@ -149,28 +148,13 @@ def train_encoder(dataset: Any, out: str | Path, steps: int = 2000, batch_size: 
     facts = {"kind": ENCODER_KIND, "config": encoder.config, "steps": steps, "batch_size": batch_size,
              "mask_ratio": mask_ratio, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
              "first_loss": losses[0], "seconds": time.time() - start, "data": getattr(dataset, "name", "")}
-    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()][::-1]  # parents this call creates
-    tmp: Path | None = None
-    try:  # written beside out under a new hidden name and renamed once complete: out appears whole or not at all
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp / "encoder.safetensors")
-        write_json_atomic(tmp / "encoder.json", facts)
-        if out.exists():
-            raise ConfigError(f"--out {out} appeared while training: choose a new directory for the encoder")
-        tmp.rename(out)
-        tmp = None
+    try:  # out appears whole or not at all
+        with atomic_directory(out) as tmp:
+            save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp / "encoder.safetensors")
+            write_json_atomic(tmp / "encoder.json", facts)
     except OSError as e:
         raise DataError(f"cannot write the encoder to {out}: {e.strerror or e}; nothing was kept: free space or "
                         "choose another --out") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for parent in reversed(made):
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
     return facts
 
 

@@ -1,10 +1,11 @@
-"""Writing a user-visible file atomically: readers see the old file or the whole new one, never half."""
+"""Writing what a user asked for (``--out``) atomically: readers see nothing or the whole new file or directory."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,3 +29,29 @@ def atomic_file(path: str | Path, label: str = "") -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists() or tmp.is_symlink():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | Path, label: str = "--out") -> Iterator[Path]:
+    """Yield a new hidden directory beside ``out`` to write into; it is renamed to ``out`` (absent, or an
+    empty directory) when the block succeeds, so ``out`` appears whole or not at all. On any failure it is
+    removed, with the parents this call made, and an ``OSError`` names ``out`` after ``label``."""
+    out = Path(out)
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # innermost first
+    tmp: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        yield tmp
+        tmp.replace(out)
+        tmp = None
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), f"{label} {out}".strip()) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for parent in made:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break

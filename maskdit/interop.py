@@ -45,13 +45,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import re
-import shutil
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +55,7 @@ import torch
 
 from maskdit.checkpoint import checkpoint_files, find_run, save_checkpoint, write_json_atomic
 from maskdit.errors import CheckpointError, ConfigError
+from maskdit.files import atomic_directory
 from maskdit.grid import sincos_pos_embed, token_grid_shape
 from maskdit.model import PRESETS, DiT
 from maskdit.model.blocks import RelativePositionBias
@@ -798,7 +795,7 @@ def export_diffusers(model: DiT, out: Path, run: Any = None) -> dict[str, Any]:
         run_config = run.config.to_dict()
         note.update(objective=run_config["objective"], sample=run_config["sample"],
                     dataset={k: run.dataset[k] for k in ("codec", "class_names") if k in run.dataset})
-    with new_directory(out) as tmp:
+    with atomic_directory(out) as tmp:
         save_file({k: v.contiguous() for k, v in sd.items()}, tmp / DIFFUSERS_WEIGHTS)
         write_json_atomic(tmp / "config.json", config)
         write_json_atomic(tmp / MASKDIT_NOTE, note)
@@ -881,7 +878,7 @@ def import_run(source: str | Path, out: str | Path, fmt: str = "auto", num_heads
             "imported": {"source": str(source), "format": fmt}}
     optimizer = torch.optim.AdamW(model.parameters())
     files, meta = checkpoint_files(model, model, optimizer, aux)
-    with new_directory(out) as tmp:
+    with atomic_directory(out) as tmp:
         write_json_atomic(tmp / "config.json", info)
         ckpt = save_checkpoint(tmp, 0, files, {"optimizer": meta, "data_position": {}, "wall_time": 0.0}, info)
     return out / ckpt.relative_to(tmp)
@@ -906,37 +903,6 @@ def check_vae_dir(vae: str) -> int:
         raise ConfigError(f"--vae {vae}: latent_channels in its config.json is {json.dumps(channels)}, not a positive "
                           f"whole number: {fix}")
     return channels
-
-
-@contextmanager
-def new_directory(out: Path) -> Iterator[Path]:
-    """A fresh directory beside ``out`` to write into; it becomes ``out`` (which is absent or empty) when the
-    block succeeds. On any failure it is removed, with the parents this made: nothing is left behind."""
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        for n in range(1000):
-            tmp = out.parent / f".{out.name}.{os.getpid()}-{n}.tmp"
-            try:
-                tmp.mkdir()
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise CheckpointError(f"cannot make a temporary directory beside {out}: remove the stale .{out.name}.*.tmp")
-        try:
-            yield tmp
-            tmp.replace(out)  # an empty directory at ``out`` is replaced
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    except BaseException:
-        for parent in made:  # innermost first
-            try:
-                parent.rmdir()
-            except OSError:
-                pass
-        raise
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> DiT:

@@ -83,7 +83,7 @@ def load_noise(path: str | Path, shape: tuple[int, ...], num_classes: int | None
     Refused: noise that is not float ``N x C x *S`` or holds NaN or infinity (it would sample black images),
     labels that are not ``N`` integers in the model's class range (or any labels for an unconditional model)
     and settings that are not single values."""
-    from maskdit.data import read_npz
+    from maskdit.data import check_labels, read_npz
 
     path = Path(path)
     fix = "write it again with maskdit invert on this run"
@@ -99,17 +99,11 @@ def load_noise(path: str | Path, shape: tuple[int, ...], num_classes: int | None
         raise DataError(f"--from-noise {path}: 'noise' holds NaN or infinite values ({bad} of {len(noise)} "
                         f"starts), which sample nothing but black: {fix}")
     labels = arrays.get("labels")
-    if labels is not None and (labels.dtype.kind not in "iu" or labels.shape != (len(noise),)):
-        raise DataError(f"--from-noise {path}: 'labels' must be {len(noise)} integers, "
-                        f"got {labels.dtype} {labels.shape}")
-    if labels is not None and num_classes is not None:
-        if num_classes == 0:
-            raise DataError(f"--from-noise {path} holds class labels but this model is unconditional: the noise "
-                            f"was inverted with another run; {fix}")
-        low, high = int(labels.min()), int(labels.max())  # before any cast: a huge uint64 must not wrap
-        if low < 0 or high >= num_classes:
-            raise DataError(f"--from-noise {path}: 'labels' must be in 0-{num_classes - 1} for this model, found "
-                            f"{low if low < 0 else high}; {fix}, or pass --classes")
+    if labels is not None and num_classes == 0:
+        raise DataError(f"--from-noise {path} holds class labels but this model is unconditional: the noise "
+                        f"was inverted with another run; {fix}")
+    if labels is not None:
+        check_labels(labels, len(noise), f"--from-noise {path}", num_classes, f"{fix}, or pass --classes")
     settings = {}
     for key in NOISE_SETTINGS:
         if key in arrays:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdit.data import npz_reason
+from maskdit.data import check_labels, npz_reason
 from maskdit.errors import ConfigError, DataError
 from maskdit.grid import patchify
 from maskdit.masks import task_mask
@@ -67,13 +67,7 @@ def load_labels(path: str | Path, count: int, num_classes: int, flag: str = "--i
     except Exception as e:  # zipfile / numpy raise several types for a damaged (or pickled) array
         raise DataError(f"cannot read the 'labels' of {flag} {path} ({npz_reason(e)}): save them as integers "
                         "with numpy.savez, or pass --classes") from e
-    if labels.dtype.kind not in "iu" or labels.shape != (count,):
-        raise DataError(f"{flag} {path}: 'labels' must be {count} integers (one per input), got {labels.dtype} "
-                        f"{labels.shape}: fix the file or pass --classes")
-    low, high = int(labels.min()), int(labels.max())  # before any cast: a huge uint64 must not wrap
-    if low < 0 or high >= num_classes:
-        raise DataError(f"{flag} {path}: labels must be in 0-{num_classes - 1} for this model, found "
-                        f"{low if low < 0 else high}: fix the file or pass --classes")
+    check_labels(labels, count, f"{flag} {path}", num_classes, "fix the file or pass --classes")
     return torch.from_numpy(labels.astype(np.int64))
 
 

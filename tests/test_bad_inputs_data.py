@@ -191,7 +191,7 @@ CASES: list[Case] = [
     C("latents-labels-negative", LT, "non-negative", store("neg", put("labels.npy", np.arange(16) % 3 - 1))),
     C("latents-labels-float", LT, re.compile(r"labels\.npy.*integer"),
       store("float", put("labels.npy", (np.arange(16) % 3).astype(np.float32)))),
-    C("latents-labels-2d", LT, re.compile(r"labels\.npy.*1-D"),
+    C("latents-labels-2d", LT, re.compile(r"labels\.npy.*must be 16 integers.*\(16, 2\)"),
       store("2d", put("labels.npy", np.zeros((16, 2), np.int64)))),
     C("latents-labels-missing", LT, "labels.npy is missing", store("no-labels", rm("labels.npy"))),
     C("latents-labels-without-classes", LT, "num_classes 0", store("labels-no-classes", manifest_set(num_classes=0))),

@@ -129,21 +129,26 @@ def check_images(images: np.ndarray, source: str) -> None:
                         "N x H x W x C with C >= 1")
 
 
-def check_labels(labels: np.ndarray, count: int, source: str) -> int:
-    """Refuse labels that are not one non-negative integer per example below :data:`MAX_CLASSES`;
-    returns the number of classes (``max + 1``)."""
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{source}: 'labels' must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+def check_labels(labels: np.ndarray, count: int, source: str, num_classes: int | None = None,
+                 fix: str = "number the classes 0..K-1") -> int:
+    """Refuse labels that are not one non-negative integer per example below ``num_classes`` (a model's
+    classes) or, when that is not given, :data:`MAX_CLASSES`; returns the number of classes (``max + 1``).
+    The range is checked before any cast, so a huge unsigned label cannot wrap into range."""
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{source}: 'labels' must be {count} integers (one per image), got {labels.dtype} "
+                        f"{labels.shape}; {fix}")
     if len(labels) != count:
         raise DataError(f"{source}: {len(labels)} labels for {count} images; give one label per image")
     if not len(labels):
         return 0
     low, high = int(labels.min()), int(labels.max())
+    if num_classes is not None and (low < 0 or high >= num_classes):
+        raise DataError(f"{source}: 'labels' must be in 0-{num_classes - 1} for this model, found "
+                        f"{low if low < 0 else high}; {fix}")
     if low < 0:
         raise DataError(f"{source}: labels must be non-negative, found {low}")
     if high >= MAX_CLASSES:
-        raise DataError(f"{source}: label {high} is beyond the maximum of {MAX_CLASSES} classes; "
-                        "number the classes 0..K-1")
+        raise DataError(f"{source}: label {high} is beyond the maximum of {MAX_CLASSES} classes; {fix}")
     return high + 1
 
 

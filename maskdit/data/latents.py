@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from tqdm.auto import tqdm
 
 from maskdit.data.codec import CODECS, PIXELS
 from maskdit.errors import ConfigError, DataError
+from maskdit.files import atomic_directory
 
 MANIFEST = "manifest.json"
 FORMAT = "maskdit-latents"
@@ -92,28 +91,12 @@ def encode_images(dataset: Any, vae_dir: str | Path, out: str | Path, batch_size
     n = len(images)
     probe = vae.encode(_to_vae_channels(PIXELS.encode(images[:1]).to(device), vae.config.in_channels)).latent_dist
     shape = (n, 2, *probe.mean.shape[1:])
-    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()][::-1]  # parents this run creates
-    tmp: Path | None = None
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        manifest = _write_store(tmp, dataset, vae, vae_dir, scale, shape, batch_size, device, progress)
-        if out.exists():  # made meanwhile by someone else: theirs stays
-            raise ConfigError(f"--out {out} appeared while encoding: choose another --out "
-                              "(maskdit never overwrites files)")
-        tmp.rename(out)
-        tmp = None
+        with atomic_directory(out) as tmp:
+            manifest = _write_store(tmp, dataset, vae, vae_dir, scale, shape, batch_size, device, progress)
     except OSError as e:
         raise DataError(f"cannot write the latent store {out}: {e.strerror or e}; nothing was kept: free space "
                         "(or choose another --out) and run maskdit latents again") from None
-    finally:
-        if tmp is not None:  # a failed or interrupted write leaves no half store behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            for parent in reversed(made):
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
     return manifest
 
 
