@@ -347,19 +347,22 @@ def load_aux(aux: torch.nn.Module, ckpt: Path, name: str = AUX_FILE) -> None:
         load_weights(aux, ckpt / name)
 
 
-def read_json(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A JSON object from ``path`` that has ``keys``; anything else is a :class:`CheckpointError`."""
+def read_json(path: Path, keys: tuple[str, ...] = (), fix: str = "the file is damaged",
+              error: type[MaskditError] = CheckpointError) -> dict[str, Any]:
+    """A JSON object (UTF-8) from ``path`` that has ``keys``; anything else is one ``error`` naming the file
+    and ending in ``fix`` (what to do about it)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError as e:
-        raise CheckpointError(f"{path} is missing") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}; the file is damaged") from e
+        raise error(f"{path} is missing; {fix}") from e
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise error(f"cannot read {path} ({reason}); {fix}") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is damaged: it does not hold a JSON object")
+        raise error(f"{path} must hold a JSON object, got {type(data).__name__}; {fix}")
     missing = [k for k in keys if k not in data]
     if missing:
-        raise CheckpointError(f"{path} is damaged: it lacks {', '.join(missing)}")
+        raise error(f"{path} lacks {', '.join(missing)}; {fix}")
     return data
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from maskdit.checkpoint import write_json_atomic
+from maskdit.checkpoint import read_json, write_json_atomic
 from maskdit.errors import CheckpointError, ConfigError, DataError
 from maskdit.files import atomic_directory
 from maskdit.grid import as_patch_size, axis_widths, patchify, sincos_pos_embed, token_grid_shape
@@ -179,12 +179,8 @@ def encoder_config(path: Path) -> dict[str, Any]:
     so that a damaged or hand-edited file is refused naming its key, never half built."""
     where = path / "encoder.json"
     fix = "train one again with maskdit encoder train DATA --out DIR"
-    try:
-        facts = json.loads(where.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"align.encoder {where} is not readable JSON ({reason}): {fix}") from None
-    config = facts.get("config") if isinstance(facts, dict) else None
+    facts = read_json(where, (), fix)
+    config = facts.get("config")
     if not isinstance(config, dict) or (facts.get("kind", ENCODER_KIND) != ENCODER_KIND):
         raise CheckpointError(f"align.encoder {where} does not describe a maskdit encoder (a JSON object with kind "
                               f"{ENCODER_KIND!r} and a config mapping): {fix}")

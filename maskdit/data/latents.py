@@ -16,7 +16,6 @@ local directory: maskdit never downloads.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -155,21 +154,12 @@ MANIFEST_KEYS: dict[str, tuple[Any, str]] = {
 def read_manifest(root: Path) -> dict[str, Any]:
     """A latent store's ``manifest.json``, checked: a JSON object with every key of :data:`MANIFEST_KEYS`
     (and, when present, ``latent_shape`` a list of positive ints and ``class_names`` a list of strings)."""
+    from maskdit.checkpoint import read_json
     from maskdit.data import MAX_CLASSES
 
     path = root / MANIFEST
     again = "encode the images again with maskdit latents IMAGES --vae DIR --out NEW_STORE"
-    try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"latent store {path} is not readable JSON ({reason}): {again}") from None
-    if not isinstance(manifest, dict):
-        raise DataError(f"latent store {path} must hold a JSON object, got {type(manifest).__name__}: "
-                        f"{again}")
-    missing = [key for key in MANIFEST_KEYS if key not in manifest]
-    if missing:
-        raise DataError(f"latent store {path} lacks {', '.join(missing)}: {again}")
+    manifest = read_json(path, tuple(MANIFEST_KEYS), again, DataError)
     for key, (ok, wanted) in MANIFEST_KEYS.items():
         if not ok(manifest[key]):
             raise DataError(f"latent store {path} key {key} must be {wanted}, got {_short(manifest[key])}: "
