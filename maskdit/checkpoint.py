@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from maskdit.distributed import full, shard_like
 from maskdit.errors import CheckpointError, MaskditError
+from maskdit.files import check_parents
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.json")
 AUX_FILE = "aux.safetensors"  # optional: training-only parameters of a masked-training recipe
@@ -130,9 +131,7 @@ def find_run(run_dir: Path, resume: bool) -> list[Path]:
     an existing run without ``resume``, and ``resume`` where there is no run."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"run_dir {run_dir} is a file: choose a directory for the run")
-    for parent in run_dir.parents:
-        if parent.exists() and not parent.is_dir():
-            raise CheckpointError(f"run_dir {run_dir}: {parent} is a file, not a directory")
+    check_parents(run_dir, "run_dir", CheckpointError)
     empty = not run_dir.exists() or not any(run_dir.iterdir())
     if empty:
         if resume:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from maskdit.errors import CheckpointError, ConfigError, DataError, MaskditError
+from maskdit.files import check_parents
 
 # Only the standard library and maskdit.errors at import time: torch loads inside main(), so Ctrl-C or SIGTERM during
 # start-up ends with one line instead of a traceback, and --help answers at once.
@@ -306,7 +307,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         _add_overwrite(p)
     elif command == "prune":
-        from maskdit.prune import PRUNERS
+        from maskdit.prune import PRUNERS, SEARCH_STEPS
 
         p.add_argument("run_dir", help="run directory or checkpoint directory")
         p.add_argument("--keep-blocks", type=positive_int, required=True, help="blocks to keep")
@@ -314,7 +315,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--method", choices=PRUNERS.names(), default="learned",
                        help="; ".join(f"{n}: {d}" for n, d in PRUNERS.describe()))
         p.add_argument("--search-steps", type=positive_int,
-                       help="learned: training steps of the search (on the run's data; default 200)")
+                       help=f"learned: training steps of the search (on the run's data; default {SEARCH_STEPS})")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     elif command == "info":
         p.add_argument("run_dir")
@@ -353,9 +354,7 @@ def check_out(path: str, overwrite: bool, option: str = "--out") -> None:
         raise ConfigError(f"{option} {path} is a directory: give a file name")
     if out.exists() and not overwrite:
         raise ConfigError(f"{option} {path} already exists: pass --overwrite to replace it, or choose another name")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"{option} {path}: {parent} is a file, not a directory")
+    check_parents(out, option)
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -987,14 +986,14 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from maskdit.prune import prune_run
+    from maskdit.prune import SEARCH_STEPS, prune_run
     from maskdit.train import pick_device
 
     if args.search_steps is not None and args.method != "learned":
         raise ConfigError(f"--search-steps applies to --method learned; --method {args.method} does not search: "
                           "leave --search-steps out")
     start = time.time()
-    r = prune_run(args.run_dir, args.out, args.keep_blocks, args.method, args.search_steps or 200,
+    r = prune_run(args.run_dir, args.out, args.keep_blocks, args.method, args.search_steps or SEARCH_STEPS,
                   device=pick_device(args.device), progress=True)
     print(f"kept blocks {r['kept']} ({args.method}, {time.time() - start:.1f}s); denoising loss on held-out batches: "
           f"full {r['loss_full']:.4f}, kept {r['loss_kept']:.4f}, evenly spaced {r['every_other']} "

@@ -27,12 +27,14 @@ from tqdm.auto import tqdm
 
 from maskdit.checkpoint import read_json, write_json_atomic
 from maskdit.errors import CheckpointError, ConfigError, DataError
-from maskdit.files import atomic_directory
+from maskdit.files import atomic_directory, check_parents
 from maskdit.grid import as_patch_size, axis_widths, patchify, sincos_pos_embed, token_grid_shape
 from maskdit.masks import gather_tokens, num_kept, random_keep_indices, scatter_tokens
 from maskdit.model.decoders import dropped_mask
 
 ENCODER_KIND = "maskdit-mae"
+#: What a damaged encoder directory's error line tells the user to do.
+RETRAIN = "train one again with maskdit encoder train DATA --out DIR"
 
 
 class ViTEncoder(nn.Module):
@@ -102,9 +104,7 @@ def train_encoder(dataset: Any, out: str | Path, steps: int = 2000, batch_size: 
     out = Path(out)
     if out.exists():
         raise ConfigError(f"--out {out} already exists: choose a new directory for the encoder")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
+    check_parents(out, "--out")
     torch.manual_seed(seed)
     shape = list(dataset.shape)
     try:
@@ -178,7 +178,7 @@ def encoder_config(path: Path) -> dict[str, Any]:
     """The constructor arguments that ``path/encoder.json`` (written by :func:`train_encoder`) holds, checked
     so that a damaged or hand-edited file is refused naming its key, never half built."""
     where = path / "encoder.json"
-    fix = "train one again with maskdit encoder train DATA --out DIR"
+    fix = RETRAIN
     facts = read_json(where, (), fix)
     config = facts.get("config")
     if not isinstance(config, dict) or (facts.get("kind", ENCODER_KIND) != ENCODER_KIND):
@@ -212,7 +212,7 @@ def load_maskdit_encoder(path: Path) -> ViTEncoder:
 
     from maskdit.checkpoint import load_weights
 
-    weights, fix = path / "encoder.safetensors", "train one again with maskdit encoder train DATA --out DIR"
+    weights, fix = path / "encoder.safetensors", RETRAIN
     try:
         with safe_open(weights, "pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict

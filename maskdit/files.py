@@ -9,6 +9,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from maskdit.errors import ConfigError, MaskditError
+
+
+def check_parents(path: str | Path, label: str, error: type[MaskditError] = ConfigError) -> None:
+    """Refuse ``path`` when one of its parents is a file, so it could never be made; the error names it after
+    ``label`` (the option or key that gave it)."""
+    for parent in Path(path).parents:
+        if parent.exists() and not parent.is_dir():
+            raise error(f"{label} {path}: {parent} is a file, not a directory; choose another {label}")
+
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path, label: str = "") -> Iterator[Path]:

@@ -26,12 +26,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from maskdit.errors import ConfigError
+from maskdit.files import check_parents
 from maskdit.registry import Registry
 
 #: name -> ``fn(model, keep, **search) -> kept block indices``.
 PRUNERS: Registry[Any] = Registry("pruning method", key="--method")
 
 MAX_CHOICES = 1024  #: per group; more than this and the search space is too large to enumerate
+SEARCH_STEPS = 200  #: training steps of the learned search unless told otherwise (the CLI's default too)
 
 
 def group_layout(depth: int, keep: int) -> tuple[int, int]:
@@ -75,7 +77,7 @@ def prune_evenly(model: nn.Module, keep: int, **_: Any) -> list[int]:
 
 
 @PRUNERS.register("learned", "TinyFusion: learned N:M choice per group of blocks, trained with the weights")
-def prune_learned(model: nn.Module, keep: int, loss_fn: Any, steps: int = 200, lr: float = 1e-4,
+def prune_learned(model: nn.Module, keep: int, loss_fn: Any, steps: int = SEARCH_STEPS, lr: float = 1e-4,
                   logit_lr: float = 0.05, tau: float = 1.0, seed: int = 0, progress: bool = False) -> list[int]:
     """``loss_fn(model, step) -> loss`` is the denoising loss on one batch (of the run's data)."""
     depth = len(model.blocks)
@@ -155,7 +157,7 @@ def denoising_batches(run: Any, batch_size: int, seed: int = 0) -> Any:
     return loss_fn
 
 
-def prune_run(source: str | Path, out: str | Path, keep: int, method: str = "learned", steps: int = 200,
+def prune_run(source: str | Path, out: str | Path, keep: int, method: str = "learned", steps: int = SEARCH_STEPS,
               device: str | torch.device = "cpu", progress: bool = False) -> dict[str, Any]:
     """Prune the run at ``source`` to ``keep`` blocks with ``method`` and write it as a new run at ``out``
     (step 0, model = EMA = the kept blocks' original EMA weights); returns what was chosen and measured."""
@@ -167,9 +169,7 @@ def prune_run(source: str | Path, out: str | Path, keep: int, method: str = "lea
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"--out {out} already exists: choose a new directory for the pruned run")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"--out {out}: {parent} is a file, not a directory; choose a new directory")
+    check_parents(out, "--out")
     find_run(out, resume=False)
     if method not in PRUNERS:
         raise ConfigError(f"--method {method!r}: choose one of {', '.join(PRUNERS.names())}")

@@ -4,9 +4,10 @@ The transformer blocks' token-wise linear layers (attention in/out, feed-forward
 weights, one scale per output channel, and int8 activations whose range is **calibrated**: float sampling
 of ``calib`` samples (a fixed calibration seed) records each layer's largest input magnitude in each of
 ``groups`` equal slices of the time axis, since a DiT's activation ranges drift along the trajectory. At
-sampling time a layer clips its input to its group's range and quantizes with that fixed scale, so a row's
-result depends on that row alone: sample ``i`` still depends only on ``(seed, i)``, not on its batch (which
-PyTorch's per-tensor dynamic quantization would break). The patch embedder, the adaLN modulation (fed by
+sampling time a layer clips its input to its group's range and quantizes with that fixed scale, so in a call
+of a given shape a row's result depends on that row alone: sample ``i`` still depends only on the seed, ``i``
+and the batch size, not on the other samples of its batch (which PyTorch's per-tensor dynamic quantization
+would break). The patch embedder, the adaLN modulation (fed by
 the conditioning vector, a few rows per sample), time/label embedders and the final layer stay in float.
 
 Kernels: on the CPU, oneDNN's int8 GEMM (``onednn::qlinear_pointwise``, as PyTorch's x86 inductor

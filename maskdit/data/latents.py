@@ -27,10 +27,12 @@ from tqdm.auto import tqdm
 
 from maskdit.data.codec import CODECS, PIXELS
 from maskdit.errors import ConfigError, DataError
-from maskdit.files import atomic_directory
+from maskdit.files import atomic_directory, check_parents
 
 MANIFEST = "manifest.json"
 FORMAT = "maskdit-latents"
+#: What a damaged latent store's error line tells the user to do.
+AGAIN = "encode the images again with maskdit latents IMAGES --vae DIR --out NEW_STORE"
 SD_SCALING = 0.18215  #: Stable Diffusion's VAE scaling factor, used when a VAE's config names none
 
 
@@ -45,16 +47,10 @@ def load_vae(path: str | Path) -> Any:
         raise ConfigError(f"VAE {path} is not a local VAE directory (no config.json): maskdit never downloads; "
                           "save one with AutoencoderKL.save_pretrained(DIR), or fetch one elsewhere, e.g. "
                           "huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir DIR, and pass DIR")
-    from diffusers.utils import logging as diffusers_logging
-
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # its notes (e.g. about accelerate) are not errors of the user's
     try:
         vae = AutoencoderKL.from_pretrained(root, local_files_only=True)
     except (OSError, ValueError, EnvironmentError) as e:
         raise DataError(f"cannot load the VAE in {root}: {str(e).splitlines()[0]}") from e
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
     return vae.eval().requires_grad_(False)
 
 
@@ -81,9 +77,7 @@ def encode_images(dataset: Any, vae_dir: str | Path, out: str | Path, batch_size
     out = Path(out)
     if out.exists():
         raise ConfigError(f"--out {out} exists: latents go to a new directory (maskdit never overwrites files)")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
+    check_parents(out, "--out")
     vae = load_vae(vae_dir).to(device)
     scale = vae_scaling(vae)
     images = dataset.images
@@ -158,22 +152,21 @@ def read_manifest(root: Path) -> dict[str, Any]:
     from maskdit.data import MAX_CLASSES
 
     path = root / MANIFEST
-    again = "encode the images again with maskdit latents IMAGES --vae DIR --out NEW_STORE"
-    manifest = read_json(path, tuple(MANIFEST_KEYS), again, DataError)
+    manifest = read_json(path, tuple(MANIFEST_KEYS), AGAIN, DataError)
     for key, (ok, wanted) in MANIFEST_KEYS.items():
         if not ok(manifest[key]):
             raise DataError(f"latent store {path} key {key} must be {wanted}, got {_short(manifest[key])}: "
-                            f"{again}")
+                            f"{AGAIN}")
     if manifest["num_classes"] > MAX_CLASSES:
         raise DataError(f"latent store {path} key num_classes {manifest['num_classes']} is beyond the "
-                        f"maximum of {MAX_CLASSES} classes: {again}")
+                        f"maximum of {MAX_CLASSES} classes: {AGAIN}")
     if "latent_shape" in manifest and not _positive_ints(manifest["latent_shape"], 3):
         raise DataError(f"latent store {path} key latent_shape must be [C, h, w], got "
-                        f"{_short(manifest['latent_shape'])}: {again}")
+                        f"{_short(manifest['latent_shape'])}: {AGAIN}")
     names = manifest.get("class_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise DataError(f"latent store {path} key class_names must be a list of strings, got {_short(names)}: "
-                        f"{again}")
+                        f"{AGAIN}")
     return manifest
 
 
@@ -190,32 +183,31 @@ class LatentDataset:
             raise DataError(f"{root} is not a latent store (no {MANIFEST}): make one with maskdit latents IMAGES "
                             f"--vae DIR --out {root}")
         self.manifest = m = read_manifest(root)
-        again = "encode the images again with maskdit latents IMAGES --vae DIR --out NEW_STORE"
         if not (root / "mean.npy").is_file():
-            raise DataError(f"latent store {root} has no mean.npy (the latents): {again}")
-        self.mean = read_npy(root / "mean.npy", "r", again)
-        labels = read_npy(root / "labels.npy", None, again) if (root / "labels.npy").exists() else None
+            raise DataError(f"latent store {root} has no mean.npy (the latents): {AGAIN}")
+        self.mean = read_npy(root / "mean.npy", "r", AGAIN)
+        labels = read_npy(root / "labels.npy", None, AGAIN) if (root / "labels.npy").exists() else None
         if not np.issubdtype(self.mean.dtype, np.floating) or self.mean.dtype.itemsize > 8:
             raise DataError(f"latent store {root}: mean.npy holds {self.mean.dtype} values, not floating-point "
-                            f"latents: {again}")
+                            f"latents: {AGAIN}")
         if self.mean.ndim != 5 or self.mean.shape[1] != 2 or len(self.mean) != m["num"] \
                 or min(self.mean.shape, default=0) < 1:
             raise DataError(f"latent store {root}: mean.npy is {self.mean.shape}, the manifest says {m['num']} "
-                            f"latents of N x 2 x C x h x w: {again}")
+                            f"latents of N x 2 x C x h x w: {AGAIN}")
         if "latent_shape" in m and list(self.mean.shape[2:]) != m["latent_shape"]:
             raise DataError(f"latent store {root}: mean.npy holds latents of {list(self.mean.shape[2:])}, the "
-                            f"manifest says latent_shape {m['latent_shape']}: {again}")
+                            f"manifest says latent_shape {m['latent_shape']}: {AGAIN}")
         classes = m["num_classes"]
         if labels is None and classes:
             raise DataError(f"latent store {root}: the manifest says {classes} classes but labels.npy is missing: "
-                            f"restore labels.npy, set num_classes to 0 in {root / MANIFEST}, or {again}")
+                            f"restore labels.npy, set num_classes to 0 in {root / MANIFEST}, or {AGAIN}")
         if labels is not None:
             found = check_labels(labels, len(self.mean), f"latent store {root}: labels.npy")
             if found > classes:
                 allowed = f"labels must be 0..{classes - 1}" if classes else "an unlabelled store has no labels.npy"
                 raise DataError(f"latent store {root}: labels.npy has label {found - 1}, beyond the manifest's "
                                 f"num_classes {classes} ({allowed}): fix num_classes in {root / MANIFEST} or the "
-                                f"labels, or {again}")
+                                f"labels, or {AGAIN}")
         self.labels = None if labels is None else torch.from_numpy(labels.astype(np.int64))
         self.num_classes = int(classes)
         self.class_names = list(m.get("class_names") or [])
