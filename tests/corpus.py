@@ -301,6 +301,13 @@ HUGE_LABEL = np.zeros(16, np.int64)
 HUGE_LABEL[3] = 10**9
 
 
+def assert_distinct(cases: list[Case], minimum: int = 0) -> None:
+    """No two ``cases`` share an id or an input (argv, setup and environment), and there are ``minimum``."""
+    assert len({c.id for c in cases}) == len(cases), "duplicate case ids"
+    keys = {c.key() for c in cases}
+    assert len(keys) == len(cases), "two cases have the same input"
+    assert len(keys) >= minimum, len(keys)
+
 def prepare(case: Case, runs: Runs, tmp_path: Path, monkeypatch) -> tuple[Path, list[str]]:
     """Lay out the case's files in ``tmp_path/case``, substitute placeholders, set its environment and
     enter its directory; returns the directory and the argv to run."""

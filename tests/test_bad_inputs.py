@@ -35,6 +35,7 @@ from corpus import (
     C,
     Case,
     Runs,
+    assert_distinct,
     check,
     copy_run,
     digits_like,
@@ -231,7 +232,7 @@ CASES: list[Case] = [
     C("train-moe-routing-unknown", [*TRAIN, "model.moe.experts=2", "model.moe.routing=hash"], "model.moe.routing"),
     C("train-align-without-encoder", [*TRAIN, "align.weight=0.5"], "align.encoder"),
     C("train-align-encoder-not-a-dir", [*TRAIN, "align.weight=0.5", "align.block=1", "align.encoder=adir"],
-      "align.encoder",
+      re.compile(r"align\.encoder adir is not an encoder directory"),
       folder("adir")),
     C("train-align-block-past-depth", [*TRAIN, "align.weight=0.5", "align.block=99", "align.encoder=enc"],
       "align.block", text("enc/encoder.json", '{"kind": "maskdit-mae", "config": {"input_size": [8, 8], '
@@ -569,10 +570,18 @@ CASES: list[Case] = [
 
 
 def test_corpus_is_large_and_distinct():
-    assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"
-    keys = {c.key() for c in CASES}
-    assert len(keys) == len(CASES), "two cases have the same input"
-    assert len(keys) >= 130, len(keys)
+    assert_distinct(CASES, 130)
+
+
+def test_the_corpus_files_together_are_distinct():
+    """A case in one file must not repeat one in another (each would then count twice)."""
+    import test_bad_inputs_data
+    import test_bad_inputs_interop
+    import test_bad_inputs_sampling
+    import test_bad_inputs_toolbox
+
+    assert_distinct([*CASES, *test_bad_inputs_data.CASES, *test_bad_inputs_interop.CASES,
+                     *test_bad_inputs_sampling.CASES, *test_bad_inputs_toolbox.CASES], 600)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

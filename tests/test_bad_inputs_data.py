@@ -25,6 +25,7 @@ from corpus import (
     C,
     Case,
     Runs,
+    assert_distinct,
     check,
     folder,
     npz,
@@ -261,10 +262,7 @@ CASES: list[Case] = [
 
 
 def test_corpus_is_large_and_distinct():
-    assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"
-    keys = {c.key() for c in CASES}
-    assert len(keys) == len(CASES), "two cases have the same input"
-    assert len(keys) >= 35, len(keys)
+    assert_distinct(CASES, 35)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
