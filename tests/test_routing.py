@@ -165,7 +165,7 @@ def test_route_contrast_guidance_contrasts_two_routing_ratios_and_keeps_samples_
         ones = generate(model, FlowMatching(), 2, torch.tensor([0, 1]), "euler", 3, 2.0,
                         guidance="route-contrast", seed=5, batch_size=1)
     assert torch.equal(four[:2], two)  # sample i depends on (seed, i) and the batch size only
-    assert (ones - two).abs().max() <= 1e-5 * max(1.0, two.abs().max().item())  # other kernels: rounding
+    assert (ones - two).abs().max() <= 1e-4 * max(1.0, two.abs().max().item())  # other kernels: rounding
     with pytest.raises(ConfigError, match="mask.recipe=tread"):
         guided(model_and_batch()[0], y, 2.0, guidance="route-contrast")
 
