@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from maskdit.bench import parse_shape
-from maskdit.cli import Parser, guarded, positive_int
+from maskdit.cli.app import Parser, guarded, positive_int
+from maskdit.diffusion.objectives import FlowMatching
+from maskdit.diffusion.samplers import generate
 from maskdit.distributed import autocast
 from maskdit.model import build_model
-from maskdit.objectives import FlowMatching
-from maskdit.samplers import generate
+from maskdit.training.bench import parse_shape
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskdit.cli import Parser, guarded, non_negative_ints, positive_int
+from maskdit.cli.app import Parser, guarded, non_negative_ints, positive_int
 from maskdit.model.blocks import explicit_attention as explicit
 
 #: (name, (sequences, heads, length, head_dim))
@@ -60,7 +60,7 @@ def step_costs(preset: str, lengths: list[int], steps: int, rounds: int, overrid
 
     from maskdit.config import load_config
     from maskdit.model import blocks
-    from maskdit.train import Trainer
+    from maskdit.training.trainer import Trainer
 
     best = {n: float("inf") for n in lengths}
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from maskdit.checkpoint import remove_run
-from maskdit.cli import Parser, guarded, non_negative_int, positive_int
+from maskdit.cli.app import Parser, guarded, non_negative_int, positive_int
 
 
 def run(nproc: int, threads: int, args: argparse.Namespace, strategy: str = "ddp") -> dict:

@@ -3,7 +3,7 @@
     python benchmarks/diffusers_speed.py --rounds 5 --batch 8          # DiT-S/2 at 4x32x32 on the CPU
 
 Both models are built at DiT-S/2 size with one set of random weights (diffusers' converted into maskdit by
-`maskdit.interop`, so both compute the same function; the max-abs difference of their outputs is printed).
+`maskdit.interop.convert`, so both compute the same function; the max-abs difference of their outputs is printed).
 Rounds interleave the two (maskdit, diffusers, maskdit, ...) so drifting machine speed hits both alike;
 the figure is the median over rounds of forward+backward steps/s. Then the imported model samples
 against a native maskdit model of the same architecture (same sampler, steps and batch).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from maskdit.cli import Parser, guarded, positive_int
+from maskdit.cli.app import Parser, guarded, positive_int
 
 
 def steps_per_s(step, n: int) -> float:
@@ -38,10 +38,10 @@ def main() -> None:
     args = p.parse_args()
     from diffusers import DiTTransformer2DModel
 
-    from maskdit.interop import import_run, load_model
+    from maskdit.diffusion.objectives import DDPM
+    from maskdit.diffusion.samplers import generate
+    from maskdit.interop.convert import import_run, load_model
     from maskdit.model import DiT
-    from maskdit.objectives import DDPM
-    from maskdit.samplers import generate
 
     torch.manual_seed(0)
     theirs = DiTTransformer2DModel(num_attention_heads=6, attention_head_dim=64, in_channels=4, out_channels=8,

@@ -19,10 +19,10 @@ import time
 import torch
 
 from maskdit.checkpoint import load_run
-from maskdit.cli import Parser, guarded, positive_floats, positive_int
-from maskdit.data import load_dataset
+from maskdit.cli.app import Parser, guarded, positive_floats, positive_int
+from maskdit.data.datasets import load_dataset
+from maskdit.diffusion.samplers import generate
 from maskdit.evaluate.suite import score_samples
-from maskdit.samplers import generate
 
 
 def main() -> None:

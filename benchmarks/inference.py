@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskdit.cli import Parser, guarded, positive_int
+from maskdit.cli.app import Parser, guarded, positive_int
 
 
 def settings_of(text: str) -> list[str | None]:
@@ -28,7 +28,7 @@ def settings_of(text: str) -> list[str | None]:
 
 def calibrate_first(run, settings, labels, kw) -> None:
     """Calibrate int8 settings now (cached on the model), outside the timed rounds."""
-    from maskdit.samplers import generate
+    from maskdit.diffusion.samplers import generate
 
     for setting in settings:
         if setting and "int8" in setting:
@@ -54,9 +54,9 @@ def save_grid(path: Path, rows: list[torch.Tensor], per_row: int) -> None:
 
 
 def image_table(run, args, settings) -> None:
-    from maskdit.data import dataset_from_config
+    from maskdit.data.datasets import dataset_from_config
+    from maskdit.diffusion.samplers import generate
     from maskdit.evaluate.suite import score_samples
-    from maskdit.samplers import generate
 
     dataset = dataset_from_config(run.config.data)
     labels = torch.arange(args.num) % run.model.num_classes if run.model.num_classes else None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskdit.cli import Parser, guarded, positive_int
+from maskdit.cli.app import Parser, guarded, positive_int
 
 
 def run(args: list[str]) -> float:

@@ -33,7 +33,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from maskdit.cli import Parser, UsageError, guarded, positive_float, positive_int, unit_float
+from maskdit.cli.app import Parser, UsageError, guarded, positive_float, positive_int, unit_float
 
 #: label -> config overrides. The finetune arm is SPRINT's two stages: 90% of the budget masked, then
 #: 10% at ratio 0 from those weights (init_from).
@@ -103,9 +103,9 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
 def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
     from maskdit.checkpoint import latest_checkpoint, load_run, remove_run
     from maskdit.config import load_config
-    from maskdit.data import load_dataset
+    from maskdit.data.datasets import load_dataset
     from maskdit.evaluate.suite import training_eval
-    from maskdit.train import train
+    from maskdit.training.trainer import train
 
     common = ["steps=100000000", "lr_schedule=constant", "warmup_steps=100", f"lr={args.lr}",
               f"batch_size={args.batch}", f"model.preset={args.preset}", f"ema_decay={args.ema}",
@@ -230,7 +230,7 @@ def plot(curves: dict, order: list[str], path: Path, keys: list[str], log_first:
 
 
 def fail(message: str) -> NoReturn:
-    """Bad input found after parsing: one line and exit status 2 (through :func:`maskdit.cli.guarded`)."""
+    """Bad input found after parsing: one line and exit status 2 (through :func:`maskdit.cli.app.guarded`)."""
     raise UsageError(f"{Path(sys.argv[0]).name}: {message}")
 
 

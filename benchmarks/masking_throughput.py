@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-from maskdit.bench import add_timing_arguments, benchmark, parse_shape
-from maskdit.cli import Parser, guarded
+from maskdit.cli.app import Parser, guarded
+from maskdit.training.bench import add_timing_arguments, benchmark, parse_shape
 
 CONFIGS = [  # (label, recipe, ratio, mixer_depth)
     ("unmasked", "drop", 0.0, 0),

@@ -15,9 +15,9 @@ import json
 import sys
 from typing import Any
 
-from maskdit.bench import add_timing_arguments, benchmark, parse_shape
-from maskdit.cli import Parser, guarded
+from maskdit.cli.app import Parser, guarded
 from maskdit.config import MoEConfig
+from maskdit.training.bench import add_timing_arguments, benchmark, parse_shape
 
 
 def moe(experts: int, top_k: int, capacity: float = 2.0, shared: int = 0, **more: Any) -> dict[str, Any]:

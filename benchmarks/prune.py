@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from maskdit.cli import Parser, guarded, non_negative_float, positive_int
+from maskdit.cli.app import Parser, guarded, non_negative_float, positive_int
 
 
 def score(run_dir: Path, num: int, dataset) -> list[dict]:
     from maskdit.checkpoint import load_run
+    from maskdit.diffusion.samplers import generate
     from maskdit.evaluate.suite import score_samples
-    from maskdit.samplers import generate
 
     run = load_run(run_dir)
     s = run.config.sample
@@ -53,9 +53,9 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="finetune config overrides, e.g. lr=3e-4")
     args = p.parse_args()
     from maskdit.checkpoint import load_run
-    from maskdit.cli import main as cli
-    from maskdit.data import dataset_from_config
-    from maskdit.prune import PRUNERS, prune_run
+    from maskdit.cli.app import main as cli
+    from maskdit.data.datasets import dataset_from_config
+    from maskdit.training.prune import PRUNERS, prune_run
 
     methods = [m for m in args.methods.split(",") if m]
     if not methods or any(m not in PRUNERS.names() for m in methods):  # before the full model is scored

@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from maskdit.checkpoint import latest_checkpoint, load_run
-from maskdit.cli import Parser, guarded, non_negative_ints
-from maskdit.data import load_dataset
+from maskdit.cli.app import Parser, guarded, non_negative_ints
+from maskdit.data.datasets import load_dataset
 from maskdit.evaluate.suite import training_eval
 
 

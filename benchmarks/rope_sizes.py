@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskdit.cli import Parser, guarded, positive_float, positive_int, positive_ints
+from maskdit.cli.app import Parser, guarded, positive_float, positive_int, positive_ints
 
 
 def main() -> None:
@@ -30,10 +30,10 @@ def main() -> None:
     args = p.parse_args()
     from maskdit.checkpoint import load_run, remove_run
     from maskdit.config import load_config
-    from maskdit.data import load_dataset
+    from maskdit.data.datasets import load_dataset
+    from maskdit.diffusion.samplers import generate
     from maskdit.evaluate.suite import score_samples
-    from maskdit.samplers import generate
-    from maskdit.train import train
+    from maskdit.training.trainer import train
 
     run_dir = Path(args.run or "runs/rope_sizes")
     if not args.run:

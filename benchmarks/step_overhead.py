@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from maskdit.cli import Parser, guarded, positive_int
+from maskdit.cli.app import Parser, guarded, positive_int
 from maskdit.config import load_config
 from maskdit.distributed import autocast
-from maskdit.train import Trainer, learning_rate
+from maskdit.training.trainer import Trainer, learning_rate
 
 
 def parts(trainer: Trainer, step: int) -> dict[str, float]:

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from maskdit.cli import guarded
+from maskdit.cli.app import guarded
 
 sys.path.insert(0, str(Path(__file__).parent))
 import masking_convergence as study  # noqa: E402  (the equal-wall-clock machinery)

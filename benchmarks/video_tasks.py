@@ -28,10 +28,10 @@ from typing import Any
 import torch
 
 from maskdit.checkpoint import load_run
-from maskdit.cli import Parser, guarded, non_negative_float, non_negative_int, positive_int
+from maskdit.cli.app import Parser, guarded, non_negative_float, non_negative_int, positive_int
+from maskdit.data.media import save_video
+from maskdit.diffusion.tasks import comparison_frames
 from maskdit.evaluate.video import TASK_BENCH, frame_scores, given_frames, held_out_set, identity_rate, task_quality
-from maskdit.media import save_video
-from maskdit.tasks import comparison_frames
 
 
 def baselines(clips: torch.Tensor, frames_given: list[int]) -> dict[str, torch.Tensor]:
@@ -80,7 +80,7 @@ def identity_reader(data: Any, cfg: Any) -> tuple[Any, int] | None:
     """The digits classifier and the sprite size, where identity can be read (one digit per clip)."""
     if cfg.data.name != "bouncing-digits" or data.labels is None or data.labels.dim() != 1:
         return None
-    from maskdit.data import load_digits
+    from maskdit.data.datasets import load_digits
     from maskdit.evaluate.classifier import load_classifier
 
     return load_classifier(load_digits(), progress=False), 8 * (2 if cfg.data.size >= 32 else 1)

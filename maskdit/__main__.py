@@ -2,6 +2,6 @@
 
 import sys
 
-from maskdit.cli import main
+from maskdit.cli.app import main
 
 sys.exit(main())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import sys
@@ -33,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from maskdit.distributed import full, shard_like
 from maskdit.errors import CheckpointError, MaskditError
-from maskdit.files import check_parents
+from maskdit.files import check_parents, fsync, read_json
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.json")
 AUX_FILE = "aux.safetensors"  # optional: training-only parameters of a masked-training recipe
@@ -155,30 +154,6 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` under a temporary name and rename it over ``path``: a reader sees the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        _fsync(tmp)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def rng_state() -> dict[str, str]:
     """Global torch RNG states, base64-encoded for JSON."""
     states = {"cpu": torch.get_rng_state()}
@@ -283,8 +258,8 @@ def save_checkpoint(
         _write_json(tmp / "state.json", {**state, "step": step, "rng": rng_state()})
         _write_json(tmp / "config.json", config)
         for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
+            fsync(f)
+        fsync(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves nothing half-made behind
         raise
@@ -346,32 +321,13 @@ def load_aux(aux: torch.nn.Module, ckpt: Path, name: str = AUX_FILE) -> None:
         load_weights(aux, ckpt / name)
 
 
-def read_json(path: Path, keys: tuple[str, ...] = (), fix: str = "the file is damaged",
-              error: type[MaskditError] = CheckpointError) -> dict[str, Any]:
-    """A JSON object (UTF-8) from ``path`` that has ``keys``; anything else is one ``error`` naming the file
-    and ending in ``fix`` (what to do about it)."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError as e:
-        raise error(f"{path} is missing; {fix}") from e
-    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
-        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-        raise error(f"cannot read {path} ({reason}); {fix}") from None
-    if not isinstance(data, dict):
-        raise error(f"{path} must hold a JSON object, got {type(data).__name__}; {fix}")
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise error(f"{path} lacks {', '.join(missing)}; {fix}")
-    return data
-
-
 class LoadedRun:
     """A model ready to sample, with the objective, codec and facts it was trained with."""
 
     def __init__(self, ckpt: Path, model: torch.nn.Module, config: dict[str, Any], step: int):
         from maskdit.config import load_config
         from maskdit.data.codec import codec_from_config
-        from maskdit.objectives import objective_from_config
+        from maskdit.diffusion.objectives import objective_from_config
 
         self.path, self.model, self.step = ckpt, model, step
         self.info = config

@@ -17,20 +17,20 @@ from typing import Any
 
 import yaml
 
-from maskdit.data import DATASETS
+from maskdit.data.datasets import DATASETS, DataConfig
+from maskdit.diffusion.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
+from maskdit.diffusion.samplers import GUIDANCES, SAMPLERS, check_sampler
 from maskdit.distributed import PRECISIONS, STRATEGIES
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
 from maskdit.model.blocks import MLPS, NORMS
-from maskdit.model.moe import ROUTINGS
 from maskdit.model.dit import ATTENTIONS, POS_LAYOUTS, POSITIONS, PRESETS
+from maskdit.model.moe import ROUTINGS
 from maskdit.model.precond import PRECONDS
-from maskdit.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
-from maskdit.recipes import RECIPES, sprint_route, tread_route
 from maskdit.registry import one_of
-from maskdit.samplers import GUIDANCES, SAMPLERS, check_sampler
-from maskdit.step import MAX_SEED
+from maskdit.training.recipes import RECIPES, MaskConfig, sprint_route, tread_route
+from maskdit.training.step import MAX_SEED
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -88,42 +88,14 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    name: str = "digits"  #: a maskdit.data.DATASETS entry: digits | npz | npy | folder | bouncing-digits | ...
-    path: str | None = None
-    num: int = 2000  #: video datasets: training clips generated
-    frames: int = 8  #: video datasets: frames per clip
-    size: int = 16  #: video datasets: canvas size in pixels
-    resize: int | None = None  #: image folders: ADM centre crop and resize to RESIZE x RESIZE (None: as stored)
-    flip: bool = False  #: random horizontal flips: every epoch shows each example as stored and mirrored
-    workers: int = 0  #: DataLoader worker processes that prepare the next steps' batches (0: in the main process)
-
-
-@dataclass
 class ObjectiveConfig:
-    name: str = "flow"  #: a maskdit.objectives.OBJECTIVES entry: flow | ddpm
+    name: str = "flow"  #: a maskdit.diffusion.objectives.OBJECTIVES entry: flow | ddpm
     time_sampling: str = "logit_normal"  #: flow: uniform | logit_normal
     logit_mean: float = 0.0
     logit_std: float = 1.0
     schedule: str = "linear"  #: ddpm: linear | cosine
     num_steps: int = 1000  #: ddpm: length of the chain
     step_offset: int = 1  #: ddpm: step k is t = (k + step_offset) / T; 0 = DiT's integer timesteps (imports)
-
-
-@dataclass
-class MaskConfig:
-    recipe: str = "drop"  #: a maskdit.recipes.RECIPES entry: drop | mae | mdt (what fills the dropped tokens)
-    ratio: float = 0.0  #: share of tokens dropped per step (the maximum for schedules); 0 = no masking
-    ratio_min: float = 0.0  #: random: lower end of the range; increasing: the starting ratio
-    schedule: str = "constant"  #: constant | random | linear_decay | cosine_decay | increasing
-    shape: str = "random"  #: a maskdit.masks.DROP_SHAPES entry: random | tube | frame | structured
-    schedule_steps: int | None = None  #: length of the schedule (default: steps)
-    aux_weight: float = 0.1  #: mae: weight of the reconstruction loss on dropped tokens
-    decoder_depth: int = 2  #: mae: decoder blocks; mdt: backbone blocks after the interpolater
-    decoder_width: int | None = None  #: mae: decoder width (default: half the model width)
-    route: list[int] | None = None  #: tread: [START, END]: blocks START..END-1 skip the routed tokens;
-    #: sprint: blocks START..END-1 are the sparse deep path (default [2, depth - 2])
-    path_drop: float = 0.1  #: sprint: share of samples whose deep path is replaced by mask tokens (for PDG)
 
 
 @dataclass
@@ -134,11 +106,11 @@ class TaskConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str | None = None  #: a maskdit.samplers.SAMPLERS entry that fits the objective; None: its default
+    sampler: str | None = None  #: a maskdit.diffusion.samplers.SAMPLERS entry that fits the objective; None: its default
     steps: int = 25
     guidance_scale: float = 1.0
     guidance_interval: list[float] | None = None  #: [t_low, t_high]: guide only there
-    guidance: str = "cfg"  #: a maskdit.samplers.GUIDANCES entry: cfg | path-drop | route-contrast | context
+    guidance: str = "cfg"  #: a maskdit.diffusion.samplers.GUIDANCES entry: cfg | path-drop | route-contrast | context
     eta: float = 0.0  #: ddim only, in [0, 1]
     guidance_channels: int | None = None  #: guide only the first N channels, the rest from the conditional branch
     guidance_power: float | None = None  #: MDT's power-cosine schedule of the scale over t (null: constant)

@@ -5,7 +5,7 @@
 torchrun starts the processes and sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; maskdit joins them
 into one process group (gloo on the CPU, NCCL on CUDA). ``batch_size`` stays the global batch: every rank
 draws the whole step's random inputs from ``(seed, step)`` and takes its own contiguous slice
-(:meth:`maskdit.step.StepInputs.shard`), so N processes compute what one process computes. Rank 0 alone
+(:meth:`maskdit.training.step.StepInputs.shard`), so N processes compute what one process computes. Rank 0 alone
 writes (checkpoints, metrics, progress, evaluations); stop decisions (a signal on any rank, the time
 budget on rank 0) are agreed on every step, so all ranks stop after the same step.
 """

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from maskdit.errors import ConfigError, MaskditError
+from maskdit.errors import CheckpointError, ConfigError, MaskditError
 
 
 def check_parents(path: str | Path, label: str, error: type[MaskditError] = ConfigError) -> None:
@@ -65,3 +67,46 @@ def atomic_directory(out: str | Path, label: str = "--out") -> Iterator[Path]:
                     parent.rmdir()
                 except OSError:
                     break
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name and rename it over ``path``: a reader sees the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        fsync(tmp)
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2))
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path, keys: tuple[str, ...] = (), fix: str = "the file is damaged",
+              error: type[MaskditError] = CheckpointError) -> dict[str, Any]:
+    """A JSON object (UTF-8) from ``path`` that has ``keys``; anything else is one ``error`` naming the file
+    and ending in ``fix`` (what to do about it)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError as e:
+        raise error(f"{path} is missing; {fix}") from e
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise error(f"cannot read {path} ({reason}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object, got {type(data).__name__}; {fix}")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise error(f"{path} lacks {', '.join(missing)}; {fix}")
+    return data

@@ -1,6 +1,6 @@
 """The bad-input corpus harness: case inputs, the three tiny shared runs and the checks every case must pass.
 
-Every case runs ``maskdit.cli.main`` in-process in its own temporary directory (the working directory
+Every case runs ``maskdit.cli.app.main`` in-process in its own temporary directory (the working directory
 during the call) and :func:`check` asserts:
 
 1. the exit status is 2 (returned, or raised as ``SystemExit``); no exception escapes ``main``;
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maskdit.cli import main
+from maskdit.cli.app import main
 
 # -- tiny settings shared by the fixtures and the train cases ----------------------------------------
 TINY = ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "warmup_steps=1",

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-
 from conftest import perturbed, shape_sensitive_kernels
-from maskdit.accel import parse_accel
+
+from maskdit.diffusion.accel import parse_accel
+from maskdit.diffusion.objectives import FlowMatching
+from maskdit.diffusion.samplers import generate
 from maskdit.errors import ConfigError
 from maskdit.model import DiT
-from maskdit.objectives import FlowMatching
-from maskdit.samplers import generate
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +102,8 @@ def test_ras_ratio_1_is_exactly_uncached_and_a_share_keeps_the_guarantees(model)
 
 @pytest.mark.parametrize("kernel", ["onednn", "fbgemm"])
 def test_int8_linear_is_within_a_quantum_of_float_and_each_row_is_its_own(kernel, monkeypatch):
-    import maskdit.quant as quant
-    from maskdit.quant import Int8Linear, TimeGroup
+    import maskdit.diffusion.quant as quant
+    from maskdit.diffusion.quant import Int8Linear, TimeGroup
 
     if kernel == "onednn" and not quant.onednn_available():
         pytest.skip("this PyTorch has no oneDNN int8 linear")
@@ -137,8 +137,8 @@ def test_int8_linear_is_within_a_quantum_of_float_and_each_row_is_its_own(kernel
 def test_int8_feed_forward_runs_gelu_inside_the_kernel_within_the_quantization_error():
     import torch.nn.functional as F
 
+    from maskdit.diffusion.quant import Int8Mlp, TimeGroup, onednn_available
     from maskdit.model.blocks import Mlp
-    from maskdit.quant import Int8Mlp, TimeGroup, onednn_available
 
     torch.manual_seed(0)
     mlp = Mlp(64, 256)
@@ -162,7 +162,7 @@ def test_int8_feed_forward_runs_gelu_inside_the_kernel_within_the_quantization_e
 
 
 def test_int8_sampling_calibrates_once_per_setting_and_keeps_the_guarantees(model):
-    import maskdit.quant as quant
+    import maskdit.diffusion.quant as quant
 
     plain = draw(model)
     calibrations = []
@@ -195,7 +195,7 @@ def test_int8_sampling_calibrates_once_per_setting_and_keeps_the_guarantees(mode
 
 
 def test_calibration_records_each_time_groups_largest_input():
-    from maskdit.quant import calibrate
+    from maskdit.diffusion.quant import calibrate
 
     torch.manual_seed(0)
     net = DiT(input_size=(4, 4), in_channels=1, hidden_size=16, depth=2, num_heads=2, num_classes=0)
@@ -217,7 +217,7 @@ def test_calibration_records_each_time_groups_largest_input():
 
 
 def test_composed_accelerator_specs_are_checked():
-    from maskdit.accel import parse_accels
+    from maskdit.diffusion.accel import parse_accels
 
     assert parse_accels("int8+ras:ratio=0.5") == [("int8", {}), ("ras", {"ratio": 0.5})]
     for spec, words in [("int8+", "empty part"), ("int8+int8", "once"), ("cache+ras", "choose one"),

@@ -4,15 +4,15 @@ import json
 
 import pytest
 import torch
-
 from conftest import SMALL, perturbed
-from maskdit.align import Alignment
+
 from maskdit.checkpoint import latest_checkpoint
-from maskdit.cli import main
-from maskdit.encoder import ViTEncoder
+from maskdit.cli.app import main
 from maskdit.masks import random_keep_indices
 from maskdit.model import DiT
 from maskdit.model.aux import collect_aux_losses
+from maskdit.training.align import Alignment
+from maskdit.training.encoder import ViTEncoder
 
 
 def align_loss(model, alignment, x, keep=None):
@@ -82,7 +82,7 @@ def test_encoder_trains_and_alignment_trains_resumes_and_logs(tmp_path, capsys):
 def test_alignment_refuses_a_missing_encoder(tmp_path):
     from maskdit.config import load_config
     from maskdit.errors import ConfigError
-    from maskdit.train import Trainer
+    from maskdit.training.trainer import Trainer
 
     with pytest.raises(ConfigError, match="align.encoder"):
         Trainer(load_config("digits", overrides=[*SMALL, "align.weight=1", "align.block=1", f"align.encoder={tmp_path}",
@@ -103,7 +103,7 @@ def tiny_dino(path, **saved_stats):
 def test_a_local_hugging_face_vision_model_is_an_alignment_encoder(tmp_path):
     from transformers import AutoModel
 
-    from maskdit.align import load_encoder
+    from maskdit.training.align import load_encoder
 
     enc = load_encoder(tiny_dino(tmp_path / "dino", image_mean=[0.5] * 3, image_std=[0.25] * 3))
     assert enc.grid == (4, 4) and not any(p.requires_grad for p in enc.parameters())
@@ -127,8 +127,8 @@ def test_a_local_hugging_face_vision_model_is_an_alignment_encoder(tmp_path):
 def test_a_hugging_face_model_that_is_not_a_vision_transformer_is_refused(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from maskdit.align import load_encoder
     from maskdit.errors import ConfigError
+    from maskdit.training.align import load_encoder
 
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                          vocab_size=50)).save_pretrained(tmp_path / "bert")

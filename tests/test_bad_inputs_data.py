@@ -33,7 +33,7 @@ from corpus import (
     text,
 )
 
-from maskdit.cli import main
+from maskdit.cli.app import main
 
 # -- setups -------------------------------------------------------------------------------------------
 Damage = Callable[[Path], None]
@@ -130,7 +130,7 @@ def encoder_dir(desc: str, channels: int = 1, size: tuple[int, ...] = (8, 8), ed
     def make(tmp: Path, runs: Runs) -> None:
         from safetensors.torch import save_file
 
-        from maskdit.encoder import ViTEncoder
+        from maskdit.training.encoder import ViTEncoder
 
         torch.manual_seed(0)
         enc = ViTEncoder(list(size), channels, 2, 16, 1, 2)
@@ -272,7 +272,7 @@ def test_bad_input(case: Case, runs: Runs, tmp_path: Path, monkeypatch, capfd):
 
 def test_encoder_stops_on_a_non_finite_loss(runs, tmp_path, monkeypatch, capfd):
     """A loss that becomes NaN stops ``encoder train`` with one line, writing nothing (not a NaN encoder)."""
-    from maskdit.encoder import MaskedAutoencoder
+    from maskdit.training.encoder import MaskedAutoencoder
 
     real = MaskedAutoencoder.loss
     monkeypatch.setattr(MaskedAutoencoder, "loss", lambda self, x, keep: real(self, x, keep) * float("nan"))
@@ -281,7 +281,7 @@ def test_encoder_stops_on_a_non_finite_loss(runs, tmp_path, monkeypatch, capfd):
 
 # -- must succeed: what used to be silently wrong -------------------------------------------------------
 def test_npz_channels_first_is_read_as_channels_last(runs, tmp_path, monkeypatch, capfd):
-    from maskdit.data import load_npy, load_npz
+    from maskdit.data.datasets import load_npy, load_npz
 
     gen = np.random.default_rng(3)
     for channels in (1, 3):
@@ -351,14 +351,14 @@ def test_failed_first_run_leaves_nothing_so_the_next_starts_fresh(runs, tmp_path
 def test_failed_resume_keeps_files_it_did_not_create(runs, tmp_path, monkeypatch, capfd):
     """A run dir left by an older version (config.json, metrics.jsonl, no checkpoint) that fails again keeps
     its files: only what a run created is removed."""
-    import maskdit.train
+    import maskdit.training.trainer
 
     tmp = tmp_path / "case"
     tmp.mkdir()
     write_store(tmp / "st", value=float("nan"))
     monkeypatch.chdir(tmp)
     with monkeypatch.context() as m:
-        m.setattr(maskdit.train, "remove_created", lambda paths: None)  # as before the fix
+        m.setattr(maskdit.training.trainer, "remove_created", lambda paths: None)  # as before the fix
         assert main([*LT, "nan_tolerance=1"]) == 2
     left = sorted(p.name for p in Path("new_run").iterdir())
     assert left == ["config.json", "metrics.jsonl"]
@@ -388,7 +388,7 @@ def vae_and_images(tmp_path_factory):
 
 FULL_DISK = """
 import resource, signal, sys
-from maskdit.cli import main
+from maskdit.cli.app import main
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 sys.exit(main(sys.argv[1:]))

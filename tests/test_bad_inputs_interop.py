@@ -33,7 +33,7 @@ from corpus import (
     text,
 )
 
-from maskdit.cli import main
+from maskdit.cli.app import main
 from maskdit.grid import sincos_pos_embed
 
 # -- tiny runs trained once for this module: the options to export, and the base of the diffusers cases --------
@@ -422,8 +422,8 @@ def test_a_write_that_fails_midway_leaves_nothing(variants, tmp_path, monkeypatc
     """An import or export that fails while writing (a full disk) removes what it wrote, and the parents it made."""
     import safetensors.torch
 
-    from maskdit import interop
     from maskdit.checkpoint import load_run
+    from maskdit.interop import formats as interop
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")

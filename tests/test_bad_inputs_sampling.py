@@ -38,7 +38,7 @@ from corpus import (
     text,
 )
 
-from maskdit.cli import main
+from maskdit.cli.app import main
 
 # -- inputs ------------------------------------------------------------------------------------------
 F32 = np.float32

@@ -7,7 +7,7 @@ import pytest
 from conftest import SMALL
 from PIL import Image
 
-from maskdit.cli import main
+from maskdit.cli.app import main
 
 TRAIN_OUTPUT = {}
 
@@ -124,7 +124,7 @@ def test_library_log_lines_stay_off_stderr_unless_verbose_and_one_rank_reports(m
     import logging
     import warnings
 
-    from maskdit import cli
+    from maskdit.cli import app as cli
     from maskdit.errors import DataError
 
     def noisy(args):  # what diffusers/transformers do while loading: a logged warning and a Python warning

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskdit.data import load_dataset, load_digits, load_folder, load_npz, to_uint8
+from maskdit.data.datasets import load_dataset, load_digits, load_folder, load_npz, to_uint8
 from maskdit.errors import ConfigError, DataError
 
 
@@ -100,8 +100,9 @@ def test_image_folder_of_any_size_is_centre_cropped_and_resized(tmp_path):
 
 def test_flip_shows_every_example_as_stored_and_mirrored_each_epoch(tmp_path):
     from conftest import SMALL
+
     from maskdit.config import load_config
-    from maskdit.train import Trainer
+    from maskdit.training.trainer import Trainer
 
     np.savez(tmp_path / "d.npz", images=np.arange(8 * 4 * 4, dtype=np.uint8).reshape(8, 4, 4),
              labels=np.arange(8) % 2)
@@ -116,12 +117,12 @@ def test_flip_shows_every_example_as_stored_and_mirrored_each_epoch(tmp_path):
 
 
 def test_dataloader_workers_prepare_exactly_the_same_steps(tmp_path):
+    from conftest import SMALL
     from safetensors.torch import load_file
 
-    from conftest import SMALL
     from maskdit.checkpoint import latest_checkpoint
     from maskdit.config import load_config
-    from maskdit.train import train
+    from maskdit.training.trainer import train
 
     for workers in (0, 2):
         train(load_config("digits", overrides=[*SMALL, "steps=4", "data.flip=true", "mask.ratio=0.5",

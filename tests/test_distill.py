@@ -4,12 +4,12 @@ pruning recovery path end to end."""
 import json
 
 import torch
-
 from conftest import SMALL, perturbed
-from maskdit.cli import main
-from maskdit.distill import Distillation
+
+from maskdit.cli.app import main
+from maskdit.diffusion.objectives import FlowMatching, hold_given, patchify, token_mse, training_pair
 from maskdit.model import DiT
-from maskdit.objectives import FlowMatching, hold_given, patchify, token_mse, training_pair
+from maskdit.training.distill import Distillation
 
 
 def tiny(depth: int, seed: int) -> DiT:

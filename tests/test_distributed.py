@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL
 from safetensors.torch import load_file
 
-from conftest import SMALL
 from maskdit.checkpoint import latest_checkpoint
 from maskdit.config import load_config
 from maskdit.errors import ConfigError
-from maskdit.train import Trainer, train
+from maskdit.training.trainer import Trainer, train
 
 RUN = [*SMALL, "model.depth=2", "batch_size=8", "steps=10", "log_every=1", "ckpt_every=5", "lr=1e-3",
        "warmup_steps=0"]

@@ -6,14 +6,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL as BASE
 from safetensors.torch import load_file
 
 import maskdit.evaluate.suite as suite
-from maskdit.evaluate.suite import training_eval
 from maskdit.checkpoint import latest_checkpoint, load_run
-from maskdit.cli import main
+from maskdit.cli.app import main
 from maskdit.config import load_config
-from maskdit.data import ImageDataset, load_digits
+from maskdit.data.datasets import ImageDataset, load_digits
 from maskdit.errors import ConfigError
 from maskdit.evaluate.features import (
     DomainFeatures,
@@ -31,8 +31,8 @@ from maskdit.evaluate.metrics import (
     psnr,
     ssim,
 )
-from maskdit.train import train
-from conftest import SMALL as BASE
+from maskdit.evaluate.suite import training_eval
+from maskdit.training.trainer import train
 
 needs_inception = pytest.mark.skipif(
     not inception_available(),

@@ -8,25 +8,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SMALL, perturbed
+
 from maskdit.checkpoint import STEP_NAME, latest_checkpoint, list_checkpoints, load_run
-from maskdit.cli import build_parser, main
+from maskdit.cli.app import build_parser, main
 from maskdit.config import load_config
-from maskdit.data import DATASETS, MAX_CLASSES, dataset_from_config, load_npz
 from maskdit.data.codec import PIXELS, codec_from_config
+from maskdit.data.datasets import DATASETS, MAX_CLASSES, dataset_from_config, load_npz
+from maskdit.diffusion.objectives import OBJECTIVES, FlowMatching
+from maskdit.diffusion.samplers import GUIDANCES, SAMPLERS, generate
+from maskdit.diffusion.tasks import complete
 from maskdit.errors import ConfigError, DataError
 from maskdit.masks import DROP_SHAPES, TASKS
 from maskdit.model import DiT
 from maskdit.model.aux import report_aux_loss
 from maskdit.model.decoders import MAEDecoder, SideInterpolater
-from maskdit.objectives import OBJECTIVES, FlowMatching
-from maskdit.recipes import RECIPES, build_recipe
 from maskdit.registry import Registry
-from maskdit.samplers import GUIDANCES, SAMPLERS, generate
-from maskdit.step import StepSampler, TrainingStep
-from maskdit.tasks import complete
-from maskdit.train import Trainer, TrainingDiverged, train
+from maskdit.training.recipes import RECIPES, build_recipe
+from maskdit.training.step import StepSampler, TrainingStep
+from maskdit.training.trainer import Trainer, TrainingDiverged, train
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -221,7 +221,7 @@ def test_empty_images_are_refused(tmp_path):
 # -- sampling bugs ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.7)])
 def test_stochastic_samplers_do_not_depend_on_the_batch_size(sampler, eta):
-    from maskdit.objectives import DDPM
+    from maskdit.diffusion.objectives import DDPM
 
     model = perturbed(DiT((8, 8), 1, 2, 32, 1, 2, num_classes=3)).eval()
     labels = torch.arange(7) % 3

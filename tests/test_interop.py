@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from maskdit.checkpoint import load_run
-from maskdit.cli import main
+from maskdit.cli.app import main
+from maskdit.diffusion.objectives import DDPM, FlowMatching
+from maskdit.diffusion.samplers import ddim, ddpm_ancestral, flow_euler
 from maskdit.errors import CheckpointError
-from maskdit.interop import dit_layout, export_diffusers, import_run, load_model
+from maskdit.interop.convert import dit_layout, export_diffusers, import_run, load_model
 from maskdit.model import DiT
-from maskdit.objectives import DDPM, FlowMatching
-from maskdit.samplers import ddim, ddpm_ancestral, flow_euler
 
 # -- an independent DiT forward on DiT's own state-dict layout (models.py), for the parity tests ------------
 
@@ -341,7 +341,7 @@ def test_export_refuses_what_diffusers_cannot_express(tmp_path):
 
 def test_learned_sigma_trains_and_samples_with_its_variance(tmp_path):
     from maskdit.config import load_config
-    from maskdit.train import train
+    from maskdit.training.trainer import train
 
     run = tmp_path / "run"
     train(load_config("digits", overrides=["model.depth=1", "model.hidden_size=32", "model.num_heads=2",
@@ -438,7 +438,7 @@ def test_a_maskdit_import_computes_the_releases_edm_denoiser(tmp_path):
 
 
 def test_edm_sampler_on_a_maskdit_import_is_maskdits_sampler_with_guidance(tmp_path):
-    from maskdit.samplers import edm_sigmas, generate
+    from maskdit.diffusion.samplers import edm_sigmas, generate
 
     sd = random_maskdit_state(seed=6)
     torch.save(sd, tmp_path / "m.pt")
@@ -471,7 +471,7 @@ def test_edm_sampler_on_a_maskdit_import_is_maskdits_sampler_with_guidance(tmp_p
 
 def test_a_maskdit_import_finetunes_masked_and_refuses_what_it_cannot_hold(tmp_path):
     from maskdit.config import load_config
-    from maskdit.train import train
+    from maskdit.training.trainer import train
 
     torch.save(random_maskdit_state(channels=1, classes=10, seed=8), tmp_path / "m.pt")
     import_run(tmp_path / "m.pt", tmp_path / "run", "maskdit", num_heads=4)
@@ -595,7 +595,7 @@ def test_an_mdt_import_computes_mdts_forward_and_samples_like_its_script(tmp_pat
     assert (s.sampler, s.steps, s.guidance_scale, s.guidance_channels, s.guidance_power) == ("ddpm", 250, 4.0, 3, 0.01)
     assert run.objective.step_offset == 0
     # guidance as MDT's forward_with_cfg: the scale follows its power-cosine of the step, on 3 channels
-    from maskdit.samplers import guided
+    from maskdit.diffusion.samplers import guided
 
     for power, step in ((0.01, 999), (0.5, 300)):
         real = (4.0 - 1) * (1 - math.cos((1 - step / 1000) ** power * math.pi)) / 2 + 1
@@ -618,7 +618,7 @@ def test_an_mdt_import_computes_mdts_forward_and_samples_like_its_script(tmp_pat
 
 def test_mdt_import_refusals_and_finetuning(tmp_path):
     from maskdit.config import load_config
-    from maskdit.train import train
+    from maskdit.training.trainer import train
 
     sd = random_mdt_state(channels=1, seed=13)
     sd["en_inblocks.0.attn.rel_pos_bias.relative_position_index"] = sd[
@@ -639,7 +639,7 @@ def test_mdt_import_refusals_and_finetuning(tmp_path):
         export_diffusers(load_model(tmp_path / "run"), tmp_path / "hf")
     # masked finetuning from the import keeps its skips, biases and learned tables; they train. With MDT's
     # own recipe (the import's) the side-interpolater comes along from the import's training-only weights
-    from maskdit.train import Trainer
+    from maskdit.training.trainer import Trainer
 
     overrides = ["model.depth=6", "model.hidden_size=64", "model.num_heads=4", "batch_size=8", "steps=2",
                  "warmup_steps=0", "mask.ratio=0.5", "objective.name=ddpm", "model.learn_sigma=true",
@@ -656,7 +656,7 @@ def test_mdt_import_refusals_and_finetuning(tmp_path):
     assert after.long_skips == 2 and after.block_options.rel_grid == (4, 4) and after.pos == "learned"
     assert not torch.equal(before.decoder_pos_embed, after.decoder_pos_embed)
     assert not any(p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "hf"))
-    from maskdit.samplers import generate
+    from maskdit.diffusion.samplers import generate
 
     run = load_run(tmp_path / "run")
     with pytest.raises(Exception, match="long skips"):
@@ -703,7 +703,7 @@ def mdt_masked_forward(sd, x, k, y, heads, keep):
 
 
 def test_mdt_recipe_on_an_import_runs_mdts_masked_pass(tmp_path):
-    from maskdit.recipes import build_recipe
+    from maskdit.training.recipes import build_recipe
 
     sd = random_mdt_state(seed=14)
     torch.save(sd, tmp_path / "mdt.pt")

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from maskdit.checkpoint import load_run
-from maskdit.cli import main
+from maskdit.cli.app import main
+from maskdit.diffusion.samplers import generate, invert
 from maskdit.errors import ConfigError
-from maskdit.samplers import generate, invert
 
 TRAIN = ["train", "--no-progress", "model.depth=2", "model.hidden_size=64", "model.num_heads=2", "steps=300",
          "warmup_steps=20", "ckpt_every=300", "keep_checkpoints=1"]

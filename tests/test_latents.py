@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskdit.cli import main
-from maskdit.data import load_dataset
+from maskdit.cli.app import main
+from maskdit.data.datasets import load_dataset
 
 TINY = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.patch_size=2", "batch_size=8",
         "warmup_steps=1", "sample.steps=2"]

@@ -2,19 +2,19 @@ import json
 
 import pytest
 import torch
+from conftest import perturbed
 from safetensors.torch import load_file
 
 from maskdit.checkpoint import latest_checkpoint, load_run
 from maskdit.config import load_config
+from maskdit.diffusion.objectives import FlowMatching, denoising_loss
+from maskdit.diffusion.samplers import generate
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify
 from maskdit.masks import drop_tokens, mask_ratio, num_kept, random_keep_indices
 from maskdit.model import DiT
-from maskdit.objectives import FlowMatching, denoising_loss
-from maskdit.recipes import build_recipe
-from maskdit.samplers import generate
-from maskdit.train import Trainer, train
-from conftest import perturbed
+from maskdit.training.recipes import build_recipe
+from maskdit.training.trainer import Trainer, train
 
 SMALL = ["model.depth=3", "model.hidden_size=32", "model.num_heads=2", "batch_size=16", "warmup_steps=1",
          "log_every=1", "ckpt_every=2"]

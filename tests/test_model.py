@@ -1,12 +1,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import perturbed
 
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify
-from maskdit.model import blocks
-from maskdit.model import DiT, build_model
-from conftest import perturbed
+from maskdit.model import DiT, blocks, build_model
 
 
 @pytest.mark.parametrize("input_size, patch", [((16,), 4), ((8, 8), 2), ((4, 8, 8), (2, 4, 4))])

@@ -3,13 +3,13 @@ kept blocks computed, and it finetunes from there."""
 
 import pytest
 import torch
-
 from conftest import perturbed
+
 from maskdit.checkpoint import load_run
-from maskdit.cli import main
+from maskdit.cli.app import main
 from maskdit.errors import ConfigError
 from maskdit.model import DiT
-from maskdit.prune import evenly_spaced, gated_blocks, group_layout, keep_blocks, prune_learned
+from maskdit.training.prune import evenly_spaced, gated_blocks, group_layout, keep_blocks, prune_learned
 
 
 def tiny(depth=4):

@@ -9,11 +9,11 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from conftest import SMALL as BASE
 from PIL import Image
 
-from maskdit.cli import main
+from maskdit.cli.app import main
 from maskdit.evaluate.report import throughput
-from conftest import SMALL as BASE
 
 SMALL = [*BASE, "sample.steps=2", "log_every=1", "ckpt_every=2", "keep_checkpoints=3", "lr=0.000777"]
 

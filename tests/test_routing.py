@@ -2,17 +2,17 @@
 
 import pytest
 import torch
+from conftest import SMALL, perturbed
 from safetensors.torch import load_file
 
-from conftest import SMALL, perturbed
 from maskdit.checkpoint import latest_checkpoint
 from maskdit.config import load_config
+from maskdit.diffusion.objectives import FlowMatching, denoising_loss
 from maskdit.errors import ConfigError
 from maskdit.masks import random_keep_indices
 from maskdit.model import DiT
-from maskdit.objectives import FlowMatching, denoising_loss
-from maskdit.recipes import build_recipe, default_route
-from maskdit.train import Trainer, train
+from maskdit.training.recipes import build_recipe, default_route
+from maskdit.training.trainer import Trainer, train
 
 
 def model_and_batch(depth=4, given=False):
@@ -146,7 +146,7 @@ def test_routed_forward_returns_the_grid_and_routing_every_token_is_the_plain_mo
 
 
 def test_route_contrast_guidance_contrasts_two_routing_ratios_and_keeps_samples_independent():
-    from maskdit.samplers import ROUTE_CONTRAST, generate, guided
+    from maskdit.diffusion.samplers import ROUTE_CONTRAST, generate, guided
 
     model, (x, y, t, _) = model_and_batch()
     model.tread_route = (1, 3)
@@ -172,7 +172,7 @@ def test_route_contrast_guidance_contrasts_two_routing_ratios_and_keeps_samples_
 
 def test_route_contrast_guides_unconditional_models_and_is_checked_in_config(tmp_path):
     from maskdit.checkpoint import load_run
-    from maskdit.samplers import guided
+    from maskdit.diffusion.samplers import guided
 
     plain = perturbed(DiT((8, 8), 1, 2, 32, 4, 2, route=(1, 3)))  # unconditional, trained with TREAD
     x = torch.randn(3, 1, 8, 8)

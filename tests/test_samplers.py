@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
+from maskdit.diffusion.objectives import DDPM, FlowMatching, token_mse
+from maskdit.diffusion.samplers import guided, sample
 from maskdit.errors import ConfigError
-from maskdit.objectives import DDPM, FlowMatching, token_mse
-from maskdit.samplers import guided, sample
 
 MU, S = 1.5, 0.5
 

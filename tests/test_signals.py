@@ -10,14 +10,14 @@ import sys
 import time
 
 import pytest
+from conftest import SMALL
 
 import maskdit.checkpoint as ckpt_mod
-import maskdit.train as train_mod
-from conftest import SMALL
+import maskdit.training.trainer as train_mod
 from maskdit.checkpoint import latest_checkpoint, list_checkpoints, load_run
-from maskdit.cli import main
+from maskdit.cli.app import main
 from maskdit.config import load_config
-from maskdit.train import Interrupted, Trainer
+from maskdit.training.trainer import Interrupted, Trainer
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -3,18 +3,18 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import SMALL, perturbed
+
 from maskdit.checkpoint import latest_checkpoint, load_run
-from maskdit.cli import main
+from maskdit.cli.app import main
 from maskdit.config import load_config
+from maskdit.diffusion.objectives import FlowMatching, patchify, token_mse
+from maskdit.diffusion.samplers import generate, guided
 from maskdit.errors import ConfigError
 from maskdit.masks import DROP_SHAPES, frame_keep_indices, structured_keep_indices
 from maskdit.model import DiT
-from maskdit.objectives import FlowMatching, patchify, token_mse
-from maskdit.recipes import build_recipe
-from maskdit.samplers import generate, guided
-from maskdit.train import Trainer, train
+from maskdit.training.recipes import build_recipe
+from maskdit.training.trainer import Trainer, train
 
 
 def sprint_model(depth=5, route=(2, 3)):

@@ -4,17 +4,17 @@ held exactly when sampling; one model serves every task."""
 import numpy as np
 import pytest
 import torch
+from conftest import perturbed
 
-from maskdit.cli import main
+from maskdit.cli.app import main
 from maskdit.config import load_config
+from maskdit.diffusion.objectives import FlowMatching, denoising_loss
+from maskdit.diffusion.samplers import generate
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify
 from maskdit.masks import random_keep_indices, task_mask
 from maskdit.model import DiT
-from maskdit.objectives import FlowMatching, denoising_loss
-from maskdit.samplers import generate
-from maskdit.train import Trainer, model_for
-from conftest import perturbed
+from maskdit.training.trainer import Trainer, model_for
 
 VIDEO = ["compile=false", "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=32",
          "warmup_steps=1", "sample.steps=2"]
@@ -125,7 +125,7 @@ def test_token_time_needs_condition_masks():
 
 
 def test_context_guidance_contrasts_knowing_the_given_tokens_with_not_knowing_them():
-    from maskdit.samplers import guided
+    from maskdit.diffusion.samplers import guided
 
     model = video_model(token_time=True)
     x, _, t = clips()

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
 from conftest import SMALL, perturbed
+
 from maskdit.checkpoint import latest_checkpoint, load_run
-from maskdit.cli import main
+from maskdit.cli.app import main
 from maskdit.grid import patchify
 from maskdit.masks import random_keep_indices, tube_keep_indices
 from maskdit.model import DiT

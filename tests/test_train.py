@@ -9,7 +9,7 @@ from maskdit.checkpoint import latest_checkpoint, list_checkpoints, load_run, lo
 from maskdit.config import load_config
 from maskdit.errors import CheckpointError, ConfigError
 from maskdit.model import DiT
-from maskdit.train import Trainer, learning_rate, train
+from maskdit.training.trainer import Trainer, learning_rate, train
 
 SMALL = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=16", "warmup_steps=2",
          "log_every=1", "ckpt_every=3"]
@@ -184,7 +184,7 @@ def test_bf16_precision_computes_the_forward_in_bf16_and_keeps_fp32_weights(tmp_
 
 
 def test_compile_on_the_cpu_without_a_compiler_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    import maskdit.train as train_mod
+    import maskdit.training.trainer as train_mod
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(train_mod.shutil, "which", lambda name: None)

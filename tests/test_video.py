@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from maskdit.data.media import save_video, side_by_side
 from maskdit.data.video import VIDEO_DATASETS, bouncing_balls, bouncing_digits, load_video_dataset
 from maskdit.errors import ConfigError
-from maskdit.media import save_video, side_by_side
 
 
 @pytest.fixture(scope="module")

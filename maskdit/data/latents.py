@@ -26,8 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdit.data.codec import CODECS, PIXELS
+from maskdit.data.datasets import DATASETS, MAX_CLASSES, Dataset, check_labels, read_npy
 from maskdit.errors import ConfigError, DataError
-from maskdit.files import atomic_directory, check_parents
+from maskdit.files import atomic_directory, check_parents, read_json, write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "maskdit-latents"
@@ -97,7 +98,6 @@ def _write_store(tmp: Path, dataset: Any, vae: Any, vae_dir: str | Path, scale: 
                  batch_size: int, device: str | torch.device, progress: bool) -> dict[str, Any]:
     """The store's files in ``tmp``: the arrays written in order with plain writes (a full disk fails the
     write, never a memory-mapped page later), the manifest last."""
-    from maskdit.checkpoint import write_json_atomic
 
     images, n = dataset.images, len(dataset.images)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": shape}
@@ -148,8 +148,6 @@ MANIFEST_KEYS: dict[str, tuple[Any, str]] = {
 def read_manifest(root: Path) -> dict[str, Any]:
     """A latent store's ``manifest.json``, checked: a JSON object with every key of :data:`MANIFEST_KEYS`
     (and, when present, ``latent_shape`` a list of positive ints and ``class_names`` a list of strings)."""
-    from maskdit.checkpoint import read_json
-    from maskdit.data import MAX_CLASSES
 
     path = root / MANIFEST
     manifest = read_json(path, tuple(MANIFEST_KEYS), AGAIN, DataError)
@@ -176,7 +174,6 @@ class LatentDataset:
     mirrors = True  #: ``batch(idx, mirrored)`` gives the latents of mirrored images (``data.flip``)
 
     def __init__(self, path: str | Path):
-        from maskdit.data import check_labels, read_npy
 
         root = Path(path)
         if not (root / MANIFEST).is_file():
@@ -262,3 +259,9 @@ class VAECodec:
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "vae": self.vae_dir, "scaling_factor": self.scaling_factor,
                 "channels": self.channels}
+
+
+@DATASETS.register("latents", "data.path=STORE made by maskdit latents: VAE latents, memory-mapped; samples "
+                   "decode through the VAE", needs_path=True, rank=2)
+def _latents(cfg: Any, split: str) -> Dataset:
+    return LatentDataset(cfg.path)

@@ -4,7 +4,7 @@ Both generators are pure numpy, need no download and are deterministic: the clip
 ``(seed, split)`` and the arguments, and the ``train`` and ``test`` splits draw from disjoint random
 streams (bouncing digits also cut their sprites from disjoint halves of scikit-learn's digits, so the
 test split shows handwriting never seen in training). Every loader returns a :class:`VideoDataset` with
-frames ``uint8 (N, C, T, H, W)``: channels first like :class:`maskdit.data.ImageDataset`, the time axis
+frames ``uint8 (N, C, T, H, W)``: channels first like :class:`maskdit.data.datasets.ImageDataset`, the time axis
 in front of the spatial ones so a ``(T, H, W)`` token grid has the frame index on axis 0.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from maskdit.data import DATASETS
 from maskdit.data.codec import PIXELS, Codec
+from maskdit.data.datasets import DATASETS
 from maskdit.errors import ConfigError, DataError
 
 SPLITS = ("train", "test")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from maskdit.data import ImageDataset
+from maskdit.data.datasets import ImageDataset
 from maskdit.errors import ConfigError, DataError
 
 

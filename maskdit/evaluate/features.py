@@ -29,8 +29,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from maskdit.data import ImageDataset
 from maskdit.data.codec import PIXELS
+from maskdit.data.datasets import ImageDataset
 from maskdit.errors import ConfigError
 from maskdit.evaluate.classifier import cache_dir, fingerprint, load_classifier
 from maskdit.evaluate.metrics import feature_stats

@@ -112,10 +112,10 @@ def plot_curves(records: list[dict[str, Any]], keys: list[str], title: str) -> b
 
 
 def grid_png(images: torch.Tensor, labels: torch.Tensor | None) -> bytes:
-    """A sample grid (:func:`maskdit.media.image_grid`) as PNG bytes."""
+    """A sample grid (:func:`maskdit.data.media.image_grid`) as PNG bytes."""
     from PIL import Image
 
-    from maskdit.media import image_grid
+    from maskdit.data.media import image_grid
 
     grid = image_grid(images, labels)
     buf = io.BytesIO()
@@ -127,7 +127,7 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
                        progress: bool) -> tuple[bytes, str]:
     """A grid of EMA samples from one checkpoint with the run's sampler settings, and its caption."""
     from maskdit.checkpoint import load_run
-    from maskdit.samplers import default_sampler, generate
+    from maskdit.diffusion.samplers import default_sampler, generate
 
     run = load_run(ckpt, ema=True, device=device)
     s = run.config.sample
@@ -144,7 +144,7 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
                f"guidance_scale={s.guidance_scale}, seed={seed} ({time.time() - start:.1f}s)")
     images = run.codec.decode(x)
     if images.dim() == 5:  # video: one clip per row
-        from maskdit.media import clips_as_rows
+        from maskdit.data.media import clips_as_rows
 
         images, labels = clips_as_rows(images)
     return grid_png(images, labels), caption
@@ -182,7 +182,8 @@ def _img(png: bytes, alt: str, cls: str = "") -> str:
 def build_report(run_dir: str | Path, per_class: int = 4, seed: int = 0, device: str | torch.device = "cpu",
                  progress: bool = True) -> str:
     """The HTML text of a run's report (see the module docstring)."""
-    from maskdit.checkpoint import list_checkpoints, read_json
+    from maskdit.checkpoint import list_checkpoints
+    from maskdit.files import read_json
 
     run_dir = Path(run_dir)
     ckpts = list_checkpoints(run_dir)

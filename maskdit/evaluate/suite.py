@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 import torch
 
-from maskdit.data import ImageDataset
 from maskdit.data.codec import PIXELS
+from maskdit.data.datasets import ImageDataset
 from maskdit.errors import ConfigError
 from maskdit.evaluate.features import DomainFeatures, InceptionFeatures, inception_available, real_features
 from maskdit.evaluate.metrics import feature_stats, frechet_distance, kid, precision_recall
@@ -163,8 +163,8 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     held-out clips (:mod:`maskdit.evaluate.video`; ``mean_psnr`` over its tasks). The global RNG state is
     saved and restored, so training draws the same numbers with or without evaluation; the model's
     train/eval mode is restored too."""
+    from maskdit.diffusion.samplers import default_sampler, generate
     from maskdit.evaluate.video import bench_tasks
-    from maskdit.samplers import default_sampler, generate
 
     tasks = bench_tasks(model, cfg.task.names) if getattr(model, "task_conditioning", False) else []
     if len(model.token_grid) == 3 and tasks:
@@ -195,8 +195,8 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
 
 def _video_task_eval(model: torch.nn.Module, objective: Any, dataset: Any, cfg: Any, tasks: list[str]
                      ) -> dict[str, Any]:
+    from maskdit.diffusion.samplers import default_sampler
     from maskdit.evaluate.video import held_out_clips, task_quality
-    from maskdit.samplers import default_sampler
 
     s = cfg.sample
     settings = {"sampler": s.sampler or default_sampler(objective), "steps": s.steps, "seed": cfg.seed}

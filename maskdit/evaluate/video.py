@@ -57,7 +57,7 @@ def task_quality(model: torch.nn.Module, objective: Any, codec: Any, clips: torc
                  ) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Scores ``{task: {"psnr", "ssim"}, "mean_psnr": ...}`` for each of ``tasks`` (default: every
     :data:`TASK_BENCH` task) on uint8 ``clips``, and ``{task: (condition mask, generated clips)}``."""
-    from maskdit.tasks import complete, given_for
+    from maskdit.diffusion.tasks import complete, given_for
 
     run = SimpleNamespace(model=model, objective=objective, codec=codec)
     tasks = tasks or list(TASK_BENCH)
@@ -83,7 +83,7 @@ def held_out_set(data_cfg: Any, num: int) -> Any:
     """The data set's test split with ``num`` clips (the embedded video sets draw it from a separate stream)."""
     from dataclasses import replace
 
-    from maskdit.data import dataset_from_config
+    from maskdit.data.datasets import dataset_from_config
 
     return dataset_from_config(replace(data_cfg, num=num), split="test")
 
@@ -120,7 +120,7 @@ def identity_rate(classifier: Any, clips: torch.Tensor, labels: torch.Tensor, fr
     """Share of ``frames`` of uint8 ``clips`` ``(N, 1, T, H, W)`` whose sprite crop the digits classifier
     reads as the clip's digit ``labels`` ``(N,)`` (crops of a sprite enlarged ``k`` times are averaged
     down to the classifier's 8 x 8)."""
-    from maskdit.data import from_uint8
+    from maskdit.data.datasets import from_uint8
 
     crops = sprite_crops(clips[:, :, frames].transpose(1, 2).flatten(0, 1), sprite)
     if sprite != 8:

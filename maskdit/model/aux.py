@@ -1,7 +1,7 @@
 """The auxiliary-loss channel: any module may add a term to the training loss (an MoE balance loss, a
 representation-alignment loss) without the layers around it knowing.
 
-A module calls :func:`report_aux_loss` in its forward pass; :class:`maskdit.step.TrainingStep` collects the
+A module calls :func:`report_aux_loss` in its forward pass; :class:`maskdit.training.step.TrainingStep` collects the
 reported terms with :func:`collect_aux_losses`, adds them to the loss and logs each by name. Outside a
 training step (sampling, evaluation) nothing collects them and reporting is free.
 """

@@ -26,7 +26,6 @@ from torch import nn
 from maskdit.errors import ConfigError
 from maskdit.model.aux import aux_active, report_aux_loss, report_aux_stat
 
-
 #: How tokens meet experts: ``token`` (each token picks its top-k experts, DiT-MoE) or ``expert`` (each
 #: expert picks its ``capacity * top_k / experts`` share of each sample's tokens; balanced by construction,
 #: no balance loss; micro-budget training).

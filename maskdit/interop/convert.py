@@ -53,9 +53,9 @@ from typing import Any
 
 import torch
 
-from maskdit.checkpoint import checkpoint_files, find_run, save_checkpoint, write_json_atomic
+from maskdit.checkpoint import checkpoint_files, find_run, save_checkpoint
 from maskdit.errors import CheckpointError, ConfigError
-from maskdit.files import atomic_directory
+from maskdit.files import atomic_directory, write_json_atomic
 from maskdit.grid import sincos_pos_embed, token_grid_shape
 from maskdit.model import PRESETS, DiT
 from maskdit.model.blocks import RelativePositionBias
@@ -837,7 +837,7 @@ def import_run(source: str | Path, out: str | Path, fmt: str = "auto", num_heads
     model.load_state_dict(state)
     aux = None
     if aux_state is not None:  # training-only weights of the recipe the source was trained with
-        from maskdit.recipes import build_recipe
+        from maskdit.training.recipes import build_recipe
 
         aux = build_recipe(settings["mask"]["recipe"], model)
         expected = aux.state_dict()

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskdit.diffusion.objectives import Objective, hold_given
 from maskdit.errors import CheckpointError, ConfigError
-from maskdit.objectives import Objective, hold_given
 
 
 class TeacherTarget:

@@ -10,14 +10,14 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from maskdit.diffusion.objectives import FlowMatching
 from maskdit.distributed import autocast
 from maskdit.errors import ConfigError
 from maskdit.masks import DROP_SHAPES, num_kept
 from maskdit.model import build_model
 from maskdit.model.aux import collect_aux_losses
 from maskdit.model.dit import preset as preset_fields
-from maskdit.objectives import FlowMatching
-from maskdit.recipes import build_recipe, default_sprint_route
+from maskdit.training.recipes import build_recipe, default_sprint_route
 
 #: Dense bf16 tensor-core peak (FLOP/s) by device name, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
@@ -25,7 +25,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A
 
 def add_timing_arguments(p: Any) -> None:
     """The options of the side-by-side throughput benchmarks (``benchmarks/*_throughput.py``)."""
-    from maskdit.cli import positive_int
+    from maskdit.cli.app import positive_int
 
     p.add_argument("--preset", default="DiT-S/2")
     p.add_argument("--input", default="4x32x32")

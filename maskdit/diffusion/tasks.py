@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdit.data import check_labels, npz_reason
+from maskdit.data.datasets import check_labels, npz_reason
+from maskdit.diffusion.samplers import generate
 from maskdit.errors import ConfigError, DataError
 from maskdit.grid import patchify
 from maskdit.masks import task_mask
-from maskdit.samplers import generate
 
 
 def load_context(path: str | Path, model: Any, flag: str = "--context") -> torch.Tensor:
@@ -136,7 +136,7 @@ def comparison_frames(truth: torch.Tensor, generated: torch.Tensor, given: torch
     """Context | ground truth | generated frames (uint8 ``N x T x H' x W' x C``) for :func:`save_video`,
     from uint8 clips ``(N, C, T, H, W)`` and the token-grid given mask; the context panel greys what was
     not given."""
-    from maskdit.media import side_by_side
+    from maskdit.data.media import side_by_side
 
     def thwc(v: torch.Tensor) -> np.ndarray:
         return v.permute(0, 2, 3, 4, 1).numpy()

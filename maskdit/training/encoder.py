@@ -8,7 +8,7 @@ encode the rest, reconstruct the dropped ones with a light decoder) and saves th
     DIR/encoder.json          {"kind": "maskdit-mae", constructor arguments, training facts}
     DIR/encoder.safetensors   the encoder's weights
 
-:func:`maskdit.align.load_encoder` reads it back. Where a pretrained vision model is at hand as a local
+:func:`maskdit.training.align.load_encoder` reads it back. Where a pretrained vision model is at hand as a local
 Hugging Face directory (``save_pretrained``: a DINOv2, ViT, ... ``config.json`` and weights),
 :class:`HFVisionEncoder` wraps it instead (``transformers``' ``AutoModel``, loaded offline).
 """
@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from maskdit.checkpoint import read_json, write_json_atomic
+from maskdit.data.datasets import examples
 from maskdit.errors import CheckpointError, ConfigError, DataError
-from maskdit.files import atomic_directory, check_parents
+from maskdit.files import atomic_directory, check_parents, read_json, write_json_atomic
 from maskdit.grid import as_patch_size, axis_widths, patchify, sincos_pos_embed, token_grid_shape
 from maskdit.masks import gather_tokens, num_kept, random_keep_indices, scatter_tokens
 from maskdit.model.decoders import dropped_mask
@@ -99,7 +99,6 @@ def train_encoder(dataset: Any, out: str | Path, steps: int = 2000, batch_size: 
                   patch_size: int = 2, width: int = 128, depth: int = 4, num_heads: int = 4, lr: float = 1e-3,
                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Fit a :class:`ViTEncoder` by masked autoencoding on ``dataset`` (model space) and save it to ``out``."""
-    from maskdit.train import examples
 
     out = Path(out)
     if out.exists():

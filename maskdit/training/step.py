@@ -19,11 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskdit.diffusion.objectives import Objective
 from maskdit.masks import DROP_SHAPES, mask_ratio, mix_task_masks
 from maskdit.model.aux import collect_aux_losses
-from maskdit.objectives import Objective
-from maskdit.recipes import RECIPES
-
+from maskdit.training.recipes import RECIPES
 
 #: The largest seed maskdit takes (``seed`` in a config, ``--seed``): what a torch generator accepts as is.
 MAX_SEED = 2**63 - 1
@@ -122,8 +121,8 @@ class TrainingStep(nn.Module):
     ``parts`` are detached scalar tensors (the recipe's loss terms and every auxiliary term by name), so
     reading them is left to the caller's log steps. Parameters are the model's, then the recipe's
     training-only ones, then the alignment projector's, if any (the optimizer's order). ``alignment`` (a
-    :class:`maskdit.align.Alignment`) sees the clean batch before the recipe runs the model;
-    ``distillation`` (a :class:`maskdit.distill.Distillation`) mixes a frozen teacher's prediction into the
+    :class:`maskdit.training.align.Alignment`) sees the clean batch before the recipe runs the model;
+    ``distillation`` (a :class:`maskdit.training.distill.Distillation`) mixes a frozen teacher's prediction into the
     target the recipe regresses.
     """
 

@@ -83,7 +83,7 @@ def load_noise(path: str | Path, shape: tuple[int, ...], num_classes: int | None
     Refused: noise that is not float ``N x C x *S`` or holds NaN or infinity (it would sample black images),
     labels that are not ``N`` integers in the model's class range (or any labels for an unconditional model)
     and settings that are not single values."""
-    from maskdit.data import check_labels, read_npz
+    from maskdit.data.datasets import check_labels, read_npz
 
     path = Path(path)
     fix = "write it again with maskdit invert on this run"

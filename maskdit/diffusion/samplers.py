@@ -1,7 +1,7 @@
 """Samplers: integrate a trained model from noise (``t = 1``) to data (``t = 0``).
 
 A sampler takes ``fn(x, t) -> prediction`` (``t`` a Python float; velocity for flow matching, eps for
-DDPM; see :mod:`maskdit.objectives` for the time convention) and the starting noise. Labels and guidance
+DDPM; see :mod:`maskdit.diffusion.objectives` for the time convention) and the starting noise. Labels and guidance
 are bound into ``fn`` by :func:`guided`, so the samplers know nothing about conditioning. Every sampler is
 an entry of :data:`SAMPLERS`; config validation, the CLI and the docs read that table, so a new sampler
 is one registered function here plus its test.
@@ -30,10 +30,10 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from maskdit.accel import accelerated, transformed
+from maskdit.diffusion.accel import accelerated, transformed
+from maskdit.diffusion.objectives import Objective, hold_given
 from maskdit.errors import ConfigError
 from maskdit.masks import random_keep_indices
-from maskdit.objectives import Objective, hold_given
 from maskdit.registry import Registry, one_of
 
 ModelFn = Callable[[torch.Tensor, float], torch.Tensor]
@@ -446,7 +446,7 @@ def generate(
     """``num`` samples ``(num, C, *S)`` in model space (``size``: another ``S``, for rotary models). The
     network sees batches of exactly ``batch_size`` samples (the last one padded) and the starting and step
     noise of sample ``i`` depend only on ``seed`` and ``i``, so sample ``i`` depends only on ``seed``,
-    ``i`` and ``batch_size`` (module docstring). ``accel`` names a sampling accelerator (:mod:`maskdit.accel`), opened
+    ``i`` and ``batch_size`` (module docstring). ``accel`` names a sampling accelerator (:mod:`maskdit.diffusion.accel`), opened
     afresh for every batch. ``start`` ``(num, C, *S)`` replaces the seeded starting noise (the result of
     :func:`invert`, to reconstruct or edit real inputs); step noise still comes from ``seed``.
 

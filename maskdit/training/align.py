@@ -8,7 +8,7 @@ the auxiliary-loss channel as ``loss_align`` (weight ``lambda``).
 
 The encoder is any ``nn.Module`` mapping a model-space batch ``(B, C, *S)`` to patch features ``(B, N_e,
 F)`` with a ``grid`` attribute (its patch grid); :func:`load_encoder` reads one trained by ``maskdit
-encoder train`` (:mod:`maskdit.encoder`) or a Hugging Face vision model saved in a local directory.
+encoder train`` (:mod:`maskdit.training.encoder`) or a Hugging Face vision model saved in a local directory.
 When the encoder's grid differs from the model's token grid (2-D), its feature map is resized to the
 model's bilinearly.
 """
@@ -29,7 +29,7 @@ from maskdit.model.aux import aux_active, report_aux_loss
 def load_encoder(path: str | Path) -> nn.Module:
     """A frozen encoder from a local directory: written by ``maskdit encoder train`` (``encoder.json``) or a
     Hugging Face vision model's ``save_pretrained`` (``config.json``; needs ``transformers``)."""
-    from maskdit.encoder import load_hf_encoder, load_maskdit_encoder
+    from maskdit.training.encoder import load_hf_encoder, load_maskdit_encoder
 
     path = Path(path)
     if (path / "encoder.json").is_file():

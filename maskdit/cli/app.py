@@ -102,7 +102,7 @@ def number_list(cast: type, ok: Any, wanted: str) -> Any:
 
 def seed_value(text: str) -> int:
     """A seed: an integer in [0, MAX_SEED] (what a torch generator takes)."""
-    from maskdit.step import MAX_SEED
+    from maskdit.training.step import MAX_SEED
 
     try:
         value = int(text)
@@ -141,7 +141,7 @@ def grid_size(text: str) -> tuple[int, ...]:
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
-    from maskdit.samplers import BATCH_SIZE, GUIDANCES, SAMPLERS
+    from maskdit.diffusion.samplers import BATCH_SIZE, GUIDANCES, SAMPLERS
 
     g = p.add_argument_group("sampling")
     g.add_argument("--sampler", choices=SAMPLERS.names(),
@@ -197,7 +197,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     """The parser of one subcommand (each is its own parser, so options and key=value may intermix)."""
     from maskdit.data.video import VIDEO_DATASETS
     from maskdit.masks import TASKS
-    from maskdit.recipes import RECIPES
+    from maskdit.training.recipes import RECIPES
 
     p = Parser(prog=f"maskdit {command}", description=COMMAND_HELP[command])
     p.add_argument("--verbose", action="store_true", help="also show the libraries' own log lines and warnings")
@@ -275,7 +275,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--seed", type=seed_value, default=0)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
     elif command == "import":
-        from maskdit.interop import FORMATS
+        from maskdit.interop.convert import FORMATS
 
         p.add_argument("source", help="a DiT/SiT .pt (or .safetensors) state dict, or a diffusers model directory")
         p.add_argument("--out", required=True, help="the new run directory (must not exist or be empty)")
@@ -289,7 +289,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--format", required=True, choices=["diffusers"], help="the target library's layout")
         p.add_argument("--out", required=True, help="the new model directory (must not exist)")
     elif command == "invert":
-        from maskdit.samplers import BATCH_SIZE, INVERSIONS
+        from maskdit.diffusion.samplers import BATCH_SIZE, INVERSIONS
 
         p.add_argument("run_dir", help="run directory or checkpoint directory")
         p.add_argument("--images", required=True,
@@ -307,7 +307,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         _add_overwrite(p)
     elif command == "prune":
-        from maskdit.prune import PRUNERS, SEARCH_STEPS
+        from maskdit.training.prune import PRUNERS, SEARCH_STEPS
 
         p.add_argument("run_dir", help="run directory or checkpoint directory")
         p.add_argument("--keep-blocks", type=positive_int, required=True, help="blocks to keep")
@@ -359,10 +359,11 @@ def check_out(path: str, overwrite: bool, option: str = "--out") -> None:
 
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from maskdit.checkpoint import is_run, latest_checkpoint, read_json
+    from maskdit.checkpoint import is_run, latest_checkpoint
     from maskdit.config import load_config
     from maskdit.distributed import leave, world_from_env
-    from maskdit.train import StopOnSignal, Trainer
+    from maskdit.files import read_json
+    from maskdit.training.trainer import StopOnSignal, Trainer
 
     files = [a for a in args.args if "=" not in a]
     overrides = [a for a in args.args if "=" in a]
@@ -414,8 +415,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _sampling_kwargs(args: argparse.Namespace, run: Any, noise: dict[str, Any] | None = None) -> dict[str, Any]:
     """The sampling settings: each option given, else the ``--from-noise`` file's setting (``noise``, as
     :func:`_from_noise` checked it), else the run's ``sample.*``; refuses options that do not fit the model."""
+    from maskdit.diffusion.samplers import GUIDANCES, SAMPLERS, default_sampler
     from maskdit.registry import one_of
-    from maskdit.samplers import GUIDANCES, SAMPLERS, default_sampler
 
     s, noise = run.config.sample, noise or {}
     fitting = SAMPLERS.names(objectives=run.objective.name)
@@ -457,7 +458,7 @@ def _sampling_kwargs(args: argparse.Namespace, run: Any, noise: dict[str, Any] |
 
 
 def _checked_accel(spec: str) -> str:
-    from maskdit.accel import parse_accels
+    from maskdit.diffusion.accel import parse_accels
 
     parse_accels(spec)  # refuse a bad spec before any sampling starts
     return spec
@@ -479,7 +480,7 @@ def _labels(args: argparse.Namespace, run: Any, num: int) -> Any:
 
 def _load(args: argparse.Namespace) -> Any:
     from maskdit.checkpoint import load_run
-    from maskdit.train import pick_device
+    from maskdit.training.trainer import pick_device
 
     return load_run(args.run_dir, ema=args.weights == "ema", device=pick_device(args.device))
 
@@ -489,9 +490,9 @@ def _from_noise(args: argparse.Namespace, run: Any) -> dict[str, Any]:
     (:func:`_sampling_kwargs` takes them). A setting read from the file passes the checks of the option it
     stands for (``maskdit invert``'s ``--sampler``, ``--steps`` and ``--guidance-scale``), so a file cannot
     set what the command line would refuse."""
-    from maskdit.media import load_noise
+    from maskdit.data.media import load_noise
+    from maskdit.diffusion.samplers import INVERSIONS, SAMPLERS
     from maskdit.registry import one_of
-    from maskdit.samplers import INVERSIONS, SAMPLERS
 
     if not getattr(args, "from_noise", None):
         return {}
@@ -523,8 +524,8 @@ def _from_noise(args: argparse.Namespace, run: Any) -> dict[str, Any]:
 
 
 def _draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | None = None) -> tuple[Any, Any, dict]:
-    from maskdit.samplers import generate
-    from maskdit.tasks import check_finite
+    from maskdit.diffusion.samplers import generate
+    from maskdit.diffusion.tasks import check_finite
 
     noise = noise or {}
     if args.guidance == "context":
@@ -543,8 +544,8 @@ def _draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | 
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from maskdit.data.media import save_video
     from maskdit.data.video import load_video_dataset
-    from maskdit.media import save_video
 
     if not args.out.lower().endswith((".npz", ".gif", ".mp4")):
         raise ConfigError(f"--out {args.out}: the file name must end in .npz, .gif or .mp4")
@@ -592,8 +593,8 @@ def _task_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
     import torch
 
-    from maskdit.media import save_samples, save_video
-    from maskdit.tasks import comparison_frames, complete, given_for, load_context, mask_from_png
+    from maskdit.data.media import save_samples, save_video
+    from maskdit.diffusion.tasks import comparison_frames, complete, given_for, load_context, mask_from_png
 
     if not args.context:
         raise ConfigError("--task needs --context FILE.npz with the clips (or images) to condition on")
@@ -642,7 +643,7 @@ def cmd_sample_task(args: argparse.Namespace, run: Any) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from maskdit.media import clips_as_rows, save_samples, save_video
+    from maskdit.data.media import clips_as_rows, save_samples, save_video
 
     if not args.out.lower().endswith((".png", ".npz", ".gif", ".mp4")):
         raise ConfigError(f"--out {args.out}: the file name must end in .png, .npz, .gif or .mp4")
@@ -682,7 +683,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def images_from_spec(spec: str, option: str = "--data", resize: int | None = None) -> Any:
     """An image dataset named on the command line: a dataset name that needs no path, an .npz file, a
     directory with images.npy, or an image folder (``resize``: centre-cropped to that size)."""
-    from maskdit.data import DATASETS, load_dataset
+    from maskdit.data.datasets import DATASETS, load_dataset
 
     if spec in DATASETS and not DATASETS.entry(spec).facts["needs_path"]:
         return load_dataset(spec)
@@ -698,7 +699,7 @@ def images_from_spec(spec: str, option: str = "--data", resize: int | None = Non
 
 def _eval_dataset(args: argparse.Namespace, run: Any) -> Any:
     """The real images to compare with: ``--data`` (see :func:`images_from_spec`) or the run's dataset."""
-    from maskdit.data import dataset_from_config
+    from maskdit.data.datasets import dataset_from_config
 
     if args.data is None:
         return dataset_from_config(run.config.data)
@@ -707,7 +708,7 @@ def _eval_dataset(args: argparse.Namespace, run: Any) -> Any:
 
 def cmd_latents(args: argparse.Namespace) -> int:
     from maskdit.data.latents import encode_images
-    from maskdit.train import pick_device
+    from maskdit.training.trainer import pick_device
 
     dataset = images_from_spec(args.images, "IMAGES", args.resize)
     manifest = encode_images(dataset, args.vae, args.out, args.batch, pick_device(args.device),
@@ -719,7 +720,7 @@ def cmd_latents(args: argparse.Namespace) -> int:
 
 
 def cmd_encoder(args: argparse.Namespace) -> int:
-    from maskdit.encoder import train_encoder
+    from maskdit.training.encoder import train_encoder
 
     if args.width % args.heads:
         raise ConfigError(f"--heads {args.heads} must divide --width {args.width}")
@@ -736,8 +737,8 @@ def cmd_encoder(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file
 
-    from maskdit.checkpoint import read_json
-    from maskdit.interop import import_run
+    from maskdit.files import read_json
+    from maskdit.interop.convert import import_run
 
     ckpt = import_run(args.source, args.out, args.format, args.num_heads, args.vae)
     model = read_json(ckpt / "config.json", keys=("model",))["model"]
@@ -763,7 +764,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from maskdit.checkpoint import load_run
-    from maskdit.interop import export_diffusers
+    from maskdit.interop.convert import export_diffusers
 
     out = Path(args.out)
     if out.exists():
@@ -783,9 +784,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from maskdit.data import load_npz
+    from maskdit.data.datasets import load_npz
     from maskdit.evaluate.suite import check_shape, parse_metrics, resolve_metrics, score_samples
-    from maskdit.train import pick_device
+    from maskdit.training.trainer import pick_device
 
     if args.run_dir is None and not (args.samples and args.data):
         raise ConfigError("eval needs RUN_DIR, or --samples FILE.npz together with --data to compare against")
@@ -842,7 +843,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from maskdit.evaluate.report import write_report
-    from maskdit.train import pick_device
+    from maskdit.training.trainer import pick_device
 
     if args.out is not None and not args.out.lower().endswith((".html", ".htm")):
         raise ConfigError(f"--out {args.out}: the report is HTML; give a file name ending in .html")
@@ -860,7 +861,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError, safe_open
 
-    from maskdit.checkpoint import list_checkpoints, read_json, resolve_checkpoint
+    from maskdit.checkpoint import list_checkpoints, resolve_checkpoint
+    from maskdit.files import read_json
 
     ckpt = resolve_checkpoint(args.run_dir)
     info = read_json(ckpt / "config.json", keys=("config", "model", "dataset"))
@@ -876,7 +878,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"model: DiT depth {model['depth']}, width {model['hidden_size']}, {model['num_heads']} heads, "
           f"patch {model['patch_size']}, input {model['in_channels']}x{'x'.join(map(str, model['input_size']))}, "
           f"{model['num_classes']} classes, {params / 1e6:.2f}M parameters")
-    from maskdit.samplers import default_sampler
+    from maskdit.diffusion.samplers import default_sampler
 
     sampler = cfg["sample"]["sampler"] or default_sampler(cfg["objective"]["name"])
     print(f"objective: {cfg['objective']['name']}; sampler default: {sampler} "
@@ -916,9 +918,9 @@ def bench_fields(overrides: list[str], preset: str = "tiny") -> dict[str, Any]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from maskdit.bench import benchmark, parse_shape
     from maskdit.model import PRESETS
-    from maskdit.train import pick_device
+    from maskdit.training.bench import benchmark, parse_shape
+    from maskdit.training.trainer import pick_device
 
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r} is not a model preset: choose one of {', '.join(PRESETS)}")
@@ -940,9 +942,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
-    from maskdit.media import save_noise
-    from maskdit.samplers import default_sampler, generate, invert
-    from maskdit.tasks import load_context, load_labels
+    from maskdit.data.media import save_noise
+    from maskdit.diffusion.samplers import default_sampler, generate, invert
+    from maskdit.diffusion.tasks import load_context, load_labels
 
     if not args.out.lower().endswith(".npz"):
         raise ConfigError(f"--out {args.out}: the noise file's name must end in .npz")
@@ -986,8 +988,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from maskdit.prune import SEARCH_STEPS, prune_run
-    from maskdit.train import pick_device
+    from maskdit.training.prune import SEARCH_STEPS, prune_run
+    from maskdit.training.trainer import pick_device
 
     if args.search_steps is not None and args.method != "learned":
         raise ConfigError(f"--search-steps applies to --method learned; --method {args.method} does not search: "
@@ -1063,7 +1065,7 @@ def guarded(run: Callable[[], int | None]) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        from maskdit.train import Interrupted
+        from maskdit.training.trainer import Interrupted
 
         try:
             return run() or 0

@@ -1,7 +1,7 @@
 """The training loop: batches, loss, AdamW step, EMA, metrics, checkpoints and exact resume.
 
 Reproducibility does not depend on carrying RNG streams across a restart: every random input of step
-``k`` comes from :class:`maskdit.step.StepSampler`, a pure function of ``(seed, k)`` (and of the epoch for
+``k`` comes from :class:`maskdit.training.step.StepSampler`, a pure function of ``(seed, k)`` (and of the epoch for
 the data order). A run stopped after step ``k`` and resumed therefore sees exactly the batches and noise
 an uninterrupted run would, and reaches bit-identical weights.
 
@@ -43,17 +43,14 @@ from maskdit.checkpoint import (
     load_optimizer,
     load_weights,
     optimizer_state,
-    read_json,
     resolve_checkpoint,
     save_checkpoint,
     set_rng_state,
     slot_like,
-    write_json_atomic,
-    write_text_atomic,
 )
 from maskdit.config import Config, DecoderConfig, check_against_data, device_name_ok
-from maskdit.data import dataset_from_config
-from maskdit.distill import distillation_for
+from maskdit.data.datasets import dataset_from_config, examples
+from maskdit.diffusion.objectives import objective_from_config
 from maskdit.distributed import (
     STRATEGIES,
     World,
@@ -67,10 +64,11 @@ from maskdit.distributed import (
     world_from_env,
 )
 from maskdit.errors import CheckpointError, ConfigError, MaskditError
+from maskdit.files import read_json, write_json_atomic, write_text_atomic
 from maskdit.model import DiT, build_model
-from maskdit.objectives import objective_from_config
-from maskdit.recipes import build_recipe
-from maskdit.step import StepSampler, TrainingStep, seeded  # noqa: F401  (seeded: public helper)
+from maskdit.training.distill import distillation_for
+from maskdit.training.recipes import build_recipe
+from maskdit.training.step import StepSampler, TrainingStep, seeded  # noqa: F401  (seeded: public helper)
 
 
 class Interrupted(Exception):
@@ -166,18 +164,6 @@ def recipe_for(cfg: Config, model: DiT) -> torch.nn.Module:
     return build_recipe(cfg.mask.recipe, model, cfg.mask)
 
 
-def examples(dataset: Any, index: torch.Tensor, flip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Model-space examples and labels at ``index``; with ``flip`` an index ``i >= N`` is example ``i - N``
-    mirrored along its last axis, so the data order (seeded per epoch) decides the flips."""
-    n = len(dataset)
-    if flip and getattr(dataset, "mirrors", False):  # it stores its examples' mirrors (VAE latents)
-        return dataset.batch(index % n, mirrored=index >= n)
-    x0, y = dataset.batch(index % n)
-    if flip:
-        x0 = torch.where((index >= n).reshape(-1, *[1] * (x0.dim() - 1)), x0.flip(-1), x0)
-    return x0, y
-
-
 class StepBatches(torch.utils.data.Dataset):
     """Step ``k`` -> this rank's ``(inputs, x0, y)``: all a step consumes, a pure function of ``(seed, k)``,
     so DataLoader workers (``data.workers``) can prepare the next steps while the current one trains."""
@@ -227,7 +213,7 @@ class Trainer:
         self.recipe = recipe_for(cfg, self.model).to(self.device)
         self.alignment = None
         if cfg.align.weight > 0:  # REPA: hooks onto a block of the (not yet compiled) model
-            from maskdit.align import Alignment, load_encoder
+            from maskdit.training.align import Alignment, load_encoder
 
             self.alignment = Alignment(self.model, load_encoder(cfg.align.encoder), cfg.align.block,
                                        cfg.align.weight, cfg.align.hidden).to(self.device)

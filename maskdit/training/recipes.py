@@ -3,7 +3,7 @@
 A recipe is an ``nn.Module`` that owns whatever training-only parameters it needs (none, an MAE decoder,
 an MDT side-interpolater) and computes ``loss(model, objective, x0, y, t, noise, keep_idx, given)`` ->
 ``(loss, parts)`` where ``parts`` are detached scalar tensors (read on the host only at log steps). It runs
-inside :class:`maskdit.step.TrainingStep`, so a DDP/FSDP wrapper around that one module sees all of it. With
+inside :class:`maskdit.training.step.TrainingStep`, so a DDP/FSDP wrapper around that one module sees all of it. With
 ``keep_idx=None`` (nothing dropped this step) every recipe reduces to the plain denoising loss, plus
 the MDT full pass. Sampling never sees a recipe: it runs the bare DiT on all tokens.
 
@@ -32,23 +32,48 @@ parameter that took no part in a step.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from maskdit.diffusion.objectives import (
+    Objective,
+    denoising_loss,
+    prediction_loss,
+    regression_pair,
+    token_mse,
+    training_pair,
+)
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify
 from maskdit.masks import gather_tokens, scatter_tokens
 from maskdit.model.blocks import DEFAULT_BLOCK
 from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
 from maskdit.model.dit import DiT, check_fusion_route, check_tread_route
-from maskdit.objectives import Objective, denoising_loss, prediction_loss, regression_pair, token_mse, training_pair
 from maskdit.registry import Registry
 
 #: name -> recipe class, built by ``cls.build(model, mask_config)``; facts ``tasks``: takes condition masks,
 #: ``path_drop`` (optional): its ``loss`` takes the step's per-sample path drops (``mask.path_drop``).
 RECIPES: Registry[type] = Registry("recipe", key="mask.recipe")
+
+
+@dataclass
+class MaskConfig:
+    recipe: str = "drop"  #: a maskdit.training.recipes.RECIPES entry: drop | mae | mdt (what fills the dropped tokens)
+    ratio: float = 0.0  #: share of tokens dropped per step (the maximum for schedules); 0 = no masking
+    ratio_min: float = 0.0  #: random: lower end of the range; increasing: the starting ratio
+    schedule: str = "constant"  #: constant | random | linear_decay | cosine_decay | increasing
+    shape: str = "random"  #: a maskdit.masks.DROP_SHAPES entry: random | tube | frame | structured
+    schedule_steps: int | None = None  #: length of the schedule (default: steps)
+    aux_weight: float = 0.1  #: mae: weight of the reconstruction loss on dropped tokens
+    decoder_depth: int = 2  #: mae: decoder blocks; mdt: backbone blocks after the interpolater
+    decoder_width: int | None = None  #: mae: decoder width (default: half the model width)
+    route: list[int] | None = None  #: tread: [START, END]: blocks START..END-1 skip the routed tokens;
+    #: sprint: blocks START..END-1 are the sparse deep path (default [2, depth - 2])
+    path_drop: float = 0.1  #: sprint: share of samples whose deep path is replaced by mask tokens (for PDG)
+
 
 
 def _touch(module: nn.Module) -> torch.Tensor:
@@ -311,8 +336,6 @@ def build_recipe(name: str, model: DiT, cfg: Any = None, **options: Any) -> nn.M
     """The :data:`RECIPES` entry ``name`` for ``model``, configured by a ``MaskConfig`` (or by keyword
     options ``decoder_depth``, ``decoder_width``, ``aux_weight`` over its defaults)."""
     if cfg is None:
-        from maskdit.config import MaskConfig
-
         cfg = MaskConfig(**{k: v for k, v in options.items() if v is not None})
     if getattr(model, "precond", None) is not None and name != "drop":
         raise ConfigError(f"mask.recipe={name} runs the network in pieces, past the EDM preconditioning of this "

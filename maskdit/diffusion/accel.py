@@ -188,7 +188,7 @@ def int8_transform(model: torch.nn.Module, calibrate: Callable[[torch.nn.Module,
                    groups: float = 4, calib: float = 64) -> torch.nn.Module:
     """The int8 copy of ``model`` (cached on it per sampling settings ``key``); ``calibrate(model, n)``
     samples ``n`` calibration samples in float."""
-    from maskdit.quant import int8_model
+    from maskdit.diffusion.quant import int8_model
 
     return int8_model(model, int(groups), (key, int(calib)), lambda m: calibrate(m, int(calib)))
 

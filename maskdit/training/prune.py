@@ -140,8 +140,8 @@ def held_out_loss(model: nn.Module, kept: list[int] | None, loss_fn: Any, batche
 
 def denoising_batches(run: Any, batch_size: int, seed: int = 0) -> Any:
     """``loss_fn(model, step)``: the run's denoising loss on batch ``step`` of its data (a fixed draw per step)."""
-    from maskdit.data import dataset_from_config
-    from maskdit.objectives import denoising_loss
+    from maskdit.data.datasets import dataset_from_config
+    from maskdit.diffusion.objectives import denoising_loss
 
     dataset = dataset_from_config(run.config.data)
     device = next(run.model.parameters()).device
@@ -161,9 +161,10 @@ def prune_run(source: str | Path, out: str | Path, keep: int, method: str = "lea
               device: str | torch.device = "cpu", progress: bool = False) -> dict[str, Any]:
     """Prune the run at ``source`` to ``keep`` blocks with ``method`` and write it as a new run at ``out``
     (step 0, model = EMA = the kept blocks' original EMA weights); returns what was chosen and measured."""
-    from maskdit.checkpoint import checkpoint_files, find_run, load_run, save_checkpoint, write_json_atomic
+    from maskdit.checkpoint import checkpoint_files, find_run, load_run, save_checkpoint
     from maskdit.config import load_config
     from maskdit.errors import CheckpointError
+    from maskdit.files import write_json_atomic
     from maskdit.model import DiT
 
     out = Path(out)

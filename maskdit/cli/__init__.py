@@ -1,0 +1,1 @@
+"""The ``maskdit`` command line: one module per command, argument types in :mod:`~maskdit.cli.args`."""

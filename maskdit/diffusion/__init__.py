@@ -1,0 +1,1 @@
+"""Diffusion: objectives, samplers, guidance, tasks, accelerators and quantisation."""

@@ -1,0 +1,1 @@
+"""Interop: one adapter per external checkpoint format."""

@@ -1,0 +1,1 @@
+"""Training: the trainer, one step, masking recipes, alignment, distillation and pruning."""
