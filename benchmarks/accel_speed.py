@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from maskdit.cli.app import Parser, guarded, positive_int
+from maskdit.cli.args import Parser, guarded, positive_int
 from maskdit.diffusion.objectives import FlowMatching
 from maskdit.diffusion.samplers import generate
 from maskdit.distributed import autocast
@@ -22,7 +22,7 @@ from maskdit.model import build_model
 from maskdit.training.bench import parse_shape
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="DiT-S/2")
     p.add_argument("--input", default="4x32x32")
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--accels", default="cache:every=2;cache:every=3;ras:ratio=0.5;ras:ratio=0.25",
                    help="settings separated by ';'")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     shape = parse_shape(args.input)
     dev = torch.device(args.device)
     model = build_model(args.preset, shape[1:], shape[0], 1000).to(dev).eval()

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskdit.cli.app import Parser, guarded, non_negative_ints, positive_int
+from maskdit.cli.args import Parser, guarded, non_negative_ints, positive_int
 from maskdit.model.blocks import explicit_attention as explicit
 
 #: (name, (sequences, heads, length, head_dim))
@@ -82,7 +82,7 @@ def step_costs(preset: str, lengths: list[int], steps: int, rounds: int, overrid
         print(f"| {label} | {best[n]:.1f} | {best[lengths[0]] / best[n]:.2f}x |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--steps", type=positive_int, default=20)
@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--lengths", type=non_negative_ints, default="0,64,512",
                    help="--preset: cut-off lengths to compare (0 first)")
     p.add_argument("overrides", nargs="*", help="--preset: train overrides")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.preset:
         step_costs(args.preset, args.lengths, args.steps, args.rounds, args.overrides)
         return

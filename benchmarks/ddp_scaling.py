@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from maskdit.checkpoint import remove_run
-from maskdit.cli.app import Parser, guarded, non_negative_int, positive_int
+from maskdit.cli.args import Parser, guarded, non_negative_int, positive_int
 
 
 def run(nproc: int, threads: int, args: argparse.Namespace, strategy: str = "ddp") -> dict:
@@ -49,7 +49,7 @@ def run(nproc: int, threads: int, args: argparse.Namespace, strategy: str = "ddp
             "tokens_per_s": steps_per_s * args.batch * per_sample, "loss": records[-1]["loss"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--nproc", type=positive_int, default=2)
     p.add_argument("--threads", type=positive_int, default=1, help="threads per process")
@@ -60,7 +60,7 @@ def main() -> None:
     p.add_argument("--strategies", default="ddp", help="comma-separated dist.strategy values for the N-process rows")
     p.add_argument("--runs", default="runs/ddp_scaling")
     p.add_argument("extra", nargs="*", help="more config overrides (key=value)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     rows = [run(1, args.nproc * args.threads, args),
             *(run(args.nproc, args.threads, args, strategy) for strategy in args.strategies.split(","))]
     print(f"\npreset {args.preset}, global batch {args.batch}, {args.steps} steps, {os.cpu_count()} CPUs\n")

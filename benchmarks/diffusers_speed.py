@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from maskdit.cli.app import Parser, guarded, positive_int
+from maskdit.cli.args import Parser, guarded, positive_int
 
 
 def steps_per_s(step, n: int) -> float:
@@ -29,13 +29,13 @@ def steps_per_s(step, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--rounds", type=positive_int, default=5)
     p.add_argument("--steps", type=positive_int, default=3, help="timed steps per round")
     p.add_argument("--sample-steps", type=positive_int, default=10)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     from diffusers import DiTTransformer2DModel
 
     from maskdit.diffusion.objectives import DDPM

@@ -18,20 +18,20 @@ import time
 
 import torch
 
-from maskdit.checkpoint import load_run
-from maskdit.cli.app import Parser, guarded, positive_floats, positive_int
+from maskdit.cli.args import Parser, guarded, positive_floats, positive_int
 from maskdit.data.datasets import load_dataset
 from maskdit.diffusion.samplers import generate
 from maskdit.evaluate.suite import score_samples
+from maskdit.runs import load_run
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="a run trained with mask.recipe=sprint or tread")
     p.add_argument("--scales", type=positive_floats, default="1.5,3")
     p.add_argument("--num", type=positive_int, default=400)
     p.add_argument("--steps", type=positive_int, default=10, help="Heun steps")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     run = load_run(args.run)
     cfg = run.config
     own = {"sprint": "path-drop", "tread": "route-contrast"}.get(cfg.mask.recipe)

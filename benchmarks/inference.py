@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskdit.cli.app import Parser, guarded, positive_int
+from maskdit.cli.args import Parser, guarded, positive_int
 
 
 def settings_of(text: str) -> list[str | None]:
@@ -116,15 +116,15 @@ def video_table(run, args, settings) -> None:
               + " | ".join(cells) + f" | {drop:+.2f} dB |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("run")
     p.add_argument("--num", type=positive_int, default=400, help="samples (image runs) or held-out clips (video runs)")
     p.add_argument("--steps", type=positive_int, default=10)
     p.add_argument("--accels", default="cache:every=2,cache:every=3", help="settings, separated by ';' or ','")
     p.add_argument("--grid", help="image runs: write a PNG with the first samples of each setting")
-    args = p.parse_args()
-    from maskdit.checkpoint import load_run
+    args = p.parse_args(argv)
+    from maskdit.runs import load_run
 
     run = load_run(args.run)
     settings = settings_of(args.accels)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskdit.cli.app import Parser, guarded, positive_int
+from maskdit.cli.args import Parser, guarded, positive_int
 
 
 def run(args: list[str]) -> float:
@@ -31,12 +31,12 @@ def run(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/latent_workflow", help="a new directory for everything it makes")
     p.add_argument("--steps", type=positive_int, default=200)
     p.add_argument("--width", type=positive_int, default=32, help="the VAE's first block width (SD's VAE: 128)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     out = Path(args.out)
     if out.exists():
         p.error(f"{out} exists: pass a new --out directory")

@@ -33,7 +33,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from maskdit.cli.app import Parser, UsageError, guarded, positive_float, positive_int, unit_float
+from maskdit.cli.args import Parser, UsageError, guarded, positive_float, positive_int, unit_float
 
 #: label -> config overrides. The finetune arm is SPRINT's two stages: 90% of the budget masked, then
 #: 10% at ratio 0 from those weights (init_from).
@@ -101,10 +101,11 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
-    from maskdit.checkpoint import latest_checkpoint, load_run, remove_run
+    from maskdit.checkpoint import latest_checkpoint, remove_run
     from maskdit.config import load_config
     from maskdit.data.datasets import load_dataset
     from maskdit.evaluate.suite import training_eval
+    from maskdit.runs import load_run
     from maskdit.training.trainer import train
 
     common = ["steps=100000000", "lr_schedule=constant", "warmup_steps=100", f"lr={args.lr}",
@@ -230,7 +231,7 @@ def plot(curves: dict, order: list[str], path: Path, keys: list[str], log_first:
 
 
 def fail(message: str) -> NoReturn:
-    """Bad input found after parsing: one line and exit status 2 (through :func:`maskdit.cli.app.guarded`)."""
+    """Bad input found after parsing: one line and exit status 2 (through :func:`maskdit.cli.args.guarded`)."""
     raise UsageError(f"{Path(sys.argv[0]).name}: {message}")
 
 
@@ -245,7 +246,7 @@ def unknown_arms(labels: list[str], arms: dict[str, list[str]]) -> str | None:
     return f"unknown arm(s) {unknown}: choose from {list(arms)}" if unknown else None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=list(DATA), default="mnist32")
     p.add_argument("--data-path", default="runs/data/mnist32.npz", help="mnist32: where the .npz is (built if absent)")
@@ -264,7 +265,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="curves, table and plot (default docs/masking/DATA)")
     p.add_argument("--table", action="store_true", help="only build the table and plot from saved curves")
     p.add_argument("extra", nargs="*", help="more config overrides for every arm (key=value)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     labels = split_labels(args.arms) if args.arms else list(ARMS)
     problem = unknown_arms(labels, ARMS)
     if problem and not args.table:

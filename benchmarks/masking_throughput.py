@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from maskdit.cli.app import Parser, guarded
+from maskdit.cli.args import Parser, guarded
 from maskdit.training.bench import add_timing_arguments, benchmark, parse_shape
 
 CONFIGS = [  # (label, recipe, ratio, mixer_depth)
@@ -33,11 +33,11 @@ CONFIGS = [  # (label, recipe, ratio, mixer_depth)
 ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     add_timing_arguments(p)
     p.add_argument("--only", help="comma-separated labels to time (the unmasked row is always timed)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     shape = parse_shape(args.input)
     configs = CONFIGS
     if args.only:

@@ -15,8 +15,8 @@ import json
 import sys
 from typing import Any
 
-from maskdit.cli.app import Parser, guarded
-from maskdit.config import MoEConfig
+from maskdit.cli.args import Parser, guarded
+from maskdit.model.config import MoEConfig
 from maskdit.training.bench import add_timing_arguments, benchmark, parse_shape
 
 
@@ -36,10 +36,10 @@ CONFIGS = [  # (label, model fields)
 ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     add_timing_arguments(p)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     shape = parse_shape(args.input)
     best: dict[str, dict] = {}
     for r in range(args.rounds):

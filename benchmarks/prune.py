@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from maskdit.cli.app import Parser, guarded, non_negative_float, positive_int
+from maskdit.cli.args import Parser, guarded, non_negative_float, positive_int
 
 
 def score(run_dir: Path, num: int, dataset) -> list[dict]:
-    from maskdit.checkpoint import load_run
     from maskdit.diffusion.samplers import generate
     from maskdit.evaluate.suite import score_samples
+    from maskdit.runs import load_run
 
     run = load_run(run_dir)
     s = run.config.sample
@@ -39,7 +39,7 @@ def score(run_dir: Path, num: int, dataset) -> list[dict]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
     p.add_argument("--keep", type=positive_int, default=3)
@@ -51,10 +51,10 @@ def main() -> None:
     p.add_argument("--distill", type=non_negative_float, default=0.0,
                    help="also finetune with the full run as teacher at this distill.weight (0 = not)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="finetune config overrides, e.g. lr=3e-4")
-    args = p.parse_args()
-    from maskdit.checkpoint import load_run
+    args = p.parse_args(argv)
     from maskdit.cli.app import main as cli
     from maskdit.data.datasets import dataset_from_config
+    from maskdit.runs import load_run
     from maskdit.training.prune import PRUNERS, prune_run
 
     methods = [m for m in args.methods.split(",") if m]

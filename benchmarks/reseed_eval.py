@@ -11,17 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskdit.checkpoint import latest_checkpoint, load_run
-from maskdit.cli.app import Parser, guarded, non_negative_ints
+from maskdit.checkpoint import latest_checkpoint
+from maskdit.cli.args import Parser, guarded, non_negative_ints
 from maskdit.data.datasets import load_dataset
 from maskdit.evaluate.suite import training_eval
+from maskdit.runs import load_run
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (their latest checkpoint is scored)")
     p.add_argument("--seeds", type=non_negative_ints, default=[1, 2], help="comma-separated sample seeds")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     checkpoints = {path: latest_checkpoint(path) for path in args.runs}
     missing = [path for path, ckpt in checkpoints.items() if ckpt is None]
     if missing:

@@ -17,22 +17,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskdit.cli.app import Parser, guarded, positive_float, positive_int, positive_ints
+from maskdit.cli.args import Parser, guarded, positive_float, positive_int, positive_ints
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="an existing run trained with model.pos=rope (default: train one)")
     p.add_argument("--train-s", type=positive_float, default=180.0)
     p.add_argument("--num", type=positive_int, default=400)
     p.add_argument("--steps", type=positive_int, default=10, help="Heun steps")
     p.add_argument("--sizes", type=positive_ints, default="8,12,16")
-    args = p.parse_args()
-    from maskdit.checkpoint import load_run, remove_run
+    args = p.parse_args(argv)
+    from maskdit.checkpoint import remove_run
     from maskdit.config import load_config
     from maskdit.data.datasets import load_dataset
     from maskdit.diffusion.samplers import generate
     from maskdit.evaluate.suite import score_samples
+    from maskdit.runs import load_run
     from maskdit.training.trainer import train
 
     run_dir = Path(args.run or "runs/rope_sizes")

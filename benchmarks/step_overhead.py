@@ -18,10 +18,11 @@ import time
 
 import torch
 
-from maskdit.cli.app import Parser, guarded, positive_int
+from maskdit.cli.args import Parser, guarded, positive_int
 from maskdit.config import load_config
 from maskdit.distributed import autocast
-from maskdit.training.trainer import Trainer, learning_rate
+from maskdit.training.schedule import learning_rate
+from maskdit.training.trainer import Trainer
 
 
 def parts(trainer: Trainer, step: int) -> dict[str, float]:
@@ -51,7 +52,7 @@ def parts(trainer: Trainer, step: int) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="digits")
     p.add_argument("--ratios", default="0,0.5,0.75")
@@ -59,7 +60,7 @@ def main() -> None:
     p.add_argument("--steps", type=positive_int, default=40, help="timed steps per ratio and round")
     p.add_argument("--rounds", type=positive_int, default=3)
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.arms:
         arms = {name: extra.split() for name, _, extra in (a.partition(":") for a in args.arms.split(";"))}
     else:

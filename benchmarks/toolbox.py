@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from maskdit.cli.app import guarded
+from maskdit.cli.args import guarded
 
 sys.path.insert(0, str(Path(__file__).parent))
 import masking_convergence as study  # noqa: E402  (the equal-wall-clock machinery)
@@ -95,26 +95,27 @@ def encoder_for(data: str, images: str) -> Path:
     return out
 
 
-def main() -> None:
-    data = sys.argv[sys.argv.index("--data") + 1] if "--data" in sys.argv else "mnist32"
-    if "--out" not in sys.argv:
-        sys.argv += ["--out", f"docs/toolbox/{data}"]
-    if "--runs" not in sys.argv:
-        sys.argv += ["--runs", "runs/toolbox"]
-    images = "digits" if data == "digits" else (sys.argv[sys.argv.index("--data-path") + 1]
-                                                if "--data-path" in sys.argv else "runs/data/mnist32.npz")
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    data = argv[argv.index("--data") + 1] if "--data" in argv else "mnist32"
+    if "--out" not in argv:
+        argv += ["--out", f"docs/toolbox/{data}"]
+    if "--runs" not in argv:
+        argv += ["--runs", "runs/toolbox"]
+    images = "digits" if data == "digits" else (argv[argv.index("--data-path") + 1]
+                                                if "--data-path" in argv else "runs/data/mnist32.npz")
     arms = dict(ARMS)
-    if "--only" in sys.argv:  # ';'-separated label prefixes, in the order to run (labels may hold commas)
-        at = sys.argv.index("--only")
-        prefixes = [v.strip() for v in sys.argv[at + 1].split(";") if v.strip()]
-        del sys.argv[at:at + 2]
+    if "--only" in argv:  # ';'-separated label prefixes, in the order to run (labels may hold commas)
+        at = argv.index("--only")
+        prefixes = [v.strip() for v in argv[at + 1].split(";") if v.strip()]
+        del argv[at:at + 2]
         chosen = [next((label for label in ARMS if label.startswith(prefix)), None) for prefix in prefixes]
         if None in chosen:
             unknown = [pre for pre, label in zip(prefixes, chosen) if label is None]
             study.fail(f"--only {unknown} starts no arm label; the labels: {'; '.join(ARMS)}")
         arms = {label: ARMS[label] for label in ["plain", *[c for c in chosen if c != "plain"]]}
-    wanted = study.split_labels(sys.argv[sys.argv.index("--arms") + 1]) if "--arms" in sys.argv else list(arms)
-    table_only = "--table" in sys.argv
+    wanted = study.split_labels(argv[argv.index("--arms") + 1]) if "--arms" in argv else list(arms)
+    table_only = "--table" in argv
     if not table_only and (problem := study.unknown_arms(wanted, arms)):
         study.fail(problem)  # before an alignment encoder is trained for the other arms
     aligned = [a for a in wanted if a in arms and any(o.startswith("align.weight") for o in arms[a])]
@@ -126,8 +127,7 @@ def main() -> None:
     study.ARMS.clear()
     study.ARMS.update(arms)
     study.BASELINE = "plain"
-    study.main()
-
+    study.main(argv)
 
 if __name__ == "__main__":
     sys.exit(guarded(main))

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from maskdit.checkpoint import load_run
-from maskdit.cli.app import Parser, guarded, non_negative_float, non_negative_int, positive_int
+from maskdit.cli.args import Parser, guarded, non_negative_float, non_negative_int, positive_int
 from maskdit.data.media import save_video
 from maskdit.diffusion.tasks import comparison_frames
 from maskdit.evaluate.video import TASK_BENCH, frame_scores, given_frames, held_out_set, identity_rate, task_quality
+from maskdit.runs import load_run
 
 
 def baselines(clips: torch.Tensor, frames_given: list[int]) -> dict[str, torch.Tensor]:
@@ -86,7 +86,7 @@ def identity_reader(data: Any, cfg: Any) -> tuple[Any, int] | None:
     return load_classifier(load_digits(), progress=False), 8 * (2 if cfg.data.size >= 32 else 1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--num", type=positive_int, default=64, help="held-out clips")
@@ -100,7 +100,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu",
                    help="where the model samples (cpu, cuda); scores are computed on the CPU")
     p.add_argument("--out", default="docs/tasks")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     run = load_run(args.run_dir, ema=args.weights == "ema", device=args.device)
     cfg = run.config
     data = held_out_set(cfg.data, args.num)

@@ -18,121 +18,22 @@ from typing import Any
 import yaml
 
 from maskdit.data.datasets import DATASETS, DataConfig
-from maskdit.diffusion.objectives import DDPM_SCHEDULES, OBJECTIVES, TIME_SAMPLINGS
-from maskdit.diffusion.samplers import GUIDANCES, SAMPLERS, check_sampler
-from maskdit.distributed import PRECISIONS, STRATEGIES
-from maskdit.errors import ConfigError
+from maskdit.diffusion.guidance import GUIDANCES
+from maskdit.diffusion.objectives import ObjectiveConfig
+from maskdit.diffusion.samplers import SampleConfig, check_sampler
+from maskdit.distributed import PRECISIONS, DistConfig
+from maskdit.errors import ConfigError, check_keys
 from maskdit.grid import as_patch_size, token_grid_shape
-from maskdit.masks import DROP_SHAPES, SCHEDULES, TASKS
-from maskdit.model.blocks import MLPS, NORMS
-from maskdit.model.dit import ATTENTIONS, POS_LAYOUTS, POSITIONS, PRESETS
-from maskdit.model.moe import ROUTINGS
-from maskdit.model.precond import PRECONDS
+from maskdit.masks import DROP_SHAPES, TaskConfig
+from maskdit.model.config import ModelConfig
 from maskdit.registry import one_of
+from maskdit.training.align import AlignConfig
+from maskdit.training.distill import DistillConfig
 from maskdit.training.recipes import RECIPES, MaskConfig, sprint_route, tread_route
+from maskdit.training.schedule import LR_SCHEDULES
 from maskdit.training.step import MAX_SEED
 
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-@dataclass
-class MoEConfig:
-    experts: int = 0  #: routed experts per MoE feed-forward; 0 = dense blocks
-    shared: int = 0  #: always-on shared experts (DiT-MoE)
-    top_k: int = 2  #: experts each token is routed to
-    every: int = 1  #: every N-th block (1 = all) gets the mixture
-    capacity: float = 2.0  #: slots per expert, in multiples of an even share; assignments past it are not routed
-    balance: float = 0.01  #: weight of the load-balance loss (token routing)
-    routing: str = "token"  #: token (each token picks top_k experts) | expert (each expert picks its tokens)
-    time_gate: bool = False  #: the router also sees the time/label conditioning (Switch-DiT, MoDE)
-
-
-@dataclass
-class DecoderConfig:
-    width: int = 0  #: MaskDiT's released decoder between the blocks and the final layer (0 = none)
-    depth: int = 8
-    num_heads: int = 16
-
-
-@dataclass
-class ModelConfig:
-    preset: str = "tiny"  #: a name from maskdit.model.PRESETS; the fields below override it
-    depth: int | None = None
-    hidden_size: int | None = None
-    num_heads: int | None = None
-    patch_size: int | list[int] | None = None
-    mlp_ratio: float = 4.0
-    mixer_depth: int = 0  #: leading blocks that see all tokens before dropping (deferred masking)
-    attention: str = "full"  #: full | factorised (VDT: temporal then spatial attention; rank-3 grids)
-    full_every: int = 0  #: factorised models: every N-th block attends over all tokens (0: none; full: all do)
-    full_blocks: list[int] = field(default_factory=list)  #: factorised models: more blocks with full attention
-    token_time: bool = False  #: task models: given tokens are conditioned on time 0, the rest on t (per-token time)
-    conditional: bool = True  #: use the dataset's labels (False: unconditional model)
-    class_dropout: float = 0.1  #: share of labels replaced by the null label (for guidance)
-    learn_sigma: bool = False  #: ddpm: also predict the variance (DiT's 8-channel head; VLB loss term)
-    pos_layout: str | None = None  #: sin-cos table order: xy (DiT, columns first) | axes; null: xy for images
-    time_scale: float = 1000.0  #: the time embedding embeds time_offset + time_scale * t (SiT imports: 1 - t)
-    time_offset: float = 0.0
-    time_freq_shift: float = 0.0  #: sinusoid frequencies 10000^(-i / (128 - shift)): 0 DiT, 1 diffusers' DiT
-    mlp_norm_eps: float = 1e-6  #: epsilon of the LayerNorm before each MLP (DiT 1e-6, diffusers' DiT 1e-5)
-    norm: str = "layernorm"  #: the blocks' pre-norms: layernorm | rmsnorm
-    qk_norm: bool = False  #: RMS-normalise queries and keys in every attention
-    mlp: str = "gelu"  #: feed-forward: gelu | swiglu (same parameters)
-    pos: str = "sincos"  #: positions: sincos (a fixed table) | rope (axial rotary, by each token's grid index)
-    moe: MoEConfig = field(default_factory=MoEConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)  #: used at sampling too (MaskDiT imports)
-    rel_pos_bias: bool = False  #: a learned bias per head and 2-D token offset in attention (MDT)
-    long_skips: int | None = None  #: MDT's layout: U-Net long skips, then this many blocks joining the input
-    precond: str | None = None  #: edm: EDM's preconditioning presented as a flow velocity (MaskDiT imports)
-    sigma_data: float = 0.5  #: precond=edm: the data's standard deviation
-
-
-@dataclass
-class ObjectiveConfig:
-    name: str = "flow"  #: a maskdit.diffusion.objectives.OBJECTIVES entry: flow | ddpm
-    time_sampling: str = "logit_normal"  #: flow: uniform | logit_normal
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    schedule: str = "linear"  #: ddpm: linear | cosine
-    num_steps: int = 1000  #: ddpm: length of the chain
-    step_offset: int = 1  #: ddpm: step k is t = (k + step_offset) / T; 0 = DiT's integer timesteps (imports)
-
-
-@dataclass
-class TaskConfig:
-    names: list[str] = field(default_factory=list)  #: tasks mixed in training (maskdit.masks.TASKS); [] = none
-    weights: list[float] | None = None  #: one per name (default: equal)
-
-
-@dataclass
-class SampleConfig:
-    sampler: str | None = None  #: a maskdit.diffusion.samplers.SAMPLERS entry that fits the objective; None: its default
-    steps: int = 25
-    guidance_scale: float = 1.0
-    guidance_interval: list[float] | None = None  #: [t_low, t_high]: guide only there
-    guidance: str = "cfg"  #: a maskdit.diffusion.samplers.GUIDANCES entry: cfg | path-drop | route-contrast | context
-    eta: float = 0.0  #: ddim only, in [0, 1]
-    guidance_channels: int | None = None  #: guide only the first N channels, the rest from the conditional branch
-    guidance_power: float | None = None  #: MDT's power-cosine schedule of the scale over t (null: constant)
-
-
-@dataclass
-class AlignConfig:
-    weight: float = 0.0  #: REPA's lambda; 0 = no representation alignment
-    block: int = 2  #: align the tokens after this block (1-based)
-    encoder: str | None = None  #: a directory from `maskdit encoder train` (the frozen target encoder)
-    hidden: int | None = None  #: the projector MLP's width (default 4 x model width)
-
-
-@dataclass
-class DistillConfig:
-    teacher: str | None = None  #: a run (or checkpoint) whose EMA model teaches, e.g. the unpruned run; null = off
-    weight: float = 1.0  #: share of the regression target the teacher supplies, in (0, 1] (1 = pure distillation)
-
-
-@dataclass
-class DistConfig:
-    strategy: str = "ddp"  #: under torchrun: a maskdit.distributed.STRATEGIES entry (ddp | fsdp)
 
 
 @dataclass
@@ -177,14 +78,13 @@ class Config:
     def validate(self) -> Config:
         """Check value ranges and cross-field rules; raise :class:`ConfigError` naming the first bad key."""
         m, data, obj, mask, task, smp = self.model, self.data, self.objective, self.mask, self.task, self.sample
-        weights = task.weights
         checks = [
             ("run_dir", bool(self.run_dir.strip()), "a non-empty path"),
             ("steps", self.steps >= 1, "at least 1"),
             ("seed", 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}] (what a random generator takes)"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("lr", self.lr > 0, "positive"),
-            ("lr_schedule", self.lr_schedule in ("constant", "cosine"), "constant or cosine"),
+            ("lr_schedule", self.lr_schedule in LR_SCHEDULES, "one of " + one_of(LR_SCHEDULES.names())),
             ("lr_min", 0 <= self.lr_min <= self.lr, "in [0, lr]"),
             ("warmup_steps", self.warmup_steps >= 0, "non-negative"),
             ("weight_decay", self.weight_decay >= 0, "non-negative"),
@@ -199,100 +99,19 @@ class Config:
             ("nan_tolerance", self.nan_tolerance >= 1, "at least 1"),
             ("device", self.device == "auto" or device_name_ok(self.device), "auto, cpu, cuda or cuda:N"),
             ("max_seconds", self.max_seconds is None or self.max_seconds > 0, "null or positive"),
-            ("precision", self.precision in PRECISIONS, "one of " + one_of(PRECISIONS)),
+            ("precision", self.precision in PRECISIONS, "one of " + one_of(PRECISIONS.names())),
             ("init_from", self.init_from is None or bool(self.init_from.strip()), "null or a run directory"),
-            ("model.preset", m.preset in PRESETS, "one of " + one_of(list(PRESETS))),
-            ("model.pos_layout", m.pos_layout is None or m.pos_layout in POS_LAYOUTS,
-             "null or one of " + one_of(POS_LAYOUTS)),
-            ("model.time_scale", m.time_scale != 0, "non-zero"),
-            ("model.time_freq_shift", 0 <= m.time_freq_shift <= 1, "in [0, 1]"),
-            ("model.mlp_norm_eps", m.mlp_norm_eps > 0, "positive"),
-            ("model.norm", m.norm in NORMS, "one of " + one_of(list(NORMS))),
-            ("model.mlp", m.mlp in MLPS, "one of " + one_of(list(MLPS))),
-            ("model.pos", m.pos in POSITIONS, "one of " + one_of(POSITIONS)),
-            ("model.moe.experts", m.moe.experts >= 0, "non-negative (0 = dense)"),
-            ("model.moe.shared", m.moe.shared >= 0, "non-negative"),
-            ("model.moe.top_k", m.moe.experts == 0 or 1 <= m.moe.top_k <= m.moe.experts,
-             f"in [1, model.moe.experts={m.moe.experts}]"),
-            ("model.moe.every", m.moe.every >= 1, "at least 1"),
-            ("model.moe.capacity", m.moe.capacity > 0, "positive"),
-            ("model.moe.balance", m.moe.balance >= 0, "non-negative"),
-            ("model.moe.routing", m.moe.routing in ROUTINGS, "one of " + one_of(ROUTINGS)),
-            ("model.decoder.width", m.decoder.width >= 0 and m.decoder.width % 2 == 0, "0 (none) or an even width"),
-            ("model.decoder.depth", m.decoder.depth >= 1, "at least 1"),
-            ("model.decoder.num_heads", m.decoder.num_heads >= 1 and m.decoder.width % m.decoder.num_heads == 0,
-             f"at least 1 and a divisor of model.decoder.width={m.decoder.width}"),
-            ("model.precond", m.precond is None or m.precond in PRECONDS, "null or one of " + one_of(PRECONDS)),
-            ("model.sigma_data", m.sigma_data > 0, "positive"),
-            ("model.long_skips", m.long_skips is None or m.long_skips >= 0, "null or non-negative"),
+        ]
+        check_keys("", self, checks)
+        m.validate()
+        check_keys("", self, [
             ("model.precond", m.precond is None or self.objective.name == "flow",
              "null unless objective.name=flow (EDM's preconditioning is presented as a flow velocity)"),
-            ("model.depth", m.depth is None or m.depth >= 1, "null or at least 1"),
-            ("model.hidden_size", m.hidden_size is None or (m.hidden_size >= 2 and m.hidden_size % 2 == 0),
-             "null or an even number of at least 2"),
-            ("model.num_heads", m.num_heads is None or m.num_heads >= 1, "null or at least 1"),
-            ("model.patch_size", m.patch_size is None or (min(_as_list(m.patch_size), default=0) >= 1
-                                                           and 1 <= len(_as_list(m.patch_size)) <= 3),
-             "null, a positive int or a list of 1-3 positive ints"),
-            ("model.class_dropout", 0 <= m.class_dropout < 1, "in [0, 1)"),
-            ("model.mlp_ratio", m.mlp_ratio > 0, "positive"),
-            ("model.mixer_depth", m.mixer_depth >= 0, "non-negative (and below the model depth)"),
-            ("model.full_every", m.full_every >= 0, "0 (no full blocks) or a positive block period"),
-            ("model.attention", m.attention in ATTENTIONS, "one of " + one_of(ATTENTIONS)),
-            ("data.name", data.name in DATASETS, "one of " + one_of(DATASETS.names())),
-            ("data.num", data.num >= 1, "at least 1"),
-            ("data.frames", data.frames >= 2, "at least 2"),
-            ("data.size", data.size >= 4, "at least 4 (video canvas pixels)"),
-            ("data.resize", data.resize is None or data.resize >= 1, "a positive image side in pixels"),
-            ("data.workers", data.workers >= 0, "0 (load in the training process) or more worker processes"),
-            ("objective.name", obj.name in OBJECTIVES, "one of " + one_of(OBJECTIVES.names())),
-            ("objective.time_sampling", obj.time_sampling in TIME_SAMPLINGS, "one of " + one_of(TIME_SAMPLINGS)),
-            ("objective.logit_std", obj.logit_std > 0, "positive"),
-            ("objective.schedule", obj.schedule in DDPM_SCHEDULES, "one of " + one_of(DDPM_SCHEDULES)),
-            ("objective.num_steps", obj.num_steps >= 2, "at least 2"),
-            ("mask.recipe", mask.recipe in RECIPES, "one of " + one_of(RECIPES.names())),
-            ("mask.ratio", 0 <= mask.ratio < 1, "in [0, 1)"),
-            ("mask.ratio_min", 0 <= mask.ratio_min <= mask.ratio, "in [0, mask.ratio]"),
-            ("mask.schedule", mask.schedule in SCHEDULES, "one of " + one_of(SCHEDULES.names())),
-            ("mask.shape", mask.shape in DROP_SHAPES, "one of " + one_of(DROP_SHAPES.names())),
-            ("mask.path_drop", 0 <= mask.path_drop < 1, "in [0, 1)"),
-            ("mask.schedule_steps", mask.schedule_steps is None or mask.schedule_steps >= 1, "null or at least 1"),
-            ("mask.aux_weight", mask.aux_weight >= 0, "non-negative"),
-            ("mask.decoder_depth", mask.decoder_depth >= 1, "at least 1"),
-            ("mask.decoder_width", mask.decoder_width is None or mask.decoder_width >= 2,
-             "null or a positive even width"),
-            ("mask.route", mask.route is None or (len(mask.route) == 2 and 0 <= mask.route[0] < mask.route[1]),
-             "null or [START, END] with 0 <= START < END <= model.depth"),
-            ("dist.strategy", self.dist.strategy in STRATEGIES, "one of " + one_of(STRATEGIES.names())),
-            ("align.weight", self.align.weight >= 0, "non-negative (0 = off)"),
-            ("align.block", self.align.block >= 1, "at least 1"),
-            ("align.encoder", self.align.weight == 0 or bool(self.align.encoder),
-             "a directory from maskdit encoder train when align.weight > 0"),
-            ("align.hidden", self.align.hidden is None or self.align.hidden >= 1, "null or at least 1"),
-            ("distill.weight", 0 < self.distill.weight <= 1, "in (0, 1] (set distill.teacher=null to turn it off)"),
-            ("task.names", all(n in TASKS for n in task.names), f"a list from {one_of(TASKS.names())}"),
-            ("task.weights", weights is None or (len(weights) == len(task.names) and min(weights, default=0) >= 0
-                                                 and sum(weights) > 0),
-             "null or one non-negative weight per task name, not all zero"),
-            ("sample.sampler", smp.sampler is None or smp.sampler in SAMPLERS, "one of " + one_of(SAMPLERS.names())),
-            ("sample.steps", smp.steps >= 1, "at least 1"),
-            ("sample.guidance_scale", smp.guidance_scale >= 0, "non-negative"),
-            ("sample.guidance_interval", smp.guidance_interval is None
-             or (len(smp.guidance_interval) == 2
-                 and 0 <= smp.guidance_interval[0] <= smp.guidance_interval[1] <= 1),
-             "null or [t_low, t_high] with 0 <= t_low <= t_high <= 1"),
-            ("sample.eta", 0 <= smp.eta <= 1, "in [0, 1]"),
-            ("sample.guidance_channels", smp.guidance_channels is None or smp.guidance_channels >= 1,
-             "null (every predicted channel) or at least 1"),
-            ("sample.guidance_power", smp.guidance_power is None or smp.guidance_power > 0,
-             "null (a constant scale) or positive"),
-            ("objective.step_offset", obj.step_offset in (0, 1), "0 (DiT: t = k / T) or 1 (t = (k + 1) / T)"),
-            ("sample.guidance", smp.guidance in GUIDANCES, "one of " + one_of(GUIDANCES.names())),
-        ]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"config key {key} must be {allowed}, got {_get(self, key)!r}")
-        # cross-field rules
+        ])
+        m.validate_shape()
+        for section in (data, obj, mask, self.dist, self.align, self.distill, task, smp):
+            section.validate()
+        # cross-section rules
         if data.resize is not None and not DATASETS.entry(data.name).facts.get("resizes", False):
             raise ConfigError(f"config key data.resize applies to image folders (data.name=folder), not data.name="
                               f"{data.name}: resize the images beforehand or drop data.resize")
@@ -343,31 +162,10 @@ class Config:
         return tread_route(self.mask.route, self.architecture()["depth"])
 
     def architecture(self) -> dict[str, Any]:
-        """The preset's architecture fields with the ``model.*`` overrides applied; refuses shapes that
-        cannot build (heads that do not divide the width, a patch mixer as deep as the model)."""
-        fields = dict(PRESETS[self.model.preset])
-        for key in ("depth", "hidden_size", "num_heads", "patch_size"):
-            if getattr(self.model, key) is not None:
-                fields[key] = getattr(self.model, key)
-        if fields["hidden_size"] % fields["num_heads"]:
-            raise ConfigError(f"config key model.num_heads={fields['num_heads']} must divide model.hidden_size="
-                              f"{fields['hidden_size']}")
-        if self.model.mixer_depth >= fields["depth"]:
-            raise ConfigError(f"config key model.mixer_depth must be below model.depth={fields['depth']}, "
-                              f"got {self.model.mixer_depth}")
-        if self.mask.recipe == "sprint":
-            try:
-                sprint_route(self.mask.route, fields["depth"])
-            except ConfigError as e:
-                raise ConfigError(f"config key mask.route does not fit mask.recipe=sprint: {e}") from e
-        if self.mask.route is not None and self.mask.route[1] > fields["depth"]:
-            raise ConfigError(f"config key mask.route {self.mask.route} ends after the last block: END must be at "
-                              f"most model.depth={fields['depth']}")
-        if self.mask.recipe == "tread":
-            try:
-                tread_route(self.mask.route, fields["depth"])
-            except ConfigError as e:
-                raise ConfigError(f"config key mask.route does not fit mask.recipe=tread: {e}") from e
+        """The model's size fields (preset plus ``model.*`` overrides), after checking that every section that
+        depends on the depth or the head width fits them."""
+        fields = self.model.architecture()
+        self.mask.check_depth(fields["depth"])
         if self.model.pos == "rope":  # each head's channel pairs are split over the token grid's axes
             head = fields["hidden_size"] // fields["num_heads"]
             rank = DATASETS.entry(self.data.name).facts["rank"] if self.data.name in DATASETS else 2
@@ -377,22 +175,9 @@ class Config:
                     f"axis of data.name={self.data.name}'s {rank}-axis token grid), but model.hidden_size="
                     f"{fields['hidden_size']} / model.num_heads={fields['num_heads']} gives {head}: use fewer "
                     "model.num_heads, a larger model.hidden_size or model.pos=sincos")
-        moe = self.model.moe
-        if moe.experts > 0 and moe.every > fields["depth"]:
-            raise ConfigError(f"config key model.moe.every={moe.every} is larger than model.depth={fields['depth']}: "
-                              "no block would get the mixture of experts (every N-th block does); use model.moe.every "
-                              f"in [1, {fields['depth']}], or model.moe.experts=0 for a dense model")
-        for key, value, on in (("shared", moe.shared, moe.shared > 0), ("time_gate", "true", moe.time_gate)):
-            if on and moe.experts == 0:
-                raise ConfigError(f"config key model.moe.{key}={value} needs routed experts, but model.moe.experts=0 "
-                                  "builds dense blocks (no mixture at all): set model.moe.experts to at least 1, or "
-                                  f"leave model.moe.{key} out")
-        if self.align.weight > 0 and self.align.block > fields["depth"]:
-            raise ConfigError(f"config key align.block must be at most model.depth={fields['depth']}, "
-                              f"got {self.align.block}")
-        if self.mask.recipe == "mae" and self.mask.decoder_width is not None and self.mask.decoder_width % 4:
-            raise ConfigError(f"config key mask.decoder_width must be a multiple of 4 (the decoder has 4 heads), "
-                              f"got {self.mask.decoder_width}")
+        self.model.check_experts(fields["depth"])
+        self.align.check_depth(fields["depth"])
+        self.mask.check_decoder()
         return fields
 
 

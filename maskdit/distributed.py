@@ -20,8 +20,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from maskdit.errors import ConfigError
-from maskdit.registry import Registry
+from maskdit.errors import ConfigError, check_keys
+from maskdit.registry import Registry, one_of
 
 #: A gloo group over the same ranks for small host values (stop decisions) when the main group is NCCL,
 #: so agreeing on them never waits for the GPU; ``None`` means the default group serves.
@@ -71,7 +71,10 @@ def join(world: World, device: torch.device) -> torch.device:
 
 
 #: ``precision`` values: how the forward pass computes (weights, gradients and optimizer stay fp32).
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS: Registry[None] = Registry("precision", key="precision")
+PRECISIONS.add("auto", None, "bf16 autocast on a GPU, fp32 on a CPU")
+PRECISIONS.add("fp32", None, "float32 everywhere")
+PRECISIONS.add("bf16", None, "bfloat16 autocast (weights stay float32)")
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
@@ -190,3 +193,14 @@ def shard_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
     return distribute_tensor(tensor.to(like.device, like.dtype), like.device_mesh, like.placements,
                              src_data_rank=None)
+
+
+@dataclass
+class DistConfig:
+    strategy: str = "ddp"  #: under torchrun: a maskdit.distributed.STRATEGIES entry (ddp | fsdp)
+
+    def validate(self) -> None:
+        """Check ``dist.strategy`` against :data:`STRATEGIES`."""
+        check_keys("dist.", self, [
+            ("strategy", self.strategy in STRATEGIES, "one of " + one_of(STRATEGIES.names())),
+        ])

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from maskdit.errors import ConfigError
+from maskdit.errors import ConfigError, check_keys
 from maskdit.registry import Registry, one_of
 
 
@@ -391,3 +392,18 @@ def mix_task_masks(
         [task_mask(n, token_grid, generator, **options.get(n, {})).reshape(-1) for n in chosen]
     )
     return masks, chosen
+
+
+@dataclass
+class TaskConfig:
+    names: list[str] = field(default_factory=list)  #: tasks mixed in training (maskdit.masks.TASKS); [] = none
+    weights: list[float] | None = None  #: one per name (default: equal)
+
+    def validate(self) -> None:
+        """Check ``task.names`` against :data:`TASKS` and the weights against the names."""
+        check_keys("task.", self, [
+            ("names", all(n in TASKS for n in self.names), f"a list from {one_of(TASKS.names())}"),
+            ("weights", self.weights is None or (len(self.weights) == len(self.names)
+                                                 and min(self.weights, default=0) >= 0 and sum(self.weights) > 0),
+             "null or one non-negative weight per task name, not all zero"),
+        ])

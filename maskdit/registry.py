@@ -1,8 +1,9 @@
 """One registry per extensible concept: a name -> entry table that config validation, the CLI's choices,
 the docs and the builders all read.
 
-Adding a sampler, an objective, a recipe, a dataset or a task means registering one entry in its own
-module (``SAMPLERS``, ``OBJECTIVES``, ``RECIPES``, ``DATASETS``, ``TASKS``); nothing else lists names.
+Adding a sampler, an objective, a recipe, a dataset, a task, a conditioner or a block option means registering
+one entry in its own module (``SAMPLERS``, ``OBJECTIVES``, ``RECIPES``, ``DATASETS``, ``TASKS``, ``CONDITIONERS``,
+``NORMS``...); nothing else lists names. A registry reads like a read-only mapping of names to values.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         return self.entry(name).value
+
+    __getitem__ = get
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        """``(name, value)`` pairs in order, as a dict gives them."""
+        return ((e.name, e.value) for e in self._entries.values())
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -11,9 +11,9 @@ during the call) and :func:`check` asserts:
 5. no file under the case directory or the shared runs was modified, deleted or added (sha256 + the set
    of paths, directories included: a failing command leaves nothing behind).
 
-Three tiny runs are trained once per session (the ``runs`` fixture in conftest.py): an image run (digits),
-an image run trained with tasks (inpaint/outpaint) and a video run (bouncing digits with tasks). Each keeps
-ONE checkpoint, so a damaged copy has no older checkpoint to fall back to. Runs that a case may damage or
+Three tiny runs are trained once per session (the ``runs`` fixture in conftest.py, from its run factory
+``trained``): an image run (digits), an image run trained with tasks (inpaint/outpaint) and a video run
+(bouncing digits with tasks). Each keeps ONE checkpoint, so a damaged copy has no older checkpoint to fall back to. Runs that a case may damage or
 train into are copied into the case directory first.
 """
 
@@ -35,13 +35,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from conftest import TINY
 from PIL import Image
 
 from maskdit.cli.app import main
 
-# -- tiny settings shared by the fixtures and the train cases ----------------------------------------
-TINY = ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "warmup_steps=1",
-        "sample.steps=2", "steps=2", "ckpt_every=1", "keep_checkpoints=1"]
+# -- tiny settings shared by the fixtures and the train cases (TINY: conftest's shared tiny run) ------
 VIDEO = ["--preset", "bouncing-digits", *TINY, "compile=false", "data.num=16", "data.frames=4", "data.size=8"]
 TRAIN = ["train", "--no-progress", *TINY, "run_dir=new_run"]
 VTRAIN = ["train", "--no-progress", *VIDEO, "run_dir=new_run"]
@@ -62,20 +61,17 @@ class Runs:
     img: Path  #: digits, class-conditional, no tasks
     timg: Path  #: digits trained with task.names=[inpaint,outpaint]
     vid: Path  #: bouncing digits 4x8x8, unconditional, all tasks, factorised attention
+    #: conftest's session run factory, for a case that needs another tiny run: ``trained(*overrides, into=...)``
+    trained: Callable[..., Path] = dataclasses.field(compare=False, repr=False)
 
     def placeholders(self) -> dict[str, str]:
         return {"{img}": str(self.img), "{timg}": str(self.timg), "{vid}": str(self.vid)}
 
 
-def make_runs(root: Path) -> Runs:
-    """Train the three shared runs under ``root``."""
-    made = Runs(root / "img", root / "timg", root / "video_run")
-    for argv in (
-        ["train", "--no-progress", *TINY, f"run_dir={made.img}"],
-        ["train", "--no-progress", *TINY, "task.names=[inpaint,outpaint]", f"run_dir={made.timg}"],
-        ["train", "--no-progress", *VIDEO, f"run_dir={made.vid}"],
-    ):
-        assert main(argv) == 0, f"fixture run failed: {argv}"
+def make_runs(trained: Callable[..., Path]) -> Runs:
+    """The three shared runs, from conftest's session run factory ``trained`` (other tests share them too)."""
+    made = Runs(trained(*TINY), trained(*TINY, "task.names=[inpaint,outpaint]"),
+                trained(*VIDEO[2:], preset=VIDEO[1]), trained)
     for run in (made.img, made.timg, made.vid):
         assert len(list((run / "checkpoints").glob("step_*"))) == 1, run
     return made

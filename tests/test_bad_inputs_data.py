@@ -395,6 +395,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [64, 20_000], ids=["header", "mid-array"])
 def test_full_disk_leaves_no_half_store(vae_and_images, tmp_path, limit):
     """mean.npy and std.npy are 32 x 2 x 4 x 8 x 8 float16 (32 KiB each): the write fails in the header or

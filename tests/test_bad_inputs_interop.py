@@ -356,7 +356,7 @@ def _compare(model, theirs, classes: int) -> None:
 def test_an_export_computes_the_same_function_in_diffusers(name, runs, variants, tmp_path, monkeypatch, capfd):
     from diffusers import DiTTransformer2DModel
 
-    from maskdit.checkpoint import load_run
+    from maskdit.runs import load_run
 
     tmp, _, err = succeed(["export", str(variants[name]), "--format", "diffusers", "--out", "exp"], runs, tmp_path,
                             monkeypatch, capfd)
@@ -372,7 +372,7 @@ def test_a_default_run_exports_all_but_its_time_shift_and_says_so(runs, variants
     is that frequency shift (maskdit.json keeps it for an exact re-import)."""
     from diffusers import DiTTransformer2DModel
 
-    from maskdit.checkpoint import load_run
+    from maskdit.runs import load_run
 
     tmp, _, err = succeed(["export", str(variants["plain"]), "--format", "diffusers", "--out", "exp"], runs,
                             tmp_path, monkeypatch, capfd)
@@ -393,7 +393,7 @@ def test_export_then_import_samples_the_same(name, runs, variants, tmp_path, mon
            capfd)
     a, b = np.load(tmp / "a.npz"), np.load(tmp / "b.npz")
     assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["labels"], b["labels"])
-    from maskdit.checkpoint import load_run
+    from maskdit.runs import load_run
 
     first, second = load_run(run), load_run(tmp / "back")
     assert first.config.objective == second.config.objective and first.config.sample == second.config.sample
@@ -422,18 +422,19 @@ def test_a_write_that_fails_midway_leaves_nothing(variants, tmp_path, monkeypatc
     """An import or export that fails while writing (a full disk) removes what it wrote, and the parents it made."""
     import safetensors.torch
 
-    from maskdit.checkpoint import load_run
-    from maskdit.interop import formats as interop
+    from maskdit.interop import convert
+    from maskdit.interop.diffusers import export_diffusers
+    from maskdit.runs import load_run
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     torch.save(dit_state(), tmp_path / "d.pt")
-    monkeypatch.setattr(interop, "save_checkpoint", full_disk)
+    monkeypatch.setattr(convert, "save_checkpoint", full_disk)
     with pytest.raises(OSError, match="No space"):
-        interop.import_run(tmp_path / "d.pt", tmp_path / "a" / "b" / "run", num_heads=2)
+        convert.import_run(tmp_path / "d.pt", tmp_path / "a" / "b" / "run", num_heads=2)
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     run = load_run(variants["plain"])
     with pytest.raises(OSError, match="No space"):
-        interop.export_diffusers(run.model, tmp_path / "c" / "exp", run)
+        export_diffusers(run.model, tmp_path / "c" / "exp", run)
     assert [p.name for p in tmp_path.iterdir()] == ["d.pt"]

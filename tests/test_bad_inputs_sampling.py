@@ -63,9 +63,9 @@ def noise_file(name: str = "noise.npz", shape: tuple[int, ...] = (2, 1, 8, 8), f
 
 
 def trained(dst: str, *overrides: str) -> Setup:
-    """A tiny run trained into the case directory (for the model layouts prune refuses)."""
+    """A tiny run (trained once per session) copied into the case directory (for the model layouts prune refuses)."""
     def make(tmp: Path, runs: Runs) -> None:
-        assert main(["train", "--no-progress", *TINY, *overrides, f"run_dir={tmp / dst}"]) == 0
+        runs.trained(*TINY, *overrides, into=tmp / dst)
 
     make.desc = f"trained:{dst}:{overrides}"  # type: ignore[attr-defined]
     return make

@@ -1,14 +1,42 @@
-"""Bad input to the scripts in benchmarks/: exit status 2, one line naming the problem, nothing written or deleted."""
+"""Bad input to the scripts in benchmarks/: exit status 2, one line naming the problem, nothing written or deleted.
+
+Each script's ``main`` runs in-process, as ``python benchmarks/SCRIPT.py ARGS`` would run it (its path as
+``sys.argv[0]``, its folder on the path, the exit status from :func:`maskdit.cli.args.guarded`); one test runs a
+script as a real process, for what only a process shows.
+"""
 
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from maskdit.cli.args import guarded
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def script_main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, list[str]], int]:
+    """``run(script, args)``: the exit status of ``benchmarks/SCRIPT``'s main on ``args``, run in ``tmp_path``."""
+
+    def run(script: str, args: list[str]) -> int:
+        path = BENCH / script
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", [str(path), *args])  # the parsers' prog, as the script's own process has
+        monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ on it: undone afterwards
+        module = runpy.run_path(str(path), run_name=f"benchmark_{path.stem}")
+        return guarded(lambda: module["main"](list(args)))
+
+    yield run
+    for name, module in list(sys.modules.items()):  # the scripts a script imported (toolbox.py: its study)
+        if Path(getattr(module, "__file__", None) or "/").parent == BENCH:
+            del sys.modules[name]
+
 
 CASES = [
     ("reseed_eval.py", ["no_such_run", "--seeds", "1"], "no checkpoint in no_such_run"),
@@ -42,14 +70,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("script,args,expect", CASES, ids=[f"{c[0]}:{c[2][:24]}" for c in CASES])
-def test_study_script_bad_input(script: str, args: list[str], expect: str, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                                                       "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 2, done.stderr
-    assert expect in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # the problem alone, no usage block
-    assert "Traceback" not in done.stderr + done.stdout
+def test_study_script_bad_input(script: str, args: list[str], expect: str, tmp_path: Path, script_main, capsys) -> None:
+    code = script_main(script, args)
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert expect in err
+    assert len(err.strip().splitlines()) == 1, err  # the problem alone, no usage block
+    assert "Traceback" not in err + out
     assert list(tmp_path.iterdir()) == []  # no output folder, no run directory
 
 
@@ -58,15 +85,25 @@ def test_study_script_bad_input(script: str, args: list[str], expect: str, tmp_p
                                 "mine"], "mine/digits/unmasked_0"),
     ("rope_sizes.py", [], "runs/rope_sizes"),
 ])
-def test_scratch_runs_never_replace_a_users_folder(script: str, args: list[str], scratch: str, tmp_path: Path) -> None:
+def test_scratch_runs_never_replace_a_users_folder(script: str, args: list[str], scratch: str, tmp_path: Path,
+                                                    script_main, capsys) -> None:
     """A benchmark replaces its own scratch run, but a folder there that is not a maskdit run is refused, untouched."""
     folder = tmp_path / scratch
     folder.mkdir(parents=True)
     (folder / "notes.txt").write_text("mine")
-    done = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                                                       "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 2, done.stderr
-    assert f"{scratch} exists and is not a maskdit run" in done.stderr
-    assert "Traceback" not in done.stderr
+    code = script_main(script, args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{scratch} exists and is not a maskdit run" in err
+    assert "Traceback" not in err
     assert (folder / "notes.txt").read_text() == "mine" and list(folder.iterdir()) == [folder / "notes.txt"]
+
+
+def test_a_script_run_as_a_process_exits_with_the_status_and_one_line(tmp_path: Path) -> None:
+    """``python benchmarks/SCRIPT.py``: the exit status of the process itself is guarded's, and stderr one line."""
+    done = subprocess.run([sys.executable, str(BENCH / "reseed_eval.py"), "run", "--bogus"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "error: reseed_eval.py: unknown option(s) --bogus (see reseed_eval.py --help)\n"
+    assert list(tmp_path.iterdir()) == []

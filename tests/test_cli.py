@@ -124,7 +124,7 @@ def test_library_log_lines_stay_off_stderr_unless_verbose_and_one_rank_reports(m
     import logging
     import warnings
 
-    from maskdit.cli import app as cli
+    from maskdit.cli import info
     from maskdit.errors import DataError
 
     def noisy(args):  # what diffusers/transformers do while loading: a logged warning and a Python warning
@@ -135,7 +135,7 @@ def test_library_log_lines_stay_off_stderr_unless_verbose_and_one_rank_reports(m
         print("done")
         return 0
 
-    monkeypatch.setitem(cli.COMMANDS, "info", noisy)
+    monkeypatch.setattr(info, "run", noisy)  # the handler is looked up in its module when the command runs
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         assert main(["info", "run"]) == 0
@@ -152,3 +152,42 @@ def test_library_log_lines_stay_off_stderr_unless_verbose_and_one_rank_reports(m
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["info", "broken"]) == 2 and capfd.readouterr().err == ""
     assert logging.root.manager.disable == logging.NOTSET  # logging is left as it was
+
+
+def test_every_command_is_one_registry_entry_that_help_parsing_and_dispatch_read(capsys):
+    from maskdit.cli.app import COMMANDS, build_parser
+
+    assert main(["--help"]) == 0
+    listed = capsys.readouterr().out.split("commands:\n")[1].splitlines()
+    assert [line.split()[0] for line in listed] == list(COMMANDS)
+    for name, summary in COMMANDS.describe():
+        p = build_parser(name)
+        assert p.prog == f"maskdit {name}" and "--verbose" in p.format_help()
+        assert name == "train" or p.description == summary
+    assert main(["nonsense"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: maskdit: unknown command 'nonsense': choose one of "
+                                              f"{', '.join(COMMANDS)}")
+
+
+def test_seed_option_takes_exactly_the_seeds_a_config_takes():
+    import argparse
+
+    from maskdit.cli.args import seed_value
+    from maskdit.training.step import MAX_SEED
+
+    assert seed_value(str(MAX_SEED)) == MAX_SEED and seed_value("0") == 0
+    for text in (str(MAX_SEED + 1), "-1", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"must be an integer in \[0, {MAX_SEED}\]"):
+            seed_value(text)
+
+
+def test_sample_settings_come_from_the_command_line_then_a_noise_file_then_the_run():
+    from maskdit.config import load_config
+
+    sample = load_config(overrides=["sample.steps=7", "sample.guidance_scale=2.0", "sample.eta=0.5"]).sample
+    merged = sample.merged({"steps": 3, "eta": 0.0, "guidance_scale": None, "seed": 9},
+                           {"steps": 5, "guidance_scale": 0.0, "noise": "ignored"})
+    assert merged["steps"] == 3 and merged["eta"] == 0.0  # given, even when 0
+    assert merged["guidance_scale"] == 0.0  # left out: the noise file's, even when 0
+    assert merged["guidance"] == sample.guidance and merged["sampler"] is None  # neither: the run's
+    assert "seed" not in merged and "noise" not in merged  # only the sample section's fields

@@ -64,7 +64,7 @@ def test_a_student_equal_to_its_teacher_has_zero_loss_and_distillation_recovers_
     for name, extra in [("data", []), ("kd", [f"distill.teacher={teacher}"])]:
         assert main(["train", "--no-progress", *SMALL, "steps=40", "ckpt_every=40", "lr=3e-3",
                      f"init_from={pruned}", f"run_dir={tmp_path / name}", *extra]) == 0
-    from maskdit.checkpoint import load_run
+    from maskdit.runs import load_run
 
     models = {name: load_run(tmp_path / name, ema=False).model for name in ("teacher", "data", "kd")}
     torch.manual_seed(5)

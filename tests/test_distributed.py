@@ -4,13 +4,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL
+from conftest import SMALL, torchrun
 from safetensors.torch import load_file
 
 from maskdit.checkpoint import latest_checkpoint
@@ -22,13 +21,6 @@ RUN = [*SMALL, "model.depth=2", "batch_size=8", "steps=10", "log_every=1", "ckpt
        "warmup_steps=0"]
 RECIPES = {"plain": [], "drop": ["mask.recipe=drop", "mask.ratio=0.5"],
            "mae": ["mask.recipe=mae", "mask.ratio=0.5", "mask.decoder_depth=1"]}
-
-
-def torchrun(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "maskdit",
-           "train", "--no-progress", *args]
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
@@ -47,6 +39,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_two_processes_reproduce_one_process(tmp_path, recipe):
     args = [*RUN, *RECIPES[recipe]]
@@ -62,19 +55,19 @@ def test_two_processes_reproduce_one_process(tmp_path, recipe):
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["step_000005", "step_000010"]
 
 
-def test_resume_under_torchrun_reaches_the_uninterrupted_weights_and_sigterm_stops_every_rank(tmp_path):
+@pytest.mark.slow
+def test_resume_under_torchrun_reaches_the_uninterrupted_weights_and_sigterm_stops_every_rank(tmp_path, trained):
     run = [*RUN, "lr_schedule=constant"]  # so a 5-step run is the first half of the 10-step one
-    code, _, err = finish(torchrun([*run, "steps=5", f"run_dir={tmp_path / 'ddp'}"], tmp_path))
-    assert code == 0, err
+    trained(*run, "steps=5", processes=2, into=tmp_path / "ddp")  # 2 processes to step 5
     code, _, err = finish(torchrun([*run, "--resume", f"run_dir={tmp_path / 'ddp'}"], tmp_path))
     assert code == 0, err
-    train(load_config("digits", overrides=[*run, f"run_dir={tmp_path / 'one'}"]), progress=False)
-    assert max_diff(weights(tmp_path / "ddp"), weights(tmp_path / "one")) <= 1e-6
+    one = trained(*run)  # one process, uninterrupted
+    assert max_diff(weights(tmp_path / "ddp"), weights(one)) <= 1e-6
     # resume at another world size: 1 process to step 5, then 2 processes on to 10 (works; not bit-exact)
     train(load_config("digits", overrides=[*run, "steps=5", f"run_dir={tmp_path / 'mixed'}"]), progress=False)
     code, _, err = finish(torchrun([*run, "--resume", f"run_dir={tmp_path / 'mixed'}"], tmp_path))
     assert code == 0, err
-    assert max_diff(weights(tmp_path / "mixed"), weights(tmp_path / "one")) <= 1e-4
+    assert max_diff(weights(tmp_path / "mixed"), weights(one)) <= 1e-4
 
     # SIGTERM to one worker: both ranks stop after the same step, one checkpoint, and the run resumes
     long = tmp_path / "long"
@@ -118,23 +111,24 @@ def test_the_global_batch_must_divide_over_the_processes(tmp_path, monkeypatch):
     assert not (tmp_path / "x").exists()
 
 
-def test_compiled_blocks_train_to_the_eager_weights(tmp_path):
+@pytest.mark.slow
+def test_compiled_blocks_train_to_the_eager_weights(tmp_path, trained):
     """``compile=true`` compiles every block in place: same state-dict names, the same weights (to float
     rounding) as eager training, and a checkpoint sampling can load."""
-    for flag in ("false", "true"):
-        train(load_config("digits", overrides=[*RUN, "steps=3", f"compile={flag}", f"run_dir={tmp_path / flag}"]),
-              progress=False)
-    assert max_diff(weights(tmp_path / "true"), weights(tmp_path / "false")) <= 1e-4
+    eager = trained(*RUN, "steps=3", "compile=false")
+    train(load_config("digits", overrides=[*RUN, "steps=3", "compile=true", f"run_dir={tmp_path / 'true'}"]),
+          progress=False)
+    assert max_diff(weights(tmp_path / "true"), weights(eager)) <= 1e-4
 
 
 @pytest.mark.parametrize("recipe", ["plain", "mae"])
-def test_activation_checkpointing_changes_memory_not_results(tmp_path, recipe):
+def test_activation_checkpointing_changes_memory_not_results(tmp_path, trained, recipe):
     """``grad_checkpoint=true`` recomputes each block in backward: the same weights as storing activations,
     under token dropping too (the recomputation sees the same kept tokens)."""
-    for flag in ("false", "true"):
-        train(load_config("digits", overrides=[*RUN, *RECIPES[recipe], "steps=3", f"grad_checkpoint={flag}",
-                                               f"run_dir={tmp_path / flag}"]), progress=False)
-    assert max_diff(all_tensors(tmp_path / "true"), all_tensors(tmp_path / "false")) <= 1e-6
+    stored = trained(*RUN, *RECIPES[recipe], "steps=3", "grad_checkpoint=false")
+    train(load_config("digits", overrides=[*RUN, *RECIPES[recipe], "steps=3", "grad_checkpoint=true",
+                                           f"run_dir={tmp_path / 'true'}"]), progress=False)
+    assert max_diff(all_tensors(tmp_path / "true"), all_tensors(stored)) <= 1e-6
 
 
 def all_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -144,6 +138,7 @@ def all_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
             for k, v in load_file(ckpt / f"{f}.safetensors").items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["plain", "mae"])
 def test_fsdp_shards_and_still_reproduces_one_process(tmp_path, recipe):
     """FSDP2 over 2 ranks: whole weights, EMA and Adam moments in the checkpoint equal one process's, and
@@ -163,22 +158,23 @@ def test_fsdp_shards_and_still_reproduces_one_process(tmp_path, recipe):
                                                                                        rel=1e-3)
 
 
-def test_fsdp_resumes_exactly_and_reads_ddp_checkpoints(tmp_path):
+@pytest.mark.slow
+def test_fsdp_resumes_exactly_and_reads_ddp_checkpoints(tmp_path, trained):
     run = [*RUN, "lr_schedule=constant"]
     code, _, err = finish(torchrun([*run, "steps=5", "dist.strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}"], tmp_path))
     assert code == 0, err
     code, _, err = finish(torchrun([*run, "--resume", "dist.strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}"], tmp_path))
     assert code == 0, err
-    train(load_config("digits", overrides=[*run, f"run_dir={tmp_path / 'one'}"]), progress=False)
-    assert max_diff(all_tensors(tmp_path / "fsdp"), all_tensors(tmp_path / "one")) <= 1e-6
+    one = trained(*run)  # one process, uninterrupted
+    assert max_diff(all_tensors(tmp_path / "fsdp"), all_tensors(one)) <= 1e-6
     # a checkpoint is whole whatever wrote it: a DDP run goes on under FSDP
-    code, _, err = finish(torchrun([*run, "steps=5", f"run_dir={tmp_path / 'ddp'}"], tmp_path))
-    assert code == 0, err
+    trained(*run, "steps=5", processes=2, into=tmp_path / "ddp")  # 2 processes (DDP) to step 5
     code, _, err = finish(torchrun([*run, "--resume", "dist.strategy=fsdp", f"run_dir={tmp_path / 'ddp'}"], tmp_path))
     assert code == 0, err
-    assert max_diff(all_tensors(tmp_path / "ddp"), all_tensors(tmp_path / "one")) <= 1e-6
+    assert max_diff(all_tensors(tmp_path / "ddp"), all_tensors(one)) <= 1e-6
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_step_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
     """``kill -9`` of one torchrun worker: no checkpoint is half-written, torchrun stops the other, and
     ``--resume`` finishes the run with the weights of an uninterrupted one."""
@@ -207,6 +203,7 @@ def test_a_worker_killed_mid_step_loses_only_the_steps_since_the_last_checkpoint
     assert max_diff(weights(run), weights(tmp_path / "whole")) <= 1e-5
 
 
+@pytest.mark.slow
 def test_under_torchrun_one_rank_reports_bad_input(tmp_path):
     code, out, err = finish(torchrun([*RUN, "model.depth=0", f"run_dir={tmp_path / 'bad'}"], tmp_path))
     assert code != 0 and err.count("error: config key model.depth must be") == 1, err  # not once per rank

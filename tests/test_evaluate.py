@@ -10,7 +10,7 @@ from conftest import SMALL as BASE
 from safetensors.torch import load_file
 
 import maskdit.evaluate.suite as suite
-from maskdit.checkpoint import latest_checkpoint, load_run
+from maskdit.checkpoint import latest_checkpoint
 from maskdit.cli.app import main
 from maskdit.config import load_config
 from maskdit.data.datasets import ImageDataset, load_digits
@@ -32,6 +32,7 @@ from maskdit.evaluate.metrics import (
     ssim,
 )
 from maskdit.evaluate.suite import training_eval
+from maskdit.runs import load_run
 from maskdit.training.trainer import train
 
 needs_inception = pytest.mark.skipif(
@@ -285,10 +286,8 @@ def test_eval_by_training_seconds_is_left_out_of_the_time_budget(tmp_path):
 
 # -- maskdit eval end to end --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, cache):
-    path = tmp_path_factory.mktemp("eval") / "run"
-    assert main(["train", "--no-progress", *SMALL, "steps=3", f"run_dir={path}"]) == 0
-    return path
+def run_dir(run_factory):
+    return run_factory(*SMALL, "steps=3")  # the tests read it and write elsewhere
 
 
 def last_json(capsys):
@@ -341,8 +340,9 @@ def test_eval_refuses_bad_input_with_one_line(run_dir, tmp_path, capsys, argv, m
 
 
 def test_video_task_models_are_evaluated_by_per_task_psnr_during_training(tmp_path):
-    from maskdit.checkpoint import latest_checkpoint, load_run
+    from maskdit.checkpoint import latest_checkpoint
     from maskdit.evaluate.video import held_out_clips, task_quality
+    from maskdit.runs import load_run
 
     cfg = load_config("bouncing-digits", overrides=[
         "compile=false", "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=8", "data.num=16",

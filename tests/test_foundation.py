@@ -10,13 +10,14 @@ import pytest
 import torch
 from conftest import SMALL, perturbed
 
-from maskdit.checkpoint import STEP_NAME, latest_checkpoint, list_checkpoints, load_run
+from maskdit.checkpoint import STEP_NAME, latest_checkpoint, list_checkpoints
 from maskdit.cli.app import build_parser, main
 from maskdit.config import load_config
 from maskdit.data.codec import PIXELS, codec_from_config
 from maskdit.data.datasets import DATASETS, MAX_CLASSES, dataset_from_config, load_npz
+from maskdit.diffusion.guidance import GUIDANCES
 from maskdit.diffusion.objectives import OBJECTIVES, FlowMatching
-from maskdit.diffusion.samplers import GUIDANCES, SAMPLERS, generate
+from maskdit.diffusion.samplers import SAMPLERS, generate
 from maskdit.diffusion.tasks import complete
 from maskdit.errors import ConfigError, DataError
 from maskdit.masks import DROP_SHAPES, TASKS
@@ -24,6 +25,7 @@ from maskdit.model import DiT
 from maskdit.model.aux import report_aux_loss
 from maskdit.model.decoders import MAEDecoder, SideInterpolater
 from maskdit.registry import Registry
+from maskdit.runs import load_run
 from maskdit.training.recipes import RECIPES, build_recipe
 from maskdit.training.step import StepSampler, TrainingStep
 from maskdit.training.trainer import Trainer, TrainingDiverged, train
@@ -90,11 +92,11 @@ def _sampler(batch=8, tasks=None, ratio=0.5):
 
 def test_step_inputs_are_a_pure_function_of_seed_and_step_and_shard_exactly():
     a, b = _sampler().draw(17), _sampler().draw(17)
-    for name in ("index", "t", "noise", "drop_label", "keep_idx", "given"):
+    for name in ("index", "t", "noise", "drop_condition", "keep_idx", "given"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert not torch.equal(a.noise, _sampler().draw(18).noise)
     shards = [a.shard(rank, 4) for rank in range(4)]
-    for name in ("index", "t", "noise", "drop_label", "keep_idx", "given"):
+    for name in ("index", "t", "noise", "drop_condition", "keep_idx", "given"):
         assert torch.equal(torch.cat([getattr(s, name) for s in shards]), getattr(a, name)), name
     assert a.keep_idx.shape == (8, 32) and a.given.shape == (8, 64) and a.mask_ratio == 0.5
 
@@ -120,7 +122,7 @@ def test_training_step_adds_reported_aux_losses_and_equals_the_recipe_loss():
                          load_config("digits", overrides=["mask.ratio=0.5"]).mask, 100).draw(3)
     x0, y = torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4])
     loss, parts = step((x0, y), inputs)
-    y_used = torch.where(inputs.drop_label, torch.full_like(y, 10), y)
+    y_used = torch.where(inputs.drop_condition, torch.full_like(y, 10), y)
     expected, _ = step.recipe.loss(model, objective, x0, y_used, inputs.t, inputs.noise, inputs.keep_idx)
     assert torch.equal(loss, expected) and torch.equal(parts["loss_denoise"], expected.detach())
     model.blocks[1] = AuxBlock(model.blocks[1])

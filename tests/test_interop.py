@@ -9,13 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskdit.checkpoint import load_run
 from maskdit.cli.app import main
 from maskdit.diffusion.objectives import DDPM, FlowMatching
 from maskdit.diffusion.samplers import ddim, ddpm_ancestral, flow_euler
 from maskdit.errors import CheckpointError
-from maskdit.interop.convert import dit_layout, export_diffusers, import_run, load_model
+from maskdit.interop.convert import import_run, load_model
+from maskdit.interop.diffusers import export_diffusers
+from maskdit.interop.state_dict import dit_layout
 from maskdit.model import DiT
+from maskdit.model.paths import skips
+from maskdit.runs import load_run
 
 # -- an independent DiT forward on DiT's own state-dict layout (models.py), for the parity tests ------------
 
@@ -595,7 +598,7 @@ def test_an_mdt_import_computes_mdts_forward_and_samples_like_its_script(tmp_pat
     assert (s.sampler, s.steps, s.guidance_scale, s.guidance_channels, s.guidance_power) == ("ddpm", 250, 4.0, 3, 0.01)
     assert run.objective.step_offset == 0
     # guidance as MDT's forward_with_cfg: the scale follows its power-cosine of the step, on 3 channels
-    from maskdit.diffusion.samplers import guided
+    from maskdit.diffusion.guidance import guided
 
     for power, step in ((0.01, 999), (0.5, 300)):
         real = (4.0 - 1) * (1 - math.cos((1 - step / 1000) ** power * math.pi)) / 2 + 1
@@ -719,7 +722,7 @@ def test_mdt_recipe_on_an_import_runs_mdts_masked_pass(tmp_path):
     keep = torch.stack([torch.randperm(16, generator=g)[:6] for _ in range(2)])
     with torch.no_grad():
         c = run.model.condition(k.double() / 1000, y)
-        tokens = run.model.skip_blocks(run.model.embed(x), c, keep, side=recipe.interpolater)
+        tokens = skips(run.model, run.model.embed(x), c, keep, side=recipe.interpolater)
         ours = ref_unpatchify(run.model.head(tokens, c), 2)
         theirs = mdt_masked_forward(sd, x, k, y, 4, keep)
     assert (ours - theirs).abs().max().item() <= 1e-5 * max(1.0, theirs.abs().max().item())

@@ -2,27 +2,26 @@
 ``sample --from-noise`` with a condition mask edits a real image inside the mask only."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from maskdit.checkpoint import load_run
 from maskdit.cli.app import main
 from maskdit.diffusion.samplers import generate, invert
 from maskdit.errors import ConfigError
+from maskdit.runs import load_run
 
-TRAIN = ["train", "--no-progress", "model.depth=2", "model.hidden_size=64", "model.num_heads=2", "steps=300",
-         "warmup_steps=20", "ckpt_every=300", "keep_checkpoints=1"]
+TRAIN = ["model.depth=2", "model.hidden_size=64", "model.num_heads=2", "steps=300", "warmup_steps=20",
+         "ckpt_every=300", "keep_checkpoints=1"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("invert")
-    assert main([*TRAIN, "task.names=[inpaint]", f"run_dir={root / 'flow'}"]) == 0
-    assert main([*TRAIN, "objective.name=ddpm", f"run_dir={root / 'ddpm'}"]) == 0
-    return root
+def runs(run_factory) -> dict[str, Path]:
+    """The two runs the tests read (and write nothing into): flow with inpainting, and DDPM."""
+    return {"flow": run_factory(*TRAIN, "task.names=[inpaint]"), "ddpm": run_factory(*TRAIN, "objective.name=ddpm")}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name,sampler,steps", [("flow", "heun", 10), ("flow", "euler", 40), ("ddpm", "ddim", 100)])
 def test_inversion_then_sampling_reconstructs_real_digits(runs, digits, name, sampler, steps):
-    run = load_run(runs / name)
+    run = load_run(runs[name])
     images, labels = digits
     noise = invert(run.model, run.objective, run.codec.encode(images), labels, sampler, steps)
     assert noise.shape == (24, 1, 8, 8)
@@ -53,7 +52,7 @@ def test_inversion_then_sampling_reconstructs_real_digits(runs, digits, name, sa
 
 
 def test_stochastic_samplers_and_mismatched_starts_are_refused(runs, digits):
-    run = load_run(runs / "ddpm")
+    run = load_run(runs["ddpm"])
     images, labels = digits
     with pytest.raises(ConfigError, match="stochastic.*ddim"):
         invert(run.model, run.objective, run.codec.encode(images), labels, "ddpm", 10)
@@ -67,7 +66,7 @@ def test_cli_inverts_reconstructs_and_edits_inside_the_mask_only(runs, digits, t
     mask = np.zeros((8, 8), np.uint8)
     mask[2:6, 2:6] = 255  # the centre 2x2 tokens are generated
     Image.fromarray(mask).save(tmp_path / "m.png")
-    flow = str(runs / "flow")
+    flow = str(runs["flow"])
     assert main(["invert", flow, "--images", str(tmp_path / "x.npz"), "--out", str(tmp_path / "n.npz"),
                  "--steps", "20"]) == 0
     assert "sampling it back:" in capsys.readouterr().out

@@ -5,7 +5,7 @@ import torch
 from conftest import perturbed
 from safetensors.torch import load_file
 
-from maskdit.checkpoint import latest_checkpoint, load_run
+from maskdit.checkpoint import latest_checkpoint
 from maskdit.config import load_config
 from maskdit.diffusion.objectives import FlowMatching, denoising_loss
 from maskdit.diffusion.samplers import generate
@@ -13,6 +13,7 @@ from maskdit.errors import ConfigError
 from maskdit.grid import patchify
 from maskdit.masks import drop_tokens, mask_ratio, num_kept, random_keep_indices
 from maskdit.model import DiT
+from maskdit.runs import load_run
 from maskdit.training.recipes import build_recipe
 from maskdit.training.trainer import Trainer, train
 

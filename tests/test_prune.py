@@ -5,10 +5,10 @@ import pytest
 import torch
 from conftest import perturbed
 
-from maskdit.checkpoint import load_run
 from maskdit.cli.app import main
 from maskdit.errors import ConfigError
 from maskdit.model import DiT
+from maskdit.runs import load_run
 from maskdit.training.prune import evenly_spaced, gated_blocks, group_layout, keep_blocks, prune_learned
 
 

@@ -19,13 +19,11 @@ SMALL = [*BASE, "sample.steps=2", "log_every=1", "ckpt_every=2", "keep_checkpoin
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, run_factory):
     root = tmp_path_factory.mktemp("report")
+    run = run_factory(*SMALL, "steps=4", "eval_every=2", "eval_num=20")  # read only: the report goes to root
     with pytest.MonkeyPatch.context() as mp:  # module fixtures run before conftest's per-test cache fixture
         mp.setenv("MASKDIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        run = root / "run"
-        assert main(["train", "--no-progress", *SMALL, "steps=4", "eval_every=2", "eval_num=20",
-                     f"run_dir={run}"]) == 0
         out = root / "out" / "page.html"
         assert main(["report", str(run), "--out", str(out), "--per-class", "2"]) == 0
     return run, out
@@ -97,6 +95,7 @@ def chromium():
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="no Chromium installed: the report is checked by parsing only")
 def test_report_renders_offline_in_headless_chromium(report, tmp_path):
     _, out = report

@@ -146,7 +146,8 @@ def test_routed_forward_returns_the_grid_and_routing_every_token_is_the_plain_mo
 
 
 def test_route_contrast_guidance_contrasts_two_routing_ratios_and_keeps_samples_independent():
-    from maskdit.diffusion.samplers import ROUTE_CONTRAST, generate, guided
+    from maskdit.diffusion.guidance import ROUTE_CONTRAST, guided
+    from maskdit.diffusion.samplers import generate
 
     model, (x, y, t, _) = model_and_batch()
     model.tread_route = (1, 3)
@@ -171,8 +172,8 @@ def test_route_contrast_guidance_contrasts_two_routing_ratios_and_keeps_samples_
 
 
 def test_route_contrast_guides_unconditional_models_and_is_checked_in_config(tmp_path):
-    from maskdit.checkpoint import load_run
-    from maskdit.diffusion.samplers import guided
+    from maskdit.diffusion.guidance import guided
+    from maskdit.runs import load_run
 
     plain = perturbed(DiT((8, 8), 1, 2, 32, 4, 2, route=(1, 3)))  # unconditional, trained with TREAD
     x = torch.randn(3, 1, 8, 8)

@@ -10,8 +10,10 @@ import math
 import pytest
 import torch
 
+from maskdit.conditions.label import LabelConditioner
+from maskdit.diffusion.guidance import guided
 from maskdit.diffusion.objectives import DDPM, FlowMatching, token_mse
-from maskdit.diffusion.samplers import guided, sample
+from maskdit.diffusion.samplers import sample
 from maskdit.errors import ConfigError
 
 MU, S = 1.5, 0.5
@@ -132,13 +134,13 @@ def test_token_mse_averages_over_covered_tokens_only():
 
 
 class LabelModel(torch.nn.Module):
-    """Output = label value broadcast; records the labels it saw."""
+    """Output = label value broadcast; records the labels it saw. Conditioned on 3 classes (null label 3)."""
 
     num_classes = 3
-    null_label = 3
 
     def __init__(self):
         super().__init__()
+        self.conditioner = LabelConditioner(3, 4)
         self.seen = []
 
     def forward(self, x, t, y):

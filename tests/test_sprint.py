@@ -5,14 +5,16 @@ import pytest
 import torch
 from conftest import SMALL, perturbed
 
-from maskdit.checkpoint import latest_checkpoint, load_run
+from maskdit.checkpoint import latest_checkpoint
 from maskdit.cli.app import main
 from maskdit.config import load_config
+from maskdit.diffusion.guidance import guided
 from maskdit.diffusion.objectives import FlowMatching, patchify, token_mse
-from maskdit.diffusion.samplers import generate, guided
+from maskdit.diffusion.samplers import generate
 from maskdit.errors import ConfigError
 from maskdit.masks import DROP_SHAPES, frame_keep_indices, structured_keep_indices
 from maskdit.model import DiT
+from maskdit.runs import load_run
 from maskdit.training.recipes import build_recipe
 from maskdit.training.trainer import Trainer, train
 

@@ -4,7 +4,7 @@ held exactly when sampling; one model serves every task."""
 import numpy as np
 import pytest
 import torch
-from conftest import perturbed
+from conftest import TINY, perturbed
 
 from maskdit.cli.app import main
 from maskdit.config import load_config
@@ -125,7 +125,7 @@ def test_token_time_needs_condition_masks():
 
 
 def test_context_guidance_contrasts_knowing_the_given_tokens_with_not_knowing_them():
-    from maskdit.diffusion.samplers import guided
+    from maskdit.diffusion.guidance import guided
 
     model = video_model(token_time=True)
     x, _, t = clips()
@@ -163,10 +163,9 @@ def test_trainer_refuses_task_setups_that_cannot_work(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def video_run(tmp_path_factory):
+def video_run(tmp_path_factory, run_factory):
     root = tmp_path_factory.mktemp("video")
-    assert main(["train", "--preset", "bouncing-digits", "--no-progress", *VIDEO, "steps=3",
-                 f"run_dir={root / 'run'}"]) == 0
+    run_factory(*VIDEO, "steps=3", preset="bouncing-digits", into=root / "run")  # the tests write beside it
     assert main(["data", "bouncing-digits", "--split", "test", "--num", "3", "--out", str(root / "clips.npz")]) == 0
     return root
 
@@ -205,22 +204,18 @@ def test_cli_task_errors(video_run, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_model_without_tasks_refuses_a_context(tmp_path, capsys):
-    run = tmp_path / "digits"
-    assert main(["train", "--no-progress", "model.depth=1", "model.hidden_size=32", "model.num_heads=2",
-                 "batch_size=16", "steps=1", f"run_dir={run}"]) == 0
+def test_model_without_tasks_refuses_a_context(tmp_path, trained, capsys):
+    run = trained(*TINY)  # digits, no tasks
     np.savez(tmp_path / "imgs.npz", images=np.zeros((2, 8, 8, 1), np.uint8))
     assert main(["sample", str(run), "--task", "inpaint", "--context", str(tmp_path / "imgs.npz"),
                  "--out", str(tmp_path / "o.png")]) == 2
     assert "trained without tasks" in capsys.readouterr().err
 
 
-def test_image_inpainting_with_a_png_mask(tmp_path):
+def test_image_inpainting_with_a_png_mask(tmp_path, trained):
     from PIL import Image
 
-    run = tmp_path / "inpaint"
-    assert main(["train", "--no-progress", "model.depth=1", "model.hidden_size=32", "model.num_heads=2",
-                 "batch_size=16", "steps=2", "task.names=[inpaint, outpaint]", f"run_dir={run}"]) == 0
+    run = trained(*TINY, "task.names=[inpaint,outpaint]")  # digits trained with image tasks
     images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
     np.savez(tmp_path / "imgs.npz", images=images)
     mask = np.zeros((8, 8), np.uint8)

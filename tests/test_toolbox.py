@@ -2,14 +2,15 @@
 
 import pytest
 import torch
-from conftest import SMALL, perturbed
+from conftest import SMALL, TINY, perturbed
 
-from maskdit.checkpoint import latest_checkpoint, load_run
+from maskdit.checkpoint import latest_checkpoint
 from maskdit.cli.app import main
 from maskdit.grid import patchify
 from maskdit.masks import random_keep_indices, tube_keep_indices
 from maskdit.model import DiT
 from maskdit.model.blocks import Attention, AxialRoPE
+from maskdit.runs import load_run
 
 OPTIONS = ["model.moe.experts=4", "model.moe.shared=1", "model.moe.top_k=2", "model.pos=rope", "model.qk_norm=true",
            "model.norm=rmsnorm", "model.mlp=swiglu"]
@@ -191,7 +192,7 @@ def test_time_gated_routing_follows_the_conditioning():
     assert model.blocks[0].mlp.gate_cond is not None and model.config["moe"]["time_gate"] is True
 
 
-def test_a_rope_model_samples_at_another_size_and_a_table_model_refuses(tmp_path, capsys):
+def test_a_rope_model_samples_at_another_size_and_a_table_model_refuses(tmp_path, trained, capsys):
     torch.manual_seed(0)
     model = perturbed(DiT(input_size=(8, 8), in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=2,
                           pos="rope"))
@@ -210,7 +211,6 @@ def test_a_rope_model_samples_at_another_size_and_a_table_model_refuses(tmp_path
     import numpy as np
 
     assert np.load(tmp_path / "big.npz")["images"].shape == (4, 16, 16, 1)
-    plain = tmp_path / "plain"
-    assert main(["train", "--no-progress", *SMALL, "steps=2", f"run_dir={plain}"]) == 0
+    plain = trained(*TINY)  # a position-table model
     assert main(["sample", str(plain), "--num", "4", "--size", "16x16", "--out", str(tmp_path / "x.png")]) == 2
     assert "only a model trained with model.pos=rope" in capsys.readouterr().err

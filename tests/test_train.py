@@ -5,11 +5,13 @@ import torch
 from safetensors.torch import load_file
 
 import maskdit.checkpoint as ckpt_mod
-from maskdit.checkpoint import latest_checkpoint, list_checkpoints, load_run, load_weights, remove_run
+from maskdit.checkpoint import latest_checkpoint, list_checkpoints, load_weights, remove_run
 from maskdit.config import load_config
 from maskdit.errors import CheckpointError, ConfigError
 from maskdit.model import DiT
-from maskdit.training.trainer import Trainer, learning_rate, train
+from maskdit.runs import load_run
+from maskdit.training.schedule import learning_rate
+from maskdit.training.trainer import Trainer, train
 
 SMALL = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=16", "warmup_steps=2",
          "log_every=1", "ckpt_every=3"]
@@ -57,17 +59,15 @@ def test_training_reduces_loss_and_seed_changes_run(tmp_path):
                            weights(tmp_path / "c")[0]["blocks.0.attn.qkv.weight"])
 
 
-def test_existing_run_is_not_overwritten(tmp_path):
-    cfg = small_cfg(tmp_path, "steps=3")
-    train(cfg, progress=False)
+def test_existing_run_is_not_overwritten(tmp_path, trained):
+    run = trained(*SMALL, "steps=3", into=tmp_path / "run")
     with pytest.raises(CheckpointError, match="--resume"):
-        Trainer(cfg, progress=False)
+        Trainer(small_cfg(run, "steps=3"), progress=False)
 
 
-def test_remove_run_deletes_runs_only(tmp_path):
+def test_remove_run_deletes_runs_only(tmp_path, trained):
     """Benchmarks clear their scratch runs with remove_run: a run (or an empty folder) goes, anything else stays."""
-    run = tmp_path / "run"
-    train(small_cfg(run, "steps=3"), progress=False)
+    run = trained(*SMALL, "steps=3", into=tmp_path / "run")
     remove_run(run)
     assert not run.exists()
     (tmp_path / "empty").mkdir()
@@ -112,23 +112,23 @@ def test_old_checkpoints_are_pruned(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000006", "step_000009"]
 
 
-def test_checkpoint_that_does_not_fit_the_model_is_refused(tmp_path):
-    train(small_cfg(tmp_path, "steps=1"), progress=False)
+def test_checkpoint_that_does_not_fit_the_model_is_refused(trained):
+    run = trained(*SMALL, "steps=1")
     other = DiT((8, 8), 1, 2, hidden_size=64, depth=2, num_heads=2, num_classes=10)
     with pytest.raises(CheckpointError, match=r"does not match the model .*shape mismatch"):
-        load_weights(other, latest_checkpoint(tmp_path) / "model.safetensors")
+        load_weights(other, latest_checkpoint(run) / "model.safetensors")
     deeper = DiT((8, 8), 1, 2, hidden_size=32, depth=3, num_heads=2, num_classes=10)
     with pytest.raises(CheckpointError, match="missing tensor"):
-        load_weights(deeper, latest_checkpoint(tmp_path) / "model.safetensors")
+        load_weights(deeper, latest_checkpoint(run) / "model.safetensors")
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
-        load_run(tmp_path / "checkpoints")
+        load_run(run / "checkpoints")
 
 
-def test_damaged_weights_file_is_refused(tmp_path):
-    train(small_cfg(tmp_path, "steps=1"), progress=False)
-    (latest_checkpoint(tmp_path) / "ema.safetensors").write_bytes(b"\x00" * 20)
+def test_damaged_weights_file_is_refused(tmp_path, trained):
+    run = trained(*SMALL, "steps=1", into=tmp_path / "run")
+    (latest_checkpoint(run) / "ema.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(CheckpointError, match="damaged"):
-        load_run(tmp_path)
+        load_run(run)
 
 
 def test_learning_rate_schedule():
@@ -167,19 +167,19 @@ def test_scientific_notation_reaches_float_keys(tmp_path):
         load_config(None, None, ["steps=1e3"])
 
 
-def test_bf16_precision_computes_the_forward_in_bf16_and_keeps_fp32_weights(tmp_path):
+def test_bf16_precision_computes_the_forward_in_bf16_and_keeps_fp32_weights(trained):
     """``precision=bf16`` autocasts the forward (on the CPU too): the losses move by bf16 rounding only,
     the weights, gradients and checkpoints stay fp32, and the default on a CPU is fp32."""
     runs = {}
     for precision in ("auto", "fp32", "bf16"):
-        train(small_cfg(tmp_path / precision, "steps=3", f"precision={precision}"), progress=False)
-        runs[precision] = [json.loads(line)["loss"] for line in (tmp_path / precision / "metrics.jsonl").open()]
+        run = trained(*SMALL, "steps=3", f"precision={precision}")
+        runs[precision] = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").open()]
     assert runs["auto"] == runs["fp32"]
     # step 1's loss is the same in both (the zero-initialised final layer predicts 0); later steps differ by rounding
     assert runs["bf16"][0] == runs["fp32"][0]
     assert runs["bf16"][-1] != runs["fp32"][-1]
     assert runs["bf16"][-1] == pytest.approx(runs["fp32"][-1], rel=0.02)
-    model, ema, _ = weights(tmp_path / "bf16")
+    model, ema, _ = weights(trained(*SMALL, "steps=3", "precision=bf16"))
     assert {t.dtype for t in [*model.values(), *ema.values()]} == {torch.float32}
 
 
@@ -193,6 +193,7 @@ def test_compile_on_the_cpu_without_a_compiler_is_refused_before_anything_is_wri
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_compiled_bf16_training_resumes_exactly(tmp_path):
     """The bouncing-digits preset's mode (compiled blocks, bf16 forward on the CPU) keeps the exact-resume promise."""
     extra = ["steps=5", "compile=true", "precision=bf16", "model.depth=1"]

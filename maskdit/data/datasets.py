@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from maskdit.data.codec import PIXELS, Codec
-from maskdit.errors import ConfigError, DataError
-from maskdit.registry import Registry
+from maskdit.errors import ConfigError, DataError, check_keys
+from maskdit.registry import Registry, one_of
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 #: Labels must lie in [0, MAX_CLASSES): a larger label is almost surely a data error, and the class table
@@ -54,6 +54,17 @@ class DataConfig:
     resize: int | None = None  #: image folders: ADM centre crop and resize to RESIZE x RESIZE (None: as stored)
     flip: bool = False  #: random horizontal flips: every epoch shows each example as stored and mirrored
     workers: int = 0  #: DataLoader worker processes that prepare the next steps' batches (0: in the main process)
+
+    def validate(self) -> None:
+        """Check every ``data.*`` value on its own (what needs the loaded data is checked after loading)."""
+        check_keys("data.", self, [
+            ("name", self.name in DATASETS, "one of " + one_of(DATASETS.names())),
+            ("num", self.num >= 1, "at least 1"),
+            ("frames", self.frames >= 2, "at least 2"),
+            ("size", self.size >= 4, "at least 4 (video canvas pixels)"),
+            ("resize", self.resize is None or self.resize >= 1, "a positive image side in pixels"),
+            ("workers", self.workers >= 0, "0 (load in the training process) or more worker processes"),
+        ])
 
 
 
@@ -106,7 +117,9 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 CHANNELS = (1, 3, 4)  #: channel counts of images (gray, RGB, RGBA): how a 4-D array's layout is told apart
-LAYOUTS = ("NHWC", "NCHW")
+LAYOUTS: Registry[None] = Registry("image layout", key="--layout")
+LAYOUTS.add("NHWC", None, "channels last")
+LAYOUTS.add("NCHW", None, "channels first")
 
 
 def channels_last(images: np.ndarray, source: str, layout: str | None = None, fix: str = "") -> np.ndarray:
@@ -367,6 +380,27 @@ def dataset_from_config(cfg: Any, split: str = "train") -> Dataset:
 def load_dataset(name: str = "digits", path: str | None = None, split: str = "train", **options: Any) -> Dataset:
     """A dataset by ``data.name`` (and ``data.path``); ``options`` are other ``data.*`` fields."""
     return dataset_from_config(DataConfig(name=name, path=path, **options), split)
+
+
+def images_from_spec(spec: str, option: str = "--data", resize: int | None = None) -> Dataset:
+    """An image dataset named on the command line (``option`` names it in errors): a dataset name that needs no
+    path, an .npz file, a directory with images.npy, or an image folder (``resize``: centre-cropped to that size)."""
+    if spec in DATASETS and not DATASETS.entry(spec).facts["needs_path"]:
+        return load_dataset(spec)
+    path = Path(spec)
+    if spec.lower().endswith(".npz"):
+        return load_dataset("npz", spec)
+    if path.is_dir():
+        if (path / "images.npy").is_file():
+            return load_dataset("npy", spec)
+        return load_dataset("folder", spec, resize=resize)
+    raise ConfigError(f"{option} {spec}: give digits, a .npz file, a directory with images.npy or an image folder")
+
+
+def cycled_labels(classes: list[int], num: int) -> torch.Tensor:
+    """``num`` class labels going round ``classes``: sample ``i`` gets ``classes[i % len(classes)]``, so a
+    sample's label depends on its index alone, never on how many are drawn."""
+    return torch.tensor(classes)[torch.arange(num) % len(classes)]
 
 
 def examples(dataset: Any, index: torch.Tensor, flip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

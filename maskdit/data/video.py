@@ -19,8 +19,11 @@ import torch
 from maskdit.data.codec import PIXELS, Codec
 from maskdit.data.datasets import DATASETS
 from maskdit.errors import ConfigError, DataError
+from maskdit.registry import Registry
 
-SPLITS = ("train", "test")
+SPLITS: Registry[int] = Registry("split")
+SPLITS.add("train", 0, "the training clips")
+SPLITS.add("test", 1, "held-out clips from another seed stream")
 #: Digits with index below this cut feed the train split, the rest the test split.
 _DIGITS_TRAIN_CUT = 1500
 
@@ -73,7 +76,7 @@ def _rng(seed: int, split: str, kind: int) -> np.random.Generator:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if seed < 0:
         raise ConfigError(f"seed must be non-negative, got {seed}")
-    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS.index(split), kind]))
+    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS[split], kind]))
 
 
 def _check_common(num: int, frames: int, size: int) -> None:

@@ -18,19 +18,24 @@ averages the error over exactly the tokens a loss covers.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from maskdit.errors import ConfigError
+from maskdit.errors import ConfigError, check_keys
 from maskdit.grid import patchify, unpatchify
 from maskdit.masks import gather_tokens
-from maskdit.registry import Registry
+from maskdit.registry import Registry, one_of
 
 #: name -> objective class (built from an ``ObjectiveConfig`` by its ``from_config``).
 OBJECTIVES: Registry[type] = Registry("objective", key="objective.name")
-TIME_SAMPLINGS = ("uniform", "logit_normal")
-DDPM_SCHEDULES = ("linear", "cosine")
+TIME_SAMPLINGS: Registry[None] = Registry("time sampling", key="objective.time_sampling")
+TIME_SAMPLINGS.add("uniform", None, "t ~ U(0, 1)")
+TIME_SAMPLINGS.add("logit_normal", None, "t = sigmoid(N(logit_mean, logit_std)) (SD3)")
+DDPM_SCHEDULES: Registry[None] = Registry("DDPM schedule", key="objective.schedule")
+DDPM_SCHEDULES.add("linear", None, "DDPM's linear betas")
+DDPM_SCHEDULES.add("cosine", None, "improved DDPM's cosine alpha-bar")
 
 
 @OBJECTIVES.register("flow", "rectified flow, velocity prediction")
@@ -289,3 +294,25 @@ def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def objective_from_config(cfg: Any) -> Objective:
     """The objective described by a :class:`maskdit.config.ObjectiveConfig`."""
     return OBJECTIVES.get(cfg.name).from_config(cfg)
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "flow"  #: a maskdit.diffusion.objectives.OBJECTIVES entry: flow | ddpm
+    time_sampling: str = "logit_normal"  #: flow: uniform | logit_normal
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    schedule: str = "linear"  #: ddpm: linear | cosine
+    num_steps: int = 1000  #: ddpm: length of the chain
+    step_offset: int = 1  #: ddpm: step k is t = (k + step_offset) / T; 0 = DiT's integer timesteps (imports)
+
+    def validate(self) -> None:
+        """Check every ``objective.*`` value against its registry and range."""
+        check_keys("objective.", self, [
+            ("name", self.name in OBJECTIVES, "one of " + one_of(OBJECTIVES.names())),
+            ("time_sampling", self.time_sampling in TIME_SAMPLINGS, "one of " + one_of(TIME_SAMPLINGS.names())),
+            ("logit_std", self.logit_std > 0, "positive"),
+            ("schedule", self.schedule in DDPM_SCHEDULES, "one of " + one_of(DDPM_SCHEDULES.names())),
+            ("num_steps", self.num_steps >= 2, "at least 2"),
+            ("step_offset", self.step_offset in (0, 1), "0 (DiT: t = k / T) or 1 (t = (k + 1) / T)"),
+        ])

@@ -24,19 +24,21 @@ noise from :class:`NoiseStreams`, one stream per sample, so that noise, too, fol
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from maskdit.diffusion.accel import accelerated, transformed
+from maskdit.diffusion.guidance import GUIDANCES, ModelFn, guided
 from maskdit.diffusion.objectives import Objective, hold_given
-from maskdit.errors import ConfigError
-from maskdit.masks import random_keep_indices
+from maskdit.errors import ConfigError, check_keys
 from maskdit.registry import Registry, one_of
 
-ModelFn = Callable[[torch.Tensor, float], torch.Tensor]
 Sampler = Callable[..., torch.Tensor]
 
 #: name -> sampler ``(fn, x, objective, steps, *, eta, noise, progress) -> x_0``; facts: ``objectives``
@@ -171,7 +173,9 @@ def ddim(fn: ModelFn, x: torch.Tensor, objective: Objective, steps: int, *, eta:
 #: How a ``T``-step chain is thinned to ``n`` sampling steps (largest first): ``linspace`` (the default)
 #: rounds ``linspace(T - 1, 0, n)``, the set DiT's ``space_timesteps(T, "n")`` takes, ending at 0;
 #: ``leading`` takes ``k * (T // n)`` for ``k = n-1..0``, diffusers' default ``timestep_spacing``.
-SPACINGS = ("linspace", "leading")
+SPACINGS: Registry[None] = Registry("step spacing")
+SPACINGS.add("linspace", None, "evenly spaced over the chain, ends included")
+SPACINGS.add("leading", None, "every (num_steps // steps)-th step from 0 (DiT, diffusers)")
 #: The noise seed of the float samples an accelerator calibrates on (int8).
 CALIBRATION_SEED = 2**31 - 1
 
@@ -302,124 +306,6 @@ def default_sampler(objective: Objective | str) -> str:
     return SAMPLERS.names(objectives=name, default=True)[0]
 
 
-#: Guidance modes: name -> ``fn(model, x, t, time, y, null, extra) -> (weak, strong)``, the two predictions
-#: that guidance combines as ``weak + scale * (strong - weak)`` (``t`` the ``(B,)`` time tensor, ``time`` the
-#: same as a Python float, ``extra`` the model's ``given`` mask, if any);
-#: facts ``recipe`` (the training recipe the model needs, or None) and ``labels`` (needs class labels).
-GUIDANCES: Registry[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = Registry("guidance", key="sample.guidance")
-
-#: Route-contrast guidance's two TREAD routing ratios (share of tokens that skip the route): strong, weak.
-ROUTE_CONTRAST = (0.3, 0.7)
-
-
-@GUIDANCES.register("cfg", "classifier-free guidance: the weak branch drops the class label", recipe=None,
-                    labels=True)
-def _cfg(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, time: float, y: torch.Tensor,
-         null: torch.Tensor, extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    both = {k: torch.cat([v, v]) for k, v in extra.items()}  # one batched call for both branches
-    strong, weak = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), **both).chunk(2)
-    return weak, strong
-
-
-@GUIDANCES.register("path-drop", "SPRINT's path-drop guidance: the weak branch also skips the deep path "
-                    "(cheaper); needs mask.recipe=sprint", recipe="sprint", labels=True)
-def _path_drop(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, time: float, y: torch.Tensor,
-               null: torch.Tensor, extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return model(x, t, null, path_drop=True, **extra), model(x, t, y, **extra)
-
-
-@GUIDANCES.register("route-contrast", "TREAD: contrast the model routing 0.3 and 0.7 of the tokens past its route, "
-                    "both with the label (unconditional models too); needs mask.recipe=tread", recipe="tread",
-                    labels=False)
-def _route_contrast(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, time: float, y: torch.Tensor | None,
-                    null: torch.Tensor | None, extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(round(time * 1e6))  # the same routes for every sample at this time
-    keeps = [random_keep_indices(1, model.num_tokens, r, gen, x.device).expand(len(x), -1) for r in ROUTE_CONTRAST]
-    strong, weak = (model(x, t, y, keep_idx=keep, route=model.tread_route, **extra) for keep in keeps)
-    return weak, strong
-
-
-@GUIDANCES.register("context", "task models: contrast the prediction that knows which tokens are given (clean) "
-                    "with one that does not (works without labels)", recipe=None, labels=False, tasks=True)
-def _context(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, time: float, y: torch.Tensor | None,
-             null: torch.Tensor | None, extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    strong = model(x, t, y, **extra)
-    if "given" not in extra:  # nothing is given: there is nothing to contrast
-        return strong, strong
-    return model(x, t, y), strong  # the weak branch sees the same values, unflagged and at the sample's time
-
-
-#: model attribute each training recipe leaves, which a guidance needing that recipe checks
-_RECIPE_ATTRS = {"sprint": "fusion", "tread": "tread_route"}
-
-
-def check_guidance(name: str, model: torch.nn.Module) -> None:
-    """Refuse a guidance mode the model cannot run (path drop without a SPRINT fusion, route contrast
-    without a TREAD route)."""
-    if name not in GUIDANCES:
-        raise ConfigError(f"unknown guidance {name!r}: choose one of {one_of(GUIDANCES.names())}")
-    recipe = GUIDANCES.entry(name).facts["recipe"]
-    if recipe and getattr(model, _RECIPE_ATTRS[recipe], None) is None:
-        raise ConfigError(f"guidance {name} needs a {recipe.upper()} model (trained with mask.recipe={recipe}): "
-                          "use cfg")
-    if GUIDANCES.entry(name).facts.get("tasks") and not getattr(model, "task_conditioning", False):
-        raise ConfigError(f"guidance {name} contrasts given and open tokens: it needs a model trained on tasks "
-                          "(task.names) and a task to sample; use cfg")
-
-
-def guided(
-    model: torch.nn.Module,
-    y: torch.Tensor | None,
-    scale: float = 1.0,
-    interval: Sequence[float] | None = None,
-    given: torch.Tensor | None = None,
-    guidance: str = "cfg",
-    channels: int | None = None,
-    power: float | None = None,
-) -> ModelFn:
-    """Bind labels and guidance into ``fn(x, t)``.
-
-    ``channels``: guide only the first so many output channels and take the rest from the strong branch
-    (DiT guides 3 of its 8; a learned variance is never guided). Default: every channel of the prediction
-    (the model's ``in_channels``), the variance channels of a learned-variance model from the strong branch.
-
-    Output ``w + scale * (s - w)`` on all channels, where ``s`` and ``w`` are the strong and weak
-    predictions of the :data:`GUIDANCES` mode: for ``cfg`` the prediction for ``y`` and the unconditional
-    one (null label); for ``path-drop`` the weak one also skips the deep path; for ``route-contrast`` both
-    route tokens past the TREAD route (30% and 70%). Guidance is applied only while
-    ``interval[0] <= t <= interval[1]`` (when given); elsewhere, whenever ``scale == 1``, and when the mode
-    needs labels but the model is unconditional, the output is the plain prediction and no second pass is
-    made. ``given`` ``(B, N)`` (a task's condition mask) is passed to the model with every call. ``t`` is a
-    Python float, so deciding costs no device sync.
-
-    ``power`` ``p`` scales the guidance by MDT's power-cosine schedule: ``1 + (scale - 1) * (1 - cos(pi *
-    (1 - t)^p)) / 2``, from 1 at ``t = 1`` to ``scale`` at ``t = 0`` (small ``p``: nearly constant).
-    """
-    check_guidance(guidance, model)
-    conditional = getattr(model, "num_classes", 0) > 0
-    if conditional and y is None:
-        raise ConfigError("a class-conditional model needs labels to sample")
-    branches = GUIDANCES.get(guidance)
-    needs_labels = GUIDANCES.entry(guidance).facts["labels"]
-    guide = channels or getattr(model, "in_channels", None)
-
-    def fn(x: torch.Tensor, t: float) -> torch.Tensor:
-        # float64: t = k / 1000 reaches the time embedding as exactly k (DiT's integer steps)
-        t_batch = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float64)
-        in_interval = interval is None or interval[0] <= t <= interval[1]
-        extra = {} if given is None else {"given": given}
-        if (needs_labels and not conditional) or scale == 1.0 or not in_interval:
-            return model(x, t_batch, y, **extra)
-        null = torch.full_like(y, model.null_label) if conditional else None
-        weak, strong = branches(model, x, t_batch, float(t), y, null, extra)
-        w = scale if power is None else 1 + (scale - 1) * (1 - math.cos(math.pi * (1 - float(t)) ** power)) / 2
-        if guide is None or guide >= strong.shape[1]:
-            return torch.lerp(weak, strong, w)
-        return torch.cat([torch.lerp(weak[:, :guide], strong[:, :guide], w), strong[:, guide:]], dim=1)
-
-    return fn
-
-
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -446,9 +332,10 @@ def generate(
     """``num`` samples ``(num, C, *S)`` in model space (``size``: another ``S``, for rotary models). The
     network sees batches of exactly ``batch_size`` samples (the last one padded) and the starting and step
     noise of sample ``i`` depend only on ``seed`` and ``i``, so sample ``i`` depends only on ``seed``,
-    ``i`` and ``batch_size`` (module docstring). ``accel`` names a sampling accelerator (:mod:`maskdit.diffusion.accel`), opened
-    afresh for every batch. ``start`` ``(num, C, *S)`` replaces the seeded starting noise (the result of
-    :func:`invert`, to reconstruct or edit real inputs); step noise still comes from ``seed``.
+    ``i`` and ``batch_size`` (module docstring). ``accel`` names a sampling accelerator
+    (:mod:`maskdit.diffusion.accel`), opened afresh for every batch. ``start`` ``(num, C, *S)`` replaces the
+    seeded starting noise (the result of :func:`invert`, to reconstruct or edit real inputs); step noise still
+    comes from ``seed``.
 
     With a condition mask ``given`` ``(num, N)`` and ``context`` ``(num, C, *S)``, the given tokens are
     held to their context values before every model call and in the result, which therefore equals
@@ -540,3 +427,46 @@ def invert(
         x = padded(x0[part], batch_size).to(device).float()
         out.append(INVERSIONS.get(sampler)(fn, x, objective, steps)[:len(x0[part])].float().cpu())
     return torch.cat(out)
+
+
+@dataclass
+class SampleConfig:
+    sampler: str | None = None  #: a SAMPLERS entry that fits the objective; None: its default
+    steps: int = 25
+    guidance_scale: float = 1.0
+    guidance_interval: list[float] | None = None  #: [t_low, t_high]: guide only there
+    guidance: str = "cfg"  #: a maskdit.diffusion.guidance.GUIDANCES entry: cfg | path-drop | route-contrast | context
+    eta: float = 0.0  #: ddim only, in [0, 1]
+    guidance_channels: int | None = None  #: guide only the first N channels, the rest from the conditional branch
+    guidance_power: float | None = None  #: MDT's power-cosine schedule of the scale over t (null: constant)
+
+    def merged(self, given: dict[str, Any], fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+        """These settings as a dict of fields, overridden field by field: by ``given`` where not None (the command
+        line), else by ``fallback`` (e.g. what a ``--from-noise`` file recorded). Other keys are ignored."""
+        merged = {}
+        for f in dataclasses.fields(self):
+            for source in (given, fallback or {}):
+                if source.get(f.name) is not None:
+                    merged[f.name] = source[f.name]
+                    break
+            else:
+                merged[f.name] = getattr(self, f.name)
+        return merged
+
+    def validate(self) -> None:
+        """Check every ``sample.*`` value (the sampler's fit to the objective is a cross-section rule)."""
+        check_keys("sample.", self, [
+            ("sampler", self.sampler is None or self.sampler in SAMPLERS, "one of " + one_of(SAMPLERS.names())),
+            ("steps", self.steps >= 1, "at least 1"),
+            ("guidance_scale", self.guidance_scale >= 0, "non-negative"),
+            ("guidance_interval", self.guidance_interval is None
+             or (len(self.guidance_interval) == 2
+                 and 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 1),
+             "null or [t_low, t_high] with 0 <= t_low <= t_high <= 1"),
+            ("eta", 0 <= self.eta <= 1, "in [0, 1]"),
+            ("guidance_channels", self.guidance_channels is None or self.guidance_channels >= 1,
+             "null (every predicted channel) or at least 1"),
+            ("guidance_power", self.guidance_power is None or self.guidance_power > 0,
+             "null (a constant scale) or positive"),
+            ("guidance", self.guidance in GUIDANCES, "one of " + one_of(GUIDANCES.names())),
+        ])

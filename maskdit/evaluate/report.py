@@ -126,8 +126,8 @@ def grid_png(images: torch.Tensor, labels: torch.Tensor | None) -> bytes:
 def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torch.device,
                        progress: bool) -> tuple[bytes, str]:
     """A grid of EMA samples from one checkpoint with the run's sampler settings, and its caption."""
-    from maskdit.checkpoint import load_run
     from maskdit.diffusion.samplers import default_sampler, generate
+    from maskdit.runs import load_run
 
     run = load_run(ckpt, ema=True, device=device)
     s = run.config.sample
@@ -258,3 +258,33 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, per_class: 
     with atomic_file(out, "--out") as tmp:
         tmp.write_text(text, encoding="utf-8")
     return out
+
+
+def describe_checkpoint(path: str | Path) -> tuple[list[str], dict[str, Any]]:
+    """What a run's latest (or a given) checkpoint holds, as ``maskdit info`` prints it: lines for people
+    (model, objective and sampler defaults, data, files, the run's other checkpoints) and a record for
+    programs (``checkpoint``, ``step``, ``params``, ``model``). Only the files' headers are read."""
+    from maskdit.checkpoint import list_checkpoints, resolve_checkpoint
+    from maskdit.diffusion.samplers import default_sampler
+    from maskdit.files import read_json
+    from maskdit.model.dit import parameter_count
+
+    ckpt = resolve_checkpoint(path)
+    info = read_json(ckpt / "config.json", keys=("config", "model", "dataset"))
+    state = read_json(ckpt / "state.json", keys=("step", "data_position"))
+    params = parameter_count(ckpt / "ema.safetensors")
+    cfg, model, data = info["config"], info["model"], info["dataset"]
+    lines = [f"checkpoint: {ckpt} (step {state['step']} of {cfg['steps']})",
+             f"model: DiT depth {model['depth']}, width {model['hidden_size']}, {model['num_heads']} heads, "
+             f"patch {model['patch_size']}, input {model['in_channels']}x{'x'.join(map(str, model['input_size']))}, "
+             f"{model['num_classes']} classes, {params / 1e6:.2f}M parameters"]
+    sampler = cfg["sample"]["sampler"] or default_sampler(cfg["objective"]["name"])
+    lines += [f"objective: {cfg['objective']['name']}; sampler default: {sampler} "
+              f"{cfg['sample']['steps']} steps, guidance {cfg['sample']['guidance_scale']}",
+              f"data: {data['name']} ({data['size']} examples of {'x'.join(map(str, data['shape']))}), "
+              f"position {state['data_position']}",
+              "files: " + ", ".join(f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in sorted(ckpt.iterdir()))]
+    others = [p.name for p in list_checkpoints(ckpt.parent.parent)] if ckpt.parent.name == "checkpoints" else []
+    if others:
+        lines.append(f"checkpoints in run: {', '.join(others)}")
+    return lines, {"checkpoint": str(ckpt), "step": state["step"], "params": params, "model": model}

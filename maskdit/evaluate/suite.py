@@ -24,8 +24,14 @@ from maskdit.data.datasets import ImageDataset
 from maskdit.errors import ConfigError
 from maskdit.evaluate.features import DomainFeatures, InceptionFeatures, inception_available, real_features
 from maskdit.evaluate.metrics import feature_stats, frechet_distance, kid, precision_recall
+from maskdit.registry import Registry
 
-METRICS = ("fid", "kid", "domain_fid", "pr", "class")
+METRICS: Registry[None] = Registry("metric", key="--metrics")
+METRICS.add("fid", None, "FID with Inception-v3 features")
+METRICS.add("kid", None, "KID with Inception-v3 features")
+METRICS.add("domain_fid", None, "FID with a small in-domain classifier's features")
+METRICS.add("pr", None, "precision and recall (k-NN manifolds)")
+METRICS.add("class", None, "share of samples classified as their label")
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -141,6 +147,30 @@ def score_samples(
         times["pr"] = time.time() - start
     out["time_s"] = {k: round(v, 2) for k, v in times.items()}
     return out
+
+
+def score_lines(scores: dict[str, Any], num: int, labelled_samples: bool, context: str) -> list[str]:
+    """The :func:`score_samples` figures of ``num`` samples as the lines ``maskdit eval`` prints, each ending in
+    ``[context]`` (where the samples came from); ``labelled_samples``: whether they had class labels."""
+    real = f"vs {scores['real_num']} real {scores['data']}"
+    lines = []
+    if "fid" in scores:
+        lines.append(f"FID (Inception, 2048-d) {real}: {scores['fid']:.3f}  [{context}]")
+    if "kid" in scores:
+        lines.append(f"KID (Inception) {real}: {scores['kid']:.5f} +- {scores['kid_std']:.5f}  [{context}]")
+    if "domain_fid" in scores:
+        lines.append(f"domain FID (classifier features, 128-d) {real}: {scores['domain_fid']:.3f}  [{context}]")
+    if "precision" in scores:
+        lines.append(f"precision {scores['precision']:.3f}, recall {scores['recall']:.3f} (k=3, "
+                     f"{scores['pr_features']} features) {real}  [{context}]")
+    if "class_accuracy" in scores:
+        lines.append(f"class recognition: {scores['class_accuracy']:.1%} of {num} samples classified as the "
+                     f"requested class (classifier held-out accuracy on real {scores['data']}: "
+                     f"{scores['classifier_holdout_accuracy']:.1%})  [{context}]")
+        lines.append("per class: " + ", ".join(f"{k}: {v:.0%}" for k, v in scores["per_class_accuracy"].items()))
+    elif not labelled_samples:
+        lines.append("no labels (unconditional model or unlabelled samples): no class recognition rate")
+    return lines
 
 
 @contextlib.contextmanager

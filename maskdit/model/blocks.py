@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +19,7 @@ from torch import nn
 from maskdit.errors import ConfigError
 from maskdit.masks import scatter_tokens
 from maskdit.model.moe import MoEMlp, MoESpec
+from maskdit.registry import Registry
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -85,18 +86,6 @@ class TimestepEmbedder(nn.Module):
         angles = value[:, None] * freqs[None]
         features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
-
-
-class LabelEmbedder(nn.Module):
-    """Class labels -> vectors. Row ``num_classes`` is the null label used for classifier-free guidance."""
-
-    def __init__(self, num_classes: int, hidden_size: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.table = nn.Embedding(num_classes + 1, hidden_size)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.table(y)
 
 
 class AxialRoPE(nn.Module):
@@ -257,10 +246,13 @@ class SwiGLU(nn.Module):
 
 
 #: Pre-norms of a block (and of the final layer), without learned affine: adaLN supplies shift and scale.
-NORMS = {"layernorm": lambda dim, eps: nn.LayerNorm(dim, elementwise_affine=False, eps=eps),
-         "rmsnorm": lambda dim, eps: nn.RMSNorm(dim, elementwise_affine=False, eps=eps)}
+NORMS: Registry[Callable[[int, float], nn.Module]] = Registry("norm", key="model.norm")
+NORMS.add("layernorm", lambda dim, eps: nn.LayerNorm(dim, elementwise_affine=False, eps=eps), "LayerNorm (DiT)")
+NORMS.add("rmsnorm", lambda dim, eps: nn.RMSNorm(dim, elementwise_affine=False, eps=eps), "RMSNorm")
 #: Feed-forward layers ``cls(dim, hidden)``.
-MLPS = {"gelu": Mlp, "swiglu": SwiGLU}
+MLPS: Registry[type] = Registry("feed-forward", key="model.mlp")
+MLPS.add("gelu", Mlp, "DiT's two-layer GELU MLP")
+MLPS.add("swiglu", SwiGLU, "a gated SiLU MLP with the same parameter count")
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskdit.conditions.base import CONDITIONERS, Conditioner
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
-from maskdit.masks import gather_tokens, scatter_tokens
 from maskdit.model.blocks import (
     MLPS,
     NORMS,
@@ -32,7 +32,6 @@ from maskdit.model.blocks import (
     DiTBlock,
     FactorisedDiTBlock,
     FinalLayer,
-    LabelEmbedder,
     SparseDenseFusion,
     TimestepEmbedder,
     TokenTime,
@@ -40,7 +39,9 @@ from maskdit.model.blocks import (
 )
 from maskdit.model.decoders import DecoderHead
 from maskdit.model.moe import MoESpec
+from maskdit.model.paths import PATHS, check_fusion_route, check_tread_route, path_of
 from maskdit.model.precond import PRECONDS, EDMPrecond
+from maskdit.registry import Registry
 
 #: Backbone sizes: (depth, hidden_size, num_heads). DiT's S/B/L/XL plus a CPU-sized ``tiny``.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -51,37 +52,29 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "XL": (28, 1152, 16),
 }
 #: Named presets: ``tiny`` (patch 2) and ``DiT-{S,B,L,XL}/{2,4,8}``.
-PRESETS: dict[str, dict[str, Any]] = {"tiny": {"depth": 6, "hidden_size": 128, "num_heads": 4, "patch_size": 2}}
+PRESETS: Registry[dict[str, Any]] = Registry("model preset", key="model.preset")
+PRESETS.add("tiny", {"depth": 6, "hidden_size": 128, "num_heads": 4, "patch_size": 2}, "6 blocks of width 128, patch 2")
 for _size, (_depth, _hidden, _heads) in SIZES.items():
     if _size != "tiny":
         for _patch in (2, 4, 8):
-            PRESETS[f"DiT-{_size}/{_patch}"] = {
-                "depth": _depth, "hidden_size": _hidden, "num_heads": _heads, "patch_size": _patch
-            }
+            PRESETS.add(f"DiT-{_size}/{_patch}", {"depth": _depth, "hidden_size": _hidden, "num_heads": _heads,
+                                                  "patch_size": _patch}, f"DiT's {_size} size with patch {_patch}")
 
 
 #: Block types: full space-time attention, or VDT's factorised temporal-then-spatial attention.
-POSITIONS = ("sincos", "learned", "rope")  #: how tokens know where they are (see DiT's ``pos``)
-POS_LAYOUTS = ("xy", "axes")  #: the sin-cos table's axis order (see DiT's ``pos_layout``)
-ATTENTIONS = ("full", "factorised")
-
-
-def check_fusion_route(route: Sequence[int], depth: int) -> tuple[int, int]:
-    """A SPRINT deep path ``(START, END)`` that fits ``depth``: dense blocks before and after it."""
-    start, end = int(route[0]), int(route[1])
-    if not 1 <= start < end < depth:
-        raise ConfigError(f"fusion route [{start}, {end}] does not fit a depth-{depth} model: SPRINT needs "
-                          f"1 <= START < END < depth (dense blocks before and after the sparse path)")
-    return start, end
-
-
-def check_tread_route(route: Sequence[int], depth: int) -> tuple[int, int]:
-    """A TREAD route ``(START, END)`` that fits ``depth``: tokens leave after block START, re-enter at END."""
-    start, end = int(route[0]), int(route[1])
-    if not 0 <= start < end <= depth:
-        raise ConfigError(f"mask.route [{start}, {end}] does not fit a depth-{depth} model: tokens must leave after "
-                          f"a block START and re-enter at END with 0 <= START < END <= {depth}")
-    return start, end
+#: How tokens know where they are (DiT's ``pos``).
+POSITIONS: Registry[None] = Registry("position kind", key="model.pos")
+POSITIONS.add("sincos", None, "a fixed sin-cos table added to the tokens (DiT)")
+POSITIONS.add("learned", None, "the sin-cos table as a trained parameter (MDT)")
+POSITIONS.add("rope", None, "axial rotary positions inside attention, by each token's grid index")
+#: The sin-cos table's axis order (DiT's ``pos_layout``).
+POS_LAYOUTS: Registry[bool] = Registry("position layout", key="model.pos_layout")
+POS_LAYOUTS.add("xy", True, "the last axis first (DiT, diffusers: columns then rows)")
+POS_LAYOUTS.add("axes", False, "axis order (rows then columns; frames first for video)")
+#: How blocks attend (DiT's ``attention``).
+ATTENTIONS: Registry[None] = Registry("attention", key="model.attention")
+ATTENTIONS.add("full", None, "every block attends over all tokens")
+ATTENTIONS.add("factorised", None, "VDT: temporal attention across frames, then spatial attention in each frame")
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -100,6 +93,9 @@ class DiT(nn.Module):
         patch_size: one int or one per axis.
         hidden_size, depth, num_heads, mlp_ratio: transformer width, number of blocks, heads, MLP ratio.
         num_classes: number of class labels; ``0`` makes an unconditional model (``y`` is ignored).
+        condition: the :data:`~maskdit.conditions.base.CONDITIONERS` entry that turns ``y`` into the
+            conditioning (``"label"``); ``None`` or a conditioner with nothing to condition on (no labels):
+            unconditional. Held as ``y_embedder`` (DiT's name, so tensor names match its checkpoints).
         mixer_depth: how many leading blocks see every token before ``keep_idx`` drops some ("deferred
             masking"); they form the patch mixer. 0 drops right after the patch embedding.
         attention: ``"full"`` (every block attends over all tokens) or ``"factorised"`` (VDT: temporal
@@ -189,8 +185,11 @@ class DiT(nn.Module):
         long_skips: int | None = None,
         precond: str | None = None,
         sigma_data: float = 0.5,
+        condition: str | None = "label",
     ):
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self._arguments = arguments
         self.input_size = tuple(int(s) for s in input_size)
         if not 1 <= len(self.input_size) <= 3:
             raise ConfigError(f"input_size {self.input_size} must have 1, 2 or 3 axes")
@@ -260,7 +259,7 @@ class DiT(nn.Module):
         self.given_embed = nn.Parameter(torch.zeros(hidden_size)) if task_conditioning else None
         self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale, time_offset=time_offset,
                                            freq_shift=time_freq_shift)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
+        self.y_embedder = None if condition is None else CONDITIONERS.get(condition).build(hidden_size, num_classes)
         self.blocks = nn.ModuleList(
             DiTBlock(hidden_size, num_heads, mlp_ratio, options=self.options_of(i))
             if attention == "full" or i in self.full_blocks
@@ -300,39 +299,12 @@ class DiT(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        return {
-            "input_size": list(self.input_size),
-            "in_channels": self.in_channels,
-            "patch_size": list(self.patch_size),
-            "hidden_size": self.hidden_size,
-            "depth": self.depth,
-            "num_heads": self.num_heads,
-            "mlp_ratio": self.mlp_ratio,
-            "num_classes": self.num_classes,
-            "mixer_depth": self.mixer_depth,
-            "attention": self.attention,
-            **({"full_blocks": list(self.full_blocks)} if self.full_blocks else {}),
-            "task_conditioning": self.task_conditioning,
-            **({"token_time": True} if self.token_time else {}),
-            **({} if self.fusion_route is None else {"fusion": list(self.fusion_route)}),
-            **({} if self.tread_route is None else {"route": list(self.tread_route)}),
-            "learn_sigma": self.learn_sigma,
-            "pos_layout": self.pos_layout,
-            "time_scale": self.t_embedder.time_scale,
-            "time_offset": self.t_embedder.time_offset,
-            "time_freq_shift": self.t_embedder.freq_shift,
-            "mlp_norm_eps": self.mlp_norm_eps,
-            "norm": self.block_options.norm,
-            "qk_norm": self.block_options.qk_norm,
-            "mlp": self.block_options.mlp,
-            "pos": self.pos,
-            **({} if self.moe is None else {"moe": {**dataclasses.asdict(self.moe), "every": self.moe_every}}),
-            **({} if self.decoder is None else {"decoder": {"width": self.decoder.width, "depth": self.decoder.depth,
-                                                            "num_heads": self.decoder.num_heads}}),
-            **({} if self.precond is None else {"precond": "edm", "sigma_data": self.precond.sigma_data}),
-            **({"rel_pos_bias": True} if self.block_options.rel_grid else {}),
-            **({} if self.long_skips is None else {"long_skips": self.long_skips}),
-        }
+        """The constructor's arguments, JSON-ready, so ``DiT.from_config(model.config)`` rebuilds this model. What
+        the constructor resolves from the grid is stored resolved (``patch_size`` per axis, ``pos_layout``), so a
+        later change of a default never changes what a saved model means."""
+        resolved = {"input_size": list(self.input_size), "patch_size": list(self.patch_size),
+                    "pos_layout": self.pos_layout}
+        return {**{k: _json_ready(v) for k, v in self._arguments.items()}, **resolved}
 
     def options_of(self, index: int) -> BlockOptions:
         """Block ``index``'s options: a mixture of experts in every ``moe_every``-th block (1-based)."""
@@ -346,6 +318,11 @@ class DiT(nn.Module):
         return cls(**{"pos_layout": "axes", **config})
 
     @property
+    def conditioner(self) -> Conditioner | None:
+        """What ``y`` goes through (:mod:`maskdit.conditions`); ``None`` for an unconditional model."""
+        return self.y_embedder
+
+    @property
     def null_label(self) -> int:
         """Label index of the "no class" embedding used for the unconditional branch of guidance."""
         return self.num_classes
@@ -357,7 +334,7 @@ class DiT(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         if self.y_embedder is not None:
-            nn.init.normal_(self.y_embedder.table.weight, std=0.02)
+            self.y_embedder.initialize()
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         for block in [*self.blocks, self.final_layer]:  # every block starts as the identity
@@ -373,7 +350,7 @@ class DiT(nn.Module):
         if self.y_embedder is not None:
             if y is None:
                 raise ConfigError("this model is class-conditional: pass labels y (use null_label for none)")
-            c = c + self.y_embedder(y)
+            c = c + self.y_embedder(y).pooled
         return c
 
     def embed(self, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
@@ -405,44 +382,6 @@ class DiT(nn.Module):
             tokens = block(tokens, c, pos)
         return tokens
 
-    def skip_blocks(self, embedded: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None,
-                    side: nn.Module | None = None) -> torch.Tensor:
-        """MDT's layout (``long_skips``) on the embedded tokens ``(B, N, D)``: encoder blocks with U-Net skips,
-        then the decoder position table and decoder blocks that each join the embedded input. ``pos``
-        ``(B, K)``: only those tokens pass (token dropping). With ``side`` (MDT's masked training pass,
-        :class:`~maskdit.model.decoders.SideInterpolater`) the encoder runs on the ``pos`` tokens, ``side``
-        completes every token (with the decoder table) and the decoder blocks run on all ``N``."""
-        half, stack = self.skip_half, []
-        tokens = embedded if pos is None else gather_tokens(embedded, pos)
-        inputs = tokens  # what the decoder blocks join: the embedded input of the tokens that pass
-        for i, block in enumerate(self.blocks):
-            if i == 2 * half and side is not None and pos is not None:  # MDT's masked pass completes every token
-                tokens, pos, inputs = side(tokens, c, pos, self.decoder_pos_embed), None, embedded
-            elif i == 2 * half:
-                table = self.decoder_pos_embed.expand(len(tokens), -1, -1)
-                tokens = tokens + (table if pos is None else gather_tokens(table, pos))
-            if i >= half:
-                skip = stack.pop() if i < 2 * half else inputs
-                tokens = self.skips[str(i)](torch.cat([tokens, skip], dim=-1))
-            tokens = block(tokens, c, pos)
-            if i < half:
-                stack.append(tokens)
-        return tokens
-
-    def fused_blocks(self, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor | None = None,
-                     path_drop: torch.Tensor | bool | None = None) -> torch.Tensor:
-        """SPRINT: dense shallow blocks, the deep blocks on ``keep_idx`` only, fusion, dense final blocks.
-        ``path_drop=True`` skips the deep blocks altogether; a ``(B,)`` bool tensor masks them per sample."""
-        start, end = self.fusion_route
-        shallow = self.run_blocks(tokens, c, 0, start)
-        if path_drop is True:
-            deep = None
-        else:
-            deep = shallow if keep_idx is None else gather_tokens(shallow, keep_idx)
-            deep = self.run_blocks(deep, c, start, end, pos=keep_idx)
-        mask = path_drop if torch.is_tensor(path_drop) else None
-        return self.run_blocks(self.fusion(shallow, deep, keep_idx, mask), c, end)
-
     def head(self, tokens: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         """Token features -> patch values: the decoder (if any) and the final layer. ``pos`` ``(B, K)``: the
         grid indices of the tokens given (``None``: all ``N`` in order)."""
@@ -461,15 +400,6 @@ class DiT(nn.Module):
         for block in self.blocks:
             block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
 
-    def routed_blocks(self, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor,
-                      route: Sequence[int]) -> torch.Tensor:
-        """TREAD: every block on all tokens except blocks ``START..END-1``, which only ``keep_idx`` passes; the
-        other tokens skip them and re-enter before block ``END`` as they left."""
-        start, end = route
-        tokens = self.run_blocks(tokens, c, 0, start)
-        through = self.run_blocks(gather_tokens(tokens, keep_idx), c, start, end, pos=keep_idx)
-        return self.run_blocks(scatter_tokens(through, keep_idx, tokens, self.num_tokens), c, end)
-
     def features(
         self,
         x: torch.Tensor,
@@ -483,9 +413,9 @@ class DiT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token features after blocks ``0..end-1`` (all blocks by default) and the conditioning ``c``.
 
-        The patch mixer (the first ``mixer_depth`` blocks) sees all tokens; the rest see only ``keep_idx``.
-        With ``route`` ``(START, END)`` the ``keep_idx`` tokens are *routed* instead (TREAD,
-        :meth:`routed_blocks`) and every token comes out.
+        The tokens take one of :data:`~maskdit.model.paths.PATHS`: the patch mixer (the first ``mixer_depth``
+        blocks) sees all tokens and the rest only ``keep_idx``; with ``route`` ``(START, END)`` the ``keep_idx``
+        tokens are *routed* instead (TREAD) and every token comes out; a SPRINT or MDT-layout model runs its own.
         """
         c = self.condition(t, y)
         tokens = self.embed(x, given)
@@ -498,28 +428,8 @@ class DiT(nn.Module):
                                   "no dropping, routing, SPRINT fusion or condition mask")
             with self.rope.at(grid):
                 return self.run_blocks(tokens, cb, 0, end), c
-        if path_drop is not None and self.fusion is None:
-            raise ConfigError("path drop (path-drop guidance) needs a SPRINT model: train with mask.recipe=sprint")
-        if self.fusion is not None:
-            if end is not None:
-                raise ConfigError("a SPRINT model (fusion) runs its blocks as one unit: features(end=...) is not "
-                                  "supported")
-            return self.fused_blocks(tokens, cb, keep_idx, path_drop), c
-        if route is not None and keep_idx is not None:
-            if end is not None:
-                raise ConfigError("routing (TREAD) runs every block: features(end=...) is not supported with route")
-            return self.routed_blocks(tokens, cb, keep_idx, check_tread_route(route, self.depth)), c
-        if self.skips is not None:
-            if end is not None:
-                raise ConfigError("a model with long skips (MDT's layout) runs its blocks as one unit: "
-                                  "features(end=...) is not supported")
-            return self.skip_blocks(tokens, cb, keep_idx), c
-        if keep_idx is not None:
-            tokens = self.run_blocks(tokens, cb, 0, self.mixer_depth)
-            tokens = self.run_blocks(gather_tokens(tokens, keep_idx), cb, self.mixer_depth, end, pos=keep_idx)
-        else:
-            tokens = self.run_blocks(tokens, cb, 0, end)
-        return tokens, c
+        name, options = path_of(self, keep_idx, end, path_drop, route)
+        return PATHS.get(name)(self, tokens, cb, keep_idx, **options), c
 
     def forward(
         self,
@@ -559,6 +469,15 @@ class DiT(nn.Module):
         return unpatchify(out, self.patch_size, tuple(x.shape[2:]), self.out_channels)
 
 
+def _json_ready(value: Any) -> Any:
+    """Tuples as lists, recursively (what JSON stores), so a config compares equal after a round trip."""
+    if isinstance(value, (tuple, list)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    return value
+
+
 def build_model(
     name: str, input_size: Sequence[int], in_channels: int, num_classes: int = 0, **overrides: Any
 ) -> DiT:
@@ -566,3 +485,26 @@ def build_model(
     fields = preset(name)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return DiT(input_size=input_size, in_channels=in_channels, num_classes=num_classes, **fields)
+
+
+def parameter_count(weights: nn.Module | Any) -> int:
+    """The parameters of a module, or of a ``.safetensors`` state dict (a path) counted from the file's header
+    alone, so a large checkpoint is described without reading its tensors; an unreadable file is a
+    ``CheckpointError``."""
+    if isinstance(weights, nn.Module):
+        return sum(p.numel() for p in weights.parameters())
+    from safetensors import SafetensorError, safe_open
+
+    from maskdit.errors import CheckpointError
+
+    try:
+        with safe_open(weights, framework="pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {weights}: {e}; the file is damaged") from e
+
+
+def fixed_position_parameters(config: dict[str, Any]) -> int:
+    """The entries of the fixed sin-cos position table of a model with this ``config`` (:attr:`DiT.config`):
+    a buffer here, but DiT's reference code counts it among the parameters, so imports report both figures."""
+    return math.prod(config["input_size"]) // math.prod(config["patch_size"]) * config["hidden_size"]

@@ -25,11 +25,14 @@ from torch import nn
 
 from maskdit.errors import ConfigError
 from maskdit.model.aux import aux_active, report_aux_loss, report_aux_stat
+from maskdit.registry import Registry
 
 #: How tokens meet experts: ``token`` (each token picks its top-k experts, DiT-MoE) or ``expert`` (each
 #: expert picks its ``capacity * top_k / experts`` share of each sample's tokens; balanced by construction,
 #: no balance loss; micro-budget training).
-ROUTINGS = ("token", "expert")
+ROUTINGS: Registry[None] = Registry("routing", key="model.moe.routing")
+ROUTINGS.add("token", None, "each token picks its top_k experts")
+ROUTINGS.add("expert", None, "each expert picks its tokens (expert choice)")
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,11 @@ from torch import nn
 
 from maskdit.grid import patchify
 from maskdit.masks import gather_tokens
+from maskdit.registry import Registry
 
 #: preconditioning name -> module class; ``DiT(precond=NAME)``
-PRECONDS = ("edm",)
+PRECONDS: Registry[None] = Registry("preconditioning", key="model.precond")
+PRECONDS.add("edm", None, "EDM's preconditioning presented as a flow velocity (MaskDiT imports)")
 
 
 class EDMPrecond(nn.Module):

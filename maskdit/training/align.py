@@ -15,6 +15,7 @@ model's bilinearly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskdit.errors import ConfigError
+from maskdit.errors import ConfigError, check_keys
 from maskdit.model.aux import aux_active, report_aux_loss
 
 
@@ -102,3 +103,26 @@ class Alignment(nn.Module):
             targets = targets.gather(1, ids.unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
         similarity = F.cosine_similarity(self.projector(output).float(), targets.float(), dim=-1)
         report_aux_loss("loss_align", -self.weight * similarity.mean())
+
+
+@dataclass
+class AlignConfig:
+    weight: float = 0.0  #: REPA's lambda; 0 = no representation alignment
+    block: int = 2  #: align the tokens after this block (1-based)
+    encoder: str | None = None  #: a directory from `maskdit encoder train` (the frozen target encoder)
+    hidden: int | None = None  #: the projector MLP's width (default 4 x model width)
+
+    def validate(self) -> None:
+        """Check every ``align.*`` value (the block's fit to the model depth is a cross-section rule)."""
+        check_keys("align.", self, [
+            ("weight", self.weight >= 0, "non-negative (0 = off)"),
+            ("block", self.block >= 1, "at least 1"),
+            ("encoder", self.weight == 0 or bool(self.encoder),
+             "a directory from maskdit encoder train when align.weight > 0"),
+            ("hidden", self.hidden is None or self.hidden >= 1, "null or at least 1"),
+        ])
+
+    def check_depth(self, depth: int) -> None:
+        """The aligned block exists in a model of ``depth`` blocks."""
+        if self.weight > 0 and self.block > depth:
+            raise ConfigError(f"config key align.block must be at most model.depth={depth}, got {self.block}")

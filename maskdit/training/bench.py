@@ -25,7 +25,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A
 
 def add_timing_arguments(p: Any) -> None:
     """The options of the side-by-side throughput benchmarks (``benchmarks/*_throughput.py``)."""
-    from maskdit.cli.app import positive_int
+    from maskdit.cli.args import positive_int
 
     p.add_argument("--preset", default="DiT-S/2")
     p.add_argument("--input", default="4x32x32")

@@ -12,13 +12,15 @@ no-grad forward on every token per step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from maskdit.diffusion.objectives import Objective, hold_given
-from maskdit.errors import CheckpointError, ConfigError
+from maskdit.errors import CheckpointError, ConfigError, check_keys
 
 
 class TeacherTarget:
@@ -93,15 +95,27 @@ def check_teacher(student: nn.Module, teacher: nn.Module, cfg: Any, teacher_cfg:
                           f"with given tokens; drop task.names or distil from a task-trained run")
 
 
-def distillation_for(cfg: Any, student: nn.Module, device: torch.device | str) -> Distillation | None:
-    """The run's :class:`Distillation` (``distill.teacher`` set), or ``None``."""
+def distillation_for(cfg: Any, student: nn.Module, device: torch.device | str,
+                     load_run: Callable[[str], Any]) -> Distillation | None:
+    """The run's :class:`Distillation` (``distill.teacher`` set, read by ``load_run``, i.e.
+    :func:`maskdit.runs.load_run`), or ``None``."""
     if not cfg.distill.teacher:
         return None
-    from maskdit.checkpoint import load_run
-
     try:
         teacher = load_run(cfg.distill.teacher)
     except CheckpointError as e:
         raise ConfigError(f"distill.teacher: {e}") from e
     check_teacher(student, teacher.model, cfg, teacher.config)
     return Distillation(teacher.model, cfg.distill.weight).to(device)
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None  #: a run (or checkpoint) whose EMA model teaches, e.g. the unpruned run; null = off
+    weight: float = 1.0  #: share of the regression target the teacher supplies, in (0, 1] (1 = pure distillation)
+
+    def validate(self) -> None:
+        """Check ``distill.weight``."""
+        check_keys("distill.", self, [
+            ("weight", 0 < self.weight <= 1, "in (0, 1] (set distill.teacher=null to turn it off)"),
+        ])

@@ -161,11 +161,12 @@ def prune_run(source: str | Path, out: str | Path, keep: int, method: str = "lea
               device: str | torch.device = "cpu", progress: bool = False) -> dict[str, Any]:
     """Prune the run at ``source`` to ``keep`` blocks with ``method`` and write it as a new run at ``out``
     (step 0, model = EMA = the kept blocks' original EMA weights); returns what was chosen and measured."""
-    from maskdit.checkpoint import checkpoint_files, find_run, load_run, save_checkpoint
+    from maskdit.checkpoint import checkpoint_files, find_run, save_checkpoint
     from maskdit.config import load_config
     from maskdit.errors import CheckpointError
     from maskdit.files import write_json_atomic
     from maskdit.model import DiT
+    from maskdit.runs import load_run
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -46,13 +46,14 @@ from maskdit.diffusion.objectives import (
     token_mse,
     training_pair,
 )
-from maskdit.errors import ConfigError
+from maskdit.errors import ConfigError, check_keys
 from maskdit.grid import patchify
-from maskdit.masks import gather_tokens, scatter_tokens
+from maskdit.masks import DROP_SHAPES, SCHEDULES, gather_tokens, scatter_tokens
 from maskdit.model.blocks import DEFAULT_BLOCK
 from maskdit.model.decoders import MAEDecoder, SideInterpolater, dropped_mask
-from maskdit.model.dit import DiT, check_fusion_route, check_tread_route
-from maskdit.registry import Registry
+from maskdit.model.dit import DiT
+from maskdit.model.paths import check_fusion_route, check_tread_route, skips
+from maskdit.registry import Registry, one_of
 
 #: name -> recipe class, built by ``cls.build(model, mask_config)``; facts ``tasks``: takes condition masks,
 #: ``path_drop`` (optional): its ``loss`` takes the step's per-sample path drops (``mask.path_drop``).
@@ -73,6 +74,46 @@ class MaskConfig:
     route: list[int] | None = None  #: tread: [START, END]: blocks START..END-1 skip the routed tokens;
     #: sprint: blocks START..END-1 are the sparse deep path (default [2, depth - 2])
     path_drop: float = 0.1  #: sprint: share of samples whose deep path is replaced by mask tokens (for PDG)
+
+    def validate(self) -> None:
+        """Check every ``mask.*`` value on its own (what needs the model depth is a cross-section rule)."""
+        check_keys("mask.", self, [
+            ("recipe", self.recipe in RECIPES, "one of " + one_of(RECIPES.names())),
+            ("ratio", 0 <= self.ratio < 1, "in [0, 1)"),
+            ("ratio_min", 0 <= self.ratio_min <= self.ratio, "in [0, mask.ratio]"),
+            ("schedule", self.schedule in SCHEDULES, "one of " + one_of(SCHEDULES.names())),
+            ("shape", self.shape in DROP_SHAPES, "one of " + one_of(DROP_SHAPES.names())),
+            ("path_drop", 0 <= self.path_drop < 1, "in [0, 1)"),
+            ("schedule_steps", self.schedule_steps is None or self.schedule_steps >= 1, "null or at least 1"),
+            ("aux_weight", self.aux_weight >= 0, "non-negative"),
+            ("decoder_depth", self.decoder_depth >= 1, "at least 1"),
+            ("decoder_width", self.decoder_width is None or self.decoder_width >= 2,
+             "null or a positive even width"),
+            ("route", self.route is None or (len(self.route) == 2 and 0 <= self.route[0] < self.route[1]),
+             "null or [START, END] with 0 <= START < END <= model.depth"),
+        ])
+
+    def check_depth(self, depth: int) -> None:
+        """The TREAD or SPRINT route fits a model of ``depth`` blocks."""
+        if self.recipe == "sprint":
+            try:
+                sprint_route(self.route, depth)
+            except ConfigError as e:
+                raise ConfigError(f"config key mask.route does not fit mask.recipe=sprint: {e}") from e
+        if self.route is not None and self.route[1] > depth:
+            raise ConfigError(f"config key mask.route {self.route} ends after the last block: END must be at "
+                              f"most model.depth={depth}")
+        if self.recipe == "tread":
+            try:
+                tread_route(self.route, depth)
+            except ConfigError as e:
+                raise ConfigError(f"config key mask.route does not fit mask.recipe=tread: {e}") from e
+
+    def check_decoder(self) -> None:
+        """MAE's decoder has 4 heads: its width must divide by 4."""
+        if self.recipe == "mae" and self.decoder_width is not None and self.decoder_width % 4:
+            raise ConfigError(f"config key mask.decoder_width must be a multiple of 4 (the decoder has 4 heads), "
+                              f"got {self.decoder_width}")
 
 
 
@@ -176,7 +217,7 @@ class MDTRecipe(nn.Module):
             return full + _touch(self).to(x0.device), _parts(loss_full=full, loss_masked=0.0)
         if model.skips is not None:
             c = model.condition(t, y)
-            tokens = model.skip_blocks(model.embed(x_t), c, keep_idx, side=self.interpolater)
+            tokens = skips(model, model.embed(x_t), c, keep_idx, side=self.interpolater)
         else:
             kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
             tokens = self.interpolater(kept, c, keep_idx, model.pos_embed)

@@ -41,7 +41,7 @@ class StepInputs:
     index: torch.Tensor  #: ``(B,)`` dataset indices
     t: torch.Tensor  #: ``(B,)`` times
     noise: torch.Tensor  #: ``(B, C, *S)`` Gaussian noise
-    drop_label: torch.Tensor | None  #: ``(B,)`` bool: replace the label by the null label (None: unconditional)
+    drop_condition: torch.Tensor | None  #: ``(B,)`` bool: condition replaced by its null value (None: unconditional)
     keep_idx: torch.Tensor | None  #: ``(B, K)`` kept-token indices (None: nothing dropped)
     given: torch.Tensor | None  #: ``(B, N)`` bool condition masks (None: no tasks)
     mask_ratio: float  #: the drop ratio of this step
@@ -104,7 +104,7 @@ class StepSampler:
         b = self.batch_size
         t = self.objective.sample_time(b, gen)
         noise = torch.randn((b, *self.example_shape), generator=gen)
-        drop_label = None if self.class_dropout is None else torch.rand(b, generator=gen) < self.class_dropout
+        drop = None if self.class_dropout is None else torch.rand(b, generator=gen) < self.class_dropout
         m = self.mask
         ratio = mask_ratio(m.schedule, m.ratio, step, m.schedule_steps or self.total_steps, m.ratio_min, gen)
         keep_idx = DROP_SHAPES.get(getattr(m, "shape", "random"))(b, self.token_grid, ratio, gen)
@@ -112,7 +112,7 @@ class StepSampler:
         path_drop = None
         if RECIPES.entry(m.recipe).facts.get("path_drop") and m.path_drop > 0:  # drawn last: earlier draws unchanged
             path_drop = torch.rand(b, generator=gen) < m.path_drop
-        return StepInputs(self.indices(step), t, noise, drop_label, keep_idx, given, ratio, path_drop)
+        return StepInputs(self.indices(step), t, noise, drop, keep_idx, given, ratio, path_drop)
 
 
 class TrainingStep(nn.Module):
@@ -136,10 +136,7 @@ class TrainingStep(nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0, y = batch
         model = self.model
-        if model.num_classes > 0:
-            y = torch.where(inputs.drop_label, torch.full_like(y, model.null_label), y)
-        else:
-            y = None
+        y = None if model.conditioner is None else model.conditioner.drop(y, inputs.drop_condition)
         if self.alignment is not None:
             self.alignment.prepare(x0)
         try:

@@ -14,23 +14,17 @@ except at log steps.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
-import json
-import math
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from maskdit.checkpoint import (
     ALIGN_FILE,
@@ -38,7 +32,6 @@ from maskdit.checkpoint import (
     checkpoint_path,
     find_run,
     first_loadable,
-    latest_checkpoint,
     load_aux,
     load_optimizer,
     load_weights,
@@ -48,39 +41,41 @@ from maskdit.checkpoint import (
     set_rng_state,
     slot_like,
 )
-from maskdit.config import Config, DecoderConfig, check_against_data, device_name_ok
+from maskdit.config import Config, check_against_data, device_name_ok
 from maskdit.data.datasets import dataset_from_config, examples
 from maskdit.diffusion.objectives import objective_from_config
 from maskdit.distributed import (
     STRATEGIES,
     World,
-    agree,
     autocast,
     barrier,
     full,
     join,
     local,
-    mean_over_ranks,
     world_from_env,
 )
-from maskdit.errors import CheckpointError, ConfigError, MaskditError
-from maskdit.files import read_json, write_json_atomic, write_text_atomic
-from maskdit.model import DiT, build_model
+from maskdit.errors import CheckpointError, ConfigError
+from maskdit.files import read_json, write_json_atomic
+from maskdit.model import DiT
+from maskdit.model.config import DecoderConfig, model_arguments
+from maskdit.runs import load_run
 from maskdit.training.distill import distillation_for
+from maskdit.training.loop import (  # Interrupted, StopOnSignal, TrainingDiverged: the trainer's public names too
+    Checkpointer,
+    Evaluator,
+    Interrupted,  # noqa: F401
+    MetricsLog,
+    NonFiniteStreak,
+    StopOnSignal,
+    StopPolicy,
+    TrainingClock,
+    TrainingDiverged,  # noqa: F401
+    agree_after_step,
+    truncate_metrics,
+)
 from maskdit.training.recipes import build_recipe
+from maskdit.training.schedule import learning_rate
 from maskdit.training.step import StepSampler, TrainingStep, seeded  # noqa: F401  (seeded: public helper)
-
-
-class Interrupted(Exception):
-    """Training stopped on a signal after writing a checkpoint; ``exit_code`` is 128 + the signal number."""
-
-    def __init__(self, signum: int, path: Path):
-        super().__init__(f"stopped by signal {signum}: saved {path}")
-        self.signum, self.path, self.exit_code = signum, path, 128 + signum
-
-
-class TrainingDiverged(MaskditError):
-    """``nan_tolerance`` steps in a row had a non-finite loss or gradient."""
 
 
 def check_compiler(device: torch.device) -> None:
@@ -106,34 +101,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def learning_rate(cfg: Config, step: int) -> float:
-    """Linear warmup to ``lr``, then constant or cosine decay to ``lr_min`` at ``steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> DiT:
+    """The run's model: the ``model`` section plus what the data (grid, channels, classes) and the recipe (a
+    SPRINT or TREAD route, condition masks) decide."""
     m = cfg.model
     guided = cfg.sample.guidance_channels
     if guided is not None and guided > dataset_shape[0]:
         raise ConfigError(f"config key sample.guidance_channels={guided} is more than the data's {dataset_shape[0]} "
                           "channels: use at most that many, or null to guide every channel")
-    return build_model(
-        m.preset, dataset_shape[1:], dataset_shape[0], num_classes if m.conditional else 0,
-        depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
-        mlp_ratio=m.mlp_ratio, mixer_depth=m.mixer_depth, attention=m.attention, full_blocks=m.full_blocks,
-        full_every=m.full_every, token_time=m.token_time,
-        task_conditioning=bool(cfg.task.names), fusion=cfg.sprint_route(), route=cfg.tread_route(),
-        learn_sigma=m.learn_sigma, pos_layout=m.pos_layout, time_scale=m.time_scale, time_offset=m.time_offset,
-        time_freq_shift=m.time_freq_shift, mlp_norm_eps=m.mlp_norm_eps, norm=m.norm, qk_norm=m.qk_norm, mlp=m.mlp,
-        pos=m.pos, moe=dataclasses.asdict(m.moe) if m.moe.experts > 0 else None,
-        decoder=dataclasses.asdict(m.decoder) if m.decoder.width > 0 else None, precond=m.precond,
-        sigma_data=m.sigma_data, rel_pos_bias=m.rel_pos_bias, long_skips=m.long_skips,
-    )
+    return DiT(**model_arguments(
+        m, input_size=dataset_shape[1:], in_channels=dataset_shape[0],
+        num_classes=num_classes if m.conditional else 0, task_conditioning=bool(cfg.task.names),
+        fusion=cfg.sprint_route(), route=cfg.tread_route()))
 
 
 #: Model fields that fix what a model's weights compute, with the values of runs saved before they existed.
@@ -217,7 +196,7 @@ class Trainer:
 
             self.alignment = Alignment(self.model, load_encoder(cfg.align.encoder), cfg.align.block,
                                        cfg.align.weight, cfg.align.hidden).to(self.device)
-        self.distillation = distillation_for(cfg, self.model, self.device)  # distill.teacher: a frozen teacher
+        self.distillation = distillation_for(cfg, self.model, self.device, load_run)  # distill.teacher, if set
         self.step_module = TrainingStep(self.model, self.recipe, self.objective, self.alignment, self.distillation)
         self.forward = self.step_module  # what a step calls: wrapped by the dist.strategy on several ranks
         self.strategy = STRATEGIES.get(cfg.dist.strategy)(self.world, self.device) if self.world.size > 1 else None
@@ -234,15 +213,14 @@ class Trainer:
         self.inputs = StepSampler(  # with data.flip, index i >= N stands for example i - N mirrored
             cfg.seed, len(self.dataset) * (2 if cfg.data.flip else 1), cfg.batch_size, self.dataset.shape,
             self.objective,
-            cfg.model.class_dropout if self.model.num_classes > 0 else None, self.model.num_tokens,
+            cfg.model.class_dropout if self.model.conditioner is not None else None, self.model.num_tokens,
             self.model.token_grid, cfg.mask, cfg.steps, tasks,
         )
         if tasks:  # refuse a task that does not fit the token grid before training starts
             self.inputs.draw(0)
         self.step = 0
         self._wrote_checkpoint = False  # by this process: a run that stops before its first one cleans up
-        self._bad_streak = torch.zeros((), dtype=torch.int64, device=self.device)
-        self._worst_streak = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.streak = NonFiniteStreak(self.device)  # counted on the device, read at log steps
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -312,28 +290,21 @@ class Trainer:
         self.optimizer.found_inf = bad.float()  # read by the fused AdamW step, as torch's GradScaler does
         self.optimizer.step()
         self.update_ema(step, (~bad).float())
-        self._bad_streak = torch.where(bad, self._bad_streak + 1, torch.zeros_like(self._bad_streak))
-        self._worst_streak = torch.maximum(self._worst_streak, self._bad_streak)
+        self.streak.update(bad)
         return {"loss": loss.detach().float(), "grad_norm": grad_norm.detach().float(), "mask_ratio": inputs.mask_ratio,
                 "nan_skipped": bad.float(), **parts}
 
     @torch.no_grad()
     def update_ema(self, step: int, weight: torch.Tensor | float = 1.0) -> None:
-        """Blend the EMA towards the weights; ``weight`` 0 (a skipped step) leaves it unchanged."""
+        """Blend the EMA towards the weights; ``weight`` 0 (a skipped step) leaves it unchanged.
+
+        Not torch.optim.swa_utils.AveragedModel: its update reads its ``n_averaged`` counter on the host twice
+        per step (test_the_training_step_never_reads_device_values_back fails), and its state dict renames
+        the weights (``module.*``, plus ``n_averaged``) that ema.safetensors keeps loadable into a plain model.
+        """
         decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))  # warm up so early EMA is not stale
         ema_params = [local(p) for p in self.ema.parameters()]  # sharded alike under FSDP: a local update
         torch._foreach_lerp_(ema_params, [local(p) for p in self.model.parameters()], weight * (1.0 - decay))
-
-    def check_finite_streak(self) -> None:
-        """Stop (keeping the last checkpoint) once ``nan_tolerance`` steps in a row were skipped."""
-        worst = int(self._worst_streak.item())
-        if worst >= self.cfg.nan_tolerance:
-            last = latest_checkpoint(self.run_dir)
-            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
-            raise TrainingDiverged(
-                f"training stopped before step {self.step}: the loss or gradients were not finite for {worst} "
-                f"steps in a row (nan_tolerance={self.cfg.nan_tolerance}); {kept}; lower lr or check the data"
-            )
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -398,7 +369,7 @@ class Trainer:
             if main:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(run_dir / "config.json", self.run_info())
-                self._truncate_metrics(run_dir / "metrics.jsonl")
+                truncate_metrics(run_dir / "metrics.jsonl", self.step)
             return self._run(stop_after)
         except BaseException:
             if main and not self._wrote_checkpoint:
@@ -406,78 +377,36 @@ class Trainer:
             raise
 
     def _run(self, stop_after: int | None) -> Path:
-        cfg, main = self.cfg, self.world.main
+        """The sequencer: after each step every part of the loop (:mod:`maskdit.training.loop`) says whether
+        the step is its own and acts, in this order: log, evaluate, checkpoint, stop."""
+        cfg, world = self.cfg, self.world
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
-                   disable=not (self.progress and main), dynamic_ncols=True, file=sys.stderr)
-        sums: dict[str, Any] = {}
-        count = 0
-        started, last_step, last_time = time.time(), self.step, time.time()
-        last_eval_s = 0.0
-        stopping: int | None = None  # the agreed signal number once any rank was signalled
+        clock = TrainingClock()
         self.model.train()
-        metrics_file = (self.run_dir / "metrics.jsonl").open("a") if main else contextlib.nullcontext()
         batches = self.batches(self.step, end)
-        with metrics_file as metrics, StopOnSignal() as stop:
-            while self.step < end and stopping is None:
-                stats = self.train_step(self.step, next(batches))
+        with MetricsLog(self.run_dir / "metrics.jsonl", cfg, world, self.device, clock, self.step,
+                        partial(learning_rate, cfg), self.progress) as log, StopOnSignal() as signals:
+            stop = StopPolicy(cfg, end, world, signals, self.streak, self.run_dir)
+            evaluator = Evaluator(cfg, world, clock, log, self.eval_model, self.objective, self.dataset)
+            checkpointer = Checkpointer(cfg.ckpt_every, lambda: self.save_on_main(signals))
+            while not stop.done(self.step):
+                log.add(self.train_step(self.step, next(batches)))
                 self.step += 1
-                count += 1
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.update(1)
-                clock = time.time() - started  # training seconds (rank 0's count): evaluations are taken out
-                signalled, late, eval_s = agree(self.world, [
-                    stop.signum or 0, float(main and cfg.max_seconds is not None and clock >= cfg.max_seconds),
-                    float(main and bool(cfg.eval_every_s) and clock - last_eval_s >= cfg.eval_every_s)])
-                stopping, out_of_time = int(signalled) or None, late > 0
-                checkpoint_due = self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time
-                if self.step % cfg.log_every == 0 or checkpoint_due:
-                    sums = mean_over_ranks(self.world, sums, self.device)
-                    now = time.time()
-                    record = {
-                        "step": self.step, **{k: float(v) / count for k, v in sums.items() if k != "nan_skipped"},
-                        "nan_skipped": round(float(sums.get("nan_skipped", 0))),
-                        "lr": learning_rate(cfg, self.step - 1),
-                        "steps_per_s": (self.step - last_step) / max(now - last_time, 1e-9),
-                        "elapsed_s": now - started,
-                    }
-                    if main:
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                    bar.set_postfix(loss=f"{record['loss']:.4f}")
-                    sums, count, last_step, last_time = {}, 0, self.step, now
-                    self.check_finite_streak()
-                eval_due = cfg.eval_every and self.step % cfg.eval_every == 0
-                if eval_s:
-                    eval_due, last_eval_s = True, clock
-                model = self.eval_model() if eval_due else None
-                if model is not None:  # rank 0; leaves every RNG stream untouched
-                    from maskdit.evaluate.suite import training_eval
-
-                    eval_start = time.time()
-                    result = training_eval(model, self.objective, self.dataset, cfg)
-                    metrics.write(json.dumps({"step": self.step, "elapsed_s": eval_start - started, "eval": result})
-                                  + "\n")
-                    metrics.flush()
-                    spent = time.time() - eval_start  # evaluation counts neither in steps_per_s nor in the budget
-                    last_time += spent
-                    started += spent
-                if checkpoint_due:
-                    self.save_on_main(stop)  # a signal that came during the write stops right here:
-                    stopping = stopping or int(agree(self.world, [stop.signum or 0])[0]) or None
-                if out_of_time:
-                    break
-            if stopping is not None:
-                bar.close()
-                self.check_finite_streak()
-                path = self.save_on_main(stop)
-                if main:
-                    print(f"stopped by {signal.Signals(stopping).name} at step {self.step}: saved {path}; "
-                          "continue with --resume", file=sys.stderr)
-                raise Interrupted(stopping, path)
-        bar.close()
-        barrier(self.world)
+                agree_after_step(world, clock, stop, evaluator)  # a signal on any rank, rank 0's clocks
+                saving = checkpointer.due(self.step, last=stop.last(self.step))
+                if log.due(self.step) or saving:  # a checkpoint's step is always logged
+                    log.log(self.step)
+                    stop.check_finite(self.step)
+                if evaluator.due(self.step):
+                    evaluator.run(self.step)
+                if saving:
+                    checkpointer.save()
+                    stop.listen()  # a signal that came during the write stops right here
+            if stop.signal is not None:  # every rank stops after the same step, with a checkpoint
+                log.close()
+                stop.check_finite(self.step)
+                raise stop.interrupted(self.step, checkpointer.save())
+        barrier(world)
         return self.run_dir
 
     def save_on_main(self, stop: StopOnSignal) -> Path:
@@ -508,21 +437,6 @@ class Trainer:
         whole.load_state_dict(weights)
         return whole.requires_grad_(False)
 
-    def _truncate_metrics(self, path: Path) -> None:
-        """On resume, drop records logged after the checkpoint (and a line torn by a crash) so the file
-        matches the weights; rewritten atomically."""
-        if not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("step", math.inf) <= self.step:
-                keep.append(line)
-        write_text_atomic(path, "".join(line + "\n" for line in keep))
-
 
 def remove_created(paths: list[Path]) -> None:
     """Remove what a run that wrote no checkpoint created (``paths``, outermost first), deepest first: files,
@@ -535,46 +449,6 @@ def remove_created(paths: list[Path]) -> None:
                 path.unlink()
         except OSError:
             pass
-
-
-class StopOnSignal:
-    """SIGINT (Ctrl-C) and SIGTERM ask the loop to finish its step, checkpoint and stop.
-
-    A second signal stops at once (the previous checkpoint stays intact), except inside
-    :meth:`critical` (a checkpoint being written), where it is ignored so the checkpoint completes.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._critical = 0
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-        elif self._critical:
-            print("still writing the checkpoint: it will be complete in a moment", file=sys.stderr)
-        else:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def critical(self) -> Iterator[None]:
-        self._critical += 1
-        try:
-            yield
-        finally:
-            self._critical -= 1
-
-    def __enter__(self) -> StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:

@@ -1,0 +1,82 @@
+"""``maskdit eval``: score samples (drawn from a run, or given) against real images: FID/KID, domain FID,
+precision/recall and class recognition."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from maskdit.cli.args import positive_int
+from maskdit.cli.options import add_sampling_options, draw, load
+from maskdit.errors import ConfigError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_sampling_options(p)
+    p.add_argument("run_dir", nargs="?",
+                   help="run or checkpoint directory (may be left out with --samples and --data)")
+    p.add_argument("--num", type=positive_int, default=500, help="samples to draw (default 500)")
+    p.add_argument("--samples", help="score these samples (.npz: images, optional labels) instead of drawing")
+    p.add_argument("--data", help="real images to compare with: digits, FILE.npz, a directory with images.npy "
+                   "or an image folder (default: the run's dataset)")
+    p.add_argument("--metrics", help="comma-separated subset of fid,kid,domain_fid,pr,class "
+                   "(default: all that apply; fid,kid need the extra maskdit[fid])")
+
+
+def real_images(args: argparse.Namespace, run: Any) -> Any:
+    """The real images to compare with: ``--data`` (see :func:`maskdit.data.datasets.images_from_spec`) or the
+    run's dataset."""
+    from maskdit.data.datasets import dataset_from_config, images_from_spec
+
+    if args.data is None:
+        return dataset_from_config(run.config.data)
+    return images_from_spec(args.data)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from maskdit.data.datasets import load_npz
+    from maskdit.evaluate.suite import check_shape, parse_metrics, resolve_metrics, score_lines, score_samples
+    from maskdit.training.trainer import pick_device
+
+    if args.run_dir is None and not (args.samples and args.data):
+        raise ConfigError("eval needs RUN_DIR, or --samples FILE.npz together with --data to compare against")
+    requested = parse_metrics(args.metrics) if args.metrics is not None else None
+    loaded = load(args) if args.run_dir else None
+    if loaded is not None and len(loaded.model.input_size) != 2:
+        raise ConfigError(f"maskdit eval scores image models; {args.run_dir} generates "
+                          f"{len(loaded.model.input_size)}-D grids: for video tasks use "
+                          f"python benchmarks/video_tasks.py {args.run_dir}")
+    dataset = real_images(args, loaded)
+    start = time.time()
+    if args.samples:
+        given = load_npz(args.samples)
+        check_shape(given.images, dataset, f"--samples {args.samples}")
+        metrics = resolve_metrics(requested, dataset, has_labels=given.labels is not None)
+        images, labels = given.images, given.labels
+        kwargs: dict[str, Any] = {"sampler": None, "steps": None, "guidance_scale": None, "seed": None,
+                                  "samples": args.samples}
+        context = f"{len(images)} samples from {args.samples}"
+    else:
+        check_shape(torch.empty(0, loaded.model.in_channels, *loaded.model.input_size), dataset,
+                    f"model of {args.run_dir}")
+        metrics = resolve_metrics(requested, dataset, has_labels=loaded.model.num_classes > 0)
+        images, labels, kwargs = draw(args, loaded, args.num)
+        context = (f"{len(images)} samples, step {loaded.step}, sampler={kwargs['sampler']}, steps={kwargs['steps']}, "
+                   f"guidance_scale={kwargs['guidance_scale']}, seed={kwargs['seed']}")
+    sampling_s = time.time() - start
+    device = next(loaded.model.parameters()).device if loaded else pick_device(args.device)
+    scores = score_samples(images, labels, dataset, metrics, device=device)
+    scores["time_s"] = {"sampling": round(sampling_s, 2) if not args.samples else 0.0, **scores["time_s"]}
+    for line in score_lines(scores, len(images), labels is not None, context):
+        print(line)
+    if not metrics:
+        print("no metric applies: the dataset has no labels and the Inception extra is missing", file=sys.stderr)
+    result: dict[str, Any] = {"num": len(images), "step": loaded.step if loaded else None, **kwargs,
+                              "metrics": metrics, **scores}
+    print(json.dumps(result))
+    return 0

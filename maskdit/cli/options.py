@@ -1,0 +1,195 @@
+"""What several commands share: the sampling options (``maskdit sample`` and ``maskdit eval``), ``--overwrite``, and
+the helpers that read them: the run to load, the class labels, the sampling settings and ``--from-noise``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from maskdit.cli.args import (
+    class_list,
+    guidance_scale_value,
+    interval,
+    positive_float,
+    positive_int,
+    seed_value,
+    unit_float,
+)
+from maskdit.errors import ConfigError, DataError
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """The ``sampling`` option group: sampler, steps, guidance, seed, labels, weights, batch size and device."""
+    from maskdit.diffusion.guidance import GUIDANCES
+    from maskdit.diffusion.samplers import BATCH_SIZE, SAMPLERS
+
+    g = p.add_argument_group("sampling")
+    g.add_argument("--sampler", choices=SAMPLERS.names(),
+                   help="default: the run's sample.sampler (" + "; ".join(f"{n}: {d}" for n, d in SAMPLERS.describe())
+                   + ")")
+    g.add_argument("--steps", type=positive_int, help="sampler steps (default: the run's sample.steps)")
+    g.add_argument("--guidance-scale", type=guidance_scale_value, help="classifier-free guidance; 1 = off")
+    g.add_argument("--guidance-interval", type=interval, metavar="LOW,HIGH", help="guide only for t in [LOW, HIGH]")
+    g.add_argument("--guidance", choices=GUIDANCES.names(),
+                   help="unconditional branch (default: the run's sample.guidance; "
+                   + "; ".join(f"{n}: {d}" for n, d in GUIDANCES.describe()) + ")")
+    g.add_argument("--guidance-channels", type=positive_int, metavar="N",
+                   help="guide only the first N output channels, the rest from the conditional branch (DiT: 3)")
+    g.add_argument("--guidance-power", type=positive_float, metavar="P",
+                   help="MDT's power-cosine guidance schedule: scale 1 at t=1 rising to the full scale at t=0 "
+                   "(MDT: 0.01; default: the run's sample.guidance_power, null = constant)")
+    g.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (0 deterministic, 1 ancestral)")
+    g.add_argument("--accel", metavar="NAME[:key=value,...][+NAME...]",
+                   help="sampling accelerators (docs/inference.md): cache:every=3 (reuse the middle blocks' "
+                   "residual), ras:ratio=0.5 (recompute half the tokens), int8 (calibrated int8 linear layers); "
+                   "join with +, e.g. int8+ras:ratio=0.5")
+    g.add_argument("--seed", type=seed_value, default=0, help="noise seed (default 0)")
+    g.add_argument("--classes", type=class_list, help="comma-separated labels to cycle through (default: all)")
+    g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights (default ema)")
+    g.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                   help=f"samples per network call, the last call padded (default {BATCH_SIZE}); sample i depends "
+                   "only on --seed, i and this")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    """``--overwrite``: what :func:`maskdit.cli.args.check_out` needs to replace an existing ``--out``."""
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
+
+
+def load(args: argparse.Namespace) -> Any:
+    """The run ``RUN_DIR`` names, with ``--weights`` on ``--device``."""
+    from maskdit.runs import load_run
+    from maskdit.training.trainer import pick_device
+
+    return load_run(args.run_dir, ema=args.weights == "ema", device=pick_device(args.device))
+
+
+def class_labels(args: argparse.Namespace, run: Any, num: int) -> Any:
+    """``num`` labels cycling through ``--classes`` (default: all the model's classes); None for an
+    unconditional model, which refuses ``--classes``."""
+    from maskdit.data.datasets import cycled_labels
+
+    n_classes = run.model.num_classes
+    if n_classes == 0:
+        if args.classes:
+            raise ConfigError("--classes: this model is unconditional and takes no class labels")
+        return None
+    classes = args.classes or list(range(n_classes))
+    if max(classes) >= n_classes:
+        raise ConfigError(f"--classes: class {max(classes)} is out of range: this model has classes 0-{n_classes - 1}")
+    return cycled_labels(classes, num)
+
+
+def sampling_settings(args: argparse.Namespace, run: Any, noise: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sampling settings: each option given, else the ``--from-noise`` file's setting (``noise``, as
+    :func:`from_noise` checked it), else the run's ``sample.*``; refuses options that do not fit the model."""
+    from maskdit.diffusion.guidance import GUIDANCES
+    from maskdit.diffusion.samplers import SAMPLERS, default_sampler
+    from maskdit.registry import one_of
+
+    noise = noise or {}
+    fitting = SAMPLERS.names(objectives=run.objective.name)
+    if args.sampler and args.sampler not in fitting:
+        raise ConfigError(f"--sampler {args.sampler} does not fit this run's {run.objective.name} objective: "
+                          f"use {one_of(fitting)}")
+    model = run.model
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(run.config.sample)}
+    s = run.config.sample.merged(given, noise)
+    guidance, scale = s["guidance"], s["guidance_scale"]
+    from_file = args.guidance_scale is None and noise.get("guidance_scale") is not None
+    # asked for, not the run's defaults: a guidance needing labels on an unconditional model would sample unguided
+    if (args.guidance_scale is not None or from_file or args.guidance) and scale != 1 and not model.num_classes \
+            and GUIDANCES.entry(guidance).facts["labels"]:
+        source = ("--guidance-scale" if args.guidance_scale is not None
+                  else f"the guidance_scale of --from-noise {args.from_noise}" if from_file
+                  else f"--guidance {guidance} with the run's sample.guidance_scale")
+        raise ConfigError(f"guidance scale {scale:g} ({source}): {guidance} guidance contrasts class labels and this "
+                          "model is unconditional, so it would sample unguided: pass --guidance-scale 1"
+                          + (", or use --guidance context with --task" if model.task_conditioning else ""))
+    channels = s["guidance_channels"]
+    if channels is not None and channels > model.in_channels:
+        where = "--guidance-channels" if args.guidance_channels else "the run's sample.guidance_channels"
+        fits = "1" if model.in_channels == 1 else f"1-{model.in_channels}"
+        raise ConfigError(f"{where} {channels}: this model predicts {model.in_channels} channel(s), so at most "
+                          f"{model.in_channels} can be guided: pass --guidance-channels {fits} (or leave it out)")
+    return {
+        "sampler": s["sampler"] or default_sampler(run.objective),
+        "steps": s["steps"],
+        "guidance_scale": scale,
+        "guidance_interval": s["guidance_interval"],
+        "guidance": guidance,
+        "guidance_channels": channels,
+        "guidance_power": s["guidance_power"],
+        "eta": s["eta"],
+        "seed": args.seed,
+        **({} if not getattr(args, "accel", None) else {"accel": _checked_accel(args.accel)}),
+    }
+
+
+def _checked_accel(spec: str) -> str:
+    from maskdit.diffusion.accel import parse_accels
+
+    parse_accels(spec)  # refuse a bad spec before any sampling starts
+    return spec
+
+
+def from_noise(args: argparse.Namespace, run: Any) -> dict[str, Any]:
+    """``--from-noise``: the starting noise, and its labels and settings as defaults of the options left out
+    (:func:`sampling_settings` takes them). A setting read from the file passes the checks of the option it
+    stands for (``maskdit invert``'s ``--sampler``, ``--steps`` and ``--guidance-scale``), so a file cannot
+    set what the command line would refuse."""
+    from maskdit.data.media import load_noise
+    from maskdit.diffusion.samplers import INVERSIONS, SAMPLERS
+    from maskdit.registry import one_of
+
+    if not getattr(args, "from_noise", None):
+        return {}
+    if getattr(args, "size", None) is not None:
+        raise ConfigError("--size does not apply with --from-noise (the noise fixes the size)")
+    found = load_noise(args.from_noise, (run.model.in_channels, *run.model.input_size), run.model.num_classes)
+    fix = "write it again with maskdit invert on this run"
+    for key, option, parse in (("steps", "--steps", positive_int),
+                               ("guidance_scale", "--guidance-scale", guidance_scale_value)):
+        value = found.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        try:
+            found[key] = parse(str(value) if number else "")  # exactly the option's own check
+            continue
+        except argparse.ArgumentTypeError as e:
+            wanted = str(e).partition(", got")[0].removeprefix("must be ")
+        raise DataError(f"--from-noise {args.from_noise}: its {key} {value!r} is refused: like {option}, it must be "
+                        f"{wanted}; {fix}")
+    sampler = found.get("sampler")
+    if sampler is not None:
+        fitting = [n for n in INVERSIONS.names() if n in SAMPLERS.names(objectives=run.objective.name)]
+        if sampler not in fitting:
+            raise DataError(f"--from-noise {args.from_noise}: its sampler {sampler!r} is not one that inverts "
+                            f"this run's {run.objective.name} objective ({one_of(fitting)}): the noise was "
+                            f"inverted with another run; {fix}")
+    return found
+
+
+def draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | None = None) -> tuple[Any, Any, dict]:
+    """Sample ``num`` inputs with the sampling options (from ``noise`` when given): ``(decoded samples, labels,
+    settings)``."""
+    from maskdit.diffusion.samplers import generate
+    from maskdit.diffusion.tasks import check_finite
+
+    noise = noise or {}
+    if args.guidance == "context":
+        raise ConfigError("--guidance context contrasts given and open tokens: it needs --task and --context; "
+                          "sample without a task with --guidance cfg")
+    labels = noise["labels"] if noise.get("labels") is not None and not args.classes else class_labels(args, run, num)
+    kwargs = sampling_settings(args, run, noise)
+    size = getattr(args, "size", None)
+    if size is not None and (run.model.pos != "rope" or len(size) != len(run.model.input_size)):
+        raise ConfigError(f"--size {'x'.join(map(str, size))}: only a model trained with model.pos=rope samples at "
+                          f"another size, with as many axes as its {'x'.join(map(str, run.model.input_size))}")
+    x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, size=size,
+                 start=noise.get("noise"), **kwargs)
+    check_finite(x, kwargs)
+    return run.codec.decode(x), labels, kwargs

@@ -1,0 +1,167 @@
+"""``maskdit sample``: write samples from a trained run; with ``--task``, generate what a task leaves open in
+given clips or images (``--context``)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from maskdit.cli.args import check_out, grid_size, positive_int
+from maskdit.cli.options import (
+    add_overwrite,
+    add_sampling_options,
+    class_labels,
+    draw,
+    from_noise,
+    load,
+    sampling_settings,
+)
+from maskdit.errors import ConfigError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from maskdit.masks import TASKS
+
+    add_sampling_options(p)
+    p.add_argument("run_dir", help="run directory or checkpoint directory")
+    p.add_argument("--num", type=positive_int, help="number of samples (default 100; with --context: all clips)")
+    p.add_argument("--out", required=True,
+                   help="FILE.png (a grid, one row per class) or FILE.npz; with --task also FILE.gif / FILE.mp4")
+    p.add_argument("--size", type=grid_size, metavar="HxW",
+                   help="sample at another size (models trained with model.pos=rope; multiples of the patch)")
+    p.add_argument("--from-noise", metavar="NOISE.npz",
+                   help="start from this noise (maskdit invert) instead of seeded noise; its labels, sampler, "
+                   "steps and guidance are the defaults; with --task inpaint --mask: edit real images")
+    add_overwrite(p)
+    t = p.add_argument_group("tasks (models trained with task.names)")
+    t.add_argument("--task", choices=TASKS.names(), help="generate what this task leaves open in --context")
+    t.add_argument("--context",
+                   help="clips .npz (frames N x T x H x W x C uint8) or images .npz (images N x H x W x C)")
+    t.add_argument("--given-frames", type=positive_int,
+                   help="predict/backward/complete: frames given; animate: the given frame's index + 1")
+    t.add_argument("--stride", type=positive_int, help="interpolate: every STRIDE-th frame is given")
+    t.add_argument("--mask", help="image inpainting: PNG the size of the images, white = generate")
+
+
+def run(args: argparse.Namespace) -> int:
+    from maskdit.data.media import clips_as_rows, save_samples, save_video
+
+    if not args.out.lower().endswith((".png", ".npz", ".gif", ".mp4")):
+        raise ConfigError(f"--out {args.out}: the file name must end in .png, .npz, .gif or .mp4")
+    check_out(args.out, args.overwrite)
+    if args.task or args.context or args.mask:
+        if not args.task:
+            raise ConfigError("--context/--mask need --task NAME")
+        return run_task(args, load(args))
+    for option in ("given_frames", "stride"):
+        if getattr(args, option) is not None:
+            raise ConfigError(f"--{option.replace('_', '-')} applies with --task only")
+    loaded = load(args)
+    noise = from_noise(args, loaded)
+    if noise:
+        if args.num is not None and args.num != len(noise["noise"]):
+            raise ConfigError(f"--num {args.num}: --from-noise {args.from_noise} holds {len(noise['noise'])} starts; "
+                              "leave --num out")
+        args.num = len(noise["noise"])
+    args.num = args.num or 100
+    video = len(loaded.model.input_size) == 3
+    allowed = (".png", ".npz", ".gif", ".mp4") if video else (".png", ".npz")
+    if not args.out.lower().endswith(allowed):
+        raise ConfigError(f"--out {args.out}: the file name must end in {', '.join(allowed)}")
+    start = time.time()
+    images, labels, kwargs = draw(args, loaded, args.num, noise)
+    if video and not args.out.lower().endswith(".png"):
+        path = save_video(args.out, images.permute(0, 2, 3, 4, 1).numpy())
+    elif video:
+        path = save_samples(args.out, *clips_as_rows(images))
+    else:
+        path = save_samples(args.out, images, labels)
+    print(f"wrote {len(images)} samples to {path} ({time.time() - start:.1f}s, step {loaded.step}, "
+          + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")")
+    return 0
+
+
+def task_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """--given-frames / --stride as the options the task's builder takes (by option name, so a newly
+    registered task with a ``k``, ``frame`` or ``stride`` option needs no change here), checked against the
+    model's token-grid frames so a value out of range names its option."""
+    from maskdit.masks import task_options
+
+    takes = task_options(args.task)
+    options: dict[str, Any] = {}
+    frames = model.token_grid[0] if len(model.token_grid) == 3 else None
+    if args.given_frames is not None:
+        if "k" in takes:  # k frames given: at most all but one
+            options["k"], top = args.given_frames, (frames or 0) - 1
+        elif "frame" in takes:  # the given frame's index + 1
+            options["frame"], top = args.given_frames - 1, frames or 0
+        else:
+            raise ConfigError(f"--given-frames does not apply to --task {args.task}")
+        if frames is not None and args.given_frames > top:
+            all_given = " leaves nothing to generate" if args.given_frames == frames and "k" in takes else ""
+            raise ConfigError(f"--given-frames {args.given_frames}{all_given}: this model's clips have {frames} "
+                              f"(token) frames, so --task {args.task} takes "
+                              + (f"1-{top}" if top >= 1 else "no --given-frames"))
+    if args.stride is not None:
+        if "stride" not in takes:
+            raise ConfigError(f"--stride does not apply to --task {args.task}")
+        if frames is not None and not 2 <= args.stride <= frames:
+            all_given = " leaves nothing to generate" if args.stride == 1 else ""
+            raise ConfigError(f"--stride {args.stride}{all_given}: this model's clips have {frames} (token) frames, so "
+                              f"--task {args.task} takes " + (f"2-{frames}" if frames >= 2 else "no --stride"))
+        options["stride"] = args.stride
+    return options
+
+
+def run_task(args: argparse.Namespace, run: Any) -> int:
+    """``--task``: complete each ``--context`` input where the task (or ``--mask``) leaves it open."""
+    import torch
+
+    from maskdit.data.media import save_samples, save_video
+    from maskdit.diffusion.tasks import comparison_frames, complete, given_for, load_context, mask_from_png
+
+    if not args.context:
+        raise ConfigError("--task needs --context FILE.npz with the clips (or images) to condition on")
+    if args.size is not None:
+        raise ConfigError(f"--size {'x'.join(map(str, args.size))} does not apply with --task: the --context inputs "
+                          "fix the size; leave --size out")
+    context = load_context(args.context, run.model)
+    if args.num is not None and args.num > len(context):
+        raise ConfigError(f"--num {args.num}: --context {args.context} holds {len(context)} inputs, one result each; "
+                          f"give at most {len(context)} or leave --num out")
+    if args.num is not None:
+        context = context[: args.num]
+    options = task_options(args, run.model)
+    noise = from_noise(args, run)
+    if noise and len(noise["noise"]) != len(context):
+        raise ConfigError(f"--from-noise {args.from_noise} holds {len(noise['noise'])} starts for {len(context)} "
+                          "--context inputs: invert the same inputs")
+    if args.mask:
+        if args.task not in ("inpaint", "outpaint"):
+            raise ConfigError("--mask applies to --task inpaint or outpaint")
+        grid = mask_from_png(args.mask, run.model)
+    else:
+        grid = given_for(args.task, run.model, options, torch.Generator().manual_seed(args.seed))
+    if bool(grid.all()):
+        raise ConfigError(f"--task {args.task}: the mask leaves nothing to generate")
+    labels = class_labels(args, run, len(context))
+    if noise.get("labels") is not None and not args.classes:
+        labels = noise["labels"]
+    kwargs = sampling_settings(args, run, noise)
+    start = time.time()
+    out = complete(run, context, grid, labels, batch_size=args.batch_size, progress=True,
+                   **({"start": noise["noise"]} if noise else {}), **kwargs)
+    video = out.dim() == 5
+    if video and args.out.lower().endswith((".gif", ".mp4")):
+        path = save_video(args.out, comparison_frames(context, out, grid, run.model))
+    elif video and args.out.lower().endswith(".npz"):
+        path = save_video(args.out, out.permute(0, 2, 3, 4, 1).numpy())
+    elif not video and args.out.lower().endswith((".png", ".npz")):
+        path = save_samples(args.out, out, labels)
+    else:
+        raise ConfigError(f"--out {args.out}: use .npz, .gif or .mp4 for clips and .png or .npz for images")
+    given_share = grid.float().mean().item()
+    print(f"wrote {len(out)} {args.task} results to {path} ({time.time() - start:.1f}s, {given_share:.0%} of tokens "
+          f"given, step {run.step}, " + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")")
+    return 0
