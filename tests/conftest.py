@@ -60,6 +60,7 @@ class RunFactory:
     def __init__(self, root: Path, cache: Path):
         self.root, self.cache = root, cache
         self.made: dict[str, tuple[Path, dict[str, str]]] = {}  #: config key -> (run, its files' hashes)
+        self.lent: set[str] = set()  #: the runs handed out themselves (not copied) since the ``trained`` fixture began
 
     def __call__(self, *overrides: str, preset: str = "digits", into: Path | None = None, processes: int = 1) -> Path:
         """The run of ``preset`` with ``overrides`` (trained now if no test asked for it before), in this process
@@ -85,14 +86,17 @@ class RunFactory:
             self.made[key] = run, tree_hashes(run)
         run = self.made[key][0]
         if into is None:
+            self.lent.add(key)
             return run
         shutil.copytree(run, into)
         return Path(into)
 
-    def check_untouched(self) -> None:
-        """Fail if a test changed a shared run (it should have asked for a copy); each change is reported once."""
+    def check_untouched(self, keys: set[str] | None = None) -> None:
+        """Fail if a test changed a shared run (it should have asked for a copy): the runs of ``keys``, or every
+        run. Each change is reported once."""
         changed = []
-        for key, (run, hashes) in self.made.items():
+        for key in self.made if keys is None else keys:
+            run, hashes = self.made[key]
             now = tree_hashes(run)
             if now != hashes:
                 changed.append(str(run))
@@ -114,9 +118,10 @@ def trained(run_factory: RunFactory) -> Iterator[RunFactory]:
     session for each distinct configuration (overrides that resolve to the same config share it; ``run_dir``
     aside), so tests that need the same run do not each train it. Read the returned run; pass
     ``into=tmp_path / NAME`` for a copy to resume, damage or write into. Only for configurations whose input
-    files do not change within a session. A test that changes a shared run fails when it ends."""
+    files do not change within a session. A test that changes a shared run it was handed fails when it ends."""
+    run_factory.lent.clear()
     yield run_factory
-    run_factory.check_untouched()
+    run_factory.check_untouched(run_factory.lent)
 
 
 @pytest.fixture(scope="session")
