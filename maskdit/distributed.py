@@ -13,12 +13,12 @@ budget on rank 0) are agreed on every step, so all ranks stop after the same ste
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from maskdit.errors import ConfigError, check_keys
 from maskdit.registry import Registry, one_of
@@ -176,18 +176,18 @@ class Sharded(Strategy):
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's part of ``tensor`` (itself unless it is a sharded DTensor): for element-wise updates of
     tensors sharded alike, such as the EMA towards the weights."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
     """The whole of ``tensor``: a sharded DTensor is gathered (a collective: every rank must call)."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
 
 
 def shard_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``tensor`` (whole, the same on every rank) laid out as ``like``: this rank's shard where ``like`` is a
     DTensor (no communication), else ``tensor`` itself."""
-    if not isinstance(like, DTensor):
+    if not _is_dtensor(like):
         return tensor
     from torch.distributed.tensor import distribute_tensor
 
@@ -204,3 +204,10 @@ class DistConfig:
         check_keys("dist.", self, [
             ("strategy", self.strategy in STRATEGIES, "one of " + one_of(STRATEGIES.names())),
         ])
+
+
+def _is_dtensor(tensor: object) -> bool:
+    """Whether ``tensor`` is a sharded DTensor; one can exist only once its module is imported, which takes
+    about a second, so a process that never shards never imports it."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)

@@ -130,3 +130,14 @@ def test_dataloader_workers_prepare_exactly_the_same_steps(tmp_path):
               progress=False)
     a, b = (load_file(latest_checkpoint(tmp_path / w) / "model.safetensors") for w in ("0", "2"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_digits_read_from_scikit_learns_file_are_exactly_scikit_learns_digits():
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    from maskdit.data.datasets import digits_arrays
+
+    images, labels = digits_arrays()
+    reference = sk_load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+    assert labels.dtype == np.int64 and images.shape == (1797, 8, 8)

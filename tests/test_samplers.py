@@ -94,7 +94,8 @@ def test_ddpm_samplers_reach_target_distribution(schedule, sampler, steps, eta):
     objective = DDPM(schedule)
     fn = Counter(ddpm_eps(objective))
     noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
-    x = sample(fn, noise, objective, sampler, steps, eta=eta)
+    gen = torch.Generator().manual_seed(1)  # one stream for the whole batch: the maths under test, 100x faster
+    x = sample(fn, noise, objective, sampler, steps, eta=eta, noise=lambda: torch.randn(20000, 1, generator=gen))
     _check(x)
     assert fn.calls == steps
 
