@@ -13,8 +13,8 @@ during the call) and :func:`check` asserts:
 
 Three tiny runs are trained once per session (the ``runs`` fixture in conftest.py, from its run factory
 ``trained``): an image run (digits), an image run trained with tasks (inpaint/outpaint) and a video run
-(bouncing digits with tasks). Each keeps ONE checkpoint, so a damaged copy has no older checkpoint to fall back to. Runs that a case may damage or
-train into are copied into the case directory first.
+(bouncing digits with tasks). Each keeps ONE checkpoint, so a damaged copy has no older checkpoint to fall
+back to. Runs that a case may damage or train into are copied into the case directory first.
 """
 
 from __future__ import annotations
