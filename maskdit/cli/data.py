@@ -10,10 +10,10 @@ from maskdit.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from maskdit.data.video import VIDEO_DATASETS
+    from maskdit.data.video import SPLITS, VIDEO_DATASETS
 
     p.add_argument("name", choices=list(VIDEO_DATASETS))
-    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--split", choices=list(SPLITS), default="test")
     p.add_argument("--num", type=positive_int, default=16)
     p.add_argument("--frames", type=positive_int, default=8)
     p.add_argument("--size", type=positive_int, default=16)

@@ -242,11 +242,10 @@ def bouncing_balls(
     return VideoDataset(torch.from_numpy(video), None, "bouncing-balls", 0, torch.from_numpy(track).float())
 
 
-#: Embedded video datasets by name.
-VIDEO_DATASETS: dict[str, Callable[..., VideoDataset]] = {
-    "bouncing-digits": bouncing_digits,
-    "bouncing-balls": bouncing_balls,
-}
+#: Embedded video datasets by name (``maskdit data NAME``); each is also a :data:`DATASETS` entry.
+VIDEO_DATASETS: Registry[Callable[..., VideoDataset]] = Registry("video dataset", key="maskdit data NAME")
+VIDEO_DATASETS.add("bouncing-digits", bouncing_digits, "digit sprites bouncing in a box")
+VIDEO_DATASETS.add("bouncing-balls", bouncing_balls, "balls falling under gravity")
 
 
 def load_video_dataset(name: str, split: str = "train", num: int = 1000, seed: int = 0, **options) -> VideoDataset:
@@ -259,12 +258,13 @@ def load_video_dataset(name: str, split: str = "train", num: int = 1000, seed: i
         raise ConfigError(f"video dataset {name}: {e}") from e
 
 
-def _register(name: str, summary: str) -> None:
+def _register(name: str) -> None:
     def load(cfg: object, split: str) -> VideoDataset:
         return load_video_dataset(name, split, cfg.num, 0, frames=cfg.frames, size=cfg.size)
 
+    summary = f"{VIDEO_DATASETS.entry(name).summary} (embedded video; data.num, data.frames, data.size)"
     DATASETS.add(name, load, summary, needs_path=False, rank=3)
 
 
-_register("bouncing-digits", "digit sprites bouncing in a box (embedded video; data.num, data.frames, data.size)")
-_register("bouncing-balls", "balls falling under gravity (embedded video; data.num, data.frames, data.size)")
+for _name in VIDEO_DATASETS:
+    _register(_name)
