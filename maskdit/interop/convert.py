@@ -60,14 +60,6 @@ from maskdit.files import atomic_directory, write_json_atomic
 from maskdit.interop.state_dict import FORMATS, is_whole, read_json_object
 from maskdit.model import PRESETS, DiT
 
-# The adapters: each registers its formats in FORMATS when imported, so --format lists them in this order.
-# isort: off
-import maskdit.interop.dit  # noqa: F401
-import maskdit.interop.maskdit  # noqa: F401
-import maskdit.interop.mdt  # noqa: F401
-import maskdit.interop.diffusers  # noqa: F401
-# isort: on
-
 
 def detect_format(source: Path) -> str:
     """``--format auto``: a directory is a diffusers model, a file a DiT-layout state dict."""
