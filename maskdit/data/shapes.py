@@ -1,0 +1,145 @@
+"""Compositional shape scenes: 32x32 RGB renders of 1-4 filled, axis-aligned circles, squares and triangles in six
+pure colours on black, and the analytic detector that reads a scene back from pixels.
+
+A scene is a list of :class:`Obj`: a shape, a colour and a bounding box. Objects are 6-12 px across and their
+boxes are at least one pixel apart, so each object is one connected region of one colour and the detector can
+recover every scene it is given exactly (tests check this on thousands of random scenes). This is the ground
+truth of the text-to-image judge: captions are written from scenes, and samples are judged by detecting theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from maskdit.registry import Registry
+
+SIZE = 32  #: the canvas side in pixels
+MIN_SIDE, MAX_SIDE = 6, 12  #: an object's bounding box side in pixels
+GAP = 1  #: the least number of empty pixels between two objects' boxes
+MIN_AREA = 12  #: the detector ignores regions smaller than this (noise in a generated image)
+
+#: Colour name -> RGB. Pure colours, far apart, so quantising a pixel to the nearest one is robust.
+COLOURS: Registry[tuple[int, int, int]] = Registry("colour")
+COLOURS.add("red", (255, 0, 0), "(255, 0, 0)")
+COLOURS.add("green", (0, 255, 0), "(0, 255, 0)")
+COLOURS.add("blue", (0, 0, 255), "(0, 0, 255)")
+COLOURS.add("yellow", (255, 255, 0), "(255, 255, 0)")
+COLOURS.add("magenta", (255, 0, 255), "(255, 0, 255)")
+COLOURS.add("cyan", (0, 255, 255), "(0, 255, 255)")
+
+
+def _circle(side: int) -> np.ndarray:
+    centre = (side - 1) / 2
+    y, x = np.mgrid[:side, :side]
+    return (x - centre) ** 2 + (y - centre) ** 2 <= (side / 2) ** 2
+
+
+def _square(side: int) -> np.ndarray:
+    return np.ones((side, side), dtype=bool)
+
+
+def _triangle(side: int) -> np.ndarray:
+    """Pointing up: the apex row centred at the top, the base the whole bottom row."""
+    centre = (side - 1) / 2
+    y, x = np.mgrid[:side, :side]
+    return np.abs(x - centre) <= (y + 1) / side * side / 2
+
+
+#: Shape name -> ``fn(side) -> (side, side)`` bool mask of the filled shape in its box.
+SHAPES: Registry[Callable[[int], np.ndarray]] = Registry("shape")
+SHAPES.add("circle", _circle, "a disc filling its box")
+SHAPES.add("square", _square, "the whole box")
+SHAPES.add("triangle", _triangle, "pointing up, its base the box's bottom row")
+
+
+@dataclass(frozen=True)
+class Obj:
+    """One object: its shape, colour and bounding box (``x``, ``y`` of the top-left pixel; ``side`` pixels)."""
+
+    shape: str
+    colour: str
+    x: int
+    y: int
+    side: int
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """The centroid of the box, ``(x, y)`` in pixels (what position captions compare)."""
+        return self.x + (self.side - 1) / 2, self.y + (self.side - 1) / 2
+
+    def to_json(self) -> dict[str, object]:
+        return {"shape": self.shape, "colour": self.colour, "box": [self.x, self.y, self.side, self.side]}
+
+
+def render(scene: list[Obj]) -> np.ndarray:
+    """The scene as a ``(32, 32, 3)`` uint8 image on black."""
+    image = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+    for obj in scene:
+        mask = SHAPES[obj.shape](obj.side)
+        region = image[obj.y : obj.y + obj.side, obj.x : obj.x + obj.side]
+        region[mask] = COLOURS[obj.colour]
+    return image
+
+
+def _apart(a: Obj, b: Obj) -> bool:
+    """Whether the boxes of ``a`` and ``b`` are at least :data:`GAP` pixels apart along some axis."""
+    return (a.x + a.side + GAP <= b.x or b.x + b.side + GAP <= a.x
+            or a.y + a.side + GAP <= b.y or b.y + b.side + GAP <= a.y)
+
+
+def place(rng: np.random.Generator, objects: list[tuple[str, str]], tries: int = 200) -> list[Obj] | None:
+    """Random non-touching boxes for ``objects`` (``(shape, colour)`` pairs), or ``None`` when ``tries``
+    random layouts all collided (the caller draws again)."""
+    for _ in range(tries):
+        scene: list[Obj] = []
+        for shape, colour in objects:
+            side = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
+            x, y = (int(v) for v in rng.integers(0, SIZE - side + 1, size=2))
+            obj = Obj(shape, colour, x, y, side)
+            if not all(_apart(obj, other) for other in scene):
+                break
+            scene.append(obj)
+        else:
+            return scene
+    return None
+
+
+def detect(image: np.ndarray) -> list[Obj]:
+    """The objects in a ``(32, 32, 3)`` image: each pixel is quantised to black or the nearest colour, each
+    4-connected region of one colour of at least :data:`MIN_AREA` pixels is an object (:func:`classify` names its
+    shape). Objects are listed top to bottom, then left to right."""
+    from scipy import ndimage
+
+    palette = np.array([(0, 0, 0), *(COLOURS[name] for name in COLOURS)], dtype=np.float32)
+    pixels = np.asarray(image, dtype=np.float32).reshape(-1, 1, 3)
+    nearest = ((pixels - palette[None]) ** 2).sum(-1).argmin(-1).reshape(image.shape[:2])
+    found = []
+    for index, colour in enumerate(COLOURS, start=1):
+        labels, _ = ndimage.label(nearest == index)
+        for label, region in enumerate(ndimage.find_objects(labels), start=1):
+            ys, xs = region
+            height, width = ys.stop - ys.start, xs.stop - xs.start
+            mask = labels[region] == label
+            if mask.sum() < MIN_AREA:
+                continue
+            found.append(Obj(classify(mask), colour, xs.start, ys.start, max(height, width)))
+    return sorted(found, key=lambda o: (o.y, o.x))
+
+
+def classify(mask: np.ndarray) -> str:
+    """The shape of one region, a bool mask cropped to its bounding box: by its corners (a square fills all four,
+    a triangle the two at its base, a circle none) and, where they disagree, by how much of the box it fills
+    (square 1, circle 0.76-0.89, triangle 0.58-0.67 at 6-12 px)."""
+    top = int(mask[0, 0]) + int(mask[0, -1])
+    bottom = int(mask[-1, 0]) + int(mask[-1, -1])
+    fill = float(mask.mean())
+    if top == bottom == 2 and fill > 0.945:
+        return "square"
+    if top == 0 and bottom == 2 and fill < 0.71:
+        return "triangle"
+    if top == bottom == 0 and fill > 0.71:
+        return "circle"
+    return "square" if fill > 0.945 else "circle" if fill > 0.71 else "triangle"
