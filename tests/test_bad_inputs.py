@@ -547,6 +547,11 @@ CASES: list[Case] = [
     C("data-out-exists", [*DATA[:-1], "existing.npz"], "existing.npz",
       npz("existing.npz", frames=np.ones((1, 2, 8, 8, 1), U8))),
     C("data-out-parent-is-file", [*DATA[:-1], "afile.txt/clips.npz"], "afile.txt", text("afile.txt", "x")),
+    C("data-shapes-out-png", ["data", "shapes", "--num", "4", "--out", "shapes.png"], "FILE.npz"),
+    C("data-shapes-num-zero", ["data", "shapes", "--num", "0", "--out", "shapes.npz"], "--num"),
+    C("data-shapes-split-bogus", ["data", "shapes", "--split", "val", "--out", "shapes.npz"], "--split"),
+    C("data-shapes-out-exists", ["data", "shapes", "--num", "4", "--out", "mine.npz"], "mine.npz",
+      npz("mine.npz", images=np.ones((1, 32, 32, 3), U8))),
 
     # ---- bench -------------------------------------------------------------------------------------
     C("bench-input-abc", [*BENCH, "--input", "abc"], "abc"),

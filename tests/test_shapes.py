@@ -59,3 +59,75 @@ def test_the_detector_tolerates_noise_and_ignores_specks():
     image = render(scene).astype(np.int16) + rng.integers(-60, 61, size=(SIZE, SIZE, 3))
     image[30, 0] = (0, 255, 0)  # a one-pixel speck is not an object
     assert detect(np.clip(image, 0, 255).astype(np.uint8)) == scene
+
+
+def described(caption: str, scene: list[Obj], kind: str) -> bool:
+    """Whether ``caption`` names exactly the scene's objects (and, for position, a relation that holds)."""
+    from maskdit.data.shapes import NUMBERS, RELATIONS, relation_holds
+
+    if kind == "counting":
+        number, colour, shapes = caption.split()
+        return {(o.colour, o.shape) for o in scene} == {(colour, shapes[:-1])} and NUMBERS[len(scene)] == number
+    if kind == "position":
+        relation = next(r for r in RELATIONS if f" {r} " in caption)
+        first, second = caption.split(f" {relation} ")
+        named = [tuple(part.split()[1:]) for part in (first, second)]
+        found = sorted(scene, key=lambda o: [o.colour, o.shape] != list(named[0]))
+        return [(o.colour, o.shape) for o in found] == named and relation_holds(found[0], found[1], relation)
+    named = sorted(tuple(part.split()[1:]) for part in caption.split(" and "))
+    return named == sorted((o.colour, o.shape) for o in scene)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_every_caption_describes_what_the_detector_finds_in_its_image(split):
+    from maskdit.data.shapes import KINDS, shapes_dataset
+
+    data = shapes_dataset(600, split, seed=3)
+    assert data["images"].shape == (600, SIZE, SIZE, 3) and data["images"].dtype == np.uint8
+    assert sorted(set(data["kinds"])) == sorted(KINDS)
+    for image, text, kind in zip(data["images"], data["captions"], data["kinds"]):
+        assert described(str(text), detect(image), str(kind)), (text, kind)
+
+
+def test_the_test_split_composes_pairs_that_training_shows_only_alone():
+    import json
+
+    from maskdit.data.shapes import HELD_OUT, shapes_dataset
+
+    def pairs(data, multi):
+        return [{(o["colour"], o["shape"]) for o in json.loads(s)} for s, k in zip(data["scenes"], data["kinds"])
+                if (k not in ("single", "colour")) == multi]
+
+    train, test = shapes_dataset(1200, "train", seed=0), shapes_dataset(600, "test", seed=0)
+    held = set(HELD_OUT)
+    assert all(not p & held for p in pairs(train, multi=True))  # never composed in training
+    assert set().union(*pairs(train, multi=False)) >= held  # but each is seen alone
+    assert all(p & held for p in pairs(test, multi=True))  # every test composition is new
+
+
+def test_the_shapes_set_is_a_pure_function_of_split_and_seed():
+    from maskdit.data.shapes import shapes_dataset
+
+    a, b = shapes_dataset(50, "train", seed=7), shapes_dataset(50, "train", seed=7)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["images"], shapes_dataset(50, "test", seed=7)["images"])
+    assert not np.array_equal(a["images"], shapes_dataset(50, "train", seed=8)["images"])
+
+
+def test_maskdit_data_shapes_writes_the_npz_the_spec_names(tmp_path, capsys):
+    import json
+
+    from maskdit.cli.app import main
+
+    out = tmp_path / "shapes.npz"
+    assert main(["data", "shapes", "--num", "12", "--split", "test", "--seed", "5", "--out", str(out)]) == 0
+    assert "wrote 12 test shape scenes" in capsys.readouterr().out
+    with np.load(out) as f:
+        assert sorted(f.files) == ["captions", "images", "kinds", "scenes"]
+        assert f["images"].shape == (12, SIZE, SIZE, 3) and f["images"].dtype == np.uint8
+        scenes = [json.loads(s) for s in f["scenes"]]
+        assert all(set(o) == {"shape", "colour", "box"} for scene in scenes for o in scene)
+        from maskdit.data.shapes import shapes_dataset
+
+        assert np.array_equal(f["images"], shapes_dataset(12, "test", 5)["images"])
+    assert [p.name for p in tmp_path.iterdir()] == ["shapes.npz"]  # written atomically, nothing else left

@@ -9,12 +9,15 @@ truth of the text-to-image judge: captions are written from scenes, and samples 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from maskdit.registry import Registry
+from maskdit.data.video import SPLITS
+from maskdit.errors import ConfigError
+from maskdit.registry import Registry, one_of
 
 SIZE = 32  #: the canvas side in pixels
 MIN_SIDE, MAX_SIDE = 6, 12  #: an object's bounding box side in pixels
@@ -143,3 +146,99 @@ def classify(mask: np.ndarray) -> str:
     if top == bottom == 0 and fill > 0.71:
         return "circle"
     return "square" if fill > 0.945 else "circle" if fill > 0.71 else "triangle"
+
+
+# -- captions -----------------------------------------------------------------------------------------------------
+#: Caption kinds, GenEval's categories. Every caption names every object's colour and shape; a kind says what a
+#: scene of it holds and what the judge checks (GenEval's rule for that category).
+KINDS: Registry[int] = Registry("caption kind")
+KINDS.add("single", 1, "one object, 'a red circle'; judged: that shape is there")
+KINDS.add("two", 2, "two objects, 'a red circle and a blue square'; judged: both shapes are there")
+KINDS.add("counting", 0, "2-4 alike, 'three green triangles'; judged: exactly that many of that shape")
+KINDS.add("colour", 1, "one object, 'a red circle'; judged: that shape is there in that colour")
+KINDS.add("position", 2, "'a red circle to the left of a blue square'; judged: both there, placed so (centroids)")
+KINDS.add("colour_attr", 2, "'a red circle and a blue square'; judged: both shapes there, each in its colour")
+
+#: Relation -> ``(axis, sign)``: A is RELATION B when ``sign * (B - A)`` along ``axis`` (0: x, 1: y) exceeds
+#: :data:`MARGIN` pixels between the centroids.
+RELATIONS: Registry[tuple[int, int]] = Registry("relation")
+RELATIONS.add("to the left of", (0, 1), "A's centroid at least MARGIN px left of B's")
+RELATIONS.add("to the right of", (0, -1), "A's centroid at least MARGIN px right of B's")
+RELATIONS.add("above", (1, 1), "A's centroid at least MARGIN px above B's")
+RELATIONS.add("below", (1, -1), "A's centroid at least MARGIN px below B's")
+MARGIN = 3.0
+NUMBERS = {2: "two", 3: "three", 4: "four"}
+
+#: Colour-shape pairs that the training split shows only alone (single and colour captions); the test split's
+#: multi-object captions all hold at least one, so they are compositions never seen in training.
+HELD_OUT = (("red", "triangle"), ("green", "circle"), ("blue", "square"), ("yellow", "triangle"),
+            ("magenta", "circle"), ("cyan", "square"))
+
+
+def relation_holds(a: Obj, b: Obj, relation: str) -> bool:
+    """Whether ``a`` is ``relation`` ``b``, by their centroids and :data:`MARGIN`."""
+    axis, sign = RELATIONS[relation]
+    return sign * (b.centre[axis] - a.centre[axis]) > MARGIN
+
+
+def caption(kind: str, scene: list[Obj], relation: str | None = None) -> str:
+    """The caption of a scene of ``kind`` (its objects in caption order)."""
+    names = [f"{o.colour} {o.shape}" for o in scene]
+    if kind == "counting":
+        return f"{NUMBERS[len(scene)]} {scene[0].colour} {scene[0].shape}s"
+    if kind == "position":
+        return f"a {names[0]} {relation} a {names[1]}"
+    return " and ".join(f"a {n}" for n in names)
+
+
+def _pairs() -> list[tuple[str, str]]:
+    return [(colour, shape) for colour in COLOURS for shape in SHAPES]
+
+
+def _objects(rng: np.random.Generator, kind: str, split: str) -> list[tuple[str, str]]:
+    """The ``(shape, colour)`` objects of one example: held-out pairs appear alone in training, and every
+    multi-object example of the test split holds at least one of them."""
+    held = list(HELD_OUT)
+    seen = [p for p in _pairs() if p not in HELD_OUT]
+
+    def pick(pool: list[tuple[str, str]]) -> tuple[str, str]:
+        return pool[int(rng.integers(len(pool)))]
+
+    if KINDS[kind] == 1:
+        colour, shape = pick(held if split == "test" else _pairs())
+        return [(shape, colour)]
+    if kind == "counting":
+        colour, shape = pick(held if split == "test" else seen)
+        return [(shape, colour)] * int(rng.integers(2, 5))
+    first = pick(held if split == "test" else seen)
+    second = pick([p for p in (_pairs() if split == "test" else seen) if p[1] != first[1]])
+    pair = [first, second] if rng.random() < 0.5 else [second, first]
+    return [(shape, colour) for colour, shape in pair]
+
+
+def example(rng: np.random.Generator, kind: str, split: str) -> tuple[list[Obj], str]:
+    """One scene of ``kind`` for ``split`` and its caption."""
+    while True:
+        objects = _objects(rng, kind, split)
+        relation = list(RELATIONS)[int(rng.integers(len(RELATIONS)))] if kind == "position" else None
+        scene = place(rng, objects)
+        if scene is not None and (relation is None or relation_holds(scene[0], scene[1], relation)):
+            return scene, caption(kind, scene, relation)
+
+
+def shapes_dataset(num: int, split: str = "train", seed: int = 0) -> dict[str, np.ndarray]:
+    """``num`` captioned scenes, the kinds in turn: ``images`` uint8 ``(N, 32, 32, 3)``, ``captions``, ``kinds``
+    and ``scenes`` (JSON per image: each object's shape, colour and box ``[x, y, w, h]``). ``split="test"`` holds
+    compositions the training split never shows (:data:`HELD_OUT`); each split has its own random stream."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {one_of(SPLITS.names())}, got {split!r}")
+    rng = np.random.default_rng([int(seed), SPLITS[split]])
+    kinds = [list(KINDS)[i % len(KINDS)] for i in range(num)]
+    examples = [example(rng, kind, split) for kind in kinds]
+    return {
+        "images": np.stack([render(scene) for scene, _ in examples]) if examples else np.zeros((0, SIZE, SIZE, 3),
+                                                                                                 np.uint8),
+        "captions": np.array([text for _, text in examples], dtype=str),
+        "kinds": np.array(kinds, dtype=str),
+        "scenes": np.array([json.dumps([o.to_json() for o in scene]) for scene, _ in examples], dtype=str),
+    }
