@@ -194,28 +194,17 @@ def check_against_data(cfg: Config, dataset: Any) -> None:
         raise ConfigError(f"config key batch_size {cfg.batch_size} is larger than the dataset "
                           f"({len(dataset)} examples)")
     try:  # the patchifier's own rules, named by the config key
-        token_grid_shape(dataset.shape[1:], as_patch_size(cfg.architecture()["patch_size"], rank))
+        grid = token_grid_shape(dataset.shape[1:], as_patch_size(cfg.architecture()["patch_size"], rank))
     except ConfigError as e:
         raise ConfigError(f"config key model.patch_size does not fit data.name={cfg.data.name} "
                           f"({'x'.join(map(str, dataset.shape))}): {e}") from e
-    grid = token_grid_shape(dataset.shape[1:], as_patch_size(cfg.architecture()["patch_size"], rank))
     DROP_SHAPES.get(cfg.mask.shape)(1, grid, cfg.mask.ratio, None)  # the shape's own rules (an even grid...)
-
-
-def _as_list(value: Any) -> list[int]:
-    return [value] if isinstance(value, int) else list(value)
 
 
 def device_name_ok(name: str) -> bool:
     """``cpu``, ``cuda`` or ``cuda:N`` (``auto`` is handled by the caller)."""
     kind, _, index = name.partition(":")
     return kind == "cpu" and not index or kind == "cuda" and (not index or index.isdigit())
-
-
-def _get(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

@@ -62,20 +62,20 @@ def test_the_detector_tolerates_noise_and_ignores_specks():
 
 
 def described(caption: str, scene: list[Obj], kind: str) -> bool:
-    """Whether ``caption`` names exactly the scene's objects (and, for position, a relation that holds)."""
-    from maskdit.data.shapes import NUMBERS, RELATIONS, relation_holds
+    """Whether ``caption`` names exactly the scene's objects (their number, and for position a relation that
+    holds, in caption order)."""
+    from maskdit.data.shapes import relation_holds
+    from maskdit.evaluate.geneval import parse
 
+    request = parse(caption)
     if kind == "counting":
-        number, colour, shapes = caption.split()
-        return {(o.colour, o.shape) for o in scene} == {(colour, shapes[:-1])} and NUMBERS[len(scene)] == number
+        return [(o.colour, o.shape) for o in scene] == list(request.objects) * request.count
     if kind == "position":
-        relation = next(r for r in RELATIONS if f" {r} " in caption)
-        first, second = caption.split(f" {relation} ")
-        named = [tuple(part.split()[1:]) for part in (first, second)]
-        found = sorted(scene, key=lambda o: [o.colour, o.shape] != list(named[0]))
-        return [(o.colour, o.shape) for o in found] == named and relation_holds(found[0], found[1], relation)
-    named = sorted(tuple(part.split()[1:]) for part in caption.split(" and "))
-    return named == sorted((o.colour, o.shape) for o in scene)
+        first = [o for o in scene if (o.colour, o.shape) == request.objects[0]]
+        second = [o for o in scene if (o.colour, o.shape) == request.objects[1]]
+        return len(scene) == 2 and len(first) == len(second) == 1 and relation_holds(first[0], second[0],
+                                                                                    request.relation)
+    return sorted(request.objects) == sorted((o.colour, o.shape) for o in scene)
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

@@ -25,10 +25,6 @@ class LabelConditioner(Conditioner):
     def initialize(self) -> None:
         nn.init.normal_(self.table.weight, std=0.02)
 
-    @property
-    def null_label(self) -> int:
-        return self.num_classes
-
     def forward(self, y: torch.Tensor) -> Condition:
         return Condition(self.table(y))
 
