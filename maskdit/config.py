@@ -125,11 +125,11 @@ class Config:
         if task.names and not RECIPES.entry(mask.recipe).facts["tasks"]:
             raise ConfigError(f"config key mask.recipe={mask.recipe} does not support condition masks (task.names): "
                               f"use mask.recipe={one_of(RECIPES.names(tasks=True))}")
-        needs = GUIDANCES.entry(smp.guidance).facts["recipe"] if smp.guidance in GUIDANCES else None
+        needs = GUIDANCES.entry(smp.guidance).facts["recipe"]  # sample.guidance is a GUIDANCES name by now
         if needs and mask.recipe != needs:
             raise ConfigError(f"config key sample.guidance={smp.guidance} needs a model trained with "
                               f"mask.recipe={needs}: set mask.recipe={needs} or sample.guidance=cfg")
-        if smp.guidance in GUIDANCES and GUIDANCES.entry(smp.guidance).facts.get("tasks") and not task.names:
+        if GUIDANCES.entry(smp.guidance).facts.get("tasks") and not task.names:
             raise ConfigError(f"config key sample.guidance={smp.guidance} needs a model trained on tasks: set "
                               "task.names or sample.guidance=cfg")
         if m.learn_sigma and obj.name != "ddpm":
