@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from maskdit.conditions.base import CONDITIONERS
 from maskdit.data.datasets import DATASETS, DataConfig
 from maskdit.diffusion.guidance import GUIDANCES
 from maskdit.diffusion.objectives import ObjectiveConfig
@@ -119,6 +120,23 @@ class Config:
             raise ConfigError(f"config key data.path is required when data.name={data.name}")
         if smp.sampler is not None:
             check_sampler(smp.sampler, obj.name)
+        captioned = CONDITIONERS[m.condition].gives_tokens
+        if captioned and not m.conditional:
+            raise ConfigError(f"config key model.condition={m.condition} conditions on captions: it needs "
+                              "model.conditional=true")
+        if m.text is not None and not captioned:
+            raise ConfigError(f"config key model.text={m.text} injects caption tokens: it needs model.condition=text "
+                              "or hf")
+        if captioned and data.flip:
+            raise ConfigError("config key data.flip=true mirrors images, which swaps left and right in their captions: "
+                              "set data.flip=false for a text model")
+        for key, value in (("model.text_encoder", m.text_encoder), ("data.captions", data.captions)):
+            if value is not None and m.condition != "hf":
+                raise ConfigError(f"config key {key} applies to model.condition=hf (a frozen Hugging Face text "
+                                  "encoder): set model.condition=hf or leave it out")
+        if m.condition == "hf" and not m.text_encoder:
+            raise ConfigError("config key model.text_encoder is required when model.condition=hf: a local Hugging Face "
+                              "text encoder directory")
         if m.token_time and not task.names:
             raise ConfigError("config key model.token_time=true conditions the given tokens of a task on time 0: it "
                               "needs condition masks (set task.names) or model.token_time=false")

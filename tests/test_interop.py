@@ -722,7 +722,7 @@ def test_mdt_recipe_on_an_import_runs_mdts_masked_pass(tmp_path):
     keep = torch.stack([torch.randperm(16, generator=g)[:6] for _ in range(2)])
     with torch.no_grad():
         c = run.model.condition(k.double() / 1000, y)
-        tokens = skips(run.model, run.model.embed(x), c, keep, side=recipe.interpolater)
+        tokens, _ = skips(run.model, run.model.embed(x), c, keep, side=recipe.interpolater)
         ours = ref_unpatchify(run.model.head(tokens, c), 2)
         theirs = mdt_masked_forward(sd, x, k, y, 4, keep)
     assert (ours - theirs).abs().max().item() <= 1e-5 * max(1.0, theirs.abs().max().item())

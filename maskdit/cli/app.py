@@ -1,7 +1,7 @@
 """The ``maskdit`` command line: parse one command's options and call its handler.
 
     maskdit train  [--preset NAME] [CONFIG.yaml] [key=value ...] [--resume]
-    maskdit sample RUN_DIR --num N --out FILE.png|FILE.npz [sampling options]
+    maskdit sample RUN_DIR --num N --out FILE.png|FILE.npz [--prompt TEXT ...] [sampling options]
     maskdit eval   RUN_DIR [--num N | --samples FILE.npz] [--data D] [--metrics fid,kid,...] [sampling options]
     maskdit report RUN_DIR [--out FILE.html]
     maskdit info   RUN_DIR
@@ -37,6 +37,8 @@ COMMANDS.add("data", "maskdit.cli.data", "export clips of an embedded video data
 COMMANDS.add("info", "maskdit.cli.info", "describe what a run or checkpoint holds")
 COMMANDS.add("bench", "maskdit.cli.bench", "forward+backward throughput of a model preset")
 COMMANDS.add("latents", "maskdit.cli.latents", "encode images with a VAE into a latent store to train on")
+COMMANDS.add("captions", "maskdit.cli.captions",
+             "encode a dataset's captions with a frozen Hugging Face text encoder into a store to train on")
 COMMANDS.add("encoder", "maskdit.cli.encoder",
              "train a small ViT by masked autoencoding, the target of representation alignment")
 COMMANDS.add("import", "maskdit.cli.interop", "turn a DiT, SiT or diffusers DiT checkpoint into a maskdit run",

@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", help="score these samples (.npz: images, optional labels) instead of drawing")
     p.add_argument("--data", help="real images to compare with: digits, FILE.npz, a directory with images.npy "
                    "or an image folder (default: the run's dataset)")
-    p.add_argument("--metrics", help="comma-separated subset of fid,kid,domain_fid,pr,class "
-                   "(default: all that apply; fid,kid need the extra maskdit[fid])")
+    p.add_argument("--metrics", help="comma-separated subset of fid,kid,domain_fid,pr,class,geneval "
+                   "(default: all that apply; fid,kid need the extra maskdit[fid]; geneval: text models)")
 
 
 def real_images(args: argparse.Namespace, run: Any) -> Any:
@@ -34,6 +34,33 @@ def real_images(args: argparse.Namespace, run: Any) -> Any:
     if args.data is None:
         return dataset_from_config(run.config.data)
     return images_from_spec(args.data)
+
+
+def text_prompts(args: argparse.Namespace, run: Any, dataset: Any, metrics: list[str], default: bool
+                 ) -> list[str] | None:
+    """A text model draws captions: with ``geneval`` the shapes test split's (held-out compositions; also added
+    to the default metrics of a model trained on shapes), else the real dataset's in turn. Sets ``args.prompt``;
+    returns each caption's kind (``None`` for a class or unconditional model, which ``geneval`` refuses)."""
+    from maskdit.data.shapes import shapes_dataset
+
+    conditioner = run.model.conditioner
+    if conditioner is None or not conditioner.gives_tokens:
+        if "geneval" in metrics:
+            raise ConfigError("--metrics geneval judges captioned samples: it needs a text model "
+                              "(model.condition=text)")
+        return None
+    if default and run.config.data.name == "shapes" and "geneval" not in metrics:
+        metrics.append("geneval")
+    if "geneval" in metrics:
+        test = shapes_dataset(args.num, "test")
+        args.prompt, args.prompts = [str(c) for c in test["captions"]], None
+        return [str(k) for k in test["kinds"]]
+    captions = dataset.captions or []
+    if not captions:
+        raise ConfigError(f"dataset {dataset.name} has no captions to draw this text model's samples from: score it "
+                          "against captioned data (--data FILE.npz with a captions array)")
+    args.prompt, args.prompts = [captions[i % len(captions)] for i in range(args.num)], None
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,12 +92,20 @@ def run(args: argparse.Namespace) -> int:
         check_shape(torch.empty(0, loaded.model.in_channels, *loaded.model.input_size), dataset,
                     f"model of {args.run_dir}")
         metrics = resolve_metrics(requested, dataset, has_labels=loaded.model.num_classes > 0)
-        images, labels, kwargs = draw(args, loaded, args.num)
+        kinds = text_prompts(args, loaded, dataset, metrics, requested is None)
+        images, labels, kwargs, _ = draw(args, loaded, args.num)
+        if loaded.model.conditioner is not None and loaded.model.conditioner.gives_tokens:
+            labels = None  # the rows of a text model's samples are prompts, not classes
         context = (f"{len(images)} samples, step {loaded.step}, sampler={kwargs['sampler']}, steps={kwargs['steps']}, "
                    f"guidance_scale={kwargs['guidance_scale']}, seed={kwargs['seed']}")
     sampling_s = time.time() - start
     device = next(loaded.model.parameters()).device if loaded else pick_device(args.device)
-    scores = score_samples(images, labels, dataset, metrics, device=device)
+    scores = score_samples(images, labels, dataset, [m for m in metrics if m != "geneval"], device=device)
+    if "geneval" in metrics:
+        from maskdit.evaluate.geneval import detector_accuracy, score
+
+        scores["geneval"] = {**score(images.permute(0, 2, 3, 1).numpy(), args.prompt, kinds),
+                             "detector_accuracy": detector_accuracy()}
     scores["time_s"] = {"sampling": round(sampling_s, 2) if not args.samples else 0.0, **scores["time_s"]}
     for line in score_lines(scores, len(images), labels is not None, context):
         print(line)

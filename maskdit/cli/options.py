@@ -82,6 +82,73 @@ def class_labels(args: argparse.Namespace, run: Any, num: int) -> Any:
     return cycled_labels(classes, num)
 
 
+def add_prompt_options(p: argparse.ArgumentParser) -> None:
+    """``--prompt``, ``--prompts`` and ``--negative-prompt``: what a text model draws."""
+    g = p.add_argument_group("text (models trained with model.condition=text)")
+    g.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="a caption to draw (repeat for several; samples cycle through them, a grid row each)")
+    g.add_argument("--prompts", metavar="FILE.txt", help="captions to draw, one per line")
+    g.add_argument("--negative-prompt", metavar="TEXT",
+                   help="guidance steers away from this caption instead of the null caption")
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The captions of ``--prompt`` and ``--prompts`` (empty when neither is given); an unreadable or empty file
+    and an empty prompt are refused."""
+    from pathlib import Path
+
+    prompts = list(getattr(args, "prompt", None) or [])
+    path = getattr(args, "prompts", None)
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"--prompts {path}: no such file; give a text file with one caption per line")
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--prompts {path}: cannot read it as UTF-8 text ({e})") from e
+        found = [line.strip() for line in lines if line.strip()]
+        if not found:
+            raise ConfigError(f"--prompts {path} holds no captions: write one per line")
+        prompts += found
+    for prompt in prompts:
+        if not prompt.strip():
+            raise ConfigError("--prompt '': give a caption (an empty one is the model's null text; use "
+                              "--guidance-scale 1 for unguided samples)")
+    return prompts
+
+
+def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any, list[str] | None]:
+    """What ``num`` samples are conditioned on: ``(values, grid rows, prompts)``. A text model cycles through the
+    prompts (token ids; rows by prompt); a class model through ``--classes`` (labels, rows by class)."""
+    import torch
+
+    prompts = read_prompts(args)
+    conditioner = run.model.conditioner
+    if conditioner is None or not conditioner.gives_tokens:
+        if prompts or getattr(args, "negative_prompt", None):
+            raise ConfigError("--prompt/--prompts/--negative-prompt: this model is not conditioned on text (it takes "
+                              "--classes)" if conditioner is not None else "--prompt: this model is unconditional")
+        labels = class_labels(args, run, num)
+        return labels, labels, None
+    if args.classes:
+        raise ConfigError("--classes: this model is conditioned on text: pass --prompt TEXT or --prompts FILE.txt")
+    if not prompts:
+        raise ConfigError("this model is conditioned on text: pass --prompt TEXT (repeatable) or --prompts FILE.txt")
+    rows = torch.arange(num) % len(prompts)
+    return conditioner.parse(prompts)[rows], rows, prompts
+
+
+def negative_values(args: argparse.Namespace, run: Any, num: int) -> Any:
+    """``--negative-prompt`` as token ids for ``num`` samples, or ``None``."""
+    text = getattr(args, "negative_prompt", None)
+    if text is None:
+        return None
+    if not text.strip():
+        raise ConfigError("--negative-prompt '': give a caption, or leave it out to guide away from the null text")
+    return run.model.conditioner.parse([text]).expand(num, -1)
+
+
 def sampling_settings(args: argparse.Namespace, run: Any, noise: dict[str, Any] | None = None) -> dict[str, Any]:
     """The sampling settings: each option given, else the ``--from-noise`` file's setting (``noise``, as
     :func:`from_noise` checked it), else the run's ``sample.*``; refuses options that do not fit the model."""
@@ -100,7 +167,7 @@ def sampling_settings(args: argparse.Namespace, run: Any, noise: dict[str, Any] 
     guidance, scale = s["guidance"], s["guidance_scale"]
     from_file = args.guidance_scale is None and noise.get("guidance_scale") is not None
     # asked for, not the run's defaults: a guidance needing labels on an unconditional model would sample unguided
-    if (args.guidance_scale is not None or from_file or args.guidance) and scale != 1 and not model.num_classes \
+    if (args.guidance_scale is not None or from_file or args.guidance) and scale != 1 and model.conditioner is None \
             and GUIDANCES.entry(guidance).facts["labels"]:
         source = ("--guidance-scale" if args.guidance_scale is not None
                   else f"the guidance_scale of --from-noise {args.from_noise}" if from_file
@@ -173,9 +240,10 @@ def from_noise(args: argparse.Namespace, run: Any) -> dict[str, Any]:
     return found
 
 
-def draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | None = None) -> tuple[Any, Any, dict]:
-    """Sample ``num`` inputs with the sampling options (from ``noise`` when given): ``(decoded samples, labels,
-    settings)``."""
+def draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | None = None
+         ) -> tuple[Any, Any, dict, list[str] | None]:
+    """Sample ``num`` inputs with the sampling options (from ``noise`` when given): ``(decoded samples, grid rows
+    (labels, or each sample's prompt index), settings, prompts)``."""
     from maskdit.diffusion.samplers import generate
     from maskdit.diffusion.tasks import check_finite
 
@@ -183,13 +251,17 @@ def draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | N
     if args.guidance == "context":
         raise ConfigError("--guidance context contrasts given and open tokens: it needs --task and --context; "
                           "sample without a task with --guidance cfg")
-    labels = noise["labels"] if noise.get("labels") is not None and not args.classes else class_labels(args, run, num)
+    if noise.get("labels") is not None and not args.classes:
+        labels, rows, prompts = noise["labels"], noise["labels"], None
+    else:
+        labels, rows, prompts = condition_values(args, run, num)
+    negative = negative_values(args, run, num)
     kwargs = sampling_settings(args, run, noise)
     size = getattr(args, "size", None)
     if size is not None and (run.model.pos != "rope" or len(size) != len(run.model.input_size)):
         raise ConfigError(f"--size {'x'.join(map(str, size))}: only a model trained with model.pos=rope samples at "
                           f"another size, with as many axes as its {'x'.join(map(str, run.model.input_size))}")
     x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, size=size,
-                 start=noise.get("noise"), **kwargs)
+                 start=noise.get("noise"), negative=negative, **kwargs)
     check_finite(x, kwargs)
-    return run.codec.decode(x), labels, kwargs
+    return run.codec.decode(x), rows, kwargs, prompts

@@ -10,8 +10,9 @@ from typing import Any
 from maskdit.cli.args import check_out, grid_size, positive_int
 from maskdit.cli.options import (
     add_overwrite,
+    add_prompt_options,
     add_sampling_options,
-    class_labels,
+    condition_values,
     draw,
     from_noise,
     load,
@@ -24,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from maskdit.masks import TASKS
 
     add_sampling_options(p)
+    add_prompt_options(p)
     p.add_argument("run_dir", help="run directory or checkpoint directory")
     p.add_argument("--num", type=positive_int, help="number of samples (default 100; with --context: all clips)")
     p.add_argument("--out", required=True,
@@ -70,15 +72,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(allowed):
         raise ConfigError(f"--out {args.out}: the file name must end in {', '.join(allowed)}")
     start = time.time()
-    images, labels, kwargs = draw(args, loaded, args.num, noise)
+    images, labels, kwargs, prompts = draw(args, loaded, args.num, noise)
     if video and not args.out.lower().endswith(".png"):
         path = save_video(args.out, images.permute(0, 2, 3, 4, 1).numpy())
     elif video:
         path = save_samples(args.out, *clips_as_rows(images))
     else:
-        path = save_samples(args.out, images, labels)
+        path = save_samples(args.out, images, labels, None if prompts is None else [prompts[i] for i in labels])
     print(f"wrote {len(images)} samples to {path} ({time.time() - start:.1f}s, step {loaded.step}, "
           + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")")
+    for row, prompt in enumerate(prompts or []):
+        print(f"  row {row + 1}: {prompt}")
     return 0
 
 
@@ -145,7 +149,7 @@ def run_task(args: argparse.Namespace, run: Any) -> int:
         grid = given_for(args.task, run.model, options, torch.Generator().manual_seed(args.seed))
     if bool(grid.all()):
         raise ConfigError(f"--task {args.task}: the mask leaves nothing to generate")
-    labels = class_labels(args, run, len(context))
+    labels = condition_values(args, run, len(context))[0]
     if noise.get("labels") is not None and not args.classes:
         labels = noise["labels"]
     kwargs = sampling_settings(args, run, noise)

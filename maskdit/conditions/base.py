@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskdit.errors import ConfigError
 from maskdit.registry import Registry
 
 
@@ -38,13 +39,33 @@ class Condition:
 
 class Conditioner(nn.Module):
     """Base class of conditioners: a module with trainable embeddings, built by :meth:`build` from the
-    model width and the data's facts (``num_classes``)."""
+    model width and the data's facts (``num_classes``; a text conditioner's vocabulary, in ``options``)."""
+
+    gives_tokens = False  #: its :class:`Condition` has ``tokens`` (what ``model.text`` injects)
 
     @classmethod
-    def build(cls, width: int, num_classes: int) -> Conditioner | None:
+    def build(cls, width: int, num_classes: int, **options: Any) -> Conditioner | None:
         """The conditioner for a backbone of ``width`` channels on data with ``num_classes`` labels, or ``None``
-        when the data gives it nothing to condition on (an unconditional model)."""
+        when the data gives it nothing to condition on (an unconditional model); ``options``: the model's
+        ``condition_options`` (:meth:`data_options` plus the conditioner's settings)."""
         raise NotImplementedError
+
+    @classmethod
+    def data_options(cls, dataset: Any, settings: dict[str, Any], saved: dict[str, Any] | None) -> dict[str, Any]:
+        """The ``condition_options`` a run on ``dataset`` builds this conditioner with: its ``settings`` (from the
+        config) and what it learns from the data (a vocabulary); ``saved``: the options of the run it starts
+        from or resumes, whose facts must be kept so its weights keep their meaning."""
+        return {}
+
+    def values(self, dataset: Any) -> torch.Tensor | None:
+        """The condition value of every example of ``dataset`` as one tensor (token ids ``(N, L)``), what training
+        batches index; ``None``: the dataset's own labels, as they are."""
+        return None
+
+    def parse(self, texts: list[str]) -> torch.Tensor:
+        """Condition values from what a person types (``maskdit sample --prompt``): refused unless the
+        conditioner reads text."""
+        raise ConfigError(f"this model is conditioned by {type(self).__name__}, not on text: it takes no prompts")
 
     def initialize(self) -> None:
         """Set the starting weights (called by the backbone's own initialisation, in its order)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -19,7 +21,7 @@ class LabelConditioner(Conditioner):
         self.table = nn.Embedding(num_classes + 1, width)
 
     @classmethod
-    def build(cls, width: int, num_classes: int) -> LabelConditioner | None:
+    def build(cls, width: int, num_classes: int, **options: Any) -> LabelConditioner | None:
         return cls(num_classes, width) if num_classes > 0 else None
 
     def initialize(self) -> None:

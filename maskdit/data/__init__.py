@@ -1,7 +1,8 @@
 """Datasets, codecs, latent stores and media files: what flows into training and out of sampling.
 
 Importing the package registers every dataset: the image sets in :mod:`~maskdit.data.datasets`, the embedded
-videos in :mod:`~maskdit.data.video` and VAE latent stores in :mod:`~maskdit.data.latents`.
+videos in :mod:`~maskdit.data.video`, the captioned shapes in :mod:`~maskdit.data.shapes` and VAE latent stores in
+:mod:`~maskdit.data.latents`.
 """
 
-from maskdit.data import latents, video  # noqa: F401  (their DATASETS and CODECS entries)
+from maskdit.data import latents, shapes, video  # noqa: F401  (their DATASETS and CODECS entries)

@@ -49,12 +49,13 @@ class Dataset(Protocol):
 class DataConfig:
     name: str = "digits"  #: a maskdit.data.datasets.DATASETS entry: digits | npz | npy | folder | bouncing-digits | ...
     path: str | None = None
-    num: int = 2000  #: video datasets: training clips generated
+    num: int = 2000  #: video datasets: training clips generated; shapes: training scenes
     frames: int = 8  #: video datasets: frames per clip
     size: int = 16  #: video datasets: canvas size in pixels
     resize: int | None = None  #: image folders: ADM centre crop and resize to RESIZE x RESIZE (None: as stored)
     flip: bool = False  #: random horizontal flips: every epoch shows each example as stored and mirrored
     workers: int = 0  #: DataLoader worker processes that prepare the next steps' batches (0: in the main process)
+    captions: str | None = None  #: model.condition=hf: a caption store of the data's captions (maskdit captions encode)
 
     def validate(self) -> None:
         """Check every ``data.*`` value on its own (what needs the loaded data is checked after loading)."""
@@ -75,7 +76,10 @@ DATASETS: Registry = Registry("dataset", key="data.name")
 
 @dataclass
 class ImageDataset:
-    """Images ``uint8 (N, C, H, W)``, optional labels ``int64 (N,)`` and the number of classes."""
+    """Images ``uint8 (N, C, H, W)``, optional labels ``int64 (N,)`` and the number of classes, optional captions.
+
+    ``labels`` holds what batches pair with each image: class labels, or a text model's token ids ``(N, L)``
+    (:meth:`Conditioner.values <maskdit.conditions.base.Conditioner.values>` sets them from the captions)."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
@@ -83,6 +87,8 @@ class ImageDataset:
     name: str
     class_names: list[str] = field(default_factory=list)
     codec: Codec = PIXELS
+    captions: list[str] | None = None
+    words: list[str] | None = None  #: every word its captions can hold, when known (a generator's), beyond those seen
 
     def __post_init__(self) -> None:
         if len(self.images) == 0:
@@ -92,6 +98,9 @@ class ImageDataset:
                 f"dataset {self.name} has {len(self.labels)} labels for {len(self.images)} images: "
                 "give exactly one label per image"
             )
+        if self.captions is not None and len(self.captions) != len(self.images):
+            raise DataError(f"dataset {self.name} has {len(self.captions)} captions for {len(self.images)} images: "
+                            "give exactly one caption per image")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -220,8 +229,8 @@ def read_npz(path: Path, what: str, fix: str, save: str = "save it with numpy.sa
 
 def load_npz(path: str | Path) -> ImageDataset:
     """``.npz`` with ``images`` uint8 ``N x H x W``, ``N x H x W x C`` or ``N x C x H x W`` (see
-    :func:`channels_last`; an optional string ``layout``, ``NHWC`` or ``NCHW``, says which) and optional
-    integer ``labels``."""
+    :func:`channels_last`; an optional string ``layout``, ``NHWC`` or ``NCHW``, says which), optional
+    integer ``labels`` and optional string ``captions``."""
     path = Path(path)
     arrays = read_npz(path, "dataset file", "check data.path")
     if "images" not in arrays:
@@ -248,11 +257,24 @@ def load_npz(path: str | Path) -> ImageDataset:
     check_images(images, str(path))
     labels = arrays.get("labels")
     num_classes = 0 if labels is None else check_labels(labels, len(images), str(path))
+    captions = arrays.get("captions")
+    if captions is not None:
+        check_captions(captions, len(images), str(path))
     return ImageDataset(
         torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
         torch.from_numpy(labels.astype(np.int64)) if labels is not None else None,
         num_classes, path.stem, [str(i) for i in range(num_classes)],
+        captions=None if captions is None else [str(c) for c in captions],
     )
+
+
+def check_captions(captions: np.ndarray, count: int, source: str) -> None:
+    """Refuse captions that are not one string per image."""
+    if captions.ndim != 1 or captions.dtype.kind != "U":
+        raise DataError(f"{source}: 'captions' must be {count} strings (one per image), got {captions.dtype} "
+                        f"{captions.shape}; save them with numpy.savez(..., captions=numpy.array(list_of_str))")
+    if len(captions) != count:
+        raise DataError(f"{source}: {len(captions)} captions for {count} images; give one caption per image")
 
 
 def centre_crop(image: Any, size: int) -> Any:
@@ -271,7 +293,8 @@ def centre_crop(image: Any, size: int) -> Any:
 
 def load_folder(path: str | Path, resize: int | None = None) -> ImageDataset:
     """An image folder with one subfolder per class. Without ``resize`` all images must share one size;
-    with it each is centre-cropped and resized to ``resize x resize`` (:func:`centre_crop`)."""
+    with it each is centre-cropped and resized to ``resize x resize`` (:func:`centre_crop`). A ``.txt`` file
+    beside an image (``cat.png`` -> ``cat.txt``) is its caption: every image has one, or none does."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(path)
@@ -311,8 +334,28 @@ def load_folder(path: str | Path, resize: int | None = None) -> ImageDataset:
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return ImageDataset(
         torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), labels, len(classes),
-        root.name, classes,
+        root.name, classes, captions=side_captions([f for f, _ in files], root),
     )
+
+
+def side_captions(files: list[Path], root: Path) -> list[str] | None:
+    """The caption in the ``.txt`` file beside each image, or ``None`` when no image has one; a folder where
+    only some do is refused, naming the first image without."""
+    sides = [f.with_suffix(".txt") for f in files]
+    present = [s.is_file() for s in sides]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = files[present.index(False)]
+        raise DataError(f"image folder {root}: {missing} has no caption file {missing.with_suffix('.txt').name} while "
+                        "other images have one: give every image a .txt caption, or none")
+    captions = []
+    for side in sides:
+        try:
+            captions.append(side.read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read caption {side} as UTF-8 text: {e}") from e
+    return captions
 
 
 def npz_reason(e: Exception) -> str:
@@ -366,7 +409,8 @@ def _digits(cfg: Any, split: str) -> ImageDataset:
     return load_digits()
 
 
-@DATASETS.register("npz", "data.path=FILE.npz: images uint8 N x H x W [x C], optional integer labels",
+@DATASETS.register("npz", "data.path=FILE.npz: images uint8 N x H x W [x C], optional integer labels and string "
+                   "captions",
                    needs_path=True, rank=2)
 def _npz(cfg: Any, split: str) -> ImageDataset:
     return load_npz(cfg.path)
@@ -378,7 +422,7 @@ def _npy(cfg: Any, split: str) -> ImageDataset:
 
 
 @DATASETS.register("folder", "data.path=DIR with one subfolder of images per class: all one size, or any sizes "
-                   "with data.resize", needs_path=True, rank=2, resizes=True)
+                   "with data.resize; a .txt beside each image is its caption", needs_path=True, rank=2, resizes=True)
 def _folder(cfg: Any, split: str) -> ImageDataset:
     return load_folder(cfg.path, getattr(cfg, "resize", None))
 
@@ -388,7 +432,10 @@ def dataset_from_config(cfg: Any, split: str = "train") -> Dataset:
     entry = DATASETS.entry(cfg.name)
     if entry.facts["needs_path"] and not cfg.path:
         raise ConfigError(f"config key data.path is required when data.name={cfg.name}")
-    return entry.value(cfg, split)
+    dataset = entry.value(cfg, split)
+    if getattr(cfg, "captions", None):
+        dataset.caption_store = cfg.captions  # read by a frozen text encoder's conditioner instead of encoding
+    return dataset
 
 
 def load_dataset(name: str = "digits", path: str | None = None, split: str = "train", **options: Any) -> Dataset:

@@ -37,9 +37,10 @@ def image_grid(images: torch.Tensor, labels: torch.Tensor | None = None, pad: in
     return canvas
 
 
-def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
-    """Write ``uint8 (N, C, H, W)`` samples: ``.png`` as a grid (a row per class), ``.npz`` as
-    ``images`` uint8 ``N x H x W x C`` plus ``labels`` int64 when given."""
+def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None,
+                 captions: list[str] | None = None) -> Path:
+    """Write ``uint8 (N, C, H, W)`` samples: ``.png`` as a grid (a row per class, or per prompt), ``.npz`` as
+    ``images`` uint8 ``N x H x W x C`` plus ``labels`` int64 and each sample's caption when given."""
     from PIL import Image
 
     path = Path(path)
@@ -51,7 +52,10 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | 
             grid = image_grid(images, labels)
             Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
         else:
-            _write_npz(tmp, {"images": images.permute(0, 2, 3, 1).numpy().astype(np.uint8)}, labels)
+            arrays = {"images": images.permute(0, 2, 3, 1).numpy().astype(np.uint8)}
+            if captions is not None:
+                arrays["captions"] = np.array(captions, dtype=str)
+            _write_npz(tmp, arrays, labels)
     return path
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 
+from maskdit.data.datasets import DATASETS, ImageDataset
 from maskdit.data.video import SPLITS
 from maskdit.errors import ConfigError
 from maskdit.registry import Registry, one_of
@@ -191,6 +194,12 @@ def caption(kind: str, scene: list[Obj], relation: str | None = None) -> str:
     return " and ".join(f"a {n}" for n in names)
 
 
+def vocabulary() -> list[str]:
+    """Every word a caption can hold (what a text model trained on any number of scenes must know)."""
+    words = {"a", "and", *COLOURS, *SHAPES, *(f"{shape}s" for shape in SHAPES), *NUMBERS.values()}
+    return sorted(words | {w for relation in RELATIONS for w in relation.split()})
+
+
 def _pairs() -> list[tuple[str, str]]:
     return [(colour, shape) for colour in COLOURS for shape in SHAPES]
 
@@ -242,3 +251,12 @@ def shapes_dataset(num: int, split: str = "train", seed: int = 0) -> dict[str, n
         "kinds": np.array(kinds, dtype=str),
         "scenes": np.array([json.dumps([o.to_json() for o in scene]) for scene, _ in examples], dtype=str),
     }
+
+
+@DATASETS.register("shapes", "captioned compositional scenes (32x32 RGB shapes in GenEval's caption kinds); "
+                   "data.num training scenes, the test split's compositions held out", needs_path=False, rank=2)
+def _shapes(cfg: Any, split: str) -> ImageDataset:
+    data = shapes_dataset(cfg.num, split, seed=0)
+    images = torch.from_numpy(np.ascontiguousarray(data["images"].transpose(0, 3, 1, 2)))
+    return ImageDataset(images, None, 0, "shapes" if split == "train" else f"shapes-{split}",
+                        captions=[str(c) for c in data["captions"]], words=vocabulary())

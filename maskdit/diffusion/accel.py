@@ -100,23 +100,26 @@ def block_cache(model: torch.nn.Module, calls: int, every: float = 2, tail: floa
         return
     full_from = int(calls * (1 - tail))
     counters: dict[tuple[int, ...], int] = {}
-    residuals: dict[tuple[int, ...], torch.Tensor] = {}
+    residuals: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]] = {}
     plain = model.run_blocks
 
-    def run_blocks(tokens: torch.Tensor, c: torch.Tensor, first: int = 0, last: int | None = None,
-                   pos: torch.Tensor | None = None) -> torch.Tensor:
+    def run_blocks(tokens: torch.Tensor, c: Any, first: int = 0, last: int | None = None,
+                   pos: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         if first != 0 or last is not None or pos is not None:  # a partial or token-thinned pass: as it is
             return plain(tokens, c, first, last, pos)
         key = tuple(tokens.shape)
         index = counters.get(key, 0)
         counters[key] = index + 1
-        h = plain(tokens, c, 0, start)
+        h, c = plain(tokens, c, 0, start)
         if index % every_k == 0 or index >= full_from or key not in residuals:
-            middle = plain(h, c, start, end)
-            residuals[key] = middle - h
-            h = middle
+            middle, after = plain(h, c, start, end)
+            text = None if c.text is None or after.text is c.text else after.text - c.text  # a joint model's text
+            residuals[key] = (middle - h, text)
+            h, c = middle, after
         else:
-            h = h + residuals[key]
+            residual, text = residuals[key]
+            h = h + residual
+            c = c if text is None else c.with_text(c.text + text)
         return plain(h, c, end)
 
     model.run_blocks = run_blocks  # an instance attribute: the class's method is untouched

@@ -95,6 +95,7 @@ def guided(
     guidance: str = "cfg",
     channels: int | None = None,
     power: float | None = None,
+    negative: torch.Tensor | None = None,
 ) -> ModelFn:
     """Bind labels and guidance into ``fn(x, t)``.
 
@@ -113,11 +114,17 @@ def guided(
 
     ``power`` ``p`` scales the guidance by MDT's power-cosine schedule: ``1 + (scale - 1) * (1 - cos(pi *
     (1 - t)^p)) / 2``, from 1 at ``t = 1`` to ``scale`` at ``t = 0`` (small ``p``: nearly constant).
+
+    ``negative``: the condition of the weak branch instead of the conditioner's null value (a negative prompt's
+    token ids, one per sample), so guidance steers away from it.
     """
     check_guidance(guidance, model)
     conditional = getattr(model, "conditioner", None) is not None
     if conditional and y is None:
-        raise ConfigError("a class-conditional model needs labels to sample")
+        raise ConfigError("a conditional model needs its condition (labels, prompts) to sample")
+    if negative is not None and (not conditional or negative.shape != y.shape):
+        raise ConfigError("a negative condition takes the place of the null one: it needs a conditional model and "
+                          "one value per sample, shaped like the condition")
     branches = GUIDANCES.get(guidance)
     needs_labels = GUIDANCES.entry(guidance).facts["labels"]
     guide = channels or getattr(model, "in_channels", None)
@@ -129,7 +136,7 @@ def guided(
         extra = {} if given is None else {"given": given}
         if (needs_labels and not conditional) or scale == 1.0 or not in_interval:
             return model(x, t_batch, y, **extra)
-        null = model.conditioner.null(y) if conditional else None
+        null = (model.conditioner.null(y) if negative is None else negative) if conditional else None
         weak, strong = branches(model, x, t_batch, float(t), y, null, extra)
         w = scale if power is None else 1 + (scale - 1) * (1 - math.cos(math.pi * (1 - float(t)) ** power)) / 2
         if guide is None or guide >= strong.shape[1]:

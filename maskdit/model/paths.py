@@ -38,46 +38,46 @@ def check_tread_route(route: Sequence[int], depth: int) -> tuple[int, int]:
     return start, end
 
 
-#: name -> ``fn(model, tokens, c, keep_idx, **options) -> tokens``; fact ``options``: what a call may add.
+#: name -> ``fn(model, tokens, c, keep_idx, **options) -> (tokens, c)``; fact ``options``: what a call may add.
 PATHS: Registry[Any] = Registry("block path")
 
 
 @PATHS.register("plain", "the patch mixer (first mixer_depth blocks) on every token, the rest on the kept ones",
                 options=("end",))
 def plain(model: nn.Module, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor | None = None,
-          end: int | None = None) -> torch.Tensor:
+          end: int | None = None) -> tuple[torch.Tensor, Any]:
     """Blocks ``0..end-1``; with ``keep_idx`` the blocks after the patch mixer see only the kept tokens."""
     if keep_idx is None:
         return model.run_blocks(tokens, c, 0, end)
-    tokens = model.run_blocks(tokens, c, 0, model.mixer_depth)
+    tokens, c = model.run_blocks(tokens, c, 0, model.mixer_depth)
     return model.run_blocks(gather_tokens(tokens, keep_idx), c, model.mixer_depth, end, pos=keep_idx)
 
 
 @PATHS.register("routed", "TREAD: the kept tokens pass blocks START..END-1, the others skip them and re-enter",
                 options=("route",))
 def routed(model: nn.Module, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor,
-           route: Sequence[int]) -> torch.Tensor:
+           route: Sequence[int]) -> tuple[torch.Tensor, Any]:
     """Every block on all tokens except blocks ``START..END-1`` of ``route``, which only ``keep_idx`` passes;
     the other tokens skip them and re-enter before block ``END`` as they left."""
     start, end = route
-    tokens = model.run_blocks(tokens, c, 0, start)
-    through = model.run_blocks(gather_tokens(tokens, keep_idx), c, start, end, pos=keep_idx)
+    tokens, c = model.run_blocks(tokens, c, 0, start)
+    through, c = model.run_blocks(gather_tokens(tokens, keep_idx), c, start, end, pos=keep_idx)
     return model.run_blocks(scatter_tokens(through, keep_idx, tokens, model.num_tokens), c, end)
 
 
 @PATHS.register("fused", "SPRINT: dense shallow blocks, the deep blocks on the kept tokens, fusion, dense final "
                 "blocks", options=("path_drop",))
 def fused(model: nn.Module, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor | None = None,
-          path_drop: torch.Tensor | bool | None = None) -> torch.Tensor:
+          path_drop: torch.Tensor | bool | None = None) -> tuple[torch.Tensor, Any]:
     """SPRINT on a model with a ``fusion_route``. ``path_drop=True`` skips the deep blocks altogether; a
     ``(B,)`` bool tensor masks them per sample (path-drop guidance's cheap unconditional branch)."""
     start, end = model.fusion_route
-    shallow = model.run_blocks(tokens, c, 0, start)
+    shallow, c = model.run_blocks(tokens, c, 0, start)
     if path_drop is True:
         deep = None
     else:
         deep = shallow if keep_idx is None else gather_tokens(shallow, keep_idx)
-        deep = model.run_blocks(deep, c, start, end, pos=keep_idx)
+        deep, c = model.run_blocks(deep, c, start, end, pos=keep_idx)
     mask = path_drop if torch.is_tensor(path_drop) else None
     return model.run_blocks(model.fusion(shallow, deep, keep_idx, mask), c, end)
 
@@ -85,7 +85,7 @@ def fused(model: nn.Module, tokens: torch.Tensor, c: torch.Tensor, keep_idx: tor
 @PATHS.register("skips", "MDT's layout: encoder blocks with U-Net long skips, then decoder blocks that each join "
                 "the embedded input", options=("side",))
 def skips(model: nn.Module, embedded: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor | None = None,
-          side: nn.Module | None = None) -> torch.Tensor:
+          side: nn.Module | None = None) -> tuple[torch.Tensor, Any]:
     """A model with ``long_skips`` on the embedded tokens ``(B, N, D)``: encoder blocks with U-Net skips, then
     the decoder position table and decoder blocks that each join the embedded input. Only the ``keep_idx``
     tokens pass. With ``side`` (MDT's masked training pass, a
@@ -106,7 +106,7 @@ def skips(model: nn.Module, embedded: torch.Tensor, c: torch.Tensor, keep_idx: t
         tokens = model.blocks[i](tokens, c, pos)
         if i < half:
             stack.append(tokens)
-    return tokens
+    return tokens, c
 
 
 def path_of(model: nn.Module, keep_idx: torch.Tensor | None, end: int | None, path_drop: Any,

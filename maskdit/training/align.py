@@ -93,10 +93,11 @@ class Alignment(nn.Module):
     def clear(self) -> None:
         self._targets = None
 
-    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self._targets is None or not aux_active():
             return
         pos = args[2] if len(args) > 2 else None
+        output = output[0] if isinstance(output, tuple) else output  # a joint block: (image tokens, context)
         targets = self._targets
         if pos is not None:
             ids = pos.reshape(pos.shape[0], -1)

@@ -216,12 +216,11 @@ class MDTRecipe(nn.Module):
         if keep_idx is None or keep_idx[0].numel() == model.num_tokens:
             return full + _touch(self).to(x0.device), _parts(loss_full=full, loss_masked=0.0)
         if model.skips is not None:
-            c = model.condition(t, y)
-            tokens = skips(model, model.embed(x_t), c, keep_idx, side=self.interpolater)
+            tokens, c = skips(model, model.embed(x_t), model.context(t, y), keep_idx, side=self.interpolater)
         else:
             kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
             tokens = self.interpolater(kept, c, keep_idx, model.pos_embed)
-            tokens = model.run_blocks(tokens, c, self.encoder_depth)  # every token again: positions in order
+            tokens, c = model.run_blocks(tokens, c, self.encoder_depth)  # every token again: positions in order
         masked = prediction_loss(model, objective, model.head(tokens, c), target, x0, x_t, t)
         return full + masked, _parts(loss_full=full, loss_masked=masked)
 
@@ -363,7 +362,8 @@ class MaskDiTRecipe(nn.Module):
         if given is not None:  # a dropped given token is still known to be given
             fill = fill + given.unsqueeze(-1).to(fill.dtype) * model.given_embed
         tokens = scatter_tokens(kept, keep_idx, fill, model.num_tokens)
-        out = model.head(model.run_blocks(tokens, c, self.encoder_depth), c)
+        tokens, c = model.run_blocks(tokens, c, self.encoder_depth)
+        out = model.head(tokens, c)
         dropped = dropped_mask(keep_idx, model.num_tokens)
         generated = 1.0 if weight is None else weight.to(dropped.dtype)
         denoise = token_mse(out, target, (1.0 - dropped) * generated)

@@ -41,6 +41,7 @@ from maskdit.checkpoint import (
     set_rng_state,
     slot_like,
 )
+from maskdit.conditions.base import CONDITIONERS
 from maskdit.config import Config, check_against_data, device_name_ok
 from maskdit.data.datasets import dataset_from_config, examples
 from maskdit.diffusion.objectives import objective_from_config
@@ -101,9 +102,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> DiT:
-    """The run's model: the ``model`` section plus what the data (grid, channels, classes) and the recipe (a
-    SPRINT or TREAD route, condition masks) decide."""
+def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int,
+              condition_options: dict[str, Any] | None = None) -> DiT:
+    """The run's model: the ``model`` section plus what the data (grid, channels, classes, a text vocabulary in
+    ``condition_options``) and the recipe (a SPRINT or TREAD route, condition masks) decide."""
     m = cfg.model
     guided = cfg.sample.guidance_channels
     if guided is not None and guided > dataset_shape[0]:
@@ -112,7 +114,20 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int) -> 
     return DiT(**model_arguments(
         m, input_size=dataset_shape[1:], in_channels=dataset_shape[0],
         num_classes=num_classes if m.conditional else 0, task_conditioning=bool(cfg.task.names),
-        fusion=cfg.sprint_route(), route=cfg.tread_route()))
+        fusion=cfg.sprint_route(), route=cfg.tread_route(), condition_options=condition_options))
+
+
+def condition_options(cfg: Config, dataset: Any, source: Path | None) -> dict[str, Any] | None:
+    """What the run's conditioner is built with, from the config and the data (a text vocabulary); a run resumed
+    or started from ``source`` keeps that run's facts (its token ids keep their meaning)."""
+    if not cfg.model.conditional:
+        return None
+    saved = None
+    if source is not None:
+        saved_model = read_json(source / "config.json", keys=("model",))["model"]
+        if saved_model.get("condition", "label") == cfg.model.condition:
+            saved = saved_model.get("condition_options")
+    return CONDITIONERS.get(cfg.model.condition).data_options(dataset, cfg.model, saved) or None
 
 
 #: Model fields that fix what a model's weights compute, with the values of runs saved before they existed.
@@ -187,7 +202,12 @@ class Trainer:
         self.dataset = dataset_from_config(cfg.data)
         check_against_data(cfg, self.dataset)
         self.objective = objective_from_config(cfg.objective)
-        self.model = model_for(cfg, self.dataset.shape, self.dataset.num_classes).to(self.device)
+        self.condition_options = condition_options(cfg, self.dataset, source)
+        self.model = model_for(cfg, self.dataset.shape, self.dataset.num_classes,
+                               self.condition_options).to(self.device)
+        values = None if self.model.conditioner is None else self.model.conditioner.values(self.dataset)
+        if values is not None:  # what batches pair with each example: caption token ids instead of labels
+            self.dataset.labels = values
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.recipe = recipe_for(cfg, self.model).to(self.device)
         self.alignment = None
@@ -433,7 +453,8 @@ class Trainer:
         weights = {k: full(v) for k, v in self.ema.state_dict().items()}
         if not self.world.main:
             return None
-        whole = model_for(self.cfg, self.dataset.shape, self.dataset.num_classes).to(self.device)
+        whole = model_for(self.cfg, self.dataset.shape, self.dataset.num_classes,
+                          self.condition_options).to(self.device)
         whole.load_state_dict(weights)
         return whole.requires_grad_(False)
 
