@@ -229,3 +229,23 @@ def test_a_tiny_text_run_trains_samples_prompts_and_judges(trained, tmp_path, ca
     assert set(result["geneval"]) >= {"overall", "single", "detector_accuracy"}
     assert result["geneval"]["detector_accuracy"] >= 0.99
     assert any(line.startswith("GenEval-style") for line in lines)
+
+
+def test_adaln_single_shares_one_modulation_and_gives_each_block_a_table():
+    model = text_model("cross", adaln="single")
+    zero = text_model("cross")
+    shared = model.t_block[1].weight
+    assert all(b.adaLN_modulation.shared[0] is model.t_block for b in model.blocks)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in zero.parameters())
+    assert sum(1 for name, _ in model.named_parameters() if name.startswith("t_block")) == 2  # saved once
+    x, t = torch.randn(2, 3, 8, 8), torch.rand(2)
+    y = ids(model, "a red circle", "two blue square")
+    assert model(x, t, y).abs().max().item() == 0.0  # the final layer starts at zero
+    perturbed(model)
+    c = model.condition(t, y)
+    want = model.t_block(c) + model.blocks[1].adaLN_modulation.table.flatten()
+    assert torch.allclose(model.blocks[1].adaLN_modulation(c), want)
+    assert torch.allclose(model.final_layer.adaLN_modulation(c)[:, :32], model.final_layer.adaLN_modulation.table[0] + c)
+    assert shared.shape == (6 * 32, 32)
+    with pytest.raises(ConfigError, match="adaln=single"):
+        DiT((2, 8, 8), 3, 2, 32, 2, 2, attention="factorised", adaln="single")

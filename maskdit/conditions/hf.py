@@ -168,6 +168,13 @@ def read_store(path: str | Path, options: dict[str, Any], captions: list[str]) -
     return torch.from_numpy(values)
 
 
+#: How encoder tokens reach the model width: name -> ``make(width_in, width)``.
+PROJECTIONS = {
+    "mlp": lambda a, b: nn.Sequential(nn.Linear(a, b), nn.GELU(approximate="tanh"), nn.Linear(b, b)),  # PixArt
+    "linear": lambda a, b: nn.Sequential(nn.Linear(a, b)),  # SD3's context embedder
+}
+
+
 @CONDITIONERS.register("hf", "captions through a frozen Hugging Face text encoder from a local directory (T5, CLIP, "
                        "decoder LLMs), a trained projection and refiner")
 class HFTextConditioner(Conditioner):
@@ -176,14 +183,23 @@ class HFTextConditioner(Conditioner):
     gives_tokens = True
 
     def __init__(self, width: int, encoder: str, fingerprint: str, width_in: int, length: int, prefix: str = "",
-                 refiner: int = 0, heads: int | None = None):
+                 refiner: int = 0, heads: int | None = None, projection: str = "mlp", pooled_in: int | None = None):
         super().__init__()
         self.encoder_dir, self.fingerprint, self.length, self.prefix = encoder, fingerprint, int(length), prefix
         self.width_in = int(width_in)
+        self.pooled_in = self.width_in if pooled_in is None else int(pooled_in)
+        if not 0 <= self.pooled_in <= self.width_in:
+            raise ConfigError(f"the pooled vector's width {self.pooled_in} must be in [0, the token width "
+                              f"{self.width_in}] (it shares the values' first row)")
         heads = heads or max(1, width // 64)
-        self.proj = nn.Sequential(nn.Linear(width_in, width), nn.GELU(approximate="tanh"), nn.Linear(width, width))
+        if projection not in PROJECTIONS:
+            raise ConfigError(f"caption projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
+        self.projection = projection
+        self.proj = PROJECTIONS[projection](width_in, width)
         self.refiner = nn.ModuleList(EncoderLayer(width, heads) for _ in range(refiner))
-        self.pool = nn.Sequential(nn.Linear(width_in, width), nn.SiLU(), nn.Linear(width, width))
+        # the pooled vector joins the time embedding (SD3's pooled text projection); 0 wide: none (PixArt)
+        self.pool = nn.Sequential(nn.Linear(self.pooled_in, width), nn.SiLU(), nn.Linear(width, width)) \
+            if self.pooled_in else None
         self.null_token = nn.Parameter(torch.zeros(width))
         self.null_pooled = nn.Parameter(torch.zeros(width))
         self._frozen: list[FrozenTextEncoder] = []  # loaded when prompts need encoding; never in the state dict
@@ -254,7 +270,10 @@ class HFTextConditioner(Conditioner):
         tokens = torch.where(real[:, None, None], tokens, self.null_token.expand_as(tokens))
         for layer in self.refiner:
             tokens = layer(tokens, src_key_padding_mask=~mask)
-        pooled = torch.where(real[:, None], self.pool(value[:, 0, :-1]), self.null_pooled)
+        if self.pool is None:
+            pooled = torch.zeros_like(self.null_pooled).expand(len(value), -1)
+        else:
+            pooled = torch.where(real[:, None], self.pool(value[:, 0, :self.pooled_in]), self.null_pooled)
         return Condition(pooled, tokens, mask)
 
     def null(self, value: torch.Tensor) -> torch.Tensor:

@@ -339,11 +339,36 @@ class DiTBlock(nn.Module):
 
 def zero_init_adaln(block: nn.Module) -> None:
     """adaLN-Zero: zero the last linear layer of the block's modulations (each stream's, in a joint block) so
-    the block starts as the identity."""
-    for name, module in block.named_children():
-        if name.endswith("adaLN_modulation"):
+    the block starts as the identity. Shared modulations (adaLN-single) keep their own start."""
+    for name, module in block.named_modules():
+        if name.rpartition(".")[2] == "adaLN_modulation" and isinstance(module, nn.Sequential):
             nn.init.zeros_(module[-1].weight)
             nn.init.zeros_(module[-1].bias)
+
+
+class SharedModulation(nn.Module):
+    """adaLN-single (PixArt-alpha): a block's modulation is one model-wide ``Linear(SiLU(c))`` plus the block's own
+    learned ``table`` ``(chunks, D)``, instead of a per-block MLP (about a quarter of DiT-XL's parameters). The
+    shared layer is held by the model and referenced here (not a submodule, so it is saved once)."""
+
+    def __init__(self, shared: nn.Module, chunks: int, dim: int):
+        super().__init__()
+        self.shared = [shared]
+        self.table = nn.Parameter(torch.randn(chunks, dim) / dim**0.5)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.shared[0](c) + self.table.flatten()
+
+
+class TableModulation(nn.Module):
+    """adaLN-single's final layer: ``table + c`` per chunk (``c`` is the time embedding itself, no SiLU, no matmul)."""
+
+    def __init__(self, chunks: int, dim: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(chunks, dim) / dim**0.5)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return (self.table[None] + c[:, None]).flatten(1)
 
 
 class FinalLayer(nn.Module):

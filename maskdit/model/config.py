@@ -17,7 +17,7 @@ from maskdit.conditions.base import CONDITIONERS
 from maskdit.conditions.text import MAX_LENGTH
 from maskdit.errors import ConfigError, check_keys
 from maskdit.model.blocks import MLPS, NORMS
-from maskdit.model.dit import ATTENTIONS, POS_LAYOUTS, POSITIONS, PRESETS, DiT
+from maskdit.model.dit import ATTENTIONS, MODULATIONS, POS_LAYOUTS, POSITIONS, PRESETS, DiT
 from maskdit.model.moe import ROUTINGS
 from maskdit.model.precond import PRECONDS
 from maskdit.model.text import TEXT_MODES
@@ -63,6 +63,7 @@ class ModelConfig:
     text_length: int | None = None  #: longest caption in tokens (null: the longest training caption)
     text_depth: int = 2  #: the text encoder's transformer layers
     text_double: int | None = None  #: text=joint: leading double-stream blocks (null: half the depth)
+    adaln: str = "zero"  #: block modulation: zero (DiT's adaLN-Zero per block) | single (PixArt's shared adaLN-single)
     text_encoder: str | None = None  #: condition=hf: a local Hugging Face text encoder directory (T5, CLIP, an LLM)
     text_prefix: str = ""  #: condition=hf: an instruction put before every caption (LI-DiT's, for decoder LLMs)
     text_refiner: int = 0  #: condition=hf: bidirectional transformer layers on the encoder's tokens (LI-DiT: 2)
@@ -96,6 +97,7 @@ class ModelConfig:
             ("text_double", self.text_double is None or self.text_double >= 0, "null or non-negative"),
             ("text_encoder", self.text_encoder is None or bool(self.text_encoder.strip()), "null or a directory"),
             ("text_refiner", self.text_refiner >= 0, "non-negative"),
+            ("adaln", self.adaln in MODULATIONS, "one of " + one_of(MODULATIONS.names())),
             ("pos_layout", self.pos_layout is None or self.pos_layout in POS_LAYOUTS,
              "null or one of " + one_of(list(POS_LAYOUTS))),
             ("time_scale", self.time_scale != 0, "non-zero"),

@@ -33,7 +33,9 @@ from maskdit.model.blocks import (
     DiTBlock,
     FactorisedDiTBlock,
     FinalLayer,
+    SharedModulation,
     SparseDenseFusion,
+    TableModulation,
     TimestepEmbedder,
     zero_init_adaln,
 )
@@ -72,6 +74,32 @@ POSITIONS.add("rope", None, "axial rotary positions inside attention, by each to
 POS_LAYOUTS: Registry[bool] = Registry("position layout", key="model.pos_layout")
 POS_LAYOUTS.add("xy", True, "the last axis first (DiT, diffusers: columns then rows)")
 POS_LAYOUTS.add("axes", False, "axis order (rows then columns; frames first for video)")
+#: How blocks get their shift, scale and gate from ``c`` (DiT's ``adaln``): name -> ``install(model)``.
+MODULATIONS: Registry[Any] = Registry("modulation", key="model.adaln")
+
+
+@MODULATIONS.register("zero", "adaLN-Zero: a SiLU + linear per block, zero-initialised (DiT)")
+def _adaln_zero(model: nn.Module) -> None:
+    """The blocks' own modulation MLPs, as built."""
+
+
+@MODULATIONS.register("single", "adaLN-single: one shared SiLU + linear and a learned table per block (PixArt-alpha)")
+def _adaln_single(model: nn.Module) -> None:
+    dim = model.hidden_size
+    model.t_block = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+    for block in model.blocks:
+        if isinstance(block, FactorisedDiTBlock):
+            raise ConfigError("model.adaln=single modulates 6 chunks per block; factorised blocks take 9: use "
+                              "model.adaln=zero with model.attention=factorised")
+        for owner in (block, getattr(block, "text", None)):
+            if owner is not None:
+                owner.adaLN_modulation = SharedModulation(model.t_block, 6, dim)
+    if model.decoder is not None:
+        raise ConfigError("model.adaln=single adds the time embedding to the final layer's table: it needs the final "
+                          "layer at the model width (no model.decoder)")
+    model.final_layer.adaLN_modulation = TableModulation(2, dim)
+
+
 #: How blocks attend (DiT's ``attention``).
 ATTENTIONS: Registry[None] = Registry("attention", key="model.attention")
 ATTENTIONS.add("full", None, "every block attends over all tokens")
@@ -103,6 +131,9 @@ class DiT(nn.Module):
             entry (``cross``, ``joint``, ``concat``); default ``cross`` for a conditioner that gives tokens,
             ``None`` (pooled vector only) otherwise.
         text_double: ``text=joint``: how many leading blocks are double-stream (default half the depth).
+        adaln: how blocks get shift, scale and gate from ``c``: ``"zero"`` (DiT's per-block adaLN-Zero MLPs) or
+            ``"single"`` (PixArt-alpha's adaLN-single: one shared linear map and a learned table per block; the
+            final layer adds its table to ``c`` itself). :data:`MODULATIONS`.
         mixer_depth: how many leading blocks see every token before ``keep_idx`` drops some ("deferred
             masking"); they form the patch mixer. 0 drops right after the patch embedding.
         attention: ``"full"`` (every block attends over all tokens) or ``"factorised"`` (VDT: temporal
@@ -196,6 +227,7 @@ class DiT(nn.Module):
         condition_options: dict[str, Any] | None = None,
         text: str | None = None,
         text_double: int | None = None,
+        adaln: str = "zero",
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -316,6 +348,10 @@ class DiT(nn.Module):
                 raise ConfigError(f"model.text={self.text} injects a condition's tokens, and model.condition="
                                   f"{condition} gives none: use a text condition (model.condition=text)")
             TEXT_MODES[self.text](self, self.text_double)
+        if adaln not in MODULATIONS:
+            raise ConfigError(f"adaln must be one of {', '.join(MODULATIONS)}, got {adaln!r}")
+        self.adaln = adaln
+        MODULATIONS[adaln](self)
         self.initialize_weights()
 
     @property
@@ -358,6 +394,8 @@ class DiT(nn.Module):
             self.y_embedder.initialize()
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.adaln == "single":  # PixArt's start: the shared map small, the tables as drawn
+            nn.init.normal_(self.t_block[1].weight, std=0.02)
         for block in [*self.blocks, self.final_layer]:  # every block starts as the identity
             zero_init_adaln(block)
         nn.init.zeros_(self.final_layer.linear.weight)

@@ -42,12 +42,12 @@ TEXT_MODES: Registry[Callable[[nn.Module, int], None]] = Registry("text injectio
 
 class CrossAttention(nn.Module):
     """Multi-head attention from image tokens (queries) to the context's text (keys and values), padding masked.
-    ``proj`` starts at zero (PixArt), so the layer adds nothing until it has learned to."""
+    As PixArt-alpha's: the residual stream enters unnormalised, and ``proj`` starts at zero, so the layer adds
+    nothing until it has learned to."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False):
         super().__init__()
         self.num_heads = num_heads
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -63,7 +63,7 @@ class CrossAttention(nn.Module):
             raise ConfigError("this model attends to text (model.text=cross): pass captions as its condition")
         b, n, d = x.shape
         h, hd = self.num_heads, d // self.num_heads
-        q = self.q(self.norm(x)).reshape(b, n, h, hd).transpose(1, 2)
+        q = self.q(x).reshape(b, n, h, hd).transpose(1, 2)
         k, v = self.kv(c.text).reshape(b, -1, 2, h, hd).permute(2, 0, 3, 1, 4)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
