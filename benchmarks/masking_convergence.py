@@ -47,7 +47,16 @@ ARMS: dict[str, list[str]] = {
     "sprint 0.75 + finetune": ["mask.recipe=sprint", "mask.ratio=0.75", "mask.shape=structured"],
 }
 FINETUNE_SHARE = 0.1
-BASELINE = "unmasked"  #: the arm the others are timed against
+#: The text injection modes at equal parameters (within 2%: a double-stream block's text weights cost about
+#: as much as cross-attention in every block, and concat gets the difference as two more blocks).
+TEXT_ARMS: dict[str, list[str]] = {
+    "cross": ["model.text=cross"],
+    "joint (1 double-stream)": ["model.text=joint", "model.text_double=1"],
+    "concat (+2 blocks)": ["model.text=concat", "model.depth=8"],
+}
+#: --arm-set -> (its arms, the arm the others are timed against)
+ARM_SETS: dict[str, tuple[dict[str, list[str]], str]] = {"masking": (ARMS, "unmasked"), "text": (TEXT_ARMS, "cross")}
+BASELINE = "unmasked"  #: the masking study's baseline
 #: video models use factorised attention, which needs a grid drop shape: every masked arm drops tubes
 VIDEO_SHAPE = "mask.shape=tube"
 
@@ -56,11 +65,14 @@ DATA: dict[str, tuple[str, str, bool, str]] = {
     "digits": ("digits", "domain_fid", False, "domain FID"),
     "mnist32": ("digits", "domain_fid", False, "domain FID"),
     "bouncing-digits": ("bouncing-digits", "mean_psnr", True, "mean task PSNR (dB)"),
+    "shapes-text": ("shapes-text", "geneval_overall", True, "GenEval overall (held-out captions)"),
 }
+#: the second column and plot panel of each data set's table
+SECOND = {"domain_fid": "class_accuracy", "mean_psnr": "interpolate_psnr", "geneval_overall": "geneval_position"}
 
 
 def arm_overrides(label: str, data: str) -> list[str]:
-    overrides = ARMS[label]
+    overrides = {**ARMS, **TEXT_ARMS}[label]
     if DATA[data][0] != "bouncing-digits" or not overrides:
         return overrides
     return [o for o in overrides if not o.startswith("mask.shape")] + [VIDEO_SHAPE]
@@ -144,13 +156,17 @@ def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
         print(f"[{label}] stage {i}: {run.step} steps, {run.step / logged[-1]['elapsed_s']:.2f} steps/s, "
               f"final {name} {final[key]:.2f}", flush=True)
         previous = run_dir
+    from maskdit.model.dit import parameter_count
+
     return {"label": label, "overrides": arm, "budget_s": args.budget, "data": args.data,
-            "preset": args.preset, "batch": args.batch, "device": device_name(args.device), "rows": rows}
+            "preset": args.preset, "batch": args.batch, "device": device_name(args.device), "rows": rows,
+            "parameters": parameter_count(run.model)}
 
 
 #: the scores a curve keeps (those the evaluation gave)
 SCORES = ("domain_fid", "class_accuracy", "precision", "recall", "mean_psnr", "predict_psnr", "interpolate_psnr",
-          "animate_psnr", "predict_ssim", "interpolate_ssim")
+          "animate_psnr", "predict_ssim", "interpolate_ssim", "geneval_overall", "geneval_single", "geneval_two",
+          "geneval_counting", "geneval_colour", "geneval_position", "geneval_colour_attr")
 
 
 def row(step: int, seconds: float, scores: dict) -> dict:
@@ -181,20 +197,23 @@ def reach_time(rows: list[dict], target: float, key: str, higher: bool) -> float
 
 def table(out: Path) -> str:
     curves = {json.loads(p.read_text())["label"]: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
-    order = [k for k in ARMS if k in curves]
     if not curves:
         return "no saved curves in " + str(out)
+    arms, baseline = next((a, b) for a, b in ARM_SETS.values() if set(curves) & set(a))
+    order = [k for k in arms if k in curves]
     _, key, higher, name = DATA[next(iter(curves.values()))["data"]]
-    second = "class_accuracy" if key == "domain_fid" else "interpolate_psnr"
-    base = curves.get(BASELINE)
+    second = SECOND[key]
+    base = curves.get(baseline)
     target = base["rows"][-1][key] if base else None
-    lines = [f"| arm | steps | final {name} | final {second.replace('_', ' ')} | time to {BASELINE} final | "
-             f"x {BASELINE} time |", "|---|---|---|---|---|---|"]
+    lines = [f"| arm | parameters | steps | final {name} | final {second.replace('_', ' ')} | time to {baseline} "
+             f"final | x {baseline} time |", "|---|---|---|---|---|---|---|"]
     for label in order:
         rows = curves[label]["rows"]
         reach = reach_time(rows, target, key, higher) if target is not None else None
         ratio = "-" if reach is None or base is None else f"{reach / base['rows'][-1]['seconds']:.2f}"
-        lines.append(f"| {label} | {rows[-1]['step']} | {rows[-1][key]:.2f} | {rows[-1].get(second, float('nan')):.3f} "
+        params = curves[label].get("parameters")
+        lines.append(f"| {label} | {'-' if params is None else f'{params / 1e6:.2f}M'} | {rows[-1]['step']} | "
+                     f"{rows[-1][key]:.2f} | {rows[-1].get(second, float('nan')):.3f} "
                      f"| {'not reached' if reach is None else f'{reach:.0f} s'} | {ratio} |")
     plot(curves, order, out / "convergence.png", [key, second], log_first=not higher)
     return "\n".join(lines)
@@ -250,8 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=list(DATA), default="mnist32")
     p.add_argument("--data-path", default="runs/data/mnist32.npz", help="mnist32: where the .npz is (built if absent)")
+    p.add_argument("--arm-set", choices=list(ARM_SETS), default="masking",
+                   help="masking: the recipes against unmasked training; text: the text injection modes (shapes-text)")
     p.add_argument("--arms", help="arm labels separated by commas, or by ';' when a label holds a comma "
-                                  "(default: all): " + "; ".join(ARMS))
+                                  "(default: all of the set): " + "; ".join([*ARMS, *TEXT_ARMS]))
     p.add_argument("--budget", type=positive_float, default=600.0, help="training seconds per arm")
     p.add_argument("--points", type=positive_int, default=6, help="evaluations during each arm (plus one at the end)")
     p.add_argument("--num", type=positive_int, default=500, help="samples per evaluation")
@@ -266,8 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--table", action="store_true", help="only build the table and plot from saved curves")
     p.add_argument("extra", nargs="*", help="more config overrides for every arm (key=value)")
     args = p.parse_args(argv)
-    labels = split_labels(args.arms) if args.arms else list(ARMS)
-    problem = unknown_arms(labels, ARMS)
+    arms = ARM_SETS[args.arm_set][0]
+    labels = split_labels(args.arms) if args.arms else list(arms)
+    problem = unknown_arms(labels, arms)
+    if args.arm_set == "text" and args.data != "shapes-text":
+        problem = "--arm-set text compares text injection modes: use --data shapes-text"
     if problem and not args.table:
         p.error(problem)
     out = Path(args.out or f"docs/masking/{args.data}")

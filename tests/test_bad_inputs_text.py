@@ -20,6 +20,17 @@ TTRAIN = ["train", "--no-progress", "--preset", "shapes-text", *TEXT_TINY, "run_
 TSAMPLE = ["sample", "txt", "--num", "2", "--steps", "1", "--out", "out.png"]
 
 
+def _remove(name: str) -> Setup:
+    """Remove ``name`` from the case directory (what a user moving a file away does)."""
+    def make(tmp: Path, runs: Runs) -> None:
+        import shutil
+
+        shutil.rmtree(tmp / name)
+
+    make.desc = f"remove:{name}"  # type: ignore[attr-defined]
+    return make
+
+
 def text_run(dst: str = "txt") -> Setup:
     """The tiny shapes-text run (trained once per session) copied into the case directory."""
     def make(tmp: Path, runs: Runs) -> None:
@@ -47,6 +58,44 @@ def side_files(name: str) -> Setup:
     make.desc = f"side-files:{name}"  # type: ignore[attr-defined]
     return make
 
+
+def encoder(name: str = "enc") -> Setup:
+    """A tiny random T5 text encoder and its tokenizer, saved to the case directory."""
+    def make(tmp: Path, runs: Runs) -> None:
+        from test_text_hf import save_encoder
+
+        save_encoder("t5", tmp / name)
+
+    make.desc = f"encoder:{name}"  # type: ignore[attr-defined]
+    return make
+
+
+def store(name: str = "store", num: int = 8) -> Setup:
+    """A caption store of ``num`` shapes captions encoded by the case's ``enc`` encoder."""
+    def make(tmp: Path, runs: Runs) -> None:
+        from maskdit.conditions.hf import write_store
+        from maskdit.data.shapes import shapes_dataset
+
+        captions = [str(c) for c in shapes_dataset(num, "train", seed=0)["captions"]]
+        write_store(captions, tmp / "enc", tmp / name, 14, progress=False)
+
+    make.desc = f"store:{name}:{num}"  # type: ignore[attr-defined]
+    return make
+
+
+def hf_run(dst: str = "hfrun") -> Setup:
+    """A tiny run on the case's ``enc`` encoder, trained in the case directory."""
+    def make(tmp: Path, runs: Runs) -> None:
+        from maskdit.cli.app import main
+
+        assert main([*TTRAIN[:-1], "model.condition=hf", f"model.text_encoder={tmp / 'enc'}", "model.text_length=14",
+                     f"run_dir={tmp / dst}"]) == 0
+
+    make.desc = f"hf-run:{dst}"  # type: ignore[attr-defined]
+    return make
+
+
+HF = ["model.condition=hf", "model.text_encoder=enc", "model.text_length=14"]
 
 CASES: list[Case] = [
     # ---- training: the text keys and what they need ------------------------------------------------------------
@@ -88,6 +137,31 @@ CASES: list[Case] = [
       "'purple'", text_run()),
     C("prompt-on-label-model", ["sample", "{img}", "--num", "2", "--steps", "1", "--out", "out.png", "--prompt", "a"],
       "not conditioned on text"),
+    # ---- a frozen Hugging Face encoder -----------------------------------------------------------------------------
+    C("hf-without-encoder", [*TTRAIN, "model.condition=hf"], "model.text_encoder is required"),
+    C("hf-hub-id", [*TTRAIN, "model.condition=hf", "model.text_encoder=google/t5-v1_1-small"],
+      "maskdit never downloads"),
+    C("hf-encoder-on-label-model", [*TRAIN, "model.text_encoder=enc"], "model.text_encoder"),
+    C("captions-store-without-hf", [*TTRAIN, "data.captions=store"], "data.captions"),
+    C("text-refiner-negative", [*TTRAIN, *HF, "model.text_refiner=-1"], "model.text_refiner"),
+    C("adaln-unknown", [*TTRAIN, "model.adaln=double"], "model.adaln"),
+    C("hf-store-other-captions", [*TTRAIN, *HF, "data.captions=store"], "holds other captions", encoder(), store(num=4)),
+    C("hf-store-incomplete", [*TTRAIN, *HF, "data.captions=store"], "not a complete caption store", encoder(),
+      text("store/values.npy", b"x")),
+    C("hf-store-other-length", [*TTRAIN, "model.condition=hf", "model.text_encoder=enc", "model.text_length=16",
+                                "data.captions=store"], "another length", encoder(), store(num=16)),
+    C("hf-run-encoder-moved", ["sample", "hfrun", "--prompt", "a red circle", "--num", "2", "--steps", "1", "--out",
+                               "o.png"], "is not there", encoder(), hf_run(), _remove("enc")),
+    C("captions-encode-exists", ["captions", "encode", "shapes", "--num", "8", "--encoder", "enc", "--out", "store"],
+      "exists", encoder(), text("store/keep.txt", "mine")),
+    C("captions-encode-no-encoder", ["captions", "encode", "shapes", "--num", "8", "--encoder", "enc", "--out", "s"],
+      "not a local model directory"),
+    C("captions-encode-uncaptioned", ["captions", "encode", "digits", "--encoder", "enc", "--out", "s"],
+      "has no captions", encoder()),
+    C("captions-encode-num-on-file", ["captions", "encode", "c.npz", "--num", "4", "--encoder", "enc", "--out", "s"],
+      "--num applies", captioned("c.npz", np.array(["a red circle"] * 8))),
+    C("captions-encode-too-long", ["captions", "encode", "shapes", "--num", "12", "--encoder", "enc", "--out", "s",
+                                   "--length", "3"], "reads at most 3", encoder()),
     C("geneval-on-label-model", ["eval", "{img}", "--num", "4", "--steps", "1", "--metrics", "geneval"],
       "needs a text model"),
 ]
@@ -95,7 +169,7 @@ assert all(TINY[0] in c.argv or "shapes-text" in c.argv or c.argv[0] != "train" 
 
 
 def test_text_corpus_is_distinct():
-    assert_distinct(CASES, 25)
+    assert_distinct(CASES, 40)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

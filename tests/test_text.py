@@ -249,3 +249,14 @@ def test_adaln_single_shares_one_modulation_and_gives_each_block_a_table():
     assert shared.shape == (6 * 32, 32)
     with pytest.raises(ConfigError, match="adaln=single"):
         DiT((2, 8, 8), 3, 2, 32, 2, 2, attention="factorised", adaln="single")
+
+
+def test_the_report_shows_a_text_models_prompts_beside_its_rows(trained, tmp_path):
+    from maskdit.cli.app import main
+    from maskdit.data.shapes import KINDS, shapes_dataset
+
+    run = trained(*TEXT_TINY, preset="shapes-text")
+    assert main(["report", str(run), "--per-class", "1", "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    captions = [str(c) for c in shapes_dataset(len(KINDS), "test")["captions"]]
+    assert all(f"{i + 1}. {c}" in page for i, c in enumerate(captions))

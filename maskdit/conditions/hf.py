@@ -70,7 +70,11 @@ class FrozenTextEncoder:
             from transformers import AutoConfig, AutoModel, AutoModelForTextEncoding, AutoTokenizer
         except ImportError as e:
             raise ConfigError("a Hugging Face text encoder needs transformers: pip install 'maskdit[align]'") from e
+        from transformers.utils import logging as hf_logging
+
         root = check_encoder_dir(path)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar: maskdit prints one line of its own
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
             config = AutoConfig.from_pretrained(root, local_files_only=True)
@@ -80,6 +84,9 @@ class FrozenTextEncoder:
             model = loader.from_pretrained(root, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"cannot load the text encoder in {root}: {str(e).splitlines()[0]}") from e
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         model = getattr(model, "text_model", model)  # a whole CLIP model: its text tower
         self.model = model.eval().requires_grad_(False).to(device)
         self.causal = bool(getattr(self.model.config, "is_decoder", False)) or any(

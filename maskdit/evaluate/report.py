@@ -123,6 +123,22 @@ def grid_png(images: torch.Tensor, labels: torch.Tensor | None) -> bytes:
     return buf.getvalue()
 
 
+def report_prompts(run: Any, count: int = 6) -> list[str] | None:
+    """The prompts a text model's report draws: one test caption of each kind on shapes, else the data's first
+    distinct captions; ``None`` for a model that does not read text."""
+    conditioner = run.model.conditioner
+    if conditioner is None or not conditioner.gives_tokens:
+        return None
+    from maskdit.data.datasets import dataset_from_config
+
+    if run.config.data.name == "shapes":
+        from maskdit.data.shapes import KINDS, shapes_dataset
+
+        return [str(c) for c in shapes_dataset(len(KINDS), "test")["captions"]]
+    captions = getattr(dataset_from_config(run.config.data), "captions", None) or []
+    return list(dict.fromkeys(captions))[:count] or None
+
+
 def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torch.device,
                        progress: bool) -> tuple[bytes, str]:
     """A grid of EMA samples from one checkpoint with the run's sampler settings, and its caption."""
@@ -135,13 +151,21 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
     classes = run.model.num_classes
     num = per_class * classes if classes else per_class * per_class
     labels = torch.arange(num) % classes if classes else None
+    prompts = report_prompts(run)
+    values = labels
+    if prompts:  # a text model: a row of samples per prompt
+        num = per_class * len(prompts)
+        labels = torch.arange(num) % len(prompts)
+        values = run.model.conditioner.parse(prompts)[labels]
     start = time.time()
-    x = generate(run.model, run.objective, num, labels, sampler=sampler, steps=s.steps,
+    x = generate(run.model, run.objective, num, values, sampler=sampler, steps=s.steps,
                  guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval, guidance=s.guidance,
                  guidance_channels=s.guidance_channels, guidance_power=s.guidance_power, eta=s.eta, seed=seed,
                  progress=progress)
     caption = (f"step {run.step}: {num} samples from the EMA weights, sampler={sampler}, steps={s.steps}, "
                f"guidance_scale={s.guidance_scale}, seed={seed} ({time.time() - start:.1f}s)")
+    if prompts:
+        caption += "; rows: " + "; ".join(f"{i + 1}. {p}" for i, p in enumerate(prompts))
     images = run.codec.decode(x)
     if images.dim() == 5:  # video: one clip per row
         from maskdit.data.media import clips_as_rows

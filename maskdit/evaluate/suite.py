@@ -200,7 +200,8 @@ def _isolated_eval(model: torch.nn.Module) -> Iterator[None]:
 def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset, cfg: Any) -> dict[str, Any]:
     """A small-sample evaluation for the training loop: ``cfg.eval_num`` EMA samples with the run's
     sampler settings (``cfg.sample``, seed ``cfg.seed``), scored by domain FID, precision/recall and class
-    accuracy; a video model trained on tasks is scored instead by PSNR / SSIM per task on ``cfg.eval_num``
+    accuracy; a text model on shapes by the GenEval-style judge on the test split's held-out captions
+    (``geneval_overall`` and per kind); a video model trained on tasks is scored instead by PSNR / SSIM per task on ``cfg.eval_num``
     held-out clips (:mod:`maskdit.evaluate.video`; ``mean_psnr`` over its tasks). The global RNG state is
     saved and restored, so training draws the same numbers with or without evaluation; the model's
     train/eval mode is restored too."""
@@ -210,6 +211,11 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     tasks = bench_tasks(model, cfg.task.names) if getattr(model, "task_conditioning", False) else []
     if len(model.token_grid) == 3 and tasks:
         return _video_task_eval(model, objective, dataset, cfg, tasks)
+    if model.conditioner is not None and model.conditioner.gives_tokens:
+        if cfg.data.name != "shapes":
+            return {"num": 0, "skipped": "a text model is scored on the shapes data's held-out captions (geneval); "
+                                         "score it with maskdit eval RUN"}
+        return _geneval_eval(model, objective, cfg)
     if dataset.codec.name != "uint8":
         return {"num": 0, "skipped": f"dataset {dataset.name} stores {dataset.codec.name} values, not images: "
                                      "score decoded samples with maskdit eval RUN --data IMAGES"}
@@ -232,6 +238,28 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     scores.pop("per_class_accuracy", None)
     scores.pop("time_s", None)
     return {"num": num, **settings, **scores, "seconds": round(time.time() - start, 2)}
+
+
+def _geneval_eval(model: torch.nn.Module, objective: Any, cfg: Any) -> dict[str, Any]:
+    """A text model on shapes: ``cfg.eval_num`` samples of the test split's held-out captions, judged per kind."""
+    from maskdit.data.shapes import shapes_dataset
+    from maskdit.diffusion.samplers import default_sampler, generate
+    from maskdit.evaluate.geneval import score
+
+    s = cfg.sample
+    settings = {"sampler": s.sampler or default_sampler(objective), "steps": s.steps,
+                "guidance_scale": s.guidance_scale, "seed": cfg.seed}
+    test = shapes_dataset(cfg.eval_num, "test")
+    captions, kinds = [str(c) for c in test["captions"]], [str(k) for k in test["kinds"]]
+    start = time.time()
+    with _isolated_eval(model):
+        y = model.conditioner.parse(captions).to(next(model.parameters()).device)
+        x = generate(model, objective, len(captions), y, sampler=settings["sampler"], steps=s.steps,
+                     guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval, guidance=s.guidance,
+                     guidance_power=s.guidance_power, eta=s.eta, seed=cfg.seed)
+    images = PIXELS.decode(x).permute(0, 2, 3, 1).numpy()
+    scores = {f"geneval_{k}": v for k, v in score(images, captions, kinds).items()}
+    return {"num": len(captions), **settings, **scores, "seconds": round(time.time() - start, 2)}
 
 
 def _video_task_eval(model: torch.nn.Module, objective: Any, dataset: Any, cfg: Any, tasks: list[str]

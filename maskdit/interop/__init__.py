@@ -6,7 +6,9 @@
   checking state dicts, the DiT layout (``dit_layout``), the JSON checks.
 * adapters, each opening with the format, its tensor names and what maps where: :mod:`~maskdit.interop.dit`
   (DiT and SiT), :mod:`~maskdit.interop.maskdit` (MaskDiT), :mod:`~maskdit.interop.mdt` (MDT v2),
-  :mod:`~maskdit.interop.diffusers` (``DiTTransformer2DModel``: import and ``export_diffusers``).
+  :mod:`~maskdit.interop.diffusers` (``DiTTransformer2DModel``: import and ``export_diffusers``),
+  :mod:`~maskdit.interop.pixart` (``PixArtTransformer2DModel``), :mod:`~maskdit.interop.sd3`
+  (``SD3Transformer2DModel``).
 
 Adding a format means adding one adapter module (a converter registered with ``@FORMATS.register``) and
 one import line below; nothing else lists formats. The package imports every adapter before any of its modules
@@ -14,5 +16,5 @@ runs, so ``FORMATS`` (and ``--format``) always lists them in this order.
 """
 
 # isort: off
-from maskdit.interop import dit, maskdit, mdt, diffusers  # noqa: F401  (each registers its formats)
+from maskdit.interop import dit, maskdit, mdt, diffusers, pixart, sd3  # noqa: F401  (each registers its formats)
 # isort: on

@@ -5,6 +5,8 @@
     maskdit import maskdit-ema.pt --format maskdit --out runs/maskdit      # MaskDiT: decoder + EDM precond
     maskdit import mdt_xl2_v2_ckpt.pt --format mdt --out runs/mdt           # MDT v2: skips, relative bias
     maskdit import DIFFUSERS_DIR --out runs/dit-xl2                         # a DiTTransformer2DModel directory
+    maskdit import PIXART_DIR --out runs/pixart                             # PixArtTransformer2DModel (auto)
+    maskdit import SD3_DIR --out runs/sd3                                   # SD3Transformer2DModel (auto)
     maskdit export runs/dit-xl2 --format diffusers --out DIR
 
 Every import infers the architecture from the tensors' shapes (depth, width, patch, channels, classes,
@@ -62,9 +64,15 @@ from maskdit.model import PRESETS, DiT
 
 
 def detect_format(source: Path) -> str:
-    """``--format auto``: a directory is a diffusers model, a file a DiT-layout state dict."""
+    """``--format auto``: a directory is a diffusers model (the format registered with its config.json's
+    ``_class_name`` as ``diffusers_class``, else ``diffusers``), a file a DiT-layout state dict."""
     if source.is_dir():
-        return "diffusers"
+        try:
+            name = json.loads((source / "config.json").read_text()).get("_class_name")
+        except (OSError, ValueError, AttributeError):  # the adapter says what is wrong with the directory
+            name = None
+        found = FORMATS.names(diffusers_class=name) if isinstance(name, str) else ()
+        return found[0] if found else "diffusers"
     return "dit"
 
 
