@@ -245,7 +245,8 @@ def test_adaln_single_shares_one_modulation_and_gives_each_block_a_table():
     c = model.condition(t, y)
     want = model.t_block(c) + model.blocks[1].adaLN_modulation.table.flatten()
     assert torch.allclose(model.blocks[1].adaLN_modulation(c), want)
-    assert torch.allclose(model.final_layer.adaLN_modulation(c)[:, :32], model.final_layer.adaLN_modulation.table[0] + c)
+    final = model.final_layer.adaLN_modulation
+    assert torch.allclose(final(c)[:, :32], final.table[0] + c)
     assert shared.shape == (6 * 32, 32)
     with pytest.raises(ConfigError, match="adaln=single"):
         DiT((2, 8, 8), 3, 2, 32, 2, 2, attention="factorised", adaln="single")
