@@ -42,6 +42,10 @@ CASES = [
     ("reseed_eval.py", ["no_such_run", "--seeds", "1"], "no checkpoint in no_such_run"),
     ("masking_convergence.py", ["--data", "digits", "--arms", "nope", "--out", "out", "--runs", "runs"],
      "unknown arm(s) ['nope']"),
+    ("masking_convergence.py", ["--data", "digits", "--arm-set", "text", "--out", "out", "--runs", "runs"],
+     "--arm-set text compares text injection modes: use --data shapes-text"),
+    ("masking_convergence.py", ["--data", "shapes-text", "--arm-set", "text", "--arms", "unmasked", "--out", "out"],
+     "unknown arm(s) ['unmasked']"),
     # argparse's own errors are one line too
     ("masking_convergence.py", ["--data", "bogus", "--out", "out"], "argument --data: invalid choice: 'bogus'"),
     ("reseed_eval.py", ["run", "--bogus"], "unknown option(s) --bogus"),

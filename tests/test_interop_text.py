@@ -8,6 +8,7 @@ import torch
 from conftest import perturbed
 
 from maskdit.cli.app import main
+from maskdit.conditions.hf import fingerprint
 from maskdit.errors import CheckpointError
 from maskdit.interop.convert import detect_format, import_run, load_model
 from maskdit.interop.pixart import PIXART_LENGTH, import_pixart
@@ -16,11 +17,11 @@ from maskdit.interop.sd3 import SD3_LENGTH, import_sd3
 pytest.importorskip("diffusers")
 
 #: the tiny PixArt and SD3 sizes every test builds
-PIXART = dict(sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=2, num_attention_heads=2,
-              attention_head_dim=8, caption_channels=12, cross_attention_dim=16)
-SD3 = dict(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
-           num_attention_heads=2, joint_attention_dim=12, pooled_projection_dim=10, caption_projection_dim=16,
-           pos_embed_max_size=8)
+PIXART = {"sample_size": 8, "patch_size": 2, "in_channels": 4, "out_channels": 8, "num_layers": 2,
+          "num_attention_heads": 2, "attention_head_dim": 8, "caption_channels": 12, "cross_attention_dim": 16}
+SD3 = {"sample_size": 8, "patch_size": 2, "in_channels": 4, "out_channels": 4, "num_layers": 2, "attention_head_dim": 8,
+       "num_attention_heads": 2, "joint_attention_dim": 12, "pooled_projection_dim": 10, "caption_projection_dim": 16,
+       "pos_embed_max_size": 8}
 
 
 def pixart(**changes):
@@ -129,6 +130,15 @@ def test_imports_write_runs_that_say_what_they_are(tmp_path):
                                                                "num_steps": 1000, "step_offset": 0}
     assert "NO-ENCODER" in config["condition_options"]["encoder"]  # no pipeline text encoder beside it
     assert detect_format(tmp_path) == "diffusers"  # no config.json: the diffusers adapter explains
+    # in a pipeline directory, the T5 encoder beside the transformer (of the caption width) is the run's encoder
+    encoder = tmp_path / "text_encoder"
+    encoder.mkdir()
+    (encoder / "model.safetensors").write_bytes(b"0" * 64)
+    for width, found in ((24, False), (12, True)):
+        (encoder / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": width}))
+        options = import_pixart(tmp_path / "px")[0]["condition_options"]
+        assert (options["encoder"] == str(encoder.resolve())) == found
+        assert (options["fingerprint"] == fingerprint(encoder)) == found
 
 
 @pytest.mark.parametrize("build, edit, key", [

@@ -17,7 +17,8 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a DiT/SiT .pt (or .safetensors) state dict, or a diffusers model directory")
     p.add_argument("--out", required=True, help="the new run directory (must not exist or be empty)")
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS.names()],
-                   help="auto: a directory is diffusers, a file DiT; " + "; ".join(
+                   help="auto: a directory by its config's _class_name (diffusers' DiT, PixArt, SD3), a file "
+                   "DiT; " + "; ".join(
                        f"{n}: {d}" for n, d in FORMATS.describe()))
     p.add_argument("--num-heads", type=positive_int, help="attention heads (default: the DiT preset of the width)")
     p.add_argument("--vae", help="a local AutoencoderKL directory to decode 4-channel latents (SD's VAE)")
@@ -42,7 +43,9 @@ def run_import(args: argparse.Namespace) -> int:
         ("relative position bias", model.get("rel_pos_bias"))) if present]
     print(f"imported {args.source}: {params / 1e6:.1f}M parameters ({counted}), depth {model['depth']}, width "
           f"{model['hidden_size']}, {model['num_heads']} heads, patch {model['patch_size'][0]}, input "
-          f"{model['in_channels']}x{'x'.join(map(str, model['input_size']))}, {model['num_classes']} classes"
+          f"{model['in_channels']}x{'x'.join(map(str, model['input_size']))}, "
+          + (f"captions ({model['condition']}, text={model.get('text')})" if model.get("condition") in ("text", "hf")
+             else f"{model['num_classes']} classes")
           + "".join(f", {e}" for e in extras))
     print(f"wrote {ckpt}; sample with: maskdit sample {args.out} --out samples.png")
     print(args.out)

@@ -198,8 +198,8 @@ def diffusers_files(source: Path, class_name: str) -> tuple[Path, Path]:
 def read_diffusers_config(config_file: Path, class_name: str, sizes: dict[str, int | None],
                           fixed: dict[str, Any]) -> dict[str, Any]:
     """The size keys of a diffusers ``config.json`` (diffusers' default for a key left out), each a positive whole
-    number (or null for the keys in :data:`NULLABLE`); ``fixed`` keys must hold maskdit's value. ``raw``: the whole config,
-    ``missing``: the size keys left out (for messages)."""
+    number (or null for the keys in :data:`NULLABLE`); ``fixed`` keys must hold maskdit's value. ``raw``: the whole
+    config, ``missing``: the size keys left out (for messages)."""
     cfg = read_json_object(config_file, "it is not a diffusers model config (save the model again with "
                                         "save_pretrained)")
     name = cfg.get("_class_name")
