@@ -202,8 +202,8 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     sampler settings (``cfg.sample``, seed ``cfg.seed``), scored by domain FID, precision/recall and class
     accuracy; a text model on shapes by the GenEval-style judge on the test split's held-out captions
     (``geneval_overall`` and per kind); a video model trained on tasks is scored instead by PSNR / SSIM per
-    task on ``cfg.eval_num`` held-out clips (:mod:`maskdit.evaluate.video`; ``mean_psnr`` over its tasks). The global RNG state is
-    saved and restored, so training draws the same numbers with or without evaluation; the model's
+    task on ``cfg.eval_num`` held-out clips (:mod:`maskdit.evaluate.video`; ``mean_psnr`` over its tasks). The
+    global RNG state is saved and restored, so training draws the same numbers with or without evaluation; the model's
     train/eval mode is restored too."""
     from maskdit.diffusion.samplers import default_sampler, generate
     from maskdit.evaluate.video import bench_tasks
