@@ -9,7 +9,7 @@ from conftest import perturbed
 
 from maskdit.cli.app import main
 from maskdit.conditions.hf import fingerprint
-from maskdit.errors import CheckpointError
+from maskdit.errors import CheckpointError, ConfigError
 from maskdit.interop.convert import detect_format, import_run, load_model
 from maskdit.interop.pixart import PIXART_LENGTH, import_pixart
 from maskdit.interop.sd3 import SD3_LENGTH, import_sd3
@@ -160,3 +160,41 @@ def test_what_maskdit_cannot_express_is_refused_by_its_config_key(tmp_path, buil
     with pytest.raises(CheckpointError, match=key):
         import_run(tmp_path / "hf", tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["pixart", "sd3"])
+def test_an_import_exports_back_to_the_same_diffusers_function(tmp_path, kind):
+    """import -> export -> diffusers' from_pretrained computes what the original did (SD3: its last block's unused
+    text weights are gone, the crop of the position table is the whole stored table)."""
+    reference = pixart(interpolation_scale=1) if kind == "pixart" else sd3(qk_norm="rms_norm")
+    imported(reference, tmp_path)
+    assert main(["export", str(tmp_path / "run"), "--format", kind, "--out", str(tmp_path / "back")]) == 0
+    back = type(reference).from_pretrained(tmp_path / "back").eval()
+    g = torch.Generator().manual_seed(6)
+    x, k = torch.randn(4, 4, 8, 8, generator=g), torch.tensor([3, 100, 640, 999])
+    with torch.no_grad():
+        if kind == "pixart":
+            tokens, mask = torch.randn(4, 9, 12, generator=g), torch.ones(4, 9)
+            mask[1, 4:] = 0
+            outs = [m(x, encoder_hidden_states=tokens, timestep=k, encoder_attention_mask=mask).sample
+                    for m in (reference, back)]
+        else:
+            tokens, pooled = torch.randn(4, 9, 12, generator=g), torch.randn(4, 10, generator=g)
+            outs = [m(x, encoder_hidden_states=tokens, pooled_projections=pooled, timestep=k.float()).sample
+                    for m in (reference, back)]
+    parity(outs[1], outs[0], f"{kind} import -> export")
+
+
+def test_exports_refuse_what_the_layout_cannot_hold(tmp_path):
+    from maskdit.interop.pixart import export_pixart
+    from maskdit.interop.sd3 import export_sd3
+    from maskdit.model.dit import DiT
+
+    labels = DiT((8, 8), 4, 2, 16, 2, 2, num_classes=3)
+    with pytest.raises(ConfigError, match="cannot be exported as a diffusers PixArtTransformer2DModel.*model.text="):
+        export_pixart(labels, tmp_path / "a")
+    with pytest.raises(ConfigError, match="model.adaln=zero"):
+        export_pixart(labels, tmp_path / "a")
+    with pytest.raises(ConfigError, match="SD3Transformer2DModel.*model.condition"):
+        export_sd3(labels, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

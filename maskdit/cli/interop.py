@@ -53,24 +53,25 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    from maskdit.interop.state_dict import EXPORTS  # the package imports every adapter first
+
     p.add_argument("run_dir")
-    p.add_argument("--format", required=True, choices=["diffusers"], help="the target library's layout")
+    p.add_argument("--format", required=True, choices=EXPORTS.names(),
+                   help="the target layout: " + "; ".join(f"{n}: {d}" for n, d in EXPORTS.describe()))
     p.add_argument("--out", required=True, help="the new model directory (must not exist)")
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from maskdit.interop.diffusers import export_diffusers
+    from maskdit.interop.state_dict import EXPORTS  # the package imports every adapter first
     from maskdit.runs import load_run
 
     out = Path(args.out)
     if out.exists():
         raise ConfigError(f"--out {out} already exists: choose a new directory for the exported model")
     loaded = load_run(args.run_dir)
-    config = export_diffusers(loaded.model, out, loaded)
-    print(f"wrote {out} (DiTTransformer2DModel, {config['num_layers']} layers, width "
-          f"{config['num_attention_heads'] * config['attention_head_dim']}); load it with "
-          f"diffusers.DiTTransformer2DModel.from_pretrained('{out}')")
-    if loaded.model.t_embedder.freq_shift != 1.0:
+    _, summary = EXPORTS.get(args.format)(loaded.model, out, loaded)
+    print(f"wrote {out} ({summary})")
+    if args.format == "diffusers" and loaded.model.t_embedder.freq_shift != 1.0:
         print("note: diffusers' DiT embeds time with downscale_freq_shift=1 and this model was trained with "
               f"{loaded.model.t_embedder.freq_shift:g}: diffusers computes a slightly different function "
               "(maskdit import of this directory restores the original exactly)", file=sys.stderr)

@@ -35,12 +35,14 @@ import torch
 from maskdit.errors import CheckpointError, ConfigError
 from maskdit.files import atomic_directory, write_json_atomic
 from maskdit.interop.state_dict import (
+    EXPORTS,
     FORMATS,
+    block_problems,
     checked_shapes,
     count_modules,
     is_number,
-    is_whole,
     json_kind,
+    read_diffusers_config,
     read_json_object,
     read_state_dict,
     refuse_keys,
@@ -63,25 +65,9 @@ MASKDIT_NOTE = "maskdit.json"  #: what an export adds so that re-importing it is
 def diffusers_config(config_file: Path) -> dict[str, Any]:
     """The settings of a diffusers ``config.json`` that maskdit reads, type-checked (diffusers' defaults for
     missing keys); refuses what maskdit's DiT cannot express."""
-    fix = "it is not a diffusers model config (save the model again with save_pretrained)"
-    cfg = read_json_object(config_file, fix)
-    name = cfg.get("_class_name")
-    if name not in (None, "DiTTransformer2DModel", "Transformer2DModel"):
-        raise CheckpointError(f"{config_file.parent} holds a {name}, not a DiTTransformer2DModel")
-    for key, want in DIFFUSERS_FIXED.items():
-        if cfg.get(key, want) != want:
-            raise CheckpointError(f"{config_file}: {key}={cfg.get(key)!r} is not DiT's {want!r}; maskdit cannot "
-                                  "express it")
-    out: dict[str, Any] = {"missing": sorted(set(DIFFUSERS_SIZES) - set(cfg))}
-    for key, default in DIFFUSERS_SIZES.items():
-        value = cfg.get(key, default)
-        if value is None and key in ("out_channels", "num_embeds_ada_norm"):
-            out[key] = None
-            continue
-        if not is_whole(value) or value < 1:
-            raise CheckpointError(f"{config_file}: {key} is {json.dumps(value)}, not a positive whole number: set "
-                                  f"{key} to the model's value (save_pretrained writes every key)")
-        out[key] = value
+    out = read_diffusers_config(config_file, ("DiTTransformer2DModel", "Transformer2DModel"), DIFFUSERS_SIZES,
+                                DIFFUSERS_FIXED, ("out_channels", "num_embeds_ada_norm"))
+    cfg = out.pop("raw")
     eps = cfg.get("norm_eps", 1e-5)
     if not is_number(eps) or eps <= 0:
         raise CheckpointError(f"{config_file}: norm_eps is {json.dumps(eps)}, not a positive number: set norm_eps "
@@ -294,48 +280,21 @@ def diffusers_names(depth: int) -> dict[str, str]:
 def diffusers_problems(model: DiT) -> list[str]:
     """What of ``model`` diffusers' ``DiTTransformer2DModel`` cannot compute, each named by the run's config key
     (empty: the export computes the same function, but for the time embedding's frequency shift)."""
-    problems = []
-    if len(model.input_size) != 2 or model.input_size[0] != model.input_size[1]:
-        size = "x".join(map(str, model.input_size))
-        problems.append(f"input {size} (not a square image, which diffusers' DiT takes)")
-    elif max(model.input_size[0] // 64, 1) != 1:
+    problems = block_problems(model)
+    if len(model.input_size) == 2 and max(model.input_size[0] // 64, 1) != 1:
         problems.append(f"input {model.input_size[0]}x{model.input_size[1]} (diffusers rescales the position table "
                         "from 128 on)")
-    if len(set(model.patch_size)) != 1:
-        problems.append(f"model.patch_size={list(model.patch_size)} (not square)")
-    if model.attention != "full":
-        problems.append(f"model.attention={model.attention}")
-    if model.fusion is not None:
-        problems.append("mask.recipe=sprint (its fusion layer)")
-    if model.task_conditioning:
-        problems.append("task.names (task conditioning)")
-    if model.num_classes == 0:
+    if model.conditioner is not None and model.conditioner.gives_tokens:
+        problems.append(f"model.condition={model.config['condition']} (diffusers' DiT is class-conditional; a "
+                        "caption model exports as pixart or sd3)")
+    elif model.num_classes == 0:
         problems.append("model.conditional=false (diffusers' DiT is class-conditional only)")
-    if model.mlp_ratio != 4.0:
-        problems.append(f"model.mlp_ratio={model.mlp_ratio:g} (diffusers' DiT blocks use 4)")
-    if model.block_options.mlp != "gelu":
-        problems.append(f"model.mlp={model.block_options.mlp} (diffusers' DiT has a GELU MLP)")
-    if model.block_options.norm != "layernorm":
-        problems.append(f"model.norm={model.block_options.norm} (diffusers' DiT uses LayerNorm)")
     if model.block_options.qk_norm:
         problems.append("model.qk_norm=true (diffusers' DiT does not normalise queries and keys)")
-    if any(model.options_of(i).moe is not None for i in range(model.depth)):
-        problems.append(f"model.moe.experts={model.moe.experts} (a mixture of experts)")
-    if model.pos_layout != "xy":
-        problems.append(f"model.pos_layout={model.pos_layout} (diffusers' position table is xy)")
     if model.pos != "sincos":
         problems.append(f"model.pos={model.pos} (diffusers' DiT adds a fixed sin-cos table)")
-    if (model.t_embedder.time_scale, model.t_embedder.time_offset) != (1000.0, 0.0):
-        problems.append(f"model.time_scale={model.t_embedder.time_scale:g} and model.time_offset="
-                        f"{model.t_embedder.time_offset:g} (diffusers embeds 1000 t)")
-    if model.decoder is not None:
-        problems.append(f"model.decoder.width={model.decoder.width} (MaskDiT's decoder)")
-    if model.precond is not None:
-        problems.append("model.precond=edm (EDM preconditioning)")
-    if model.skips is not None:
-        problems.append(f"model.long_skips={model.long_skips} (MDT's long skips)")
-    if model.block_options.rel_grid:
-        problems.append("model.rel_pos_bias=true (a relative position bias)")
+    if model.adaln != "zero":
+        problems.append(f"model.adaln={model.adaln} (diffusers' DiT has adaLN-Zero per block)")
     return problems
 
 
@@ -389,3 +348,10 @@ def export_diffusers(model: DiT, out: Path, run: Any = None) -> dict[str, Any]:
         write_json_atomic(tmp / MASKDIT_NOTE, note)
     return config
 
+
+@EXPORTS.register("diffusers", "a diffusers DiTTransformer2DModel directory (a class-conditional DiT)")
+def _export_dit(model: DiT, out: Path, run: Any = None) -> tuple[dict[str, Any], str]:
+    config = export_diffusers(model, out, run)
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    return config, (f"DiTTransformer2DModel, {config['num_layers']} layers, width {width}; load it with "
+                    f"diffusers.DiTTransformer2DModel.from_pretrained('{out}')")

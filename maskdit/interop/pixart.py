@@ -53,15 +53,20 @@ from maskdit.conditions.hf import check_encoder_dir, fingerprint
 from maskdit.errors import CheckpointError, ConfigError
 from maskdit.grid import sincos_1d, sincos_pos_embed
 from maskdit.interop.state_dict import (
+    EXPORTS,
     FORMATS,
+    block_problems,
     checked_shapes,
+    conv_patch,
     count_modules,
+    fact,
     is_number,
-    is_whole,
-    read_json_object,
+    read_diffusers_config,
     read_state_dict,
     refuse_keys,
+    refuse_problems,
     required_tensor,
+    split_plan,
 )
 from maskdit.model import DiT
 
@@ -84,7 +89,7 @@ PIXART_LENGTH = 300
 def import_pixart(source: Path, num_heads: int | None = None) -> tuple[dict, dict, dict]:
     """A PixArt transformer directory as a caption-conditioned maskdit model with PixArt's DDPM settings."""
     config_file, weights_file = diffusers_files(source, "PixArtTransformer2DModel")
-    cfg = read_diffusers_config(config_file, "PixArtTransformer2DModel", PIXART_SIZES, PIXART_FIXED)
+    cfg = read_diffusers_config(config_file, ("PixArtTransformer2DModel",), PIXART_SIZES, PIXART_FIXED, NULLABLE)
     size, patch, channels = cfg["sample_size"], cfg["patch_size"], cfg["in_channels"]
     out = cfg["out_channels"] or channels
     heads, depth = cfg["num_attention_heads"], cfg["num_layers"]
@@ -195,39 +200,6 @@ def diffusers_files(source: Path, class_name: str) -> tuple[Path, Path]:
     return config_file, weights_file
 
 
-def read_diffusers_config(config_file: Path, class_name: str, sizes: dict[str, int | None],
-                          fixed: dict[str, Any]) -> dict[str, Any]:
-    """The size keys of a diffusers ``config.json`` (diffusers' default for a key left out), each a positive whole
-    number (or null for the keys in :data:`NULLABLE`); ``fixed`` keys must hold maskdit's value. ``raw``: the whole
-    config, ``missing``: the size keys left out (for messages)."""
-    cfg = read_json_object(config_file, "it is not a diffusers model config (save the model again with "
-                                        "save_pretrained)")
-    name = cfg.get("_class_name")
-    if name not in (None, class_name):
-        raise CheckpointError(f"{config_file.parent} holds a {name}, not a {class_name}: pass the --format of that "
-                              "model (or auto)")
-    for key, want in fixed.items():
-        if cfg.get(key, want) != want:
-            raise CheckpointError(f"{config_file}: {key}={json.dumps(cfg.get(key))} is not {json.dumps(want)}, "
-                                  f"what maskdit's {class_name} computes; maskdit cannot express it")
-    out: dict[str, Any] = {"raw": cfg, "missing": sorted(set(sizes) - set(cfg))}
-    for key, default in sizes.items():
-        value = cfg.get(key, default)
-        if value is None and key in NULLABLE:
-            out[key] = None
-            continue
-        if not is_whole(value) or value < 1:
-            raise CheckpointError(f"{config_file}: {key} is {json.dumps(value)}, not a positive whole number: set "
-                                  f"{key} to the model's value (save_pretrained writes every key)")
-        out[key] = value
-    return out
-
-
-def fact(cfg: dict[str, Any], key: str) -> str:
-    """``KEY VALUE`` of a diffusers config, saying when the value is diffusers' default for a key left out."""
-    return f"{key} {json.dumps(cfg[key])}" + (" (left out, so diffusers' default)" if key in cfg["missing"] else "")
-
-
 def sizes_hint(cfg: dict[str, Any]) -> str:
     """Every size key of the config with its value, for shape messages."""
     return ", ".join(fact(cfg, k) for k in cfg if k not in ("raw", "missing"))
@@ -329,3 +301,57 @@ def run_model_settings(config: dict[str, Any], encoder: str) -> dict[str, Any]:
     return {"conditional": True, "condition": "hf", "text": config["text"], "adaln": config["adaln"],
             "text_double": config.get("text_double"), "qk_norm": bool(config.get("qk_norm", False)),
             "text_encoder": encoder, "text_length": config["condition_options"]["length"]}
+
+
+def pixart_problems(model: DiT) -> list[str]:
+    """What of ``model`` diffusers' ``PixArtTransformer2DModel`` cannot compute, each named by its config key."""
+    problems = block_problems(model)
+    options = model.config.get("condition_options") or {}
+    if model.config.get("condition") != "hf" or options.get("projection") != "mlp" or options.get("pooled_in") \
+            or options.get("refiner"):
+        problems.append("model.condition (PixArt reads a frozen encoder's features through a two-layer projection, "
+                        "with no pooled vector and no refiner: model.condition=hf as a PixArt import has it)")
+    if model.text != "cross":
+        problems.append(f"model.text={model.text} (PixArt cross-attends to the caption)")
+    if model.adaln != "single":
+        problems.append(f"model.adaln={model.adaln} (PixArt's blocks share adaLN-single)")
+    if model.block_options.qk_norm:
+        problems.append("model.qk_norm=true (PixArt does not normalise queries and keys)")
+    if model.pos != "sincos":
+        problems.append(f"model.pos={model.pos} (PixArt computes a fixed sin-cos table)")
+    if model.t_embedder.freq_shift != 0.0 or model.mlp_norm_eps != 1e-6:
+        problems.append("model.time_freq_shift / model.mlp_norm_eps (PixArt: 0 and 1e-6)")
+    return problems
+
+
+@EXPORTS.register("pixart", "a diffusers PixArtTransformer2DModel directory (a caption model with cross-attention "
+                  "and adaLN-single, as a PixArt import)")
+def export_pixart(model: DiT, out: Path, run: Any = None) -> tuple[dict[str, Any], str]:
+    """Write ``model`` as a PixArt transformer directory. maskdit's learned null caption has no place there (the
+    pipelines encode the empty prompt instead); every conditional prediction is the same function."""
+    refuse_problems(pixart_problems(model), "diffusers PixArtTransformer2DModel")
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    sd = split_plan(state, pixart_plan(model.depth))
+    sd["pos_embed.proj.weight"] = conv_patch(model, state["patch_embed.weight"])
+    width = model.hidden_size
+    config = {"_class_name": "PixArtTransformer2DModel", **PIXART_FIXED, "sample_size": model.input_size[0],
+              "patch_size": model.patch_size[0], "in_channels": model.in_channels,
+              "out_channels": model.out_channels, "num_layers": model.depth, "num_attention_heads": model.num_heads,
+              "attention_head_dim": width // model.num_heads, "cross_attention_dim": width,
+              "caption_channels": model.conditioner.width_in, "norm_eps": 1e-6, "interpolation_scale": 1,
+              "use_additional_conditions": False}
+    write_diffusers(out, sd, config)
+    return config, (f"PixArtTransformer2DModel, {model.depth} layers, width {width}, captions of width "
+                    f"{model.conditioner.width_in}; load it with diffusers.PixArtTransformer2DModel.from_pretrained"
+                    f"('{out}')")
+
+
+def write_diffusers(out: Path, sd: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """A ``save_pretrained`` directory: the weights and ``config.json``, appearing whole or not at all."""
+    from safetensors.torch import save_file
+
+    from maskdit.files import atomic_directory, write_json_atomic
+
+    with atomic_directory(out) as tmp:
+        save_file({k: v.contiguous() for k, v in sd.items()}, tmp / WEIGHTS)
+        write_json_atomic(tmp / "config.json", config)

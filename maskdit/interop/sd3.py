@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,21 +56,34 @@ import torch.nn.functional as F
 from maskdit.errors import CheckpointError
 from maskdit.grid import sincos_pos_embed
 from maskdit.interop.pixart import (
+    NULLABLE,
     check_depth,
     check_grid,
     check_heads,
     check_patch_width,
     diffusers_files,
     diffusers_sincos,
-    fact,
     gather,
     meta_model,
     patch_weight,
-    read_diffusers_config,
     run_model_settings,
     sizes_hint,
+    write_diffusers,
 )
-from maskdit.interop.state_dict import FORMATS, checked_shapes, read_state_dict, refuse_keys
+from maskdit.interop.state_dict import (
+    EXPORTS,
+    FORMATS,
+    block_problems,
+    checked_shapes,
+    conv_patch,
+    fact,
+    read_diffusers_config,
+    read_state_dict,
+    refuse_keys,
+    refuse_problems,
+    split_plan,
+)
+from maskdit.model import DiT
 
 #: SD3Transformer2DModel's config keys that size the model, with diffusers' defaults
 SD3_SIZES: dict[str, int | None] = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 18,
@@ -85,7 +99,7 @@ SD3_LENGTH = 333
 def import_sd3(source: Path, num_heads: int | None = None) -> tuple[dict, dict, dict]:
     """An SD3 transformer directory as a caption-conditioned maskdit model with a flow objective."""
     config_file, weights_file = diffusers_files(source, "SD3Transformer2DModel")
-    cfg = read_diffusers_config(config_file, "SD3Transformer2DModel", SD3_SIZES, {})
+    cfg = read_diffusers_config(config_file, ("SD3Transformer2DModel",), SD3_SIZES, {}, NULLABLE)
     raw = cfg["raw"]
     size, patch, channels = cfg["sample_size"], cfg["patch_size"], cfg["in_channels"]
     heads, depth = cfg["num_attention_heads"], cfg["num_layers"]
@@ -213,3 +227,59 @@ def sd3_plan(depth: int, qk_norm: bool) -> dict[str, tuple[str, ...]]:
                 plan[f"{ours}attn.{n}_norm.weight"] = (f"{theirs}attn.norm_{n}.weight",)
                 plan[f"{ours}text.attn.{n}_norm.weight"] = (f"{theirs}attn.norm_added_{n}.weight",)
     return plan
+
+
+def sd3_problems(model: DiT) -> list[str]:
+    """What of ``model`` diffusers' ``SD3Transformer2DModel`` cannot compute, each named by its config key."""
+    problems = block_problems(model)
+    options = model.config.get("condition_options") or {}
+    if model.config.get("condition") != "hf" or options.get("projection") != "linear" \
+            or not options.get("pooled_in") or options.get("refiner"):
+        problems.append("model.condition (SD3 reads a frozen encoder's features through one linear map, with a "
+                        "pooled vector and no refiner: model.condition=hf as an SD3 import has it)")
+    if model.text != "joint" or model.text_double != model.depth:
+        problems.append(f"model.text={model.text}, model.text_double={model.text_double} (SD3's blocks are all "
+                        "double-stream joint blocks)")
+    if model.adaln != "zero":
+        problems.append(f"model.adaln={model.adaln} (SD3 has adaLN-Zero per block)")
+    if model.learn_sigma:
+        problems.append("model.learn_sigma=true (SD3 predicts the velocity only)")
+    if model.t_embedder.freq_shift != 0.0 or model.mlp_norm_eps != 1e-6:
+        problems.append("model.time_freq_shift / model.mlp_norm_eps (SD3: 0 and 1e-6)")
+    return problems
+
+
+@EXPORTS.register("sd3", "a diffusers SD3Transformer2DModel directory (a caption model of double-stream joint "
+                  "blocks, as an SD3 import)")
+def export_sd3(model: DiT, out: Path, run: Any = None) -> tuple[dict[str, Any], str]:
+    """Write ``model`` as an SD3 transformer directory: the last block becomes ``context_pre_only`` (its text
+    output is discarded in maskdit too, so nothing it computes is lost) and the position table is stored for the
+    model's own grid (``pos_embed_max_size`` = the grid side)."""
+    refuse_problems(sd3_problems(model), "diffusers SD3Transformer2DModel")
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    depth, width = model.depth, model.hidden_size
+    plan = sd3_plan(depth, model.block_options.qk_norm)
+    for p in ("weight", "bias"):  # diffusers' final norm gives (scale, shift)
+        shift, scale = state[f"final_layer.adaLN_modulation.1.{p}"].chunk(2)
+        state[f"final_layer.adaLN_modulation.1.{p}"] = torch.cat([scale, shift])
+    sd = split_plan(state, plan)
+    last = f"transformer_blocks.{depth - 1}."
+    for p in ("weight", "bias"):  # the last block's text norm: (scale, shift) of its 6-chunk modulation
+        rows = state[f"blocks.{depth - 1}.text.adaLN_modulation.1.{p}"]
+        sd[f"{last}norm1_context.linear.{p}"] = torch.cat([rows[width:2 * width], rows[:width]]).contiguous()
+    sd["pos_embed.proj.weight"] = conv_patch(model, state["patch_embed.weight"])
+    side = model.token_grid[0]
+    table = state["pos_embed"] if model.pos == "learned" else sincos_pos_embed(width, (side, side),
+                                                                                reverse_axes=True)[None]
+    sd["pos_embed.pos_embed"] = table.reshape(1, side * side, width).float().contiguous()
+    options = model.config["condition_options"]
+    config = {"_class_name": "SD3Transformer2DModel", "sample_size": model.input_size[0],
+              "patch_size": model.patch_size[0], "in_channels": model.in_channels,
+              "out_channels": model.out_channels, "num_layers": depth, "attention_head_dim": width // model.num_heads,
+              "num_attention_heads": model.num_heads, "joint_attention_dim": options["width_in"],
+              "caption_projection_dim": width, "pooled_projection_dim": options["pooled_in"],
+              "pos_embed_max_size": side, "qk_norm": "rms_norm" if model.block_options.qk_norm else None,
+              "dual_attention_layers": []}
+    write_diffusers(out, sd, config)
+    return config, (f"SD3Transformer2DModel, {depth} layers, width {width}; load it with "
+                    f"diffusers.SD3Transformer2DModel.from_pretrained('{out}')")

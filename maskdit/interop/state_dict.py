@@ -42,6 +42,8 @@ from maskdit.registry import Registry
 #: the converter took, named with ``fix`` when those settings do not load. Each adapter module registers
 #: its formats here when imported; ``maskdit.interop.convert`` imports them all.
 FORMATS: Registry[Any] = Registry("import format", key="--format")
+#: name -> ``export(model, out, run) -> (config written, one-line summary)``: ``maskdit export --format NAME``.
+EXPORTS: Registry[Any] = Registry("export format", key="--format")
 #: DiT's width -> heads (S, B, L, XL), for checkpoints that do not say
 HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1152: 16}
 
@@ -270,3 +272,103 @@ def is_whole(value: Any) -> bool:
 def is_number(value: Any) -> bool:
     """A finite int or float that is not a boolean."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_diffusers_config(config_file: Path, classes: tuple[str, ...], sizes: dict[str, int | None],
+                          fixed: dict[str, Any], nullable: set[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The size keys of a diffusers ``config.json`` of one of ``classes`` (diffusers' default for a key left out),
+    each a positive whole number (or null for the keys in ``nullable``); ``fixed`` keys must hold maskdit's value.
+    ``raw``: the whole config, ``missing``: the size keys left out (for messages)."""
+    cfg = read_json_object(config_file, "it is not a diffusers model config (save the model again with "
+                                        "save_pretrained)")
+    name = cfg.get("_class_name")
+    class_name = classes[0]
+    if name not in (None, *classes):
+        raise CheckpointError(f"{config_file.parent} holds a {name}, not a {class_name}: pass the --format of that "
+                              "model (or auto)")
+    for key, want in fixed.items():
+        if cfg.get(key, want) != want:
+            raise CheckpointError(f"{config_file}: {key}={json.dumps(cfg.get(key))} is not {json.dumps(want)}, "
+                                  f"what maskdit's {class_name} computes; maskdit cannot express it")
+    out: dict[str, Any] = {"raw": cfg, "missing": sorted(set(sizes) - set(cfg))}
+    for key, default in sizes.items():
+        value = cfg.get(key, default)
+        if value is None and key in nullable:
+            out[key] = None
+            continue
+        if not is_whole(value) or value < 1:
+            raise CheckpointError(f"{config_file}: {key} is {json.dumps(value)}, not a positive whole number: set "
+                                  f"{key} to the model's value (save_pretrained writes every key)")
+        out[key] = value
+    return out
+
+
+def fact(cfg: dict[str, Any], key: str) -> str:
+    """``KEY VALUE`` of a diffusers config, saying when the value is diffusers' default for a key left out."""
+    return f"{key} {json.dumps(cfg[key])}" + (" (left out, so diffusers' default)" if key in cfg["missing"] else "")
+
+
+# -- exporting ---------------------------------------------------------------------------------------------
+def block_problems(model: DiT) -> list[str]:
+    """What of ``model`` no DiT-style diffusers transformer computes, whatever its conditioning, each named by the
+    run's config key: square images and patches, full attention, DiT's GELU MLP and LayerNorms, no layers that
+    only maskdit has. A format's own rules come on top."""
+    problems = []
+    if len(model.input_size) != 2 or model.input_size[0] != model.input_size[1]:
+        problems.append(f"input {'x'.join(map(str, model.input_size))} (not a square image)")
+    if len(set(model.patch_size)) != 1:
+        problems.append(f"model.patch_size={list(model.patch_size)} (not square)")
+    if model.attention != "full":
+        problems.append(f"model.attention={model.attention}")
+    if model.fusion is not None:
+        problems.append("mask.recipe=sprint (its fusion layer)")
+    if model.task_conditioning:
+        problems.append("task.names (task conditioning)")
+    if model.mlp_ratio != 4.0:
+        problems.append(f"model.mlp_ratio={model.mlp_ratio:g} (diffusers' blocks use 4)")
+    if model.block_options.mlp != "gelu":
+        problems.append(f"model.mlp={model.block_options.mlp} (diffusers' blocks have a GELU MLP)")
+    if model.block_options.norm != "layernorm":
+        problems.append(f"model.norm={model.block_options.norm} (diffusers' blocks use LayerNorm)")
+    if any(model.options_of(i).moe is not None for i in range(model.depth)):
+        problems.append(f"model.moe.experts={model.moe.experts} (a mixture of experts)")
+    if model.pos_layout != "xy":
+        problems.append(f"model.pos_layout={model.pos_layout} (diffusers' position table is xy)")
+    if model.pos == "rope":
+        problems.append("model.pos=rope (rotary positions)")
+    if (model.t_embedder.time_scale, model.t_embedder.time_offset) != (1000.0, 0.0):
+        problems.append(f"model.time_scale={model.t_embedder.time_scale:g} and model.time_offset="
+                        f"{model.t_embedder.time_offset:g} (diffusers embeds 1000 t)")
+    if model.decoder is not None:
+        problems.append(f"model.decoder.width={model.decoder.width} (MaskDiT's decoder)")
+    if model.precond is not None:
+        problems.append("model.precond=edm (EDM preconditioning)")
+    if model.skips is not None:
+        problems.append(f"model.long_skips={model.long_skips} (MDT's long skips)")
+    if model.block_options.rel_grid:
+        problems.append("model.rel_pos_bias=true (a relative position bias)")
+    return problems
+
+
+def refuse_problems(problems: list[str], target: str) -> None:
+    """One line naming every option of the model that ``target`` cannot compute, or nothing."""
+    if problems:
+        raise ConfigError(f"this model cannot be exported as a {target}: what it was trained with has no counterpart "
+                          "there, so it would compute another function: " + "; ".join(problems)
+                          + ": export a run trained without " + ("it" if len(problems) == 1 else "these options"))
+
+
+def split_plan(state: dict[str, torch.Tensor], plan: dict[str, tuple[str, ...]]) -> dict[str, torch.Tensor]:
+    """The inverse of an import plan: each maskdit tensor cut into the diffusers tensors it was made of (equal
+    parts along the first axis)."""
+    out = {}
+    for ours, theirs in plan.items():
+        for name, part in zip(theirs, state[ours].chunk(len(theirs))):
+            out[name] = part.clone().contiguous()
+    return out
+
+
+def conv_patch(model: DiT, weight: torch.Tensor) -> torch.Tensor:
+    """maskdit's patch embedding (W, p * p * C) as diffusers' patch convolution (W, C, p, p)."""
+    p = model.patch_size[0]
+    return weight.reshape(model.hidden_size, p, p, -1).permute(0, 3, 1, 2).contiguous()
