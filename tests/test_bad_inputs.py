@@ -583,10 +583,12 @@ def test_the_corpus_files_together_are_distinct():
     import test_bad_inputs_data
     import test_bad_inputs_interop
     import test_bad_inputs_sampling
+    import test_bad_inputs_text
     import test_bad_inputs_toolbox
 
     assert_distinct([*CASES, *test_bad_inputs_data.CASES, *test_bad_inputs_interop.CASES,
-                     *test_bad_inputs_sampling.CASES, *test_bad_inputs_toolbox.CASES], 600)
+                     *test_bad_inputs_sampling.CASES, *test_bad_inputs_toolbox.CASES, *test_bad_inputs_text.CASES],
+                    660)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
