@@ -208,3 +208,20 @@ def test_under_torchrun_one_rank_reports_bad_input(tmp_path):
     code, out, err = finish(torchrun([*RUN, "model.depth=0", f"run_dir={tmp_path / 'bad'}"], tmp_path))
     assert code != 0 and err.count("error: config key model.depth must be") == 1, err  # not once per rank
     assert not (tmp_path / "bad").exists()
+
+
+TEXT = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.text=joint", "model.patch_size=8",
+        "data.num=32", "batch_size=8", "steps=6", "log_every=1", "ckpt_every=6", "lr=1e-3", "warmup_steps=0",
+        "precision=fp32", "mask.recipe=tread", "mask.ratio=0.5", "mask.route=[1,2]"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_text_model_with_routed_tokens_under_torchrun_reproduces_one_process(tmp_path, strategy):
+    """Captions, their text encoder, joint blocks and TREAD routing over 2 ranks: the weights, EMA and Adam moments
+    one process reaches."""
+    code, _, err = finish(torchrun(["--preset", "shapes-text", *TEXT, f"dist.strategy={strategy}",
+                                    f"run_dir={tmp_path / 'many'}"], tmp_path))
+    assert code == 0, err
+    train(load_config("shapes-text", overrides=[*TEXT, f"run_dir={tmp_path / 'one'}"]), progress=False)
+    assert max_diff(all_tensors(tmp_path / "many"), all_tensors(tmp_path / "one")) <= 1e-6
