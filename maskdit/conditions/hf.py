@@ -69,7 +69,7 @@ class FrozenTextEncoder:
         try:
             from transformers import AutoConfig, AutoModel, AutoModelForTextEncoding, AutoTokenizer
         except ImportError as e:
-            raise ConfigError("a Hugging Face text encoder needs transformers: pip install 'maskdit[align]'") from e
+            raise ConfigError("a Hugging Face text encoder needs transformers: pip install 'maskdit[text]'") from e
         from transformers.utils import logging as hf_logging
 
         root = check_encoder_dir(path)
