@@ -25,6 +25,7 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from maskdit.evaluate.report import condition_summary
     from maskdit.files import read_json
     from maskdit.interop.convert import import_run
     from maskdit.model.dit import fixed_position_parameters, parameter_count
@@ -43,9 +44,7 @@ def run_import(args: argparse.Namespace) -> int:
         ("relative position bias", model.get("rel_pos_bias"))) if present]
     print(f"imported {args.source}: {params / 1e6:.1f}M parameters ({counted}), depth {model['depth']}, width "
           f"{model['hidden_size']}, {model['num_heads']} heads, patch {model['patch_size'][0]}, input "
-          f"{model['in_channels']}x{'x'.join(map(str, model['input_size']))}, "
-          + (f"captions ({model['condition']}, text={model.get('text')})" if model.get("condition") in ("text", "hf")
-             else f"{model['num_classes']} classes")
+          f"{model['in_channels']}x{'x'.join(map(str, model['input_size']))}, {condition_summary(model)}"
           + "".join(f", {e}" for e in extras))
     print(f"wrote {ckpt}; sample with: maskdit sample {args.out} --out samples.png")
     print(args.out)

@@ -123,6 +123,17 @@ def grid_png(images: torch.Tensor, labels: torch.Tensor | None) -> bytes:
     return buf.getvalue()
 
 
+def condition_summary(model: dict[str, Any]) -> str:
+    """What a saved model (its config) conditions on, in a few words: its classes, or its captions."""
+    options = model.get("condition_options") or {}
+    if model.get("condition") == "text":
+        return (f"captions (text encoder of {options.get('depth')} layers, {len(options.get('vocab', []))} words, "
+                f"{options.get('length')} tokens; text={model.get('text')})")
+    if model.get("condition") == "hf":
+        return f"captions (frozen encoder {options.get('encoder')}; text={model.get('text')})"
+    return f"{model['num_classes']} classes"
+
+
 def report_prompts(run: Any, count: int = 6) -> list[str] | None:
     """The prompts a text model's report draws: one test caption of each kind on shapes, else the data's first
     distinct captions; ``None`` for a model that does not read text."""
@@ -301,7 +312,7 @@ def describe_checkpoint(path: str | Path) -> tuple[list[str], dict[str, Any]]:
     lines = [f"checkpoint: {ckpt} (step {state['step']} of {cfg['steps']})",
              f"model: DiT depth {model['depth']}, width {model['hidden_size']}, {model['num_heads']} heads, "
              f"patch {model['patch_size']}, input {model['in_channels']}x{'x'.join(map(str, model['input_size']))}, "
-             f"{model['num_classes']} classes, {params / 1e6:.2f}M parameters"]
+             f"{condition_summary(model)}, {params / 1e6:.2f}M parameters"]
     sampler = cfg["sample"]["sampler"] or default_sampler(cfg["objective"]["name"])
     lines += [f"objective: {cfg['objective']['name']}; sampler default: {sampler} "
               f"{cfg['sample']['steps']} steps, guidance {cfg['sample']['guidance_scale']}",
