@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from maskdit.cli.args import positive_int
+from maskdit.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,11 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from maskdit.training.trainer import pick_device
 
     if args.num is not None and args.captions != "shapes":
-        from maskdit.errors import ConfigError
-
         raise ConfigError("--num applies to the generated shapes data (CAPTIONS=shapes) only")
-    dataset = load_dataset("shapes", num=args.num or 2000) if args.captions == "shapes" else \
-        images_from_spec(args.captions, "CAPTIONS")
+    if args.captions == "shapes":  # data.num's default unless --num says otherwise, as a run on shapes would
+        dataset = load_dataset("shapes", **({} if args.num is None else {"num": args.num}))
+    else:
+        dataset = images_from_spec(args.captions, "CAPTIONS")
     captions = captions_of(dataset)
     manifest = write_store(captions, args.encoder, args.out, args.length or DEFAULT_LENGTH, args.prefix, args.batch,
                            pick_device(args.device), progress=not args.no_progress)

@@ -43,8 +43,7 @@ def text_prompts(args: argparse.Namespace, run: Any, dataset: Any, metrics: list
     returns each caption's kind (``None`` for a class or unconditional model, which ``geneval`` refuses)."""
     from maskdit.data.shapes import shapes_dataset
 
-    conditioner = run.model.conditioner
-    if conditioner is None or not conditioner.gives_tokens:
+    if run.model.text is None:
         if "geneval" in metrics:
             raise ConfigError("--metrics geneval judges captioned samples: it needs a text model "
                               "(model.condition=text)")
@@ -94,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = resolve_metrics(requested, dataset, has_labels=loaded.model.num_classes > 0)
         kinds = text_prompts(args, loaded, dataset, metrics, requested is None)
         images, labels, kwargs, _ = draw(args, loaded, args.num)
-        if loaded.model.conditioner is not None and loaded.model.conditioner.gives_tokens:
+        if loaded.model.text is not None:
             labels = None  # the rows of a text model's samples are prompts, not classes
         context = (f"{len(images)} samples, step {loaded.step}, sampler={kwargs['sampler']}, steps={kwargs['steps']}, "
                    f"guidance_scale={kwargs['guidance_scale']}, seed={kwargs['seed']}")

@@ -125,7 +125,7 @@ def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any,
 
     prompts = read_prompts(args)
     conditioner = run.model.conditioner
-    if conditioner is None or not conditioner.gives_tokens:
+    if run.model.text is None:
         if prompts or getattr(args, "negative_prompt", None):
             raise ConfigError("--prompt/--prompts/--negative-prompt: this model is not conditioned on text (it takes "
                               "--classes)" if conditioner is not None else "--prompt: this model is unconditional")

@@ -51,6 +51,13 @@ def check_encoder_dir(path: str | Path, key: str = "model.text_encoder") -> Path
     return root
 
 
+def text_width(config: Any) -> int:
+    """The width of a Hugging Face text model's hidden states, from its config (a whole CLIP config: its text
+    tower's)."""
+    config = getattr(config, "text_config", config)
+    return int(getattr(config, "hidden_size", None) or config.d_model)
+
+
 def fingerprint(path: str | Path) -> str:
     """A short hash of an encoder directory's config and its weight files' names and sizes: what tells a moved copy
     of the same encoder (accepted) from another encoder (refused)."""
@@ -93,8 +100,7 @@ class FrozenTextEncoder:
             a.endswith("CausalLM") or a.endswith("LMHeadModel") for a in getattr(self.model.config, "architectures",
                                                                                    None) or [])
         self.length, self.prefix, self.device = int(length), prefix, torch.device(device)
-        self.width = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
-                         else self.model.config.d_model)
+        self.width = text_width(self.model.config)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
 
@@ -168,8 +174,8 @@ def read_store(path: str | Path, options: dict[str, Any], captions: list[str]) -
         if manifest[key] != want:
             raise DataError(f"data.captions {path} {what} ({key} {manifest[key]!r}, the run needs {want!r}): {again}")
     values = read_npy(root / "values.npy", mmap_mode="c", fix=again)
-    if values.shape != (len(captions), 1 + options["length"], options["width"] + 1) or values.dtype != np.float16:
-        want = (len(captions), 1 + options["length"], options["width"] + 1)
+    want = (len(captions), 1 + options["length"], options["width"] + 1)
+    if values.shape != want or values.dtype != np.float16:
         raise DataError(f"data.captions {path}: values.npy is {values.dtype} {values.shape}, not the float16 {want} "
                         f"its manifest says: {again}")
     return torch.from_numpy(values)
@@ -232,9 +238,7 @@ class HFTextConditioner(Conditioner):
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(root, local_files_only=True)
-        config = getattr(config, "text_config", config)
-        return {"encoder": str(root.resolve()), "fingerprint": fingerprint(root),
-                "width_in": int(getattr(config, "hidden_size", None) or config.d_model),
+        return {"encoder": str(root.resolve()), "fingerprint": fingerprint(root), "width_in": text_width(config),
                 "length": int(settings.text_length or DEFAULT_LENGTH), "prefix": settings.text_prefix or "",
                 "refiner": int(settings.text_refiner)}
 

@@ -137,8 +137,7 @@ def condition_summary(model: dict[str, Any]) -> str:
 def report_prompts(run: Any, count: int = 6) -> list[str] | None:
     """The prompts a text model's report draws: one test caption of each kind on shapes, else the data's first
     distinct captions; ``None`` for a model that does not read text."""
-    conditioner = run.model.conditioner
-    if conditioner is None or not conditioner.gives_tokens:
+    if run.model.text is None:
         return None
     from maskdit.data.datasets import dataset_from_config
 

@@ -211,7 +211,7 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     tasks = bench_tasks(model, cfg.task.names) if getattr(model, "task_conditioning", False) else []
     if len(model.token_grid) == 3 and tasks:
         return _video_task_eval(model, objective, dataset, cfg, tasks)
-    if model.conditioner is not None and model.conditioner.gives_tokens:
+    if getattr(model, "text", None) is not None:  # a caption model
         if cfg.data.name != "shapes":
             return {"num": 0, "skipped": "a text model is scored on the shapes data's held-out captions (geneval); "
                                          "score it with maskdit eval RUN"}

@@ -284,7 +284,7 @@ def diffusers_problems(model: DiT) -> list[str]:
     if len(model.input_size) == 2 and max(model.input_size[0] // 64, 1) != 1:
         problems.append(f"input {model.input_size[0]}x{model.input_size[1]} (diffusers rescales the position table "
                         "from 128 on)")
-    if model.conditioner is not None and model.conditioner.gives_tokens:
+    if model.text is not None:
         problems.append(f"model.condition={model.config['condition']} (diffusers' DiT is class-conditional; a "
                         "caption model exports as pixart or sd3)")
     elif model.num_classes == 0:

@@ -85,18 +85,18 @@ def _adaln_zero(model: nn.Module) -> None:
 
 @MODULATIONS.register("single", "adaLN-single: one shared SiLU + linear and a learned table per block (PixArt-alpha)")
 def _adaln_single(model: nn.Module) -> None:
-    dim = model.hidden_size
-    model.t_block = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-    for block in model.blocks:
-        if isinstance(block, FactorisedDiTBlock):
-            raise ConfigError("model.adaln=single modulates 6 chunks per block; factorised blocks take 9: use "
-                              "model.adaln=zero with model.attention=factorised")
-        for owner in (block, getattr(block, "text", None)):
-            if owner is not None:
-                owner.adaLN_modulation = SharedModulation(model.t_block, 6, dim)
+    if any(isinstance(block, FactorisedDiTBlock) for block in model.blocks):
+        raise ConfigError("model.adaln=single modulates 6 chunks per block; factorised blocks take 9: use "
+                          "model.adaln=zero with model.attention=factorised")
     if model.decoder is not None:
         raise ConfigError("model.adaln=single adds the time embedding to the final layer's table: it needs the final "
                           "layer at the model width (no model.decoder)")
+    dim = model.hidden_size
+    model.t_block = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+    for block in model.blocks:
+        for owner in (block, getattr(block, "text", None)):
+            if owner is not None:
+                owner.adaLN_modulation = SharedModulation(model.t_block, 6, dim)
     model.final_layer.adaLN_modulation = TableModulation(2, dim)
 
 
@@ -339,7 +339,7 @@ class DiT(nn.Module):
             raise ConfigError("precond=edm presents the model as a flow velocity: no learn_sigma or token_time")
         self.precond = None if precond is None else EDMPrecond(sigma_data)
         tokens = self.y_embedder is not None and self.y_embedder.gives_tokens
-        self.text = text or ("cross" if tokens else None)
+        self.text = text or ("cross" if tokens else None)  # set exactly when the model reads a caption's tokens
         self.text_double = depth // 2 if text_double is None else int(text_double)
         if self.text is not None:
             if self.text not in TEXT_MODES:
