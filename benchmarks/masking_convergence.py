@@ -40,6 +40,7 @@ from maskdit.cli.args import Parser, UsageError, guarded, positive_float, positi
 ARMS: dict[str, list[str]] = {
     "unmasked": [],
     "drop 0.5 + mixer 2": ["mask.recipe=drop", "mask.ratio=0.5", "model.mixer_depth=2"],
+    "drop 0.75 + mixer 2": ["mask.recipe=drop", "mask.ratio=0.75", "model.mixer_depth=2"],
     "maskdit 0.5": ["mask.recipe=maskdit", "mask.ratio=0.5"],
     "tread 0.5": ["mask.recipe=tread", "mask.ratio=0.5"],
     "tread 0.75": ["mask.recipe=tread", "mask.ratio=0.75"],

@@ -187,7 +187,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 def optimizer_state(ckpt: Path, meta: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Per-parameter optimizer state of a checkpoint, keyed by parameter index."""
-    tensors = _load_tensors(ckpt / "optimizer.safetensors")
+    tensors = load_tensors(ckpt / "optimizer.safetensors")
     state: dict[int, dict[str, Any]] = {}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
         index, name = key.split(".", 1)
@@ -219,15 +219,17 @@ def slot_like(value: Any, param: torch.Tensor) -> Any:
 
 
 def checkpoint_files(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     aux: torch.nn.Module | None = None, align: torch.nn.Module | None = None
+                     aux: torch.nn.Module | None = None, align: torch.nn.Module | None = None,
+                     only: Callable[[str], bool] | None = None
                      ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """The tensors of a checkpoint, whole and on the CPU, by file name, and the optimizer's JSON metadata.
 
     Sharded (FSDP) weights and optimizer state are gathered: every rank must call this, then one writes.
     ``aux`` holds training-only parameters (a masked-training decoder); they go to ``aux.safetensors``.
+    ``only`` keeps the weights whose keys it accepts (a LoRA run saves its adapter, not the frozen base).
     """
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
-    files = {"model.safetensors": _cpu_state(model), "ema.safetensors": _cpu_state(ema),
+    files = {"model.safetensors": _cpu_state(model, only), "ema.safetensors": _cpu_state(ema, only),
              "optimizer.safetensors": opt_tensors}
     if aux is not None and len(aux.state_dict()):
         files[AUX_FILE] = _cpu_state(aux)
@@ -276,11 +278,12 @@ def save_checkpoint(
     return final
 
 
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: full(v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def _cpu_state(model: torch.nn.Module, only: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    return {k: full(v).detach().cpu().contiguous() for k, v in model.state_dict().items() if only is None or only(k)}
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing or unreadable file is a :class:`CheckpointError`."""
     try:
         return load_file(path)
     except FileNotFoundError as e:
@@ -289,11 +292,12 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read {path}: {e}; the file is damaged or not a safetensors file") from e
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a safetensors file into ``model``; any missing, extra or mis-shaped tensor is refused clearly."""
+def load_weights(model: torch.nn.Module, path: str | Path, only: Callable[[str], bool] | None = None) -> None:
+    """Load a safetensors file into ``model`` (into the weights whose keys ``only`` accepts, when given); any
+    missing, extra or mis-shaped tensor is refused clearly."""
     path = Path(path)
-    tensors = _load_tensors(path)
-    expected = model.state_dict()
+    tensors = load_tensors(path)
+    expected = {k: v for k, v in model.state_dict().items() if only is None or only(k)}
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     wrong = [(k, tuple(tensors[k].shape), tuple(v.shape)) for k, v in expected.items()
@@ -311,7 +315,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
             f"checkpoint {path} does not match the model ({'; '.join(parts)}): "
             "build the model from the checkpoint's config.json"
         )
-    model.load_state_dict({k: shard_like(v, expected[k]) for k, v in tensors.items()})
+    model.load_state_dict({k: shard_like(v, expected[k]) for k, v in tensors.items()}, strict=only is None)
 
 
 def load_aux(aux: torch.nn.Module, ckpt: Path, name: str = AUX_FILE) -> None:

@@ -27,6 +27,7 @@ from maskdit.errors import ConfigError, check_keys
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, TaskConfig
 from maskdit.model.config import ModelConfig
+from maskdit.model.lora import LoraConfig
 from maskdit.registry import one_of
 from maskdit.training.align import AlignConfig
 from maskdit.training.distill import DistillConfig
@@ -72,6 +73,7 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,7 +112,7 @@ class Config:
              "null unless objective.name=flow (EDM's preconditioning is presented as a flow velocity)"),
         ])
         m.validate_shape()
-        for section in (data, obj, mask, self.dist, self.align, self.distill, task, smp):
+        for section in (data, obj, mask, self.dist, self.align, self.distill, task, smp, self.lora):
             section.validate()
         # cross-section rules
         if data.resize is not None and not DATASETS.entry(data.name).facts.get("resizes", False):
@@ -120,6 +122,9 @@ class Config:
             raise ConfigError(f"config key data.path is required when data.name={data.name}")
         if smp.sampler is not None:
             check_sampler(smp.sampler, obj.name)
+        if self.lora.rank and not self.init_from:
+            raise ConfigError(f"config key lora.rank={self.lora.rank} adapts a trained model: set init_from=BASE_RUN "
+                              "(the run whose weights stay frozen) or lora.rank=0")
         captioned = CONDITIONERS[m.condition].gives_tokens
         if captioned and not m.conditional:
             raise ConfigError(f"config key model.condition={m.condition} conditions on captions: it needs "

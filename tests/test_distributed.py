@@ -225,3 +225,17 @@ def test_a_text_model_with_routed_tokens_under_torchrun_reproduces_one_process(t
     assert code == 0, err
     train(load_config("shapes-text", overrides=[*TEXT, f"run_dir={tmp_path / 'one'}"]), progress=False)
     assert max_diff(all_tensors(tmp_path / "many"), all_tensors(tmp_path / "one")) <= 1e-6
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_lora_run_under_torchrun_reproduces_one_process(tmp_path, trained, strategy):
+    """A frozen base and LoRA updates on 2 ranks: the same updates, EMA and Adam moments (and only those) as one
+    process reaches; FSDP shards blocks that hold frozen and trainable weights side by side."""
+    base = trained(*RUN, "steps=2")
+    args = [*RUN, "steps=4", f"init_from={base}", "lora.rank=2", "lora.targets=[all]", "lr=1e-2"]
+    code, _, err = finish(torchrun([*args, f"dist.strategy={strategy}", f"run_dir={tmp_path / 'many'}"], tmp_path))
+    assert code == 0, err
+    train(load_config("digits", overrides=[*args, f"run_dir={tmp_path / 'one'}"]), progress=False)
+    many, one = all_tensors(tmp_path / "many"), all_tensors(tmp_path / "one")
+    assert max_diff(many, one) <= 1e-6
+    assert all("lora_" in k for k in many if not k.startswith("optimizer."))

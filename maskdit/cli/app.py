@@ -8,6 +8,7 @@
     maskdit bench  --preset NAME --input CxHxW --batch B
     maskdit invert RUN_DIR --images X.npz --out noise.npz   (then: sample RUN_DIR --from-noise noise.npz ...)
     maskdit prune  RUN_DIR --keep-blocks K --out NEW_RUN    (then: train init_from=NEW_RUN distill.teacher=RUN_DIR ...)
+    maskdit lora merge RUN_DIR [--lora RUN[:SCALE] ...] --out NEW_RUN   (a LoRA run: train lora.rank=R init_from=BASE)
 
 Each command is one module of :mod:`maskdit.cli` with its options beside its handler; :data:`COMMANDS` is the
 one list of them. Errors a user can fix print one line (``error: ...``) and exit with status 2.
@@ -47,6 +48,8 @@ COMMANDS.add("export", "maskdit.cli.interop", "write a run's model as a diffuser
              arguments="add_export_arguments", handler="run_export")
 COMMANDS.add("invert", "maskdit.cli.invert",
              "find the starting noise that samples into given images (DDIM / reverse-ODE inversion)")
+COMMANDS.add("lora", "maskdit.cli.lora",
+             "merge a LoRA run's updates (and other adapters of its base) into a plain run")
 COMMANDS.add("prune", "maskdit.cli.prune",
              "keep K of a run's blocks (learned TinyFusion search or evenly spaced) as a new run to finetune")
 

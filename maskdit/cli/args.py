@@ -120,6 +120,25 @@ def interval(text: str) -> list[float]:
     return [lo, hi]
 
 
+#: The largest |SCALE| of ``--lora RUN:SCALE``: an adapter scaled past this is noise, not a style.
+MAX_LORA_SCALE = 100
+
+
+def lora_spec(text: str) -> tuple[str, float]:
+    """``RUN[:SCALE]``: a LoRA run and the scale of its updates (default 1; negative subtracts them)."""
+    path, sep, tail = text.rpartition(":")
+    if not sep or "/" in tail or "\\" in tail:  # no scale (a ':' in a path is not one)
+        path, tail = text, "1"
+    try:
+        scale = float(tail)
+    except ValueError:
+        scale = math.nan
+    if not path or not abs(scale) <= MAX_LORA_SCALE:
+        raise argparse.ArgumentTypeError(f"must be RUN or RUN:SCALE with SCALE in [-{MAX_LORA_SCALE}, "
+                                         f"{MAX_LORA_SCALE}], got {text!r}")
+    return path, scale
+
+
 def grid_size(text: str) -> tuple[int, ...]:
     """``HxW`` (or ``L``, ``TxHxW``): positive integers."""
     try:

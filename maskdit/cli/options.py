@@ -11,6 +11,7 @@ from maskdit.cli.args import (
     class_list,
     guidance_scale_value,
     interval,
+    lora_spec,
     positive_float,
     positive_int,
     seed_value,
@@ -47,6 +48,9 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=seed_value, default=0, help="noise seed (default 0)")
     g.add_argument("--classes", type=class_list, help="comma-separated labels to cycle through (default: all)")
     g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights (default ema)")
+    g.add_argument("--lora", type=lora_spec, action="append", metavar="RUN[:SCALE]",
+                   help="merge a LoRA run's updates (trained on this run's weights, lora.rank) times SCALE "
+                   "(default 1) into the model; repeat to combine adapters")
     g.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
                    help=f"samples per network call, the last call padded (default {BATCH_SIZE}); sample i depends "
                    "only on --seed, i and this")
@@ -59,11 +63,13 @@ def add_overwrite(p: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace) -> Any:
-    """The run ``RUN_DIR`` names, with ``--weights`` on ``--device``."""
-    from maskdit.runs import load_run
+    """The run ``RUN_DIR`` names, with ``--weights`` on ``--device`` and the ``--lora`` adapters merged in."""
+    from maskdit.runs import add_adapters, load_run
     from maskdit.training.trainer import pick_device
 
-    return load_run(args.run_dir, ema=args.weights == "ema", device=pick_device(args.device))
+    run = load_run(args.run_dir, ema=args.weights == "ema", device=pick_device(args.device))
+    add_adapters(run, getattr(args, "lora", None) or [])  # (invert has no --lora)
+    return run
 
 
 def class_labels(args: argparse.Namespace, run: Any, num: int) -> Any:

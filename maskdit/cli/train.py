@@ -51,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
         if starting.signum is not None:
             raise Terminated if starting.signum == signal.SIGTERM else KeyboardInterrupt
         processes = f" x {world.size} processes" if world.size > 1 else ""
-        say(f"model: {parameter_count(trainer.model) / 1e6:.2f}M parameters, {trainer.model.num_tokens} tokens, "
+        lora = trainer.lora
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        adapter = "" if lora is None else (f" ({trainable / 1e6:.3f}M trainable: LoRA rank {lora['rank']} on "
+                                           f"{lora['layers']} layers, the rest frozen)")
+        say(f"model: {parameter_count(trainer.model) / 1e6:.2f}M parameters{adapter}, {trainer.model.num_tokens} "
+            "tokens, "
             f"dataset {trainer.dataset.name} ({len(trainer.dataset)} examples of "
             f"{'x'.join(map(str, trainer.dataset.shape))}), device {trainer.device}{processes}", flush=True)
         start, first_step = time.time(), trainer.step

@@ -318,7 +318,13 @@ def describe_checkpoint(path: str | Path) -> tuple[list[str], dict[str, Any]]:
               f"data: {data['name']} ({data['size']} examples of {'x'.join(map(str, data['shape']))}), "
               f"position {state['data_position']}",
               "files: " + ", ".join(f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in sorted(ckpt.iterdir()))]
+    lora = info.get("lora")
+    if isinstance(lora, dict):  # the files hold only the updates; the count above is theirs
+        lines.append(f"LoRA adapter: rank {lora.get('rank')} on {lora.get('layers')} layers "
+                     f"({', '.join(lora.get('targets', []))}), scale {lora.get('scale')}, of the base "
+                     f"{lora.get('base')} (sha256 {str(lora.get('sha256'))[:12]})")
     others = [p.name for p in list_checkpoints(ckpt.parent.parent)] if ckpt.parent.name == "checkpoints" else []
     if others:
         lines.append(f"checkpoints in run: {', '.join(others)}")
-    return lines, {"checkpoint": str(ckpt), "step": state["step"], "params": params, "model": model}
+    return lines, {"checkpoint": str(ckpt), "step": state["step"], "params": params, "model": model,
+                   **({"lora": lora} if isinstance(lora, dict) else {})}

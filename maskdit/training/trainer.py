@@ -59,6 +59,7 @@ from maskdit.errors import CheckpointError, ConfigError
 from maskdit.files import read_json, write_json_atomic
 from maskdit.model import DiT
 from maskdit.model.config import DecoderConfig, model_arguments
+from maskdit.model.lora import add_lora, base_info, is_adapter_key, load_base
 from maskdit.runs import load_run
 from maskdit.training.distill import distillation_for
 from maskdit.training.loop import (  # Interrupted, StopOnSignal, TrainingDiverged: the trainer's public names too
@@ -186,6 +187,9 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         to_resume = find_run(self.run_dir, resume)  # refuses before anything is built or written
         source = to_resume[0] if to_resume else resolve_checkpoint(cfg.init_from) if cfg.init_from else None
+        if source is not None and not to_resume and "lora" in read_json(source / "config.json"):
+            raise ConfigError(f"init_from={cfg.init_from} is a LoRA adapter, not a whole model: merge it first "
+                              f"(maskdit lora merge {cfg.init_from} --out NEW_RUN) and start from NEW_RUN")
         if source is not None:
             inherit_function(cfg, source)
         self.world = world_from_env()
@@ -208,6 +212,7 @@ class Trainer:
         values = None if self.model.conditioner is None else self.model.conditioner.values(self.dataset)
         if values is not None:  # what batches pair with each example: caption token ids instead of labels
             self.dataset.labels = values
+        self.lora = self.adapt(bool(to_resume))  # a LoRA run: the frozen base loaded, the updates added
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.recipe = recipe_for(cfg, self.model).to(self.device)
         self.alignment = None
@@ -246,13 +251,29 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         if to_resume:  # the newest checkpoint that loads; a damaged one is passed over with a warning
             first_loadable(to_resume, self.load)
-        elif cfg.init_from:
+        elif cfg.init_from and self.lora is None:
             self.init_from(resolve_checkpoint(cfg.init_from))
         barrier(self.world)  # every rank has read the run directory before rank 0 writes to it
 
+    def adapt(self, resumed: bool) -> dict[str, Any] | None:
+        """With ``lora.rank``: load the base (``init_from``'s EMA weights; resumed, the very base the run
+        recorded) into the model, freeze it and add the LoRA updates; returns what the run records of them."""
+        lora = self.cfg.lora
+        saved = read_json(self.run_dir / "config.json", keys=("config",)).get("lora") if resumed else None
+        if resumed and bool(saved) != bool(lora.rank):
+            raise ConfigError(f"{self.run_dir} was trained {'with' if saved else 'without'} LoRA: resume it as it was "
+                              f"(leave lora.rank out of the overrides)")
+        if not lora.rank:
+            return None
+        info = saved or {**base_info(resolve_checkpoint(self.cfg.init_from)), "rank": lora.rank, "scale": lora.scale,
+                         "targets": list(lora.targets)}
+        load_base(self.model, info, f"run {self.run_dir}")
+        return {**info, "layers": add_lora(self.model, lora)}
+
     # -- facts saved next to the weights -------------------------------------------------------------
     def run_info(self) -> dict[str, Any]:
-        return {
+        lora = {} if self.lora is None else {"lora": self.lora}
+        return {**lora,
             "config": self.cfg.to_dict(),
             "model": self.model.config,
             "dataset": {
@@ -323,8 +344,9 @@ class Trainer:
         the weights (``module.*``, plus ``n_averaged``) that ema.safetensors keeps loadable into a plain model.
         """
         decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))  # warm up so early EMA is not stale
-        ema_params = [local(p) for p in self.ema.parameters()]  # sharded alike under FSDP: a local update
-        torch._foreach_lerp_(ema_params, [local(p) for p in self.model.parameters()], weight * (1.0 - decay))
+        pairs = [(local(e), local(p)) for e, p in zip(self.ema.parameters(), self.model.parameters())
+                 if p.requires_grad]  # sharded alike under FSDP: a local update; a frozen base stays as it is
+        torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], weight * (1.0 - decay))
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -338,9 +360,14 @@ class Trainer:
         self._wrote_checkpoint = True
         return path
 
+    @property
+    def saved_keys(self) -> Any:
+        """Which weights a checkpoint holds: all, or a LoRA run's updates only (``None``: all)."""
+        return None if self.lora is None else is_adapter_key
+
     def load(self, ckpt: Path) -> None:
-        load_weights(self.model, ckpt / "model.safetensors")
-        load_weights(self.ema, ckpt / "ema.safetensors")
+        load_weights(self.model, ckpt / "model.safetensors", self.saved_keys)
+        load_weights(self.ema, ckpt / "ema.safetensors", self.saved_keys)
         load_aux(self.recipe, ckpt)
         if self.alignment is not None:
             load_aux(self.alignment.projector, ckpt, ALIGN_FILE)
@@ -443,7 +470,7 @@ class Trainer:
     def _checkpoint_files(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
         """The run's checkpoint tensors, whole (gathered from the ranks when sharded: every rank calls)."""
         return checkpoint_files(self.model, self.ema, self.optimizer, self.recipe,
-                                None if self.alignment is None else self.alignment.projector)
+                                None if self.alignment is None else self.alignment.projector, self.saved_keys)
 
     def eval_model(self) -> DiT | None:
         """The EMA weights as one whole model for rank 0's evaluation (``None`` on other ranks); sharded
@@ -455,6 +482,8 @@ class Trainer:
             return None
         whole = model_for(self.cfg, self.dataset.shape, self.dataset.num_classes,
                           self.condition_options).to(self.device)
+        if self.lora is not None:
+            add_lora(whole, self.cfg.lora)
         whole.load_state_dict(weights)
         return whole.requires_grad_(False)
 

@@ -1,0 +1,100 @@
+"""The bad-input corpus of adapters: the ``lora.*`` keys, ``--lora`` at sampling and ``maskdit lora merge``, including
+an adapter whose base changed or went away (which would otherwise sample something silently wrong); the harness
+and its five checks are in ``corpus.py``.
+
+A case's LoRA run is trained in the case directory on a copy of the shared tiny image run (``base``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from corpus import TINY, TRAIN, C, Case, Runs, Setup, assert_distinct, check, copy_run
+
+LTRAIN = [*TRAIN[:-1], "init_from=base", "lora.rank=2", "run_dir=new_run"]
+LSAMPLE = ["sample", "base", "--num", "2", "--steps", "1", "--out", "out.png"]
+
+
+def lora_run(damage: str = "") -> Setup:
+    """A copy of the image run as ``base`` and a LoRA run ``lrun`` trained on it; then ``damage``: ``base-changed``
+    (one base weight nudged), ``base-gone`` (the base removed), ``entry`` (the run's lora facts cut short) or
+    ``foreign`` (the adapter's tensors renamed to layers the model lacks)."""
+    def make(tmp: Path, runs: Runs) -> None:
+        import shutil
+
+        from safetensors.torch import load_file, save_file
+
+        from maskdit.cli.app import main
+
+        shutil.copytree(runs.img, tmp / "base")
+        assert main(["train", "--no-progress", *TINY, f"init_from={tmp / 'base'}", "lora.rank=2",
+                     f"run_dir={tmp / 'lrun'}"]) == 0
+        (base,) = (tmp / "base" / "checkpoints").glob("step_*")
+        (ckpt,) = (tmp / "lrun" / "checkpoints").glob("step_*")
+        if damage == "base-changed":
+            weights = load_file(base / "ema.safetensors")
+            weights["final_layer.linear.bias"] += 1e-4
+            save_file(weights, base / "ema.safetensors")
+        elif damage == "base-gone":
+            shutil.rmtree(tmp / "base")
+        elif damage == "entry":
+            for path in (ckpt / "config.json", tmp / "lrun" / "config.json"):
+                info = json.loads(path.read_text())
+                del info["lora"]["sha256"]
+                path.write_text(json.dumps(info))
+        elif damage == "foreign":
+            for name in ("ema.safetensors", "model.safetensors"):
+                weights = load_file(ckpt / name)
+                save_file({k.replace("blocks.0", "blocks.7"): v for k, v in weights.items()}, ckpt / name)
+
+    make.desc = f"lora-run:{damage}"  # type: ignore[attr-defined]
+    return make
+
+
+CASES: list[Case] = [
+    # ---- training: the lora keys ---------------------------------------------------------------------------------
+    C("lora-without-base", [*TRAIN, "lora.rank=2"], "lora.rank=2 adapts a trained model: set init_from"),
+    C("lora-rank-negative", [*TRAIN, "init_from={img}", "lora.rank=-1"], "lora.rank"),
+    C("lora-alpha-zero", [*TRAIN, "init_from={img}", "lora.rank=2", "lora.alpha=0"], "lora.alpha"),
+    C("lora-targets-unknown", [*TRAIN, "init_from={img}", "lora.rank=2", "lora.targets=[convs]"], "lora.targets"),
+    C("lora-targets-empty", [*TRAIN, "init_from={img}", "lora.rank=2", "lora.targets=[]"], "lora.targets"),
+    C("lora-targets-not-a-list", [*TRAIN, "init_from={img}", "lora.rank=2", "lora.targets=attention"],
+      "lora.targets"),
+    C("lora-base-missing", [*TRAIN, "init_from=nowhere", "lora.rank=2"], "nowhere"),
+    C("lora-base-other-shape", [*LTRAIN, "model.hidden_size=64"], "does not match the model",
+      copy_run("img", "base")),
+    C("init-from-an-adapter", [*TRAIN, "init_from=lrun"], "is a LoRA adapter, not a whole model", lora_run()),
+    C("lora-on-an-adapter", [*TRAIN, "init_from=lrun", "lora.rank=2"], "maskdit lora merge lrun", lora_run()),
+    C("lora-resume-switched-off", ["train", "--no-progress", "--resume", *TINY, "lora.rank=0", "run_dir=lrun"],
+      "was trained with LoRA: resume it as it was", lora_run()),
+    # ---- sampling an adapter --------------------------------------------------------------------------------------
+    C("lora-sample-base-changed", [*LSAMPLE[:1], "lrun", *LSAMPLE[2:]], "whose weights changed",
+      lora_run("base-changed")),
+    C("lora-sample-base-gone", [*LSAMPLE[:1], "lrun", *LSAMPLE[2:]], "which is gone", lora_run("base-gone")),
+    C("lora-sample-entry-damaged", [*LSAMPLE[:1], "lrun", *LSAMPLE[2:]], "lora entry is damaged", lora_run("entry")),
+    C("lora-sample-foreign-layers", [*LSAMPLE[:1], "lrun", *LSAMPLE[2:]], "does not fit this model",
+      lora_run("foreign")),
+    C("lora-flag-plain-run", [*LSAMPLE, "--lora", "{img}"], "is not a LoRA run", copy_run("img", "base")),
+    C("lora-flag-missing", [*LSAMPLE, "--lora", "nowhere"], "--lora nowhere", copy_run("img", "base")),
+    C("lora-flag-bad-scale", [*LSAMPLE, "--lora", "lrun:lots"], "RUN:SCALE", lora_run()),
+    C("lora-flag-huge-scale", [*LSAMPLE, "--lora", "lrun:1e9"], "RUN:SCALE", lora_run()),
+    C("lora-flag-other-base", ["sample", "{timg}", "--num", "2", "--steps", "1", "--out", "out.png", "--lora", "lrun"],
+      "not those of", lora_run()),
+    # ---- maskdit lora merge ----------------------------------------------------------------------------------------
+    C("lora-merge-plain-run", ["lora", "merge", "{img}", "--out", "m"], "nothing to merge"),
+    C("lora-merge-out-exists", ["lora", "merge", "lrun", "--out", "base"], "already exists", lora_run()),
+    C("lora-merge-base-gone", ["lora", "merge", "lrun", "--out", "m"], "which is gone", lora_run("base-gone")),
+    C("lora-merge-unknown-action", ["lora", "split", "lrun", "--out", "m"], "split", lora_run()),
+    C("lora-merge-no-out", ["lora", "merge", "{img}"], "--out"),
+]
+
+
+def test_adapters_corpus_is_distinct():
+    assert_distinct(CASES, 25)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_adapter_input(case: Case, runs: Runs, tmp_path: Path, monkeypatch, capfd):
+    check(case, runs, tmp_path, monkeypatch, capfd)
