@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from maskdit.conditions.base import CONDITIONERS
+from maskdit.conditions.control import ControlConfig
 from maskdit.data.datasets import DATASETS, DataConfig
 from maskdit.diffusion.guidance import GUIDANCES
 from maskdit.diffusion.objectives import ObjectiveConfig
@@ -74,6 +75,7 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,7 +114,7 @@ class Config:
              "null unless objective.name=flow (EDM's preconditioning is presented as a flow velocity)"),
         ])
         m.validate_shape()
-        for section in (data, obj, mask, self.dist, self.align, self.distill, task, smp, self.lora):
+        for section in (data, obj, mask, self.dist, self.align, self.distill, task, smp, self.lora, self.control):
             section.validate()
         # cross-section rules
         if data.resize is not None and not DATASETS.entry(data.name).facts.get("resizes", False):
@@ -122,10 +124,23 @@ class Config:
             raise ConfigError(f"config key data.path is required when data.name={data.name}")
         if smp.sampler is not None:
             check_sampler(smp.sampler, obj.name)
-        if self.lora.rank and not self.init_from:
-            raise ConfigError(f"config key lora.rank={self.lora.rank} adapts a trained model: set init_from=BASE_RUN "
-                              "(the run whose weights stay frozen) or lora.rank=0")
         captioned = CONDITIONERS[m.condition].gives_tokens
+        if self.control.signal is not None:
+            if captioned and m.conditional:
+                raise ConfigError(f"config key control.signal={self.control.signal}: a control map beside captions "
+                                  f"(model.condition={m.condition}) is not built yet; control a class-conditional "
+                                  "or unconditional model")
+            if data.flip:
+                raise ConfigError("config key data.flip=true mirrors images but not the control maps computed from "
+                                  "them: set data.flip=false for a controlled model")
+            if self.lora.on:
+                raise ConfigError("config key control.signal with lora: a LoRA run trains only its updates, and "
+                                  "the control's embedding must train too; this pairing is not built yet: finetune "
+                                  "the whole model (leave lora out)")
+        if self.lora.on and not self.init_from:
+            key = f"lora.rank={self.lora.rank}" if self.lora.rank else "lora.affine=true"
+            raise ConfigError(f"config key {key} adapts a trained model: set init_from=BASE_RUN (the run whose "
+                              "weights stay frozen), or leave lora.rank and lora.affine out")
         if captioned and not m.conditional:
             raise ConfigError(f"config key model.condition={m.condition} conditions on captions: it needs "
                               "model.conditional=true")
@@ -207,6 +222,13 @@ class Config:
 def check_against_data(cfg: Config, dataset: Any) -> None:
     """Rules that need the dataset's shape: run after loading the data, before anything is written."""
     rank = len(dataset.shape) - 1
+    if cfg.control.signal is not None and rank != 2:
+        raise ConfigError(f"config key control.signal={cfg.control.signal} reads 2-D images, but data.name="
+                          f"{cfg.data.name} has rank-{rank} examples {tuple(dataset.shape)}")
+    if cfg.control.signal is not None and cfg.control.signal.startswith("lowres:") and \
+            any(s % int(float(cfg.control.signal.split(":")[1])) for s in dataset.shape[1:]):
+        raise ConfigError(f"config key control.signal={cfg.control.signal} averages cells of that many pixels, which "
+                          f"must divide the image sides {tuple(dataset.shape[1:])}")
     if cfg.model.attention == "factorised" and rank != 3:
         raise ConfigError(f"config key model.attention=factorised needs video (T x H x W) data, but data.name="
                           f"{cfg.data.name} has rank-{rank} examples {tuple(dataset.shape)}: use model.attention=full")

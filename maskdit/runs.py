@@ -43,7 +43,7 @@ def _load_run(ckpt: Path, ema: bool) -> LoadedRun:
     weights = ckpt / ("ema.safetensors" if ema else "model.safetensors")
     if "lora" in config:  # an adapter: its base, then the updates merged in
         load_base(model, config["lora"], f"run {ckpt}")
-        merge(model, load_tensors(weights), config["lora"]["scale"], str(weights))
+        merge(model, load_tensors(weights), config["lora"]["scale"], 1.0, str(weights))
     else:
         load_weights(model, weights)
     bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()),
@@ -78,7 +78,7 @@ def add_adapters(run: LoadedRun, adapters: list[tuple[str, float]]) -> None:
         if lora["sha256"] != base:
             raise ConfigError(f"--lora {path} adapts the weights of {lora['base']}, not those of {run.path}: "
                               "sample it on the run it was trained on")
-        merge(run.model, load_tensors(ckpt / BASE_WEIGHTS), lora["scale"] * scale, str(ckpt / BASE_WEIGHTS))
+        merge(run.model, load_tensors(ckpt / BASE_WEIGHTS), lora["scale"], scale, str(ckpt / BASE_WEIGHTS))
 
 
 def merge_run(path: str | Path, out: str | Path, adapters: list[tuple[str, float]] = ()) -> Path:

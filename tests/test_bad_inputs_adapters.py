@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-from corpus import TINY, TRAIN, C, Case, Runs, Setup, assert_distinct, check, copy_run
+from corpus import EVAL, SAMPLE, TINY, TRAIN, U8, VTRAIN, C, Case, Runs, Setup, assert_distinct, check, copy_run, npz
 
 LTRAIN = [*TRAIN[:-1], "init_from=base", "lora.rank=2", "run_dir=new_run"]
 LSAMPLE = ["sample", "base", "--num", "2", "--steps", "1", "--out", "out.png"]
@@ -53,6 +54,20 @@ def lora_run(damage: str = "") -> Setup:
     return make
 
 
+def control_run() -> Setup:
+    """A tiny edge-controlled run ``crun`` trained in the case directory."""
+    def make(tmp: Path, runs: Runs) -> None:
+        from maskdit.cli.app import main
+
+        assert main(["train", "--no-progress", *TINY, "control.signal=edges", f"run_dir={tmp / 'crun'}"]) == 0
+
+    make.desc = "control-run"  # type: ignore[attr-defined]
+    return make
+
+
+CSAMPLE = ["sample", "crun", "--num", "2", "--steps", "1", "--out", "out.png"]
+CONTROLS = np.zeros((3, 8, 8), U8)
+
 CASES: list[Case] = [
     # ---- training: the lora keys ---------------------------------------------------------------------------------
     C("lora-without-base", [*TRAIN, "lora.rank=2"], "lora.rank=2 adapts a trained model: set init_from"),
@@ -88,11 +103,31 @@ CASES: list[Case] = [
     C("lora-merge-base-gone", ["lora", "merge", "lrun", "--out", "m"], "which is gone", lora_run("base-gone")),
     C("lora-merge-unknown-action", ["lora", "split", "lrun", "--out", "m"], "split", lora_run()),
     C("lora-merge-no-out", ["lora", "merge", "{img}"], "--out"),
+    # ---- control signals -------------------------------------------------------------------------------------------
+    C("control-signal-unknown", [*TRAIN, "control.signal=canny"], "control.signal='canny'"),
+    C("control-lowres-no-factor", [*TRAIN, "control.signal=lowres"], "needs its factor"),
+    C("control-lowres-not-dividing", [*TRAIN, "control.signal=lowres:3"], "must divide the image sides"),
+    C("control-kind-unknown", [*TRAIN, "control.signal=edges", "control.kind=sideways"], "control.kind"),
+    C("control-with-flip", [*TRAIN, "control.signal=edges", "data.flip=true"], "data.flip=true"),
+    C("control-with-lora", [*TRAIN, "control.signal=edges", "init_from={img}", "lora.rank=2"],
+      "control.signal with lora"),
+    C("control-on-video", [*VTRAIN, "control.signal=edges"], "reads 2-D images"),
+    C("control-sample-without-maps", CSAMPLE, "pass --control FILE.npz", control_run()),
+    C("control-file-missing", [*CSAMPLE, "--control", "nowhere.npz"], "nowhere.npz", control_run()),
+    C("control-file-wrong-size", [*CSAMPLE, "--control", "c.npz"], "but this model takes 1x8x8", control_run(),
+      npz("c.npz", images=np.zeros((3, 16, 16), U8))),
+    C("control-labels-out-of-range", [*CSAMPLE, "--control", "c.npz"], "labels fall outside", control_run(),
+      npz("c.npz", images=CONTROLS, labels=np.array([0, 1, 12]))),
+    C("control-flag-on-plain-run", [*SAMPLE, "--control", "c.npz"], "trained without control.signal",
+      npz("c.npz", images=CONTROLS)),
+    C("control-scale-on-plain-run", [*SAMPLE, "--control-scale", "2"], "--control/--control-scale"),
+    C("control-scale-negative", [*CSAMPLE, "--control-scale", "-1"], "--control-scale", control_run()),
+    C("control-metric-on-plain-run", [*EVAL[:-1], "control"], "needs a model trained with control.signal"),
 ]
 
 
 def test_adapters_corpus_is_distinct():
-    assert_distinct(CASES, 25)
+    assert_distinct(CASES, 40)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -76,15 +76,27 @@ def test_add_lora_freezes_the_base_and_trains_only_the_updates():
     assert {k for k in model.state_dict() if not is_adapter_key(k)} == set(tiny_model().state_dict())
 
 
-def test_merging_an_update_matches_the_adapted_layers():
+@pytest.mark.parametrize("rank,affine", [(3, False), (0, True), (3, True)])
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_merging_an_update_matches_the_adapted_layers(rank, affine, strength):
+    """Merged weights compute what the adapted layers compute; at strength 0.5 what layers whose updates moved
+    half-way from the identity compute (the low-rank part halved, the gain and shift half-way from 1 and 0)."""
     adapted, plain = tiny_model(), tiny_model()
-    add_lora(adapted, LoraConfig(rank=3, alpha=6.0, targets=["all"]))
+    add_lora(adapted, LoraConfig(rank=rank, alpha=6.0, targets=["all"], affine=affine))
     with torch.no_grad():
         for k, p in adapted.named_parameters():
             if is_adapter_key(k):
-                p.normal_(0, 0.1)
-    state = {k: v for k, v in adapted.state_dict().items() if is_adapter_key(k)}
-    merge(plain, state, scale=2.0, source="test")  # alpha / rank = 2
+                p.add_(torch.randn_like(p) * 0.1)
+    state = {k: v.clone() for k, v in adapted.state_dict().items() if is_adapter_key(k)}
+    assert {k.rsplit(".", 2)[-2] if k.endswith("weight") else k.rsplit(".", 1)[-1] for k in state} == \
+        ({"lora_down", "lora_up"} if rank else set()) | ({"lora_gain", "lora_shift"} if affine else set())
+    merge(plain, state, scale=LoraConfig(rank=rank, alpha=6.0).scale, strength=strength, source="test")
+    with torch.no_grad():  # the adapted model at that strength
+        for k, p in adapted.named_parameters():
+            if k.endswith("lora_up.weight") or k.endswith("lora_shift"):
+                p.mul_(strength)
+            elif k.endswith("lora_gain"):
+                p.copy_(1 + strength * (p - 1))
     x, t, y = torch.randn(3, 1, 8, 8), torch.rand(3), torch.tensor([1, 2, 3])
     with torch.no_grad():
         a, b = adapted(x, t, y), plain(x, t, y)
@@ -98,7 +110,7 @@ def test_merge_refuses_an_adapter_of_another_model():
     state = {k: v for k, v in adapted.state_dict().items() if is_adapter_key(k)}
     other = DiT(input_size=(8, 8), in_channels=1, patch_size=2, hidden_size=64, depth=2, num_heads=2, num_classes=10)
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        merge(other, state, 1.0, "adapter.safetensors")
+        merge(other, state, 1.0, 1.0, "adapter.safetensors")
 
 
 def test_config_refuses_lora_without_a_base_and_unknown_targets():
@@ -137,6 +149,21 @@ def test_a_lora_run_saves_only_its_updates_and_leaves_the_base_untouched(adapted
     loaded = load_run(run).model.state_dict()
     assert torch.equal(loaded["patch_embed.weight"], base_ema["patch_embed.weight"])
     assert not torch.equal(loaded["blocks.0.attn.qkv.weight"], base_ema["blocks.0.attn.qkv.weight"])
+
+
+def test_an_affine_only_adapter_trains_saves_and_loads(adapted, tmp_path):
+    """Diffscaler's per-channel gain and shift alone (lora.rank=0): a task's adapter of a few hundred numbers."""
+    base, _ = adapted
+    cfg = load_config("digits", overrides=[*SMALL, "steps=3", f"init_from={base}", "lora.affine=true", "lr=5e-2",
+                                           "ema_decay=0", f"run_dir={tmp_path / 'affine'}"])
+    train(cfg, progress=False)
+    saved = load_file(latest_checkpoint(tmp_path / "affine") / "ema.safetensors")
+    assert {k.rsplit(".", 1)[1] for k in saved} == {"lora_gain", "lora_shift"}
+    assert any(not torch.equal(v, torch.ones_like(v)) for k, v in saved.items() if k.endswith("gain"))
+    info = json.loads((latest_checkpoint(tmp_path / "affine") / "config.json").read_text())["lora"]
+    assert info["affine"] is True and info["rank"] == 0
+    merged, plain = load_run(tmp_path / "affine").model.state_dict(), load_run(base).model.state_dict()
+    assert not torch.equal(merged["blocks.0.attn.qkv.weight"], plain["blocks.0.attn.qkv.weight"])
 
 
 def test_the_loaded_run_samples_what_the_trained_adapted_model_computes(adapted):

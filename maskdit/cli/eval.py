@@ -10,20 +10,22 @@ import time
 from typing import Any
 
 from maskdit.cli.args import positive_int
-from maskdit.cli.options import add_sampling_options, draw, load
+from maskdit.cli.options import add_control_options, add_sampling_options, draw, load
 from maskdit.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_options(p)
+    add_control_options(p)
     p.add_argument("run_dir", nargs="?",
                    help="run or checkpoint directory (may be left out with --samples and --data)")
     p.add_argument("--num", type=positive_int, default=500, help="samples to draw (default 500)")
     p.add_argument("--samples", help="score these samples (.npz: images, optional labels) instead of drawing")
     p.add_argument("--data", help="real images to compare with: digits, FILE.npz, a directory with images.npy "
                    "or an image folder (default: the run's dataset)")
-    p.add_argument("--metrics", help="comma-separated subset of fid,kid,domain_fid,pr,class,geneval "
-                   "(default: all that apply; fid,kid need the extra maskdit[fid]; geneval: text models)")
+    p.add_argument("--metrics", help="comma-separated subset of fid,kid,domain_fid,pr,class,control,geneval "
+                   "(default: all that apply; fid,kid need the extra maskdit[fid]; control: controlled models; "
+                   "geneval: text models)")
 
 
 def real_images(args: argparse.Namespace, run: Any) -> Any:
@@ -62,6 +64,27 @@ def text_prompts(args: argparse.Namespace, run: Any, dataset: Any, metrics: list
     return None
 
 
+def control_sources(args: argparse.Namespace, run: Any, dataset: Any, metrics: list[str], default: bool) -> Any:
+    """A controlled model draws with the control maps of real images: ``--control``'s, else the real dataset's
+    in turn (with their labels). Sets ``args.control_images``; returns those images (model space), or ``None``
+    for a model without control, which ``--metrics control`` refuses."""
+    import torch
+
+    from maskdit.data.datasets import load_npz
+
+    if run.model.control is None:
+        if "control" in metrics:
+            raise ConfigError("--metrics control scores how samples follow their control maps: it needs a model "
+                              "trained with control.signal")
+        return None
+    if default and "control" not in metrics:
+        metrics.append("control")
+    source = load_npz(args.control) if args.control else dataset
+    index = torch.arange(args.num) % len(source)
+    args.control_images, args.control_labels = source.batch(index)
+    return args.control_images
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -92,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                     f"model of {args.run_dir}")
         metrics = resolve_metrics(requested, dataset, has_labels=loaded.model.num_classes > 0)
         kinds = text_prompts(args, loaded, dataset, metrics, requested is None)
+        sources = control_sources(args, loaded, dataset, metrics, requested is None)
         images, labels, kwargs, _ = draw(args, loaded, args.num)
         if loaded.model.text is not None:
             labels = None  # the rows of a text model's samples are prompts, not classes
@@ -99,7 +123,13 @@ def run(args: argparse.Namespace) -> int:
                    f"guidance_scale={kwargs['guidance_scale']}, seed={kwargs['seed']}")
     sampling_s = time.time() - start
     device = next(loaded.model.parameters()).device if loaded else pick_device(args.device)
-    scores = score_samples(images, labels, dataset, [m for m in metrics if m != "geneval"], device=device)
+    scores = score_samples(images, labels, dataset, [m for m in metrics if m not in ("geneval", "control")],
+                           device=device)
+    if "control" in metrics:
+        from maskdit.evaluate.control import adherence
+
+        signal = loaded.model.control_signal
+        scores["control"] = {"signal": signal, **adherence(loaded.codec.encode(images), sources, signal)}
     if "geneval" in metrics:
         from maskdit.evaluate.geneval import detector_accuracy, score
 

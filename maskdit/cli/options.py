@@ -12,6 +12,7 @@ from maskdit.cli.args import (
     guidance_scale_value,
     interval,
     lora_spec,
+    non_negative_float,
     positive_float,
     positive_int,
     seed_value,
@@ -98,6 +99,53 @@ def add_prompt_options(p: argparse.ArgumentParser) -> None:
                    help="guidance steers away from this caption instead of the null caption")
 
 
+def add_control_options(p: argparse.ArgumentParser) -> None:
+    """``--control`` and ``--control-scale``: what a controlled model follows."""
+    g = p.add_argument_group("control (models trained with control.signal)")
+    g.add_argument("--control", metavar="FILE.npz",
+                   help="images (an 'images' array like a dataset's, optional 'labels') whose control maps (the "
+                   "run's control.signal: edges, a low-resolution or blurred copy) the samples follow, in turn")
+    g.add_argument("--control-scale", type=non_negative_float, default=1.0,
+                   help="weight of the control map's embedding (default 1 = as trained; 0 ignores it)")
+
+
+def control_maps(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any] | None:
+    """The control maps of ``num`` samples and the labels of the images they came from (``None`` where the file
+    has none), cycling through ``--control``'s images (or ``args.control_images``, set by ``eval`` from its real
+    data); ``None`` for a model without control, which refuses ``--control``."""
+    import torch
+
+    from maskdit.conditions.control import compute_signal
+    from maskdit.data.datasets import load_npz
+
+    model, path = run.model, getattr(args, "control", None)
+    if model.control is None:
+        if path is not None or getattr(args, "control_scale", 1.0) != 1.0:
+            raise ConfigError("--control/--control-scale: this model was trained without control.signal and follows "
+                              "no control map")
+        return None
+    images, labels = getattr(args, "control_images", None), getattr(args, "control_labels", None)
+    if images is None:
+        if path is None:
+            raise ConfigError(f"this model follows a control map (control.signal={model.control_signal}): pass "
+                              "--control FILE.npz with the images to compute it from")
+        given = load_npz(path)
+        images, labels = run.codec.encode(given.images), given.labels
+        want = (model.in_channels, *model.input_size)
+        if tuple(images.shape[1:]) != want:
+            raise ConfigError(f"--control {path}: its images are {'x'.join(map(str, images.shape[1:]))} (C x H x W), "
+                              f"but this model takes {'x'.join(map(str, want))}")
+        classes = model.num_classes
+        if labels is not None and classes and not args.classes and (int(labels.min()) < 0 or
+                                                                    int(labels.max()) >= classes):
+            raise ConfigError(f"--control {path}: its labels fall outside this model's classes 0-{classes - 1}; "
+                              "pass --classes to choose them")
+    rows = torch.arange(num) % len(images)
+    maps = compute_signal(model.control_signal, images[rows])
+    model.control.scale = float(getattr(args, "control_scale", 1.0))
+    return maps, None if labels is None else torch.as_tensor(labels)[rows]
+
+
 def read_prompts(args: argparse.Namespace) -> list[str]:
     """The captions of ``--prompt`` and ``--prompts`` (empty when neither is given); an unreadable or empty file
     and an empty prompt are refused."""
@@ -135,8 +183,15 @@ def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any,
         if prompts or getattr(args, "negative_prompt", None):
             raise ConfigError("--prompt/--prompts/--negative-prompt: this model is not conditioned on text (it takes "
                               "--classes)" if conditioner is not None else "--prompt: this model is unconditional")
-        labels = class_labels(args, run, num)
-        return labels, labels, None
+        control = control_maps(args, run, num)
+        if control is not None and control[1] is not None and not args.classes and run.model.num_classes:
+            labels = control[1]  # each control image's own class
+        else:
+            labels = class_labels(args, run, num)
+        if control is None:
+            return labels, labels, None
+        rows = labels if labels is not None else torch.zeros(num, dtype=torch.long)
+        return conditioner.pack(labels, control[0]), rows, None
     if args.classes:
         raise ConfigError("--classes: this model is conditioned on text: pass --prompt TEXT or --prompts FILE.txt")
     if not prompts:

@@ -9,6 +9,7 @@ from typing import Any
 
 from maskdit.cli.args import check_out, grid_size, positive_int
 from maskdit.cli.options import (
+    add_control_options,
     add_overwrite,
     add_prompt_options,
     add_sampling_options,
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_sampling_options(p)
     add_prompt_options(p)
+    add_control_options(p)
     p.add_argument("run_dir", help="run directory or checkpoint directory")
     p.add_argument("--num", type=positive_int, help="number of samples (default 100; with --context: all clips)")
     p.add_argument("--out", required=True,

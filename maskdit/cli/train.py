@@ -53,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
         processes = f" x {world.size} processes" if world.size > 1 else ""
         lora = trainer.lora
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        adapter = "" if lora is None else (f" ({trainable / 1e6:.3f}M trainable: LoRA rank {lora['rank']} on "
-                                           f"{lora['layers']} layers, the rest frozen)")
+        adapter = ""
+        if lora is not None:
+            kinds = [f"rank {lora['rank']}"] * bool(lora["rank"]) + ["per-channel affine"] * bool(lora.get("affine"))
+            adapter = (f" ({trainable / 1e6:.3f}M trainable: LoRA {' + '.join(kinds)} on {lora['layers']} layers, "
+                       "the rest frozen)")
         say(f"model: {parameter_count(trainer.model) / 1e6:.2f}M parameters{adapter}, {trainer.model.num_tokens} "
             "tokens, "
             f"dataset {trainer.dataset.name} ({len(trainer.dataset)} examples of "

@@ -124,7 +124,11 @@ def grid_png(images: torch.Tensor, labels: torch.Tensor | None) -> bytes:
 
 
 def condition_summary(model: dict[str, Any]) -> str:
-    """What a saved model (its config) conditions on, in a few words: its classes, or its captions."""
+    """What a saved model (its config) conditions on, in a few words: its classes, or its captions (and a control
+    map)."""
+    if model.get("control"):
+        plain = condition_summary({**model, "control": None})
+        return f"{plain} and a control map ({model['control']}, {model.get('control_kind', 'concat')})"
     options = model.get("condition_options") or {}
     if model.get("condition") == "text":
         return (f"captions (text encoder of {options.get('depth')} layers, {len(options.get('vocab', []))} words, "
@@ -167,6 +171,14 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
         num = per_class * len(prompts)
         labels = torch.arange(num) % len(prompts)
         values = run.model.conditioner.parse(prompts)[labels]
+    if run.model.control is not None:  # the control maps of the run's first images, with their labels
+        from maskdit.conditions.control import compute_signal
+        from maskdit.data.datasets import dataset_from_config
+
+        data = dataset_from_config(run.config.data)
+        sources, real = data.batch(torch.arange(num) % len(data))
+        labels = real if classes else None
+        values = run.model.conditioner.pack(labels, compute_signal(run.model.control_signal, sources))
     start = time.time()
     x = generate(run.model, run.objective, num, values, sampler=sampler, steps=s.steps,
                  guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval, guidance=s.guidance,

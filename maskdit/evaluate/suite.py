@@ -34,6 +34,8 @@ METRICS.add("kid", None, "KID with Inception-v3 features")
 METRICS.add("domain_fid", None, "FID with a small in-domain classifier's features")
 METRICS.add("pr", None, "precision and recall (k-NN manifolds)")
 METRICS.add("class", None, "share of samples classified as their label")
+METRICS.add("control", None, "controlled models: edge F1 against the control map, or the PSNR of the degraded "
+            "sample against it, and the PSNR against the image it came from")
 METRICS.add("geneval", None, "text models: GenEval-style compositional score on the shapes test split's held-out "
             "captions, per caption kind")
 
@@ -174,6 +176,13 @@ def score_lines(scores: dict[str, Any], num: int, labelled_samples: bool, contex
         kinds = ", ".join(f"{k} {v:.2f}" for k, v in g.items() if k not in ("overall", "detector_accuracy"))
         lines.append(f"GenEval-style (shapes test split, held-out compositions): overall {g['overall']:.3f}; {kinds}; "
                      f"detector exact on real renders {g['detector_accuracy']:.1%}  [{context}]")
+    if "control" in scores:
+        ctl = scores["control"]
+        parts = [f"edge F1 {ctl['edge_f1']:.3f} (precision {ctl['edge_precision']:.3f}, recall "
+                 f"{ctl['edge_recall']:.3f})"] if "edge_f1" in ctl else [
+            f"degraded sample vs map {ctl['control_psnr']:.2f} dB"]
+        lines.append(f"control adherence ({ctl['signal']}): {', '.join(parts)}; sample vs the source image "
+                     f"{ctl['source_psnr']:.2f} dB  [{context}]")
     if "class_accuracy" in scores:
         lines.append(f"class recognition: {scores['class_accuracy']:.1%} of {num} samples classified as the "
                      f"requested class (classifier held-out accuracy on real {scores['data']}: "
@@ -205,7 +214,9 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     task on ``cfg.eval_num`` held-out clips (:mod:`maskdit.evaluate.video`; ``mean_psnr`` over its tasks). The
     global RNG state is saved and restored, so training draws the same numbers with or without evaluation; the model's
     train/eval mode is restored too."""
+    from maskdit.conditions.control import compute_signal
     from maskdit.diffusion.samplers import default_sampler, generate
+    from maskdit.evaluate.control import adherence
     from maskdit.evaluate.video import bench_tasks
 
     tasks = bench_tasks(model, cfg.task.names) if getattr(model, "task_conditioning", False) else []
@@ -229,12 +240,19 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     with _isolated_eval(model):
         num = cfg.eval_num
         labels = torch.arange(num) % model.num_classes if getattr(model, "num_classes", 0) > 0 else None
-        x = generate(model, objective, num, labels, sampler=settings["sampler"], steps=s.steps,
+        y, sources = labels, None
+        if getattr(model, "control", None) is not None:  # the maps of the first real images, with their labels
+            sources, real_labels = dataset.batch(torch.arange(num) % len(dataset))
+            labels = None if labels is None else real_labels
+            y = model.conditioner.pack(labels, compute_signal(model.control_signal, sources)).to(device)
+        x = generate(model, objective, num, y, sampler=settings["sampler"], steps=s.steps,
                      guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval,
                      guidance=s.guidance, guidance_channels=s.guidance_channels,
                      guidance_power=s.guidance_power, eta=s.eta, seed=cfg.seed)
         metrics = ["domain_fid", "pr"] + (["class"] if labels is not None else [])
         scores = score_samples(dataset.codec.decode(x), labels, dataset, metrics, device=device, progress=False)
+        if sources is not None:
+            scores.update(adherence(x.cpu(), sources, model.control_signal))
     scores.pop("per_class_accuracy", None)
     scores.pop("time_s", None)
     return {"num": num, **settings, **scores, "seconds": round(time.time() - start, 2)}

@@ -324,6 +324,8 @@ def block_problems(model: DiT) -> list[str]:
         problems.append("mask.recipe=sprint (its fusion layer)")
     if model.task_conditioning:
         problems.append("task.names (task conditioning)")
+    if model.control is not None:
+        problems.append(f"control.signal={model.control_signal} (a control map's embedding)")
     if model.mlp_ratio != 4.0:
         problems.append(f"model.mlp_ratio={model.mlp_ratio:g} (diffusers' blocks use 4)")
     if model.block_options.mlp != "gelu":

@@ -42,6 +42,8 @@ class Context:
     * ``text`` ``(B, L, D)`` and ``text_mask`` ``(B, L)`` (True where real): the condition's token sequence. Cross
       attention reads it; joint and in-context blocks (:mod:`maskdit.model.text`) carry it along as a second
       stream and return it updated. It is never dropped or routed: only image tokens are.
+    * ``spatial`` ``(B, N, D)``: a control map's tokens (:mod:`maskdit.conditions.control`), added to the image
+      tokens where they are embedded (so dropped and routed with them); blocks do not read it.
     """
 
     c: torch.Tensor
@@ -49,6 +51,7 @@ class Context:
     given: torch.Tensor | None = None
     text: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    spatial: torch.Tensor | None = None
 
     def modulation(self, layer: nn.Module, pos: torch.Tensor | None) -> torch.Tensor:
         """``layer`` applied per sample ``(B, 1, M)``, or per token ``(B, L, M)`` with token time; ``pos`` names

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from maskdit.conditions.base import CONDITIONERS, Conditioner
+from maskdit.conditions.control import CONTROL_KINDS, Controlled, signal_channels
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
 from maskdit.model.blocks import (
@@ -134,6 +135,9 @@ class DiT(nn.Module):
         adaln: how blocks get shift, scale and gate from ``c``: ``"zero"`` (DiT's per-block adaLN-Zero MLPs) or
             ``"single"`` (PixArt-alpha's adaLN-single: one shared linear map and a learned table per block; the
             final layer adds its table to ``c`` itself). :data:`MODULATIONS`.
+        control: a control signal spec (:data:`~maskdit.conditions.control.CONTROL_SIGNALS`: ``"edges"``,
+            ``"lowres:4"``...): ``y`` then packs the label (if any) with the control map, which enters as
+            ``control_kind`` says (:data:`~maskdit.conditions.control.CONTROL_KINDS`). ``None``: no control.
         mixer_depth: how many leading blocks see every token before ``keep_idx`` drops some ("deferred
             masking"); they form the patch mixer. 0 drops right after the patch embedding.
         attention: ``"full"`` (every block attends over all tokens) or ``"factorised"`` (VDT: temporal
@@ -228,6 +232,8 @@ class DiT(nn.Module):
         text: str | None = None,
         text_double: int | None = None,
         adaln: str = "zero",
+        control: str | None = None,
+        control_kind: str = "concat",
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -352,6 +358,17 @@ class DiT(nn.Module):
             raise ConfigError(f"adaln must be one of {', '.join(MODULATIONS)}, got {adaln!r}")
         self.adaln = adaln
         MODULATIONS[adaln](self)
+        # registered last, so the base's parameters keep their order (init_from carries Adam's moments by index)
+        self.control, self.control_signal = None, control
+        if control is not None:
+            if self.y_embedder is not None and self.y_embedder.gives_tokens:
+                raise ConfigError("a control map beside captions is not built yet: control a class-conditional or "
+                                  "unconditional model")
+            if len(self.input_size) != 2:
+                raise ConfigError(f"control signals read 2-D images; this model's grid is {self.input_size}")
+            channels = signal_channels(control, in_channels)
+            self.control_shape = (channels, *self.input_size)
+            self.control = CONTROL_KINDS.get(control_kind)(channels, self.patch_size, hidden_size)
         self.initialize_weights()
 
     @property
@@ -375,8 +392,11 @@ class DiT(nn.Module):
         return cls(**{"pos_layout": "axes", **config})
 
     @property
-    def conditioner(self) -> Conditioner | None:
-        """What ``y`` goes through (:mod:`maskdit.conditions`); ``None`` for an unconditional model."""
+    def conditioner(self) -> Conditioner | Controlled | None:
+        """What ``y`` goes through (:mod:`maskdit.conditions`); ``None`` for an unconditional model. A controlled
+        model's values pack its label with the control map (:class:`~maskdit.conditions.control.Controlled`)."""
+        if self.control is not None:
+            return Controlled(self.y_embedder, self.control_signal, self.control_shape)
         return self.y_embedder
 
     @property
@@ -408,7 +428,13 @@ class DiT(nn.Module):
         """What the blocks are conditioned on: ``c`` from time and the condition's pooled vector, the condition's
         tokens (text), and with ``token_time`` and a condition mask ``given`` the clean level of given tokens."""
         c = self.t_embedder(t)
-        cond = None
+        cond, spatial = None, None
+        if self.control is not None:
+            if y is None:
+                raise ConfigError("this model is controlled: pass its condition value, the label (if any) and the "
+                                  "control map (maskdit sample --control FILE.npz)")
+            y, control = self.conditioner.split(y)
+            spatial = self.control(control)
         if self.y_embedder is not None:
             if y is None:
                 raise ConfigError("this model is conditional: pass its condition y (class labels, token ids; the "
@@ -417,16 +443,18 @@ class DiT(nn.Module):
             c = c + cond.pooled
         text, text_mask = (None, None) if cond is None or self.text is None else (cond.tokens, cond.mask)
         if given is None or not self.token_time:
-            return Context(c, text=text, text_mask=text_mask)
+            return Context(c, text=text, text_mask=text_mask, spatial=spatial)
         given_c = self.t_embedder(torch.zeros_like(t)) + (0 if cond is None else cond.pooled)
-        return Context(c, given_c, given.bool(), text, text_mask)
+        return Context(c, given_c, given.bool(), text, text_mask, spatial)
 
     def condition(self, t: torch.Tensor, y: Any) -> torch.Tensor:
         """The per-sample conditioning vector ``c`` from time and the condition (labels, captions)."""
         return self.context(t, y).c
 
-    def embed(self, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
-        """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions (and the "given" flag) added."""
+    def embed(self, x: torch.Tensor, given: torch.Tensor | None = None, spatial: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions (the "given" flag, a control map's tokens
+        ``spatial``: :attr:`Context.spatial`) added."""
         resized = self.pos == "rope" and self.attention == "full" and x.dim() == 2 + len(self.input_size) and \
             x.shape[1] == self.in_channels and all(s % p == 0 for s, p in zip(x.shape[2:], self.patch_size))
         if tuple(x.shape[1:]) != (self.in_channels, *self.input_size) and not resized:
@@ -441,6 +469,8 @@ class DiT(nn.Module):
             if self.given_embed is None:
                 raise ConfigError("this model was trained without task_conditioning: it cannot take a condition mask")
             tokens = tokens + given.unsqueeze(-1).to(tokens.dtype) * self.given_embed
+        if spatial is not None:
+            tokens = tokens + spatial.to(tokens.dtype)
         return tokens
 
     def run_blocks(self, tokens: torch.Tensor, c: Context, start: int = 0, end: int | None = None,
@@ -492,7 +522,7 @@ class DiT(nn.Module):
         tokens are *routed* instead (TREAD) and every token comes out; a SPRINT or MDT-layout model runs its own.
         """
         c = self.context(t, y, given)
-        tokens = self.embed(x, given)
+        tokens = self.embed(x, given, c.spatial)
         grid = token_grid_shape(x.shape[2:], self.patch_size)
         if grid != self.token_grid:  # a rotary model at another size: every token, every block
             if keep_idx is not None or self.fusion is not None or route is not None or given is not None:

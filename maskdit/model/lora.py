@@ -42,23 +42,29 @@ LORA_TARGETS.add("adaln", lambda name, parent: ".adaLN_modulation." in f".{name}
 LORA_TARGETS.add("all", lambda name, parent: any(LORA_TARGETS[t](name, parent) for t in ("attention", "mlp", "adaln")),
                  "attention, mlp and adaln together")
 
-DOWN, UP = "lora_down", "lora_up"
+DOWN, UP, GAIN, SHIFT = "lora_down", "lora_up", "lora_gain", "lora_shift"
 BASE_WEIGHTS = "ema.safetensors"  #: the base's weights a LoRA run adapts: the ones it samples with
 
 
 @dataclass
 class LoraConfig:
-    rank: int = 0  #: 0 = off; R > 0 trains rank-R updates on the frozen weights of init_from's run
+    rank: int = 0  #: R > 0 trains rank-R updates on the frozen weights of init_from's run (0: none)
     alpha: float | None = None  #: the updates are scaled by alpha / rank (default alpha = rank: scale 1)
     targets: list[str] = field(default_factory=lambda: ["attention"])  #: lora.targets: LORA_TARGETS names
+    affine: bool = False  #: also a per-channel gain and shift on each adapted layer's output (Diffscaler)
 
     def validate(self) -> None:
         check_keys("lora.", self, [
-            ("rank", self.rank >= 0, "a non-negative whole number (0 = no LoRA)"),
+            ("rank", self.rank >= 0, "a non-negative whole number (0 = no low-rank update)"),
             ("alpha", self.alpha is None or self.alpha > 0, "null (= rank) or positive"),
             ("targets", bool(self.targets) and all(t in LORA_TARGETS for t in self.targets),
              "a non-empty list of " + one_of(LORA_TARGETS.names())),
         ])
+
+    @property
+    def on(self) -> bool:
+        """Whether the run adapts its base (a low-rank update, a per-channel affine, or both)."""
+        return self.rank > 0 or self.affine
 
     @property
     def scale(self) -> float:
@@ -67,19 +73,30 @@ class LoraConfig:
 
 class LoRALinear(nn.Module):
     """A linear layer's frozen ``weight`` and ``bias`` (kept under their own names, so the base's state dict
-    still fits) plus a trainable update ``scale * lora_up(lora_down(x))`` that starts at zero."""
+    still fits) plus trainable updates that start as the identity: a low-rank ``scale * lora_up(lora_down(x))``
+    (``rank`` > 0; ``lora_up`` starts at zero) and, with ``affine``, Diffscaler's per-channel ``lora_gain`` (1)
+    and ``lora_shift`` (0) on the output, which rescale what the base's subspaces already compute."""
 
-    def __init__(self, base: nn.Linear, rank: int, scale: float):
+    def __init__(self, base: nn.Linear, rank: int, scale: float, affine: bool = False):
         super().__init__()
         self.in_features, self.out_features, self.scale = base.in_features, base.out_features, scale
         self.weight, self.bias = base.weight, base.bias
-        self.lora_down = nn.Linear(base.in_features, rank, bias=False, device=base.weight.device)
-        self.lora_up = nn.Linear(rank, base.out_features, bias=False, device=base.weight.device)
-        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_up.weight)
+        device = base.weight.device
+        self.lora_down = nn.Linear(base.in_features, rank, bias=False, device=device) if rank else None
+        self.lora_up = nn.Linear(rank, base.out_features, bias=False, device=device) if rank else None
+        if rank:
+            nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_up.weight)
+        self.lora_gain = nn.Parameter(torch.ones(base.out_features, device=device)) if affine else None
+        self.lora_shift = nn.Parameter(torch.zeros(base.out_features, device=device)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias) + self.scale * self.lora_up(self.lora_down(x))
+        out = F.linear(x, self.weight, self.bias)
+        if self.lora_up is not None:
+            out = out + self.scale * self.lora_up(self.lora_down(x))
+        if self.lora_gain is not None:
+            out = out * self.lora_gain + self.lora_shift
+        return out
 
 
 def targets(model: nn.Module, names: list[str]) -> Iterator[tuple[str, nn.Module, str, nn.Linear]]:
@@ -95,38 +112,59 @@ def targets(model: nn.Module, names: list[str]) -> Iterator[tuple[str, nn.Module
 
 
 def add_lora(model: nn.Module, cfg: LoraConfig) -> int:
-    """Freeze ``model`` and give the layers ``cfg.targets`` selects a trainable rank-``cfg.rank`` update;
-    returns how many layers were adapted."""
+    """Freeze ``model`` and give the layers ``cfg.targets`` selects their trainable updates (rank ``cfg.rank``,
+    and with ``cfg.affine`` a per-channel gain and shift); returns how many layers were adapted."""
     model.requires_grad_(False)
     found = list(targets(model, cfg.targets))
     if not found:
         raise ConfigError(f"config key lora.targets={cfg.targets} selects no linear layer of this model's blocks: "
                           f"choose among {one_of(LORA_TARGETS.names())}")
     for _, parent, attr, layer in found:
-        setattr(parent, attr, LoRALinear(layer, cfg.rank, cfg.scale))
+        setattr(parent, attr, LoRALinear(layer, cfg.rank, cfg.scale, cfg.affine))
     return len(found)
 
 
 def is_adapter_key(key: str) -> bool:
-    """Whether a state-dict key is a LoRA update's (what a LoRA run's checkpoint holds)."""
-    return f".{DOWN}." in key or f".{UP}." in key
+    """Whether a state-dict key is an adapter's (what a LoRA run's checkpoint holds)."""
+    return ".lora_" in key
 
 
-def merge(model: nn.Module, adapter: dict[str, torch.Tensor], scale: float, source: str) -> None:
-    """Add ``scale * up @ down`` of every layer in ``adapter`` (a LoRA checkpoint's tensors, the run's
-    ``alpha / rank`` times the user's scale already in ``scale``) into the weights of the plain ``model``."""
+def _layer_of(key: str) -> str:
+    """``blocks.0.attn.qkv.lora_down.weight`` / ``blocks.0.attn.qkv.lora_gain`` -> ``blocks.0.attn.qkv``."""
+    return key[:key.index(".lora_")]
+
+
+def merge(model: nn.Module, adapter: dict[str, torch.Tensor], scale: float, strength: float, source: str) -> None:
+    """Fold the updates in ``adapter`` (a LoRA run's tensors) into the weights of the plain ``model``, each
+    layer's ``W x + b`` becoming ``g * ((W + s * up @ down) x + b) + h`` with ``s = scale * strength`` (``scale``:
+    the run's ``alpha / rank``) and the gain and shift moved ``strength`` of the way from the identity (1, 0):
+    ``strength`` 1 is the adapted model, 0 the base."""
     layers = dict(model.named_modules())
-    pairs = sorted({k.rsplit(".", 2)[0] for k in adapter})
-    for name in pairs:
+    for name in sorted({_layer_of(k) for k in adapter}):
         down, up = adapter.get(f"{name}.{DOWN}.weight"), adapter.get(f"{name}.{UP}.weight")
+        gain, shift = adapter.get(f"{name}.{GAIN}"), adapter.get(f"{name}.{SHIFT}")
         layer = layers.get(name)
-        if down is None or up is None or not isinstance(layer, nn.Linear) or down.dim() != 2 or up.dim() != 2 \
-                or up.shape[1] != down.shape[0] or (up.shape[0], down.shape[1]) != tuple(layer.weight.shape):
+        out, inp = tuple(layer.weight.shape) if isinstance(layer, nn.Linear) else (-1, -1)
+        fits = isinstance(layer, nn.Linear) and (down is None) == (up is None) and (gain is None) == (shift is None) \
+            and (down is None or (down.dim() == up.dim() == 2 and up.shape[1] == down.shape[0]
+                                  and (up.shape[0], down.shape[1]) == (out, inp))) \
+            and (gain is None or tuple(gain.shape) == tuple(shift.shape) == (out,)) \
+            and (gain is None or layer.bias is not None) \
+            and len([k for k in adapter if _layer_of(k) == name]) == 2 * (down is not None) + 2 * (gain is not None)
+        if not fits:
             raise CheckpointError(f"{source} holds a LoRA update for {name} that does not fit this model: it is an "
                                   "adapter of another model; apply it to the run it was trained on")
         with torch.no_grad():
-            delta = up.to(torch.float64) @ down.to(torch.float64)
-            layer.weight.add_((scale * delta).to(device=layer.weight.device, dtype=layer.weight.dtype))
+            weight, bias = layer.weight.to(torch.float64), layer.bias.to(torch.float64) if layer.bias is not None \
+                else None
+            if down is not None:
+                weight = weight + scale * strength * (up.to(weight) @ down.to(weight))
+            if gain is not None:
+                g = 1 + strength * (gain.to(weight) - 1)
+                weight, bias = g[:, None] * weight, g * bias + strength * shift.to(weight)
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
 
 
 def fingerprint(weights: str | Path) -> str:

@@ -115,7 +115,8 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int,
     return DiT(**model_arguments(
         m, input_size=dataset_shape[1:], in_channels=dataset_shape[0],
         num_classes=num_classes if m.conditional else 0, task_conditioning=bool(cfg.task.names),
-        fusion=cfg.sprint_route(), route=cfg.tread_route(), condition_options=condition_options))
+        fusion=cfg.sprint_route(), route=cfg.tread_route(), condition_options=condition_options,
+        control=cfg.control.signal, control_kind=cfg.control.kind))
 
 
 def condition_options(cfg: Config, dataset: Any, source: Path | None) -> dict[str, Any] | None:
@@ -210,7 +211,8 @@ class Trainer:
         self.model = model_for(cfg, self.dataset.shape, self.dataset.num_classes,
                                self.condition_options).to(self.device)
         values = None if self.model.conditioner is None else self.model.conditioner.values(self.dataset)
-        if values is not None:  # what batches pair with each example: caption token ids instead of labels
+        self.real_data = copy.copy(self.dataset)  # as loaded: what evaluation compares with (its labels)
+        if values is not None:  # what batches pair with each example: caption token ids, a label and control map
             self.dataset.labels = values
         self.lora = self.adapt(bool(to_resume))  # a LoRA run: the frozen base loaded, the updates added
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
@@ -256,17 +258,18 @@ class Trainer:
         barrier(self.world)  # every rank has read the run directory before rank 0 writes to it
 
     def adapt(self, resumed: bool) -> dict[str, Any] | None:
-        """With ``lora.rank``: load the base (``init_from``'s EMA weights; resumed, the very base the run
-        recorded) into the model, freeze it and add the LoRA updates; returns what the run records of them."""
+        """With ``lora.rank`` or ``lora.affine``: load the base (``init_from``'s EMA weights; resumed, the very base
+        the run recorded) into the model, freeze it and add the LoRA updates; returns what the run records of
+        them."""
         lora = self.cfg.lora
         saved = read_json(self.run_dir / "config.json", keys=("config",)).get("lora") if resumed else None
-        if resumed and bool(saved) != bool(lora.rank):
+        if resumed and bool(saved) != lora.on:
             raise ConfigError(f"{self.run_dir} was trained {'with' if saved else 'without'} LoRA: resume it as it was "
-                              f"(leave lora.rank out of the overrides)")
-        if not lora.rank:
+                              f"(leave lora.rank and lora.affine out of the overrides)")
+        if not lora.on:
             return None
-        info = saved or {**base_info(resolve_checkpoint(self.cfg.init_from)), "rank": lora.rank, "scale": lora.scale,
-                         "targets": list(lora.targets)}
+        info = saved or {**base_info(resolve_checkpoint(self.cfg.init_from)), "rank": lora.rank,
+                         "affine": lora.affine, "scale": lora.scale, "targets": list(lora.targets)}
         load_base(self.model, info, f"run {self.run_dir}")
         return {**info, "layers": add_lora(self.model, lora)}
 
@@ -381,11 +384,15 @@ class Trainer:
 
         Model and EMA weights are copied; so are the optimizer moments of the backbone parameters, so the
         new stage does not restart Adam's statistics from zero. Training-only recipe parameters carry over
-        when the new stage uses the same recipe and start fresh otherwise; the step count starts at 0.
+        when the new stage uses the same recipe and start fresh otherwise; the step count starts at 0. A control
+        map's embedding that the source lacks (a base being taught to follow control) starts at zero.
         """
-        load_weights(self.model, ckpt / "model.safetensors")
-        load_weights(self.ema, ckpt / "ema.safetensors")
-        saved = read_json(ckpt / "config.json", keys=("config",))["config"]
+        info = read_json(ckpt / "config.json", keys=("config", "model"))
+        fresh = self.model.control is not None and info["model"].get("control") is None
+        only = (lambda key: not key.startswith("control.")) if fresh else None
+        load_weights(self.model, ckpt / "model.safetensors", only)
+        load_weights(self.ema, ckpt / "ema.safetensors", only)
+        saved = info["config"]
         if isinstance(saved, dict) and saved.get("mask", {}).get("recipe") == self.cfg.mask.recipe:
             try:  # the same recipe goes on with its decoder (an MDT import's side block)...
                 load_aux(self.recipe, ckpt)
@@ -434,7 +441,7 @@ class Trainer:
         with MetricsLog(self.run_dir / "metrics.jsonl", cfg, world, self.device, clock, self.step,
                         partial(learning_rate, cfg), self.progress) as log, StopOnSignal() as signals:
             stop = StopPolicy(cfg, end, world, signals, self.streak, self.run_dir)
-            evaluator = Evaluator(cfg, world, clock, log, self.eval_model, self.objective, self.dataset)
+            evaluator = Evaluator(cfg, world, clock, log, self.eval_model, self.objective, self.real_data)
             checkpointer = Checkpointer(cfg.ckpt_every, lambda: self.save_on_main(signals))
             while not stop.done(self.step):
                 log.add(self.train_step(self.step, next(batches)))

@@ -1,0 +1,206 @@
+"""Control signals: a spatial condition (edges, a low-resolution or blurred copy of the image) that a model is
+trained to follow, computed from the training images by :data:`CONTROL_SIGNALS` (``control.signal``).
+
+A controlled model keeps its own conditioner (a class label, or none) and adds a control map ``(B, Cc, *S)``.
+Both travel as one condition value, a float tensor ``[label, control map flattened]`` per sample
+(:class:`Controlled` packs and splits it), so every path that hands a condition value on (the training step,
+each recipe, guidance, samplers, DDP) carries the control unchanged. Guidance's unconditional branch nulls the
+label and keeps the control: it sharpens the class, not the control.
+
+:data:`CONTROL_KINDS` says how the map enters the backbone (``control.kind``); ``concat`` embeds the map's
+patches with a zero-initialised projection added to the image tokens, exactly what extra zero-initialised input
+channels do (the way Flux's Canny and Depth models take theirs): a base run started with ``init_from`` computes
+what it computed until the projection learns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskdit.errors import ConfigError, check_keys
+from maskdit.grid import patchify
+from maskdit.registry import Registry, one_of
+
+#: name -> ``signal(images, parameter)``: images ``(B, C, H, W)`` in model space ([-1, 1]) -> the control map
+#: ``(B, Cc, H, W)`` in [-1, 1]. Facts: ``channels`` (``"one"`` or ``"same"`` as the images), ``parameter`` (what
+#: ``NAME:P`` sets, ``None`` when it takes none) and ``needs`` (whether ``P`` is required).
+CONTROL_SIGNALS: Registry[Callable[[torch.Tensor, float | None], torch.Tensor]] = Registry(
+    "control signal", key="control.signal")
+
+#: The Sobel gradient magnitude of a step from -1 to 1 across a pixel is 8; an edge is a quarter of that.
+EDGE_THRESHOLD = 2.0
+
+
+def sobel_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """The Sobel gradient magnitude of the images' grey level ``(B, 1, H, W)`` (replicated borders)."""
+    grey = images.float().mean(dim=1, keepdim=True)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=images.device)
+    kernels = torch.stack([kx, kx.T])[:, None]
+    grad = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernels)
+    return grad.square().sum(dim=1, keepdim=True).sqrt()
+
+
+@CONTROL_SIGNALS.register("edges", "Sobel edges of the grey level: 1 where the gradient passes a threshold "
+                          f"(edges:T, default {EDGE_THRESHOLD} in [-1, 1] units), else -1", channels="one",
+                          parameter="threshold", needs=False)
+def edges(images: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    return torch.where(sobel_magnitude(images) >= (threshold or EDGE_THRESHOLD), 1.0, -1.0)
+
+
+@CONTROL_SIGNALS.register("lowres", "a copy at 1/F of the resolution (means over FxF cells), repeated back to full "
+                          "size (lowres:F; super-resolution)", channels="same", parameter="factor", needs=True)
+def lowres(images: torch.Tensor, factor: float | None) -> torch.Tensor:
+    f = int(factor)
+    small = F.avg_pool2d(images.float(), f)
+    return small.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
+
+
+@CONTROL_SIGNALS.register("blur", "a Gaussian blur of standard deviation S pixels (blur:S; deblurring)",
+                          channels="same", parameter="sigma", needs=True)
+def blur(images: torch.Tensor, sigma: float | None) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * float(sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    kernel = torch.exp(-offsets.square() / (2 * float(sigma) ** 2))
+    kernel = kernel / kernel.sum()
+    c = images.shape[1]
+    x = F.pad(images.float(), (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def parse_signal(spec: str) -> tuple[str, float | None]:
+    """``"edges"``, ``"lowres:4"``, ``"blur:1.5"`` -> ``(name, parameter)``; anything else is a ConfigError."""
+    name, _, raw = spec.partition(":")
+    if name not in CONTROL_SIGNALS:
+        raise ConfigError(f"config key control.signal={spec!r}: choose one of {one_of(CONTROL_SIGNALS.names())} "
+                          "(with :P where it takes a parameter, e.g. lowres:4)")
+    facts = CONTROL_SIGNALS.entry(name).facts
+    if not raw:
+        if facts["needs"]:
+            raise ConfigError(f"config key control.signal={spec!r}: {name} needs its {facts['parameter']}, e.g. "
+                              f"{name}:{4 if name == 'lowres' else 1}")
+        return name, None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    whole = name != "lowres" or value == int(value) if math.isfinite(value) else False
+    if facts["parameter"] is None or not (math.isfinite(value) and value > 0 and whole and
+                                          (name != "lowres" or value >= 2)):
+        allowed = "a whole number of at least 2" if name == "lowres" else "a positive number"
+        raise ConfigError(f"config key control.signal={spec!r}: its {facts['parameter']} must be {allowed}")
+    return name, value
+
+
+def signal_channels(spec: str, in_channels: int) -> int:
+    """The channels of the control map ``spec`` makes from images of ``in_channels`` channels."""
+    return 1 if CONTROL_SIGNALS.entry(parse_signal(spec)[0]).facts["channels"] == "one" else in_channels
+
+
+def compute_signal(spec: str, images: torch.Tensor) -> torch.Tensor:
+    """The control map of model-space images ``(B, C, H, W)`` (2-D grids only; ``lowres:F`` needs H and W
+    divisible by F)."""
+    name, value = parse_signal(spec)
+    if images.dim() != 4:
+        raise ConfigError(f"control.signal={spec} reads 2-D images (B, C, H, W), got shape {tuple(images.shape)}: "
+                          "control signals of sequences and volumes are not built")
+    if name == "lowres" and any(s % int(value) for s in images.shape[2:]):
+        raise ConfigError(f"control.signal={spec} needs image sides divisible by {int(value)}, got "
+                          f"{tuple(images.shape[2:])}")
+    return CONTROL_SIGNALS[name](images, value)
+
+
+class ControlEmbed(nn.Module):
+    """``concat``: the control map's patches embedded by a zero-initialised linear map, added to the image tokens
+    (extra zero-initialised input channels). ``scale`` (1; ``--control-scale`` at sampling) weights it."""
+
+    def __init__(self, channels: int, patch: Sequence[int], width: int):
+        super().__init__()
+        self.patch = tuple(patch)
+        self.proj = nn.Linear(channels * math.prod(self.patch), width)
+        self.scale = 1.0
+
+    def zero_init(self) -> None:
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, control: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.proj(patchify(control, self.patch).to(self.proj.weight.dtype))
+
+
+#: name -> the module class that takes the control map into the backbone (``control.kind``).
+CONTROL_KINDS: Registry[type[nn.Module]] = Registry("control kind", key="control.kind")
+CONTROL_KINDS.add("concat", ControlEmbed, "extra zero-initialised input channels: the map's patches embedded and "
+                  "added to the image tokens (Flux's Canny/Depth models)")
+
+
+@dataclass
+class ControlConfig:
+    signal: str | None = None  #: a CONTROL_SIGNALS spec (edges, lowres:F, blur:S); null: no control
+    kind: str = "concat"  #: a CONTROL_KINDS name: how the map enters the backbone
+
+    def validate(self) -> None:
+        check_keys("control.", self, [("kind", self.kind in CONTROL_KINDS, "one of " + one_of(CONTROL_KINDS.names()))])
+        if self.signal is not None:
+            parse_signal(self.signal)
+
+
+class Controlled:
+    """The conditioner of a controlled model, as the rest of maskdit sees it: condition values are
+    ``[label, control map]`` packed per sample (just the map for a model without labels). It delegates the label
+    to the model's own conditioner ``inner`` and keeps the map through ``null`` and ``drop``."""
+
+    gives_tokens = False
+
+    def __init__(self, inner: Any, signal: str, shape: Sequence[int]):
+        self.inner, self.signal, self.shape = inner, signal, tuple(shape)  #: shape: the map's (Cc, *S)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def pack(self, labels: torch.Tensor | None, control: torch.Tensor) -> torch.Tensor:
+        flat = control.float().reshape(control.shape[0], -1)
+        if self.inner is None:
+            return flat
+        return torch.cat([labels.float().reshape(-1, 1).to(flat.device), flat], dim=1)
+
+    def split(self, value: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(labels, control map)`` of a packed value (labels ``None`` for a model without them)."""
+        width = self.size + (self.inner is not None)
+        if value.dim() != 2 or value.shape[1] != width or not value.is_floating_point():
+            raise ConfigError(f"this model is controlled ({self.signal}): its condition value is a float tensor "
+                              f"(B, {width}) of {'the label and ' if self.inner is not None else ''}the control map "
+                              f"{tuple(self.shape)}, got {tuple(value.shape)} ({value.dtype})")
+        control = value[:, -self.size:].reshape(-1, *self.shape)
+        return (value[:, 0].round().long() if self.inner is not None else None), control
+
+    def _with(self, value: torch.Tensor, change: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        labels, control = self.split(value)
+        return value if labels is None else self.pack(change(labels), control)
+
+    def null(self, value: torch.Tensor) -> torch.Tensor:
+        return self._with(value, self.inner.null) if self.inner is not None else value
+
+    def drop(self, value: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+        return self._with(value, lambda labels: self.inner.drop(labels, dropped)) if self.inner is not None \
+            else value
+
+    def values(self, dataset: Any) -> torch.Tensor:
+        """Every example's packed value: its label and the control map of its image (computed once)."""
+        images, labels = dataset.batch(torch.arange(len(dataset)))
+        if self.inner is not None and labels is None:
+            raise ConfigError(f"data.name={dataset.name} has no labels for this class-conditional controlled model")
+        maps = torch.cat([compute_signal(self.signal, images[i:i + 512]) for i in range(0, len(images), 512)])
+        return self.pack(labels, maps)
+
+    def parse(self, texts: list[str]) -> torch.Tensor:
+        raise ConfigError("this model is controlled by a class label and a control map, not text: it takes no "
+                          "prompts")
