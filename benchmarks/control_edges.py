@@ -1,7 +1,10 @@
-"""Edge control on held-out images: the digits model finetuned to follow Sobel edges (``control.signal=edges``,
-``control.kind=concat``), scored by edge F1 between each sample's edges and the edges it was asked to follow.
+"""Control on held-out images: the digits model finetuned to follow a control map (``--signal``, default Sobel
+``edges``; ``control.kind=concat``), scored by edge F1 between each sample's edges and the edges it was asked to
+follow, or for a degradation (``lowres:F``: super-resolution) by the PSNR of the sample against the image the map
+came from, beside bicubic upsampling of the same low-resolution copy.
 
     python benchmarks/control_edges.py --base runs/digits --steps 1500 --num 297
+    python benchmarks/control_edges.py --base runs/digits --signal lowres:4 --out docs/adapters/control_lowres4.json
 
 The digits are split: the first 1,500 train the controlled model, the last 297 are held out, and their edge maps
 (with their labels) condition the samples that are scored. The uncontrolled base, sampled with the same labels,
@@ -42,8 +45,23 @@ def evaluate(run: Path, test: Path, num: int, control: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def base_floor(base: Path, test: Path, num: int) -> dict:
-    """The base's samples for the held-out labels, scored against the held-out images' edges."""
+def bicubic(test: Path, num: int, factor: int) -> float:
+    """PSNR (dB) of bicubic upsampling of the held-out images' FxF means against the images themselves."""
+    import torch
+    import torch.nn.functional as F
+
+    from maskdit.data.datasets import load_npz
+    from maskdit.evaluate.control import psnr
+
+    data = load_npz(test)
+    sources, _ = data.batch(torch.arange(num) % len(data))
+    small = F.avg_pool2d(sources, factor)
+    up = F.interpolate(small, scale_factor=factor, mode="bicubic", align_corners=False).clamp(-1, 1)
+    return psnr(up, sources).mean().item()
+
+
+def base_floor(base: Path, test: Path, num: int, signal: str) -> dict:
+    """The base's samples for the held-out labels, scored against the held-out images' maps."""
     import torch
 
     from maskdit.data.datasets import load_npz
@@ -57,12 +75,13 @@ def base_floor(base: Path, test: Path, num: int) -> dict:
     sources, labels = data.batch(index)
     s = run.config.sample
     x = generate(run.model, run.objective, num, labels, steps=s.steps, guidance_scale=s.guidance_scale, seed=0)
-    return adherence(x, sources, "edges")
+    return adherence(x, sources, signal)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="a digits run (the preset's) to finetune")
+    p.add_argument("--signal", default="edges", help="control.signal (edges, lowres:F, blur:S)")
     p.add_argument("--runs", default="/tmp/maskdit-control", help="scratch directory")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -78,26 +97,30 @@ def main() -> None:
     root = Path(args.runs)
     root.mkdir(parents=True, exist_ok=True)
     train_npz, test_npz = split_digits(root, args.train)
-    run = root / "edges"
+    run = root / args.signal.replace(":", "")
     remove_run(run)
-    cfg = load_config("digits", overrides=[f"run_dir={run}", f"init_from={args.base}", "control.signal=edges",
+    cfg = load_config("digits", overrides=[f"run_dir={run}", f"init_from={args.base}", f"control.signal={args.signal}",
                                            "data.name=npz", f"data.path={train_npz}", f"steps={args.steps}",
                                            f"lr={args.lr}", "warmup_steps=50", f"ckpt_every={args.steps}"])
     start = time.time()
     train(cfg, progress=False)
     seconds = time.time() - start
     controlled = evaluate(run, test_npz, args.num, control=True)
-    floor = base_floor(Path(args.base), test_npz, args.num)
-    result = {"steps": args.steps, "train_s": round(seconds, 1), "num": args.num, "controlled": controlled,
-              "base_floor": floor}
+    floor = base_floor(Path(args.base), test_npz, args.num, args.signal)
+    result = {"signal": args.signal, "steps": args.steps, "train_s": round(seconds, 1), "num": args.num,
+              "controlled": controlled, "base_floor": floor}
     ctl = controlled["control"]
-    print(f"controlled ({args.steps} steps, {seconds:.0f}s): edge F1 {ctl['edge_f1']:.3f} (precision "
-          f"{ctl['edge_precision']:.3f}, recall {ctl['edge_recall']:.3f}), sample vs source "
-          f"{ctl['source_psnr']:.2f} dB, "
-          f"class accuracy {controlled.get('class_accuracy', float('nan')):.3f}, domain FID "
-          f"{controlled.get('domain_fid', float('nan')):.2f}")
-    print(f"base, same labels, no control: edge F1 {floor['edge_f1']:.3f}, sample vs source "
-          f"{floor['source_psnr']:.2f} dB")
+    follows = (f"edge F1 {ctl['edge_f1']:.3f} (precision {ctl['edge_precision']:.3f}, recall "
+               f"{ctl['edge_recall']:.3f})" if "edge_f1" in ctl else
+               f"degraded sample vs map {ctl['control_psnr']:.2f} dB")
+    print(f"controlled ({args.signal}, {args.steps} steps, {seconds:.0f}s): {follows}, sample vs source "
+          f"{ctl['source_psnr']:.2f} dB, class accuracy {controlled.get('class_accuracy', float('nan')):.3f}, "
+          f"domain FID {controlled.get('domain_fid', float('nan')):.2f}")
+    print(f"base, same labels, no control: sample vs source {floor['source_psnr']:.2f} dB"
+          + (f", edge F1 {floor['edge_f1']:.3f}" if "edge_f1" in floor else ""))
+    if args.signal.startswith("lowres:"):
+        result["bicubic_psnr"] = bicubic(test_npz, args.num, int(float(args.signal.split(":")[1])))
+        print(f"bicubic upsampling of the same low-resolution copies: {result['bicubic_psnr']:.2f} dB")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
