@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from maskdit.conditions.base import CONDITIONERS
-from maskdit.conditions.control import ControlConfig
+from maskdit.conditions.control import ControlConfig, check_fits
 from maskdit.data.datasets import DATASETS, DataConfig
 from maskdit.diffusion.guidance import GUIDANCES
 from maskdit.diffusion.objectives import ObjectiveConfig
@@ -222,13 +222,8 @@ class Config:
 def check_against_data(cfg: Config, dataset: Any) -> None:
     """Rules that need the dataset's shape: run after loading the data, before anything is written."""
     rank = len(dataset.shape) - 1
-    if cfg.control.signal is not None and rank != 2:
-        raise ConfigError(f"config key control.signal={cfg.control.signal} reads 2-D images, but data.name="
-                          f"{cfg.data.name} has rank-{rank} examples {tuple(dataset.shape)}")
-    if cfg.control.signal is not None and cfg.control.signal.startswith("lowres:") and \
-            any(s % int(float(cfg.control.signal.split(":")[1])) for s in dataset.shape[1:]):
-        raise ConfigError(f"config key control.signal={cfg.control.signal} averages cells of that many pixels, which "
-                          f"must divide the image sides {tuple(dataset.shape[1:])}")
+    if cfg.control.signal is not None:
+        check_fits(cfg.control.signal, dataset.shape[1:])
     if cfg.model.attention == "factorised" and rank != 3:
         raise ConfigError(f"config key model.attention=factorised needs video (T x H x W) data, but data.name="
                           f"{cfg.data.name} has rank-{rank} examples {tuple(dataset.shape)}: use model.attention=full")

@@ -116,6 +116,9 @@ CASES: list[Case] = [
     C("control-file-missing", [*CSAMPLE, "--control", "nowhere.npz"], "nowhere.npz", control_run()),
     C("control-file-wrong-size", [*CSAMPLE, "--control", "c.npz"], "but this model takes 1x8x8", control_run(),
       npz("c.npz", images=np.zeros((3, 16, 16), U8))),
+    C("control-eval-file-wrong-size", ["eval", "crun", "--num", "4", "--steps", "1", "--metrics", "control",
+                                       "--control", "c.npz"], "but this model takes 1x8x8", control_run(),
+      npz("c.npz", images=np.zeros((3, 16, 16), U8))),
     C("control-labels-out-of-range", [*CSAMPLE, "--control", "c.npz"], "labels fall outside", control_run(),
       npz("c.npz", images=CONTROLS, labels=np.array([0, 1, 12]))),
     C("control-flag-on-plain-run", [*SAMPLE, "--control", "c.npz"], "trained without control.signal",
@@ -127,7 +130,7 @@ CASES: list[Case] = [
 
 
 def test_adapters_corpus_is_distinct():
-    assert_distinct(CASES, 40)
+    assert_distinct(CASES, 41)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -181,6 +181,11 @@ def test_sample_follows_control_images_and_eval_scores_them(controlled_run, tmp_
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert 0.0 <= result["control"]["edge_f1"] <= 1.0 and result["control"]["signal"] == "edges"
     assert "control adherence (edges): edge F1" in r.stdout
+    r = cli("eval", run, "--num", 6, "--steps", 2, "--metrics", "control,class", "--control",
+            controlled_run / "controls.npz")  # the maps of given images, each sample labelled as its image
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["num"] == 6 and 0.0 <= result["control"]["edge_f1"] <= 1.0
 
 
 def test_the_report_and_info_describe_a_controlled_run(controlled_run, tmp_path):

@@ -70,7 +70,7 @@ def control_sources(args: argparse.Namespace, run: Any, dataset: Any, metrics: l
     for a model without control, which ``--metrics control`` refuses."""
     import torch
 
-    from maskdit.data.datasets import load_npz
+    from maskdit.cli.options import read_control
 
     if run.model.control is None:
         if "control" in metrics:
@@ -79,10 +79,14 @@ def control_sources(args: argparse.Namespace, run: Any, dataset: Any, metrics: l
         return None
     if default and "control" not in metrics:
         metrics.append("control")
-    source = load_npz(args.control) if args.control else dataset
-    index = torch.arange(args.num) % len(source)
-    args.control_images, args.control_labels = source.batch(index)
-    return args.control_images
+    if args.control:
+        images, labels = read_control(args, run)
+        index = torch.arange(args.num) % len(images)
+        images, labels = images[index], None if labels is None else torch.as_tensor(labels)[index]
+    else:
+        images, labels = dataset.batch(torch.arange(args.num) % len(dataset))
+    args.control_images, args.control_labels = images, labels
+    return images
 
 
 def run(args: argparse.Namespace) -> int:

@@ -109,14 +109,31 @@ def add_control_options(p: argparse.ArgumentParser) -> None:
                    help="weight of the control map's embedding (default 1 = as trained; 0 ignores it)")
 
 
-def control_maps(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any] | None:
-    """The control maps of ``num`` samples and the labels of the images they came from (``None`` where the file
-    has none), cycling through ``--control``'s images (or ``args.control_images``, set by ``eval`` from its real
-    data); ``None`` for a model without control, which refuses ``--control``."""
-    import torch
-
-    from maskdit.conditions.control import compute_signal
+def read_control(args: argparse.Namespace, run: Any) -> tuple[Any, Any]:
+    """``--control``'s images in model space and their labels (``None`` when the file has none), checked against
+    the model: the image size, and labels inside its classes unless ``--classes`` chooses them."""
     from maskdit.data.datasets import load_npz
+
+    model, path = run.model, args.control
+    given = load_npz(path)
+    images, labels = run.codec.encode(given.images), given.labels
+    want = (model.in_channels, *model.input_size)
+    if tuple(images.shape[1:]) != want:
+        raise ConfigError(f"--control {path}: its images are {'x'.join(map(str, images.shape[1:]))} (C x H x W), "
+                          f"but this model takes {'x'.join(map(str, want))}")
+    classes = model.num_classes
+    if labels is not None and classes and not args.classes and (int(labels.min()) < 0 or
+                                                                int(labels.max()) >= classes):
+        raise ConfigError(f"--control {path}: its labels fall outside this model's classes 0-{classes - 1}; "
+                          "pass --classes to choose them")
+    return images, labels
+
+
+def control_inputs(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any] | None:
+    """The images whose control maps ``num`` samples follow and their labels (``None`` where there are none),
+    cycling through ``--control``'s images (or ``args.control_images``, set by ``eval`` from its real data); sets
+    ``--control-scale``. ``None`` for a model without control, which refuses ``--control``."""
+    import torch
 
     model, path = run.model, getattr(args, "control", None)
     if model.control is None:
@@ -129,21 +146,10 @@ def control_maps(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any
         if path is None:
             raise ConfigError(f"this model follows a control map (control.signal={model.control_signal}): pass "
                               "--control FILE.npz with the images to compute it from")
-        given = load_npz(path)
-        images, labels = run.codec.encode(given.images), given.labels
-        want = (model.in_channels, *model.input_size)
-        if tuple(images.shape[1:]) != want:
-            raise ConfigError(f"--control {path}: its images are {'x'.join(map(str, images.shape[1:]))} (C x H x W), "
-                              f"but this model takes {'x'.join(map(str, want))}")
-        classes = model.num_classes
-        if labels is not None and classes and not args.classes and (int(labels.min()) < 0 or
-                                                                    int(labels.max()) >= classes):
-            raise ConfigError(f"--control {path}: its labels fall outside this model's classes 0-{classes - 1}; "
-                              "pass --classes to choose them")
+        images, labels = read_control(args, run)
     rows = torch.arange(num) % len(images)
-    maps = compute_signal(model.control_signal, images[rows])
     model.control.scale = float(getattr(args, "control_scale", 1.0))
-    return maps, None if labels is None else torch.as_tensor(labels)[rows]
+    return images[rows], None if labels is None else torch.as_tensor(labels)[rows]
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -183,7 +189,7 @@ def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any,
         if prompts or getattr(args, "negative_prompt", None):
             raise ConfigError("--prompt/--prompts/--negative-prompt: this model is not conditioned on text (it takes "
                               "--classes)" if conditioner is not None else "--prompt: this model is unconditional")
-        control = control_maps(args, run, num)
+        control = control_inputs(args, run, num)
         if control is not None and control[1] is not None and not args.classes and run.model.num_classes:
             labels = control[1]  # each control image's own class
         else:
@@ -191,7 +197,7 @@ def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any,
         if control is None:
             return labels, labels, None
         rows = labels if labels is not None else torch.zeros(num, dtype=torch.long)
-        return conditioner.pack(labels, control[0]), rows, None
+        return conditioner.value(labels, control[0]), rows, None
     if args.classes:
         raise ConfigError("--classes: this model is conditioned on text: pass --prompt TEXT or --prompts FILE.txt")
     if not prompts:

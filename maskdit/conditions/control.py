@@ -87,14 +87,17 @@ def parse_signal(spec: str) -> tuple[str, float | None]:
             raise ConfigError(f"config key control.signal={spec!r}: {name} needs its {facts['parameter']}, e.g. "
                               f"{name}:{4 if name == 'lowres' else 1}")
         return name, None
+    if facts["parameter"] is None:
+        raise ConfigError(f"config key control.signal={spec!r}: {name} takes no parameter; write {name}")
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    whole = name != "lowres" or value == int(value) if math.isfinite(value) else False
-    if facts["parameter"] is None or not (math.isfinite(value) and value > 0 and whole and
-                                          (name != "lowres" or value >= 2)):
-        allowed = "a whole number of at least 2" if name == "lowres" else "a positive number"
+    if name == "lowres":
+        ok, allowed = math.isfinite(value) and value >= 2 and value == int(value), "a whole number of at least 2"
+    else:
+        ok, allowed = math.isfinite(value) and value > 0, "a positive number"
+    if not ok:
         raise ConfigError(f"config key control.signal={spec!r}: its {facts['parameter']} must be {allowed}")
     return name, value
 
@@ -104,16 +107,22 @@ def signal_channels(spec: str, in_channels: int) -> int:
     return 1 if CONTROL_SIGNALS.entry(parse_signal(spec)[0]).facts["channels"] == "one" else in_channels
 
 
-def compute_signal(spec: str, images: torch.Tensor) -> torch.Tensor:
-    """The control map of model-space images ``(B, C, H, W)`` (2-D grids only; ``lowres:F`` needs H and W
-    divisible by F)."""
+def check_fits(spec: str, spatial: Sequence[int]) -> None:
+    """Refuse examples of ``spatial`` size that ``spec`` cannot read: 2-D images only, and for ``lowres:F`` sides
+    divisible by F."""
     name, value = parse_signal(spec)
-    if images.dim() != 4:
-        raise ConfigError(f"control.signal={spec} reads 2-D images (B, C, H, W), got shape {tuple(images.shape)}: "
-                          "control signals of sequences and volumes are not built")
-    if name == "lowres" and any(s % int(value) for s in images.shape[2:]):
-        raise ConfigError(f"control.signal={spec} needs image sides divisible by {int(value)}, got "
-                          f"{tuple(images.shape[2:])}")
+    if len(spatial) != 2:
+        raise ConfigError(f"config key control.signal={spec} reads 2-D images, but the examples are "
+                          f"{'x'.join(map(str, spatial))} (sequences and volumes are not built)")
+    if name == "lowres" and any(s % int(value) for s in spatial):
+        raise ConfigError(f"config key control.signal={spec} averages cells of {int(value)}x{int(value)} pixels, "
+                          f"which must divide the image sides {tuple(spatial)}")
+
+
+def compute_signal(spec: str, images: torch.Tensor) -> torch.Tensor:
+    """The control map of model-space images ``(B, C, H, W)`` (:func:`check_fits` says which it reads)."""
+    check_fits(spec, images.shape[2:])
+    name, value = parse_signal(spec)
     return CONTROL_SIGNALS[name](images, value)
 
 
@@ -182,24 +191,30 @@ class Controlled:
         control = value[:, -self.size:].reshape(-1, *self.shape)
         return (value[:, 0].round().long() if self.inner is not None else None), control
 
-    def _with(self, value: torch.Tensor, change: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def value(self, labels: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
+        """The packed value of ``labels`` with the control maps of model-space ``images`` (computed in chunks)."""
+        maps = torch.cat([compute_signal(self.signal, images[i:i + 512]) for i in range(0, len(images), 512)])
+        return self.pack(labels, maps)
+
+    def _with_labels(self, value: torch.Tensor, change: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``value`` with its labels changed by ``change`` and its map kept (as it is without labels)."""
+        if self.inner is None:
+            return value
         labels, control = self.split(value)
-        return value if labels is None else self.pack(change(labels), control)
+        return self.pack(change(labels), control)
 
     def null(self, value: torch.Tensor) -> torch.Tensor:
-        return self._with(value, self.inner.null) if self.inner is not None else value
+        return self._with_labels(value, lambda labels: self.inner.null(labels))
 
     def drop(self, value: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-        return self._with(value, lambda labels: self.inner.drop(labels, dropped)) if self.inner is not None \
-            else value
+        return self._with_labels(value, lambda labels: self.inner.drop(labels, dropped))
 
     def values(self, dataset: Any) -> torch.Tensor:
         """Every example's packed value: its label and the control map of its image (computed once)."""
         images, labels = dataset.batch(torch.arange(len(dataset)))
         if self.inner is not None and labels is None:
             raise ConfigError(f"data.name={dataset.name} has no labels for this class-conditional controlled model")
-        maps = torch.cat([compute_signal(self.signal, images[i:i + 512]) for i in range(0, len(images), 512)])
-        return self.pack(labels, maps)
+        return self.value(labels, images)
 
     def parse(self, texts: list[str]) -> torch.Tensor:
         raise ConfigError("this model is controlled by a class label and a control map, not text: it takes no "

@@ -172,13 +172,12 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
         labels = torch.arange(num) % len(prompts)
         values = run.model.conditioner.parse(prompts)[labels]
     if run.model.control is not None:  # the control maps of the run's first images, with their labels
-        from maskdit.conditions.control import compute_signal
         from maskdit.data.datasets import dataset_from_config
 
         data = dataset_from_config(run.config.data)
         sources, real = data.batch(torch.arange(num) % len(data))
         labels = real if classes else None
-        values = run.model.conditioner.pack(labels, compute_signal(run.model.control_signal, sources))
+        values = run.model.conditioner.value(labels, sources)
     start = time.time()
     x = generate(run.model, run.objective, num, values, sampler=sampler, steps=s.steps,
                  guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval, guidance=s.guidance,

@@ -214,7 +214,6 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     task on ``cfg.eval_num`` held-out clips (:mod:`maskdit.evaluate.video`; ``mean_psnr`` over its tasks). The
     global RNG state is saved and restored, so training draws the same numbers with or without evaluation; the model's
     train/eval mode is restored too."""
-    from maskdit.conditions.control import compute_signal
     from maskdit.diffusion.samplers import default_sampler, generate
     from maskdit.evaluate.control import adherence
     from maskdit.evaluate.video import bench_tasks
@@ -244,7 +243,7 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
         if getattr(model, "control", None) is not None:  # the maps of the first real images, with their labels
             sources, real_labels = dataset.batch(torch.arange(num) % len(dataset))
             labels = None if labels is None else real_labels
-            y = model.conditioner.pack(labels, compute_signal(model.control_signal, sources)).to(device)
+            y = model.conditioner.value(labels, sources).to(device)
         x = generate(model, objective, num, y, sampler=settings["sampler"], steps=s.steps,
                      guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval,
                      guidance=s.guidance, guidance_channels=s.guidance_channels,

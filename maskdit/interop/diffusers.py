@@ -40,6 +40,7 @@ from maskdit.interop.state_dict import (
     block_problems,
     checked_shapes,
     count_modules,
+    float_state,
     is_number,
     json_kind,
     read_diffusers_config,
@@ -311,7 +312,7 @@ def export_diffusers(model: DiT, out: Path, run: Any = None) -> dict[str, Any]:
                                                                                        else "these options"))
     depth = model.depth
     names = diffusers_names(depth)
-    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    state = float_state(model)
     sd: dict[str, torch.Tensor] = {}
     for ours, theirs in names.items():
         if ":" in ours:

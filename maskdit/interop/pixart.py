@@ -60,6 +60,8 @@ from maskdit.interop.state_dict import (
     conv_patch,
     count_modules,
     fact,
+    fixed_embedding_problems,
+    float_state,
     is_number,
     read_diffusers_config,
     read_state_dict,
@@ -319,9 +321,7 @@ def pixart_problems(model: DiT) -> list[str]:
         problems.append("model.qk_norm=true (PixArt does not normalise queries and keys)")
     if model.pos != "sincos":
         problems.append(f"model.pos={model.pos} (PixArt computes a fixed sin-cos table)")
-    if model.t_embedder.freq_shift != 0.0 or model.mlp_norm_eps != 1e-6:
-        problems.append("model.time_freq_shift / model.mlp_norm_eps (PixArt: 0 and 1e-6)")
-    return problems
+    return problems + fixed_embedding_problems(model, "PixArt")
 
 
 @EXPORTS.register("pixart", "a diffusers PixArtTransformer2DModel directory (a caption model with cross-attention "
@@ -330,7 +330,7 @@ def export_pixart(model: DiT, out: Path, run: Any = None) -> tuple[dict[str, Any
     """Write ``model`` as a PixArt transformer directory. maskdit's learned null caption has no place there (the
     pipelines encode the empty prompt instead); every conditional prediction is the same function."""
     refuse_problems(pixart_problems(model), "diffusers PixArtTransformer2DModel")
-    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    state = float_state(model)
     sd = split_plan(state, pixart_plan(model.depth))
     sd["pos_embed.proj.weight"] = conv_patch(model, state["patch_embed.weight"])
     width = model.hidden_size

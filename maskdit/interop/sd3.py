@@ -77,6 +77,8 @@ from maskdit.interop.state_dict import (
     checked_shapes,
     conv_patch,
     fact,
+    fixed_embedding_problems,
+    float_state,
     read_diffusers_config,
     read_state_dict,
     refuse_keys,
@@ -244,9 +246,7 @@ def sd3_problems(model: DiT) -> list[str]:
         problems.append(f"model.adaln={model.adaln} (SD3 has adaLN-Zero per block)")
     if model.learn_sigma:
         problems.append("model.learn_sigma=true (SD3 predicts the velocity only)")
-    if model.t_embedder.freq_shift != 0.0 or model.mlp_norm_eps != 1e-6:
-        problems.append("model.time_freq_shift / model.mlp_norm_eps (SD3: 0 and 1e-6)")
-    return problems
+    return problems + fixed_embedding_problems(model, "SD3")
 
 
 @EXPORTS.register("sd3", "a diffusers SD3Transformer2DModel directory (a caption model of double-stream joint "
@@ -256,7 +256,7 @@ def export_sd3(model: DiT, out: Path, run: Any = None) -> tuple[dict[str, Any], 
     output is discarded in maskdit too, so nothing it computes is lost) and the position table is stored for the
     model's own grid (``pos_embed_max_size`` = the grid side)."""
     refuse_problems(sd3_problems(model), "diffusers SD3Transformer2DModel")
-    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    state = float_state(model)
     depth, width = model.depth, model.hidden_size
     plan = sd3_plan(depth, model.block_options.qk_norm)
     for p in ("weight", "bias"):  # diffusers' final norm gives (scale, shift)

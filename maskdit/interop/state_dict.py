@@ -352,6 +352,19 @@ def block_problems(model: DiT) -> list[str]:
     return problems
 
 
+def fixed_embedding_problems(model: DiT, name: str) -> list[str]:
+    """What a caption transformer with a fixed time embedding and MLP norm (PixArt's and SD3's: no frequency shift,
+    eps 1e-6; ``name`` says which) cannot express of ``model``."""
+    if model.t_embedder.freq_shift != 0.0 or model.mlp_norm_eps != 1e-6:
+        return [f"model.time_freq_shift / model.mlp_norm_eps ({name}: 0 and 1e-6)"]
+    return []
+
+
+def float_state(model: DiT) -> dict[str, torch.Tensor]:
+    """``model``'s tensors in float32 on the CPU: what an export converts."""
+    return {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+
+
 def refuse_problems(problems: list[str], target: str) -> None:
     """One line naming every option of the model that ``target`` cannot compute, or nothing."""
     if problems:

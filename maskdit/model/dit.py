@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from maskdit.conditions.base import CONDITIONERS, Conditioner
-from maskdit.conditions.control import CONTROL_KINDS, Controlled, signal_channels
+from maskdit.conditions.control import CONTROL_KINDS, Controlled, check_fits, signal_channels
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
 from maskdit.model.blocks import (
@@ -364,8 +364,7 @@ class DiT(nn.Module):
             if self.y_embedder is not None and self.y_embedder.gives_tokens:
                 raise ConfigError("a control map beside captions is not built yet: control a class-conditional or "
                                   "unconditional model")
-            if len(self.input_size) != 2:
-                raise ConfigError(f"control signals read 2-D images; this model's grid is {self.input_size}")
+            check_fits(control, self.input_size)
             channels = signal_channels(control, in_channels)
             self.control_shape = (channels, *self.input_size)
             self.control = CONTROL_KINDS.get(control_kind)(channels, self.patch_size, hidden_size)
