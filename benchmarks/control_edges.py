@@ -1,10 +1,14 @@
 """Control on held-out images: the digits model finetuned to follow a control map (``--signal``, default Sobel
-``edges``; ``control.kind=concat``), scored by edge F1 between each sample's edges and the edges it was asked to
-follow, or for a degradation (``lowres:F``: super-resolution) by the PSNR of the sample against the image the map
+``edges``; ``--kind``, default ``concat``), scored by edge F1 between each sample's edges and the edges it was asked
+to follow, or for a degradation (``lowres:F``: super-resolution) by the PSNR of the sample against the image the map
 came from, beside bicubic upsampling of the same low-resolution copy.
 
     python benchmarks/control_edges.py --base runs/digits --steps 1500 --num 297
     python benchmarks/control_edges.py --base runs/digits --signal lowres:4 --out docs/adapters/control_lowres4.json
+    python benchmarks/control_edges.py --base runs/digits --kind controlnet --set control.blocks=1 --seconds 150 \
+        --out docs/adapters/kinds/controlnet.json
+
+``--seconds`` trains for that much wall-clock instead of a step count (the kinds compared at equal time).
 
 The digits are split: the first 1,500 train the controlled model, the last 297 are held out, and their edge maps
 (with their labels) condition the samples that are scored. The uncontrolled base, sampled with the same labels,
@@ -87,33 +91,49 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--train", type=int, default=1500, help="digits that train; the rest are held out")
     p.add_argument("--num", type=int, default=297, help="held-out samples scored")
+    p.add_argument("--kind", default="concat", help="control.kind (concat, controlnet, tokens)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another config override (control.blocks=1, control.rank=8), repeatable")
+    p.add_argument("--seconds", type=float, default=None, help="train for this much wall-clock (not --steps)")
     p.add_argument("--out", default="docs/adapters/control_edges.json")
     args = p.parse_args()
 
     from maskdit.checkpoint import remove_run
     from maskdit.config import load_config
+    from maskdit.runs import load_run
     from maskdit.training.trainer import train
 
     root = Path(args.runs)
     root.mkdir(parents=True, exist_ok=True)
     train_npz, test_npz = split_digits(root, args.train)
-    run = root / args.signal.replace(":", "")
+    run = root / f"{args.signal.replace(':', '')}-{args.kind}"
     remove_run(run)
+    steps = 10**6 if args.seconds else args.steps
+    budget = [f"max_seconds={args.seconds}", f"ckpt_every={steps}"] if args.seconds else [f"ckpt_every={steps}"]
     cfg = load_config("digits", overrides=[f"run_dir={run}", f"init_from={args.base}", f"control.signal={args.signal}",
-                                           "data.name=npz", f"data.path={train_npz}", f"steps={args.steps}",
-                                           f"lr={args.lr}", "warmup_steps=50", f"ckpt_every={args.steps}"])
+                                           f"control.kind={args.kind}", "data.name=npz", f"data.path={train_npz}",
+                                           f"steps={steps}", f"lr={args.lr}", "warmup_steps=50", *budget, *args.set])
     start = time.time()
     train(cfg, progress=False)
     seconds = time.time() - start
+    from maskdit.checkpoint import latest_checkpoint
+    from maskdit.files import read_json
+
+    trained = int(read_json(latest_checkpoint(run) / "state.json", keys=("step",))["step"])
     controlled = evaluate(run, test_npz, args.num, control=True)
     floor = base_floor(Path(args.base), test_npz, args.num, args.signal)
-    result = {"signal": args.signal, "steps": args.steps, "train_s": round(seconds, 1), "num": args.num,
+    model = load_run(run).model
+    trainable = sum(p.numel() for name, p in model.named_parameters()
+                    if name.startswith("control.") or not model.control.frozen_base)
+    result = {"signal": args.signal, "kind": args.kind, "overrides": args.set, "steps": trained,
+              "train_s": round(seconds, 1), "trainable_params": trainable, "num": args.num,
               "controlled": controlled, "base_floor": floor}
     ctl = controlled["control"]
     follows = (f"edge F1 {ctl['edge_f1']:.3f} (precision {ctl['edge_precision']:.3f}, recall "
                f"{ctl['edge_recall']:.3f})" if "edge_f1" in ctl else
                f"degraded sample vs map {ctl['control_psnr']:.2f} dB")
-    print(f"controlled ({args.signal}, {args.steps} steps, {seconds:.0f}s): {follows}, sample vs source "
+    print(f"controlled ({args.signal}, {args.kind} {' '.join(args.set)}, {trainable / 1e6:.3f}M trainable, {trained} "
+          f"steps, {seconds:.0f}s): {follows}, sample vs source "
           f"{ctl['source_psnr']:.2f} dB, class accuracy {controlled.get('class_accuracy', float('nan')):.3f}, "
           f"domain FID {controlled.get('domain_fid', float('nan')):.2f}")
     print(f"base, same labels, no control: sample vs source {floor['source_psnr']:.2f} dB"

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from maskdit.conditions.base import CONDITIONERS
-from maskdit.conditions.control import ControlConfig, check_fits
+from maskdit.conditions.control import CONTROL_SIGNALS, check_fits, parse_signal
 from maskdit.data.datasets import DATASETS, DataConfig
 from maskdit.diffusion.guidance import GUIDANCES
 from maskdit.diffusion.objectives import ObjectiveConfig
@@ -28,6 +28,7 @@ from maskdit.errors import ConfigError, check_keys
 from maskdit.grid import as_patch_size, token_grid_shape
 from maskdit.masks import DROP_SHAPES, TaskConfig
 from maskdit.model.config import ModelConfig
+from maskdit.model.control import CONTROL_KINDS, ControlConfig
 from maskdit.model.lora import LoraConfig
 from maskdit.registry import one_of
 from maskdit.training.align import AlignConfig
@@ -133,10 +134,20 @@ class Config:
             if data.flip:
                 raise ConfigError("config key data.flip=true mirrors images but not the control maps computed from "
                                   "them: set data.flip=false for a controlled model")
+            if CONTROL_KINDS.get(self.control.kind).frozen_base and not self.init_from:
+                raise ConfigError(f"config key control.kind={self.control.kind} trains control layers beside a frozen "
+                                  "trained base: set init_from=BASE_RUN, or use control.kind=concat")
             if self.lora.on:
                 raise ConfigError("config key control.signal with lora: a LoRA run trains only its updates, and "
                                   "the control's embedding must train too; this pairing is not built yet: finetune "
                                   "the whole model (leave lora out)")
+        if obj.source == "control":
+            degraded = self.control.signal is not None and CONTROL_SIGNALS.entry(
+                parse_signal(self.control.signal)[0]).facts["degrades"]
+            if not degraded:
+                raise ConfigError("config key objective.source=control starts the chain at the control map: it needs "
+                                  "a degraded copy of the image as the control (control.signal=lowres:F or blur:S), "
+                                  f"not control.signal={self.control.signal}")
         if self.lora.on and not self.init_from:
             key = f"lora.rank={self.lora.rank}" if self.lora.rank else "lora.affine=true"
             raise ConfigError(f"config key {key} adapts a trained model: set init_from=BASE_RUN (the run whose "

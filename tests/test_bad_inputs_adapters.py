@@ -126,11 +126,41 @@ CASES: list[Case] = [
     C("control-scale-on-plain-run", [*SAMPLE, "--control-scale", "2"], "--control/--control-scale"),
     C("control-scale-negative", [*CSAMPLE, "--control-scale", "-1"], "--control-scale", control_run()),
     C("control-metric-on-plain-run", [*EVAL[:-1], "control"], "needs a model trained with control.signal"),
+    # ---- control kinds and restoration chains --------------------------------------------------------------------
+    C("controlnet-without-base", [*TRAIN, "control.signal=edges", "control.kind=controlnet"],
+      "control.kind=controlnet trains control layers beside a frozen trained base"),
+    C("controlnet-blocks-too-many", [*TRAIN, "control.signal=edges", "control.kind=controlnet", "init_from={img}",
+                                     "control.blocks=9"], "control.blocks=9"),
+    C("controlnet-blocks-repeated", [*TRAIN, "control.signal=edges", "control.kind=controlnet", "init_from={img}",
+                                     "control.blocks=[1,1]"], "control.blocks=[1, 1]"),
+    C("controlnet-blocks-not-a-number", [*TRAIN, "control.signal=edges", "control.kind=controlnet",
+                                         "init_from={img}", "control.blocks=two"], "control.blocks"),
+    C("control-tokens-rank-zero", [*TRAIN, "control.signal=edges", "control.kind=tokens", "init_from={img}",
+                                   "control.rank=0"], "control.rank"),
+    C("control-tokens-rank-wider-than-model", [*TRAIN, "control.signal=edges", "control.kind=tokens",
+                                               "init_from={img}", "control.rank=4096"], "control.rank=4096"),
+    C("control-tokens-rel-bias", [*TRAIN, "control.signal=edges", "control.kind=tokens", "init_from={img}",
+                                  "model.rel_pos_bias=true"], "no rel_pos_bias"),
+    C("controlnet-from-a-concat-run", [*TRAIN, "control.signal=edges", "control.kind=controlnet", "control.blocks=1",
+                                       "init_from=crun"], "was trained with control.kind=concat", control_run()),
+    C("source-control-without-map", [*TRAIN, "objective.source=control"], "objective.source=control starts"),
+    C("source-control-with-edges", [*TRAIN, "objective.source=control", "control.signal=edges"],
+      "a degraded copy of the image"),
+    C("source-unknown", [*TRAIN, "objective.source=image"], "objective.source"),
+    C("source-control-ddpm", [*TRAIN, "objective.source=control", "objective.name=ddpm",
+                              "control.signal=lowres:2"], "noise unless objective.name=flow"),
+    C("kappa-negative", [*TRAIN, "objective.kappa=-1"], "objective.kappa"),
+    C("control-maps-wrong-shape", [*CSAMPLE, "--control", "maps.npz"], "'maps' must be floats (N, 1, 8, 8)",
+      control_run(), npz("maps.npz", maps=np.zeros((2, 4, 4), np.float32))),
+    C("control-maps-out-of-range", [*CSAMPLE, "--control", "maps.npz"], "finite and in [-1, 1]", control_run(),
+      npz("maps.npz", maps=np.full((2, 8, 8), 3.0, np.float32))),
+    C("control-maps-integers", [*CSAMPLE, "--control", "maps.npz"], "'maps' must be floats", control_run(),
+      npz("maps.npz", maps=np.zeros((2, 8, 8), np.int64))),
 ]
 
 
 def test_adapters_corpus_is_distinct():
-    assert_distinct(CASES, 41)
+    assert_distinct(CASES, 57)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

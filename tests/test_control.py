@@ -66,7 +66,7 @@ def test_bad_signal_specs_are_refused_by_name(spec, message):
     with pytest.raises(ConfigError, match=message):
         parse_signal(spec)
     assert parse_signal("lowres:4") == ("lowres", 4.0) and parse_signal("edges") == ("edges", None)
-    assert set(CONTROL_SIGNALS.names()) == {"edges", "lowres", "blur"}
+    assert set(CONTROL_SIGNALS.names()) == {"edges", "lowres", "blur", "image"}
 
 
 def controlled(signal="lowres:2", num_classes=10, **kw) -> DiT:
@@ -136,6 +136,9 @@ def test_adherence_scores_what_they_say():
     assert psnr(a, b).item() == pytest.approx(20.0, abs=1e-4)
     lowres_scores = adherence(image, image, "lowres:2")
     assert lowres_scores["control_psnr"] > 90 and "edge_f1" not in lowres_scores
+    assert perfect["source_ssim"] == pytest.approx(1.0) and lowres_scores["control_ssim"] == pytest.approx(1.0)
+    noisy = (image + 0.5 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    assert adherence(noisy, image, "lowres:2")["source_ssim"] < 0.9  # structure lost: SSIM falls
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +179,13 @@ def test_sample_follows_control_images_and_eval_scores_them(controlled_run, tmp_
     r = cli("sample", run, "--control", controlled_run / "controls.npz", "--num", 6, "--steps", 2, "--out", out)
     assert r.returncode == 0, r.stderr
     assert np.load(out)["images"].shape[0] == 6 and np.load(out)["labels"].tolist() == list(range(6))
+    maps = np.where(np.random.default_rng(0).random((3, 8, 8)) > 0.7, 1.0, -1.0).astype(np.float32)
+    np.savez(tmp_path / "maps.npz", maps=maps, labels=np.array([1, 2, 3]))  # user-made edge maps, no images
+    r = cli("sample", run, "--control", tmp_path / "maps.npz", "--num", 3, "--steps", 2, "--out", tmp_path / "m.npz")
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "m.npz")["labels"].tolist() == [1, 2, 3]
+    r = cli("eval", run, "--num", 3, "--steps", 2, "--metrics", "control", "--control", tmp_path / "maps.npz")
+    assert r.returncode == 2 and "holds ready-made maps" in r.stderr
     r = cli("eval", run, "--num", 8, "--steps", 2, "--metrics", "control")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -200,3 +210,201 @@ def test_the_report_and_info_describe_a_controlled_run(controlled_run, tmp_path)
 def test_export_refuses_a_controlled_run(controlled_run, tmp_path):
     r = cli("export", controlled_run / "run", "--format", "diffusers", "--out", tmp_path / "x")
     assert r.returncode == 2 and "control.signal=edges" in r.stderr and not (tmp_path / "x").exists()
+
+
+def trained_base(depth=3) -> DiT:
+    torch.manual_seed(1)
+    return perturbed(DiT(input_size=(8, 8), in_channels=1, patch_size=2, hidden_size=32, depth=depth, num_heads=2,
+                         num_classes=10))
+
+
+def from_base(base: DiT, kind: str, **options) -> DiT:
+    torch.manual_seed(0)
+    model = DiT(input_size=(8, 8), in_channels=1, patch_size=2, hidden_size=32, depth=base.depth, num_heads=2,
+                num_classes=10, control="edges", control_kind=kind, control_options=options)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    assert all(key.startswith("control.") for key in missing) and not unexpected
+    model.control.start_from_base(model)
+    return model
+
+
+def controlled_inputs(model: DiT, n: int = 3):
+    torch.manual_seed(2)
+    x, t, labels = torch.randn(n, 1, 8, 8), torch.rand(n), torch.arange(n) % 10
+    images = torch.rand(n, 1, 8, 8) * 2 - 1
+    return x, t, labels, model.conditioner.pack(labels, compute_signal("edges", images))
+
+
+def test_a_controlnet_branch_copies_the_base_starts_at_nothing_and_adds_residuals_by_grid_index():
+    base = trained_base()
+    model = from_base(base, "controlnet", blocks=2)
+    assert len(model.control.blocks) == 2
+    for copied, block in zip(model.control.blocks, model.blocks):
+        assert all(torch.equal(a, b) for a, b in zip(copied.state_dict().values(), block.state_dict().values()))
+    x, t, labels, y = controlled_inputs(model)
+    assert torch.equal(model(x, t, y), base(x, t, labels))  # zero projections: exactly the base
+    with torch.no_grad():
+        for out in model.control.outs:
+            out.weight.normal_(0, 0.1)
+        model.control.embed.weight.normal_(0, 0.1)
+    full = model(x, t, y)
+    assert not torch.allclose(full, base(x, t, labels))
+    # the residuals are a function of the whole grid: kept tokens get theirs by index, so keeping every token in
+    # a shuffled order gives the same prediction, reordered
+    order = torch.stack([torch.randperm(16) for _ in range(3)])
+    tokens = model(x, t, y, keep_idx=order)
+    from maskdit.grid import patchify
+    expected = patchify(full, model.patch_size).gather(1, order[..., None].expand(-1, -1, 4))
+    assert torch.allclose(tokens, expected, atol=1e-5)
+    model.control.scale = 0.0
+    assert torch.allclose(model(x, t, y), base(x, t, labels), atol=1e-6)
+
+
+def test_condition_tokens_attend_only_to_themselves_scale_zero_is_the_base_and_the_cache_changes_nothing():
+    base = trained_base()
+    model = from_base(base, "tokens", rank=4)
+    assert torch.equal(model.control.embed.weight, base.patch_embed.weight)  # the map reads like an image
+    with torch.no_grad():
+        for lora in model.control.lora:
+            lora.up.weight.normal_(0, 0.1)
+    x, t, labels, y = controlled_inputs(model)
+    out = model(x, t, y)
+    assert not torch.allclose(out, base(x, t, labels))
+    # the condition tokens' keys and values depend on the map and label only: not on the noisy image or its time
+    control = model.context(t, y).control
+    memory = model.control.memory(model, control)
+    other = model.context(torch.rand(3), y).control
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(memory, model.control.memory(model, other)))
+    assert len(memory) == model.depth and memory[0][0].shape == (3, 2, 16, 16)
+    model.control.scale = 0.0
+    assert torch.allclose(model(x, t, y), base(x, t, labels), atol=1e-6)  # no attention paid: the base
+    model.control.scale = 1.0
+    from maskdit.diffusion.objectives import FlowMatching
+    from maskdit.diffusion.samplers import generate
+
+    objective = FlowMatching()
+    calls = []
+    plain = model.control.memory
+    model.control.memory = lambda *a: calls.append(1) or plain(*a)
+    cached = generate(model, objective, 3, y, steps=4, batch_size=3)
+    computed_once = len(calls)
+    model.control.caching = False
+    recomputed = generate(model, objective, 3, y, steps=4, batch_size=3)
+    assert computed_once == 1 and len(calls) - computed_once == 8  # heun: 2 calls a step, once per call
+    assert torch.allclose(cached, recomputed, atol=1e-6)
+    assert model.control.cache is None  # kept only while sampling a batch
+
+
+@pytest.mark.parametrize("kind,options,trainable", [
+    ("controlnet", ["control.blocks=1"], "control.blocks.0"), ("tokens", ["control.rank=2"], "control.lora.0"),
+])
+def test_a_frozen_base_kind_trains_only_its_own_layers(tmp_path, kind, options, trainable):
+    from safetensors.torch import load_file
+
+    base = tmp_path / "base"
+    train(load_config("digits", overrides=[*SMALL, "steps=2", f"run_dir={base}"]), progress=False)
+    with pytest.raises(ConfigError, match=f"control.kind={kind} trains control layers beside a frozen"):
+        load_config("digits", overrides=["control.signal=edges", f"control.kind={kind}"])
+    run = tmp_path / kind
+    train(load_config("digits", overrides=[*SMALL, "steps=3", "control.signal=edges", f"control.kind={kind}",
+                                           *options, "lr=1e-2", f"init_from={base}", f"run_dir={run}"]),
+          progress=False)
+    before = load_file(latest_checkpoint(base) / "ema.safetensors")
+    after = load_file(latest_checkpoint(run) / "model.safetensors")
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # the base: its EMA weights, untouched
+    changed = [k for k in after if k.startswith("control.") and k not in before]
+    assert any(k.startswith(trainable) for k in changed)
+    r = cli("sample", run, "--control", tmp_path / "none.npz", "--num", 2)
+    assert r.returncode == 2
+
+
+def test_a_placed_branch_copies_the_named_blocks_and_skipping_a_layer_removes_only_its_residual():
+    base = trained_base(depth=4)
+    model = from_base(base, "controlnet", blocks=[1, 3])
+    assert model.control.places == (1, 3)
+    assert torch.equal(model.control.blocks[1].attn.qkv.weight, base.blocks[3].attn.qkv.weight)
+    with torch.no_grad():
+        for out in model.control.outs:
+            out.weight.normal_(0, 0.1)
+        model.control.embed.weight.normal_(0, 0.1)
+    x, t, labels, y = controlled_inputs(model)
+    c = model.inputs(x, t, y)[1]
+    assert [r is None for r in c.residuals] == [True, False, True, False]
+    full = model(x, t, y)
+    model.control.skip = {1, 3}
+    assert torch.allclose(model(x, t, y), base(x, t, labels), atol=1e-6)  # every control layer skipped: the base
+    model.control.skip = {3}
+    assert not torch.allclose(model(x, t, y), full) and not torch.allclose(model(x, t, y), base(x, t, labels))
+    for bad in (0, 5, [], [1, 1], [4], [-1], [1.5], True):
+        with pytest.raises(ConfigError, match="config key control.blocks="):
+            from_base(base, "controlnet", blocks=bad)
+
+
+def test_a_restoration_chain_starts_at_the_degraded_image_in_training_and_sampling():
+    from maskdit.diffusion.objectives import FlowMatching, chain_start
+    from maskdit.diffusion.samplers import generate
+
+    model = controlled("lowres:2")
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    y = model.conditioner.value(torch.arange(4), images)
+    noise = torch.randn(4, 1, 8, 8)
+    plain, shifted = FlowMatching(), FlowMatching(source="control", kappa=0.25)
+    assert torch.equal(chain_start(plain, noise, model.conditioner, y), noise)
+    start = chain_start(shifted, noise, model.conditioner, y)
+    assert torch.allclose(start, lowres(images, 2) + 0.25 * noise)
+    # an untrained model predicts zero velocity: the sampled chain stays where it started
+    out = generate(model, shifted, 4, y, sampler="euler", steps=3, seed=5)
+    expected = lowres(images, 2) + 0.25 * torch.randn((4, 1, 8, 8), generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(out, expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="--eta 0"):
+        generate(model, shifted, 4, y, sampler="euler", steps=3, eta=0.5)
+    with pytest.raises(ConfigError, match="objective.source=control starts the chain at the control map: it needs"):
+        load_config("digits", overrides=["objective.source=control", "control.signal=edges"])
+    with pytest.raises(ConfigError, match="objective.source"):
+        load_config("digits", overrides=["objective.source=control", "objective.name=ddpm", "control.signal=lowres:2"])
+    cfg = load_config("digits", overrides=["objective.source=control", "objective.kappa=0.5",
+                                           "control.signal=lowres:2"])
+    assert cfg.objective.kappa == 0.5
+
+
+def test_image_prompts_read_a_frozen_fingerprinted_encoder_through_decoupled_attention(tmp_path):
+    from maskdit.cli.app import main
+    from maskdit.model.control import ImagePrompt
+
+    enc = tmp_path / "enc"
+    assert main(["encoder", "train", "digits", "--out", str(enc), "--steps", "5", "--batch", "16", "--width", "32",
+                 "--depth", "1", "--no-progress"]) == 0
+    base = trained_base()
+    torch.manual_seed(0)
+    model = DiT(input_size=(8, 8), in_channels=1, patch_size=2, hidden_size=32, depth=3, num_heads=2, num_classes=10,
+                control="image", control_kind="adapter", control_options={"encoder": str(enc)})
+    model.load_state_dict(base.state_dict(), strict=False)
+    assert isinstance(model.control, ImagePrompt)
+    assert not any(k.startswith("control.encoder") for k in model.state_dict())  # frozen, loaded, never saved
+    assert model.config["control_options"]["encoder_sha256"]
+    x, t, labels = torch.randn(3, 1, 8, 8), torch.rand(3), torch.tensor([1, 2, 3])
+    prompts = torch.rand(3, 1, 8, 8) * 2 - 1
+    y = model.conditioner.value(labels, prompts)
+    assert torch.equal(model(x, t, y), base(x, t, labels))  # zero-initialised values: exactly the base
+    model(x, t, y).square().mean().backward()
+    assert all(kv.weight.grad.abs().sum() > 0 for kv in model.control.kv)
+    with torch.no_grad():
+        for kv in model.control.kv:
+            kv.weight.normal_(0, 0.2)
+    other = model.conditioner.value(labels, -prompts)
+    assert not torch.allclose(model(x, t, y), model(x, t, other))  # the prompt steers the prediction
+    model.control.scale = 0.0
+    assert torch.allclose(model(x, t, y), base(x, t, labels), atol=1e-6)
+    rebuilt = DiT.from_config(model.config)  # a saved run rebuilds with the same encoder...
+    assert rebuilt.config["control_options"] == model.config["control_options"]
+    assert main(["encoder", "train", "digits", "--out", str(tmp_path / "enc2"), "--steps", "5", "--batch", "16",
+                 "--width", "32", "--depth", "1", "--no-progress", "--seed", "3"]) == 0
+    import shutil
+
+    shutil.rmtree(enc)
+    shutil.copytree(tmp_path / "enc2", enc)
+    with pytest.raises(ConfigError, match="is not the encoder this model was trained with"):
+        DiT.from_config(model.config)  # ...and refuses another one in its place
+    with pytest.raises(ConfigError, match="control.encoder=DIR"):
+        DiT(input_size=(8, 8), in_channels=1, patch_size=2, hidden_size=32, depth=3, num_heads=2, num_classes=10,
+            control="image", control_kind="adapter")

@@ -239,3 +239,18 @@ def test_a_lora_run_under_torchrun_reproduces_one_process(tmp_path, trained, str
     many, one = all_tensors(tmp_path / "many"), all_tensors(tmp_path / "one")
     assert max_diff(many, one) <= 1e-6
     assert all("lora_" in k for k in many if not k.startswith("optimizer."))
+
+
+@pytest.mark.parametrize("kind,strategy", [("controlnet", "ddp"), ("tokens", "fsdp")])
+def test_a_frozen_base_control_run_under_torchrun_reproduces_one_process(tmp_path, trained, kind, strategy):
+    """A ControlNet branch (DDP) or condition tokens (FSDP) beside a frozen base on 2 ranks: the same weights, EMA
+    and Adam moments as one process reaches."""
+    base = trained(*RUN, "steps=2")
+    args = [*RUN, "steps=4", f"init_from={base}", "control.signal=edges", f"control.kind={kind}", "control.blocks=1",
+            "control.rank=4", "lr=1e-2"]
+    code, _, err = finish(torchrun([*args, f"dist.strategy={strategy}", f"run_dir={tmp_path / 'many'}"], tmp_path))
+    assert code == 0, err
+    train(load_config("digits", overrides=[*args, f"run_dir={tmp_path / 'one'}"]), progress=False)
+    many, one = all_tensors(tmp_path / "many"), all_tensors(tmp_path / "one")
+    assert max_diff(many, one) <= 1e-6
+    assert any(k.startswith("model.control.") for k in many)

@@ -80,7 +80,7 @@ def control_sources(args: argparse.Namespace, run: Any, dataset: Any, metrics: l
     if default and "control" not in metrics:
         metrics.append("control")
     if args.control:
-        images, labels = read_control(args, run)
+        images, labels, _ = read_control(args, run)
         index = torch.arange(args.num) % len(images)
         images, labels = images[index], None if labels is None else torch.as_tensor(labels)[index]
     else:

@@ -102,37 +102,63 @@ def add_prompt_options(p: argparse.ArgumentParser) -> None:
 def add_control_options(p: argparse.ArgumentParser) -> None:
     """``--control`` and ``--control-scale``: what a controlled model follows."""
     g = p.add_argument_group("control (models trained with control.signal)")
-    g.add_argument("--control", metavar="FILE.npz",
+    g.add_argument("--control", "--image-prompt", metavar="FILE.npz", dest="control",
                    help="images (an 'images' array like a dataset's, optional 'labels') whose control maps (the "
-                   "run's control.signal: edges, a low-resolution or blurred copy) the samples follow, in turn")
+                   "run's control.signal: edges, a low-resolution or blurred copy; with control.signal=image the "
+                   "images themselves: image prompts) the samples follow, in turn")
     g.add_argument("--control-scale", type=non_negative_float, default=1.0,
-                   help="weight of the control map's embedding (default 1 = as trained; 0 ignores it)")
+                   help="weight of what the control adds (default 1 = as trained; 0 ignores it)")
 
 
-def read_control(args: argparse.Namespace, run: Any) -> tuple[Any, Any]:
-    """``--control``'s images in model space and their labels (``None`` when the file has none), checked against
-    the model: the image size, and labels inside its classes unless ``--classes`` chooses them."""
-    from maskdit.data.datasets import load_npz
+def read_control(args: argparse.Namespace, run: Any, maps_ok: bool = False) -> tuple[Any, Any, bool]:
+    """``--control``'s images in model space (or, where ``maps_ok``, the ready-made control maps of a file with a
+    ``maps`` array instead), their labels (``None`` when the file has none) and whether they are maps, checked
+    against the model: the size, and labels inside its classes unless ``--classes`` chooses them."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from maskdit.data.datasets import load_npz, read_npz
 
     model, path = run.model, args.control
-    given = load_npz(path)
-    images, labels = run.codec.encode(given.images), given.labels
-    want = (model.in_channels, *model.input_size)
-    if tuple(images.shape[1:]) != want:
-        raise ConfigError(f"--control {path}: its images are {'x'.join(map(str, images.shape[1:]))} (C x H x W), "
-                          f"but this model takes {'x'.join(map(str, want))}")
+    arrays = read_npz(Path(path), "--control file", "pass an .npz with an 'images' array (or 'maps')")
+    if "maps" in arrays and "images" not in arrays:
+        if not maps_ok:
+            raise ConfigError(f"--control {path} holds ready-made maps, but this command scores samples against the "
+                              "images the maps come from: pass those images ('images' array)")
+        maps, labels, want = arrays["maps"], arrays.get("labels"), model.control_shape
+        if maps.ndim == len(want) and want[0] == 1:
+            maps = maps[:, None]
+        if maps.dtype.kind != "f" or tuple(maps.shape[1:]) != tuple(want) or not len(maps):
+            raise ConfigError(f"--control {path}: 'maps' must be floats (N, {', '.join(map(str, want))}) in [-1, 1] "
+                              f"like control.signal={model.control_signal} makes, got {maps.dtype} "
+                              f"{tuple(maps.shape)}")
+        if not np.isfinite(maps).all() or np.abs(maps).max() > 1 + 1e-6:
+            raise ConfigError(f"--control {path}: 'maps' must be finite and in [-1, 1] (model space)")
+        images = torch.from_numpy(maps.astype(np.float32))
+        labels = None if labels is None else torch.from_numpy(np.asarray(labels).astype(np.int64))
+        is_maps = True
+    else:
+        given = load_npz(path)
+        images, labels, is_maps = run.codec.encode(given.images), given.labels, False
+        want = (model.in_channels, *model.input_size)
+        if tuple(images.shape[1:]) != want:
+            raise ConfigError(f"--control {path}: its images are {'x'.join(map(str, images.shape[1:]))} (C x H x "
+                              f"W), but this model takes {'x'.join(map(str, want))}")
     classes = model.num_classes
     if labels is not None and classes and not args.classes and (int(labels.min()) < 0 or
                                                                 int(labels.max()) >= classes):
         raise ConfigError(f"--control {path}: its labels fall outside this model's classes 0-{classes - 1}; "
                           "pass --classes to choose them")
-    return images, labels
+    return images, labels, is_maps
 
 
-def control_inputs(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any] | None:
-    """The images whose control maps ``num`` samples follow and their labels (``None`` where there are none),
-    cycling through ``--control``'s images (or ``args.control_images``, set by ``eval`` from its real data); sets
-    ``--control-scale``. ``None`` for a model without control, which refuses ``--control``."""
+def control_inputs(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any, bool] | None:
+    """The images whose control maps ``num`` samples follow (or the maps themselves), their labels (``None`` where
+    there are none) and whether they are maps, cycling through ``--control``'s (or ``args.control_images``, set by
+    ``eval`` from its real data); sets ``--control-scale``. ``None`` for a model without control, which refuses
+    ``--control``."""
     import torch
 
     model, path = run.model, getattr(args, "control", None)
@@ -142,14 +168,15 @@ def control_inputs(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, A
                               "no control map")
         return None
     images, labels = getattr(args, "control_images", None), getattr(args, "control_labels", None)
+    is_maps = False
     if images is None:
         if path is None:
             raise ConfigError(f"this model follows a control map (control.signal={model.control_signal}): pass "
-                              "--control FILE.npz with the images to compute it from")
-        images, labels = read_control(args, run)
+                              "--control FILE.npz with the images to compute it from (or the maps themselves)")
+        images, labels, is_maps = read_control(args, run, maps_ok=True)
     rows = torch.arange(num) % len(images)
     model.control.scale = float(getattr(args, "control_scale", 1.0))
-    return images[rows], None if labels is None else torch.as_tensor(labels)[rows]
+    return images[rows], None if labels is None else torch.as_tensor(labels)[rows], is_maps
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -197,7 +224,8 @@ def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any,
         if control is None:
             return labels, labels, None
         rows = labels if labels is not None else torch.zeros(num, dtype=torch.long)
-        return conditioner.value(labels, control[0]), rows, None
+        images, _, is_maps = control
+        return (conditioner.pack(labels, images) if is_maps else conditioner.value(labels, images)), rows, None
     if args.classes:
         raise ConfigError("--classes: this model is conditioned on text: pass --prompt TEXT or --prompts FILE.txt")
     if not prompts:

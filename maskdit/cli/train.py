@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             kinds = [f"rank {lora['rank']}"] * bool(lora["rank"]) + ["per-channel affine"] * bool(lora.get("affine"))
             adapter = (f" ({trainable / 1e6:.3f}M trainable: LoRA {' + '.join(kinds)} on {lora['layers']} layers, "
                        "the rest frozen)")
+        elif trainer.model.control is not None and trainer.model.control.frozen_base:
+            adapter = f" ({trainable / 1e6:.3f}M trainable: control.kind={cfg.control.kind}, the base frozen)"
         say(f"model: {parameter_count(trainer.model) / 1e6:.2f}M parameters{adapter}, {trainer.model.num_tokens} "
             "tokens, "
             f"dataset {trainer.dataset.name} ({len(trainer.dataset)} examples of "

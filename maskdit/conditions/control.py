@@ -7,10 +7,8 @@ Both travel as one condition value, a float tensor ``[label, control map flatten
 each recipe, guidance, samplers, DDP) carries the control unchanged. Guidance's unconditional branch nulls the
 label and keeps the control: it sharpens the class, not the control.
 
-:data:`CONTROL_KINDS` says how the map enters the backbone (``control.kind``); ``concat`` embeds the map's
-patches with a zero-initialised projection added to the image tokens, exactly what extra zero-initialised input
-channels do (the way Flux's Canny and Depth models take theirs): a base run started with ``init_from`` computes
-what it computed until the projection learns.
+How the map enters the backbone (``control.kind``: concatenation, a ControlNet branch, condition tokens) is
+the model's business: :mod:`maskdit.model.control`.
 """
 
 from __future__ import annotations
@@ -22,15 +20,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from maskdit.errors import ConfigError, check_keys
-from maskdit.grid import patchify
+from maskdit.errors import ConfigError
 from maskdit.registry import Registry, one_of
 
 #: name -> ``signal(images, parameter)``: images ``(B, C, H, W)`` in model space ([-1, 1]) -> the control map
 #: ``(B, Cc, H, W)`` in [-1, 1]. Facts: ``channels`` (``"one"`` or ``"same"`` as the images), ``parameter`` (what
-#: ``NAME:P`` sets, ``None`` when it takes none) and ``needs`` (whether ``P`` is required).
+#: ``NAME:P`` sets, ``None`` when it takes none), ``needs`` (whether ``P`` is required) and ``degrades`` (a degraded
+#: copy of the image, which a restoration chain can start at: ``objective.source=control``).
 CONTROL_SIGNALS: Registry[Callable[[torch.Tensor, float | None], torch.Tensor]] = Registry(
     "control signal", key="control.signal")
 
@@ -49,13 +46,14 @@ def sobel_magnitude(images: torch.Tensor) -> torch.Tensor:
 
 @CONTROL_SIGNALS.register("edges", "Sobel edges of the grey level: 1 where the gradient passes a threshold "
                           f"(edges:T, default {EDGE_THRESHOLD} in [-1, 1] units), else -1", channels="one",
-                          parameter="threshold", needs=False)
+                          parameter="threshold", needs=False, degrades=False)
 def edges(images: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
     return torch.where(sobel_magnitude(images) >= (threshold or EDGE_THRESHOLD), 1.0, -1.0)
 
 
 @CONTROL_SIGNALS.register("lowres", "a copy at 1/F of the resolution (means over FxF cells), repeated back to full "
-                          "size (lowres:F; super-resolution)", channels="same", parameter="factor", needs=True)
+                          "size (lowres:F; super-resolution)", channels="same", parameter="factor", needs=True,
+                          degrades=True)
 def lowres(images: torch.Tensor, factor: float | None) -> torch.Tensor:
     f = int(factor)
     small = F.avg_pool2d(images.float(), f)
@@ -63,7 +61,7 @@ def lowres(images: torch.Tensor, factor: float | None) -> torch.Tensor:
 
 
 @CONTROL_SIGNALS.register("blur", "a Gaussian blur of standard deviation S pixels (blur:S; deblurring)",
-                          channels="same", parameter="sigma", needs=True)
+                          channels="same", parameter="sigma", needs=True, degrades=True)
 def blur(images: torch.Tensor, sigma: float | None) -> torch.Tensor:
     radius = max(1, math.ceil(3 * float(sigma)))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
@@ -73,6 +71,12 @@ def blur(images: torch.Tensor, sigma: float | None) -> torch.Tensor:
     x = F.pad(images.float(), (radius, radius, radius, radius), mode="replicate")
     x = F.conv2d(x, kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(x, kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+@CONTROL_SIGNALS.register("image", "the image itself: an image prompt (control.kind=adapter, IP-Adapter)",
+                          channels="same", parameter=None, needs=False, degrades=False)
+def image(images: torch.Tensor, parameter: float | None = None) -> torch.Tensor:
+    return images.float()
 
 
 def parse_signal(spec: str) -> tuple[str, float | None]:
@@ -126,39 +130,12 @@ def compute_signal(spec: str, images: torch.Tensor) -> torch.Tensor:
     return CONTROL_SIGNALS[name](images, value)
 
 
-class ControlEmbed(nn.Module):
-    """``concat``: the control map's patches embedded by a zero-initialised linear map, added to the image tokens
-    (extra zero-initialised input channels). ``scale`` (1; ``--control-scale`` at sampling) weights it."""
+@dataclass(frozen=True)
+class ControlInput:
+    """One call's control, as :attr:`Context.control <maskdit.model.blocks.Context>` carries it to the kind."""
 
-    def __init__(self, channels: int, patch: Sequence[int], width: int):
-        super().__init__()
-        self.patch = tuple(patch)
-        self.proj = nn.Linear(channels * math.prod(self.patch), width)
-        self.scale = 1.0
-
-    def zero_init(self) -> None:
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, control: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.proj(patchify(control, self.patch).to(self.proj.weight.dtype))
-
-
-#: name -> the module class that takes the control map into the backbone (``control.kind``).
-CONTROL_KINDS: Registry[type[nn.Module]] = Registry("control kind", key="control.kind")
-CONTROL_KINDS.add("concat", ControlEmbed, "extra zero-initialised input channels: the map's patches embedded and "
-                  "added to the image tokens (Flux's Canny/Depth models)")
-
-
-@dataclass
-class ControlConfig:
-    signal: str | None = None  #: a CONTROL_SIGNALS spec (edges, lowres:F, blur:S); null: no control
-    kind: str = "concat"  #: a CONTROL_KINDS name: how the map enters the backbone
-
-    def validate(self) -> None:
-        check_keys("control.", self, [("kind", self.kind in CONTROL_KINDS, "one of " + one_of(CONTROL_KINDS.names()))])
-        if self.signal is not None:
-            parse_signal(self.signal)
+    map: torch.Tensor  #: ``(B, Cc, *S)``
+    clean: torch.Tensor  #: ``(B, D)``: the conditioning at time 0 (the label without noise), for condition tokens
 
 
 class Controlled:

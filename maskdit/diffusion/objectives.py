@@ -38,23 +38,37 @@ DDPM_SCHEDULES.add("linear", None, "DDPM's linear betas")
 DDPM_SCHEDULES.add("cosine", None, "improved DDPM's cosine alpha-bar")
 
 
+#: Where a flow's chain starts at ``t = 1`` (``objective.source``).
+SOURCES: Registry[None] = Registry("chain source", key="objective.source")
+SOURCES.add("noise", None, "Gaussian noise (generation)")
+SOURCES.add("control", None, "the control map plus objective.kappa x noise: a degraded image's chain starts at it "
+            "(ResShift's residual shifting, for restoration with control.signal=lowres:F or blur:S)")
+
+
 @OBJECTIVES.register("flow", "rectified flow, velocity prediction")
 class FlowMatching:
-    """Rectified flow with velocity prediction; uniform or logit-normal training times."""
+    """Rectified flow with velocity prediction; uniform or logit-normal training times.
+
+    ``source="control"`` shifts the chain's start from noise to the degraded image: ``x_1 = map + kappa * noise``,
+    where ``map`` is a controlled model's control map (a low-resolution or blurred copy, in the image's space), so
+    the flow only has to carry the residual from the degraded image to the clean one (ResShift's residual shifting,
+    on a straight path: few steps suffice). :func:`chain_start` builds that start in training and sampling."""
 
     name = "flow"
     prediction = "velocity"
 
-    def __init__(self, time_sampling: str = "logit_normal", logit_mean: float = 0.0, logit_std: float = 1.0):
+    def __init__(self, time_sampling: str = "logit_normal", logit_mean: float = 0.0, logit_std: float = 1.0,
+                 source: str = "noise", kappa: float = 1.0):
         if time_sampling not in TIME_SAMPLINGS:
             raise ConfigError(f"objective.time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
         if logit_std <= 0:
             raise ConfigError(f"objective.logit_std must be positive, got {logit_std}")
         self.time_sampling, self.logit_mean, self.logit_std = time_sampling, logit_mean, logit_std
+        self.source, self.kappa = source, float(kappa)
 
     @classmethod
     def from_config(cls, cfg: Any) -> FlowMatching:
-        return cls(cfg.time_sampling, cfg.logit_mean, cfg.logit_std)
+        return cls(cfg.time_sampling, cfg.logit_mean, cfg.logit_std, cfg.source, cfg.kappa)
 
     def sample_time(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.time_sampling == "uniform":
@@ -291,6 +305,21 @@ def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (like.dim() - 1))).to(like.device)
 
 
+def chain_start(objective: Objective, noise: torch.Tensor, conditioner: Any, y: Any) -> torch.Tensor:
+    """The state at ``t = 1`` for standard-normal ``noise``: the noise itself, or with ``objective.source=control``
+    the control map of the condition values ``y`` plus ``kappa`` times the noise."""
+    if getattr(objective, "source", "noise") == "noise":
+        return noise
+    if y is None or not hasattr(conditioner, "split"):
+        raise ConfigError("objective.source=control starts the chain at the control map: a controlled model with its "
+                          "condition values (maskdit sample --control FILE.npz)")
+    control = conditioner.split(y)[1]
+    if control.shape != noise.shape:
+        raise ConfigError(f"objective.source=control needs a control map shaped like the images {tuple(noise.shape)}, "
+                          f"got {tuple(control.shape)}: use a degradation (control.signal=lowres:F or blur:S)")
+    return control.to(noise.device, noise.dtype) + objective.kappa * noise
+
+
 def objective_from_config(cfg: Any) -> Objective:
     """The objective described by a :class:`maskdit.config.ObjectiveConfig`."""
     return OBJECTIVES.get(cfg.name).from_config(cfg)
@@ -305,6 +334,8 @@ class ObjectiveConfig:
     schedule: str = "linear"  #: ddpm: linear | cosine
     num_steps: int = 1000  #: ddpm: length of the chain
     step_offset: int = 1  #: ddpm: step k is t = (k + step_offset) / T; 0 = DiT's integer timesteps (imports)
+    source: str = "noise"  #: flow: where the chain starts, noise | control (ResShift: the degraded image + noise)
+    kappa: float = 1.0  #: flow with source=control: the noise added to the degraded image at the start
 
     def validate(self) -> None:
         """Check every ``objective.*`` value against its registry and range."""
@@ -315,4 +346,7 @@ class ObjectiveConfig:
             ("schedule", self.schedule in DDPM_SCHEDULES, "one of " + one_of(DDPM_SCHEDULES.names())),
             ("num_steps", self.num_steps >= 2, "at least 2"),
             ("step_offset", self.step_offset in (0, 1), "0 (DiT: t = k / T) or 1 (t = (k + 1) / T)"),
+            ("source", self.source in SOURCES, "one of " + one_of(SOURCES.names())),
+            ("source", self.source == "noise" or self.name == "flow", "noise unless objective.name=flow"),
+            ("kappa", math.isfinite(self.kappa) and self.kappa >= 0, "a non-negative number"),
         ])

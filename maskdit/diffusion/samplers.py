@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from maskdit.diffusion.accel import accelerated, transformed
 from maskdit.diffusion.guidance import GUIDANCES, ModelFn, guided
-from maskdit.diffusion.objectives import Objective, hold_given
+from maskdit.diffusion.objectives import Objective, chain_start, hold_given
 from maskdit.errors import ConfigError, check_keys
+from maskdit.model.control import condition_cache
 from maskdit.registry import Registry, one_of
 
 Sampler = Callable[..., torch.Tensor]
@@ -355,6 +356,11 @@ def generate(
         noise = torch.randn((num, *shape), generator=torch.Generator().manual_seed(seed))
     if labels is not None and len(labels) != num:
         raise ConfigError(f"{len(labels)} labels for {num} samples")
+    if start is None:  # a restoration chain (objective.source=control) starts at the degraded image
+        noise = chain_start(objective, noise, getattr(model, "conditioner", None), labels)
+    if getattr(objective, "source", "noise") != "noise" and eta > 0:
+        raise ConfigError(f"--eta {eta}: stochastic steps re-noise towards Gaussian noise, but this model's chain "
+                          "starts at its control map (objective.source=control): sample with --eta 0")
     if given is not None:
         if context is None or len(given) != num or len(context) != num:
             raise ConfigError(f"a condition mask needs one mask and one context per sample ({num})")
@@ -380,7 +386,8 @@ def generate(
         neg = padded(negative[part], batch_size).to(device) if negative is not None else None
         x = padded(noise[part], batch_size).to(device)
         streams = NoiseStreams(seed, range(first, first + batch_size), shape)
-        with accelerated(model, accel, steps * SAMPLERS.entry(sampler).facts["calls_per_step"]):
+        calls = steps * SAMPLERS.entry(sampler).facts["calls_per_step"]
+        with accelerated(model, accel, calls), condition_cache(model):  # the weights are fixed for a batch
             if given is None:
                 fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance,
                             channels=guidance_channels, power=guidance_power, negative=neg)

@@ -2,11 +2,11 @@
 
 * ``edges``: the edge F1 between the sample's edges and the map (both :func:`~maskdit.conditions.control.edges`
   of the grey level, pixel-exact, pooled over all samples), with its precision and recall.
-* a degradation (``lowres:F``, ``blur:S``): the PSNR between the degraded sample and the map (the sample is a
-  restoration consistent with its input), and for every signal the PSNR between the sample and the image the map
-  was computed from (how much of that image it recovers).
+* a degradation (``lowres:F``, ``blur:S``): the PSNR and SSIM between the degraded sample and the map (the sample
+  is a restoration consistent with its input), and for every signal the PSNR and SSIM between the sample and the
+  image the map was computed from (how much of that image it recovers: restoration quality).
 
-PSNR is over pixels in [0, 1], averaged over samples.
+PSNR and SSIM are over pixels in [0, 1], averaged over samples.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from maskdit.conditions.control import compute_signal, parse_signal
+from maskdit.evaluate.metrics import ssim
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -34,9 +35,19 @@ def edge_scores(sample_edges: torch.Tensor, target_edges: torch.Tensor) -> dict[
 def adherence(samples: torch.Tensor, sources: torch.Tensor, signal: str) -> dict[str, float]:
     """Adherence of model-space ``samples`` to the maps of ``sources`` (the images the maps came from)."""
     target, got = compute_signal(signal, sources), compute_signal(signal, samples)
-    scores = {"source_psnr": psnr(samples, sources).mean().item()}
+    scores = {"source_psnr": psnr(samples, sources).mean().item(), "source_ssim": small_ssim(samples, sources)}
     if parse_signal(signal)[0] == "edges":
         scores.update(edge_scores(got > 0, target > 0))
     else:
         scores["control_psnr"] = psnr(got, target).mean().item()
+        scores["control_ssim"] = small_ssim(got, target)
     return scores
+
+
+def small_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean SSIM of model-space images (pixels in [0, 1]): the usual 11-pixel window (sigma 1.5), or a 7-pixel one
+    (sigma 0.75) for images smaller than 11 pixels a side (the 8x8 digits); NaN below 7."""
+    side = min(a.shape[-2:])
+    if side < 7:
+        return float("nan")
+    return ssim((a.float() + 1) / 2, (b.float() + 1) / 2, sigma=1.5 if side >= 11 else 0.75).mean().item()

@@ -34,8 +34,8 @@ METRICS.add("kid", None, "KID with Inception-v3 features")
 METRICS.add("domain_fid", None, "FID with a small in-domain classifier's features")
 METRICS.add("pr", None, "precision and recall (k-NN manifolds)")
 METRICS.add("class", None, "share of samples classified as their label")
-METRICS.add("control", None, "controlled models: edge F1 against the control map, or the PSNR of the degraded "
-            "sample against it, and the PSNR against the image it came from")
+METRICS.add("control", None, "controlled models: edge F1 against the control map, or the PSNR and SSIM of the "
+            "degraded sample against it, and the PSNR and SSIM against the image it came from")
 METRICS.add("geneval", None, "text models: GenEval-style compositional score on the shapes test split's held-out "
             "captions, per caption kind")
 
@@ -180,9 +180,9 @@ def score_lines(scores: dict[str, Any], num: int, labelled_samples: bool, contex
         ctl = scores["control"]
         parts = [f"edge F1 {ctl['edge_f1']:.3f} (precision {ctl['edge_precision']:.3f}, recall "
                  f"{ctl['edge_recall']:.3f})"] if "edge_f1" in ctl else [
-            f"degraded sample vs map {ctl['control_psnr']:.2f} dB"]
+            f"degraded sample vs map {ctl['control_psnr']:.2f} dB (SSIM {ctl['control_ssim']:.3f})"]
         lines.append(f"control adherence ({ctl['signal']}): {', '.join(parts)}; sample vs the source image "
-                     f"{ctl['source_psnr']:.2f} dB  [{context}]")
+                     f"{ctl['source_psnr']:.2f} dB (SSIM {ctl['source_ssim']:.3f})  [{context}]")
     if "class_accuracy" in scores:
         lines.append(f"class recognition: {scores['class_accuracy']:.1%} of {num} samples classified as the "
                      f"requested class (classifier held-out accuracy on real {scores['data']}: "

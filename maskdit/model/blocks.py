@@ -12,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,15 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+class Memory(NamedTuple):
+    """Keys and values ``(B, heads, M, head_dim)`` that attention reads besides its own tokens' (:class:`Context`)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    weight: float = 1.0
+    separate: bool = False
+
+
 @dataclass(frozen=True)
 class Context:
     """What the blocks see besides their tokens, as one immutable value (a block that changes it returns a new one).
@@ -42,8 +52,16 @@ class Context:
     * ``text`` ``(B, L, D)`` and ``text_mask`` ``(B, L)`` (True where real): the condition's token sequence. Cross
       attention reads it; joint and in-context blocks (:mod:`maskdit.model.text`) carry it along as a second
       stream and return it updated. It is never dropped or routed: only image tokens are.
-    * ``spatial`` ``(B, N, D)``: a control map's tokens (:mod:`maskdit.conditions.control`), added to the image
-      tokens where they are embedded (so dropped and routed with them); blocks do not read it.
+    * ``control``: a controlled model's map and clean conditioning (a
+      :class:`~maskdit.conditions.control.ControlInput`), which the model's control kind
+      (:mod:`maskdit.model.control`) reads once per call and turns into what follows:
+    * ``residuals`` ``((B, N, D) or None, ...)``: added to the output of blocks ``0, 1, ...`` (a ControlNet branch's;
+      ``None``: nothing for that block); tokens that were dropped or routed take theirs by grid index
+      (:meth:`after_block`).
+    * ``memory`` ``((k, v), ...)`` per block, each ``(B, heads, M, head_dim)``: extra keys and values the image
+      tokens of that block attend to as well, weighted by ``memory_weight``: in the same softmax as their own
+      (condition tokens; the weight multiplies the attention they get), or with ``memory_separate`` in a second
+      attention whose output is added times the weight (decoupled cross-attention: image prompts).
     """
 
     c: torch.Tensor
@@ -51,7 +69,11 @@ class Context:
     given: torch.Tensor | None = None
     text: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
-    spatial: torch.Tensor | None = None
+    control: Any = None
+    residuals: tuple[torch.Tensor | None, ...] | None = None
+    memory: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    memory_weight: float = 1.0
+    memory_separate: bool = False
 
     def modulation(self, layer: nn.Module, pos: torch.Tensor | None) -> torch.Tensor:
         """``layer`` applied per sample ``(B, 1, M)``, or per token ``(B, L, M)`` with token time; ``pos`` names
@@ -65,10 +87,30 @@ class Context:
         """The same context with the text stream replaced (what a joint block returns)."""
         return dataclasses.replace(self, text=text)
 
+    def after_block(self, index: int, tokens: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        """Block ``index``'s output ``tokens`` with its residual added (tokens ``pos`` of the grid; ``None``: all)."""
+        residual = None if self.residuals is None or index >= len(self.residuals) else self.residuals[index]
+        if residual is None:
+            return tokens
+        if pos is not None:
+            residual = residual.gather(1, pos.reshape(len(pos), -1, 1).expand(-1, -1, residual.shape[-1]))
+        return tokens + residual.to(tokens.dtype)
+
+    def memory_of(self, index: int | None) -> Memory | None:
+        """The extra keys and values block ``index`` attends to (``None``: none)."""
+        if self.memory is None or index is None:
+            return None
+        return Memory(*self.memory[index], self.memory_weight, self.memory_separate)
+
 
 def modulation(layer: nn.Module, c: torch.Tensor | Context, pos: torch.Tensor | None) -> torch.Tensor:
     """A block's adaLN output for conditioning ``c``: ``(B, 1, M)`` per sample, ``(B, L, M)`` per token."""
     return c.modulation(layer, pos) if isinstance(c, Context) else layer(c).unsqueeze(1)
+
+
+def memory_of(c: torch.Tensor | Context, index: int | None) -> Memory | None:
+    """What block ``index`` attends to besides its tokens (:attr:`Context.memory`); ``None`` for a plain ``c``."""
+    return c.memory_of(index) if isinstance(c, Context) else None
 
 
 def per_sample(c: torch.Tensor | Context) -> torch.Tensor:
@@ -225,13 +267,15 @@ class Attention(nn.Module):
         self.rope = [rope] if rope is not None else None  # a list: shared by every block, not a submodule
         self.rel_bias = None if rel_grid is None else RelativePositionBias(rel_grid, num_heads)
 
-    def heads(self, x: torch.Tensor, pos: torch.Tensor | None = None, rotate: bool = True
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def heads(self, x: torch.Tensor, pos: torch.Tensor | None = None, rotate: bool = True,
+              delta: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values ``(B, heads, L, head_dim)`` of ``x`` ``(B, L, D)``, normalised and (when
         ``rotate`` and the model is rotary) rotated by ``pos``: the token-grid index of each token ``(B, L)``
-        (``None``: the whole grid in order). Joint attention builds its sequence from these."""
+        (``None``: the whole grid in order). Joint attention builds its sequence from these. ``delta`` (a
+        condition LoRA) adds its output to the projection."""
         b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x) if delta is None else self.qkv(x) + delta(x)
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None and rotate:
@@ -239,13 +283,24 @@ class Attention(nn.Module):
             q, k = self.rope[0](q, ids), self.rope[0](k, ids)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, memory: Memory | None = None
+                ) -> torch.Tensor:
         """``pos``: the token-grid index of each of ``x``'s tokens ``(B, L)`` (``None`` = the whole grid in
-        order); only rotary attention and the relative bias read it."""
+        order); only rotary attention and the relative bias read it. ``memory``: more keys and values to attend
+        to (:class:`Memory`)."""
         b, n, d = x.shape
         q, k, v = self.heads(x, pos)
         bias = None if self.rel_bias is None else self.rel_bias(None if pos is None else pos.reshape(b, -1))
-        out = attend(q, k, v, bias)
+        extra = 0.0
+        if memory is not None and memory.separate:  # decoupled: a second attention, its output weighted
+            extra = memory.weight * attend(q, memory.k.to(q.dtype), memory.v.to(q.dtype))
+        elif memory is not None:  # one softmax over both; the weight multiplies the attention memory gets
+            k, v = torch.cat([k, memory.k.to(k.dtype)], 2), torch.cat([v, memory.v.to(v.dtype)], 2)
+            if memory.weight != 1.0:
+                offset = math.log(memory.weight) if memory.weight > 0 else -1e9
+                bias = torch.cat([torch.zeros(n), torch.full((memory.k.shape[2],), offset)]
+                                 ).to(q.device, torch.float32).expand(1, 1, n, -1)
+        out = attend(q, k, v, bias) + extra
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -330,14 +385,27 @@ class DiTBlock(nn.Module):
         self.mlp = options.make_mlp(dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 6 * dim))
         self.context: nn.Module | None = None  #: a plug-in between attention and MLP (text cross-attention)
+        self.index: int | None = None  #: its place in the model's stack (set by the model): what memory it reads
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | Context, pos: torch.Tensor | None = None) -> torch.Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = modulation(self.adaLN_modulation, c, pos).chunk(6, -1)
-        x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), pos)
+        x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), pos, memory_of(c, self.index))
         if self.context is not None:
             x = x + self.context(x, c)
         x = x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m), per_sample(c))
         return x
+
+    def condition_stream(self, x: torch.Tensor, c: torch.Tensor, delta: nn.Module
+                         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The block on condition tokens ``x`` ``(B, M, D)`` that attend only to themselves, conditioned on ``c``
+        ``(B, D)``, with ``delta`` added to their q/k/v projection (EasyControl): the tokens after the block, and
+        their keys and values (what the image tokens attend to)."""
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).unsqueeze(1).chunk(6, -1)
+        q, k, v = self.attn.heads(modulate(self.norm1(x), shift_a, scale_a), delta=delta)
+        out = attend(q, k, v).transpose(1, 2).reshape(x.shape)
+        x = x + gate_a * self.attn.proj(out)
+        x = x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m), c)
+        return x, (k, v)
 
 
 def zero_init_adaln(block: nn.Module) -> None:

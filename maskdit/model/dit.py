@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from maskdit.conditions.base import CONDITIONERS, Conditioner
-from maskdit.conditions.control import CONTROL_KINDS, Controlled, check_fits, signal_channels
+from maskdit.conditions.control import ControlInput, Controlled, check_fits, signal_channels
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
 from maskdit.model.blocks import (
@@ -40,6 +40,7 @@ from maskdit.model.blocks import (
     TimestepEmbedder,
     zero_init_adaln,
 )
+from maskdit.model.control import CONTROL_KINDS
 from maskdit.model.decoders import DecoderHead
 from maskdit.model.moe import MoESpec
 from maskdit.model.paths import PATHS, check_fusion_route, check_tread_route, path_of
@@ -137,7 +138,9 @@ class DiT(nn.Module):
             final layer adds its table to ``c`` itself). :data:`MODULATIONS`.
         control: a control signal spec (:data:`~maskdit.conditions.control.CONTROL_SIGNALS`: ``"edges"``,
             ``"lowres:4"``...): ``y`` then packs the label (if any) with the control map, which enters as
-            ``control_kind`` says (:data:`~maskdit.conditions.control.CONTROL_KINDS`). ``None``: no control.
+            ``control_kind`` says (:data:`~maskdit.model.control.CONTROL_KINDS`: ``concat``, ``controlnet``,
+            ``tokens``, ``adapter``), built with ``control_options`` (a branch's ``blocks``, condition tokens'
+            ``rank``, an image prompt's ``encoder``). ``None``: no control.
         mixer_depth: how many leading blocks see every token before ``keep_idx`` drops some ("deferred
             masking"); they form the patch mixer. 0 drops right after the patch embedding.
         attention: ``"full"`` (every block attends over all tokens) or ``"factorised"`` (VDT: temporal
@@ -234,6 +237,7 @@ class DiT(nn.Module):
         adaln: str = "zero",
         control: str | None = None,
         control_kind: str = "concat",
+        control_options: dict[str, Any] | None = None,
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -358,6 +362,8 @@ class DiT(nn.Module):
             raise ConfigError(f"adaln must be one of {', '.join(MODULATIONS)}, got {adaln!r}")
         self.adaln = adaln
         MODULATIONS[adaln](self)
+        for index, block in enumerate(self.blocks):
+            block.index = index
         # registered last, so the base's parameters keep their order (init_from carries Adam's moments by index)
         self.control, self.control_signal = None, control
         if control is not None:
@@ -367,7 +373,11 @@ class DiT(nn.Module):
             check_fits(control, self.input_size)
             channels = signal_channels(control, in_channels)
             self.control_shape = (channels, *self.input_size)
-            self.control = CONTROL_KINDS.get(control_kind)(channels, self.patch_size, hidden_size)
+            if control_kind != "concat" and (attention != "full" or self.long_skips is not None or rel_pos_bias):
+                raise ConfigError(f"control.kind={control_kind} runs beside the base's blocks one by one: it needs "
+                                  "model.attention=full, no long skips (MDT's layout) and no rel_pos_bias; use "
+                                  "control.kind=concat")
+            self.control = CONTROL_KINDS.get(control_kind)(self, channels, **(control_options or {}))
         self.initialize_weights()
 
     @property
@@ -427,13 +437,12 @@ class DiT(nn.Module):
         """What the blocks are conditioned on: ``c`` from time and the condition's pooled vector, the condition's
         tokens (text), and with ``token_time`` and a condition mask ``given`` the clean level of given tokens."""
         c = self.t_embedder(t)
-        cond, spatial = None, None
+        cond, control = None, None
         if self.control is not None:
             if y is None:
                 raise ConfigError("this model is controlled: pass its condition value, the label (if any) and the "
                                   "control map (maskdit sample --control FILE.npz)")
             y, control = self.conditioner.split(y)
-            spatial = self.control(control)
         if self.y_embedder is not None:
             if y is None:
                 raise ConfigError("this model is conditional: pass its condition y (class labels, token ids; the "
@@ -441,19 +450,29 @@ class DiT(nn.Module):
             cond = self.y_embedder(y)
             c = c + cond.pooled
         text, text_mask = (None, None) if cond is None or self.text is None else (cond.tokens, cond.mask)
+        clean = None  # c at time 0: given tokens (token time) and condition tokens are clean
+        if control is not None or (given is not None and self.token_time):
+            clean = self.t_embedder(torch.zeros_like(t)) + (0 if cond is None else cond.pooled)
+        if control is not None:
+            control = ControlInput(control, clean)
         if given is None or not self.token_time:
-            return Context(c, text=text, text_mask=text_mask, spatial=spatial)
-        given_c = self.t_embedder(torch.zeros_like(t)) + (0 if cond is None else cond.pooled)
-        return Context(c, given_c, given.bool(), text, text_mask, spatial)
+            return Context(c, text=text, text_mask=text_mask, control=control)
+        return Context(c, clean, given.bool(), text, text_mask, control)
 
     def condition(self, t: torch.Tensor, y: Any) -> torch.Tensor:
         """The per-sample conditioning vector ``c`` from time and the condition (labels, captions)."""
         return self.context(t, y).c
 
-    def embed(self, x: torch.Tensor, given: torch.Tensor | None = None, spatial: torch.Tensor | None = None
-              ) -> torch.Tensor:
-        """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions (the "given" flag, a control map's tokens
-        ``spatial``: :attr:`Context.spatial`) added."""
+    def inputs(self, x: torch.Tensor, t: torch.Tensor, y: Any = None, given: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, Context]:
+        """The embedded tokens ``(B, N, D)`` and the context the blocks see: :meth:`embed` and :meth:`context`, and a
+        controlled model's control kind attached (:mod:`maskdit.model.control`)."""
+        c = self.context(t, y, given)
+        tokens = self.embed(x, given)
+        return (tokens, c) if c.control is None else self.control.attach(self, tokens, c)
+
+    def embed(self, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
+        """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions (and the "given" flag) added."""
         resized = self.pos == "rope" and self.attention == "full" and x.dim() == 2 + len(self.input_size) and \
             x.shape[1] == self.in_channels and all(s % p == 0 for s, p in zip(x.shape[2:], self.patch_size))
         if tuple(x.shape[1:]) != (self.in_channels, *self.input_size) and not resized:
@@ -468,8 +487,6 @@ class DiT(nn.Module):
             if self.given_embed is None:
                 raise ConfigError("this model was trained without task_conditioning: it cannot take a condition mask")
             tokens = tokens + given.unsqueeze(-1).to(tokens.dtype) * self.given_embed
-        if spatial is not None:
-            tokens = tokens + spatial.to(tokens.dtype)
         return tokens
 
     def run_blocks(self, tokens: torch.Tensor, c: Context, start: int = 0, end: int | None = None,
@@ -480,9 +497,10 @@ class DiT(nn.Module):
         ``pos`` ``(B, K)``: the token-grid index of each token (``None``: all ``N`` tokens in order). It
         travels with kept tokens so position-aware layers (rotary attention) see where each one sits.
         """
-        for block in self.blocks[start:end]:
-            out = block(tokens, c, pos)
+        for index in range(*slice(start, end).indices(len(self.blocks))):
+            out = self.blocks[index](tokens, c, pos)
             tokens, c = out if isinstance(out, tuple) else (out, c)
+            tokens = c.after_block(index, tokens, pos)
         return tokens, c
 
     def head(self, tokens: torch.Tensor, c: torch.Tensor | Context, pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -520,8 +538,7 @@ class DiT(nn.Module):
         blocks) sees all tokens and the rest only ``keep_idx``; with ``route`` ``(START, END)`` the ``keep_idx``
         tokens are *routed* instead (TREAD) and every token comes out; a SPRINT or MDT-layout model runs its own.
         """
-        c = self.context(t, y, given)
-        tokens = self.embed(x, given, c.spatial)
+        tokens, c = self.inputs(x, t, y, given)
         grid = token_grid_shape(x.shape[2:], self.patch_size)
         if grid != self.token_grid:  # a rotary model at another size: every token, every block
             if keep_idx is not None or self.fusion is not None or route is not None or given is not None:

@@ -216,8 +216,7 @@ class MDTRecipe(nn.Module):
         if keep_idx is None or keep_idx[0].numel() == model.num_tokens:
             return full + _touch(self).to(x0.device), _parts(loss_full=full, loss_masked=0.0)
         if model.skips is not None:
-            c = model.context(t, y)
-            tokens, c = skips(model, model.embed(x_t, spatial=c.spatial), c, keep_idx, side=self.interpolater)
+            tokens, c = skips(model, *model.inputs(x_t, t, y), keep_idx, side=self.interpolater)
         else:
             kept, c = model.features(x_t, t, y, keep_idx, end=self.encoder_depth)
             tokens = self.interpolater(kept, c, keep_idx, model.pos_embed)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskdit.diffusion.objectives import Objective
+from maskdit.diffusion.objectives import Objective, chain_start
 from maskdit.masks import DROP_SHAPES, mask_ratio, mix_task_masks
 from maskdit.model.aux import collect_aux_losses
 from maskdit.training.recipes import RECIPES
@@ -137,6 +137,7 @@ class TrainingStep(nn.Module):
         x0, y = batch
         model = self.model
         y = None if model.conditioner is None else model.conditioner.drop(y, inputs.drop_condition)
+        noise = chain_start(self.objective, inputs.noise, model.conditioner, y)
         if self.alignment is not None:
             self.alignment.prepare(x0)
         try:
@@ -145,7 +146,7 @@ class TrainingStep(nn.Module):
                 objective = self.objective
                 if self.distillation is not None:
                     objective = self.distillation.objective(objective, y, inputs.given)
-                loss, parts = self.recipe.loss(model, objective, x0, y, inputs.t, inputs.noise,
+                loss, parts = self.recipe.loss(model, objective, x0, y, inputs.t, noise,
                                                inputs.keep_idx, inputs.given, **extra)
         finally:
             if self.alignment is not None:

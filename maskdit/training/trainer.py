@@ -116,7 +116,7 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int,
         m, input_size=dataset_shape[1:], in_channels=dataset_shape[0],
         num_classes=num_classes if m.conditional else 0, task_conditioning=bool(cfg.task.names),
         fusion=cfg.sprint_route(), route=cfg.tread_route(), condition_options=condition_options,
-        control=cfg.control.signal, control_kind=cfg.control.kind))
+        control=cfg.control.signal, control_kind=cfg.control.kind, control_options=cfg.control.options))
 
 
 def condition_options(cfg: Config, dataset: Any, source: Path | None) -> dict[str, Any] | None:
@@ -215,6 +215,8 @@ class Trainer:
         if values is not None:  # what batches pair with each example: caption token ids, a label and control map
             self.dataset.labels = values
         self.lora = self.adapt(bool(to_resume))  # a LoRA run: the frozen base loaded, the updates added
+        if self.model.control is not None and self.model.control.frozen_base:  # only the control's layers train
+            self.model.requires_grad_(False).control.requires_grad_(True)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.recipe = recipe_for(cfg, self.model).to(self.device)
         self.alignment = None
@@ -384,14 +386,26 @@ class Trainer:
 
         Model and EMA weights are copied; so are the optimizer moments of the backbone parameters, so the
         new stage does not restart Adam's statistics from zero. Training-only recipe parameters carry over
-        when the new stage uses the same recipe and start fresh otherwise; the step count starts at 0. A control
-        map's embedding that the source lacks (a base being taught to follow control) starts at zero.
+        when the new stage uses the same recipe and start fresh otherwise; the step count starts at 0. Control that
+        the source lacks (a base being taught to follow control) starts from the base: zero-initialised, a
+        ControlNet branch copied from its blocks; a kind that keeps the base frozen trains on the base's EMA weights,
+        the ones it samples with.
         """
         info = read_json(ckpt / "config.json", keys=("config", "model"))
-        fresh = self.model.control is not None and info["model"].get("control") is None
+        control = self.model.control
+        fresh = control is not None and info["model"].get("control") is None
+        had = (info["model"].get("control"), info["model"].get("control_kind", "concat"))
+        if control is not None and not fresh and had != (self.model.control_signal, self.cfg.control.kind):
+            raise ConfigError(f"init_from={self.cfg.init_from} was trained with control.kind={had[1]} on "
+                              f"control.signal={had[0]}; this run asks for control.kind={self.cfg.control.kind} on "
+                              f"{self.model.control_signal}: start from a run without control (its base)")
         only = (lambda key: not key.startswith("control.")) if fresh else None
-        load_weights(self.model, ckpt / "model.safetensors", only)
+        frozen = fresh and control.frozen_base
+        load_weights(self.model, ckpt / ("ema.safetensors" if frozen else "model.safetensors"), only)
         load_weights(self.ema, ckpt / "ema.safetensors", only)
+        if fresh:
+            for model in (self.model, self.ema):
+                model.control.start_from_base(model)
         saved = info["config"]
         if isinstance(saved, dict) and saved.get("mask", {}).get("recipe") == self.cfg.mask.recipe:
             try:  # the same recipe goes on with its decoder (an MDT import's side block)...
