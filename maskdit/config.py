@@ -127,10 +127,6 @@ class Config:
             check_sampler(smp.sampler, obj.name)
         captioned = CONDITIONERS[m.condition].gives_tokens
         if self.control.signal is not None:
-            if captioned and m.conditional:
-                raise ConfigError(f"config key control.signal={self.control.signal}: a control map beside captions "
-                                  f"(model.condition={m.condition}) is not built yet; control a class-conditional "
-                                  "or unconditional model")
             if data.flip:
                 raise ConfigError("config key data.flip=true mirrors images but not the control maps computed from "
                                   "them: set data.flip=false for a controlled model")

@@ -57,16 +57,25 @@ def test_blur_keeps_flat_images_and_spreads_a_point_as_a_gaussian():
     assert torch.allclose(spread, spread.transpose(-1, -2), atol=1e-7)
 
 
+def test_noise_adds_a_fixed_draw_of_the_given_deviation_and_clips():
+    grey = torch.zeros(64, 1, 8, 8)
+    noisy = compute_signal("noise:0.1", grey)
+    assert torch.equal(noisy, compute_signal("noise:0.1", grey))  # one fixed draw: the same map every time
+    assert abs(noisy.std().item() - 0.1) < 0.005 and abs(noisy.mean().item()) < 0.005
+    assert compute_signal("noise:5", grey).abs().max() <= 1.0
+
+
 @pytest.mark.parametrize("spec,message", [
     ("canny", "choose one of"), ("lowres", "needs its factor"), ("lowres:1", "whole number of at least 2"),
     ("lowres:2.5", "whole number"), ("blur", "needs its sigma"), ("blur:0", "positive number"),
-    ("blur:x", "positive number"), ("edges:-1", "positive number"),
+    ("blur:x", "positive number"), ("edges:-1", "positive number"), ("noise", "needs its sigma"),
+    ("image:2", "takes no parameter"), ("mask:1", r"a number in \[-1, 1\)"),
 ])
 def test_bad_signal_specs_are_refused_by_name(spec, message):
     with pytest.raises(ConfigError, match=message):
         parse_signal(spec)
     assert parse_signal("lowres:4") == ("lowres", 4.0) and parse_signal("edges") == ("edges", None)
-    assert set(CONTROL_SIGNALS.names()) == {"edges", "lowres", "blur", "image"}
+    assert set(CONTROL_SIGNALS.names()) == {"edges", "mask", "lowres", "blur", "noise", "image"}
 
 
 def controlled(signal="lowres:2", num_classes=10, **kw) -> DiT:
@@ -113,12 +122,13 @@ def test_a_fresh_control_embedding_leaves_the_base_exact_and_learns():
     assert torch.allclose(model(x, t, y), model(x, t, other))  # --control-scale 0 ignores it
 
 
-def test_a_controlled_model_refuses_captions_and_video():
+def test_a_controlled_model_refuses_video_and_kinds_that_do_not_fit():
     with pytest.raises(ConfigError, match="2-D images"):
         DiT(input_size=(2, 8, 8), in_channels=1, patch_size=(1, 2, 2), hidden_size=32, depth=1, num_heads=2,
             control="edges")
-    with pytest.raises(ConfigError, match="control.signal=edges: a control map beside captions"):
-        load_config("shapes-text", overrides=["control.signal=edges"])
+    with pytest.raises(ConfigError, match="model.text=joint blocks attend jointly"):
+        DiT((8, 8), 3, 2, 32, 2, 2, condition="text", text="joint", control="edges", control_kind="tokens",
+            condition_options={"vocab": ["a", "red"], "length": 2, "depth": 1})
     with pytest.raises(ConfigError, match="data.flip=true"):
         load_config("digits", overrides=["control.signal=edges", "data.flip=true"])
 
@@ -137,6 +147,9 @@ def test_adherence_scores_what_they_say():
     lowres_scores = adherence(image, image, "lowres:2")
     assert lowres_scores["control_psnr"] > 90 and "edge_f1" not in lowres_scores
     assert perfect["source_ssim"] == pytest.approx(1.0) and lowres_scores["control_ssim"] == pytest.approx(1.0)
+    half = image.clone()
+    half[..., 4:6, 2:6] = -1.0  # half the square left: IoU 8 / 16
+    assert adherence(half, image, "mask")["mask_iou"] == pytest.approx(0.5)
     noisy = (image + 0.5 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
     assert adherence(noisy, image, "lowres:2")["source_ssim"] < 0.9  # structure lost: SSIM falls
 
@@ -270,6 +283,10 @@ def test_condition_tokens_attend_only_to_themselves_scale_zero_is_the_base_and_t
     x, t, labels, y = controlled_inputs(model)
     out = model(x, t, y)
     assert not torch.allclose(out, base(x, t, labels))
+    order = torch.stack([torch.randperm(16) for _ in range(3)])  # kept tokens (any order) still see every key
+    from maskdit.grid import patchify
+    expected = patchify(out, model.patch_size).gather(1, order[..., None].expand(-1, -1, 4))
+    assert torch.allclose(model(x, t, y, keep_idx=order), expected, atol=1e-5)
     # the condition tokens' keys and values depend on the map and label only: not on the noisy image or its time
     control = model.context(t, y).control
     memory = model.control.memory(model, control)
@@ -408,3 +425,46 @@ def test_image_prompts_read_a_frozen_fingerprinted_encoder_through_decoupled_att
     with pytest.raises(ConfigError, match="control.encoder=DIR"):
         DiT(input_size=(8, 8), in_channels=1, patch_size=2, hidden_size=32, depth=3, num_heads=2, num_classes=10,
             control="image", control_kind="adapter")
+
+
+@pytest.mark.parametrize("kind", ["concat", "controlnet"])
+def test_a_caption_model_follows_a_control_map_beside_its_prompt(tmp_path, kind):
+    """Text and control together: the packed value carries the caption's token ids and the map; training, the
+    in-training GenEval eval (with edge adherence), sampling with --prompt/--negative-prompt and --control, and the
+    report all hand both on."""
+    from test_text import TEXT_TINY
+
+    from maskdit.cli.app import main
+    from maskdit.data.shapes import shapes_dataset
+
+    base, run = tmp_path / "base", tmp_path / "run"
+    assert main(["train", "--no-progress", "--preset", "shapes-text", *TEXT_TINY, f"run_dir={base}"]) == 0
+    assert main(["train", "--no-progress", "--preset", "shapes-text", *TEXT_TINY, "control.signal=edges",
+                 f"control.kind={kind}", "control.blocks=1", f"init_from={base}", "eval_every=2", "eval_num=4",
+                 f"run_dir={run}"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval"] for r in records if "eval" in r]
+    assert evals and "geneval_overall" in evals[-1] and 0.0 <= evals[-1]["edge_f1"] <= 1.0
+    from maskdit.runs import load_run
+
+    model = load_run(run).model
+    ids = model.conditioner.parse(["a red circle", "two blue squares"])
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    value = model.conditioner.value(ids, images)
+    got_ids, got_maps = model.conditioner.split(value)
+    assert torch.equal(got_ids, ids) and torch.equal(got_maps, compute_signal("edges", images))
+    null_ids, null_maps = model.conditioner.split(model.conditioner.null(value))
+    assert not torch.equal(null_ids, ids) and torch.equal(null_maps, got_maps)  # guidance nulls the caption only
+    scenes = shapes_dataset(2, "test")
+    np.savez(tmp_path / "c.npz", images=scenes["images"])
+    out = tmp_path / "s.npz"
+    r = cli("sample", run, "--prompt", "a red circle", "--negative-prompt", "a blue square", "--control",
+            tmp_path / "c.npz", "--num", 2, "--steps", 2, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert np.load(out)["images"].shape[0] == 2
+    r = cli("report", run, "--per-class", 1, "--out", tmp_path / "r.html")
+    assert r.returncode == 0, r.stderr
+    r = cli("eval", run, "--num", 4, "--steps", 2)  # GenEval's held-out captions, each with its scene's map
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "overall" in result["geneval"] and 0.0 <= result["control"]["edge_f1"] <= 1.0

@@ -241,7 +241,7 @@ def test_a_lora_run_under_torchrun_reproduces_one_process(tmp_path, trained, str
     assert all("lora_" in k for k in many if not k.startswith("optimizer."))
 
 
-@pytest.mark.parametrize("kind,strategy", [("controlnet", "ddp"), ("tokens", "fsdp")])
+@pytest.mark.parametrize("kind,strategy", [("controlnet", "ddp"), ("controlnet", "fsdp"), ("tokens", "fsdp")])
 def test_a_frozen_base_control_run_under_torchrun_reproduces_one_process(tmp_path, trained, kind, strategy):
     """A ControlNet branch (DDP) or condition tokens (FSDP) beside a frozen base on 2 ranks: the same weights, EMA
     and Adam moments as one process reaches."""

@@ -55,6 +55,13 @@ def text_prompts(args: argparse.Namespace, run: Any, dataset: Any, metrics: list
     if "geneval" in metrics:
         test = shapes_dataset(args.num, "test")
         args.prompt, args.prompts = [str(c) for c in test["captions"]], None
+        if run.model.control is not None and not args.control:  # each caption with its own test scene's map
+            import torch
+
+            from maskdit.data.codec import PIXELS
+
+            args.control_images = PIXELS.encode(torch.as_tensor(test["images"]).permute(0, 3, 1, 2))
+            args.control_labels = None
         return [str(k) for k in test["kinds"]]
     captions = dataset.captions or []
     if not captions:
@@ -83,6 +90,8 @@ def control_sources(args: argparse.Namespace, run: Any, dataset: Any, metrics: l
         images, labels, _ = read_control(args, run)
         index = torch.arange(args.num) % len(images)
         images, labels = images[index], None if labels is None else torch.as_tensor(labels)[index]
+    elif getattr(args, "control_images", None) is not None:  # set with the captions they go with (geneval)
+        return args.control_images
     else:
         images, labels = dataset.batch(torch.arange(args.num) % len(dataset))
     args.control_images, args.control_labels = images, labels

@@ -231,17 +231,26 @@ def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any,
     if not prompts:
         raise ConfigError("this model is conditioned on text: pass --prompt TEXT (repeatable) or --prompts FILE.txt")
     rows = torch.arange(num) % len(prompts)
-    return conditioner.parse(prompts)[rows], rows, prompts
+    values = conditioner.parse(prompts)[rows]
+    control = control_inputs(args, run, num)  # a controlled text model: each prompt with the maps, in turn
+    if control is None:
+        return values, rows, prompts
+    images, _, is_maps = control
+    return (conditioner.pack(values, images) if is_maps else conditioner.value(values, images)), rows, prompts
 
 
-def negative_values(args: argparse.Namespace, run: Any, num: int) -> Any:
-    """``--negative-prompt`` as token ids for ``num`` samples, or ``None``."""
+def negative_values(args: argparse.Namespace, run: Any, num: int, values: Any = None) -> Any:
+    """``--negative-prompt`` as condition values for ``num`` samples (a controlled model's packed with the maps of
+    ``values``, the samples' own), or ``None``."""
     text = getattr(args, "negative_prompt", None)
     if text is None:
         return None
     if not text.strip():
         raise ConfigError("--negative-prompt '': give a caption, or leave it out to guide away from the null text")
-    return run.model.conditioner.parse([text]).expand(num, -1)
+    conditioner = run.model.conditioner
+    negative = conditioner.parse([text])
+    negative = negative.expand(num, *negative.shape[1:])
+    return negative if run.model.control is None else conditioner.with_condition(values, negative)
 
 
 def sampling_settings(args: argparse.Namespace, run: Any, noise: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -350,7 +359,7 @@ def draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | N
         labels, rows, prompts = noise["labels"], noise["labels"], None
     else:
         labels, rows, prompts = condition_values(args, run, num)
-    negative = negative_values(args, run, num)
+    negative = negative_values(args, run, num, labels)
     kwargs = sampling_settings(args, run, noise)
     size = getattr(args, "size", None)
     if size is not None and (run.model.pos != "rope" or len(size) != len(run.model.input_size)):

@@ -43,6 +43,11 @@ class Conditioner(nn.Module):
 
     gives_tokens = False  #: its :class:`Condition` has ``tokens`` (what ``model.text`` injects)
 
+    def value_spec(self) -> tuple[tuple[int, ...], torch.dtype]:
+        """The shape of one sample's condition value and its dtype (a class label: ``((), int64)``), so a value
+        can travel packed beside other per-sample data (a control map)."""
+        return (), torch.int64
+
     @classmethod
     def build(cls, width: int, num_classes: int, **options: Any) -> Conditioner | None:
         """The conditioner for a backbone of ``width`` channels on data with ``num_classes`` labels, or ``None``

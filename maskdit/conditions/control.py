@@ -26,10 +26,16 @@ from maskdit.registry import Registry, one_of
 
 #: name -> ``signal(images, parameter)``: images ``(B, C, H, W)`` in model space ([-1, 1]) -> the control map
 #: ``(B, Cc, H, W)`` in [-1, 1]. Facts: ``channels`` (``"one"`` or ``"same"`` as the images), ``parameter`` (what
-#: ``NAME:P`` sets, ``None`` when it takes none), ``needs`` (whether ``P`` is required) and ``degrades`` (a degraded
-#: copy of the image, which a restoration chain can start at: ``objective.source=control``).
+#: ``NAME:P`` sets, ``None`` when it takes none), ``needs`` (whether ``P`` is required), ``rule`` (what ``P`` may
+#: be; default positive) and ``degrades`` (a degraded copy of the image, which a restoration chain can start at:
+#: ``objective.source=control``).
 CONTROL_SIGNALS: Registry[Callable[[torch.Tensor, float | None], torch.Tensor]] = Registry(
     "control signal", key="control.signal")
+
+#: What a signal's parameter may be (its ``rule`` fact): a check and how the error line says it.
+POSITIVE = (lambda v: v > 0, "a positive number")
+WHOLE = (lambda v: v >= 2 and v == int(v), "a whole number of at least 2")
+LEVEL = (lambda v: -1 <= v < 1, "a number in [-1, 1)")
 
 #: The Sobel gradient magnitude of a step from -1 to 1 across a pixel is 8; an edge is a quarter of that.
 EDGE_THRESHOLD = 2.0
@@ -51,9 +57,17 @@ def edges(images: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
     return torch.where(sobel_magnitude(images) >= (threshold or EDGE_THRESHOLD), 1.0, -1.0)
 
 
+@CONTROL_SIGNALS.register("mask", "a region: 1 where the grey level is above a threshold (mask:T, default 0 in "
+                          "[-1, 1] units: the ink of a digit, a shape's area), else -1", channels="one",
+                          parameter="threshold", needs=False, degrades=False, rule=LEVEL)
+def mask(images: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    grey = images.float().mean(dim=1, keepdim=True)
+    return torch.where(grey > (threshold or 0.0), 1.0, -1.0)
+
+
 @CONTROL_SIGNALS.register("lowres", "a copy at 1/F of the resolution (means over FxF cells), repeated back to full "
                           "size (lowres:F; super-resolution)", channels="same", parameter="factor", needs=True,
-                          degrades=True)
+                          degrades=True, rule=WHOLE)
 def lowres(images: torch.Tensor, factor: float | None) -> torch.Tensor:
     f = int(factor)
     small = F.avg_pool2d(images.float(), f)
@@ -71,6 +85,14 @@ def blur(images: torch.Tensor, sigma: float | None) -> torch.Tensor:
     x = F.pad(images.float(), (radius, radius, radius, radius), mode="replicate")
     x = F.conv2d(x, kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(x, kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+@CONTROL_SIGNALS.register("noise", "the image plus Gaussian noise of standard deviation S (in [-1, 1] units), "
+                          "clipped; one fixed draw per position in the batch (noise:S; denoising)", channels="same",
+                          parameter="sigma", needs=True, degrades=True)
+def noise(images: torch.Tensor, sigma: float | None) -> torch.Tensor:
+    draw = torch.randn(images.shape, generator=torch.Generator().manual_seed(0)).to(images.device)
+    return (images.float() + float(sigma) * draw).clamp(-1, 1)
 
 
 @CONTROL_SIGNALS.register("image", "the image itself: an image prompt (control.kind=adapter, IP-Adapter)",
@@ -97,11 +119,8 @@ def parse_signal(spec: str) -> tuple[str, float | None]:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if name == "lowres":
-        ok, allowed = math.isfinite(value) and value >= 2 and value == int(value), "a whole number of at least 2"
-    else:
-        ok, allowed = math.isfinite(value) and value > 0, "a positive number"
-    if not ok:
+    check, allowed = facts.get("rule", POSITIVE)
+    if not (math.isfinite(value) and check(value)):
         raise ConfigError(f"config key control.signal={spec!r}: its {facts['parameter']} must be {allowed}")
     return name, value
 
@@ -140,41 +159,54 @@ class ControlInput:
 
 class Controlled:
     """The conditioner of a controlled model, as the rest of maskdit sees it: condition values are
-    ``[label, control map]`` packed per sample (just the map for a model without labels). It delegates the label
-    to the model's own conditioner ``inner`` and keeps the map through ``null`` and ``drop``."""
-
-    gives_tokens = False
+    ``[condition, control map]`` packed per sample as one float row (just the map for a model without a condition):
+    the model's own condition (a class label, a caption's token ids or encoder values, flattened) first. It
+    delegates the condition to the model's own conditioner ``inner`` and keeps the map through ``null`` and
+    ``drop``."""
 
     def __init__(self, inner: Any, signal: str, shape: Sequence[int]):
         self.inner, self.signal, self.shape = inner, signal, tuple(shape)  #: shape: the map's (Cc, *S)
+        self.gives_tokens = bool(getattr(inner, "gives_tokens", False))
+        self.inner_shape, self.inner_dtype = ((), None) if inner is None else inner.value_spec()
+        self.inner_size = 0 if inner is None else math.prod(self.inner_shape)
 
     @property
     def size(self) -> int:
         return math.prod(self.shape)
 
     def pack(self, labels: torch.Tensor | None, control: torch.Tensor) -> torch.Tensor:
+        """One float row per sample: ``labels`` (the inner conditioner's values; ``None`` without one), then
+        ``control`` ``(B, Cc, *S)`` flattened."""
         flat = control.float().reshape(control.shape[0], -1)
         if self.inner is None:
             return flat
-        return torch.cat([labels.float().reshape(-1, 1).to(flat.device), flat], dim=1)
+        return torch.cat([labels.float().reshape(len(flat), -1).to(flat.device), flat], dim=1)
 
     def split(self, value: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """``(labels, control map)`` of a packed value (labels ``None`` for a model without them)."""
-        width = self.size + (self.inner is not None)
+        """``(condition values, control map)`` of a packed value (``None`` for a model without a condition)."""
+        width = self.size + self.inner_size
         if value.dim() != 2 or value.shape[1] != width or not value.is_floating_point():
+            what = f"its condition {tuple(self.inner_shape) or 'label'} and " if self.inner is not None else ""
             raise ConfigError(f"this model is controlled ({self.signal}): its condition value is a float tensor "
-                              f"(B, {width}) of {'the label and ' if self.inner is not None else ''}the control map "
-                              f"{tuple(self.shape)}, got {tuple(value.shape)} ({value.dtype})")
-        control = value[:, -self.size:].reshape(-1, *self.shape)
-        return (value[:, 0].round().long() if self.inner is not None else None), control
+                              f"(B, {width}) of {what}the control map {tuple(self.shape)}, got {tuple(value.shape)} "
+                              f"({value.dtype})")
+        control = value[:, self.inner_size:].reshape(-1, *self.shape)
+        if self.inner is None:
+            return None, control
+        inner = value[:, :self.inner_size].reshape(-1, *self.inner_shape)
+        return (inner.round().to(self.inner_dtype) if not self.inner_dtype.is_floating_point else inner), control
 
     def value(self, labels: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
         """The packed value of ``labels`` with the control maps of model-space ``images`` (computed in chunks)."""
         maps = torch.cat([compute_signal(self.signal, images[i:i + 512]) for i in range(0, len(images), 512)])
         return self.pack(labels, maps)
 
+    def with_condition(self, value: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``value`` with its condition replaced by ``labels`` and its maps kept (a negative prompt's)."""
+        return self.pack(labels, self.split(value)[1])
+
     def _with_labels(self, value: torch.Tensor, change: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``value`` with its labels changed by ``change`` and its map kept (as it is without labels)."""
+        """``value`` with its condition changed by ``change`` and its map kept (as it is without one)."""
         if self.inner is None:
             return value
         labels, control = self.split(value)
@@ -187,12 +219,20 @@ class Controlled:
         return self._with_labels(value, lambda labels: self.inner.drop(labels, dropped))
 
     def values(self, dataset: Any) -> torch.Tensor:
-        """Every example's packed value: its label and the control map of its image (computed once)."""
+        """Every example's packed value: its condition (label, caption) and the control map of its image (computed
+        once)."""
         images, labels = dataset.batch(torch.arange(len(dataset)))
-        if self.inner is not None and labels is None:
-            raise ConfigError(f"data.name={dataset.name} has no labels for this class-conditional controlled model")
+        if self.inner is not None:
+            own = self.inner.values(dataset)  # a caption model's values; None: the labels as they are
+            labels = own if own is not None else labels
+            if labels is None:
+                raise ConfigError(f"data.name={dataset.name} has no labels for this class-conditional controlled "
+                                  "model")
         return self.value(labels, images)
 
     def parse(self, texts: list[str]) -> torch.Tensor:
-        raise ConfigError("this model is controlled by a class label and a control map, not text: it takes no "
-                          "prompts")
+        """The inner conditioner's values of ``texts`` (to be packed with maps: :meth:`pack`)."""
+        if not self.gives_tokens:
+            raise ConfigError("this model is controlled by a class label and a control map, not text: it takes no "
+                              "prompts")
+        return self.inner.parse(texts)

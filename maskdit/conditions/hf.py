@@ -255,6 +255,9 @@ class HFTextConditioner(Conditioner):
             self._frozen.append(FrozenTextEncoder(root, self.length, self.prefix, self.null_token.device))
         return self._frozen[0]
 
+    def value_spec(self) -> tuple[tuple[int, ...], torch.dtype]:
+        return (1 + self.length, self.width_in + 1), torch.float32
+
     def values(self, dataset: Any) -> torch.Tensor:
         captions = captions_of(dataset)
         store = getattr(dataset, "caption_store", None)

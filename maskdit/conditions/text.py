@@ -141,6 +141,9 @@ class TextConditioner(Conditioner):
             ids[i, :len(encoding.ids)] = torch.tensor(encoding.ids)
         return ids
 
+    def value_spec(self) -> tuple[tuple[int, ...], torch.dtype]:
+        return (self.length,), torch.int64
+
     def values(self, dataset: Any) -> torch.Tensor:
         return self.tokenize(captions_of(dataset), f"dataset {dataset.name}")
 

@@ -2,9 +2,10 @@
 
 * ``edges``: the edge F1 between the sample's edges and the map (both :func:`~maskdit.conditions.control.edges`
   of the grey level, pixel-exact, pooled over all samples), with its precision and recall.
-* a degradation (``lowres:F``, ``blur:S``): the PSNR and SSIM between the degraded sample and the map (the sample
-  is a restoration consistent with its input), and for every signal the PSNR and SSIM between the sample and the
-  image the map was computed from (how much of that image it recovers: restoration quality).
+* ``mask``: the intersection over union of the sample's region and the map's (pooled over samples).
+* a degradation (``lowres:F``, ``blur:S``, ``noise:S``) and ``image``: the PSNR and SSIM between the degraded
+  sample and the map (the sample is a restoration consistent with its input), and for every signal the PSNR and
+  SSIM between the sample and the image the map was computed from (how much of that image it recovers).
 
 PSNR and SSIM are over pixels in [0, 1], averaged over samples.
 """
@@ -36,8 +37,12 @@ def adherence(samples: torch.Tensor, sources: torch.Tensor, signal: str) -> dict
     """Adherence of model-space ``samples`` to the maps of ``sources`` (the images the maps came from)."""
     target, got = compute_signal(signal, sources), compute_signal(signal, samples)
     scores = {"source_psnr": psnr(samples, sources).mean().item(), "source_ssim": small_ssim(samples, sources)}
-    if parse_signal(signal)[0] == "edges":
+    name = parse_signal(signal)[0]
+    if name == "edges":
         scores.update(edge_scores(got > 0, target > 0))
+    elif name == "mask":
+        inside, wanted = got > 0, target > 0
+        scores["mask_iou"] = ((inside & wanted).sum() / (inside | wanted).sum().clamp_min(1)).item()
     else:
         scores["control_psnr"] = psnr(got, target).mean().item()
         scores["control_ssim"] = small_ssim(got, target)

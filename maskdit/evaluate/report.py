@@ -171,13 +171,14 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
         num = per_class * len(prompts)
         labels = torch.arange(num) % len(prompts)
         values = run.model.conditioner.parse(prompts)[labels]
-    if run.model.control is not None:  # the control maps of the run's first images, with their labels
+    if run.model.control is not None:  # the control maps of the run's first images, with their labels (prompts)
         from maskdit.data.datasets import dataset_from_config
 
         data = dataset_from_config(run.config.data)
         sources, real = data.batch(torch.arange(num) % len(data))
-        labels = real if classes else None
-        values = run.model.conditioner.value(labels, sources)
+        if not prompts:
+            labels = values = real if classes else None
+        values = run.model.conditioner.value(values, sources)
     start = time.time()
     x = generate(run.model, run.objective, num, values, sampler=sampler, steps=s.steps,
                  guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval, guidance=s.guidance,

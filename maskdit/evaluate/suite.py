@@ -178,9 +178,13 @@ def score_lines(scores: dict[str, Any], num: int, labelled_samples: bool, contex
                      f"detector exact on real renders {g['detector_accuracy']:.1%}  [{context}]")
     if "control" in scores:
         ctl = scores["control"]
-        parts = [f"edge F1 {ctl['edge_f1']:.3f} (precision {ctl['edge_precision']:.3f}, recall "
-                 f"{ctl['edge_recall']:.3f})"] if "edge_f1" in ctl else [
-            f"degraded sample vs map {ctl['control_psnr']:.2f} dB (SSIM {ctl['control_ssim']:.3f})"]
+        if "edge_f1" in ctl:
+            parts = [f"edge F1 {ctl['edge_f1']:.3f} (precision {ctl['edge_precision']:.3f}, recall "
+                     f"{ctl['edge_recall']:.3f})"]
+        elif "mask_iou" in ctl:
+            parts = [f"region IoU {ctl['mask_iou']:.3f}"]
+        else:
+            parts = [f"degraded sample vs map {ctl['control_psnr']:.2f} dB (SSIM {ctl['control_ssim']:.3f})"]
         lines.append(f"control adherence ({ctl['signal']}): {', '.join(parts)}; sample vs the source image "
                      f"{ctl['source_psnr']:.2f} dB (SSIM {ctl['source_ssim']:.3f})  [{context}]")
     if "class_accuracy" in scores:
@@ -270,12 +274,21 @@ def _geneval_eval(model: torch.nn.Module, objective: Any, cfg: Any) -> dict[str,
     captions, kinds = [str(c) for c in test["captions"]], [str(k) for k in test["kinds"]]
     start = time.time()
     with _isolated_eval(model):
-        y = model.conditioner.parse(captions).to(next(model.parameters()).device)
-        x = generate(model, objective, len(captions), y, sampler=settings["sampler"], steps=s.steps,
+        y = model.conditioner.parse(captions)
+        sources = None
+        if getattr(model, "control", None) is not None:  # each caption with the map of its own test image
+            sources = PIXELS.encode(torch.as_tensor(test["images"]).permute(0, 3, 1, 2))
+            y = model.conditioner.value(y, sources)
+        device = next(model.parameters()).device
+        x = generate(model, objective, len(captions), y.to(device), sampler=settings["sampler"], steps=s.steps,
                      guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval, guidance=s.guidance,
                      guidance_power=s.guidance_power, eta=s.eta, seed=cfg.seed)
     images = PIXELS.decode(x).permute(0, 2, 3, 1).numpy()
     scores = {f"geneval_{k}": v for k, v in score(images, captions, kinds).items()}
+    if sources is not None:
+        from maskdit.evaluate.control import adherence
+
+        scores.update(adherence(x.cpu(), sources, model.control_signal))
     return {"num": len(captions), **settings, **scores, "seconds": round(time.time() - start, 2)}
 
 

@@ -42,6 +42,16 @@ class Memory(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Stream:
+    """A block's input for a separate stream of condition tokens (EasyControl): their conditioning ``c`` ``(B, D)``
+    and the module ``delta`` added to their q/k/v projection; the block returns the tokens and their keys and
+    values (:meth:`DiTBlock.condition_stream`)."""
+
+    c: torch.Tensor
+    delta: nn.Module
+
+
+@dataclass(frozen=True)
 class Context:
     """What the blocks see besides their tokens, as one immutable value (a block that changes it returns a new one).
 
@@ -387,7 +397,10 @@ class DiTBlock(nn.Module):
         self.context: nn.Module | None = None  #: a plug-in between attention and MLP (text cross-attention)
         self.index: int | None = None  #: its place in the model's stack (set by the model): what memory it reads
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | Context, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | Context | Stream, pos: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(c, Stream):  # through the module call, so wrappers (FSDP) see this pass too
+            return self.condition_stream(x, c.c, c.delta)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = modulation(self.adaLN_modulation, c, pos).chunk(6, -1)
         x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), pos, memory_of(c, self.index))
         if self.context is not None:

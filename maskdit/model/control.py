@@ -24,7 +24,7 @@ from torch import nn
 from maskdit.conditions.control import ControlInput, parse_signal
 from maskdit.errors import ConfigError, check_keys
 from maskdit.grid import patchify
-from maskdit.model.blocks import zero_init_adaln
+from maskdit.model.blocks import Stream, zero_init_adaln
 from maskdit.registry import Registry, one_of
 
 
@@ -119,6 +119,7 @@ class ControlBranch(ControlKind):
         residuals: list[torch.Tensor | None] = [None] * (self.places[-1] + 1)
         for place, block, out in zip(self.places, self.blocks, self.outs):
             h = block(h, c)
+            h = h[0] if isinstance(h, tuple) else h  # a joint block also returns the text it updated
             if place not in self.skip:
                 residuals[place] = self.scale * out(h)
         return tokens, dataclasses.replace(c, residuals=tuple(residuals))
@@ -218,7 +219,7 @@ class ConditionTokens(MemoryKind):
         h = self.patches(control, self.embed) + model.pos_embed.to(self.embed.weight.dtype)
         out = []
         for block, lora in zip(model.blocks, self.lora):
-            h, kv = block.condition_stream(h, control.clean, lora)
+            h, kv = block(h, Stream(control.clean, lora))
             out.append(kv)
         return tuple(out)
 

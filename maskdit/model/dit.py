@@ -367,9 +367,6 @@ class DiT(nn.Module):
         # registered last, so the base's parameters keep their order (init_from carries Adam's moments by index)
         self.control, self.control_signal = None, control
         if control is not None:
-            if self.y_embedder is not None and self.y_embedder.gives_tokens:
-                raise ConfigError("a control map beside captions is not built yet: control a class-conditional or "
-                                  "unconditional model")
             check_fits(control, self.input_size)
             channels = signal_channels(control, in_channels)
             self.control_shape = (channels, *self.input_size)
@@ -377,6 +374,10 @@ class DiT(nn.Module):
                 raise ConfigError(f"control.kind={control_kind} runs beside the base's blocks one by one: it needs "
                                   "model.attention=full, no long skips (MDT's layout) and no rel_pos_bias; use "
                                   "control.kind=concat")
+            if control_kind in ("tokens", "adapter") and self.text not in (None, "cross"):
+                raise ConfigError(f"control.kind={control_kind} adds keys and values to each block's self-attention; "
+                                  f"model.text={self.text} blocks attend jointly with the text: use model.text=cross "
+                                  "or control.kind=concat|controlnet")
             self.control = CONTROL_KINDS.get(control_kind)(self, channels, **(control_options or {}))
         self.initialize_weights()
 

@@ -116,7 +116,8 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int,
         m, input_size=dataset_shape[1:], in_channels=dataset_shape[0],
         num_classes=num_classes if m.conditional else 0, task_conditioning=bool(cfg.task.names),
         fusion=cfg.sprint_route(), route=cfg.tread_route(), condition_options=condition_options,
-        control=cfg.control.signal, control_kind=cfg.control.kind, control_options=cfg.control.options))
+        control=cfg.control.signal, control_kind=cfg.control.kind,
+        control_options=cfg.control.options or None))
 
 
 def condition_options(cfg: Config, dataset: Any, source: Path | None) -> dict[str, Any] | None:
