@@ -30,6 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def write_result(path: str | Path, result: dict) -> None:
+    """Write a study's figures as JSON (its folder made if needed) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
 def split_digits(root: Path, train: int) -> tuple[Path, Path]:
     from maskdit.data.datasets import load_digits
 
@@ -141,10 +149,7 @@ def main() -> None:
     if args.signal.startswith("lowres:"):
         result["bicubic_psnr"] = bicubic(test_npz, args.num, int(float(args.signal.split(":")[1])))
         print(f"bicubic upsampling of the same low-resolution copies: {result['bicubic_psnr']:.2f} dB")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--out", default="docs/adapters/kinds/relevance.json")
     args = p.parse_args()
 
-    from control_edges import split_digits
+    from control_edges import split_digits, write_result
 
     from maskdit.runs import load_run
 
@@ -105,10 +105,7 @@ def main() -> None:
               "placed": {label: {"places": where, "edge_f1": scores[label], "params": scores[label + " params"]}
                          for label, where in arms.items()}, "num": args.num, "steps": args.steps,
               "seconds": args.seconds}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

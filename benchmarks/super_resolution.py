@@ -19,7 +19,6 @@ originals and by domain FID against the held-out set, beside bicubic upsampling 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -72,6 +71,7 @@ def main() -> None:
     args = p.parse_args()
 
     import torch.nn.functional as F
+    from control_edges import write_result
 
     from maskdit.checkpoint import remove_run
     from maskdit.config import load_config
@@ -110,10 +110,7 @@ def main() -> None:
             scores = {**restore_scores(x, sources, labels, test), "sampling_s": round(time.time() - begin, 2)}
             result[arm][f"{steps} steps"] = scores
             print(f"{arm} ({trained.step} training steps), {steps} Euler steps: {scores}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,10 @@ CASES: list[Case] = [
     C("source-control-ddpm", [*TRAIN, "objective.source=control", "objective.name=ddpm",
                               "control.signal=lowres:2"], "noise unless objective.name=flow"),
     C("kappa-negative", [*TRAIN, "objective.kappa=-1"], "objective.kappa"),
+    C("control-adapter-without-encoder", [*TRAIN, "control.signal=image", "control.kind=adapter", "init_from={img}"],
+      "set control.encoder=DIR"),
+    C("control-adapter-encoder-missing", [*TRAIN, "control.signal=image", "control.kind=adapter", "init_from={img}",
+                                          "control.encoder=nowhere"], "control.encoder nowhere is not an encoder"),
     C("control-maps-wrong-shape", [*CSAMPLE, "--control", "maps.npz"], "'maps' must be floats (N, 1, 8, 8)",
       control_run(), npz("maps.npz", maps=np.zeros((2, 4, 4), np.float32))),
     C("control-maps-out-of-range", [*CSAMPLE, "--control", "maps.npz"], "finite and in [-1, 1]", control_run(),
@@ -160,7 +164,7 @@ CASES: list[Case] = [
 
 
 def test_adapters_corpus_is_distinct():
-    assert_distinct(CASES, 57)
+    assert_distinct(CASES, 59)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

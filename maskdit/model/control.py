@@ -246,7 +246,7 @@ class ImagePrompt(MemoryKind):
                               "vision model)")
         from maskdit.training.align import load_encoder
 
-        loaded = load_encoder(encoder)
+        loaded = load_encoder(encoder, "control.encoder")
         digest = weights_digest(loaded)
         if encoder_sha256 is not None and encoder_sha256 != digest:
             raise ConfigError(f"control.encoder {encoder} is not the encoder this model was trained with (its weights "

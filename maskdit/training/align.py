@@ -27,17 +27,18 @@ from maskdit.errors import ConfigError, check_keys
 from maskdit.model.aux import aux_active, report_aux_loss
 
 
-def load_encoder(path: str | Path) -> nn.Module:
+def load_encoder(path: str | Path, source: str = "align.encoder") -> nn.Module:
     """A frozen encoder from a local directory: written by ``maskdit encoder train`` (``encoder.json``) or a
-    Hugging Face vision model's ``save_pretrained`` (``config.json``; needs ``transformers``)."""
+    Hugging Face vision model's ``save_pretrained`` (``config.json``; needs ``transformers``). ``source``: the config
+    key that named it, for error lines."""
     from maskdit.training.encoder import load_hf_encoder, load_maskdit_encoder
 
     path = Path(path)
     if (path / "encoder.json").is_file():
-        return load_maskdit_encoder(path).eval().requires_grad_(False)
+        return load_maskdit_encoder(path, source).eval().requires_grad_(False)
     if (path / "config.json").is_file() and not (path / "checkpoints").exists():
-        return load_hf_encoder(path).eval().requires_grad_(False)
-    raise ConfigError(f"align.encoder {path} is not an encoder directory (no encoder.json, no Hugging Face "
+        return load_hf_encoder(path, source).eval().requires_grad_(False)
+    raise ConfigError(f"{source} {path} is not an encoder directory (no encoder.json, no Hugging Face "
                       "config.json): train one with maskdit encoder train DATA --out DIR, or save a vision "
                       "model there with save_pretrained")
 

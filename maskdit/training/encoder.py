@@ -173,7 +173,7 @@ ENCODER_FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
-def encoder_config(path: Path) -> dict[str, Any]:
+def encoder_config(path: Path, source: str = "align.encoder") -> dict[str, Any]:
     """The constructor arguments that ``path/encoder.json`` (written by :func:`train_encoder`) holds, checked
     so that a damaged or hand-edited file is refused naming its key, never half built."""
     where = path / "encoder.json"
@@ -181,32 +181,33 @@ def encoder_config(path: Path) -> dict[str, Any]:
     facts = read_json(where, (), fix)
     config = facts.get("config")
     if not isinstance(config, dict) or (facts.get("kind", ENCODER_KIND) != ENCODER_KIND):
-        raise CheckpointError(f"align.encoder {where} does not describe a maskdit encoder (a JSON object with kind "
+        raise CheckpointError(f"{source} {where} does not describe a maskdit encoder (a JSON object with kind "
                               f"{ENCODER_KIND!r} and a config mapping): {fix}")
     unknown = sorted(set(config) - set(ENCODER_FIELDS))
     missing = [key for key in ENCODER_FIELDS if key not in config]
     if unknown or missing:
         what = f"lacks config.{', config.'.join(missing)}" if missing else f"has unknown key config.{unknown[0]}"
-        raise CheckpointError(f"align.encoder {where} {what}: {fix}")
+        raise CheckpointError(f"{source} {where} {what}: {fix}")
     for key, (ok, wanted) in ENCODER_FIELDS.items():
         if not ok(config[key]):
             shown = repr(config[key])
-            raise CheckpointError(f"align.encoder {where} key config.{key} must be {wanted}, got "
+            raise CheckpointError(f"{source} {where} key config.{key} must be {wanted}, got "
                                   f"{shown if len(shown) <= 60 else shown[:60] + '...'}: {fix}")
     if config["width"] % config["num_heads"]:
-        raise CheckpointError(f"align.encoder {where}: config.num_heads {config['num_heads']} does not divide "
+        raise CheckpointError(f"{source} {where}: config.num_heads {config['num_heads']} does not divide "
                               f"config.width {config['width']}: {fix}")
     rank = len(config["input_size"])
     try:
         token_grid_shape(config["input_size"], as_patch_size(config["patch_size"], rank))
         axis_widths(config["width"], rank)
     except ConfigError as e:
-        raise CheckpointError(f"align.encoder {where} holds a config that cannot build: {e}: {fix}") from None
+        raise CheckpointError(f"{source} {where} holds a config that cannot build: {e}: {fix}") from None
     return config
 
 
-def load_maskdit_encoder(path: Path) -> ViTEncoder:
-    encoder = ViTEncoder(**encoder_config(path))
+def load_maskdit_encoder(path: Path, source: str = "align.encoder") -> ViTEncoder:
+    """The encoder ``maskdit encoder train`` wrote to ``path``; ``source``: the config key that named it (errors)."""
+    encoder = ViTEncoder(**encoder_config(path, source))
     from safetensors import safe_open
 
     from maskdit.checkpoint import load_weights
@@ -220,12 +221,12 @@ def load_maskdit_encoder(path: Path) -> ViTEncoder:
     if shapes is not None:
         for key, value in encoder.state_dict().items():
             if key in shapes and shapes[key] != tuple(value.shape):
-                raise CheckpointError(f"align.encoder {path}: encoder.safetensors holds {key} of {shapes[key]}, but "
+                raise CheckpointError(f"{source} {path}: encoder.safetensors holds {key} of {shapes[key]}, but "
                                       f"encoder.json describes {tuple(value.shape)}: the files are from different "
                                       f"encoders; {fix}")
     load_weights(encoder, weights)
     if not all(torch.isfinite(p).all() for p in encoder.parameters()):
-        raise CheckpointError(f"align.encoder {path}: encoder.safetensors holds non-finite weights (NaN or inf): "
+        raise CheckpointError(f"{source} {path}: encoder.safetensors holds non-finite weights (NaN or inf): "
                               f"{fix}")
     return encoder
 
@@ -261,20 +262,20 @@ class HFVisionEncoder(nn.Module):
         return hidden[:, -math.prod(self.grid):]
 
 
-def load_hf_encoder(path: Path) -> HFVisionEncoder:
+def load_hf_encoder(path: Path, source: str = "align.encoder") -> HFVisionEncoder:
     """The vision model saved in ``path`` (``config.json`` + weights), loaded offline with ``AutoModel``."""
     try:
         from transformers import AutoModel
     except ImportError:
-        raise ConfigError(f"align.encoder {path} is a Hugging Face model directory: install transformers "
+        raise ConfigError(f"{source} {path} is a Hugging Face model directory: install transformers "
                           "(pip install 'maskdit[align]')") from None
     try:
         model = AutoModel.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"align.encoder {path}: transformers cannot load it ({reason})") from None
+        raise CheckpointError(f"{source} {path}: transformers cannot load it ({reason})") from None
     if not hasattr(model.config, "image_size") or not hasattr(model.config, "patch_size"):
-        raise ConfigError(f"align.encoder {path} holds a {model.config.model_type} model, not a vision transformer "
+        raise ConfigError(f"{source} {path} holds a {model.config.model_type} model, not a vision transformer "
                           "with image_size and patch_size (DINOv2, ViT, ...)")
     stats: dict[str, Any] = {}
     pre = path / "preprocessor_config.json"
