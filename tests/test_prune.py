@@ -76,3 +76,25 @@ def test_cli_prunes_a_run_that_samples_and_finetunes(tmp_path, capsys):
                  f"run_dir={tmp_path / 'recovered'}"]) == 0
     assert load_run(tmp_path / "recovered").step == 3
     assert main(["prune", str(tmp_path / "full"), "--keep-blocks", "2", "--out", str(tmp_path / "half")]) == 2
+
+
+def test_a_restoration_model_prunes_with_its_maps_and_its_chain_start(tmp_path, capsys):
+    """A controlled run (concat, objective.source=control): the search's loss pairs each image with its map and
+    starts the chain at the degraded image; control kinds with per-block layers are refused."""
+    tiny_run = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=16", "warmup_steps=1",
+                "sample.steps=2", "ckpt_every=4", "keep_checkpoints=1", "control.signal=lowres:2",
+                "objective.source=control"]
+    assert main(["train", "--no-progress", *tiny_run, "steps=4", f"run_dir={tmp_path / 'full'}"]) == 0
+    assert main(["prune", str(tmp_path / "full"), "--keep-blocks", "1", "--search-steps", "3",
+                 "--out", str(tmp_path / "half")]) == 0
+    half = load_run(tmp_path / "half")
+    assert len(half.model.blocks) == 1 and half.model.control is not None
+    assert half.objective.source == "control"
+    plain = tiny_run[:-2]
+    assert main(["train", "--no-progress", *plain, "steps=2", f"run_dir={tmp_path / 'base'}"]) == 0
+    assert main(["train", "--no-progress", *plain, "steps=2", "control.signal=edges", "control.kind=tokens",
+                 "control.rank=2", f"init_from={tmp_path / 'base'}", f"run_dir={tmp_path / 'tok'}"]) == 0
+    capsys.readouterr()
+    assert main(["prune", str(tmp_path / "tok"), "--keep-blocks", "1", "--out", str(tmp_path / "tok1")]) == 2
+    assert "control.kind=tokens) holds layers per base block" in capsys.readouterr().err
+    assert not (tmp_path / "tok1").exists()

@@ -365,7 +365,7 @@ class DiT(nn.Module):
         for index, block in enumerate(self.blocks):
             block.index = index
         # registered last, so the base's parameters keep their order (init_from carries Adam's moments by index)
-        self.control, self.control_signal = None, control
+        self.control, self.control_signal, self.control_kind = None, control, control_kind
         if control is not None:
             check_fits(control, self.input_size)
             channels = signal_channels(control, in_channels)

@@ -141,18 +141,22 @@ def held_out_loss(model: nn.Module, kept: list[int] | None, loss_fn: Any, batche
 def denoising_batches(run: Any, batch_size: int, seed: int = 0) -> Any:
     """``loss_fn(model, step)``: the run's denoising loss on batch ``step`` of its data (a fixed draw per step)."""
     from maskdit.data.datasets import dataset_from_config
-    from maskdit.diffusion.objectives import denoising_loss
+    from maskdit.diffusion.objectives import chain_start, denoising_loss
 
     dataset = dataset_from_config(run.config.data)
     device = next(run.model.parameters()).device
+    conditioner = run.model.conditioner
+    values = None if conditioner is None else conditioner.values(dataset)  # as training pairs them (captions, maps)
+    if values is not None:
+        dataset.labels = values
 
     def loss_fn(model: nn.Module, step: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         x0, y = dataset.batch(torch.randint(len(dataset), (batch_size,), generator=gen))
         t = run.objective.sample_time(batch_size, gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        y = y.to(device) if y is not None and model.num_classes else None
-        return denoising_loss(model, run.objective, x0.to(device), y, t.to(device), noise.to(device))
+        y = y.to(device) if y is not None and conditioner is not None else None
+        noise = chain_start(run.objective, torch.randn(x0.shape, generator=gen).to(device), conditioner, y)
+        return denoising_loss(model, run.objective, x0.to(device), y, t.to(device), noise)
 
     return loss_fn
 
@@ -185,6 +189,10 @@ def prune_run(source: str | Path, out: str | Path, keep: int, method: str = "lea
     if model.skips is not None or model.decoder is not None:
         raise ConfigError("this run has long skips (MDT) or a decoder (MaskDiT): pruning blocks would break the "
                           "pairs of blocks they join; prune a plain DiT")
+    if model.control is not None and model.control_kind != "concat":
+        raise ConfigError(f"this run's control (control.kind={model.control_kind}) holds layers per base block: "
+                          "pruning would leave them pointing at removed blocks; prune the base and train the "
+                          "control again")
     if model.moe is not None and model.moe_every != 1:
         raise ConfigError(f"this run has mixture-of-experts every {model.moe_every} blocks: pruning would move "
                           "them; prune a run with model.moe.every=1 or a dense one")
