@@ -154,11 +154,10 @@ def read_control(args: argparse.Namespace, run: Any, maps_ok: bool = False) -> t
     return images, labels, is_maps
 
 
-def control_inputs(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any, bool] | None:
-    """The images whose control maps ``num`` samples follow (or the maps themselves), their labels (``None`` where
-    there are none) and whether they are maps, cycling through ``--control``'s (or ``args.control_images``, set by
-    ``eval`` from its real data); sets ``--control-scale``. ``None`` for a model without control, which refuses
-    ``--control``."""
+def control_inputs(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, Any] | None:
+    """The control maps ``num`` samples follow and their images' labels (``None`` where there are none), cycling
+    through ``--control``'s images or ready-made maps (or ``args.control_images``, set by ``eval`` from its real
+    data); sets ``--control-scale``. ``None`` for a model without control, which refuses ``--control``."""
     import torch
 
     model, path = run.model, getattr(args, "control", None)
@@ -176,7 +175,8 @@ def control_inputs(args: argparse.Namespace, run: Any, num: int) -> tuple[Any, A
         images, labels, is_maps = read_control(args, run, maps_ok=True)
     rows = torch.arange(num) % len(images)
     model.control.scale = float(getattr(args, "control_scale", 1.0))
-    return images[rows], None if labels is None else torch.as_tensor(labels)[rows], is_maps
+    maps = images[rows] if is_maps else model.conditioner.maps(images[rows])
+    return maps, None if labels is None else torch.as_tensor(labels)[rows]
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -224,8 +224,7 @@ def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any,
         if control is None:
             return labels, labels, None
         rows = labels if labels is not None else torch.zeros(num, dtype=torch.long)
-        images, _, is_maps = control
-        return (conditioner.pack(labels, images) if is_maps else conditioner.value(labels, images)), rows, None
+        return conditioner.pack(labels, control[0]), rows, None
     if args.classes:
         raise ConfigError("--classes: this model is conditioned on text: pass --prompt TEXT or --prompts FILE.txt")
     if not prompts:
@@ -233,10 +232,7 @@ def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any,
     rows = torch.arange(num) % len(prompts)
     values = conditioner.parse(prompts)[rows]
     control = control_inputs(args, run, num)  # a controlled text model: each prompt with the maps, in turn
-    if control is None:
-        return values, rows, prompts
-    images, _, is_maps = control
-    return (conditioner.pack(values, images) if is_maps else conditioner.value(values, images)), rows, prompts
+    return (values if control is None else conditioner.pack(values, control[0])), rows, prompts
 
 
 def negative_values(args: argparse.Namespace, run: Any, num: int, values: Any = None) -> Any:

@@ -1,14 +1,14 @@
 """Control signals: a spatial condition (edges, a low-resolution or blurred copy of the image) that a model is
 trained to follow, computed from the training images by :data:`CONTROL_SIGNALS` (``control.signal``).
 
-A controlled model keeps its own conditioner (a class label, or none) and adds a control map ``(B, Cc, *S)``.
-Both travel as one condition value, a float tensor ``[label, control map flattened]`` per sample
-(:class:`Controlled` packs and splits it), so every path that hands a condition value on (the training step,
-each recipe, guidance, samplers, DDP) carries the control unchanged. Guidance's unconditional branch nulls the
-label and keeps the control: it sharpens the class, not the control.
+A controlled model keeps its own conditioner (a class label, a caption, or none) and adds a control map
+``(B, Cc, *S)``. Both travel as one condition value, a float tensor ``[condition flattened, control map flattened]``
+per sample (:class:`Controlled` packs and splits it), so every path that hands a condition value on (the training
+step, each recipe, guidance, samplers, DDP) carries the control unchanged. Guidance's unconditional branch nulls the
+condition and keeps the control: it sharpens the class or caption, not the control.
 
-How the map enters the backbone (``control.kind``: concatenation, a ControlNet branch, condition tokens) is
-the model's business: :mod:`maskdit.model.control`.
+How the map enters the backbone (``control.kind``: concatenation, a ControlNet branch, condition tokens, an image
+prompt's cross-attention) is the model's business: :mod:`maskdit.model.control`.
 """
 
 from __future__ import annotations
@@ -196,10 +196,13 @@ class Controlled:
         inner = value[:, :self.inner_size].reshape(-1, *self.inner_shape)
         return (inner.round().to(self.inner_dtype) if not self.inner_dtype.is_floating_point else inner), control
 
+    def maps(self, images: torch.Tensor) -> torch.Tensor:
+        """The control maps of model-space ``images`` (computed in chunks)."""
+        return torch.cat([compute_signal(self.signal, images[i:i + 512]) for i in range(0, len(images), 512)])
+
     def value(self, labels: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
-        """The packed value of ``labels`` with the control maps of model-space ``images`` (computed in chunks)."""
-        maps = torch.cat([compute_signal(self.signal, images[i:i + 512]) for i in range(0, len(images), 512)])
-        return self.pack(labels, maps)
+        """The packed value of ``labels`` with the control maps of model-space ``images``."""
+        return self.pack(labels, self.maps(images))
 
     def with_condition(self, value: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``value`` with its condition replaced by ``labels`` and its maps kept (a negative prompt's)."""

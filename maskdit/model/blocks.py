@@ -33,7 +33,9 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class Memory(NamedTuple):
-    """Keys and values ``(B, heads, M, head_dim)`` that attention reads besides its own tokens' (:class:`Context`)."""
+    """Keys and values ``(B, heads, M, head_dim)`` that attention reads besides its own tokens' (:class:`Context`),
+    weighted by ``weight``: in the same softmax as its own (the weight multiplies the attention they get), or with
+    ``separate`` in a second attention whose output is added times the weight (decoupled cross-attention)."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -68,10 +70,8 @@ class Context:
     * ``residuals`` ``((B, N, D) or None, ...)``: added to the output of blocks ``0, 1, ...`` (a ControlNet branch's;
       ``None``: nothing for that block); tokens that were dropped or routed take theirs by grid index
       (:meth:`after_block`).
-    * ``memory`` ``((k, v), ...)`` per block, each ``(B, heads, M, head_dim)``: extra keys and values the image
-      tokens of that block attend to as well, weighted by ``memory_weight``: in the same softmax as their own
-      (condition tokens; the weight multiplies the attention they get), or with ``memory_separate`` in a second
-      attention whose output is added times the weight (decoupled cross-attention: image prompts).
+    * ``memory`` (a :class:`Memory` per block): extra keys and values the image tokens of that block attend to as
+      well (condition tokens, image prompts).
     """
 
     c: torch.Tensor
@@ -81,9 +81,7 @@ class Context:
     text_mask: torch.Tensor | None = None
     control: Any = None
     residuals: tuple[torch.Tensor | None, ...] | None = None
-    memory: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
-    memory_weight: float = 1.0
-    memory_separate: bool = False
+    memory: tuple[Memory, ...] | None = None
 
     def modulation(self, layer: nn.Module, pos: torch.Tensor | None) -> torch.Tensor:
         """``layer`` applied per sample ``(B, 1, M)``, or per token ``(B, L, M)`` with token time; ``pos`` names
@@ -108,9 +106,7 @@ class Context:
 
     def memory_of(self, index: int | None) -> Memory | None:
         """The extra keys and values block ``index`` attends to (``None``: none)."""
-        if self.memory is None or index is None:
-            return None
-        return Memory(*self.memory[index], self.memory_weight, self.memory_separate)
+        return None if self.memory is None or index is None else self.memory[index]
 
 
 def modulation(layer: nn.Module, c: torch.Tensor | Context, pos: torch.Tensor | None) -> torch.Tensor:

@@ -4,7 +4,7 @@ The map itself comes from :mod:`maskdit.conditions.control` (``control.signal``)
 holds as ``control``, registered after every base layer (``init_from`` carries Adam's moments by index). Its
 :meth:`~ControlKind.attach` runs once per call, after the image tokens are embedded: it may change them
 (``concat``), or hand the blocks what to add after each one (:attr:`Context.residuals`, ``controlnet``) or extra
-keys and values to attend to (:attr:`Context.memory`, ``tokens``).
+keys and values to attend to (:attr:`Context.memory`, ``tokens`` and ``adapter``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 from maskdit.conditions.control import ControlInput, parse_signal
 from maskdit.errors import ConfigError, check_keys
 from maskdit.grid import patchify
-from maskdit.model.blocks import Stream, zero_init_adaln
+from maskdit.model.blocks import Memory, Stream, zero_init_adaln
 from maskdit.registry import Registry, one_of
 
 
@@ -41,6 +41,7 @@ class ControlKind(nn.Module):
         self.patch = tuple(model.patch_size)
         self.patch_dim = channels * math.prod(self.patch)
         self.scale = 1.0
+        self.options: dict[str, Any] = {}  #: what rebuilds it (``DiT.config`` records them as ``control_options``)
 
     def patches(self, control: ControlInput, layer: nn.Linear) -> torch.Tensor:
         """The control map's patches ``(B, N, Cc * prod(patch))`` embedded by ``layer``."""
@@ -94,6 +95,7 @@ class ControlBranch(ControlKind):
     def __init__(self, model: nn.Module, channels: int, blocks: int | Sequence[int] = 2):
         super().__init__(model, channels)
         self.places = control_places(blocks, model.depth)
+        self.options = {"blocks": blocks}
         shared = [m for m in (getattr(model, "t_block", None), model.rope) if m is not None]
         memo = {id(m): m for m in shared}  # shared layers stay shared, not copied
         self.embed = nn.Linear(self.patch_dim, model.hidden_size)
@@ -185,7 +187,7 @@ class MemoryKind(ControlKind):
             memory = self.memory(model, control)
             if self.cache is not None and self.caching:
                 self.cache[key] = (control, memory)
-        return tokens, dataclasses.replace(c, memory=memory, memory_weight=self.scale, memory_separate=self.separate)
+        return tokens, dataclasses.replace(c, memory=tuple(Memory(k, v, self.scale, self.separate) for k, v in memory))
 
 
 @CONTROL_KINDS.register("tokens", "condition tokens (EasyControl): the map's tokens pass the frozen base beside the "
@@ -205,6 +207,7 @@ class ConditionTokens(MemoryKind):
         if not 1 <= rank <= model.hidden_size:
             raise ConfigError(f"config key control.rank={rank}: the condition tokens' LoRA rank must be 1 to the "
                               f"model width {model.hidden_size}")
+        self.options = {"rank": rank}
         width = model.hidden_size
         self.embed = nn.Linear(self.patch_dim, width)
         self.lora = nn.ModuleList(LowRank(width, 3 * width, rank) for _ in range(model.depth))
@@ -251,7 +254,7 @@ class ImagePrompt(MemoryKind):
         if encoder_sha256 is not None and encoder_sha256 != digest:
             raise ConfigError(f"control.encoder {encoder} is not the encoder this model was trained with (its weights "
                               "changed): restore that encoder, or train the adapter again")
-        model._arguments["control_options"] = {"encoder": str(encoder), "encoder_sha256": digest}
+        self.options = {"encoder": str(encoder), "encoder_sha256": digest}  # the fingerprint travels with the run
         self.encoder = [loaded]  # frozen and not a submodule: neither trained nor saved
         with torch.no_grad():
             features = loaded(torch.zeros(1, channels, *model.input_size)).shape[-1]

@@ -388,6 +388,8 @@ class DiT(nn.Module):
         later change of a default never changes what a saved model means."""
         resolved = {"input_size": list(self.input_size), "patch_size": list(self.patch_size),
                     "pos_layout": self.pos_layout, "text": self.text, "text_double": self.text_double}
+        if self.control is not None:  # as the kind resolved them (an image encoder's fingerprint)
+            resolved["control_options"] = _json_ready(self.control.options) or None
         return {**{k: _json_ready(v) for k, v in self._arguments.items()}, **resolved}
 
     def options_of(self, index: int) -> BlockOptions:
