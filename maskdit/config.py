@@ -125,6 +125,10 @@ class Config:
             raise ConfigError(f"config key data.path is required when data.name={data.name}")
         if smp.sampler is not None:
             check_sampler(smp.sampler, obj.name)
+        for key in ("temperature", "choice_temperature"):
+            if getattr(smp, key) is not None and obj.name != "masked":
+                raise ConfigError(f"config key sample.{key} sets a masked model's draws; objective.name={obj.name} "
+                                  f"integrates real values: leave sample.{key} out")
         captioned = CONDITIONERS[m.condition].gives_tokens
         if self.control.signal is not None:
             if data.flip:
@@ -177,6 +181,13 @@ class Config:
         if GUIDANCES.entry(smp.guidance).facts.get("tasks") and not task.names:
             raise ConfigError(f"config key sample.guidance={smp.guidance} needs a model trained on tasks: set "
                               "task.names or sample.guidance=cfg")
+        if obj.name == "masked" and not RECIPES.entry(mask.recipe).facts.get("token_ids", True):
+            fits = [n for n in RECIPES.names() if RECIPES.entry(n).facts.get("token_ids", True)]
+            raise ConfigError(f"config key mask.recipe={mask.recipe} regresses dropped tokens onto the noisy input, "
+                              f"which a masked model over token ids does not have: use mask.recipe={one_of(fits)}")
+        if obj.name == "masked" and self.control.signal is not None:
+            raise ConfigError("config key control.signal does not apply to objective.name=masked (a model over token "
+                              "ids): leave control.signal out")
         if m.learn_sigma and obj.name != "ddpm":
             raise ConfigError(f"config key model.learn_sigma=true needs objective.name=ddpm (a learned DDPM "
                               f"variance), not {obj.name}: set objective.name=ddpm or model.learn_sigma=false")
@@ -229,6 +240,15 @@ class Config:
 def check_against_data(cfg: Config, dataset: Any) -> None:
     """Rules that need the dataset's shape: run after loading the data, before anything is written."""
     rank = len(dataset.shape) - 1
+    vocab = getattr(dataset.codec, "vocab_size", None)
+    if cfg.objective.name == "masked" and vocab is None:
+        raise ConfigError(f"config key objective.name=masked generates token ids, but data.name={cfg.data.name} holds "
+                          f"{dataset.codec.name} values: quantise images with data.levels=K (the digits: 17), or "
+                          "train on token data")
+    if cfg.objective.name != "masked" and vocab is not None:
+        raise ConfigError(f"data.name={cfg.data.name} holds token ids (a {vocab}-symbol vocabulary), which "
+                          f"objective.name={cfg.objective.name} cannot diffuse: set objective.name=masked"
+                          + (" or leave data.levels out" if cfg.data.levels is not None else ""))
     if cfg.control.signal is not None:
         check_fits(cfg.control.signal, dataset.shape[1:])
     if cfg.model.attention == "factorised" and rank != 3:

@@ -42,6 +42,10 @@ COMMANDS.add("captions", "maskdit.cli.captions",
              "encode a dataset's captions with a frozen Hugging Face text encoder into a store to train on")
 COMMANDS.add("encoder", "maskdit.cli.encoder",
              "train a small ViT by masked autoencoding, the target of representation alignment")
+COMMANDS.add("tokenizer", "maskdit.cli.tokenizer",
+             "train a small FSQ image tokenizer: images as token grids for masked diffusion")
+COMMANDS.add("tokens", "maskdit.cli.tokenizer", "write a store of images' token ids through a trained tokenizer",
+             arguments="add_tokens_arguments", handler="run_tokens")
 COMMANDS.add("import", "maskdit.cli.interop", "turn a DiT, SiT or diffusers DiT checkpoint into a maskdit run",
              arguments="add_import_arguments", handler="run_import")
 COMMANDS.add("export", "maskdit.cli.interop", "write a run's model as a diffusers DiTTransformer2DModel directory",

@@ -98,6 +98,24 @@ def control_sources(args: argparse.Namespace, run: Any, dataset: Any, metrics: l
     return images
 
 
+def likelihood_bound(loaded: Any, dataset: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``--metrics nll``: a masked model's bound on the real images (the run's data, or ``--data``) in bits per token,
+    the images encoded as the run's token ids and paired with their labels."""
+    from maskdit.diffusion.masked import bits_per_token
+
+    if loaded is None or loaded.objective.name != "masked":
+        raise ConfigError("--metrics nll is the likelihood bound of a masked model over token ids: it needs a run "
+                          "trained with objective.name=masked")
+    labels = None
+    if loaded.model.conditioner is not None:
+        if loaded.model.text is not None or dataset.labels is None:
+            raise ConfigError(f"--metrics nll scores a class-conditional model on labelled images, and {dataset.name} "
+                              "has no labels (or the model reads captions): score it on labelled data (--data)")
+        labels = dataset.labels
+    return bits_per_token(loaded.model, loaded.objective, loaded.codec.encode(dataset.images), labels,
+                          batch_size=args.batch_size)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -136,13 +154,15 @@ def run(args: argparse.Namespace) -> int:
                    f"guidance_scale={kwargs['guidance_scale']}, seed={kwargs['seed']}")
     sampling_s = time.time() - start
     device = next(loaded.model.parameters()).device if loaded else pick_device(args.device)
-    scores = score_samples(images, labels, dataset, [m for m in metrics if m not in ("geneval", "control")],
+    scores = score_samples(images, labels, dataset, [m for m in metrics if m not in ("geneval", "control", "nll")],
                            device=device)
     if "control" in metrics:
         from maskdit.evaluate.control import adherence
 
         signal = loaded.model.control_signal
         scores["control"] = {"signal": signal, **adherence(loaded.codec.encode(images), sources, signal)}
+    if "nll" in metrics:
+        scores["nll"] = likelihood_bound(loaded, dataset, args)
     if "geneval" in metrics:
         from maskdit.evaluate.geneval import detector_accuracy, score
 

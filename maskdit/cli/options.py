@@ -42,6 +42,10 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="MDT's power-cosine guidance schedule: scale 1 at t=1 rising to the full scale at t=0 "
                    "(MDT: 0.01; default: the run's sample.guidance_power, null = constant)")
     g.add_argument("--eta", type=unit_float, help="DDIM eta in [0, 1] (0 deterministic, 1 ancestral)")
+    g.add_argument("--temperature", type=positive_float,
+                   help="masked models: temperature of the categorical draws (default: the run's, else 1)")
+    g.add_argument("--choice-temperature", type=non_negative_float, metavar="T",
+                   help="the maskgit sampler: Gumbel noise on its confidences, annealed to 0 (default 4.5)")
     g.add_argument("--accel", metavar="NAME[:key=value,...][+NAME...]",
                    help="sampling accelerators (docs/inference.md): cache:every=3 (reuse the middle blocks' "
                    "residual), ras:ratio=0.5 (recompute half the tokens), int8 (calibrated int8 linear layers); "
@@ -291,6 +295,7 @@ def sampling_settings(args: argparse.Namespace, run: Any, noise: dict[str, Any] 
         "guidance_power": s["guidance_power"],
         "eta": s["eta"],
         "seed": args.seed,
+        **{k: s[k] for k in ("temperature", "choice_temperature") if s[k] is not None},
         **({} if not getattr(args, "accel", None) else {"accel": _checked_accel(args.accel)}),
     }
 

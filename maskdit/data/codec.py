@@ -1,8 +1,10 @@
 """Codecs: the one place that converts between stored data and model space.
 
-A codec ``encode``s what a dataset stores (uint8 pixels today, VAE latents next) into the tensors the model
-trains on, and ``decode``s model outputs back. The CLI, the report, evaluation and tasks call the run's
-codec instead of converting values themselves; the run's ``config.json`` names it.
+A codec ``encode``s what a dataset stores (uint8 pixels, VAE latents, token ids) into the tensors the model
+trains on, and ``decode``s model outputs back. A *discrete* codec has a ``vocab_size``: its model space holds
+token ids ``0..vocab_size-1`` (as floats, exact), which a masked-diffusion model reads and predicts. The CLI,
+the report, evaluation and tasks call the run's codec instead of converting values themselves; the run's
+``config.json`` names it.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from typing import Any, Protocol
 
 import torch
 
+from maskdit.errors import ConfigError
 from maskdit.registry import Registry
 
 
 class Codec(Protocol):
     name: str
     value_range: tuple[float, float]  #: the range of model-space values
+    stores_pixels: bool  #: the dataset stores uint8 pixels and ``decode`` returns pixels like them
 
     def encode(self, stored: torch.Tensor) -> torch.Tensor: ...
 
@@ -36,6 +40,7 @@ class PixelCodec:
 
     name = "uint8"
     value_range = (-1.0, 1.0)
+    stores_pixels = True
 
     def encode(self, stored: torch.Tensor) -> torch.Tensor:
         return stored.float() / 127.5 - 1.0
@@ -49,6 +54,35 @@ class PixelCodec:
 
 
 PIXELS = PixelCodec()
+
+
+@CODECS.register("levels", "uint8 pixels quantised to K levels <-> token ids 0..K-1 (discrete models, data.levels)")
+class LevelsCodec:
+    """uint8 pixels <-> token ids: pixel ``p`` is level ``round(p * (K - 1) / 255)``, level ``k`` decodes to
+    ``round(k * 255 / (K - 1))``. The digits (17 values, stored as ``round(v * 255 / 16)``) round-trip exactly
+    at ``K = 17``. Model space holds the ids as floats; ``vocab_size`` is ``K``."""
+
+    name = "levels"
+    stores_pixels = True
+
+    def __init__(self, levels: int):
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 256:
+            raise ConfigError(f"data.levels must be an integer in [2, 256] (pixel levels become token ids), got "
+                              f"{levels!r}")
+        self.levels = levels
+        self.vocab_size = levels
+        self.value_range = (0.0, float(levels - 1))
+
+    def encode(self, stored: torch.Tensor) -> torch.Tensor:
+        return torch.round(stored.float() * ((self.levels - 1) / 255.0))
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x.round().clamp(0, self.levels - 1)
+        return torch.round(ids * (255.0 / (self.levels - 1))).to(torch.uint8)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "levels": self.levels}
 
 
 def codec_from_config(config: dict[str, Any] | None) -> Codec:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from maskdit.data.codec import PIXELS, Codec
+from maskdit.data.codec import PIXELS, Codec, LevelsCodec
 from maskdit.errors import ConfigError, DataError, check_keys
 from maskdit.registry import Registry, one_of
 
@@ -56,6 +56,8 @@ class DataConfig:
     flip: bool = False  #: random horizontal flips: every epoch shows each example as stored and mirrored
     workers: int = 0  #: DataLoader worker processes that prepare the next steps' batches (0: in the main process)
     captions: str | None = None  #: model.condition=hf: a caption store of the data's captions (maskdit captions encode)
+    levels: int | None = None  #: quantise uint8 pixels to this many levels, as token ids (objective.name=masked)
+    length: int = 64  #: text: characters per sequence
 
     def validate(self) -> None:
         """Check every ``data.*`` value on its own (what needs the loaded data is checked after loading)."""
@@ -66,6 +68,8 @@ class DataConfig:
             ("size", self.size >= 4, "at least 4 (video canvas pixels)"),
             ("resize", self.resize is None or self.resize >= 1, "a positive image side in pixels"),
             ("workers", self.workers >= 0, "0 (load in the training process) or more worker processes"),
+            ("levels", self.levels is None or 2 <= self.levels <= 256, "null or an integer in [2, 256]"),
+            ("length", self.length >= 2, "at least 2 (characters per text sequence)"),
         ])
 
 
@@ -433,6 +437,12 @@ def dataset_from_config(cfg: Any, split: str = "train") -> Dataset:
     if entry.facts["needs_path"] and not cfg.path:
         raise ConfigError(f"config key data.path is required when data.name={cfg.name}")
     dataset = entry.value(cfg, split)
+    levels = getattr(cfg, "levels", None)
+    if levels is not None:
+        if not getattr(dataset.codec, "stores_pixels", False) or getattr(dataset.codec, "vocab_size", None):
+            raise ConfigError(f"config key data.levels={levels} quantises uint8 pixels, but data.name={cfg.name} "
+                              f"stores {dataset.codec.name} values: leave data.levels out")
+        dataset.codec = LevelsCodec(levels)
     if getattr(cfg, "captions", None):
         dataset.caption_store = cfg.captions  # read by a frozen text encoder's conditioner instead of encoding
     return dataset

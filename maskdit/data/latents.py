@@ -232,6 +232,7 @@ class VAECodec:
 
     name = "vae"
     value_range = (-float("inf"), float("inf"))
+    stores_pixels = False
 
     def __init__(self, vae: str, scaling_factor: float, channels: int = 3):
         self.vae_dir, self.scaling_factor, self.channels = str(vae), float(scaling_factor), int(channels)

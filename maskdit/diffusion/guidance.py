@@ -101,7 +101,8 @@ def guided(
 
     ``channels``: guide only the first so many output channels and take the rest from the strong branch
     (DiT guides 3 of its 8; a learned variance is never guided). Default: every channel of the prediction
-    (the model's ``in_channels``), the variance channels of a learned-variance model from the strong branch.
+    (the model's ``target_channels``: its data channels, or a masked model's logits), the variance channels of a
+    learned-variance model from the strong branch.
 
     Output ``w + scale * (s - w)`` on all channels, where ``s`` and ``w`` are the strong and weak
     predictions of the :data:`GUIDANCES` mode: for ``cfg`` the prediction for ``y`` and the unconditional
@@ -110,7 +111,7 @@ def guided(
     ``interval[0] <= t <= interval[1]`` (when given); elsewhere, whenever ``scale == 1``, and when the mode
     needs labels but the model is unconditional, the output is the plain prediction and no second pass is
     made. ``given`` ``(B, N)`` (a task's condition mask) is passed to the model with every call. ``t`` is a
-    Python float, so deciding costs no device sync.
+    Python float, so deciding costs no device sync, or a ``(B,)`` tensor of per-sample times, whose mean decides.
 
     ``power`` ``p`` scales the guidance by MDT's power-cosine schedule: ``1 + (scale - 1) * (1 - cos(pi *
     (1 - t)^p)) / 2``, from 1 at ``t = 1`` to ``scale`` at ``t = 0`` (small ``p``: nearly constant).
@@ -127,11 +128,14 @@ def guided(
                           "one value per sample, shaped like the condition")
     branches = GUIDANCES.get(guidance)
     needs_labels = GUIDANCES.entry(guidance).facts["labels"]
-    guide = channels or getattr(model, "in_channels", None)
+    guide = channels or getattr(model, "target_channels", getattr(model, "in_channels", None))
 
-    def fn(x: torch.Tensor, t: float) -> torch.Tensor:
+    def fn(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         # float64: t = k / 1000 reaches the time embedding as exactly k (DiT's integer steps)
-        t_batch = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float64)
+        if torch.is_tensor(t):  # one time per sample (first-hitting sampling): the schedules read their mean
+            t_batch, t = t.to(x.device, torch.float64), float(t.double().mean())
+        else:
+            t_batch = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float64)
         in_interval = interval is None or interval[0] <= t <= interval[1]
         extra = {} if given is None else {"given": given}
         if (needs_labels and not conditional) or scale == 1.0 or not in_interval:

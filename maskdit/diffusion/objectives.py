@@ -11,8 +11,13 @@ receive ``t`` as given; samplers integrate from ``t = 1`` down to ``t = 0``.
   ``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps`` and the model predicts ``eps`` (and, with a
   learned variance, where its log-variance sits between the posterior's bounds).
 
-Each objective turns ``(x_0, eps, t)`` into the model input and the regression target; :func:`token_mse`
-averages the error over exactly the tokens a loss covers.
+* :class:`MaskedDiffusion` (absorbing-state diffusion over token ids, MD4 / MDLM): each cell of a grid of ids is
+  masked (id ``-1``) with probability ``m(t)`` (``m(0) = 0``: clean; ``m(1) = 1``: all masked); the model predicts
+  the logits of every cell's id, and the loss is the continuous-time bound: ``m'(t) / m(t)`` times the cross-entropy
+  on the masked cells. Its samplers live in :mod:`maskdit.diffusion.masked`.
+
+Each objective turns ``(x_0, eps, t)`` into the model input and the regression target, and its ``token_loss``
+averages the error over exactly the tokens a loss covers (:func:`token_mse` for the real-valued ones).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ TIME_SAMPLINGS.add("logit_normal", None, "t = sigmoid(N(logit_mean, logit_std)) 
 DDPM_SCHEDULES: Registry[None] = Registry("DDPM schedule", key="objective.schedule")
 DDPM_SCHEDULES.add("linear", None, "DDPM's linear betas")
 DDPM_SCHEDULES.add("cosine", None, "improved DDPM's cosine alpha-bar")
+#: masked diffusion: the share of masked cells ``m(t)`` (``objective.schedule`` when ``objective.name=masked``).
+MASKING_SCHEDULES: Registry[None] = Registry("masking schedule", key="objective.schedule")
+MASKING_SCHEDULES.add("linear", None, "m(t) = t (MDLM, MD4's linear)")
+MASKING_SCHEDULES.add("cosine", None, "m(t) = sin(pi t / 2): MaskGIT's cosine, MD4's cosine")
 
 
 #: Where a flow's chain starts at ``t = 1`` (``objective.source``).
@@ -83,6 +92,11 @@ class FlowMatching:
     @staticmethod
     def target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return noise - x0
+
+    @staticmethod
+    def token_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+        return token_mse(pred, target, weight)
 
 
 def _betas(schedule: str, steps: int) -> torch.Tensor:
@@ -186,8 +200,100 @@ class DDPM:
     def target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return noise
 
+    @staticmethod
+    def token_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+        return token_mse(pred, target, weight)
 
-Objective = FlowMatching | DDPM
+
+#: The model-space id of a masked cell (the embedding maps it to its mask row; :mod:`maskdit.model.discrete`).
+MASK_ID = -1
+#: Training times start here: below it almost no cell is masked and ``m'(t) / m(t)`` only adds variance.
+MIN_MASKED_TIME = 1e-3
+
+
+@OBJECTIVES.register("masked", "absorbing-state (masked) diffusion over token ids; logits, the MD4/MDLM bound")
+class MaskedDiffusion:
+    """Masked diffusion over token ids (MD4, MDLM), in the package's time: cell ids ``(B, 1, *S)`` are masked
+    independently with probability ``m(t)`` (:data:`MASKING_SCHEDULES`). The noise is the usual standard normal
+    draw, mapped to a uniform ``u = Phi(eps)`` per cell, and a cell is masked where ``u < m(t)``: so the step
+    sampler, seeds and resume work unchanged. The loss is the negative ELBO per cell,
+    ``m'(t) / m(t) * CE(logits, x_0)`` on the masked cells (in nats; the bound in bits is it over ``ln 2``).
+
+    ``time_agnostic``: the model gets no time input (the paper "Masked diffusion models are secretly time-agnostic
+    masked models": the optimal prediction depends only on which cells are masked); the run builds its DiT with
+    ``time_input=False``. Training times are stratified over each batch (one uniform offset, then evenly spread,
+    as MD4's antithetic sampling), which lowers the variance of the weighted loss.
+    """
+
+    name = "masked"
+    prediction = "logits"
+
+    def __init__(self, schedule: str = "linear", time_agnostic: bool = False):
+        if schedule not in MASKING_SCHEDULES:
+            raise ConfigError(f"objective.schedule must be one of {one_of(MASKING_SCHEDULES.names())} for "
+                              f"objective.name=masked, got {schedule!r}")
+        self.schedule, self.time_agnostic = schedule, bool(time_agnostic)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> MaskedDiffusion:
+        return cls(cfg.schedule, cfg.time_agnostic)
+
+    def masked_share(self, t: torch.Tensor) -> torch.Tensor:
+        """``m(t)``, the probability that a cell is masked at time ``t``."""
+        return t if self.schedule == "linear" else torch.sin(0.5 * math.pi * t)
+
+    def time_of_share(self, m: torch.Tensor) -> torch.Tensor:
+        """The time at which a share ``m`` of the cells is masked (``m``'s inverse)."""
+        m = m.clamp(0, 1)
+        return m if self.schedule == "linear" else torch.asin(m) * (2 / math.pi)
+
+    def rate(self, t: torch.Tensor) -> torch.Tensor:
+        """``m'(t) / m(t)``: the weight of a masked cell's cross-entropy in the bound."""
+        if self.schedule == "linear":
+            return 1 / t
+        return 0.5 * math.pi / torch.tan(0.5 * math.pi * t)
+
+    def sample_time(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = (torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(batch) / batch) % 1
+        return (MIN_MASKED_TIME + (1 - MIN_MASKED_TIME) * u).float()
+
+    def masked(self, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Which cells are masked at ``t`` for standard-normal ``noise`` (a uniform ``Phi(noise)`` below ``m(t)``)."""
+        u = 0.5 * torch.erfc(-noise.double() / math.sqrt(2.0))
+        return u < _expand(self.masked_share(t.double()), noise)
+
+    def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.masked(noise, t), torch.full_like(x0, MASK_ID), x0)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The id to predict in each masked cell, ``MASK_ID`` where nothing is to be predicted."""
+        return torch.where(self.masked(noise, t), x0, torch.full_like(x0, MASK_ID))
+
+    def prior(self, noise: torch.Tensor) -> torch.Tensor:
+        """The chain's start at ``t = 1``: every cell masked."""
+        return torch.full_like(noise, MASK_ID)
+
+    def cell_loss(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The bound's term of every cell, ``(B, K, P)`` from logits ``(B, K, P * V)`` and target ids ``(B, K, P)``:
+        ``m'(t) / m(t)`` times the cross-entropy where a cell is masked, 0 elsewhere (nats)."""
+        b, k, p = target.shape
+        logits = pred.float().reshape(b * k * p, -1)
+        ids = target.reshape(-1).round().long()
+        ce = torch.nn.functional.cross_entropy(logits, ids.clamp_min(0), reduction="none").reshape(b, k, p)
+        return torch.where(target >= 0, ce, 0.0) * _expand(self.rate(t.float().to(ce.device)), ce)
+
+    def token_loss(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The bound per cell, averaged over the tokens ``weight`` covers (all without it)."""
+        per_token = self.cell_loss(pred, target, t).mean(dim=-1)
+        if weight is None:
+            return per_token.mean()
+        weight = weight.to(per_token.dtype)
+        return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+Objective = FlowMatching | DDPM | MaskedDiffusion
 
 
 def token_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,7 +371,7 @@ def prediction_loss(
     """The loss of prediction tokens ``pred`` (``keep_idx``'s, or all ``N``) against ``target`` tokens: the
     MSE, plus for a learned-variance model (``2C`` channels) the variational bound on its variance."""
     if not getattr(model, "learn_sigma", False):
-        return token_mse(pred, target, weight)
+        return objective.token_loss(pred, target, t, weight)
     # a learned variance: each token holds (patch offsets..., 2C) values, the target's C first
     b, n = pred.shape[:2]
     c = x0.shape[1]
@@ -307,7 +413,8 @@ def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def chain_start(objective: Objective, noise: torch.Tensor, conditioner: Any, y: Any) -> torch.Tensor:
     """The state at ``t = 1`` for standard-normal ``noise``: the noise itself, or with ``objective.source=control``
-    the control map of the condition values ``y`` plus ``kappa`` times the noise."""
+    the control map of the condition values ``y`` plus ``kappa`` times the noise. (A masked model's chain starts
+    at its all-masked ``prior``; its noise only decides which cells are masked in training.)"""
     if getattr(objective, "source", "noise") == "noise":
         return noise
     if y is None or not hasattr(conditioner, "split"):
@@ -327,15 +434,16 @@ def objective_from_config(cfg: Any) -> Objective:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "flow"  #: a maskdit.diffusion.objectives.OBJECTIVES entry: flow | ddpm
+    name: str = "flow"  #: a maskdit.diffusion.objectives.OBJECTIVES entry: flow | ddpm | masked
     time_sampling: str = "logit_normal"  #: flow: uniform | logit_normal
     logit_mean: float = 0.0
     logit_std: float = 1.0
-    schedule: str = "linear"  #: ddpm: linear | cosine
+    schedule: str = "linear"  #: ddpm: linear | cosine (betas); masked: linear | cosine (the masked share m(t))
     num_steps: int = 1000  #: ddpm: length of the chain
     step_offset: int = 1  #: ddpm: step k is t = (k + step_offset) / T; 0 = DiT's integer timesteps (imports)
     source: str = "noise"  #: flow: where the chain starts, noise | control (ResShift: the degraded image + noise)
     kappa: float = 1.0  #: flow with source=control: the noise added to the degraded image at the start
+    time_agnostic: bool = False  #: masked: the model gets no time input (it reads the masked cells alone)
 
     def validate(self) -> None:
         """Check every ``objective.*`` value against its registry and range."""
@@ -343,10 +451,12 @@ class ObjectiveConfig:
             ("name", self.name in OBJECTIVES, "one of " + one_of(OBJECTIVES.names())),
             ("time_sampling", self.time_sampling in TIME_SAMPLINGS, "one of " + one_of(TIME_SAMPLINGS.names())),
             ("logit_std", self.logit_std > 0, "positive"),
-            ("schedule", self.schedule in DDPM_SCHEDULES, "one of " + one_of(DDPM_SCHEDULES.names())),
+            ("schedule", self.schedule in (MASKING_SCHEDULES if self.name == "masked" else DDPM_SCHEDULES),
+             "one of " + one_of((MASKING_SCHEDULES if self.name == "masked" else DDPM_SCHEDULES).names())),
             ("num_steps", self.num_steps >= 2, "at least 2"),
             ("step_offset", self.step_offset in (0, 1), "0 (DiT: t = k / T) or 1 (t = (k + 1) / T)"),
             ("source", self.source in SOURCES, "one of " + one_of(SOURCES.names())),
             ("source", self.source == "noise" or self.name == "flow", "noise unless objective.name=flow"),
             ("kappa", math.isfinite(self.kappa) and self.kappa >= 0, "a non-negative number"),
+            ("time_agnostic", not self.time_agnostic or self.name == "masked", "false unless objective.name=masked"),
         ])

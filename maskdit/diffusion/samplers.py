@@ -80,6 +80,10 @@ class NoiseStreams:
     def __call__(self) -> torch.Tensor:
         return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
 
+    def uniform(self, shape: Sequence[int]) -> torch.Tensor:
+        """Float64 uniforms ``(len(indices), *shape)`` from the same streams (a masked model's categorical draws)."""
+        return torch.stack([torch.rand(tuple(shape), generator=g, dtype=torch.float64) for g in self.generators])
+
 
 def _steps(steps: int, progress: bool) -> tqdm:
     return tqdm(range(steps), desc="sampling", disable=not progress, leave=False)
@@ -292,13 +296,15 @@ def sample(
     eta: float = 0.0,
     noise: Callable[[], torch.Tensor] | None = None,
     progress: bool = False,
+    **draws: float,
 ) -> torch.Tensor:
     """Run the named sampler from ``x`` (the state at ``t = 1``) to ``t = 0``; ``noise`` draws the step
-    noise of stochastic samplers (default: per-sample streams of seed 0)."""
+    noise of stochastic samplers (default: per-sample streams of seed 0). ``draws``: a masked model's sampler
+    options, ``temperature`` and ``choice_temperature`` (:mod:`maskdit.diffusion.masked`)."""
     check_sampler(sampler, objective.name)
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
-    return SAMPLERS.get(sampler)(fn, x, objective, steps, eta=eta, noise=noise, progress=progress)
+    return SAMPLERS.get(sampler)(fn, x, objective, steps, eta=eta, noise=noise, progress=progress, **draws)
 
 
 def default_sampler(objective: Objective | str) -> str:
@@ -330,6 +336,8 @@ def generate(
     start: torch.Tensor | None = None,
     guidance_power: float | None = None,
     negative: torch.Tensor | None = None,
+    temperature: float | None = None,
+    choice_temperature: float | None = None,
 ) -> torch.Tensor:
     """``num`` samples ``(num, C, *S)`` in model space (``size``: another ``S``, for rotary models). The
     network sees batches of exactly ``batch_size`` samples (the last one padded) and the starting and step
@@ -342,9 +350,21 @@ def generate(
     With a condition mask ``given`` ``(num, N)`` and ``context`` ``(num, C, *S)``, the given tokens are
     held to their context values before every model call and in the result, which therefore equals
     ``context`` exactly on them; only the other tokens are generated.
+
+    ``temperature`` and ``choice_temperature``: a masked model's categorical draws and MaskGIT's confidence noise
+    (:mod:`maskdit.diffusion.masked`; ``None``: 1 and MaskGIT's 4.5).
     """
     sampler = sampler or default_sampler(objective)
     check_sampler(sampler, objective.name)
+    draws = {k: v for k, v in (("temperature", temperature), ("choice_temperature", choice_temperature))
+             if v is not None}
+    if draws and not SAMPLERS.entry(sampler).facts.get("discrete"):
+        raise ConfigError(f"{', '.join(draws)} set the draws of a masked model's sampler; sampler {sampler!r} "
+                          "integrates real values: leave them out")
+    discrete = SAMPLERS.entry(sampler).facts.get("discrete", False)
+    if draws.get("temperature", 1.0) <= 0 or draws.get("choice_temperature", 0.0) < 0 or (accel and discrete):
+        raise ConfigError("a masked model samples with a positive temperature, a non-negative choice temperature "
+                          "and no accelerator (their caches assume a continuous chain)")
     device = next(model.parameters()).device
     shape = (model.in_channels, *(size or model.input_size))
     if start is not None:
@@ -356,7 +376,11 @@ def generate(
         noise = torch.randn((num, *shape), generator=torch.Generator().manual_seed(seed))
     if labels is not None and len(labels) != num:
         raise ConfigError(f"{len(labels)} labels for {num} samples")
-    if start is None:  # a restoration chain (objective.source=control) starts at the degraded image
+    if hasattr(objective, "prior"):  # a masked model: every cell masked
+        if start is not None:
+            raise ConfigError("a masked model's chain starts with every cell masked: it takes no starting noise")
+        noise = objective.prior(noise)
+    elif start is None:  # a restoration chain (objective.source=control) starts at the degraded image
         noise = chain_start(objective, noise, getattr(model, "conditioner", None), labels)
     if getattr(objective, "source", "noise") != "noise" and eta > 0:
         raise ConfigError(f"--eta {eta}: stochastic steps re-noise towards Gaussian noise, but this model's chain "
@@ -391,7 +415,7 @@ def generate(
             if given is None:
                 fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance,
                             channels=guidance_channels, power=guidance_power, negative=neg)
-                x = sample(fn, x, objective, sampler, steps, eta, streams)
+                x = sample(fn, x, objective, sampler, steps, eta, streams, **draws)
             else:
                 g, ctx = padded(given[part], batch_size).to(device), padded(context[part], batch_size).to(device)
 
@@ -401,7 +425,7 @@ def generate(
                 fn = guided(model, y, guidance_scale, guidance_interval, given=g, guidance=guidance,
                             channels=guidance_channels, power=guidance_power, negative=neg)
                 x = hold(sample(lambda x, t, fn=fn: fn(hold(x), t), hold(x), objective, sampler, steps, eta,
-                                streams))
+                                streams, **draws))
         out.append(x[:kept].float().cpu())
     return torch.cat(out)
 
@@ -426,6 +450,9 @@ def invert(
     check_sampler(sampler, objective.name)
     if sampler not in INVERSIONS:
         usable = [n for n in INVERSIONS.names() if n in SAMPLERS.names(objectives=objective.name)]
+        if not usable:
+            raise ConfigError(f"this model's {objective.name} chain reveals ids at random: it has no deterministic "
+                              "inverse to invert images with")
         raise ConfigError(f"sampler {sampler!r} is stochastic and cannot be inverted: use {one_of(usable)}")
     if labels is not None and len(labels) != len(x0):
         raise ConfigError(f"{len(labels)} labels for {len(x0)} inputs")
@@ -451,6 +478,8 @@ class SampleConfig:
     eta: float = 0.0  #: ddim only, in [0, 1]
     guidance_channels: int | None = None  #: guide only the first N channels, the rest from the conditional branch
     guidance_power: float | None = None  #: MDT's power-cosine schedule of the scale over t (null: constant)
+    temperature: float | None = None  #: masked models: the categorical draws' temperature (null: 1)
+    choice_temperature: float | None = None  #: the maskgit sampler: Gumbel noise on its confidences (null: 4.5)
 
     def merged(self, given: dict[str, Any], fallback: dict[str, Any] | None = None) -> dict[str, Any]:
         """These settings as a dict of fields, overridden field by field: by ``given`` where not None (the command
@@ -481,4 +510,7 @@ class SampleConfig:
             ("guidance_power", self.guidance_power is None or self.guidance_power > 0,
              "null (a constant scale) or positive"),
             ("guidance", self.guidance in GUIDANCES, "one of " + one_of(GUIDANCES.names())),
+            ("temperature", self.temperature is None or self.temperature > 0, "null (1) or positive"),
+            ("choice_temperature", self.choice_temperature is None or self.choice_temperature >= 0,
+             "null (4.5) or non-negative"),
         ])

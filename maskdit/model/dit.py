@@ -42,6 +42,7 @@ from maskdit.model.blocks import (
 )
 from maskdit.model.control import CONTROL_KINDS
 from maskdit.model.decoders import DecoderHead
+from maskdit.model.discrete import TokenEmbedding
 from maskdit.model.moe import MoESpec
 from maskdit.model.paths import PATHS, check_fusion_route, check_tread_route, path_of
 from maskdit.model.precond import PRECONDS, EDMPrecond
@@ -191,6 +192,11 @@ class DiT(nn.Module):
             half feeds its output to its mirror in the second half (U-Net long skips, joined by a linear map
             of the concatenation); then a second learned position table is added and each of the last ``N``
             blocks joins the embedded input the same way. ``None``: a plain stack.
+        vocab_size: a model over token ids ``0..V-1`` (masked diffusion): the grid ``(B, 1, *S)`` holds ids (``-1``
+            where masked) and enters through a :class:`~maskdit.model.discrete.TokenEmbedding`; the head predicts ``V``
+            logits per cell, so the output is ``(B, V, *S)``. ``None``: a model over real values.
+        time_input: ``False`` makes the model time-agnostic: it ignores ``t`` (its time embedding sees 0), as a masked
+            model may (the masked cells alone say how far the chain is).
         precond: ``"edm"`` wraps the network in EDM's preconditioning and presents it as a flow velocity
             (:class:`~maskdit.model.precond.EDMPrecond`, ``sigma_data``); the time embedding then embeds EDM's
             ``c_noise = ln(sigma) / 4`` (set ``time_scale=1``). For MaskDiT imports.
@@ -238,6 +244,8 @@ class DiT(nn.Module):
         control: str | None = None,
         control_kind: str = "concat",
         control_options: dict[str, Any] | None = None,
+        vocab_size: int | None = None,
+        time_input: bool = True,
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -281,7 +289,17 @@ class DiT(nn.Module):
             raise ConfigError("a SPRINT model's dense shallow blocks are its patch mixer: set mixer_depth=0")
         self.tread_route = None if route is None else check_tread_route(route, depth)
         self.learn_sigma = bool(learn_sigma)
-        self.out_channels = in_channels * (2 if learn_sigma else 1)
+        self.vocab_size = None if vocab_size is None else int(vocab_size)
+        if self.vocab_size is not None:
+            if self.vocab_size < 2 or in_channels != 1:
+                raise ConfigError(f"a model over token ids needs one channel of ids and a vocabulary of at least 2, "
+                                  f"got in_channels={in_channels}, vocab_size={vocab_size}")
+            if learn_sigma or precond is not None or control is not None:
+                raise ConfigError("a model over token ids (masked diffusion) takes no learn_sigma, precond or control")
+        self.time_input = bool(time_input)
+        #: the channels of the objective's prediction: one per data channel, or one logit per token id
+        self.target_channels = self.vocab_size or in_channels
+        self.out_channels = self.target_channels * (2 if learn_sigma else 1)
         self.pos_layout = pos_layout or ("xy" if len(self.input_size) == 2 else "axes")
         if self.pos_layout not in POS_LAYOUTS:
             raise ConfigError(f"pos_layout must be one of {', '.join(POS_LAYOUTS)}, got {pos_layout!r}")
@@ -302,7 +320,8 @@ class DiT(nn.Module):
         if self.moe_every < 1:
             raise ConfigError(f"moe every must be at least 1, got {self.moe_every}")
 
-        self.patch_embed = nn.Linear(self.patch_dim, hidden_size)
+        self.patch_embed = nn.Linear(self.patch_dim, hidden_size) if self.vocab_size is None else \
+            TokenEmbedding(self.vocab_size, math.prod(self.patch_size), hidden_size)
         table = sincos_pos_embed(hidden_size, self.token_grid, reverse_axes=self.pos_layout == "xy")
         if pos == "learned":  # starts as the sin-cos table, then trains
             self.pos_embed = nn.Parameter(table[None].clone())
@@ -439,6 +458,8 @@ class DiT(nn.Module):
     def context(self, t: torch.Tensor, y: Any, given: torch.Tensor | None = None) -> Context:
         """What the blocks are conditioned on: ``c`` from time and the condition's pooled vector, the condition's
         tokens (text), and with ``token_time`` and a condition mask ``given`` the clean level of given tokens."""
+        if not self.time_input:
+            t = torch.zeros_like(t)
         c = self.t_embedder(t)
         cond, control = None, None
         if self.control is not None:

@@ -56,7 +56,8 @@ from maskdit.model.paths import check_fusion_route, check_tread_route, skips
 from maskdit.registry import Registry, one_of
 
 #: name -> recipe class, built by ``cls.build(model, mask_config)``; facts ``tasks``: takes condition masks,
-#: ``path_drop`` (optional): its ``loss`` takes the step's per-sample path drops (``mask.path_drop``).
+#: ``path_drop`` (optional): its ``loss`` takes the step's per-sample path drops (``mask.path_drop``),
+#: ``token_ids`` (optional, default true): trains a masked model over token ids (no regression onto the input).
 RECIPES: Registry[type] = Registry("recipe", key="mask.recipe")
 
 
@@ -148,7 +149,8 @@ class DropRecipe(nn.Module):
         return loss, _parts(loss_denoise=loss)
 
 
-@RECIPES.register("mae", "MaskDiT: + an MAE decoder's reconstruction loss on dropped tokens", tasks=False)
+@RECIPES.register("mae", "MaskDiT: + an MAE decoder's reconstruction loss on dropped tokens", tasks=False,
+                  token_ids=False)
 class MAERecipe(nn.Module):
     """(b) MaskDiT: denoising loss on kept tokens + ``aux_weight`` x reconstruction loss on dropped tokens."""
 
@@ -269,7 +271,7 @@ class TreadRecipe(nn.Module):
             return loss, _parts(loss_denoise=loss)
         x_t, target, weight = training_pair(objective, x0, noise, t, model.patch_size, given)
         tokens, c = model.features(x_t, t, y, keep_idx, given=given, route=self.route)
-        loss = token_mse(model.head(tokens, c), target, weight)
+        loss = objective.token_loss(model.head(tokens, c), target, t, weight)
         return loss, _parts(loss_denoise=loss)
 
 
@@ -315,12 +317,12 @@ class SprintRecipe(nn.Module):
              path_drop: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_t, target, weight = training_pair(objective, x0, noise, t, model.patch_size, given)
         tokens, c = model.features(x_t, t, y, keep_idx, given=given, path_drop=path_drop)
-        loss = token_mse(model.head(tokens, c), target, weight)
+        loss = objective.token_loss(model.head(tokens, c), target, t, weight)
         return loss, _parts(loss_denoise=loss)
 
 
 @RECIPES.register("maskdit", "MaskDiT as published: the model's last blocks decode every token (mask tokens in "
-                  "the gaps); + MAE loss on dropped tokens", tasks=True)
+                  "the gaps); + MAE loss on dropped tokens", tasks=True, token_ids=False)
 class MaskDiTRecipe(nn.Module):
     """MaskDiT as published: the last ``decoder_depth`` backbone blocks are its decoder.
 

@@ -104,9 +104,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int,
-              condition_options: dict[str, Any] | None = None) -> DiT:
+              condition_options: dict[str, Any] | None = None, vocab_size: int | None = None) -> DiT:
     """The run's model: the ``model`` section plus what the data (grid, channels, classes, a text vocabulary in
-    ``condition_options``) and the recipe (a SPRINT or TREAD route, condition masks) decide."""
+    ``condition_options``, the token vocabulary of discrete data), the objective (a time-agnostic masked model) and
+    the recipe (a SPRINT or TREAD route, condition masks) decide."""
     m = cfg.model
     guided = cfg.sample.guidance_channels
     if guided is not None and guided > dataset_shape[0]:
@@ -117,7 +118,8 @@ def model_for(cfg: Config, dataset_shape: tuple[int, ...], num_classes: int,
         num_classes=num_classes if m.conditional else 0, task_conditioning=bool(cfg.task.names),
         fusion=cfg.sprint_route(), route=cfg.tread_route(), condition_options=condition_options,
         control=cfg.control.signal, control_kind=cfg.control.kind,
-        control_options=cfg.control.options or None))
+        control_options=cfg.control.options or None, vocab_size=vocab_size,
+        time_input=not cfg.objective.time_agnostic))
 
 
 def condition_options(cfg: Config, dataset: Any, source: Path | None) -> dict[str, Any] | None:
@@ -209,8 +211,8 @@ class Trainer:
         check_against_data(cfg, self.dataset)
         self.objective = objective_from_config(cfg.objective)
         self.condition_options = condition_options(cfg, self.dataset, source)
-        self.model = model_for(cfg, self.dataset.shape, self.dataset.num_classes,
-                               self.condition_options).to(self.device)
+        self.model = model_for(cfg, self.dataset.shape, self.dataset.num_classes, self.condition_options,
+                               getattr(self.dataset.codec, "vocab_size", None)).to(self.device)
         values = None if self.model.conditioner is None else self.model.conditioner.values(self.dataset)
         self.real_data = copy.copy(self.dataset)  # as loaded: what evaluation compares with (its labels)
         if values is not None:  # what batches pair with each example: caption token ids, a label and control map
@@ -502,8 +504,8 @@ class Trainer:
         weights = {k: full(v) for k, v in self.ema.state_dict().items()}
         if not self.world.main:
             return None
-        whole = model_for(self.cfg, self.dataset.shape, self.dataset.num_classes,
-                          self.condition_options).to(self.device)
+        whole = model_for(self.cfg, self.dataset.shape, self.dataset.num_classes, self.condition_options,
+                          getattr(self.dataset.codec, "vocab_size", None)).to(self.device)
         if self.lora is not None:
             add_lora(whole, self.cfg.lora)
         whole.load_state_dict(weights)
