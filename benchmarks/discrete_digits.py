@@ -3,7 +3,9 @@ continuous flow, side by side. Run each study alone on a quiet machine.
 
     python benchmarks/discrete_digits.py samplers --run runs/digits-masked
     python benchmarks/discrete_digits.py agnostic --seconds 240
+    python benchmarks/discrete_digits.py agnostic --steps 3000 --seeds 0,1,2
     python benchmarks/discrete_digits.py flow --seconds 240
+    python benchmarks/discrete_digits.py flow --steps 3000 --out docs/discrete/flow_3000.json
 
 * ``samplers``: ``--num`` class-conditional samples of a trained run (the ``digits-masked`` preset's) from the
   ancestral chain at 1,000 / 100 / 25 steps, first-hitting sampling (one call per cell), and MaskGIT at 1-32 rounds;
@@ -13,7 +15,8 @@ continuous flow, side by side. Run each study alone on a quiet machine.
   one time-agnostic; the bound on the 297 held-out digits (bits per token; the same masks and times for both), and
   their first-hitting samples scored.
 * ``flow``: the preset's masked model and the main job's flow model (``digits`` preset) trained for the same
-  wall-clock on all digits, each sampled with its defaults and scored alike.
+  wall-clock on all digits (``--steps N``: each for N steps with its full learning-rate schedule, the wall-clock
+  reported), each sampled with its defaults and scored alike.
 """
 
 from __future__ import annotations
@@ -103,14 +106,15 @@ def plot(rows: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
-def train(run_dir: Path, seconds: float, *overrides: str, preset: str = "digits-masked") -> Path:
+def train(run_dir: Path, seconds: float | None, *overrides: str, preset: str = "digits-masked") -> Path:
+    """A fresh run of ``preset`` for ``seconds`` of training (``None``: the steps the overrides say)."""
     from maskdit.checkpoint import remove_run
     from maskdit.config import load_config
     from maskdit.training.trainer import train as train_run
 
     remove_run(run_dir)
-    cfg = load_config(preset, overrides=[f"run_dir={run_dir}", f"max_seconds={seconds}", "steps=100000",
-                                         "ckpt_every=100000", *overrides])
+    budget = ["steps=100000", f"max_seconds={seconds}"] if seconds is not None else []
+    cfg = load_config(preset, overrides=[f"run_dir={run_dir}", "ckpt_every=100000", *budget, *overrides])
     return train_run(cfg, progress=False)
 
 
@@ -127,17 +131,25 @@ def agnostic(args: argparse.Namespace) -> dict:
     train_path, test_path = split_digits(root, 1500)
     test = load_npz(test_path)
     x0 = LevelsCodec(17).encode(test.images)
-    result = {"seconds": args.seconds, "held_out": len(test)}
-    for name, agnostic_model in (("time_conditioned", False), ("time_agnostic", True)):
-        run_dir = train(root / name, args.seconds, "data.name=npz", f"data.path={train_path}",
-                        f"objective.time_agnostic={str(agnostic_model).lower()}")
-        run = load_run(run_dir)
-        bound = bits_per_token(run.model, run.objective, x0, test.labels, times=args.times, seed=1)
-        row = {"train_steps": last_step(run_dir), **bound, **score(run, "first-hitting", 1, args.num, args.batch)}
-        print(name, json.dumps(row), flush=True)
-        result[name] = row
-    a, c = result["time_agnostic"]["bits_per_token"], result["time_conditioned"]["bits_per_token"]
-    result["relative_difference"] = (a - c) / c
+    budget = [f"steps={args.steps}"] if args.steps else []
+    result = {"seconds": None if args.steps else args.seconds, "steps": args.steps, "held_out": len(test),
+              "seeds": args.seeds}
+    for seed in args.seeds:
+        for name, agnostic_model in (("time_conditioned", False), ("time_agnostic", True)):
+            run_dir = train(root / name, None if args.steps else args.seconds, "data.name=npz",
+                            f"data.path={train_path}", f"objective.time_agnostic={str(agnostic_model).lower()}",
+                            f"seed={seed}", *budget)
+            run = load_run(run_dir)
+            bound = bits_per_token(run.model, run.objective, x0, test.labels, times=args.times, seed=1)
+            row = {"seed": seed, "train_steps": last_step(run_dir), **bound}
+            if seed == args.seeds[0]:
+                row.update(score(run, "first-hitting", 1, args.num, args.batch))
+            print(name, json.dumps(row), flush=True)
+            result.setdefault(name, []).append(row)
+    mean = {name: sum(r["bits_per_token"] for r in result[name]) / len(args.seeds)
+            for name in ("time_conditioned", "time_agnostic")}
+    result["mean_bits_per_token"] = mean
+    result["relative_difference"] = (mean["time_agnostic"] - mean["time_conditioned"]) / mean["time_conditioned"]
     return result
 
 
@@ -149,13 +161,16 @@ def flow(args: argparse.Namespace) -> dict:
     from maskdit.runs import load_run
 
     root = Path(args.runs)
-    result = {"seconds": args.seconds}
+    result = {"seconds": None if args.steps else args.seconds, "steps": args.steps}
     for name, preset, sampler, steps in (("masked", "digits-masked", "ancestral", 100),
                                          ("masked_fhs", "digits-masked", "first-hitting", 1),
                                          ("flow", "digits", "heun", 20)):
         run_dir = root / f"vs_{preset}"
         if name != "masked_fhs":
-            train(run_dir, args.seconds, preset=preset)
+            start = time.time()
+            train(run_dir, None if args.steps else args.seconds, *([f"steps={args.steps}"] if args.steps else []),
+                  preset=preset)
+            result[f"{preset}_train_seconds"] = round(time.time() - start, 1)
         row = {"train_steps": last_step(run_dir), **score(load_run(run_dir), sampler, steps, args.num, args.batch)}
         print(name, json.dumps(row), flush=True)
         result[name] = row
@@ -170,6 +185,10 @@ def main() -> None:
     p.add_argument("--num", type=int, default=500, help="samples scored per arm")
     p.add_argument("--batch", type=int, default=100, help="samples per network call")
     p.add_argument("--times", type=int, default=64, help="agnostic: times per held-out digit in the bound")
+    p.add_argument("--steps", type=int, default=0, help="agnostic, flow: train each run for this many steps instead of "
+                   "--seconds (its whole learning-rate schedule)")
+    p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0],
+                   help="agnostic: the seeds each arm is trained with (comma-separated)")
     p.add_argument("--runs", default="/tmp/maskdit-discrete", help="scratch directory of the trained runs")
     p.add_argument("--out", default=None, help="default docs/discrete/STUDY.json")
     args = p.parse_args()

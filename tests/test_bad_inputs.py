@@ -68,7 +68,7 @@ CASES: list[Case] = [
     C("usage-sample-no-args", ["sample"], re.compile(r"run_dir|RUN_DIR|--out")),  # either missing one
     C("usage-sample-missing-out", ["sample", "{img}"], "--out"),
     C("usage-sample-out-no-value", ["sample", "{img}", "--out"], "--out"),
-    C("usage-sample-unknown-flag", [*SAMPLE, "--temperature", "2"], "--temperature"),
+    C("usage-sample-unknown-flag", [*SAMPLE, "--warmth", "2"], "--warmth"),
     C("usage-sample-num-not-int", [*SAMPLE, "--num", "abc"], "--num"),
     C("usage-sample-seed-not-int", [*SAMPLE, "--seed", "abc"], "--seed"),
     C("usage-eval-num-float", [*EVAL, "--num", "1.5"], "--num"),

@@ -20,7 +20,8 @@ from maskdit.training.trainer import Trainer, train
 RUN = [*SMALL, "model.depth=2", "batch_size=8", "steps=10", "log_every=1", "ckpt_every=5", "lr=1e-3",
        "warmup_steps=0"]
 RECIPES = {"plain": [], "drop": ["mask.recipe=drop", "mask.ratio=0.5"],
-           "mae": ["mask.recipe=mae", "mask.ratio=0.5", "mask.decoder_depth=1"]}
+           "mae": ["mask.recipe=mae", "mask.ratio=0.5", "mask.decoder_depth=1"],
+           "masked-ids": ["objective.name=masked", "data.levels=17", "mask.recipe=drop", "mask.ratio=0.5"]}
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:

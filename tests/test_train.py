@@ -147,7 +147,7 @@ def test_learning_rate_schedule():
         ("model.dept=3", "unknown config key 'model.dept'"),
         ("model.preset=DiT-Q/3", "model.preset must be one of"),
         ("lr=fast", "lr has the wrong type"),
-        ("objective.name=score", "objective.name must be one of flow or ddpm"),
+        ("objective.name=score", "objective.name must be one of flow, ddpm or masked"),
         ("data.name=npz", "data.path is required"),
         ("batch", "must look like key=value"),
         ("precision=fp16", "precision must be one of auto, fp32 or bf16"),

@@ -34,7 +34,11 @@ def real_images(args: argparse.Namespace, run: Any) -> Any:
     from maskdit.data.datasets import dataset_from_config, images_from_spec
 
     if args.data is None:
-        return dataset_from_config(run.config.data)
+        dataset = dataset_from_config(run.config.data)
+        if not hasattr(dataset, "images"):
+            raise ConfigError(f"{args.run_dir} trains on {run.codec.name} ids, not images: score its decoded samples "
+                              "against the images they came from (--data IMAGES)")
+        return dataset
     return images_from_spec(args.data)
 
 
@@ -99,13 +103,22 @@ def control_sources(args: argparse.Namespace, run: Any, dataset: Any, metrics: l
 
 
 def likelihood_bound(loaded: Any, dataset: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """``--metrics nll``: a masked model's bound on the real images (the run's data, or ``--data``) in bits per token,
-    the images encoded as the run's token ids and paired with their labels."""
+    """``--metrics nll``: a masked model's bound in bits per token on the real images (the run's data, or ``--data``),
+    encoded as the run's token ids and paired with their labels; a model over a tokenizer's ids or text on its own
+    data (a text run's test split)."""
+    import torch
+
+    from maskdit.data.datasets import dataset_from_config
     from maskdit.diffusion.masked import bits_per_token
 
     if loaded is None or loaded.objective.name != "masked":
         raise ConfigError("--metrics nll is the likelihood bound of a masked model over token ids: it needs a run "
                           "trained with objective.name=masked")
+    if not loaded.codec.stores_pixels:
+        own = dataset_from_config(loaded.config.data, "test")
+        x0, labels = own.batch(torch.arange(len(own)))
+        return bits_per_token(loaded.model, loaded.objective, x0, labels if loaded.model.conditioner else None,
+                              batch_size=args.batch_size)
     labels = None
     if loaded.model.conditioner is not None:
         if loaded.model.text is not None or dataset.labels is None:
@@ -127,6 +140,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("eval needs RUN_DIR, or --samples FILE.npz together with --data to compare against")
     requested = parse_metrics(args.metrics) if args.metrics is not None else None
     loaded = load(args) if args.run_dir else None
+    if loaded is not None and getattr(loaded.codec, "decodes_text", False):
+        if requested not in (None, ["nll"]):
+            raise ConfigError(f"{args.run_dir} is a text model: maskdit eval scores it by --metrics nll (the bound on "
+                              "its held-out text); generative perplexity: python benchmarks/text_diffusion.py")
+        bound = likelihood_bound(loaded, None, args)
+        print(f"likelihood bound: {bound['bits_per_token']:.4f} +- {bound['stderr']:.4f} bits per token on "
+              f"{bound['num']} held-out sequences ({bound['times']} times each)  [step {loaded.step}]")
+        print(json.dumps({"step": loaded.step, "metrics": ["nll"], "nll": bound}))
+        return 0
     if loaded is not None and len(loaded.model.input_size) != 2:
         raise ConfigError(f"maskdit eval scores image models; {args.run_dir} generates "
                           f"{len(loaded.model.input_size)}-D grids: for video tasks use "

@@ -279,6 +279,10 @@ def sampling_settings(args: argparse.Namespace, run: Any, noise: dict[str, Any] 
         raise ConfigError(f"guidance scale {scale:g} ({source}): {guidance} guidance contrasts class labels and this "
                           "model is unconditional, so it would sample unguided: pass --guidance-scale 1"
                           + (", or use --guidance context with --task" if model.task_conditioning else ""))
+    for key in ("temperature", "choice_temperature"):
+        if getattr(args, key, None) is not None and run.objective.name != "masked":
+            raise ConfigError(f"--{key.replace('_', '-')} sets a masked model's draws; this run's "
+                              f"{run.objective.name} objective integrates real values: leave it out")
     channels = s["guidance_channels"]
     if channels is not None and channels > model.in_channels:
         where = "--guidance-channels" if args.guidance_channels else "the run's sample.guidance_channels"

@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="run directory or checkpoint directory")
     p.add_argument("--num", type=positive_int, help="number of samples (default 100; with --context: all clips)")
     p.add_argument("--out", required=True,
-                   help="FILE.png (a grid, one row per class) or FILE.npz; with --task also FILE.gif / FILE.mp4")
+                   help="FILE.png (a grid, one row per class) or FILE.npz; with --task also FILE.gif / FILE.mp4; "
+                   "FILE.txt for a text model")
     p.add_argument("--size", type=grid_size, metavar="HxW",
                    help="sample at another size (models trained with model.pos=rope; multiples of the patch)")
     p.add_argument("--from-noise", metavar="NOISE.npz",
@@ -49,10 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskdit.data.media import clips_as_rows, save_samples, save_video
+    from maskdit.data.media import clips_as_rows, save_samples, save_texts, save_video
 
-    if not args.out.lower().endswith((".png", ".npz", ".gif", ".mp4")):
-        raise ConfigError(f"--out {args.out}: the file name must end in .png, .npz, .gif or .mp4")
+    if not args.out.lower().endswith((".png", ".npz", ".gif", ".mp4", ".txt")):
+        raise ConfigError(f"--out {args.out}: the file name must end in .png, .npz, .gif, .mp4 or .txt")
     check_out(args.out, args.overwrite)
     if args.task or args.context or args.mask:
         if not args.task:
@@ -70,12 +71,15 @@ def run(args: argparse.Namespace) -> int:
         args.num = len(noise["noise"])
     args.num = args.num or 100
     video = len(loaded.model.input_size) == 3
-    allowed = (".png", ".npz", ".gif", ".mp4") if video else (".png", ".npz")
+    text = getattr(loaded.codec, "decodes_text", False)
+    allowed = (".txt",) if text else (".png", ".npz", ".gif", ".mp4") if video else (".png", ".npz")
     if not args.out.lower().endswith(allowed):
         raise ConfigError(f"--out {args.out}: the file name must end in {', '.join(allowed)}")
     start = time.time()
     images, labels, kwargs, prompts = draw(args, loaded, args.num, noise)
-    if video and not args.out.lower().endswith(".png"):
+    if text:
+        path = save_texts(args.out, images)
+    elif video and not args.out.lower().endswith(".png"):
         path = save_video(args.out, images.permute(0, 2, 3, 4, 1).numpy())
     elif video:
         path = save_samples(args.out, *clips_as_rows(images))

@@ -57,7 +57,8 @@ class DataConfig:
     workers: int = 0  #: DataLoader worker processes that prepare the next steps' batches (0: in the main process)
     captions: str | None = None  #: model.condition=hf: a caption store of the data's captions (maskdit captions encode)
     levels: int | None = None  #: quantise uint8 pixels to this many levels, as token ids (objective.name=masked)
-    length: int = 64  #: text: characters per sequence
+    length: int = 64  #: text: characters (or words) per sequence
+    words: int = 0  #: text: 0 for characters; N > 0 for words, the N most frequent each an id (the rest <unk>)
 
     def validate(self) -> None:
         """Check every ``data.*`` value on its own (what needs the loaded data is checked after loading)."""
@@ -70,6 +71,7 @@ class DataConfig:
             ("workers", self.workers >= 0, "0 (load in the training process) or more worker processes"),
             ("levels", self.levels is None or 2 <= self.levels <= 256, "null or an integer in [2, 256]"),
             ("length", self.length >= 2, "at least 2 (characters per text sequence)"),
+            ("words", 0 <= self.words <= 1_000_000, "0 (characters) or a vocabulary of at most 1,000,000 words"),
         ])
 
 

@@ -59,6 +59,16 @@ def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | 
     return path
 
 
+def save_texts(path: str | Path, texts: list[str]) -> Path:
+    """Write text samples to a ``.txt`` file, one per line."""
+    path = Path(path)
+    if path.suffix.lower() != ".txt":
+        raise ConfigError(f"--out {path}: text samples are written as lines of a .txt file")
+    with atomic_file(path, "--out") as tmp:
+        tmp.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
 def _write_npz(tmp: Path, arrays: dict[str, np.ndarray], labels: torch.Tensor | None) -> None:
     if labels is not None:
         arrays = {**arrays, "labels": labels.numpy().astype(np.int64)}

@@ -1,7 +1,9 @@
 """Text as token grids: character sequences for a masked-diffusion model over characters.
 
 ``data.name=text`` cuts a corpus into sequences of ``data.length`` characters: a 1-D grid ``(1, L)`` of ids per
-sequence, one id per character of the corpus's alphabet (whitespace runs folded to one space). The corpus is
+sequence, one id per character of the corpus's alphabet (whitespace runs folded to one space). With
+``data.words=N`` the units are words and punctuation marks instead: the ``N`` most frequent of the training split
+get an id each, every other one the id of ``<unk>`` (:class:`WordCodec`). The corpus is
 ``data.path`` (a UTF-8 ``.txt`` file) or, by default, the text of Python's own help topics, which ships with every
 Python as ``pydoc_data.topics`` (about 460,000 characters of English reference prose; nothing is downloaded). The
 last tenth of the corpus is the test split. The codec (:class:`CharCodec`) decodes id grids back to strings.
@@ -10,6 +12,7 @@ last tenth of the corpus is the test split. The codec (:class:`CharCodec`) decod
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ class CharCodec:
 
     name = "chars"
     stores_pixels = False
+    decodes_text = True
 
     def __init__(self, alphabet: str):
         if not alphabet or len(set(alphabet)) != len(alphabet):
@@ -69,21 +73,67 @@ class CharCodec:
         return {"name": self.name, "alphabet": self.alphabet}
 
 
-class TextDataset:
-    """Sequences of ``length`` characters from a corpus (non-overlapping, in order), as ids ``(N, 1, length)``."""
+#: A word, or one punctuation mark (the units of ``data.words``).
+WORD = re.compile(r"\w+|[^\w\s]")
+UNKNOWN = "<unk>"
 
-    def __init__(self, text: str, length: int, split: str, name: str):
+
+@CODECS.register("words", "word ids <-> strings over a corpus's most frequent words (data.name=text data.words=N)")
+class WordCodec:
+    """Word ids (model space: the ids as floats) <-> strings joined by spaces; ``words[i]`` is id ``i`` and the
+    last id is ``<unk>``, every word outside the vocabulary."""
+
+    name = "words"
+    stores_pixels = False
+    decodes_text = True
+
+    def __init__(self, words: list[str]):
+        if not words or len(set(words)) != len(words):
+            raise DataError("a word codec needs a list of distinct words")
+        self.words = list(words)
+        self.vocab_size = len(self.words) + 1
+        self.value_range = (0.0, float(self.vocab_size - 1))
+        self._index = {w: i for i, w in enumerate(self.words)}
+
+    def ids(self, units: list[str]) -> torch.Tensor:
+        return torch.tensor([self._index.get(u, len(self.words)) for u in units], dtype=torch.long)
+
+    def encode(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored.float().reshape(len(stored), 1, -1)
+
+    def decode(self, x: torch.Tensor) -> list[str]:
+        ids = x.round().clamp(0, self.vocab_size - 1).long().reshape(len(x), -1)
+        table = [*self.words, UNKNOWN]
+        return [" ".join(table[i] for i in row.tolist()) for row in ids]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "words": self.words}
+
+
+class TextDataset:
+    """Sequences of ``length`` characters (or, with ``words``, words) from a corpus (non-overlapping, in order), as
+    ids ``(N, 1, length)``; the alphabet or the word list comes from the whole corpus's training split."""
+
+    def __init__(self, text: str, length: int, split: str, name: str, words: int = 0):
         text = fold(text)
-        if len(text) < 20 * length:
-            raise DataError(f"the text corpus {name} holds {len(text)} characters: too few for sequences of "
-                            f"data.length={length} (at least {20 * length}); give a longer text or a smaller length")
-        self.name, self.num_classes, self.class_names, self.labels = name, 0, [], None
-        self.codec = CharCodec("".join(sorted(set(text))))
         cut = int(len(text) * (1 - TEST_SHARE))
-        part = text[:cut] if split == "train" else text[cut:]
-        count = len(part) // length
-        self.ids = self.codec.ids(part[: count * length]).reshape(count, length)
-        self.text = part
+        self.name, self.num_classes, self.class_names, self.labels = name, 0, [], None
+        if words:
+            units = WORD.findall(text[:cut]) if split == "train" else WORD.findall(text[cut:])
+            counts = Counter(WORD.findall(text[:cut]))
+            self.codec: CharCodec | WordCodec = WordCodec([w for w, _ in counts.most_common(words)])
+        else:
+            units = list(text[:cut] if split == "train" else text[cut:])
+            self.codec = CharCodec("".join(sorted(set(text))))
+        kind = "words" if words else "characters"
+        if len(units) < 2 * length:
+            raise DataError(f"the text corpus {name} holds {len(units)} {kind} in its {split} split: too few for "
+                            f"sequences of data.length={length}; give a longer text or a smaller data.length")
+        count = len(units) // length
+        ids = self.codec.ids(units[: count * length] if words else "".join(units[: count * length]))
+        self.ids = ids.reshape(count, length)
+        self.text = " ".join(units) if words else "".join(units)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,10 +146,11 @@ class TextDataset:
         return self.codec.encode(self.ids[idx]), None
 
 
-def load_text(path: str | None, length: int, split: str = "train") -> TextDataset:
-    """``path`` (a UTF-8 text file) or the built-in corpus, cut into sequences of ``length`` characters."""
+def load_text(path: str | None, length: int, split: str = "train", words: int = 0) -> TextDataset:
+    """``path`` (a UTF-8 text file) or the built-in corpus, cut into sequences of ``length`` characters (or of
+    ``length`` words over the ``words`` most frequent)."""
     if path is None:
-        return TextDataset(builtin_corpus(), length, split, "python-docs")
+        return TextDataset(builtin_corpus(), length, split, "python-docs", words)
     file = Path(path)
     if not file.is_file():
         raise DataError(f"text corpus {file} is not a file: point data.path at a UTF-8 .txt file (or leave it out "
@@ -108,7 +159,7 @@ def load_text(path: str | None, length: int, split: str = "train") -> TextDatase
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read text corpus {file} as UTF-8: {e}") from None
-    return TextDataset(text, length, split, file.stem)
+    return TextDataset(text, length, split, file.stem, words)
 
 
 @DATASETS.register("text", "character sequences of data.length from data.path (a .txt) or Python's help topics "
@@ -116,4 +167,4 @@ def load_text(path: str | None, length: int, split: str = "train") -> TextDatase
 def _text(cfg: Any, split: str) -> TextDataset:
     if cfg.length < 2:
         raise ConfigError(f"config key data.length must be at least 2 characters, got {cfg.length}")
-    return load_text(cfg.path, cfg.length, split)
+    return load_text(cfg.path, cfg.length, split, cfg.words)

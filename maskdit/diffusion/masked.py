@@ -66,13 +66,14 @@ FLOAT32_GUMBEL_CAP = -math.log(-math.log1p(-2.0**-24))
 
 
 def _cells(x: torch.Tensor) -> torch.Tensor:
-    """The grid ``(B, 1, *S)`` as a view ``(B, L)`` of its cells."""
+    """The grid ``(B, C, *S)`` as a view ``(B, L)`` of its cells (``L = C * prod(S)``)."""
     return x.reshape(len(x), -1)
 
 
-def _logits_of_cells(out: torch.Tensor) -> torch.Tensor:
-    """Model output ``(B, V, *S)`` -> ``(B, L, V)``."""
-    return out.flatten(2).transpose(1, 2)
+def _logits_of_cells(out: torch.Tensor, channels: int) -> torch.Tensor:
+    """Model output ``(B, C * V, *S)`` -> ``(B, L, V)``, the cells in :func:`_cells`' order."""
+    b, vocab = len(out), out.shape[1] // channels
+    return out.reshape(b, channels, vocab, -1).transpose(2, 3).reshape(b, -1, vocab)
 
 
 def _streams(noise: Callable[[], torch.Tensor] | None, x: torch.Tensor) -> NoiseStreams:
@@ -109,7 +110,7 @@ def ancestral(fn: ModelFn, x: torch.Tensor, objective: Any, steps: int, *, eta: 
         if not bool(masked.any()):
             break
         if logits is None or changed or not objective.time_agnostic:
-            logits = _logits_of_cells(fn(x, float(ts[i])))
+            logits = _logits_of_cells(fn(x, float(ts[i])), x.shape[1])
         rows, cols = reveal.nonzero(as_tuple=True)
         cells[rows, cols] = categorical(logits[rows, cols], u[rows, 1, cols], temperature).to(cells.dtype)
         changed = len(rows) > 0
@@ -136,7 +137,7 @@ def first_hitting(fn: ModelFn, x: torch.Tensor, objective: Any, steps: int, *, e
             break
         share = objective.masked_share(t) * u[:, 0] ** (1.0 / n.clamp_min(1))
         t = torch.where(n > 0, objective.time_of_share(share), t)
-        logits = _logits_of_cells(fn(x, t.float().to(x.device)))
+        logits = _logits_of_cells(fn(x, t.float().to(x.device)), x.shape[1])
         rank = (u[:, 1] * n).floor().long().clamp_max((n - 1).clamp_min(0))  # which masked cell, uniformly
         col = ((masked.cumsum(dim=1) - 1 == rank[:, None]) & masked).float().argmax(dim=1)
         rows = (n > 0).nonzero(as_tuple=True)[0]
@@ -163,7 +164,7 @@ def maskgit(fn: ModelFn, x: torch.Tensor, objective: Any, steps: int, *, eta: fl
         n = masked.sum(dim=1)
         if not bool((n > 0).any()):
             break
-        logits = _logits_of_cells(fn(x, objective.time_of_share(n.double() / length).float()))
+        logits = _logits_of_cells(fn(x, objective.time_of_share(n.double() / length).float()), x.shape[1])
         ids = categorical(logits.reshape(-1, logits.shape[-1]), u[:, 0].reshape(-1), temperature).reshape(cells.shape)
         log_p = torch.log_softmax(logits.double() / temperature, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
         ratio = (i + 1) / steps

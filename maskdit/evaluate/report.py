@@ -123,6 +123,23 @@ def grid_png(images: torch.Tensor, labels: torch.Tensor | None) -> bytes:
     return buf.getvalue()
 
 
+def text_png(lines: list[str]) -> bytes:
+    """A text model's samples as a picture of their lines (black on white, PIL's built-in font), so the report
+    shows them where it shows an image model's grid."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    width = max(int(font.getlength(line)) for line in lines) + 12
+    height = 14 * len(lines) + 10
+    picture = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(picture)
+    for row, line in enumerate(lines):
+        draw.text((6, 5 + 14 * row), line, fill=0, font=font)
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def condition_summary(model: dict[str, Any]) -> str:
     """What a saved model (its config) conditions on, in a few words: its classes, or its captions (and a control
     map)."""
@@ -189,6 +206,8 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
     if prompts:
         caption += "; rows: " + "; ".join(f"{i + 1}. {p}" for i, p in enumerate(prompts))
     images = run.codec.decode(x)
+    if isinstance(images, list):  # a text model's lines
+        return text_png(images), caption
     if images.dim() == 5:  # video: one clip per row
         from maskdit.data.media import clips_as_rows
 

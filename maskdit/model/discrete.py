@@ -1,10 +1,10 @@
 """The input layer of a model over token ids (masked diffusion, :mod:`maskdit.diffusion.masked`).
 
-A discrete model's grid ``(B, 1, *S)`` holds token ids ``0..V-1`` (as floats, exact) and the mask id ``-1``
-in the cells still to be generated. Patchified, each token holds ``P = prod(patch)`` ids; its embedding is the
-sum of one learned vector per (offset in the patch, id) plus a bias: exactly a linear patch embedding of the
+A discrete model's grid ``(B, C, *S)`` holds token ids ``0..V-1`` (as floats, exact) and the mask id ``-1``
+in the cells still to be generated. Patchified, each token holds ``P = C * prod(patch)`` ids; its embedding is the
+sum of one learned vector per (place in the patch, id) plus a bias: exactly a linear patch embedding of the
 one-hot grid, without building the one-hot tensor (``V + 1`` channels per cell). The head predicts ``V``
-logits per cell (the model's ``out_channels``), so ``forward`` returns logits ``(B, V, *S)``.
+logits per cell (the model's ``out_channels`` are ``C * V``), so ``forward`` returns logits ``(B, C * V, *S)``.
 """
 
 from __future__ import annotations

@@ -192,9 +192,10 @@ class DiT(nn.Module):
             half feeds its output to its mirror in the second half (U-Net long skips, joined by a linear map
             of the concatenation); then a second learned position table is added and each of the last ``N``
             blocks joins the embedded input the same way. ``None``: a plain stack.
-        vocab_size: a model over token ids ``0..V-1`` (masked diffusion): the grid ``(B, 1, *S)`` holds ids (``-1``
+        vocab_size: a model over token ids ``0..V-1`` (masked diffusion): the grid ``(B, C, *S)`` holds ids (``-1``
             where masked) and enters through a :class:`~maskdit.model.discrete.TokenEmbedding`; the head predicts ``V``
-            logits per cell, so the output is ``(B, V, *S)``. ``None``: a model over real values.
+            logits per cell, so the output is ``(B, C * V, *S)`` (channel ``c``'s logits first). ``None``: a model
+            over real values.
         time_input: ``False`` makes the model time-agnostic: it ignores ``t`` (its time embedding sees 0), as a masked
             model may (the masked cells alone say how far the chain is).
         precond: ``"edm"`` wraps the network in EDM's preconditioning and presents it as a flow velocity
@@ -291,14 +292,13 @@ class DiT(nn.Module):
         self.learn_sigma = bool(learn_sigma)
         self.vocab_size = None if vocab_size is None else int(vocab_size)
         if self.vocab_size is not None:
-            if self.vocab_size < 2 or in_channels != 1:
-                raise ConfigError(f"a model over token ids needs one channel of ids and a vocabulary of at least 2, "
-                                  f"got in_channels={in_channels}, vocab_size={vocab_size}")
+            if self.vocab_size < 2:
+                raise ConfigError(f"a model over token ids needs a vocabulary of at least 2, got {vocab_size}")
             if learn_sigma or precond is not None or control is not None:
                 raise ConfigError("a model over token ids (masked diffusion) takes no learn_sigma, precond or control")
         self.time_input = bool(time_input)
-        #: the channels of the objective's prediction: one per data channel, or one logit per token id
-        self.target_channels = self.vocab_size or in_channels
+        #: the channels of the objective's prediction: one per data channel, or one logit per (channel, token id)
+        self.target_channels = in_channels * (self.vocab_size or 1)
         self.out_channels = self.target_channels * (2 if learn_sigma else 1)
         self.pos_layout = pos_layout or ("xy" if len(self.input_size) == 2 else "axes")
         if self.pos_layout not in POS_LAYOUTS:
@@ -321,7 +321,7 @@ class DiT(nn.Module):
             raise ConfigError(f"moe every must be at least 1, got {self.moe_every}")
 
         self.patch_embed = nn.Linear(self.patch_dim, hidden_size) if self.vocab_size is None else \
-            TokenEmbedding(self.vocab_size, math.prod(self.patch_size), hidden_size)
+            TokenEmbedding(self.vocab_size, self.patch_dim, hidden_size)
         table = sincos_pos_embed(hidden_size, self.token_grid, reverse_axes=self.pos_layout == "xy")
         if pos == "learned":  # starts as the sin-cos table, then trains
             self.pos_embed = nn.Parameter(table[None].clone())
