@@ -580,15 +580,17 @@ def test_corpus_is_large_and_distinct():
 
 def test_the_corpus_files_together_are_distinct():
     """A case in one file must not repeat one in another (each would then count twice)."""
+    import test_bad_inputs_adapters
     import test_bad_inputs_data
+    import test_bad_inputs_discrete
     import test_bad_inputs_interop
     import test_bad_inputs_sampling
     import test_bad_inputs_text
     import test_bad_inputs_toolbox
 
     assert_distinct([*CASES, *test_bad_inputs_data.CASES, *test_bad_inputs_interop.CASES,
-                     *test_bad_inputs_sampling.CASES, *test_bad_inputs_toolbox.CASES, *test_bad_inputs_text.CASES],
-                    660)
+                     *test_bad_inputs_sampling.CASES, *test_bad_inputs_toolbox.CASES, *test_bad_inputs_text.CASES,
+                     *test_bad_inputs_adapters.CASES, *test_bad_inputs_discrete.CASES], 772)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
