@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -110,3 +111,13 @@ def read_json(path: Path, keys: tuple[str, ...] = (), fix: str = "the file is da
     if missing:
         raise error(f"{path} lacks {', '.join(missing)}; {fix}")
     return data
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in chunks: what a run records of the weights it depends on (a LoRA base, a
+    tokenizer) and checks before it uses them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -13,9 +13,9 @@ from maskdit.config import load_config
 from maskdit.data.codec import codec_from_config
 from maskdit.diffusion.objectives import objective_from_config
 from maskdit.errors import CheckpointError, ConfigError, MaskditError
-from maskdit.files import read_json
+from maskdit.files import file_sha256, read_json
 from maskdit.model.dit import DiT
-from maskdit.model.lora import BASE_WEIGHTS, fingerprint, load_base, merge
+from maskdit.model.lora import BASE_WEIGHTS, load_base, merge
 
 
 class LoadedRun:
@@ -65,7 +65,7 @@ def load_run(path: str | Path, ema: bool = True, device: str | torch.device = "c
 def add_adapters(run: LoadedRun, adapters: list[tuple[str, float]]) -> None:
     """Merge the EMA updates of each LoRA run ``(path, scale)`` into ``run``'s model; each must adapt the
     weights ``run`` stands on (its own, or its base when ``run`` is itself an adapter)."""
-    base = run.info["lora"]["sha256"] if "lora" in run.info else fingerprint(run.path / BASE_WEIGHTS)
+    base = run.info["lora"]["sha256"] if "lora" in run.info else file_sha256(run.path / BASE_WEIGHTS)
     for path, scale in adapters:
         try:
             ckpt = resolve_checkpoint(path)

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from maskdit.data.datasets import images_from_spec
-    from maskdit.data.tokens import train_tokenizer
+    from maskdit.training.tokenizer import train_tokenizer
 
     dataset = images_from_spec(args.data, "DATA")
     facts = train_tokenizer(dataset, args.out, args.steps, args.batch, args.factor, args.levels, args.width,

@@ -2,7 +2,7 @@
 
 Importing the package registers every dataset: the image sets in :mod:`~maskdit.data.datasets`, the embedded
 videos in :mod:`~maskdit.data.video`, the captioned shapes in :mod:`~maskdit.data.shapes` and VAE latent stores in
-:mod:`~maskdit.data.latents` token stores in :mod:`~maskdit.data.tokens` and character sequences in
+:mod:`~maskdit.data.latents`, token stores in :mod:`~maskdit.data.tokens` and character sequences in
 :mod:`~maskdit.data.text`.
 """
 

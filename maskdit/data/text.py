@@ -120,8 +120,9 @@ class TextDataset:
         cut = int(len(text) * (1 - TEST_SHARE))
         self.name, self.num_classes, self.class_names, self.labels = name, 0, [], None
         if words:
-            units = WORD.findall(text[:cut]) if split == "train" else WORD.findall(text[cut:])
-            counts = Counter(WORD.findall(text[:cut]))
+            train_units = WORD.findall(text[:cut])
+            units = train_units if split == "train" else WORD.findall(text[cut:])
+            counts = Counter(train_units)
             self.codec: CharCodec | WordCodec = WordCodec([w for w, _ in counts.most_common(words)])
         else:
             units = list(text[:cut] if split == "train" else text[cut:])

@@ -1,10 +1,11 @@
 """An image tokenizer trained in-project, so a masked-diffusion model can generate images as token grids.
 
 No pretrained VQ tokenizer (MaskGIT's, VQGAN's) can be downloaded here, so ``maskdit tokenizer train IMAGES --out
-DIR`` fits a small convolutional autoencoder with **finite scalar quantisation** (FSQ, Mentzer et al. 2023): the
-encoder maps each ``factor x factor`` cell of the image to ``len(levels)`` channels, each bounded and rounded to
-one of ``levels[i]`` values (a straight-through gradient), so a cell's code is one of ``prod(levels)`` ids with no
-codebook to collapse. The decoder maps codes back to pixels. It saves
+DIR`` (:func:`maskdit.training.tokenizer.train_tokenizer`) fits a small convolutional autoencoder with **finite
+scalar quantisation** (FSQ, Mentzer et al. 2023): the encoder maps each ``factor x factor`` cell of the image to
+``len(levels)`` channels, each bounded and rounded to one of ``levels[i]`` values (a straight-through gradient), so
+a cell's code is one of ``prod(levels)`` ids with no codebook to collapse. The decoder maps codes back to pixels.
+It saves
 
     DIR/tokenizer.json          {"kind": "maskdit-fsq", constructor arguments, training facts, "sha256"}
     DIR/tokenizer.safetensors   the autoencoder's weights
@@ -16,9 +17,7 @@ codebook to collapse. The decoder maps codes back to pixels. It saves
 
 from __future__ import annotations
 
-import hashlib
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 from maskdit.data.codec import CODECS, PIXELS
 from maskdit.data.datasets import DATASETS, check_labels, read_npz
 from maskdit.errors import CheckpointError, ConfigError, DataError
-from maskdit.files import atomic_directory, atomic_file, check_parents, read_json, write_json_atomic
+from maskdit.files import atomic_file, check_parents, file_sha256, read_json
 
 TOKENIZER_KIND = "maskdit-fsq"
 #: What a damaged tokenizer directory's error line tells the user to do.
@@ -124,62 +123,6 @@ class Tokenizer(nn.Module):
         return self.decoder(self.quantiser.unpack(ids)).clamp(-1, 1)
 
 
-def weights_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def train_tokenizer(dataset: Any, out: str | Path, steps: int = 3000, batch_size: int = 64, factor: int = 2,
-                    levels: list[int] | None = None, width: int = 64, lr: float = 2e-3, seed: int = 0,
-                    progress: bool = True) -> dict[str, Any]:
-    """Fit a :class:`Tokenizer` on ``dataset``'s images (uint8 pixels) by reconstruction and save it to ``out``."""
-    from safetensors.torch import save_file
-
-    from maskdit.data.datasets import examples
-
-    out = Path(out)
-    if out.exists():
-        raise ConfigError(f"--out {out} already exists: choose a new directory for the tokenizer")
-    check_parents(out, "--out")
-    if not getattr(dataset.codec, "stores_pixels", False) or len(dataset.shape) != 3:
-        raise ConfigError(f"IMAGES must hold images (C x H x W pixels); {getattr(dataset, 'name', '')} holds "
-                          f"{dataset.codec.name} values of shape {tuple(dataset.shape)}")
-    torch.manual_seed(seed)
-    model = Tokenizer(dataset.shape[0], list(dataset.shape[1:]), factor, levels, width)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    start, losses = time.time(), []
-    for step in tqdm(range(steps), desc="tokenizer", disable=not progress):
-        index = torch.randint(0, len(dataset), (batch_size,), generator=generator)
-        x = PIXELS.encode(dataset.images[index]) if hasattr(dataset, "images") else examples(dataset, index, False)[0]
-        for group in optimizer.param_groups:  # warm-up, then cosine to 0
-            group["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = (model(x) - x).pow(2).mean()
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise DataError(f"tokenizer training stopped at step {step}: the reconstruction loss is {losses[-1]}; "
-                            "nothing was written: check that IMAGES holds finite values, or lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        sample = PIXELS.encode(dataset.images[: min(len(dataset), 1000)])
-        error = (model.decode(model.encode(sample)) - sample).pow(2).mean().item()
-    facts = {"kind": TOKENIZER_KIND, "config": model.config, "vocab_size": model.vocab_size, "steps": steps,
-             "batch_size": batch_size, "first_loss": losses[0], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-             "psnr": 10 * math.log10(4.0 / max(error, 1e-12)), "seconds": time.time() - start,
-             "data": getattr(dataset, "name", "")}
-    try:  # out appears whole or not at all
-        with atomic_directory(out) as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "tokenizer.safetensors")
-            facts["sha256"] = weights_sha256(tmp / "tokenizer.safetensors")
-            write_json_atomic(tmp / "tokenizer.json", facts)
-    except OSError as e:
-        raise DataError(f"cannot write the tokenizer to {out}: {e.strerror or e}; nothing was kept: free space or "
-                        "choose another --out") from None
-    return facts
-
-
 def load_tokenizer(path: str | Path, source: str = "--tokenizer") -> tuple[Tokenizer, dict[str, Any]]:
     """The tokenizer ``maskdit tokenizer train`` wrote to ``path`` and its facts; a damaged or hand-edited directory
     is refused naming what is wrong."""
@@ -201,7 +144,7 @@ def load_tokenizer(path: str | Path, source: str = "--tokenizer") -> tuple[Token
         raise CheckpointError(f"{source} {path}/tokenizer.json holds a config that cannot build ({e}): "
                               f"{RETRAIN}") from None
     weights = path / "tokenizer.safetensors"
-    if not weights.is_file() or weights_sha256(weights) != facts["sha256"]:
+    if not weights.is_file() or file_sha256(weights) != facts["sha256"]:
         raise CheckpointError(f"{source} {path}: tokenizer.safetensors is missing or is not the file tokenizer.json "
                               f"describes (its SHA-256 differs): {RETRAIN}")
     try:

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from maskdit.training.schedule import warmup_cosine
+
 
 class CharLM(nn.Module):
     """A causal transformer over ``vocab_size`` character ids, sequences of up to ``length``."""
@@ -74,7 +76,7 @@ def train_charlm(ids: torch.Tensor, vocab_size: int, steps: int = 3000, batch_si
     bar = tqdm(total=steps, desc="char LM", disable=not progress)
     while step < steps and (seconds is None or time.time() - start < seconds):
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 100) * (0.5 * (1 + math.cos(math.pi * step / steps)))
+            group["lr"] = warmup_cosine(lr, step, steps)
         batch = ids[torch.randint(0, len(ids), (batch_size,), generator=generator)]
         loss = model.nll(batch).mean()
         optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,6 @@ base generates, and the merged model is that base plus the correction.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from torch import nn
 
 from maskdit.checkpoint import load_weights
 from maskdit.errors import CheckpointError, ConfigError, check_keys
+from maskdit.files import file_sha256
 from maskdit.model.blocks import Attention, Mlp, SwiGLU
 from maskdit.model.text import CrossAttention
 from maskdit.registry import Registry, one_of
@@ -167,19 +167,10 @@ def merge(model: nn.Module, adapter: dict[str, torch.Tensor], scale: float, stre
                 layer.bias.copy_(bias)
 
 
-def fingerprint(weights: str | Path) -> str:
-    """The SHA-256 of a weights file: what a LoRA run records of its base and checks before it loads."""
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def base_info(ckpt: Path) -> dict[str, str]:
     """What a LoRA run records of its base checkpoint ``ckpt``: where it is and its EMA weights' hash."""
     ckpt = Path(ckpt).resolve()
-    return {"base": str(ckpt), "sha256": fingerprint(ckpt / BASE_WEIGHTS)}
+    return {"base": str(ckpt), "sha256": file_sha256(ckpt / BASE_WEIGHTS)}
 
 
 def load_base(model: nn.Module, lora: dict, what: str) -> None:
@@ -193,7 +184,7 @@ def load_base(model: nn.Module, lora: dict, what: str) -> None:
         raise CheckpointError(f"{what} is a LoRA adapter of {lora['base']}, which is gone: put that checkpoint back "
                               "(an adapter holds only its updates), or merge adapters while the base exists "
                               "(maskdit lora merge)")
-    if fingerprint(weights) != lora["sha256"]:
+    if file_sha256(weights) != lora["sha256"]:
         raise CheckpointError(f"{what} is a LoRA adapter of {lora['base']}, whose weights changed since it was "
                               "trained (their SHA-256 differs): the adapter would compute something else on them; "
                               "use the base it was trained on")

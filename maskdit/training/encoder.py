@@ -31,6 +31,7 @@ from maskdit.files import atomic_directory, check_parents, read_json, write_json
 from maskdit.grid import as_patch_size, axis_widths, patchify, sincos_pos_embed, token_grid_shape
 from maskdit.masks import gather_tokens, num_kept, random_keep_indices, scatter_tokens
 from maskdit.model.decoders import dropped_mask
+from maskdit.training.schedule import warmup_cosine
 
 ENCODER_KIND = "maskdit-mae"
 #: What a damaged encoder directory's error line tells the user to do.
@@ -128,8 +129,8 @@ def train_encoder(dataset: Any, out: str | Path, steps: int = 2000, batch_size: 
         index = torch.randint(0, len(dataset), (batch_size,), generator=gen)
         x, _ = examples(dataset, index, False)
         keep = random_keep_indices(batch_size, mae.num_tokens, mask_ratio, gen)
-        for group in optimizer.param_groups:  # warm-up, then cosine to 0
-            group["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_cosine(lr, step, steps)
         loss = mae.loss(x, keep)
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):  # before the step: weights and --out stay untouched

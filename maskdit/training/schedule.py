@@ -29,3 +29,9 @@ def learning_rate(cfg: Any, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return LR_SCHEDULES.get(cfg.lr_schedule)(cfg.lr, cfg.lr_min, progress)
+
+
+def warmup_cosine(lr: float, step: int, steps: int, warmup: int = 100) -> float:
+    """The schedule of the small side models trained outside a run (an alignment encoder, an image tokenizer, a
+    character judge): a linear warmup over ``warmup`` steps times a cosine from ``lr`` to 0 over ``steps``."""
+    return lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
