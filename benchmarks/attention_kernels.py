@@ -6,7 +6,7 @@
 
 Times forward plus backward of one attention call under the training forward's autocast, eager and
 compiled, for the shapes the factorised video preset runs (temporal: 256 sequences of 8 frames; spatial:
-32 sequences of 64 tokens; full: 4 sequences of 512) and for longer sequences. ``maskdit.model.blocks.attend``
+32 sequences of 64 tokens; full: 4 sequences of 512) and for longer sequences. ``maskdit.model.attention.attend``
 takes the explicit path on a CPU in bf16 up to ``EXPLICIT_MAX_LEN`` tokens; this is the measurement behind
 that length. With ``--preset``, times whole training steps of that preset instead (the real Trainer, as
 ``step_overhead.py`` does), one trainer per cut-off length (0 = SDPA everywhere). Best of ``--rounds``
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from maskdit.cli.args import Parser, guarded, non_negative_ints, positive_int
-from maskdit.model.blocks import explicit_attention as explicit
+from maskdit.model.attention import explicit_attention as explicit
 
 #: (name, (sequences, heads, length, head_dim))
 SHAPES = [("temporal (bouncing-digits)", (256, 4, 8, 32)), ("spatial (bouncing-digits)", (32, 4, 64, 32)),
@@ -59,7 +59,7 @@ def step_costs(preset: str, lengths: list[int], steps: int, rounds: int, overrid
     from step_overhead import parts
 
     from maskdit.config import load_config
-    from maskdit.model import blocks
+    from maskdit.model import attention
     from maskdit.training.trainer import Trainer
 
     best = {n: float("inf") for n in lengths}
@@ -68,7 +68,7 @@ def step_costs(preset: str, lengths: list[int], steps: int, rounds: int, overrid
                     for n in lengths}
         for round_ in range(rounds):
             for n in (lengths if round_ % 2 == 0 else lengths[::-1]):
-                blocks.EXPLICIT_MAX_LEN = n  # a compiled block recompiles once per value, then hits its cache
+                attention.EXPLICIT_MAX_LEN = n  # a compiled block recompiles once per value, then hits its cache
                 for k in range(3):
                     parts(trainers[n], k)
                 start = time.perf_counter()

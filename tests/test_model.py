@@ -5,7 +5,7 @@ from conftest import perturbed
 
 from maskdit.errors import ConfigError
 from maskdit.grid import patchify
-from maskdit.model import DiT, blocks, build_model
+from maskdit.model import DiT, attention, build_model
 
 
 @pytest.mark.parametrize("input_size, patch", [((16,), 4), ((8, 8), 2), ((4, 8, 8), (2, 4, 4))])
@@ -76,7 +76,7 @@ def test_config_round_trip():
     assert again.config == model.config
 
 
-@pytest.mark.parametrize("length", [8, 64, blocks.EXPLICIT_MAX_LEN + 88])
+@pytest.mark.parametrize("length", [8, 64, attention.EXPLICIT_MAX_LEN + 88])
 def test_attend_in_bf16_on_cpu_agrees_with_fp32_sdpa_and_takes_the_explicit_path_for_short_sequences(
         length, monkeypatch):
     """Short bf16 sequences on a CPU skip SDPA (its CPU flash kernel is slow there), long ones use it; either
@@ -87,13 +87,13 @@ def test_attend_in_bf16_on_cpu_agrees_with_fp32_sdpa_and_takes_the_explicit_path
     bias = torch.randn(1, 2, length, length)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    assert torch.equal(blocks.attend(q, k, v, bias), ref)
+    assert torch.equal(attention.attend(q, k, v, bias), ref)
 
     sdpa, calls = F.scaled_dot_product_attention, []
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
-    out = blocks.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias.bfloat16())
+    out = attention.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias.bfloat16())
     assert out.dtype == torch.bfloat16
-    assert bool(calls) == (length > blocks.EXPLICIT_MAX_LEN)
+    assert bool(calls) == (length > attention.EXPLICIT_MAX_LEN)
     grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
     assert (out.float() - ref).abs().max().item() < 0.05
     for g, r in zip(grads, ref_grads):

@@ -9,7 +9,7 @@ from maskdit.cli.app import main
 from maskdit.grid import patchify
 from maskdit.masks import random_keep_indices, tube_keep_indices
 from maskdit.model import DiT
-from maskdit.model.blocks import Attention, AxialRoPE
+from maskdit.model.attention import Attention, AxialRoPE
 from maskdit.runs import load_run
 
 OPTIONS = ["model.moe.experts=4", "model.moe.shared=1", "model.moe.top_k=2", "model.pos=rope", "model.qk_norm=true",

@@ -41,7 +41,7 @@ from maskdit.interop.state_dict import (
     required_tensor,
 )
 from maskdit.model import DiT
-from maskdit.model.blocks import RelativePositionBias
+from maskdit.model.attention import RelativePositionBias
 
 MDT_BIAS = ("attn.rel_bias.table", "attn.rel_pos_bias.relative_position_bias_table")  #: (maskdit's, MDT's) name
 MDT_BIAS_INDEX = "attn.rel_pos_bias.relative_position_index"  #: a buffer MDT saves; maskdit recomputes it

@@ -7,19 +7,18 @@ fresh model outputs zeros ("adaLN-Zero", Peebles & Xie, 2023).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskdit.errors import ConfigError
 from maskdit.masks import scatter_tokens
+from maskdit.model.attention import ATTENTIONS, Attention, AttentionSpec, AxialRoPE, Memory, attend
 from maskdit.model.moe import MoEMlp, MoESpec
 from maskdit.registry import Registry
 
@@ -30,17 +29,6 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     if shift.dim() == x.dim() - 1:
         shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
     return x * (1 + scale) + shift
-
-
-class Memory(NamedTuple):
-    """Keys and values ``(B, heads, M, head_dim)`` that attention reads besides its own tokens' (:class:`Context`),
-    weighted by ``weight``: in the same softmax as its own (the weight multiplies the attention they get), or with
-    ``separate`` in a second attention whose output is added times the weight (decoupled cross-attention)."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-    weight: float = 1.0
-    separate: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,163 +141,6 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
-class AxialRoPE(nn.Module):
-    """Rotary positions for a token grid of rank 1-3: each axis rotates its own share of every head's
-    channel pairs by ``coordinate * frequency``, so attention scores depend only on coordinate differences.
-
-    Tokens are named by their index in the grid (patchify's row-major order), which travels with kept
-    tokens, so dropped, routed and factorised layouts all rotate by each token's own place. The pairs are
-    ``(x[i], x[i + head_dim / 2])``; pairs left over after an even split across axes stay unrotated.
-    """
-
-    def __init__(self, head_dim: int, token_grid: tuple[int, ...], theta: float = 10000.0):
-        super().__init__()
-        self.pairs, self.rank = head_dim // 2, len(token_grid)
-        self.per_axis = self.pairs // self.rank
-        if self.per_axis < 1:
-            raise ConfigError(f"head width {head_dim} is too small for rotary positions (model.pos=rope) over "
-                              f"{self.rank} axes: each head needs at least {2 * self.rank} channels; use fewer "
-                              "heads, a wider model or pos=sincos")
-        self.theta = theta
-        cos, sin = self.tables(tuple(token_grid))
-        self.register_buffer("cos", cos, persistent=False)  # float64: cast to the input's dtype
-        self.register_buffer("sin", sin, persistent=False)
-        self._other: tuple[torch.Tensor, torch.Tensor] | None = None  # the tables of another grid, while active
-
-    def tables(self, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin ``(prod(grid), head_dim / 2)`` of every token of ``grid``, in float64."""
-        freqs = self.theta ** (-torch.arange(self.per_axis, dtype=torch.float64) / self.per_axis)
-        coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in grid],
-                                            indexing="ij"), dim=-1).reshape(-1, self.rank)
-        angles = torch.zeros(coords.shape[0], self.pairs, dtype=torch.float64)
-        for axis in range(self.rank):
-            angles[:, axis * self.per_axis:(axis + 1) * self.per_axis] = coords[:, axis:axis + 1] * freqs
-        return angles.cos(), angles.sin()
-
-    @contextlib.contextmanager
-    def at(self, grid: tuple[int, ...]) -> Iterator[None]:
-        """Rotate by the places of another token grid meanwhile (sampling at another size)."""
-        self._other = tuple(t.to(self.cos.device) for t in self.tables(grid))  # type: ignore[assignment]
-        try:
-            yield
-        finally:
-            self._other = None
-
-    def forward(self, x: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
-        """Rotate ``x`` ``(B, H, L, head_dim)`` whose tokens are grid indices ``ids`` ``(B, L)`` (``None``:
-        the whole grid in order)."""
-        table_cos, table_sin = self._other or (self.cos, self.sin)
-        cos, sin = (table_cos, table_sin) if ids is None else (table_cos[ids][:, None], table_sin[ids][:, None])
-        cos, sin = cos.to(x.device, x.dtype), sin.to(x.device, x.dtype)
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:2 * half]
-        rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-        return rotated if x.shape[-1] == 2 * half else torch.cat([rotated, x[..., 2 * half:]], dim=-1)
-
-
-class RelativePositionBias(nn.Module):
-    """A learned bias per head for every 2-D offset between two tokens (BEiT, MDT), added to the attention
-    logits. The table has ``(2H - 1)(2W - 1) + 3`` rows per head, as BEiT's and MDT's (3 for class tokens,
-    unused here), so their tables load unchanged; row ``(dy + H - 1)(2W - 1) + dx + W - 1`` holds the
-    offset ``(dy, dx)`` from key to query."""
-
-    def __init__(self, grid: tuple[int, int], num_heads: int):
-        super().__init__()
-        h, w = grid
-        self.table = nn.Parameter(torch.zeros((2 * h - 1) * (2 * w - 1) + 3, num_heads))
-        coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1)
-        rel = coords[:, :, None] - coords[:, None, :]
-        self.register_buffer("index", (rel[0] + h - 1) * (2 * w - 1) + rel[1] + w - 1, persistent=False)
-        nn.init.trunc_normal_(self.table, std=0.02)
-
-    def forward(self, ids: torch.Tensor | None) -> torch.Tensor:
-        """The bias ``(1 or B, heads, L, L)`` among tokens ``ids`` ``(B, L)`` (``None``: the whole grid)."""
-        index = self.index[None] if ids is None else self.index[ids[:, :, None], ids[:, None, :]]
-        return self.table[index].permute(0, 3, 1, 2)
-
-
-#: Longest sequence that :func:`attend` computes as an explicit product and softmax on a CPU in bf16.
-EXPLICIT_MAX_LEN = 512
-
-
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d) + bias) v`` as two matrix products, the softmax in fp32."""
-    w = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    if bias is not None:
-        w = w + bias
-    return torch.softmax(w.float(), dim=-1).to(v.dtype) @ v
-
-
-def key_mask_bias(mask: torch.Tensor) -> torch.Tensor:
-    """An additive attention bias ``(B, 1, 1, L)`` from a key mask ``(B, L)`` (True: attend): 0 or a large
-    negative number (not -inf, so a row is never all -inf)."""
-    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, -1e9)[:, None, None]
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax attention over ``(..., L, head_dim)``: ``scaled_dot_product_attention``, except on a CPU in
-    bf16 for sequences up to ``EXPLICIT_MAX_LEN``, where torch's CPU flash kernel is 2-3x slower (forward plus
-    backward) than :func:`explicit_attention` (factorised video attention runs thousands of such short
-    sequences; ``benchmarks/attention_kernels.py``)."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] <= EXPLICIT_MAX_LEN:
-        return explicit_attention(q, k, v, bias)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention over the token axis (through :func:`attend`); optionally
-    with RMS-normalised queries and keys (``qk_norm``), rotary positions (``rope``) and a learned relative
-    position bias (``rel_grid``: the 2-D token grid it spans)."""
-
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope: AxialRoPE | None = None,
-                 rel_grid: tuple[int, int] | None = None):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.q_norm = nn.RMSNorm(dim // num_heads, eps=1e-6) if qk_norm else None
-        self.k_norm = nn.RMSNorm(dim // num_heads, eps=1e-6) if qk_norm else None
-        self.rope = [rope] if rope is not None else None  # a list: shared by every block, not a submodule
-        self.rel_bias = None if rel_grid is None else RelativePositionBias(rel_grid, num_heads)
-
-    def heads(self, x: torch.Tensor, pos: torch.Tensor | None = None, rotate: bool = True,
-              delta: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values ``(B, heads, L, head_dim)`` of ``x`` ``(B, L, D)``, normalised and (when
-        ``rotate`` and the model is rotary) rotated by ``pos``: the token-grid index of each token ``(B, L)``
-        (``None``: the whole grid in order). Joint attention builds its sequence from these. ``delta`` (a
-        condition LoRA) adds its output to the projection."""
-        b, n, d = x.shape
-        qkv = self.qkv(x) if delta is None else self.qkv(x) + delta(x)
-        q, k, v = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope is not None and rotate:
-            ids = None if pos is None else pos.reshape(b, -1)
-            q, k = self.rope[0](q, ids), self.rope[0](k, ids)
-        return q, k, v
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, memory: Memory | None = None
-                ) -> torch.Tensor:
-        """``pos``: the token-grid index of each of ``x``'s tokens ``(B, L)`` (``None`` = the whole grid in
-        order); only rotary attention and the relative bias read it. ``memory``: more keys and values to attend
-        to (:class:`Memory`)."""
-        b, n, d = x.shape
-        q, k, v = self.heads(x, pos)
-        bias = None if self.rel_bias is None else self.rel_bias(None if pos is None else pos.reshape(b, -1))
-        extra = 0.0
-        if memory is not None and memory.separate:  # decoupled: a second attention, its output weighted
-            extra = memory.weight * attend(q, memory.k.to(q.dtype), memory.v.to(q.dtype))
-        elif memory is not None:  # one softmax over both; the weight multiplies the attention memory gets
-            k, v = torch.cat([k, memory.k.to(k.dtype)], 2), torch.cat([v, memory.v.to(v.dtype)], 2)
-            if memory.weight != 1.0:
-                offset = math.log(memory.weight) if memory.weight > 0 else -1e9
-                bias = torch.cat([torch.zeros(n), torch.full((memory.k.shape[2],), offset)]
-                                 ).to(q.device, torch.float32).expand(1, 1, n, -1)
-        out = attend(q, k, v, bias) + extra
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
 class Mlp(nn.Module):
     """Two-layer feed-forward with tanh-GELU, as in ViT/DiT."""
 
@@ -359,12 +190,13 @@ class BlockOptions:
     mlp_norm_eps: float = 1e-6
     moe: MoESpec | None = None  #: this block's feed-forward is a mixture of experts of ``mlp`` layers
     rel_grid: tuple[int, int] | None = None  #: a learned relative position bias over this 2-D token grid
+    attention: AttentionSpec = AttentionSpec()  #: which attention the block builds (:data:`ATTENTIONS`)
 
     def make_norm(self, dim: int, eps: float = 1e-6) -> nn.Module:
         return NORMS[self.norm](dim, eps)
 
     def make_attention(self, dim: int, num_heads: int) -> Attention:
-        return Attention(dim, num_heads, self.qk_norm, self.rope, self.rel_grid)
+        return ATTENTIONS[self.attention.kind](dim, num_heads, self.qk_norm, self.rope, self.rel_grid, self.attention)
 
     def make_mlp(self, dim: int, mlp_ratio: float) -> nn.Module:
         hidden = int(dim * mlp_ratio)

@@ -16,8 +16,9 @@ from typing import Any
 from maskdit.conditions.base import CONDITIONERS
 from maskdit.conditions.text import MAX_LENGTH
 from maskdit.errors import ConfigError, check_keys
+from maskdit.model.attention import ATTENTIONS
 from maskdit.model.blocks import MLPS, NORMS
-from maskdit.model.dit import ATTENTIONS, MODULATIONS, POS_LAYOUTS, POSITIONS, PRESETS, DiT
+from maskdit.model.dit import MODULATIONS, POS_LAYOUTS, POSITIONS, PRESETS, DiT
 from maskdit.model.moe import ROUTINGS
 from maskdit.model.precond import PRECONDS
 from maskdit.model.text import TEXT_MODES
@@ -52,9 +53,13 @@ class ModelConfig:
     patch_size: int | list[int] | None = None
     mlp_ratio: float = 4.0
     mixer_depth: int = 0  #: leading blocks that see all tokens before dropping (deferred masking)
-    attention: str = "full"  #: full | factorised (VDT: temporal then spatial attention; rank-3 grids)
-    full_every: int = 0  #: factorised models: every N-th block attends over all tokens (0: none; full: all do)
-    full_blocks: list[int] = field(default_factory=list)  #: factorised models: more blocks with full attention
+    attention: str = "full"  #: full | factorised (VDT; rank-3 grids) | linear | window | proxy | tile (linear cost)
+    full_every: int = 0  #: factorised/linear-cost models: every N-th block attends over all tokens (0: none)
+    full_blocks: list[int] = field(default_factory=list)  #: factorised/linear-cost models: more full-attention blocks
+    window: int | list[int] = 4  #: window/proxy: neighbourhood radius in tokens (or one per axis)
+    proxy_size: int | None = None  #: proxy: edge of the cell each proxy token summarises (null: 2 * window)
+    linear_conv: int = 5  #: linear: kernel of the depthwise convolution of the values (odd; 0: none)
+    tile_global: int = 1  #: tile: leading frames every frame attends to as well
     token_time: bool = False  #: task models: given tokens are conditioned on time 0, the rest on t (per-token time)
     conditional: bool = True  #: use the dataset's labels (False: unconditional model)
     condition: str = "label"  #: a maskdit.conditions CONDITIONERS entry: label | text (captions)
@@ -138,6 +143,12 @@ class ModelConfig:
             ("mixer_depth", self.mixer_depth >= 0, "non-negative (and below the model depth)"),
             ("full_every", self.full_every >= 0, "0 (no full blocks) or a positive block period"),
             ("attention", self.attention in ATTENTIONS, "one of " + one_of(list(ATTENTIONS))),
+            ("window", min(_as_list(self.window), default=-1) >= 0 and max(_as_list(self.window)) >= 1,
+             "a radius of at least 1, or a list of non-negative radii (one per axis), one at least 1"),
+            ("proxy_size", self.proxy_size is None or self.proxy_size >= 1, "null or at least 1"),
+            ("linear_conv", self.linear_conv == 0 or (self.linear_conv > 0 and self.linear_conv % 2 == 1),
+             "0 (no convolution) or an odd kernel size"),
+            ("tile_global", self.tile_global >= 0, "non-negative"),
         ])
 
     def architecture(self) -> dict[str, Any]:

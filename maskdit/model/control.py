@@ -24,7 +24,8 @@ from torch import nn
 from maskdit.conditions.control import ControlInput, parse_signal
 from maskdit.errors import ConfigError, check_keys
 from maskdit.grid import patchify
-from maskdit.model.blocks import Memory, Stream, zero_init_adaln
+from maskdit.model.attention import Memory
+from maskdit.model.blocks import Stream, zero_init_adaln
 from maskdit.registry import Registry, one_of
 
 

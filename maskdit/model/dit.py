@@ -25,10 +25,10 @@ from maskdit.conditions.base import CONDITIONERS, Conditioner
 from maskdit.conditions.control import ControlInput, Controlled, check_fits, signal_channels
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
+from maskdit.model.attention import ATTENTIONS, AxialRoPE, TokenLayout, attention_spec
 from maskdit.model.blocks import (
     MLPS,
     NORMS,
-    AxialRoPE,
     BlockOptions,
     Context,
     DiTBlock,
@@ -67,7 +67,6 @@ for _size, (_depth, _hidden, _heads) in SIZES.items():
                                                   "patch_size": _patch}, f"DiT's {_size} size with patch {_patch}")
 
 
-#: Block types: full space-time attention, or VDT's factorised temporal-then-spatial attention.
 #: How tokens know where they are (DiT's ``pos``).
 POSITIONS: Registry[None] = Registry("position kind", key="model.pos")
 POSITIONS.add("sincos", None, "a fixed sin-cos table added to the tokens (DiT)")
@@ -103,10 +102,6 @@ def _adaln_single(model: nn.Module) -> None:
     model.final_layer.adaLN_modulation = TableModulation(2, dim)
 
 
-#: How blocks attend (DiT's ``attention``).
-ATTENTIONS: Registry[None] = Registry("attention", key="model.attention")
-ATTENTIONS.add("full", None, "every block attends over all tokens")
-ATTENTIONS.add("factorised", None, "VDT: temporal attention across frames, then spatial attention in each frame")
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -144,12 +139,20 @@ class DiT(nn.Module):
             ``rank``, an image prompt's ``encoder``). ``None``: no control.
         mixer_depth: how many leading blocks see every token before ``keep_idx`` drops some ("deferred
             masking"); they form the patch mixer. 0 drops right after the patch embedding.
-        attention: ``"full"`` (every block attends over all tokens) or ``"factorised"`` (VDT: temporal
-            attention across frames, then spatial attention within each frame; with dropping it needs the
-            same positions kept in every frame, see :func:`maskdit.masks.tube_keep_indices`).
-        full_blocks, full_every: in a factorised model, the blocks that attend over all tokens at once (full
-            space-time attention) instead: those listed, and every ``full_every``-th (1-based; 0 for none).
+        attention: an :data:`~maskdit.model.attention.ATTENTIONS` entry: ``"full"`` (every block attends over all
+            tokens), ``"factorised"`` (VDT: temporal attention across frames, then spatial attention within each
+            frame; with dropping it needs the same positions kept in every frame, see
+            :func:`maskdit.masks.tube_keep_indices`), or a kind whose cost grows linearly with the tokens:
+            ``"linear"``, ``"window"``, ``"proxy"``, ``"tile"`` (:mod:`maskdit.model.attention`).
+        full_blocks, full_every: in a factorised or linear-cost model, the blocks that attend over all tokens at
+            once (full attention) instead: those listed, and every ``full_every``-th (1-based; 0 for none).
             A full-attention model ignores them (all its blocks are).
+        window: ``window`` and ``proxy``: the radius of each token's neighbourhood in tokens, one value or one per
+            axis.
+        proxy_size: ``proxy``: the edge of the grid cell each proxy token summarises, in tokens (``None``: the
+            window's diameter, one proxy per window).
+        linear_conv: ``linear``: the kernel size of the depthwise convolution of the values (odd; 0: none).
+        tile_global: ``tile``: how many leading frames every frame attends to as well.
         task_conditioning: learn a "given" embedding added to the tokens a condition mask marks as known
             (clean), so one model serves every task of :data:`maskdit.masks.TASKS` (VDT).
         token_time: condition each token on its own time: given tokens on ``t = 0`` (they are clean), the
@@ -247,6 +250,10 @@ class DiT(nn.Module):
         control_options: dict[str, Any] | None = None,
         vocab_size: int | None = None,
         time_input: bool = True,
+        window: int | Sequence[int] = 4,
+        proxy_size: int | None = None,
+        linear_conv: int = 5,
+        tile_global: int = 1,
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -279,7 +286,7 @@ class DiT(nn.Module):
         full = sorted({int(i) for i in full_blocks} | every)
         if full and not 0 <= full[0] <= full[-1] < depth:
             raise ConfigError(f"full_blocks {full} must name blocks 0..{depth - 1}")
-        self.full_blocks = tuple(full) if attention == "factorised" else ()  # in a full model every block is
+        self.full_blocks = tuple(full) if attention != "full" else ()  # in a full model every block is
         self.task_conditioning = task_conditioning
         if token_time and not task_conditioning:
             raise ConfigError("token_time conditions given tokens on time 0: it needs task_conditioning "
@@ -312,8 +319,11 @@ class DiT(nn.Module):
         self.rope = rope  # registered once here (the blocks share it), so .to(device) moves its tables
         if rel_pos_bias and (attention != "full" or len(self.token_grid) != 2):
             raise ConfigError("rel_pos_bias is a 2-D bias for full attention: image grids with attention=full only")
+        self.layout = TokenLayout(self.token_grid)  # the grid the blocks run on (another while sampling another size)
+        self.attention_spec = attention_spec(attention, self.layout, window, proxy_size, linear_conv, tile_global)
         self.block_options = BlockOptions(norm, bool(qk_norm), mlp, rope, self.mlp_norm_eps,
-                                          rel_grid=tuple(self.token_grid) if rel_pos_bias else None)
+                                          rel_grid=tuple(self.token_grid) if rel_pos_bias else None,
+                                          attention=self.attention_spec)
         moe = dict(moe or {})
         self.moe_every = int(moe.pop("every", 1))
         self.moe = MoESpec(**moe) if moe.get("experts", 0) > 0 else None
@@ -333,9 +343,9 @@ class DiT(nn.Module):
         self.y_embedder = None if condition is None else CONDITIONERS.get(condition).build(
             hidden_size, num_classes, **(condition_options or {}))
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio, options=self.options_of(i))
-            if attention == "full" or i in self.full_blocks
-            else FactorisedDiTBlock(hidden_size, num_heads, mlp_ratio, self.token_grid, options=self.options_of(i))
+            FactorisedDiTBlock(hidden_size, num_heads, mlp_ratio, self.token_grid, options=self.options_of(i))
+            if attention == "factorised" and i not in self.full_blocks
+            else DiTBlock(hidden_size, num_heads, mlp_ratio, options=self.options_of(i))
             for i in range(depth)
         )
         self.fusion = None if fusion is None else SparseDenseFusion(hidden_size)
@@ -346,7 +356,8 @@ class DiT(nn.Module):
             if self.long_skips < 0 or half < 1 or 2 * half + self.long_skips != depth:
                 raise ConfigError(f"long_skips={long_skips} does not fit depth {depth}: depth must be 2 * half + "
                                   "long_skips with half >= 1 (MDT: 28 = 2 * 12 + 4)")
-            if mixer_depth or self.fusion_route is not None or self.tread_route is not None or attention != "full":
+            if mixer_depth or self.fusion_route is not None or self.tread_route is not None or \
+                    attention == "factorised":
                 raise ConfigError("long skips (MDT's layout) run every block in one pass: no mixer_depth, SPRINT "
                                   "fusion, TREAD route or factorised attention")
             self.skip_half = half
@@ -354,9 +365,9 @@ class DiT(nn.Module):
             self.decoder_pos_embed = nn.Parameter(table[None].clone())
         self.decoder = None
         if decoder:
-            if attention != "full" or self.fusion_route is not None or pos != "sincos":
-                raise ConfigError("a decoder (MaskDiT's released layout) needs full attention, sin-cos positions and "
-                                  "no SPRINT fusion")
+            if attention == "factorised" or self.fusion_route is not None or pos != "sincos":
+                raise ConfigError("a decoder (MaskDiT's released layout) needs one attention per block (not "
+                                  "factorised), sin-cos positions and no SPRINT fusion")
             self.decoder = DecoderHead(self.token_grid, hidden_size, mlp_ratio=mlp_ratio, pos_layout=self.pos_layout,
                                        **decoder)
         head_width = hidden_size if self.decoder is None else self.decoder.width
@@ -389,10 +400,11 @@ class DiT(nn.Module):
             check_fits(control, self.input_size)
             channels = signal_channels(control, in_channels)
             self.control_shape = (channels, *self.input_size)
-            if control_kind != "concat" and (attention != "full" or self.long_skips is not None or rel_pos_bias):
+            if control_kind != "concat" and (attention == "factorised" or self.long_skips is not None
+                                             or rel_pos_bias):
                 raise ConfigError(f"control.kind={control_kind} runs beside the base's blocks one by one: it needs "
-                                  "model.attention=full, no long skips (MDT's layout) and no rel_pos_bias; use "
-                                  "control.kind=concat")
+                                  "one attention per block (not model.attention=factorised), no long skips (MDT's "
+                                  "layout) and no rel_pos_bias; use control.kind=concat")
             if control_kind in ("tokens", "adapter") and self.text not in (None, "cross"):
                 raise ConfigError(f"control.kind={control_kind} adds keys and values to each block's self-attention; "
                                   f"model.text={self.text} blocks attend jointly with the text: use model.text=cross "
@@ -412,9 +424,13 @@ class DiT(nn.Module):
         return {**{k: _json_ready(v) for k, v in self._arguments.items()}, **resolved}
 
     def options_of(self, index: int) -> BlockOptions:
-        """Block ``index``'s options: a mixture of experts in every ``moe_every``-th block (1-based)."""
+        """Block ``index``'s options: a mixture of experts in every ``moe_every``-th block (1-based), full attention
+        in the ``full_blocks`` of a model with another kind."""
         moe = self.moe if self.moe is not None and (index + 1) % self.moe_every == 0 else None
-        return dataclasses.replace(self.block_options, moe=moe)
+        spec = self.block_options.attention
+        if index in self.full_blocks:
+            spec = dataclasses.replace(spec, kind="full")
+        return dataclasses.replace(self.block_options, moe=moe, attention=spec)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DiT:
@@ -497,13 +513,13 @@ class DiT(nn.Module):
 
     def embed(self, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
         """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions (and the "given" flag) added."""
-        resized = self.pos == "rope" and self.attention == "full" and x.dim() == 2 + len(self.input_size) and \
+        resized = self.pos == "rope" and self.attention != "factorised" and x.dim() == 2 + len(self.input_size) and \
             x.shape[1] == self.in_channels and all(s % p == 0 for s, p in zip(x.shape[2:], self.patch_size))
         if tuple(x.shape[1:]) != (self.in_channels, *self.input_size) and not resized:
             raise ConfigError(
                 f"model expects input (B, {self.in_channels}, {', '.join(map(str, self.input_size))}), "
-                f"got {tuple(x.shape)}" + ("" if self.pos == "rope" else " (only a model.pos=rope model with full "
-                                           "attention takes other sizes)"))
+                f"got {tuple(x.shape)}" + ("" if self.pos == "rope" else " (only a model.pos=rope model without "
+                                           "factorised attention takes other sizes)"))
         tokens = self.patch_embed(patchify(x, self.patch_size))
         if tuple(x.shape[2:]) == self.input_size:
             tokens = tokens + self.pos_embed
@@ -568,7 +584,7 @@ class DiT(nn.Module):
             if keep_idx is not None or self.fusion is not None or route is not None or given is not None:
                 raise ConfigError(f"at a grid other than the training one {self.token_grid} the model runs plain: "
                                   "no dropping, routing, SPRINT fusion or condition mask")
-            with self.rope.at(grid):
+            with self.rope.at(grid), self.layout.at(grid):
                 return self.run_blocks(tokens, c, 0, end)
         name, options = path_of(self, keep_idx, end, path_drop, route)
         return PATHS.get(name)(self, tokens, c, keep_idx, **options)

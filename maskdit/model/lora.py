@@ -26,7 +26,8 @@ from torch import nn
 from maskdit.checkpoint import load_weights
 from maskdit.errors import CheckpointError, ConfigError, check_keys
 from maskdit.files import file_sha256
-from maskdit.model.blocks import Attention, Mlp, SwiGLU
+from maskdit.model.attention import Attention
+from maskdit.model.blocks import Mlp, SwiGLU
 from maskdit.model.text import CrossAttention
 from maskdit.registry import Registry, one_of
 

@@ -22,14 +22,12 @@ import torch
 from torch import nn
 
 from maskdit.errors import ConfigError
+from maskdit.model.attention import Attention, attend, key_mask_bias
 from maskdit.model.blocks import (
     MLPS,
-    Attention,
     BlockOptions,
     Context,
     DiTBlock,
-    attend,
-    key_mask_bias,
     modulate,
     modulation,
     per_sample,

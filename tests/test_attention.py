@@ -1,0 +1,257 @@
+"""The attention kinds of maskdit.model.attention against dense references in float64: each kind is the softmax
+(or kernel) attention its paper defines over the tokens it keeps, on their grid places, for every grid rank, with
+dropped tokens, memory keys and rotary positions; and inside a DiT with every block path."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from maskdit.errors import ConfigError
+from maskdit.model import DiT
+from maskdit.model.attention import ATTENTIONS, Attention, Memory, TokenLayout, attention_spec
+
+
+def coords(grid):
+    return torch.stack(torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij"), -1).reshape(-1, len(grid))
+
+
+def build(kind, grid, dim=24, heads=3, rope=None, **settings):
+    torch.manual_seed(0)
+    spec = attention_spec(kind, TokenLayout(grid), **settings)
+    module = ATTENTIONS[kind](dim, heads, rope=rope, spec=spec).double()
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.4)  # sharp attention, and the zero-initialised parts on
+    return module
+
+
+def kept(batch, grid, count, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    n = math.prod(grid)
+    return torch.stack([torch.randperm(n, generator=g)[:count] for _ in range(batch)])
+
+
+def softmax_reference(module, x, pos, allowed, memory=None, extra_keys=None):
+    """``proj(softmax(q k^T / sqrt(d) + mask) v)`` with ``allowed`` ``(B, L, L)``; memory keys (weighted) and
+    ``extra_keys`` ``(k, v, held (B, M))`` join every query's keys."""
+    b, n, dim = x.shape
+    q, k, v = module.heads(x, pos)
+    logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    values = v
+    for keys, vals, bias in ([] if extra_keys is None else [extra_keys]) + (
+            [] if memory is None else [(memory.k, memory.v, torch.full((b, memory.k.shape[2]), math.log(memory.weight)))]):
+        more = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        more = more + (bias if bias.dtype != torch.bool else torch.where(bias, 0.0, float("-inf")))[:, None, None]
+        logits = torch.cat([logits, more], -1)
+        values = torch.cat([values, vals], 2)
+    out = torch.softmax(logits, -1) @ values
+    return module.proj(out.transpose(1, 2).reshape(b, n, dim))
+
+
+def in_window(grid, radius, pos):
+    c = coords(grid).double()[pos]  # (B, L, rank)
+    delta = c[:, :, None] - c[:, None, :]
+    r = torch.tensor(radius, dtype=torch.float64)
+    inside = (delta / r.clamp_min(1e-9)).square().sum(-1) <= 1 + 1e-9
+    return inside & ((delta == 0) | (r > 0)).all(-1)
+
+
+CASES = [((12,), (3,)), ((7, 9), (2,)), ((8, 8), (3, 1)), ((6, 5), (0, 2)), ((3, 5, 4), (1, 2, 2))]
+
+
+@pytest.mark.parametrize("grid,radius", CASES)
+@pytest.mark.parametrize("drop", [False, True])
+def test_window_attention_is_softmax_over_each_tokens_neighbourhood_on_the_grid(grid, radius, drop):
+    """CLEAR's local attention: every query meets exactly the keys within its ellipse of per-axis radii (radius 0:
+    that axis's own place), by grid place, whatever order and subset of tokens passes (dropped tokens are absent)."""
+    module = build("window", grid, window=radius)
+    n = math.prod(grid)
+    pos = kept(2, grid, max(2, n // 2)) if drop else None
+    ids = pos if drop else torch.arange(n).expand(2, n)
+    x = torch.randn(2, ids.shape[1], 24, dtype=torch.float64)
+    memory = Memory(torch.randn(2, 3, 4, 8, dtype=torch.float64), torch.randn(2, 3, 4, 8, dtype=torch.float64), 0.5)
+    for mem in (None, memory):
+        out = module(x, pos, mem)
+        per_axis = radius if len(radius) == len(grid) else radius * len(grid)
+        ref = softmax_reference(module, x, pos, in_window(grid, per_axis, ids), mem)
+        assert torch.allclose(out, ref, atol=1e-10), (out - ref).abs().max()
+
+
+def test_a_window_wider_than_the_grid_is_full_attention_with_the_same_weights():
+    """Weight inheritance: the window kind has full attention's parameters under the same names, and with a radius
+    that covers the grid it computes what full attention computes (rotary positions included)."""
+    from maskdit.model.attention import AxialRoPE
+
+    grid = (6, 7)
+    rope = AxialRoPE(8, grid).double()
+    window = build("window", grid, rope=rope, window=20)
+    full = Attention(24, 3, rope=rope).double()
+    full.load_state_dict(window.state_dict())
+    x = torch.randn(2, 20, 24, dtype=torch.float64)
+    pos = kept(2, grid, 20)
+    assert torch.allclose(window(x, pos), full(x, pos), atol=1e-10)
+    every = torch.randn(1, 42, 24, dtype=torch.float64)
+    assert torch.allclose(window(every), full(every), atol=1e-10)
+
+
+def proxy_reference(module, x, pos, grid, cell):
+    """PT-DiT's attention by its definition: cell means of the kept tokens, their self-attention (over held cells),
+    their keys and values through the block's projections, joined to each token's window."""
+    b, n, dim = x.shape
+    ids = pos if pos is not None else torch.arange(n).expand(b, n)
+    cells = tuple(-(-g // cell) for g in grid)
+    which = (coords(grid)[ids] // cell)  # (B, L, rank)
+    flat = torch.zeros(b, n, dtype=torch.long)
+    for a, c in enumerate(cells):
+        flat = flat * c + which[..., a]
+    count = math.prod(cells)
+    proxies = torch.zeros(b, count, dim, dtype=x.dtype)
+    held = torch.zeros(b, count, dtype=torch.bool)
+    for i in range(b):
+        for p in range(count):
+            members = flat[i] == p
+            if members.any():
+                proxies[i, p] = x[i, members].mean(0)
+                held[i, p] = True
+    pq, pk, pv = module.proxies.heads(proxies)
+    logits = (pq @ pk.transpose(-2, -1) / math.sqrt(pq.shape[-1])).masked_fill(~held[:, None, None], float("-inf"))
+    mixed = (torch.softmax(logits, -1) @ pv).transpose(1, 2).reshape(b, count, dim)
+    _, k, v = module.heads(proxies + module.proxies.proj(mixed), rotate=False)
+    radius = module.radius * len(grid) if len(module.radius) == 1 else module.radius
+    return softmax_reference(module, x, pos, in_window(grid, radius, ids), extra_keys=(k, v, held))
+
+
+@pytest.mark.parametrize("grid,cell", [((8, 8), 4), ((7, 10), 3), ((16,), 5), ((4, 4, 6), 2)])
+@pytest.mark.parametrize("drop", [False, True])
+def test_proxy_attention_is_window_attention_plus_attention_to_the_cells_mixed_means(grid, cell, drop):
+    module = build("proxy", grid, window=1, proxy=cell)
+    n = math.prod(grid)
+    pos = kept(2, grid, n // 3) if drop else None  # a third kept: some cells are empty
+    x = torch.randn(2, n // 3 if drop else n, 24, dtype=torch.float64)
+    ref = proxy_reference(module, x, pos, grid, cell)
+    assert torch.allclose(module(x, pos), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("grid", [(10,), (5, 6), (3, 4, 4)])
+@pytest.mark.parametrize("drop", [False, True])
+def test_linear_attention_is_the_relu_kernel_form_plus_a_depthwise_convolution_of_the_values(grid, drop):
+    """LiT's form: ``phi(q) (phi(k)^T v) / (phi(q) . sum phi(k))`` over the kept tokens (rotary positions in the
+    numerator), plus the depthwise convolution of the values with absent tokens as zeros."""
+    from maskdit.model.attention import AxialRoPE
+
+    rope = AxialRoPE(8, grid).double()
+    module = build("linear", grid, rope=rope, conv=3)
+    n = math.prod(grid)
+    pos = kept(2, grid, n // 2) if drop else None
+    ids = pos if drop else torch.arange(n).expand(2, n)
+    b, length = 2, ids.shape[1]
+    x = torch.randn(b, length, 24, dtype=torch.float64)
+    q, k, v = module.heads(x, pos, rotate=False)
+    fq, fk = F.relu(q), F.relu(k)
+    scores = module.rotate(fq, pos) @ module.rotate(fk, pos).transpose(-2, -1)
+    norm = fq @ fk.sum(2, keepdim=True).transpose(-2, -1)
+    attn = scores @ v / (norm + 1e-6)
+    image = torch.zeros(b, 24, n, dtype=torch.float64)
+    image.scatter_(2, ids[:, None].expand(-1, 24, -1), v.permute(0, 1, 3, 2).reshape(b, 24, length))
+    conv = (F.conv1d, F.conv2d, F.conv3d)[len(grid) - 1](image.reshape(b, 24, *grid), module.conv.weight,
+                                                         module.conv.bias, padding=1, groups=24)
+    local = conv.reshape(b, 24, n).gather(2, ids[:, None].expand(-1, 24, -1)).reshape(b, 3, 8, length)
+    ref = module.proj((attn + local.transpose(-2, -1)).transpose(1, 2).reshape(b, length, 24))
+    assert torch.allclose(module(x, pos), ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("first", [0, 1, 2])
+@pytest.mark.parametrize("drop", [False, True])
+def test_tile_attention_keeps_the_diagonal_frame_tiles_and_the_global_frames_rows_and_columns(first, drop):
+    """Efficient-vDiT's k:(T-k) mask: tile (i, j) of the frame-to-frame attention map is kept when i == j or either
+    frame is one of the first k."""
+    grid = (5, 3, 2)
+    module = build("tile", grid, global_frames=first)
+    n = math.prod(grid)
+    pos = kept(2, grid, 17) if drop else None
+    ids = pos if drop else torch.arange(n).expand(2, n)
+    frame = coords(grid)[ids][..., 0]
+    allowed = (frame[:, :, None] == frame[:, None, :]) | (frame[:, :, None] < first) | (frame[:, None, :] < first)
+    x = torch.randn(2, ids.shape[1], 24, dtype=torch.float64)
+    memory = Memory(torch.randn(2, 3, 4, 8, dtype=torch.float64), torch.randn(2, 3, 4, 8, dtype=torch.float64), 2.0)
+    for mem in (None, memory):
+        assert torch.allclose(module(x, pos, mem), softmax_reference(module, x, pos, allowed, mem), atol=1e-10)
+
+
+def test_settings_that_cannot_build_are_refused_naming_the_key():
+    layout = TokenLayout((4, 4))
+    for kwargs, key in [({"window": -1}, "model.window"), ({"window": 0}, "model.window"),
+                        ({"window": [1, 2, 3]}, "model.window"), ({"proxy": 0}, "model.proxy_size"),
+                        ({"conv": 4}, "model.linear_conv"), ({"global_frames": -1}, "model.tile_global")]:
+        with pytest.raises(ConfigError, match=key):
+            attention_spec("window", layout, **kwargs)
+    with pytest.raises(ConfigError, match="video grid"):
+        DiT((8, 8), 1, 2, 32, 1, 4, attention="tile")
+
+
+def test_linear_attention_folds_memory_keys_into_its_sums_with_their_weight():
+    """Memory keys (condition tokens) join the kernel sums, weighted: ``w phi(q) phi(m)^T`` per memory key."""
+    grid = (4, 4)
+    module = build("linear", grid, conv=0)
+    x = torch.randn(2, 16, 24, dtype=torch.float64)
+    mk, mv = torch.randn(2, 3, 5, 8, dtype=torch.float64), torch.randn(2, 3, 5, 8, dtype=torch.float64)
+    q, k, v = module.heads(x)
+    fq, fk, fm = F.relu(q), F.relu(k), 0.25 * F.relu(mk)
+    num = fq @ (fk.transpose(-2, -1) @ v + fm.transpose(-2, -1) @ mv)
+    den = fq @ (fk.sum(2, keepdim=True) + fm.sum(2, keepdim=True)).transpose(-2, -1)
+    ref = module.proj((num / (den + 1e-6)).transpose(1, 2).reshape(2, 16, 24))
+    assert torch.allclose(module(x, None, Memory(mk, mv, 0.25)), ref, atol=1e-10)
+
+
+KINDS = ["linear", "window", "proxy"]
+
+
+@pytest.mark.parametrize("kind", ["window", "proxy"])
+def test_inside_a_dit_dropped_tokens_keep_their_grid_places(kind):
+    """A one-block model on kept tokens in shuffled order: with window attention a kept token's output moves when a
+    kept token inside its window changes and stays put for one outside it (nothing else mixes tokens); with proxies,
+    whose one cell spans the grid, every kept token reaches every other."""
+    from conftest import perturbed
+
+    model = perturbed(DiT((8, 8), 1, 1, 24, 1, 3, attention=kind, window=1, proxy_size=8), 0.3).double()
+    x, t = torch.randn(1, 1, 8, 8, dtype=torch.float64), torch.rand(1, dtype=torch.float64)
+    place = lambda r, c: r * 8 + c  # noqa: E731
+    keep = torch.tensor([[place(5, 5), place(0, 0), place(4, 5), place(5, 7), place(2, 2), place(6, 6)]])
+    out = model(x, t, keep_idx=keep)
+    for neighbour, inside in ((place(4, 5), True), (place(5, 7), False), (place(6, 6), False)):
+        moved = x.clone()
+        moved[0, 0, neighbour // 8, neighbour % 8] += 1.0
+        changed = not torch.allclose(model(moved, t, keep_idx=keep)[0, 0], out[0, 0], atol=1e-12)
+        assert changed == (inside or kind == "proxy"), (neighbour, kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("recipe", [["mask.recipe=drop", "mask.ratio=0.5"],
+                                    ["mask.recipe=tread", "mask.ratio=0.5", "mask.route=[1,2]"],
+                                    ["mask.recipe=sprint", "mask.ratio=0.5", "mask.route=[1,2]", "model.depth=3"],
+                                    ["mask.recipe=mdt", "mask.ratio=0.5", "mask.decoder_depth=1"],
+                                    ["mask.recipe=maskdit", "mask.ratio=0.5", "model.depth=3", "mask.decoder_depth=1"],
+                                    ["task.names=[inpaint,outpaint]", "model.token_time=true"]],
+                         ids=["drop", "tread", "sprint", "mdt", "maskdit", "tasks"])
+def test_every_linear_cost_kind_trains_with_each_recipe(tmp_path, kind, recipe):
+    """Each kind in every masked-training layout, end to end on the digits at patch 1 (64 tokens): the loss is
+    finite and falls, and the kind's own layers (the convolution, the proxies' attention) learn."""
+    import json
+
+    from maskdit.config import load_config
+    from maskdit.runs import load_run
+    from maskdit.training.trainer import train
+
+    cfg = load_config("digits", overrides=[
+        "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.patch_size=1", f"model.attention={kind}",
+        "model.window=2", "batch_size=16", "warmup_steps=2", "log_every=1", "ckpt_every=100", "steps=30", "lr=3e-3",
+        f"run_dir={tmp_path}", "precision=fp32", *recipe])
+    train(cfg, progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    model = load_run(tmp_path).model
+    own = {"linear": "attn.conv.weight", "proxy": "attn.proxies.proj.weight", "window": "attn.qkv.weight"}[kind]
+    assert any(own in name and p.abs().sum() > 0 for name, p in model.named_parameters())
