@@ -292,12 +292,17 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read {path}: {e}; the file is damaged or not a safetensors file") from e
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, only: Callable[[str], bool] | None = None) -> None:
+def load_weights(model: torch.nn.Module, path: str | Path, only: Callable[[str], bool] | None = None,
+                 optional: Callable[[str], bool] | None = None) -> None:
     """Load a safetensors file into ``model`` (into the weights whose keys ``only`` accepts, when given); any
-    missing, extra or mis-shaped tensor is refused clearly."""
+    missing, extra or mis-shaped tensor is refused clearly, except that a key ``optional`` accepts may be absent on
+    either side (a layer one attention kind has and another lacks: it keeps its initial value)."""
     path = Path(path)
     tensors = load_tensors(path)
     expected = {k: v for k, v in model.state_dict().items() if only is None or only(k)}
+    if optional is not None:
+        tensors = {k: v for k, v in tensors.items() if k in expected or not optional(k)}
+        expected = {k: v for k, v in expected.items() if k in tensors or not optional(k)}
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     wrong = [(k, tuple(tensors[k].shape), tuple(v.shape)) for k, v in expected.items()
@@ -315,7 +320,8 @@ def load_weights(model: torch.nn.Module, path: str | Path, only: Callable[[str],
             f"checkpoint {path} does not match the model ({'; '.join(parts)}): "
             "build the model from the checkpoint's config.json"
         )
-    model.load_state_dict({k: shard_like(v, expected[k]) for k, v in tensors.items()}, strict=only is None)
+    model.load_state_dict({k: shard_like(v, expected[k]) for k, v in tensors.items()},
+                          strict=only is None and optional is None)
 
 
 def load_aux(aux: torch.nn.Module, ckpt: Path, name: str = AUX_FILE) -> None:

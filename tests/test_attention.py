@@ -255,3 +255,40 @@ def test_every_linear_cost_kind_trains_with_each_recipe(tmp_path, kind, recipe):
     model = load_run(tmp_path).model
     own = {"linear": "attn.conv.weight", "proxy": "attn.proxies.proj.weight", "window": "attn.qkv.weight"}[kind]
     assert any(own in name and p.abs().sum() > 0 for name, p in model.named_parameters())
+
+
+def test_init_from_a_full_attention_run_converts_it_to_another_kind_with_its_weights_and_moments(tmp_path):
+    """LiT's weight inheritance through ``init_from``: every layer the kinds share (projections, MLPs, embeddings)
+    starts from the full-attention run, the new kind's own layers from their neutral start (the convolution and the
+    proxies' output at zero), and Adam's moments follow each parameter by name although the new layers shift the
+    indices; the converted model's layers then train."""
+    from maskdit.checkpoint import load_tensors, optimizer_state
+    from maskdit.config import load_config
+    from maskdit.files import read_json
+    from maskdit.training.trainer import Trainer, train
+
+    base = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.patch_size=1", "batch_size=8",
+            "warmup_steps=1", "ckpt_every=4", "steps=4", "precision=fp32", "model.window=2"]
+    train(load_config("digits", overrides=[*base, f"run_dir={tmp_path / 'full'}"]), progress=False)
+    ckpt = tmp_path / "full" / "checkpoints" / "step_000004"
+    source = load_tensors(ckpt / "model.safetensors")
+    moments = optimizer_state(ckpt, read_json(ckpt / "state.json")["optimizer"])
+    names = [n for n, _ in Trainer(load_config("digits", overrides=[*base, f"run_dir={tmp_path / 'x'}"]),
+                                   progress=False).model.named_parameters()]
+    for kind, own in (("linear", "conv"), ("proxy", "proxies.proj"), ("window", None)):
+        cfg = load_config("digits", overrides=[*base, f"run_dir={tmp_path / kind}", f"model.attention={kind}",
+                                               f"init_from={tmp_path / 'full'}"])
+        trainer = Trainer(cfg, progress=False)
+        params = dict(trainer.model.named_parameters())
+        for name, value in source.items():
+            if name in params:
+                assert torch.equal(params[name].detach(), value), name
+        if own is not None:
+            assert all(params[f"blocks.{i}.attn.{own}.weight"].abs().sum() == 0 for i in range(2))
+        for index, name in enumerate(names):
+            slots = trainer.optimizer.state[params[name]]
+            assert torch.equal(slots["exp_avg_sq"], moments[index]["exp_avg_sq"]), name
+        train(cfg, progress=False)
+    from maskdit.runs import load_run
+
+    assert load_run(tmp_path / "linear").model.blocks[0].attn.conv.weight.abs().sum() > 0

@@ -581,6 +581,7 @@ def test_corpus_is_large_and_distinct():
 def test_the_corpus_files_together_are_distinct():
     """A case in one file must not repeat one in another (each would then count twice)."""
     import test_bad_inputs_adapters
+    import test_bad_inputs_attention
     import test_bad_inputs_data
     import test_bad_inputs_discrete
     import test_bad_inputs_interop
@@ -590,7 +591,8 @@ def test_the_corpus_files_together_are_distinct():
 
     assert_distinct([*CASES, *test_bad_inputs_data.CASES, *test_bad_inputs_interop.CASES,
                      *test_bad_inputs_sampling.CASES, *test_bad_inputs_toolbox.CASES, *test_bad_inputs_text.CASES,
-                     *test_bad_inputs_adapters.CASES, *test_bad_inputs_discrete.CASES], 772)
+                     *test_bad_inputs_adapters.CASES, *test_bad_inputs_discrete.CASES,
+                     *test_bad_inputs_attention.CASES], 787)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -616,3 +616,14 @@ def attention_spec(kind: str, layout: TokenLayout, window: int | Sequence[int] =
     if global_frames < 0:
         raise ConfigError(f"model.tile_global={global_frames} must be non-negative")
     return AttentionSpec(kind, layout, radii, None if proxy is None else int(proxy), int(conv), int(global_frames))
+
+
+#: The layers every attention kind has, under the same names (what weight inheritance carries between kinds).
+SHARED_LAYERS = ("qkv", "proj", "q_norm", "k_norm", "rel_bias")
+
+
+def kind_layer(key: str) -> bool:
+    """Whether a state-dict ``key`` belongs to a layer only some attention kinds have (a linear kind's convolution,
+    the proxies' attention): what converting a model from one kind to another adds or leaves behind."""
+    _, sep, rest = key.rpartition(".attn.")
+    return bool(sep) and rest.split(".", 1)[0] not in SHARED_LAYERS

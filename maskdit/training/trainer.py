@@ -58,6 +58,7 @@ from maskdit.distributed import (
 from maskdit.errors import CheckpointError, ConfigError
 from maskdit.files import read_json, write_json_atomic
 from maskdit.model import DiT
+from maskdit.model.attention import kind_layer
 from maskdit.model.config import DecoderConfig, model_arguments
 from maskdit.model.lora import add_lora, base_info, is_adapter_key, load_base
 from maskdit.runs import load_run
@@ -404,8 +405,10 @@ class Trainer:
                               f"{self.model.control_signal}: start from a run without control (its base)")
         only = (lambda key: not key.startswith("control.")) if fresh else None
         frozen = fresh and control.frozen_base
-        load_weights(self.model, ckpt / ("ema.safetensors" if frozen else "model.safetensors"), only)
-        load_weights(self.ema, ckpt / "ema.safetensors", only)
+        converts = info["model"].get("attention", "full") != self.model.attention  # LiT's weight inheritance
+        optional = kind_layer if converts else None
+        load_weights(self.model, ckpt / ("ema.safetensors" if frozen else "model.safetensors"), only, optional)
+        load_weights(self.ema, ckpt / "ema.safetensors", only, optional)
         if fresh:
             for model in (self.model, self.ema):
                 model.control.start_from_base(model)
@@ -417,7 +420,11 @@ class Trainer:
                 pass
         state = read_json(ckpt / "state.json", keys=("optimizer",))
         moments = optimizer_state(ckpt, state["optimizer"])
-        for index, p in enumerate(self.model.parameters()):
+        pairs = enumerate(self.model.parameters())
+        if converts:  # another kind's layers shift the indices: carry the moments by name
+            mine = dict(self.model.named_parameters())
+            pairs = ((index, mine[name]) for index, name in enumerate(parameter_names(info["model"])) if name in mine)
+        for index, p in pairs:
             slots = moments.get(index, {})
             if all(not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape for v in slots.values()):
                 self.optimizer.state[p] = {k: slot_like(v, p) for k, v in slots.items()}
@@ -528,3 +535,14 @@ def remove_created(paths: list[Path]) -> None:
 def train(cfg: Config, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:
     """Train a run described by ``cfg``; returns its run directory."""
     return Trainer(cfg, resume=resume, progress=progress).run(stop_after=stop_after)
+
+
+def parameter_names(config: dict[str, Any]) -> list[str]:
+    """The parameter names of a model with this ``config`` (:attr:`DiT.config`), in order (what its optimizer
+    state's indices mean), from a copy built without memory; none when it cannot be built so (its moments are then
+    not carried)."""
+    try:
+        with torch.device("meta"):
+            return [name for name, _ in DiT.from_config(config).named_parameters()]
+    except Exception:  # noqa: BLE001 - a conditioner that reads files: start its moments afresh instead
+        return []

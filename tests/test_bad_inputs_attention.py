@@ -1,0 +1,43 @@
+"""The bad-input corpus of the attention kinds (``model.attention``, ``model.window``, ``model.proxy_size``,
+``model.linear_conv``, ``model.tile_global``) and of converting a run between kinds (``init_from``), including pairings
+that would otherwise build something silently different from what was asked; the harness and its five checks are in
+``corpus.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from corpus import TRAIN, C, Case, Runs, assert_distinct, check
+
+KIND = [*TRAIN, "model.attention=window"]
+
+CASES: list[Case] = [
+    C("attention-kind-unknown", [*TRAIN, "model.attention=sparse"], "model.attention"),
+    C("attention-window-negative", [*KIND, "model.window=-1"], "model.window"),
+    C("attention-window-zero", [*KIND, "model.window=0"], "model.window"),
+    C("attention-window-all-axes-zero", [*KIND, "model.window=[0,0]"], "model.window"),
+    C("attention-window-radii-per-axis-mismatch", [*KIND, "model.window=[1,2,3]"], "rank 2"),
+    C("attention-window-not-a-number", [*KIND, "model.window=wide"], "model.window"),
+    C("attention-proxy-size-zero", [*TRAIN, "model.attention=proxy", "model.proxy_size=0"], "model.proxy_size"),
+    C("attention-linear-conv-even", [*TRAIN, "model.attention=linear", "model.linear_conv=4"], "model.linear_conv"),
+    C("attention-linear-conv-negative", [*TRAIN, "model.attention=linear", "model.linear_conv=-3"],
+      "model.linear_conv"),
+    C("attention-tile-global-negative", [*TRAIN, "model.tile_global=-1"], "model.tile_global"),
+    C("attention-tile-on-images", [*TRAIN, "model.attention=tile"], "video grid"),
+    C("attention-window-with-relative-bias", [*KIND, "model.rel_pos_bias=true"], "rel_pos_bias"),
+    C("attention-window-full-blocks-beyond-depth", [*KIND, "model.full_blocks=[7]"], "full_blocks"),
+    # converting a run: the kinds share their layers, a different grid or width does not load
+    C("attention-convert-other-patch", [*KIND, "init_from={img}", "model.patch_size=1"], "does not match the model"),
+    C("attention-convert-other-width", [*TRAIN, "model.attention=linear", "init_from={img}", "model.hidden_size=48"],
+      "does not match the model"),
+]
+
+
+def test_corpus_is_distinct():
+    assert_distinct(CASES, 15)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, runs: Runs, tmp_path: Path, monkeypatch, capfd):
+    check(case, runs, tmp_path, monkeypatch, capfd)
