@@ -39,9 +39,10 @@ def softmax_reference(module, x, pos, allowed, memory=None, extra_keys=None):
     q, k, v = module.heads(x, pos)
     logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     logits = logits.masked_fill(~allowed[:, None], float("-inf"))
-    values = v
-    for keys, vals, bias in ([] if extra_keys is None else [extra_keys]) + (
-            [] if memory is None else [(memory.k, memory.v, torch.full((b, memory.k.shape[2]), math.log(memory.weight)))]):
+    values, joined = v, [] if extra_keys is None else [extra_keys]
+    if memory is not None:
+        joined.append((memory.k, memory.v, torch.full((b, memory.k.shape[2]), math.log(memory.weight))))
+    for keys, vals, bias in joined:
         more = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])
         more = more + (bias if bias.dtype != torch.bool else torch.where(bias, 0.0, float("-inf")))[:, None, None]
         logits = torch.cat([logits, more], -1)
