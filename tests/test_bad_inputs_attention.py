@@ -13,7 +13,7 @@ from corpus import TRAIN, C, Case, Runs, assert_distinct, check
 KIND = [*TRAIN, "model.attention=window"]
 
 CASES: list[Case] = [
-    C("attention-kind-unknown", [*TRAIN, "model.attention=sparse"], "model.attention"),
+    C("attention-kind-unknown", [*TRAIN, "model.attention=flash"], "model.attention"),
     C("attention-window-negative", [*KIND, "model.window=-1"], "model.window"),
     C("attention-window-zero", [*KIND, "model.window=0"], "model.window"),
     C("attention-window-all-axes-zero", [*KIND, "model.window=[0,0]"], "model.window"),
