@@ -98,8 +98,8 @@ def test_a_window_wider_than_the_grid_is_full_attention_with_the_same_weights():
 
 
 def proxy_reference(module, x, pos, grid, cell):
-    """PT-DiT's attention by its definition: cell means of the kept tokens, their self-attention (over held cells),
-    their keys and values through the block's projections, joined to each token's window."""
+    """PT-DiT's attention by its definition: window attention, plus (times the per-head gate) attention to the cell
+    means of the kept tokens after their self-attention (over held cells) and the block's key/value projections."""
     b, n, dim = x.shape
     ids = pos if pos is not None else torch.arange(n).expand(b, n)
     cells = tuple(-(-g // cell) for g in grid)
@@ -120,13 +120,17 @@ def proxy_reference(module, x, pos, grid, cell):
     logits = (pq @ pk.transpose(-2, -1) / math.sqrt(pq.shape[-1])).masked_fill(~held[:, None, None], float("-inf"))
     mixed = (torch.softmax(logits, -1) @ pv).transpose(1, 2).reshape(b, count, dim)
     _, k, v = module.heads(proxies + module.proxies.proj(mixed), rotate=False)
+    q, _, _ = module.heads(x, pos)
+    logits = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~held[:, None, None], float("-inf"))
+    glob = module.gate * (torch.softmax(logits, -1) @ v)
     radius = module.radius * len(grid) if len(module.radius) == 1 else module.radius
-    return softmax_reference(module, x, pos, in_window(grid, radius, ids), extra_keys=(k, v, held))
+    local = softmax_reference(module, x, pos, in_window(grid, radius, ids))
+    return local + module.proj(glob.transpose(1, 2).reshape(b, n, dim)) - module.proj.bias
 
 
 @pytest.mark.parametrize("grid,cell", [((8, 8), 4), ((7, 10), 3), ((16,), 5), ((4, 4, 6), 2)])
 @pytest.mark.parametrize("drop", [False, True])
-def test_proxy_attention_is_window_attention_plus_attention_to_the_cells_mixed_means(grid, cell, drop):
+def test_proxy_attention_is_window_attention_plus_gated_attention_to_the_cells_mixed_means(grid, cell, drop):
     module = build("proxy", grid, window=1, proxy=cell)
     n = math.prod(grid)
     pos = kept(2, grid, n // 3) if drop else None  # a third kept: some cells are empty
@@ -276,7 +280,7 @@ def test_init_from_a_full_attention_run_converts_it_to_another_kind_with_its_wei
     moments = optimizer_state(ckpt, read_json(ckpt / "state.json")["optimizer"])
     names = [n for n, _ in Trainer(load_config("digits", overrides=[*base, f"run_dir={tmp_path / 'x'}"]),
                                    progress=False).model.named_parameters()]
-    for kind, own in (("linear", "conv"), ("proxy", "proxies.proj"), ("window", None)):
+    for kind, own in (("linear", "conv"), ("proxy", "proxies.proj"), ("window", None)):  # (and the proxies' gate)
         cfg = load_config("digits", overrides=[*base, f"run_dir={tmp_path / kind}", f"model.attention={kind}",
                                                f"init_from={tmp_path / 'full'}"])
         trainer = Trainer(cfg, progress=False)

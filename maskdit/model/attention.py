@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -324,6 +325,26 @@ def off_grid(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x.gather(2, pos.reshape(b, 1, -1, 1).expand(-1, h, -1, d))
 
 
+def tokens_on_grid(x: torch.Tensor, pos: torch.Tensor | None, size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`on_grid` token-major: heads ``(B, H, L, d)`` -> ``(B, size, H, d)`` (a view when ``pos`` is ``None``)."""
+    x = x.transpose(1, 2)
+    if pos is None:
+        return x, None
+    b, _, h, d = x.shape
+    ids = pos.reshape(b, -1, 1, 1).expand(-1, -1, h, d)
+    present = torch.zeros(b, size, dtype=torch.bool, device=x.device).scatter(1, pos.reshape(b, -1), True)
+    return x.new_zeros(b, size, h, d).scatter(1, ids, x), present
+
+
+def tokens_off_grid(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    """The inverse of :func:`tokens_on_grid`: ``(B, N, H, d)`` -> heads ``(B, H, L, d)`` (a view without ``pos``)."""
+    if pos is not None:
+        b, _, h, d = x.shape
+        x = x.gather(1, pos.reshape(b, -1, 1, 1).expand(-1, -1, h, d))
+    return x.transpose(1, 2)
+
+
 def axis_radius(radius: Sequence[int], rank: int) -> tuple[int, ...]:
     """One radius per axis from a spec's ``window`` (one value: every axis)."""
     values = tuple(int(r) for r in radius)
@@ -336,15 +357,16 @@ def axis_radius(radius: Sequence[int], rank: int) -> tuple[int, ...]:
 
 
 class Tiling:
-    """A token grid cut into tiles for local attention: the queries of each tile meet the keys of the tile grown by
-    the radius on every side (its region), with a bias that keeps, for each query, the keys inside its window
-    (an ellipse of the per-axis radii) and on the grid. Regions overlap, so keys are copied ``prod((T + 2R) / T)``
-    times, in exchange for dense products: cost per query ``prod(T + 2R)`` instead of the grid's size."""
+    """A token grid cut into tiles for local attention: the queries of each tile meet the keys of its region, the
+    tile grown by half a tile on every side, with a bias that keeps, for each query, the keys inside its window (an
+    ellipse of the per-axis radii) and on the grid. Along an axis the tile is the window's diameter ``2R`` (its
+    region two tiles, so regions are concatenations of whole tiles and cost no gather), or the whole axis when the
+    window spans it (radius 0: one place). Cost per query: ``prod(4R)`` keys instead of the grid's size."""
 
     def __init__(self, grid: tuple[int, ...], radius: tuple[int, ...], device: torch.device):
         self.grid, self.radius = grid, radius
-        self.halo = tuple(min(r, g - 1) for r, g in zip(radius, grid))  # how far a window reaches on the grid
-        self.tile = tuple(min(g, max(1, 2 * r)) for r, g in zip(self.halo, grid))
+        self.tile = tuple(1 if r == 0 else g if 2 * r >= g else 2 * r for r, g in zip(radius, grid))
+        self.halo = tuple(t // 2 if t < g else 0 for t, g in zip(self.tile, grid))  # half a tile, or none
         self.count = tuple(-(-g // t) for g, t in zip(grid, self.tile))
         self.region = tuple(t + 2 * r for t, r in zip(self.tile, self.halo))
         q_off, k_off = (torch.stack(torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij"), -1)
@@ -353,49 +375,106 @@ class Tiling:
         scale = torch.tensor([max(r, 1e-9) for r in radius], dtype=torch.float64)
         inside = ((delta / scale) ** 2).sum(-1) <= 1 + 1e-9
         inside &= ((delta == 0) | (torch.tensor(radius) > 0)).all(-1)  # radius 0: that axis's own place only
-        on = torch.ones(1, 1, *grid, device=device)  # the grid's places (not padding), as keys of each region
+        on = torch.ones(1, math.prod(grid), device=device)  # the grid's places (not padding), as keys of each region
         self.window = torch.where(inside, 0.0, BLOCKED).to(device)  # (Tq, Tk)
         self.bias = (self.window + self.keys_present(on)).to(device)  # (tiles, 1, Tq, Tk)
+        self._batched: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def batch_bias(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        """The bias of ``batch`` samples that hold every token ``(batch * tiles, 1, Tq, Tk)`` (kept per size)."""
+        key = (batch, dtype)
+        if key not in self._batched:
+            self._batched = {key: self.bias.to(dtype).repeat(batch, 1, 1, 1)}  # the latest size only
+        return self._batched[key]
 
     def pad(self, x: torch.Tensor, halo: bool) -> torch.Tensor:
-        """``(B, H, *grid, d)`` zero-padded to whole tiles (and the radius on every side when ``halo``)."""
-        widths: list[int] = [0, 0]
+        """``(B, *grid, H, d)`` zero-padded to whole tiles (and half a tile before each halved axis when ``halo``)."""
+        widths: list[int] = [0, 0, 0, 0]
         for g, t, n, r in reversed(list(zip(self.grid, self.tile, self.count, self.halo))):
             widths += [r if halo else 0, n * t - g + (r if halo else 0)]
-        return F.pad(x, widths)
-
-    def _tile_major(self, x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-        """``(B, H, n0, s0, n1, s1, ..., d)`` -> ``(B * tiles, H, prod(s), d)``: one attention batch per tile."""
-        b, h, d, rank = x.shape[0], x.shape[1], x.shape[-1], len(self.grid)
-        order = [0] + [2 + 2 * a for a in range(rank)] + [1] + [3 + 2 * a for a in range(rank)] + [2 + 2 * rank]
-        return x.permute(order).reshape(b * math.prod(self.count), h, math.prod(sizes), d)
+        return F.pad(x, widths) if any(widths) else x
 
     def tiles(self, x: torch.Tensor) -> torch.Tensor:
-        """Queries ``(B, H, N, d)`` -> ``(B * tiles, H, Tq, d)``."""
-        b, h, _, d = x.shape
-        x = self.pad(x.reshape(b, h, *self.grid, d), halo=False)
-        return self._tile_major(x.reshape(b, h, *[s for n, t in zip(self.count, self.tile) for s in (n, t)], d),
-                                self.tile)
+        """Queries ``(B, N, H, d)`` -> ``(B * tiles, H, Tq, d)``: one attention batch per tile."""
+        b, _, h, d = x.shape
+        rank = len(self.grid)
+        x = self.pad(x.reshape(b, *self.grid, h, d), halo=False)
+        x = x.reshape(b, *[s for n, t in zip(self.count, self.tile) for s in (n, t)], h, d)
+        order = [0] + [1 + 2 * a for a in range(rank)] + [1 + 2 * rank] + [2 + 2 * a for a in range(rank)] + [
+            2 + 2 * rank]
+        return x.permute(order).reshape(b * math.prod(self.count), h, math.prod(self.tile), d)
 
     def untile(self, x: torch.Tensor, batch: int) -> torch.Tensor:
-        """The inverse of :meth:`tiles`: ``(B * tiles, H, Tq, d)`` -> ``(B, H, N, d)``."""
+        """The inverse of :meth:`tiles`: ``(B * tiles, H, Tq, d)`` -> ``(B, N, H, d)``."""
         h, d, rank = x.shape[1], x.shape[-1], len(self.grid)
         x = x.reshape(batch, *self.count, h, *self.tile, d)
-        order = [0, 1 + rank] + [a for i in range(rank) for a in (1 + i, 2 + rank + i)] + [2 + 2 * rank]
-        x = x.permute(order).reshape(batch, h, *[n * t for n, t in zip(self.count, self.tile)], d)
-        return x[(slice(None), slice(None), *[slice(0, g) for g in self.grid])].reshape(batch, h, -1, d)
+        order = [0] + [a for i in range(rank) for a in (1 + i, 2 + rank + i)] + [1 + rank, 2 + 2 * rank]
+        x = x.permute(order).reshape(batch, *[n * t for n, t in zip(self.count, self.tile)], h, d)
+        if tuple(x.shape[1:1 + rank]) != self.grid:
+            x = x[(slice(None), *[slice(0, g) for g in self.grid])]
+        return x.reshape(batch, -1, h, d)
 
     def regions(self, x: torch.Tensor) -> torch.Tensor:
-        """Keys or values ``(B, H, *grid, d)`` -> each tile's region ``(B * tiles, H, Tk, d)``."""
-        x = self.pad(x, halo=True)
-        for axis, (t, s) in enumerate(zip(self.tile, self.region)):
-            x = x.unfold(2 + 2 * axis, s, t).movedim(-1, 3 + 2 * axis)  # (.., n_axis, s_axis, rest.., d)
-        return self._tile_major(x, self.region)
+        """Keys or values ``(B, N, H, d)`` -> each tile's region ``(B * tiles, H, Tk, d)``: on the grid padded by
+        half a tile, region ``i`` of a halved axis is its tiles ``i`` and ``i + 1`` (:class:`Regions`)."""
+        b, _, h, d = x.shape
+        rank = len(self.grid)
+        blocks = [n + (1 if r else 0) for n, r in zip(self.count, self.halo)]
+        x = self.pad(x.reshape(b, *self.grid, h, d), halo=True)
+        x = x.reshape(b, *[s for m, t in zip(blocks, self.tile) for s in (m, t)], h, d)
+        order = [0] + [1 + 2 * a for a in range(rank)] + [1 + 2 * rank] + [2 + 2 * a for a in range(rank)] + [
+            2 + 2 * rank]  # tiles first: (B, m0, m1, .., H, T0, T1, .., d)
+        out = Regions.apply(x.permute(order), tuple(bool(r) for r in self.halo))
+        return out.reshape(b * math.prod(self.count), h, math.prod(self.region), d)
 
     def keys_present(self, present: torch.Tensor) -> torch.Tensor:
-        """A key bias ``(B * tiles, 1, 1, Tk)`` from which places hold a token ``(B, 1, *grid)`` (float 0/1)."""
-        mask = self.regions(present.unsqueeze(-1).float())[..., 0]  # (B * tiles, 1, Tk)
+        """A key bias ``(B * tiles, 1, 1, Tk)`` from which places hold a token ``(B, N)`` (float 0/1)."""
+        mask = self.regions(present.reshape(len(present), -1, 1, 1).float())[..., 0]  # (B * tiles, 1, Tk)
         return torch.where(mask > 0.5, 0.0, BLOCKED).unsqueeze(-2)
+
+
+
+class Regions(torch.autograd.Function):
+    """Tile-major blocks ``(B, m0, .., H, T0, .., d)`` -> regions ``(B, n0, .., H, R0, .., d)`` where along each halved
+    axis region ``i`` is blocks ``i`` and ``i + 1`` (``R = 2T``, ``n = m - 1``) and along the others block ``i``: one
+    copy per half in the forward pass and one accumulation per half in the backward pass (an ``unfold`` of the same
+    costs a slow generic backward)."""
+
+    @staticmethod
+    def forward(ctx, blocks: torch.Tensor, halved: tuple[bool, ...]) -> torch.Tensor:  # noqa: ANN001
+        ctx.halved, ctx.shape = halved, blocks.shape
+        out = blocks.new_empty(Regions.out_shape(blocks.shape, halved))
+        for dst, src in Regions.halves(out, blocks, halved):
+            dst.copy_(src)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        blocks = grad.new_zeros(ctx.shape)
+        for dst, src in Regions.halves(grad, blocks, ctx.halved):
+            src.add_(dst)
+        return blocks, None
+
+    @staticmethod
+    def out_shape(shape: torch.Size, halved: tuple[bool, ...]) -> list[int]:
+        rank = len(halved)
+        tiles = [m - 1 if h else m for m, h in zip(shape[1:1 + rank], halved)]
+        sizes = [2 * t if h else t for t, h in zip(shape[2 + rank:2 + 2 * rank], halved)]
+        return [shape[0], *tiles, shape[1 + rank], *sizes, shape[-1]]
+
+    @staticmethod
+    def halves(regions: torch.Tensor, blocks: torch.Tensor, halved: tuple[bool, ...]
+               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Pairs of views (a half of every region, the blocks it holds) covering the regions."""
+        rank = len(halved)
+        for offsets in itertools.product(*[(0, 1) if h else (0,) for h in halved]):
+            dst, src = regions, blocks
+            for axis, (h, o) in enumerate(zip(halved, offsets)):
+                if h:
+                    t = blocks.shape[2 + rank + axis]
+                    dst = dst.narrow(2 + rank + axis, o * t, t)
+                    src = src.narrow(1 + axis, o, blocks.shape[1 + axis] - 1)
+            yield dst, src
 
 
 @functools.lru_cache(maxsize=16)
@@ -420,55 +499,59 @@ class WindowAttention(Attention):
         b, h, _, d = q.shape
         tiles = tiling(grid, axis_radius(self.radius, len(grid)), q.device)
         count = math.prod(tiles.count)
-        (qg, present), (kg, _), (vg, _) = (on_grid(t, pos, math.prod(grid)) for t in (q, k, v))
-        bias = tiles.bias.to(q.dtype)  # (tiles, 1, Tq, Tk), the same for every sample
-        if present is not None:
-            bias = bias + tiles.keys_present(present.reshape(b, 1, *grid)).reshape(b, count, 1, 1, -1).to(q.dtype)
-        bias = bias.expand(b, *bias.shape[-4:]).reshape(b * count, 1, *bias.shape[-2:])
-        qt = tiles.tiles(qg)
-        kt, vt = (tiles.regions(t.reshape(b, h, *grid, d)) for t in (kg, vg))
+        (qg, present), (kg, _), (vg, _) = (tokens_on_grid(t, pos, math.prod(grid)) for t in (q, k, v))
+        if present is None:
+            bias = tiles.batch_bias(b, q.dtype)
+        else:
+            bias = tiles.bias.to(q.dtype) + tiles.keys_present(present).reshape(b, count, 1, 1, -1).to(q.dtype)
+            bias = bias.reshape(b * count, 1, *bias.shape[-2:])
+        qt, kt, vt = tiles.tiles(qg), tiles.regions(kg), tiles.regions(vg)
         if extra is not None:
             kt, vt, bias = extra.append(kt, vt, bias, count, q)
-        return off_grid(tiles.untile(attend(qt, kt, vt, bias), b), pos)
+        return tokens_off_grid(tiles.untile(attend(qt, kt, vt, bias), b), pos)
 
 
 class ProxyAttention(WindowAttention):
-    """PT-DiT's proxy-token attention: window attention, plus one proxy per ``spec.proxy``-sized cell of the grid (by
-    default one per window: cells of the window's diameter), the mean of the block input over the cell's tokens,
-    that every token attends to in the same softmax. The
-    proxies first attend to each other (``proxies``: their own attention, zero-initialised, so a converted model
-    starts with the mean of each cell), then pass the block's own key and value projections."""
+    """PT-DiT's proxy-token attention: window attention (its texture complement) plus its global information
+    interaction: one proxy per ``spec.proxy``-sized cell of the grid (by default one per window: cells of the window's
+    diameter), the mean of the block input over the cell's tokens; the proxies attend to each other (``proxies``,
+    their own attention), pass the block's key and value projections, and every token attends to them in a second
+    softmax whose output joins the window's, per head times ``gate``. The gate and the proxies' output start at zero,
+    so a converted model starts as window attention."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope: AxialRoPE | None = None,
                  rel_grid: tuple[int, int] | None = None, spec: AttentionSpec | None = None):
         super().__init__(dim, num_heads, qk_norm, rope, spec=spec)
         self.cell = int(spec.proxy) if spec.proxy is not None else 2 * max(spec.window)
         self.proxies = Attention(dim, num_heads, qk_norm)
+        self.gate = nn.Parameter(torch.zeros(num_heads, 1, 1))
 
     def zero_init(self) -> None:
-        """The proxies' own attention starts at zero: a converted model's proxies are the cells' means."""
+        """The proxies' own attention and the global branch start at zero (a converted model is window attention)."""
         nn.init.zeros_(self.proxies.proj.weight)
         nn.init.zeros_(self.proxies.proj.bias)
+        nn.init.zeros_(self.gate)
 
     def pooled(self, x: torch.Tensor, pos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The proxies ``(B, P, D)``: the mean of ``x``'s tokens in each cell, and which cells hold any ``(B, P)``."""
         grid = self.layout.grid
         b, _, dim = x.shape
         cells = tuple(-(-g // self.cell) for g in grid)
-        full = x.new_zeros(b, math.prod(grid), dim) if pos is not None else x
-        count = torch.ones(b, math.prod(grid), 1, dtype=x.dtype, device=x.device)
-        if pos is not None:
-            ids = pos.reshape(b, -1, 1)
-            full = full.scatter(1, ids.expand(-1, -1, dim), x)
-            count = torch.zeros_like(count).scatter(1, ids, 1.0)
-        both = torch.cat([full, count], -1).transpose(1, 2).reshape(b, dim + 1, *grid)
-        pad = [w for g, c in reversed(list(zip(grid, cells))) for w in (0, c * self.cell - g)]
-        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[len(grid) - 1]
-        sums = pool(F.pad(both, pad), self.cell, divisor_override=1) if len(grid) > 1 else \
-            pool(F.pad(both, pad), self.cell) * self.cell
-        sums = sums.reshape(b, dim + 1, -1).transpose(1, 2)
-        held = sums[..., -1:]
-        return sums[..., :-1] / held.clamp_min(1.0), held[..., 0] > 0
+
+        def cell_sums(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, P, C), summed over each cell's places
+            t = t.reshape(len(t), *grid, t.shape[-1])
+            widths = [0, 0] + [w for g, c in reversed(list(zip(grid, cells))) for w in (0, c * self.cell - g)]
+            t = F.pad(t, widths) if any(widths) else t
+            t = t.reshape(len(t), *[s for c in cells for s in (c, self.cell)], t.shape[-1])
+            return t.sum([2 + 2 * a for a in range(len(grid))]).reshape(len(t), -1, t.shape[-1])
+
+        if pos is None:
+            count = cell_sums(torch.ones(1, math.prod(grid), 1, dtype=x.dtype, device=x.device))
+            return cell_sums(x) / count, (count[..., 0] > 0).expand(b, -1)
+        ids = pos.reshape(b, -1, 1)
+        full = x.new_zeros(b, math.prod(grid), dim).scatter(1, ids.expand(-1, -1, dim), x)
+        count = cell_sums(x.new_zeros(b, math.prod(grid), 1).scatter(1, ids, 1.0))
+        return cell_sums(full) / count.clamp_min(1.0), count[..., 0] > 0
 
     def mix(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None,
             extra: Extra | None) -> torch.Tensor:
@@ -478,8 +561,7 @@ class ProxyAttention(WindowAttention):
         pq, pk, pv = self.proxies.heads(proxies)
         mixed = attend(pq, pk, pv, absent).transpose(1, 2).reshape(b, p, d)
         _, pk, pv = self.heads(proxies + self.proxies.proj(mixed), rotate=False)
-        own = Extra(pk, pv, None if absent is None else absent[:, 0, 0].float())
-        return super().mix(x, q, k, v, pos, own.join(extra))
+        return super().mix(x, q, k, v, pos, extra) + self.gate.to(q.dtype) * attend(q, pk, pv, absent)
 
 
 class LinearAttention(Attention):

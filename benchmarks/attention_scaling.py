@@ -1,0 +1,132 @@
+"""How the attention kinds scale with the tokens: one attention layer, and whole training and sampling steps.
+
+    python benchmarks/attention_scaling.py                        # layers at 1k/4k/16k tokens, then model steps
+    python benchmarks/attention_scaling.py --part layers --tokens 1024 4096
+    python benchmarks/attention_scaling.py --part steps --width 384 --heads 6   # DiT-S's width
+
+``layers``: forward plus backward of one attention layer (projections included) of each kind on a square token grid
+of ``--tokens`` tokens, against full attention through ``scaled_dot_product_attention`` (torch's fused kernel, what
+``full`` runs) and through the explicit product and softmax (``explicit``; skipped where its score matrix would pass
+``--explicit-gib``). ``steps``: a DiT of ``--depth`` blocks at ``--width`` on a 64x64 grid at patch 1 (4,096 tokens):
+milliseconds of a training step (forward, backward, AdamW) and of a sampling step (one forward without gradients),
+each kind beside full attention in the same process, best of ``--rounds`` interleaved rounds. Prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from maskdit.cli.args import Parser, guarded, positive_int, positive_ints
+from maskdit.model import DiT
+from maskdit.model.attention import ATTENTIONS, Attention, TokenLayout, attention_spec, explicit_attention
+
+KINDS = ("full", "linear", "window", "proxy")
+
+
+class Explicit(Attention):
+    """Full attention through the explicit product and softmax (the CPU path ``attend`` takes for short bf16)."""
+
+    def mix(self, x, q, k, v, pos, extra):  # noqa: ANN001, ANN201
+        return explicit_attention(q, k, v)
+
+
+def best_ms(fn, rounds: int) -> float:  # noqa: ANN001
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def layers(tokens: list[int], width: int, heads: int, batch: int, rounds: int, explicit_gib: float,
+           window: int) -> None:
+    print(f"\n### One attention layer, forward + backward, width {width}, {heads} heads, batch {batch} (ms)\n")
+    names = ["sdpa (full)", "explicit", *KINDS[1:]]
+    print("| tokens | " + " | ".join(names) + " | best kind vs sdpa |")
+    print("|---" * (len(names) + 2) + "|")
+    for n in tokens:
+        side = math.isqrt(n)
+        layout = TokenLayout((side, side))
+        x = torch.randn(batch, side * side, width, requires_grad=True)
+        row = {}
+        for name in names:
+            kind = {"sdpa (full)": "full", "explicit": "full"}.get(name, name)
+            scores_gib = batch * heads * n * n * 4 * 3 / 2 ** 30  # logits, softmax and its gradient
+            if name == "explicit" and scores_gib > explicit_gib:
+                row[name] = None
+                continue
+            spec = attention_spec(kind, layout, window=window)
+            module = (Explicit if name == "explicit" else ATTENTIONS[kind])(width, heads, spec=spec)
+
+            def step() -> None:
+                x.grad = None
+                module(x).square().mean().backward()
+
+            row[name] = best_ms(step, rounds)
+        fastest = min(v for k, v in row.items() if k in KINDS[1:] and v is not None)
+        cells = ["-" if row[k] is None else f"{row[k]:.1f}" for k in names]
+        print(f"| {n} | " + " | ".join(cells) + f" | {row['sdpa (full)'] / fastest:.1f}x |", flush=True)
+
+
+def steps(width: int, heads: int, depth: int, batch: int, rounds: int, window: int) -> None:
+    print(f"\n### DiT steps at 4,096 tokens (64x64, patch 1), width {width}, {heads} heads, depth {depth}, "
+          f"batch {batch} (ms; x: full's time over the kind's)\n")
+    print("| kind | train step | x | sample step | x |")
+    print("|---|---|---|---|---|")
+    x = torch.randn(batch, 1, 64, 64)
+    t, y = torch.rand(batch), torch.randint(0, 10, (batch,))
+    models, optimizers = {}, {}
+    for kind in KINDS:
+        torch.manual_seed(0)
+        models[kind] = DiT((64, 64), 1, 1, width, depth, heads, num_classes=10, attention=kind, window=window)
+        optimizers[kind] = torch.optim.AdamW(models[kind].parameters(), lr=1e-4)
+    train = {k: float("inf") for k in KINDS}
+    sample = {k: float("inf") for k in KINDS}
+    for round_ in range(rounds):
+        for kind in (KINDS if round_ % 2 == 0 else KINDS[::-1]):
+            model, optimizer = models[kind], optimizers[kind]
+
+            def train_step() -> None:
+                optimizer.zero_grad(set_to_none=True)
+                F.mse_loss(model(x, t, y), x).backward()
+                optimizer.step()
+
+            def sample_step() -> None:
+                with torch.no_grad():
+                    model(x, t, y)
+
+            train[kind] = min(train[kind], best_ms(train_step, 1))
+            sample[kind] = min(sample[kind], best_ms(sample_step, 1))
+    for kind in KINDS:
+        print(f"| {kind} | {train[kind]:.0f} | {train['full'] / train[kind]:.2f}x | {sample[kind]:.0f} | "
+              f"{sample['full'] / sample[kind]:.2f}x |", flush=True)
+
+
+def main() -> None:
+    parser = Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["layers", "steps", "both"], default="both")
+    parser.add_argument("--tokens", type=positive_ints, default=[1024, 4096, 16384])
+    parser.add_argument("--width", type=positive_int, default=128)
+    parser.add_argument("--heads", type=positive_int, default=4)
+    parser.add_argument("--depth", type=positive_int, default=6)
+    parser.add_argument("--batch", type=positive_int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--window", type=positive_int, default=4, help="window/proxy radius in tokens")
+    parser.add_argument("--explicit-gib", type=float, default=4.0, help="largest explicit score memory to try")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
+    if args.part in ("layers", "both"):
+        layers(args.tokens, args.width, args.heads, args.batch, args.rounds, args.explicit_gib, args.window)
+    if args.part in ("steps", "both"):
+        steps(args.width, args.heads, args.depth, args.batch, args.rounds, args.window)
+
+
+if __name__ == "__main__":
+    guarded(main)
