@@ -297,3 +297,80 @@ def test_init_from_a_full_attention_run_converts_it_to_another_kind_with_its_wei
     from maskdit.runs import load_run
 
     assert load_run(tmp_path / "linear").model.blocks[0].attn.conv.weight.abs().sum() > 0
+
+
+# -- other sizes -------------------------------------------------------------------------------------------------
+
+def test_rope_scalings_follow_their_definitions_at_a_grid_twice_the_training_one():
+    """PI halves every frequency (the token at 2i sits where i sat); NTK keeps the highest frequency and divides the
+    lowest by s; YaRN keeps frequencies that turn 32+ times over the training length, interpolates those under one
+    turn and sharpens by (0.1 ln s + 1) on cos and sin; an axis no longer than in training is untouched."""
+    from maskdit.model.attention import AxialRoPE
+
+    rope = AxialRoPE(16, (6, 5), theta=100.0)  # 4 frequencies per axis
+    train_cos, train_sin = rope.tables((6, 5))
+    cos, sin = rope.tables((12, 5), "pi")
+    ids = torch.tensor([r * 5 + c for r in range(6) for c in range(5)])
+    ids2 = torch.tensor([2 * r * 5 + c for r in range(6) for c in range(5)])
+    assert torch.allclose(cos[ids2], train_cos[ids]) and torch.allclose(sin[ids2], train_sin[ids])
+    freqs = 100.0 ** (-torch.arange(4, dtype=torch.float64) / 4)
+
+    def axis_freqs(scaling):  # the row axis's frequencies, read back from the angles of row 1, column 0
+        c, s = rope.tables((12, 5), scaling)
+        gain = c[0, 0]
+        return torch.atan2(s[5, :4] / gain, c[5, :4] / gain), gain, c, s
+
+    ntk, gain, _, _ = axis_freqs("ntk")
+    assert gain == 1.0 and torch.isclose(ntk[0], freqs[0]) and torch.isclose(ntk[3], freqs[3] / 2)
+    yarn, gain, c, s = axis_freqs("yarn")
+    turns = 6 * freqs / (2 * math.pi)
+    assert math.isclose(float(gain), 0.1 * math.log(2) + 1)
+    ramp = ((turns - 1) / 31).clamp(0, 1)
+    assert torch.allclose(yarn, (1 - ramp) * freqs / 2 + ramp * freqs)
+    plain_cos = rope.tables((12, 5))[0]
+    assert torch.allclose(c[:, 4:], gain * plain_cos[:, 4:])  # the columns (5 -> 5) keep the training frequencies
+
+
+def test_the_entropy_scale_multiplies_full_attentions_logits_by_sqrt_log_n_of_the_keys():
+    """Jin et al.: at N tokens instead of the training n, logits times sqrt(ln N / ln n); 1 at the training grid,
+    when off, and for the window kinds (a window's key count does not grow with the grid)."""
+    layout = TokenLayout((4, 4))
+    full = build("full", (4, 4))
+    full.layout = layout
+    x = torch.randn(1, 64, 24, dtype=torch.float64)
+    q, k, v = full.heads(x)
+    with layout.at((8, 8)), layout.sizing(entropy=True):
+        assert math.isclose(layout.logit_scale(64), math.sqrt(math.log(64) / math.log(16)))
+        out = full(x)
+    scale = math.sqrt(math.log(64) / math.log(16))
+    ref = torch.softmax(scale * q @ k.transpose(-2, -1) / math.sqrt(8), -1) @ v
+    assert torch.allclose(out, full.proj(ref.transpose(1, 2).reshape(1, 64, 24)), atol=1e-10)
+    with layout.at((8, 8)):
+        assert layout.logit_scale(64) == 1.0
+    with layout.sizing(entropy=True):
+        assert layout.logit_scale(16) == 1.0
+    with pytest.raises(ConfigError, match="rope scaling"):
+        with layout.sizing("linear"):
+            pass
+
+
+@pytest.mark.parametrize("kind", ["full", "linear", "window", "proxy"])
+def test_a_rotary_model_of_every_kind_samples_at_another_size_with_each_scaling(kind):
+    """``--size`` with each rope scaling and the entropy scale: the local kinds tile the larger grid, the output has
+    its shape, and at the training size the sizing changes nothing."""
+    from conftest import perturbed
+
+    from maskdit.model.attention import ROPE_SCALINGS
+
+    model = perturbed(DiT((8, 8), 1, 1, 32, 2, 4, num_classes=3, attention=kind, window=2, pos="rope"), 0.2)
+    t, y = torch.rand(2), torch.tensor([0, 2])
+    small, big = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 16, 12)
+    plain = model(small, t, y)
+    outs = {}
+    for scaling in ROPE_SCALINGS.names():
+        with model.layout.sizing(scaling, entropy=True):
+            assert torch.equal(model(small, t, y), plain)
+            outs[scaling] = model(big, t, y)
+        assert outs[scaling].shape == big.shape and torch.isfinite(outs[scaling]).all()
+    if kind in ("full", "window"):  # positions reach the logits: each scaling gives its own result
+        assert not torch.allclose(outs["none"], outs["pi"]) and not torch.allclose(outs["ntk"], outs["yarn"])

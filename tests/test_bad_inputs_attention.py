@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from corpus import TRAIN, C, Case, Runs, assert_distinct, check
+from corpus import SAMPLE, TRAIN, C, Case, Runs, assert_distinct, check
 
 KIND = [*TRAIN, "model.attention=window"]
 
@@ -31,11 +31,17 @@ CASES: list[Case] = [
     C("attention-convert-other-patch", [*KIND, "init_from={img}", "model.patch_size=1"], "does not match the model"),
     C("attention-convert-other-width", [*TRAIN, "model.attention=linear", "init_from={img}", "model.hidden_size=48"],
       "does not match the model"),
+    # sampling at another size
+    C("attention-rope-scaling-without-size", [*SAMPLE, "--rope-scaling", "yarn"], "give --size"),
+    C("attention-entropy-scale-without-size", [*SAMPLE, "--entropy-scale"], "give --size"),
+    C("attention-rope-scaling-unknown", [*SAMPLE, "--size", "16x16", "--rope-scaling", "linear"], "--rope-scaling"),
+    C("attention-rope-scaling-on-a-table-model", [*SAMPLE, "--size", "16x16", "--rope-scaling", "ntk"],
+      "model.pos=rope"),
 ]
 
 
 def test_corpus_is_distinct():
-    assert_distinct(CASES, 15)
+    assert_distinct(CASES, 19)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -370,7 +370,12 @@ def draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | N
     if size is not None and (run.model.pos != "rope" or len(size) != len(run.model.input_size)):
         raise ConfigError(f"--size {'x'.join(map(str, size))}: only a model trained with model.pos=rope samples at "
                           f"another size, with as many axes as its {'x'.join(map(str, run.model.input_size))}")
-    x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, size=size,
-                 start=noise.get("noise"), negative=negative, **kwargs)
+    scaling, entropy = getattr(args, "rope_scaling", "none"), getattr(args, "entropy_scale", False)
+    if size is None and (scaling != "none" or entropy):
+        raise ConfigError(f"--{'rope-scaling' if scaling != 'none' else 'entropy-scale'} adapts a model to another "
+                          "size: give --size HxW too")
+    with run.model.layout.sizing(scaling, entropy):
+        x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, size=size,
+                     start=noise.get("noise"), negative=negative, **kwargs)
     check_finite(x, kwargs)
     return run.codec.decode(x), rows, kwargs, prompts

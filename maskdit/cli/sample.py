@@ -20,6 +20,7 @@ from maskdit.cli.options import (
     sampling_settings,
 )
 from maskdit.errors import ConfigError
+from maskdit.model.attention import ROPE_SCALINGS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "FILE.txt for a text model")
     p.add_argument("--size", type=grid_size, metavar="HxW",
                    help="sample at another size (models trained with model.pos=rope; multiples of the patch)")
+    p.add_argument("--rope-scaling", choices=ROPE_SCALINGS.names(), default="none",
+                   help="with --size: how rotary positions adapt to a larger grid (none: extrapolate; pi: "
+                   "interpolate; ntk; yarn)")
+    p.add_argument("--entropy-scale", action="store_true",
+                   help="with --size: scale full attention's logits by sqrt(log_n N) (Jin et al.'s attention-entropy "
+                   "factor, n and N the training and sampled tokens)")
     p.add_argument("--from-noise", metavar="NOISE.npz",
                    help="start from this noise (maskdit invert) instead of seeded noise; its labels, sampler, "
                    "steps and guidance are the defaults; with --task inpaint --mask: edit real images")

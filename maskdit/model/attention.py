@@ -104,11 +104,14 @@ class Extra(NamedTuple):
 
 
 class TokenLayout:
-    """The token grid a model's blocks run on, shared by its position-aware layers (the local attention kinds): the
-    training grid, or another while :meth:`at` is active (a model sampled at another size)."""
+    """The token grid a model's blocks run on, shared by its position-aware layers (rotary tables, the local attention
+    kinds): the training grid, or another while :meth:`at` is active (a model sampled at another size), with how
+    positions and attention adapt to it there (:meth:`sizing`): a :data:`ROPE_SCALINGS` entry and the
+    attention-entropy scale."""
 
     def __init__(self, grid: Sequence[int]):
-        self.grid = tuple(int(s) for s in grid)
+        self.train_grid = self.grid = tuple(int(s) for s in grid)
+        self.rope_scaling, self.entropy = "none", False
 
     @contextlib.contextmanager
     def at(self, grid: Sequence[int]) -> Iterator[None]:
@@ -117,6 +120,28 @@ class TokenLayout:
             yield
         finally:
             self.grid = before
+
+    @contextlib.contextmanager
+    def sizing(self, rope_scaling: str = "none", entropy: bool = False) -> Iterator[None]:
+        """Meanwhile, at grids other than the training one, scale rotary positions by ``rope_scaling`` and, with
+        ``entropy``, the attention logits by the entropy factor (:meth:`logit_scale`)."""
+        if rope_scaling not in ROPE_SCALINGS:
+            raise ConfigError(f"rope scaling must be one of {', '.join(ROPE_SCALINGS)}, got {rope_scaling!r}")
+        before = self.rope_scaling, self.entropy
+        self.rope_scaling, self.entropy = rope_scaling, bool(entropy)
+        try:
+            yield
+        finally:
+            self.rope_scaling, self.entropy = before
+
+    def logit_scale(self, keys: int) -> float:
+        """Jin et al.'s attention-entropy factor for a query that attends to ``keys`` keys: ``sqrt(log_n keys)`` with
+        ``n`` the keys at the training grid (1 at the training grid, or with the scale off), so attention at another
+        size keeps the entropy it had in training."""
+        trained = math.prod(self.train_grid)
+        if not self.entropy or self.grid == self.train_grid or keys <= 1 or trained <= 1:
+            return 1.0
+        return math.sqrt(math.log(keys) / math.log(trained))
 
 
 @dataclass(frozen=True)
@@ -130,6 +155,40 @@ class AttentionSpec:
     proxy: int | None = None  #: proxy: the edge of each proxy's cell in tokens (``None``: the window's diameter)
     conv: int = 5  #: linear: the depthwise convolution's kernel size (0: none)
     global_frames: int = 1  #: tile: the leading frames every frame attends to
+
+
+#: How rotary positions adapt to an axis ``s`` times longer than in training (FiT's VisionNTK / VisionYaRN: each
+#: axis by its own ``s``): name -> ``fn(freqs, s, trained_length, theta) -> (freqs, gain)``, ``gain`` multiplying
+#: cos and sin (so the logits by its square; YaRN's attention temperature).
+ROPE_SCALINGS: Registry = Registry("rope scaling", key="--rope-scaling")
+
+
+@ROPE_SCALINGS.register("none", "the training frequencies: positions past the training grid extrapolate")
+def _extrapolate(freqs: torch.Tensor, s: float, length: int, theta: float) -> tuple[torch.Tensor, float]:
+    return freqs, 1.0
+
+
+@ROPE_SCALINGS.register("pi", "position interpolation: every frequency / s, so the grid spans the training range")
+def _interpolate(freqs: torch.Tensor, s: float, length: int, theta: float) -> tuple[torch.Tensor, float]:
+    return freqs / s, 1.0
+
+
+@ROPE_SCALINGS.register("ntk", "NTK-aware: the base theta * s^(d / (d - 2)) (high frequencies kept, low ones "
+                        "interpolated)")
+def _ntk(freqs: torch.Tensor, s: float, length: int, theta: float) -> tuple[torch.Tensor, float]:
+    d = 2 * len(freqs)
+    if d <= 2:
+        return freqs / s, 1.0
+    base = theta * s ** (d / (d - 2))
+    return base ** (-torch.arange(len(freqs), dtype=torch.float64) / len(freqs)), 1.0
+
+
+@ROPE_SCALINGS.register("yarn", "YaRN: NTK-by-parts (frequencies with more than 32 turns over the training length "
+                        "kept, under 1 interpolated, a ramp between) and logits sharpened by (0.1 ln s + 1)^2")
+def _yarn(freqs: torch.Tensor, s: float, length: int, theta: float) -> tuple[torch.Tensor, float]:
+    turns = length * freqs / (2 * math.pi)  # rotations each frequency makes over the training length
+    keep = ((turns - 1.0) / (32.0 - 1.0)).clamp(0.0, 1.0)
+    return (1 - keep) * freqs / s + keep * freqs, 0.1 * math.log(s) + 1.0
 
 
 class AxialRoPE(nn.Module):
@@ -149,26 +208,33 @@ class AxialRoPE(nn.Module):
             raise ConfigError(f"head width {head_dim} is too small for rotary positions (model.pos=rope) over "
                               f"{self.rank} axes: each head needs at least {2 * self.rank} channels; use fewer "
                               "heads, a wider model or pos=sincos")
-        self.theta = theta
-        cos, sin = self.tables(tuple(token_grid))
+        self.theta, self.train_grid = theta, tuple(int(s) for s in token_grid)
+        cos, sin = self.tables(self.train_grid)
         self.register_buffer("cos", cos, persistent=False)  # float64: cast to the input's dtype
         self.register_buffer("sin", sin, persistent=False)
         self._other: tuple[torch.Tensor, torch.Tensor] | None = None  # the tables of another grid, while active
 
-    def tables(self, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin ``(prod(grid), head_dim / 2)`` of every token of ``grid``, in float64."""
-        freqs = self.theta ** (-torch.arange(self.per_axis, dtype=torch.float64) / self.per_axis)
+    def tables(self, grid: tuple[int, ...], scaling: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``(prod(grid), head_dim / 2)`` of every token of ``grid``, in float64; at a grid larger than
+        the training one along an axis, that axis's frequencies follow ``scaling`` (:data:`ROPE_SCALINGS`)."""
         coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in grid],
                                             indexing="ij"), dim=-1).reshape(-1, self.rank)
         angles = torch.zeros(coords.shape[0], self.pairs, dtype=torch.float64)
+        gain = 1.0
         for axis in range(self.rank):
+            freqs = self.theta ** (-torch.arange(self.per_axis, dtype=torch.float64) / self.per_axis)
+            stretch = max(grid[axis] / self.train_grid[axis], 1.0)
+            if stretch > 1.0:
+                freqs, axis_gain = ROPE_SCALINGS[scaling](freqs, stretch, self.train_grid[axis], self.theta)
+                gain = max(gain, axis_gain)
             angles[:, axis * self.per_axis:(axis + 1) * self.per_axis] = coords[:, axis:axis + 1] * freqs
-        return angles.cos(), angles.sin()
+        return angles.cos() * gain, angles.sin() * gain
 
     @contextlib.contextmanager
-    def at(self, grid: tuple[int, ...]) -> Iterator[None]:
-        """Rotate by the places of another token grid meanwhile (sampling at another size)."""
-        self._other = tuple(t.to(self.cos.device) for t in self.tables(grid))  # type: ignore[assignment]
+    def at(self, grid: tuple[int, ...], scaling: str = "none") -> Iterator[None]:
+        """Rotate by the places of another token grid meanwhile (sampling at another size), its frequencies scaled
+        by ``scaling``."""
+        self._other = tuple(t.to(self.cos.device) for t in self.tables(grid, scaling))  # type: ignore[assignment]
         try:
             yield
         finally:
@@ -255,6 +321,7 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(dim // num_heads, eps=1e-6) if qk_norm else None
         self.rope = [rope] if rope is not None else None  # a list: shared by every block, not a submodule
         self.rel_bias = None if rel_grid is None else RelativePositionBias(rel_grid, num_heads)
+        self.layout = None if spec is None else spec.layout  # (the entropy scale at other sizes reads it)
 
     def heads(self, x: torch.Tensor, pos: torch.Tensor | None = None, rotate: bool = True,
               delta: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -297,6 +364,9 @@ class Attention(nn.Module):
         :meth:`forward`) and the keys ``extra`` adds to every query's; here softmax over all of them."""
         b, n = x.shape[:2]
         bias = None if self.rel_bias is None else self.rel_bias(None if pos is None else pos.reshape(b, -1))
+        scale = 1.0 if self.layout is None else self.layout.logit_scale(k.shape[2])
+        if scale != 1.0:
+            q = q * scale
         if extra is not None:
             k, v = torch.cat([k, extra.k], 2), torch.cat([v, extra.v], 2)
             bias = extra.with_bias(bias, n, q)

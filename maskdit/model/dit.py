@@ -584,7 +584,7 @@ class DiT(nn.Module):
             if keep_idx is not None or self.fusion is not None or route is not None or given is not None:
                 raise ConfigError(f"at a grid other than the training one {self.token_grid} the model runs plain: "
                                   "no dropping, routing, SPRINT fusion or condition mask")
-            with self.rope.at(grid), self.layout.at(grid):
+            with self.rope.at(grid, self.layout.rope_scaling), self.layout.at(grid):
                 return self.run_blocks(tokens, c, 0, end)
         name, options = path_of(self, keep_idx, end, path_drop, route)
         return PATHS.get(name)(self, tokens, c, keep_idx, **options)
