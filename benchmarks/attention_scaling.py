@@ -1,7 +1,7 @@
 """How the attention kinds scale with the tokens: one attention layer, and whole training and sampling steps.
 
     python benchmarks/attention_scaling.py                        # layers at 1k/4k/16k tokens, then model steps
-    python benchmarks/attention_scaling.py --part layers --tokens 1024 4096
+    python benchmarks/attention_scaling.py --part layers --tokens 1024,4096
     python benchmarks/attention_scaling.py --part steps --width 384 --heads 6   # DiT-S's width
 
 ``layers``: forward plus backward of one attention layer (projections included) of each kind on a square token grid
@@ -108,10 +108,10 @@ def steps(width: int, heads: int, depth: int, batch: int, rounds: int, window: i
               f"{sample['full'] / sample[kind]:.2f}x |", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["layers", "steps", "both"], default="both")
-    parser.add_argument("--tokens", type=positive_ints, default=[1024, 4096, 16384])
+    parser.add_argument("--tokens", type=positive_ints, default="1024,4096,16384")
     parser.add_argument("--width", type=positive_int, default=128)
     parser.add_argument("--heads", type=positive_int, default=4)
     parser.add_argument("--depth", type=positive_int, default=6)
@@ -119,8 +119,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--window", type=positive_int, default=4, help="window/proxy radius in tokens")
     parser.add_argument("--explicit-gib", type=float, default=4.0, help="largest explicit score memory to try")
-    args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    args = parser.parse_args(argv)
+    if any(math.isqrt(n) ** 2 != n for n in args.tokens):
+        parser.error(f"--tokens {','.join(map(str, args.tokens))}: each must be a square number (a square grid of "
+                     "tokens: 1024, 4096, 16384)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
     if args.part in ("layers", "both"):
         layers(args.tokens, args.width, args.heads, args.batch, args.rounds, args.explicit_gib, args.window)
