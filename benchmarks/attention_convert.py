@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num", type=positive_int, default=500)
     p.add_argument("--scratch", action="store_true", help="also train each kind from scratch for the largest share")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of every converted run")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     from maskdit.cli.app import main as cli
     from maskdit.data.datasets import dataset_from_config
     from maskdit.model.attention import ATTENTIONS

@@ -197,12 +197,36 @@ class Config:
         if mask.recipe == "sprint" and m.mixer_depth:
             raise ConfigError("config key model.mixer_depth must be 0 with mask.recipe=sprint: its dense shallow "
                               "blocks (mask.route START) are the patch mixer")
+        if data.sizes:
+            self.check_sizes()
         if m.attention == "factorised" and mask.ratio > 0 and not DROP_SHAPES.entry(mask.shape).facts["grid"]:
             raise ConfigError(f"config key mask.shape={mask.shape} does not keep a frames x positions grid, which "
                               "model.attention=factorised needs: use mask.shape="
                               f"{one_of(DROP_SHAPES.names(grid=True))}, set mask.ratio=0, or use model.attention=full")
         self.architecture()
         return self
+
+    def check_sizes(self) -> None:
+        """``data.sizes`` trains each step at one size as the leading corner of the data's grid, the rest of the
+        grid absent (dropped): the plain path only, on real values that resize."""
+        m, why = self.model, None
+        if self.mask.recipe != "drop":
+            why = f"mask.recipe={self.mask.recipe} (use mask.recipe=drop; any mask.ratio)"
+        elif self.task.names:
+            why = "condition masks (task.names)"
+        elif self.objective.name == "masked" or self.data.levels is not None:
+            why = "token ids (objective.name=masked), which do not resize"
+        elif self.data.name == "latents":
+            why = "VAE latents, which do not resize (resize the images and encode each size)"
+        elif self.control.signal is not None:
+            why = "control.signal"
+        elif self.align.weight > 0:
+            why = "alignment (align.weight)"
+        elif m.attention == "factorised" or m.long_skips is not None or m.decoder.width:
+            why = "factorised attention, MDT's long skips or a decoder"
+        if why is not None:
+            raise ConfigError(f"config key data.sizes trains at smaller sizes by leaving the rest of the grid out, "
+                              f"which does not go with {why}: leave data.sizes out or change that")
 
     def sprint_route(self) -> tuple[int, int] | None:
         """The SPRINT model's deep path ``(START, END)`` when ``mask.recipe=sprint``, else ``None``."""
@@ -266,6 +290,13 @@ def check_against_data(cfg: Config, dataset: Any) -> None:
         raise ConfigError(f"config key model.patch_size does not fit data.name={cfg.data.name} "
                           f"({'x'.join(map(str, dataset.shape))}): {e}") from e
     DROP_SHAPES.get(cfg.mask.shape)(1, grid, cfg.mask.ratio, None)  # the shape's own rules (an even grid...)
+    patch = as_patch_size(cfg.architecture()["patch_size"], rank)
+    for size in cfg.data.size_list():
+        full = tuple(dataset.shape[1:])
+        if len(size) != rank or any(s > f or s % p for s, f, p in zip(size, full, patch)):
+            raise ConfigError(f"config key data.sizes: {'x'.join(map(str, size))} must have {rank} axes, each at most "
+                              f"the data's {'x'.join(map(str, full))} and a multiple of the patch "
+                              f"{'x'.join(map(str, patch))}")
 
 
 def device_name_ok(name: str) -> bool:

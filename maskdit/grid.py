@@ -30,6 +30,15 @@ def as_patch_size(patch_size: int | Sequence[int], rank: int) -> tuple[int, ...]
     return patch
 
 
+def region_indices(grid: Sequence[int], canvas: Sequence[int]) -> torch.Tensor:
+    """The row-major indices ``(prod(grid),)`` in a token grid ``canvas`` of the tokens of its leading ``grid``
+    corner (a smaller grid placed at the canvas's origin), in the smaller grid's own row-major order."""
+    if len(grid) != len(canvas) or any(g > c for g, c in zip(grid, canvas)):
+        raise ConfigError(f"grid {tuple(grid)} does not fit inside {tuple(canvas)}")
+    ids = torch.arange(math.prod(canvas)).reshape(*canvas)
+    return ids[tuple(slice(0, g) for g in grid)].reshape(-1)
+
+
 def token_grid_shape(spatial: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
     """Number of patches along each axis; refuses sizes the patch does not divide."""
     if len(spatial) != len(patch):
@@ -107,3 +116,11 @@ def sincos_pos_embed(dim: int, grid: Sequence[int], reverse_axes: bool = False) 
         coords = coords[::-1]
     parts = [sincos_1d(w, c) for w, c in zip(axis_widths(dim, len(grid)), coords)]
     return torch.cat(parts, dim=1).float()
+
+
+def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Grids ``(B, C, *S)`` at another spatial ``size`` (area-averaged when smaller, so each pixel is the mean of
+    what it covers; the data's own values when the size is theirs)."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return torch.nn.functional.interpolate(x, size=tuple(int(s) for s in size), mode="area")

@@ -374,3 +374,63 @@ def test_a_rotary_model_of_every_kind_samples_at_another_size_with_each_scaling(
         assert outs[scaling].shape == big.shape and torch.isfinite(outs[scaling]).all()
     if kind in ("full", "window"):  # positions reach the logits: each scaling gives its own result
         assert not torch.allclose(outs["none"], outs["pi"]) and not torch.allclose(outs["ntk"], outs["yarn"])
+
+
+# -- smaller sizes and mixed-size training -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["full", "linear", "window", "proxy"])
+@pytest.mark.parametrize("pos", ["sincos", "rope"])
+def test_a_smaller_grid_is_the_training_grids_corner_with_the_rest_left_out(kind, pos):
+    """FiT's padded canvas without the padding: a 6x4 input runs as the 6x4 corner of the 8x8 grid, exactly what
+    the model computes on a canvas from which only that corner's tokens are kept (positions, windows and
+    convolution on the canvas's places), whatever the canvas holds elsewhere."""
+    from conftest import perturbed
+
+    from maskdit.grid import region_indices
+
+    model = perturbed(DiT((8, 8), 1, 1, 32, 2, 4, num_classes=3, attention=kind, window=2, pos=pos), 0.2).double()
+    small = torch.randn(2, 1, 6, 4, dtype=torch.float64)
+    canvas = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    canvas[:, :, :6, :4] = small
+    t, y = torch.rand(2, dtype=torch.float64), torch.tensor([1, 2])
+    corner = region_indices((6, 4), (8, 8)).expand(2, -1)
+    kept = model(canvas, t, y, keep_idx=corner)  # (B, 24, C) in the corner's order
+    out = model(small, t, y)
+    assert out.shape == small.shape
+    assert torch.allclose(out.reshape(2, 1, 24).transpose(1, 2), kept, atol=1e-10)
+    dropped = model(small, t, y, keep_idx=torch.tensor([[0, 5, 23], [7, 2, 11]]))  # dropping inside the corner
+    assert torch.allclose(dropped, model(canvas, t, y, keep_idx=corner.gather(1, torch.tensor([[0, 5, 23],
+                                                                                                [7, 2, 11]]))))
+
+
+def test_data_sizes_trains_one_drawn_size_per_step_and_the_run_samples_at_them(tmp_path):
+    """``data.sizes``: each step resizes the batch to one drawn size (its own seeded stream: the times and noise are
+    those of the same run without sizes), the loss is finite and falls, and the run samples at a trained smaller
+    size through ``--size``."""
+    import json
+
+    from maskdit.cli.app import main
+    from maskdit.config import load_config
+    from maskdit.training.step import StepSampler
+    from maskdit.training.trainer import Trainer
+
+    base = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "batch_size=16", "warmup_steps=2",
+            "log_every=1", "ckpt_every=40", "steps=40", "lr=3e-3", "precision=fp32", f"run_dir={tmp_path / 'run'}"]
+    cfg = load_config("digits", overrides=[*base, "data.sizes=[4x4,6x8,8x8]", "mask.ratio=0.25"])
+    trainer = Trainer(cfg, progress=False)
+    plain = StepSampler(0, 1797, 16, (1, 8, 8), trainer.objective, 0.1, 16, (4, 4), cfg.mask, 40)
+    drawn = [trainer.inputs.draw(k) for k in range(30)]
+    assert {d.size for d in drawn} == {(4, 4), (6, 8), (8, 8)}
+    for k, d in enumerate(drawn):
+        same = plain.draw(k)
+        assert torch.equal(d.t, same.t) and torch.equal(d.noise, same.noise)
+        tokens = (d.size[0] // 2) * (d.size[1] // 2)
+        assert d.keep_idx.shape == (16, tokens - round(0.25 * tokens)) and int(d.keep_idx.max()) < tokens
+    trainer.run()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(v) for v in losses) and sum(losses[-5:]) < sum(losses[:5])
+    assert main(["sample", str(tmp_path / "run"), "--num", "4", "--steps", "2", "--size", "6x8",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    import numpy as np
+
+    assert np.load(tmp_path / "s.npz")["images"].shape[1:3] == (6, 8)

@@ -37,11 +37,23 @@ CASES: list[Case] = [
     C("attention-rope-scaling-unknown", [*SAMPLE, "--size", "16x16", "--rope-scaling", "linear"], "--rope-scaling"),
     C("attention-rope-scaling-on-a-table-model", [*SAMPLE, "--size", "16x16", "--rope-scaling", "ntk"],
       "model.pos=rope"),
+    C("attention-size-off-the-patch", [*SAMPLE, "--size", "7x7"], "multiples of the patch"),
+    # training at several sizes
+    C("sizes-malformed", [*TRAIN, "data.sizes=[6by8]"], "data.sizes"),
+    C("sizes-not-a-list-of-sizes", [*TRAIN, "data.sizes=[0x8]"], "data.sizes"),
+    C("sizes-larger-than-the-data", [*TRAIN, "data.sizes=[16x16]"], "at most the data's 8x8"),
+    C("sizes-off-the-patch", [*TRAIN, "data.sizes=[5x5]"], "a multiple of the patch"),
+    C("sizes-wrong-rank", [*TRAIN, "data.sizes=[8]"], "must have 2 axes"),
+    C("sizes-with-routing", [*TRAIN, "data.sizes=[4x4]", "mask.recipe=tread", "mask.ratio=0.5", "mask.route=[0,1]"],
+      "use mask.recipe=drop"),
+    C("sizes-with-token-ids", [*TRAIN, "data.sizes=[4x4]", "objective.name=masked", "data.levels=17"],
+      "token ids"),
+    C("sizes-with-tasks", [*TRAIN, "data.sizes=[4x4]", "task.names=[inpaint]"], "condition masks"),
 ]
 
 
 def test_corpus_is_distinct():
-    assert_distinct(CASES, 19)
+    assert_distinct(CASES, 28)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

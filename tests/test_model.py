@@ -66,8 +66,10 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ConfigError, match="divisible by num_heads"):
         DiT((8, 8), 1, 2, 30, 1, 4)
     model = DiT((8, 8), 1, 2, 32, 1, 4)
-    with pytest.raises(ConfigError, match=r"expects input \(B, 1, 8, 8\)"):
-        model(torch.randn(1, 1, 8, 6), torch.rand(1))
+    assert model(torch.randn(1, 1, 8, 6), torch.rand(1)).shape == (1, 1, 8, 6)  # a smaller grid: the corner
+    for shape in ((1, 1, 8, 10), (1, 2, 8, 8), (1, 1, 8, 7)):
+        with pytest.raises(ConfigError, match=r"expects input \(B, 1, 8, 8\)"):
+            model(torch.randn(*shape), torch.rand(1))
 
 
 def test_config_round_trip():

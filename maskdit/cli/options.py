@@ -367,9 +367,13 @@ def draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | N
     negative = negative_values(args, run, num, labels)
     kwargs = sampling_settings(args, run, noise)
     size = getattr(args, "size", None)
-    if size is not None and (run.model.pos != "rope" or len(size) != len(run.model.input_size)):
-        raise ConfigError(f"--size {'x'.join(map(str, size))}: only a model trained with model.pos=rope samples at "
-                          f"another size, with as many axes as its {'x'.join(map(str, run.model.input_size))}")
+    if size is not None:
+        import torch
+
+        try:  # the model's own rule: a smaller size (the corner of its grid), or any size with rotary positions
+            run.model.grid_of(torch.empty(1, run.model.in_channels, *size, device="meta"))
+        except ConfigError as e:
+            raise ConfigError(f"--size {'x'.join(map(str, size))}: {e}") from e
     scaling, entropy = getattr(args, "rope_scaling", "none"), getattr(args, "entropy_scale", False)
     if size is None and (scaling != "none" or entropy):
         raise ConfigError(f"--{'rope-scaling' if scaling != 'none' else 'entropy-scale'} adapts a model to another "

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="FILE.png (a grid, one row per class) or FILE.npz; with --task also FILE.gif / FILE.mp4; "
                    "FILE.txt for a text model")
     p.add_argument("--size", type=grid_size, metavar="HxW",
-                   help="sample at another size (models trained with model.pos=rope; multiples of the patch)")
+                   help="sample at another size in multiples of the patch: smaller (any model; a run trained with "
+                   "data.sizes has seen them), or larger (models trained with model.pos=rope)")
     p.add_argument("--rope-scaling", choices=ROPE_SCALINGS.names(), default="none",
                    help="with --size: how rotary positions adapt to a larger grid (none: extrapolate; pi: "
                    "interpolate; ntk; yarn)")

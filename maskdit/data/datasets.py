@@ -45,6 +45,18 @@ class Dataset(Protocol):
         """Model-space examples at ``idx`` (float, in ``codec.value_range``) and their labels (or ``None``)."""
 
 
+def parse_size(text: object) -> tuple[int, ...] | None:
+    """``"6x8"`` (or an int, or a list of ints) as pixels per axis; ``None`` when it is not positive integers."""
+    if isinstance(text, bool):
+        return None
+    if isinstance(text, int):
+        return (text,) if text > 0 else None
+    parts = [str(p) for p in text] if isinstance(text, (list, tuple)) else str(text).lower().split("x")
+    if not parts or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
 @dataclass
 class DataConfig:
     name: str = "digits"  #: a maskdit.data.datasets.DATASETS entry: digits | npz | npy | folder | bouncing-digits | ...
@@ -59,6 +71,7 @@ class DataConfig:
     levels: int | None = None  #: quantise uint8 pixels to this many levels, as token ids (objective.name=masked)
     length: int = 64  #: text: characters (or words) per sequence
     words: int = 0  #: text: 0 for characters; N > 0 for words, the N most frequent each an id (the rest <unk>)
+    sizes: list[str | int] = field(default_factory=list)  #: train at these sizes too ("6x8", 32...): one per step
 
     def validate(self) -> None:
         """Check every ``data.*`` value on its own (what needs the loaded data is checked after loading)."""
@@ -72,7 +85,13 @@ class DataConfig:
             ("levels", self.levels is None or 2 <= self.levels <= 256, "null or an integer in [2, 256]"),
             ("length", self.length >= 2, "at least 2 (characters per text sequence)"),
             ("words", 0 <= self.words <= 1_000_000, "0 (characters) or a vocabulary of at most 1,000,000 words"),
+            ("sizes", all(parse_size(s) is not None for s in self.sizes),
+             "a list of sizes in pixels such as [6x8, 8x8] (positive integers joined by x)"),
         ])
+
+    def size_list(self) -> list[tuple[int, ...]]:
+        """``sizes`` as tuples of pixels per axis."""
+        return [parse_size(s) for s in self.sizes]  # type: ignore[misc]
 
 
 

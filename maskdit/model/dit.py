@@ -24,7 +24,8 @@ from torch import nn
 from maskdit.conditions.base import CONDITIONERS, Conditioner
 from maskdit.conditions.control import ControlInput, Controlled, check_fits, signal_channels
 from maskdit.errors import ConfigError
-from maskdit.grid import as_patch_size, patchify, sincos_pos_embed, token_grid_shape, unpatchify
+from maskdit.grid import as_patch_size, patchify, region_indices, sincos_pos_embed, token_grid_shape, unpatchify
+from maskdit.masks import gather_tokens
 from maskdit.model.attention import ATTENTIONS, AxialRoPE, TokenLayout, attention_spec
 from maskdit.model.blocks import (
     MLPS,
@@ -512,22 +513,41 @@ class DiT(nn.Module):
         return (tokens, c) if c.control is None else self.control.attach(self, tokens, c)
 
     def embed(self, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
-        """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions (and the "given" flag) added."""
-        resized = self.pos == "rope" and self.attention != "factorised" and x.dim() == 2 + len(self.input_size) and \
-            x.shape[1] == self.in_channels and all(s % p == 0 for s, p in zip(x.shape[2:], self.patch_size))
-        if tuple(x.shape[1:]) != (self.in_channels, *self.input_size) and not resized:
-            raise ConfigError(
-                f"model expects input (B, {self.in_channels}, {', '.join(map(str, self.input_size))}), "
-                f"got {tuple(x.shape)}" + ("" if self.pos == "rope" else " (only a model.pos=rope model without "
-                                           "factorised attention takes other sizes)"))
+        """Grid ``(B, C, *S)`` -> tokens ``(B, N, D)`` with positions (and the "given" flag) added. A smaller grid is
+        the leading corner of the training one and takes the corner's positions (:meth:`grid_of`)."""
+        grid = self.grid_of(x)
         tokens = self.patch_embed(patchify(x, self.patch_size))
-        if tuple(x.shape[2:]) == self.input_size:
+        if grid == self.token_grid:
             tokens = tokens + self.pos_embed
+        elif self.fits(grid):
+            tokens = tokens + self.pos_embed[:, region_indices(grid, self.token_grid).to(x.device)]
         if given is not None:
             if self.given_embed is None:
                 raise ConfigError("this model was trained without task_conditioning: it cannot take a condition mask")
             tokens = tokens + given.unsqueeze(-1).to(tokens.dtype) * self.given_embed
         return tokens
+
+    def fits(self, grid: Sequence[int]) -> bool:
+        """Whether a token ``grid`` is the leading corner of the training one (smaller or equal along every axis),
+        which any model but a factorised one runs: its tokens at their places, the rest absent (FiT's padded canvas
+        with the padding left out)."""
+        return len(grid) == len(self.token_grid) and all(g <= n for g, n in zip(grid, self.token_grid)) and \
+            self.attention != "factorised"
+
+    def grid_of(self, x: torch.Tensor) -> tuple[int, ...]:
+        """The token grid of input ``x``, checked: the training size, a smaller one (:meth:`fits`), or with rotary
+        positions any size."""
+        shape = f"(B, {self.in_channels}, {', '.join(map(str, self.input_size))})"
+        if x.dim() != 2 + len(self.input_size) or x.shape[1] != self.in_channels or \
+                any(s % p for s, p in zip(x.shape[2:], self.patch_size)):
+            raise ConfigError(f"model expects input {shape} (or another size in multiples of the patch "
+                              f"{'x'.join(map(str, self.patch_size))}), got {tuple(x.shape)}")
+        grid = token_grid_shape(x.shape[2:], self.patch_size)
+        if grid != self.token_grid and not self.fits(grid) and not (self.pos == "rope" and
+                                                                    self.attention != "factorised"):
+            raise ConfigError(f"model expects input {shape} or a smaller one, got {tuple(x.shape)} (only a "
+                              "model.pos=rope model without factorised attention takes larger sizes)")
+        return grid
 
     def run_blocks(self, tokens: torch.Tensor, c: Context, start: int = 0, end: int | None = None,
                    pos: torch.Tensor | None = None) -> tuple[torch.Tensor, Context]:
@@ -580,14 +600,33 @@ class DiT(nn.Module):
         """
         tokens, c = self.inputs(x, t, y, given)
         grid = token_grid_shape(x.shape[2:], self.patch_size)
-        if grid != self.token_grid:  # a rotary model at another size: every token, every block
-            if keep_idx is not None or self.fusion is not None or route is not None or given is not None:
-                raise ConfigError(f"at a grid other than the training one {self.token_grid} the model runs plain: "
-                                  "no dropping, routing, SPRINT fusion or condition mask")
-            with self.rope.at(grid, self.layout.rope_scaling), self.layout.at(grid):
+        if grid != self.token_grid:
+            if self.fusion is not None or route is not None or given is not None or self.skips is not None or \
+                    self.decoder is not None or self.control is not None:
+                raise ConfigError(f"at a grid other than the training one {self.token_grid} the model runs its plain "
+                                  "path: no SPRINT fusion, routing, condition mask, MDT layout, decoder or control")
+            if self.fits(grid):
+                return self.region_features(tokens, c, grid, keep_idx, end)
+            if keep_idx is not None:
+                raise ConfigError(f"a grid {grid} larger than the training one {self.token_grid} runs every token: "
+                                  "no dropping")
+            with self.rope.at(grid, self.layout.rope_scaling), self.layout.at(grid):  # rotary, at a larger size
                 return self.run_blocks(tokens, c, 0, end)
         name, options = path_of(self, keep_idx, end, path_drop, route)
         return PATHS.get(name)(self, tokens, c, keep_idx, **options)
+
+    def region_features(self, tokens: torch.Tensor, c: Context, grid: tuple[int, ...], keep_idx: torch.Tensor | None,
+                        end: int | None) -> tuple[torch.Tensor, Context]:
+        """The tokens ``(B, n, D)`` of a smaller ``grid``, the leading corner of the training one: every block sees
+        them at their places on the training grid (absent tokens are padding no attention reads); with ``keep_idx``
+        (indices into the smaller grid) the blocks after the patch mixer see those only."""
+        region = region_indices(grid, self.token_grid).to(tokens.device).expand(len(tokens), -1)
+        if keep_idx is None:
+            return self.run_blocks(tokens, c, 0, end, pos=region)
+        tokens, c = self.run_blocks(tokens, c, 0, self.mixer_depth, pos=region)
+        keep_idx = keep_idx.reshape(len(keep_idx), -1)
+        kept = gather_tokens(tokens, keep_idx)
+        return self.run_blocks(kept, c, self.mixer_depth, end, pos=region.gather(1, keep_idx))
 
     def forward(
         self,

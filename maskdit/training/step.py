@@ -20,12 +20,17 @@ import torch
 from torch import nn
 
 from maskdit.diffusion.objectives import Objective, chain_start
+from maskdit.grid import resize
 from maskdit.masks import DROP_SHAPES, mask_ratio, mix_task_masks
 from maskdit.model.aux import collect_aux_losses
 from maskdit.training.recipes import RECIPES
 
 #: The largest seed maskdit takes (``seed`` in a config, ``--seed``): what a torch generator accepts as is.
 MAX_SEED = 2**63 - 1
+
+
+#: The stream index of step ``k``'s size draw (``data.sizes``) is ``SIZE_STREAM - k``: far from the steps' own.
+SIZE_STREAM = -(2**40)
 
 
 def seeded(seed: int, index: int) -> torch.Generator:
@@ -46,6 +51,7 @@ class StepInputs:
     given: torch.Tensor | None  #: ``(B, N)`` bool condition masks (None: no tasks)
     mask_ratio: float  #: the drop ratio of this step
     path_drop: torch.Tensor | None = None  #: ``(B,)`` bool: SPRINT's deep path replaced by mask tokens
+    size: tuple[int, ...] | None = None  #: ``data.sizes``: this step's size in pixels (None: the data's own)
 
     def shard(self, rank: int, world: int) -> StepInputs:
         """Rank ``rank``'s contiguous share of the batch (the batch size must divide by ``world``)."""
@@ -78,11 +84,14 @@ class StepSampler:
 
     def __init__(self, seed: int, dataset_size: int, batch_size: int, example_shape: tuple[int, ...],
                  objective: Objective, class_dropout: float | None, num_tokens: int, token_grid: tuple[int, ...],
-                 mask: Any, total_steps: int, tasks: dict[str, float] | None = None):
+                 mask: Any, total_steps: int, tasks: dict[str, float] | None = None,
+                 sizes: list[tuple[int, ...]] | None = None):
         self.seed, self.dataset_size, self.batch_size = seed, dataset_size, batch_size
         self.example_shape, self.objective, self.class_dropout = tuple(example_shape), objective, class_dropout
         self.num_tokens, self.token_grid = num_tokens, tuple(token_grid)
         self.mask, self.total_steps, self.tasks = mask, total_steps, dict(tasks or {})
+        self.sizes = [tuple(s) for s in sizes or []]
+        self.patch = tuple(e // g for e, g in zip(self.example_shape[1:], self.token_grid))
         self.batches_per_epoch = dataset_size // batch_size
         self._perm: tuple[int, torch.Tensor] | None = None
 
@@ -107,12 +116,17 @@ class StepSampler:
         drop = None if self.class_dropout is None else torch.rand(b, generator=gen) < self.class_dropout
         m = self.mask
         ratio = mask_ratio(m.schedule, m.ratio, step, m.schedule_steps or self.total_steps, m.ratio_min, gen)
-        keep_idx = DROP_SHAPES.get(getattr(m, "shape", "random"))(b, self.token_grid, ratio, gen)
+        size, grid = None, self.token_grid
+        if self.sizes:  # its own stream, so the other draws are those of the same run without sizes
+            choice = int(torch.randint(len(self.sizes), (1,), generator=seeded(self.seed, SIZE_STREAM - step)))
+            size = self.sizes[choice]
+            grid = tuple(s // p for s, p in zip(size, self.patch))
+        keep_idx = DROP_SHAPES.get(getattr(m, "shape", "random"))(b, grid, ratio, gen)
         given = mix_task_masks(b, self.token_grid, self.tasks, gen)[0] if self.tasks else None
         path_drop = None
         if RECIPES.entry(m.recipe).facts.get("path_drop") and m.path_drop > 0:  # drawn last: earlier draws unchanged
             path_drop = torch.rand(b, generator=gen) < m.path_drop
-        return StepInputs(self.indices(step), t, noise, drop, keep_idx, given, ratio, path_drop)
+        return StepInputs(self.indices(step), t, noise, drop, keep_idx, given, ratio, path_drop, size)
 
 
 class TrainingStep(nn.Module):
@@ -136,8 +150,12 @@ class TrainingStep(nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0, y = batch
         model = self.model
+        noise = inputs.noise
+        if inputs.size is not None and tuple(inputs.size) != tuple(x0.shape[2:]):  # data.sizes: this step's size
+            x0 = resize(x0, inputs.size)
+            noise = noise[(slice(None), slice(None), *[slice(0, s) for s in inputs.size])]
         y = None if model.conditioner is None else model.conditioner.drop(y, inputs.drop_condition)
-        noise = chain_start(self.objective, inputs.noise, model.conditioner, y)
+        noise = chain_start(self.objective, noise, model.conditioner, y)
         if self.alignment is not None:
             self.alignment.prepare(x0)
         try:

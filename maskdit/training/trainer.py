@@ -247,7 +247,7 @@ class Trainer:
             cfg.seed, len(self.dataset) * (2 if cfg.data.flip else 1), cfg.batch_size, self.dataset.shape,
             self.objective,
             cfg.model.class_dropout if self.model.conditioner is not None else None, self.model.num_tokens,
-            self.model.token_grid, cfg.mask, cfg.steps, tasks,
+            self.model.token_grid, cfg.mask, cfg.steps, tasks, cfg.data.size_list(),
         )
         if tasks:  # refuse a task that does not fit the token grid before training starts
             self.inputs.draw(0)
