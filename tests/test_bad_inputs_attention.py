@@ -38,6 +38,13 @@ CASES: list[Case] = [
     C("attention-rope-scaling-on-a-table-model", [*SAMPLE, "--size", "16x16", "--rope-scaling", "ntk"],
       "model.pos=rope"),
     C("attention-size-off-the-patch", [*SAMPLE, "--size", "7x7"], "multiples of the patch"),
+    C("tiled-without-size", [*SAMPLE, "--tiled"], "give --size"),
+    C("tiled-with-rope-scaling", [*SAMPLE, "--size", "16x16", "--tiled", "--rope-scaling", "yarn"],
+      "takes no --rope-scaling"),
+    C("tiled-below-the-training-size", [*SAMPLE, "--size", "4x8", "--tiled"], "at least the training size"),
+    C("tiled-strength-zero", [*SAMPLE, "--size", "16x16", "--tiled", "--tile-strength", "0"], "--tile-strength"),
+    C("tiled-structure-above-one", [*SAMPLE, "--size", "16x16", "--tiled", "--structure", "2"], "--structure"),
+    C("tiled-overlap-one", [*SAMPLE, "--size", "16x16", "--tiled", "--tile-overlap", "1"], "--tile-overlap"),
     # training at several sizes
     C("sizes-malformed", [*TRAIN, "data.sizes=[6by8]"], "data.sizes"),
     C("sizes-not-a-list-of-sizes", [*TRAIN, "data.sizes=[0x8]"], "data.sizes"),
@@ -53,7 +60,7 @@ CASES: list[Case] = [
 
 
 def test_corpus_is_distinct():
-    assert_distinct(CASES, 28)
+    assert_distinct(CASES, 34)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -66,6 +66,7 @@ non_negative_float = number(float, lambda v: 0 <= v < math.inf, "a non-negative 
 positive_float = number(float, lambda v: 0 < v < math.inf, "a positive number")
 unit_float = number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 ratio = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+strength = number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 #: The largest --guidance-scale: far past any useful guidance (DiT samples at 4), and short of the scales
 #: whose arithmetic overflows float32 or turns every sample into NaN.
 MAX_GUIDANCE_SCALE = 1000

@@ -366,20 +366,30 @@ def draw(args: argparse.Namespace, run: Any, num: int, noise: dict[str, Any] | N
         labels, rows, prompts = condition_values(args, run, num)
     negative = negative_values(args, run, num, labels)
     kwargs = sampling_settings(args, run, noise)
-    size = getattr(args, "size", None)
-    if size is not None:
+    size, tiled = getattr(args, "size", None), getattr(args, "tiled", False)
+    scaling, entropy = getattr(args, "rope_scaling", "none"), getattr(args, "entropy_scale", False)
+    if size is None and (scaling != "none" or entropy or tiled):
+        flag = "tiled" if tiled else "rope-scaling" if scaling != "none" else "entropy-scale"
+        raise ConfigError(f"--{flag} adapts a model to another size: give --size HxW too")
+    if tiled and (scaling != "none" or entropy or noise.get("noise") is not None or negative is not None):
+        raise ConfigError("--tiled runs the model at its training size, tile by tile: it takes no --rope-scaling, "
+                          "--entropy-scale, --from-noise or negative prompt")
+    if size is not None and not tiled:
         import torch
 
         try:  # the model's own rule: a smaller size (the corner of its grid), or any size with rotary positions
             run.model.grid_of(torch.empty(1, run.model.in_channels, *size, device="meta"))
         except ConfigError as e:
-            raise ConfigError(f"--size {'x'.join(map(str, size))}: {e}") from e
-    scaling, entropy = getattr(args, "rope_scaling", "none"), getattr(args, "entropy_scale", False)
-    if size is None and (scaling != "none" or entropy):
-        raise ConfigError(f"--{'rope-scaling' if scaling != 'none' else 'entropy-scale'} adapts a model to another "
-                          "size: give --size HxW too")
-    with run.model.layout.sizing(scaling, entropy):
-        x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, size=size,
-                     start=noise.get("noise"), negative=negative, **kwargs)
+            raise ConfigError(f"--size {'x'.join(map(str, size))}: {e}; or sample beyond it by tiles (--tiled)") from e
+    if tiled:
+        from maskdit.diffusion.sizes import generate_large
+
+        x = generate_large(run.model, run.objective, num, labels, size, strength=args.tile_strength,
+                           structure=args.structure, overlap=args.tile_overlap, batch_size=args.batch_size,
+                           progress=True, **kwargs)
+    else:
+        with run.model.layout.sizing(scaling, entropy):
+            x = generate(run.model, run.objective, num, labels, batch_size=args.batch_size, progress=True, size=size,
+                         start=noise.get("noise"), negative=negative, **kwargs)
     check_finite(x, kwargs)
     return run.codec.decode(x), rows, kwargs, prompts

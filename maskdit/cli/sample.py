@@ -7,7 +7,7 @@ import argparse
 import time
 from typing import Any
 
-from maskdit.cli.args import check_out, grid_size, positive_int
+from maskdit.cli.args import check_out, grid_size, positive_int, ratio, strength, unit_float
 from maskdit.cli.options import (
     add_control_options,
     add_overwrite,
@@ -40,6 +40,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rope-scaling", choices=ROPE_SCALINGS.names(), default="none",
                    help="with --size: how rotary positions adapt to a larger grid (none: extrapolate; pi: "
                    "interpolate; ntk; yarn)")
+    p.add_argument("--tiled", action="store_true",
+                   help="with a --size beyond training: sample at the training size, upsample, re-noise to "
+                   "--tile-strength and refine by overlapping tiles of the training size pulled towards that structure "
+                   "(any flow model)")
+    p.add_argument("--tile-strength", type=strength, default=0.5, metavar="T",
+                   help="--tiled: the time the upsampled structure is re-noised to (0, 1]")
+    p.add_argument("--structure", type=unit_float, default=1.0, metavar="W",
+                   help="--tiled: the pull towards the upsampled structure at the start, fading to 0 [0, 1]")
+    p.add_argument("--tile-overlap", type=ratio, default=0.5, metavar="F",
+                   help="--tiled: the share of a tile its neighbour overlaps [0, 1)")
     p.add_argument("--entropy-scale", action="store_true",
                    help="with --size: scale full attention's logits by sqrt(log_n N) (Jin et al.'s attention-entropy "
                    "factor, n and N the training and sampled tokens)")
