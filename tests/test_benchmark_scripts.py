@@ -64,6 +64,8 @@ CASES = [
     ("attention_scaling.py", ["--part", "kernels"], "argument --part: invalid choice: 'kernels'"),
     ("attention_convert.py", ["no_such_run"], "no_such_run does not exist"),
     ("attention_convert.py", ["no_such_run", "--kinds", "linear,full"], "--kinds 'linear,full': choose from"),
+    ("dit_step_speed.py", ["--dit-repo", "no_such_clone"], "--dit-repo no_such_clone: no models.py there"),
+    ("dit_step_speed.py", ["--batch", "0"], "argument --batch: must be a positive integer"),
     ("ddp_scaling.py", ["--nproc", "two"], "argument --nproc: must be a positive integer"),
     ("guidance.py", ["no_such_run", "--scales", "1.5,-3"],
      "argument --scales: must be comma-separated positive numbers"),
