@@ -7,9 +7,11 @@
 ``layers``: forward plus backward of one attention layer (projections included) of each kind on a square token grid
 of ``--tokens`` tokens, against full attention through ``scaled_dot_product_attention`` (torch's fused kernel, what
 ``full`` runs) and through the explicit product and softmax (``explicit``; skipped where its score matrix would pass
-``--explicit-gib``). ``steps``: a DiT of ``--depth`` blocks at ``--width`` on a 64x64 grid at patch 1 (4,096 tokens):
-milliseconds of a training step (forward, backward, AdamW) and of a sampling step (one forward without gradients),
-each kind beside full attention in the same process, best of ``--rounds`` interleaved rounds. Prints Markdown tables.
+``--explicit-gib``). ``video``: one layer on a 16x16x16 video grid (4,096 tokens): full, ``tile`` (each frame
+and the first one) and a 3-D ``window``. ``steps``: a DiT of ``--depth`` blocks at ``--width`` on a 64x64 grid at
+patch 1 (4,096 tokens): milliseconds of a training step (forward, backward, AdamW) and of a sampling step (one
+forward without gradients), each kind beside full attention in the same process, best of ``--rounds`` interleaved
+rounds. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -74,6 +76,26 @@ def layers(tokens: list[int], width: int, heads: int, batch: int, rounds: int, e
         print(f"| {n} | " + " | ".join(cells) + f" | {row['sdpa (full)'] / fastest:.1f}x |", flush=True)
 
 
+def video(frames: int, side: int, width: int, heads: int, batch: int, rounds: int, window: int) -> None:
+    """One attention layer on a video grid (frames x side x side tokens): full, tile (1 global frame), window."""
+    n = frames * side * side
+    print(f"\n### One attention layer on a {frames}x{side}x{side} video grid ({n} tokens), forward + backward, width "
+          f"{width}, {heads} heads, batch {batch} (ms)\n")
+    print("| kind | ms | full's time over the kind's |\n|---|---|---|")
+    layout = TokenLayout((frames, side, side))
+    x = torch.randn(batch, n, width, requires_grad=True)
+    times = {}
+    for kind in ("full", "tile", "window"):
+        module = ATTENTIONS[kind](width, heads, spec=attention_spec(kind, layout, window=window, global_frames=1))
+
+        def step() -> None:
+            x.grad = None
+            module(x).square().mean().backward()
+
+        times[kind] = best_ms(step, rounds)
+        print(f"| {kind} | {times[kind]:.1f} | {times['full'] / times[kind]:.2f}x |", flush=True)
+
+
 def steps(width: int, heads: int, depth: int, batch: int, rounds: int, window: int) -> None:
     print(f"\n### DiT steps at 4,096 tokens (64x64, patch 1), width {width}, {heads} heads, depth {depth}, "
           f"batch {batch} (ms; x: full's time over the kind's)\n")
@@ -110,7 +132,8 @@ def steps(width: int, heads: int, depth: int, batch: int, rounds: int, window: i
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["layers", "steps", "both"], default="both")
+    parser.add_argument("--part", choices=["layers", "video", "steps", "both"], default="both",
+                        help="both: layers, the video layer and steps")
     parser.add_argument("--tokens", type=positive_ints, default="1024,4096,16384")
     parser.add_argument("--width", type=positive_int, default=128)
     parser.add_argument("--heads", type=positive_int, default=4)
@@ -126,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
     if args.part in ("layers", "both"):
         layers(args.tokens, args.width, args.heads, args.batch, args.rounds, args.explicit_gib, args.window)
+    if args.part in ("video", "both"):
+        video(16, 16, args.width, args.heads, args.batch, args.rounds, args.window)
     if args.part in ("steps", "both"):
         steps(args.width, args.heads, args.depth, args.batch, args.rounds, args.window)
 
