@@ -213,4 +213,4 @@ def test_a_rope_model_samples_at_another_size_and_a_table_model_refuses(tmp_path
     assert np.load(tmp_path / "big.npz")["images"].shape == (4, 16, 16, 1)
     plain = trained(*TINY)  # a position-table model
     assert main(["sample", str(plain), "--num", "4", "--size", "16x16", "--out", str(tmp_path / "x.png")]) == 2
-    assert "only a model trained with model.pos=rope" in capsys.readouterr().err
+    assert "only a model.pos=rope model" in capsys.readouterr().err
