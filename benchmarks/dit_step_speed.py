@@ -8,12 +8,14 @@ facebookresearch/DiT is read from a local clone (``--dit-repo``; its ``models.py
 timm's layers import is stubbed for this process). Its DiT-S/2 is built with random weights, which load into
 maskdit (``maskdit.interop``) and diffusers (``DiTTransformer2DModel``), so all compute the same function: the largest
 output difference is printed. A training step is forward, backward (mean-square loss) and AdamW's step. maskdit
-runs eager in fp32 (what the others run), with its blocks compiled (``torch.compile``), and under bf16 autocast
-(``--bf16``, where the CPU has bf16 instructions). Rounds interleave every variant; the figure is the median steps/s.
+runs eager in fp32 (what the others run), with its blocks compiled (``torch.compile``), and with ``--bf16`` under bf16
+autocast (where the CPU has bf16 instructions), beside the others under the same autocast. Rounds interleave every
+variant; the figure is the median steps/s.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import sys
 import tempfile
@@ -48,6 +50,8 @@ class _Anything(type):
     """A stub class whose every class attribute is a placeholder name (enum members, constants)."""
 
     def __getattr__(cls, attr: str) -> str:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
         return f"{cls.__name__}.{attr}"
 
 
@@ -65,7 +69,12 @@ class _Stubs:
     def create_module(self, spec):  # noqa: ANN001, ANN201
         module = types.ModuleType(spec.name)
         module.__path__ = []
-        module.__getattr__ = lambda attr: _Anything(attr, (torch.nn.Module,), {})  # type: ignore[method-assign]
+        def stub(attr: str) -> type:
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return _Anything(attr, (torch.nn.Module,), {})
+
+        module.__getattr__ = stub  # type: ignore[method-assign]
         return module
 
     def exec_module(self, module) -> None:  # noqa: ANN001
@@ -137,6 +146,15 @@ def main(argv: list[str] | None = None) -> None:
                 with torch.autocast("cpu", torch.bfloat16):
                     return m(x, k.double() / 1000, y).float()
             calls["maskdit, bf16"] = (load_model(Path(tmp) / "run"), bf16)
+            for name in ("facebookresearch/DiT", "diffusers"):  # the others under the same autocast
+                if name in calls:
+                    model, fn = calls[name]
+                    twin = copy.deepcopy(model)
+
+                    def autocast(m, fn=fn):  # noqa: ANN001, ANN202
+                        with torch.autocast("cpu", torch.bfloat16):
+                            return fn(m).float()
+                    calls[f"{name}, bf16"] = (twin, autocast)
             if not args.no_compile:
                 both = load_model(Path(tmp) / "run")
                 both.compile_blocks()
