@@ -19,7 +19,6 @@ import copy
 import statistics
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
@@ -81,13 +80,6 @@ class _Stubs:
         pass
 
 
-def steps_per_s(step, n: int) -> float:  # noqa: ANN001
-    start = time.perf_counter()
-    for _ in range(n):
-        step()
-    return n / (time.perf_counter() - start)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--dit-repo", type=Path, help="a local clone of facebookresearch/DiT (without: diffusers only)")
@@ -98,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip the compiled maskdit variant")
     args = p.parse_args(argv)
     from diffusers import DiTTransformer2DModel
+    sys.path.insert(0, str(Path(__file__).parent))
+    from diffusers_speed import steps_per_s
 
     from maskdit.errors import ConfigError
     from maskdit.interop.convert import import_run, load_model

@@ -746,8 +746,6 @@ ATTENTIONS.add("window", WindowAttention, "CLEAR: each token attends to the toke
 ATTENTIONS.add("proxy", ProxyAttention, "PT-DiT: window attention plus one proxy token per model.proxy_size cell")
 ATTENTIONS.add("tile", TileAttention, "Efficient-vDiT: each frame attends to itself and the first model.tile_global "
                "frames, which attend to all (video grids)")
-#: The kinds whose cost grows linearly with the tokens (a model's blocks named in full_blocks stay full).
-EFFICIENT = ("linear", "window", "proxy", "tile")
 
 
 def attention_spec(kind: str, layout: TokenLayout, window: int | Sequence[int] = 4, proxy: int | None = None,
