@@ -30,6 +30,18 @@ def as_patch_size(patch_size: int | Sequence[int], rank: int) -> tuple[int, ...]
     return patch
 
 
+def parse_size(text: object) -> tuple[int, ...] | None:
+    """``"6x8"`` (or an int, or a list of ints) as pixels per axis; ``None`` when it is not positive integers."""
+    if isinstance(text, bool):
+        return None
+    if isinstance(text, int):
+        return (text,) if text > 0 else None
+    parts = [str(p) for p in text] if isinstance(text, (list, tuple)) else str(text).lower().split("x")
+    if not parts or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
 def region_indices(grid: Sequence[int], canvas: Sequence[int]) -> torch.Tensor:
     """The row-major indices ``(prod(grid),)`` in a token grid ``canvas`` of the tokens of its leading ``grid``
     corner (a smaller grid placed at the canvas's origin), in the smaller grid's own row-major order."""

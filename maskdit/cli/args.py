@@ -141,12 +141,11 @@ def lora_spec(text: str) -> tuple[str, float]:
 
 
 def grid_size(text: str) -> tuple[int, ...]:
-    """``HxW`` (or ``L``, ``TxHxW``): positive integers."""
-    try:
-        size = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 16x16") from None
-    if not size or min(size) < 1:
+    """``HxW`` (or ``L``, ``TxHxW``): positive integers (:func:`maskdit.grid.parse_size`, as ``data.sizes``)."""
+    from maskdit.grid import parse_size
+
+    size = parse_size(text)
+    if size is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size like 16x16")
     return size
 

@@ -19,6 +19,7 @@ import torch
 
 from maskdit.data.codec import PIXELS, Codec, LevelsCodec
 from maskdit.errors import ConfigError, DataError, check_keys
+from maskdit.grid import parse_size
 from maskdit.registry import Registry, one_of
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -43,18 +44,6 @@ class Dataset(Protocol):
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Model-space examples at ``idx`` (float, in ``codec.value_range``) and their labels (or ``None``)."""
-
-
-def parse_size(text: object) -> tuple[int, ...] | None:
-    """``"6x8"`` (or an int, or a list of ints) as pixels per axis; ``None`` when it is not positive integers."""
-    if isinstance(text, bool):
-        return None
-    if isinstance(text, int):
-        return (text,) if text > 0 else None
-    parts = [str(p) for p in text] if isinstance(text, (list, tuple)) else str(text).lower().split("x")
-    if not parts or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        return None
-    return tuple(int(p) for p in parts)
 
 
 @dataclass

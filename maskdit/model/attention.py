@@ -65,24 +65,10 @@ class Extra(NamedTuple):
             bias = torch.full((1, memory.k.shape[2]), offset, device=like.device)
         return cls(memory.k.to(like.dtype), memory.v.to(like.dtype), bias)
 
-    def join(self, other: Extra | None) -> Extra:
-        """Both sets of keys, this one's first."""
-        if other is None:
-            return self
-        if self.bias is None and other.bias is None:
-            bias = None
-        else:
-            parts = [b if b is not None else torch.zeros(1, e.k.shape[2], device=e.k.device)
-                     for e, b in ((self, self.bias), (other, other.bias))]
-            rows = max(len(p) for p in parts)
-            bias = torch.cat([p.expand(rows, -1) for p in parts], -1)
-        return Extra(torch.cat([self.k, other.k.expand(len(self.k), -1, -1, -1)], 2),
-                     torch.cat([self.v, other.v.expand(len(self.v), -1, -1, -1)], 2), bias)
-
     def append(self, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, groups: int, like: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """These keys appended to the keys and values ``(B * groups, H, L, d)`` of a sample cut into ``groups``
-        attention batches (tiles, frames), with their bias after ``bias`` ``(1, B or B * groups, 1, Lq, L)``."""
+        attention batches (tiles, frames), with their bias after ``bias`` ``(1 or B * groups, 1, Lq, L)``."""
         def each(t: torch.Tensor) -> torch.Tensor:
             return t[:, None].expand(-1, groups, -1, -1, -1).reshape(-1, *t.shape[1:])
         joined = Extra(each(self.k), each(self.v), None if self.bias is None else self.bias.repeat_interleave(
@@ -321,7 +307,7 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(dim // num_heads, eps=1e-6) if qk_norm else None
         self.rope = [rope] if rope is not None else None  # a list: shared by every block, not a submodule
         self.rel_bias = None if rel_grid is None else RelativePositionBias(rel_grid, num_heads)
-        self.layout = None if spec is None else spec.layout  # (the entropy scale at other sizes reads it)
+        self.layout = None if spec is None else spec.layout  # the grid (the local kinds; the entropy scale)
 
     def heads(self, x: torch.Tensor, pos: torch.Tensor | None = None, rotate: bool = True,
               delta: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -376,28 +362,9 @@ class Attention(nn.Module):
 # -- the grid: tokens given by index, placed back where they belong ------------------------------------------------
 
 def on_grid(x: torch.Tensor, pos: torch.Tensor | None, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Heads ``(B, H, L, d)`` of the tokens ``pos`` ``(B, L)`` placed on a grid of ``size`` tokens ``(B, H, size,
-    d)`` (zeros elsewhere), and which places hold a token ``(B, size)`` (``None``: every place, ``pos`` is ``None``)."""
-    if pos is None:
-        return x, None
-    b, h, _, d = x.shape
-    ids = pos.reshape(b, 1, -1, 1).expand(-1, h, -1, d)
-    grid = x.new_zeros(b, h, size, d).scatter(2, ids, x)
-    present = torch.zeros(b, size, dtype=torch.bool, device=x.device).scatter(1, pos.reshape(b, -1), True)
-    return grid, present
-
-
-def off_grid(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
-    """The tokens ``pos`` of a grid ``(B, H, N, d)`` (all of them when ``None``): the inverse of :func:`on_grid`."""
-    if pos is None:
-        return x
-    b, h, _, d = x.shape
-    return x.gather(2, pos.reshape(b, 1, -1, 1).expand(-1, h, -1, d))
-
-
-def tokens_on_grid(x: torch.Tensor, pos: torch.Tensor | None, size: int
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`on_grid` token-major: heads ``(B, H, L, d)`` -> ``(B, size, H, d)`` (a view when ``pos`` is ``None``)."""
+    """Heads ``(B, H, L, d)`` of the tokens ``pos`` ``(B, L)`` placed on a grid of ``size`` tokens, token-major
+    ``(B, size, H, d)`` (zeros elsewhere; a view when ``pos`` is ``None``), and which places hold a token ``(B, size)``
+    (``None``: every place)."""
     x = x.transpose(1, 2)
     if pos is None:
         return x, None
@@ -407,8 +374,9 @@ def tokens_on_grid(x: torch.Tensor, pos: torch.Tensor | None, size: int
     return x.new_zeros(b, size, h, d).scatter(1, ids, x), present
 
 
-def tokens_off_grid(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
-    """The inverse of :func:`tokens_on_grid`: ``(B, N, H, d)`` -> heads ``(B, H, L, d)`` (a view without ``pos``)."""
+def off_grid(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    """The inverse of :func:`on_grid`: a grid ``(B, N, H, d)`` -> heads ``(B, H, L, d)`` of the tokens ``pos`` (all of
+    them, a view, when ``None``)."""
     if pos is not None:
         b, _, h, d = x.shape
         x = x.gather(1, pos.reshape(b, -1, 1, 1).expand(-1, -1, h, d))
@@ -447,7 +415,7 @@ class Tiling:
         inside &= ((delta == 0) | (torch.tensor(radius) > 0)).all(-1)  # radius 0: that axis's own place only
         on = torch.ones(1, math.prod(grid), device=device)  # the grid's places (not padding), as keys of each region
         self.window = torch.where(inside, 0.0, BLOCKED).to(device)  # (Tq, Tk)
-        self.bias = (self.window + self.keys_present(on)).to(device)  # (tiles, 1, Tq, Tk)
+        self.bias = self.window + self.keys_present(on)  # (tiles, 1, Tq, Tk)
         self._batched: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     def batch_bias(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
@@ -503,7 +471,6 @@ class Tiling:
         return torch.where(mask > 0.5, 0.0, BLOCKED).unsqueeze(-2)
 
 
-
 class Regions(torch.autograd.Function):
     """Tile-major blocks ``(B, m0, .., H, T0, .., d)`` -> regions ``(B, n0, .., H, R0, .., d)`` where along each halved
     axis region ``i`` is blocks ``i`` and ``i + 1`` (``R = 2T``, ``n = m - 1``) and along the others block ``i``: one
@@ -555,12 +522,11 @@ def tiling(grid: tuple[int, ...], radius: tuple[int, ...], device: torch.device)
 
 class WindowAttention(Attention):
     """CLEAR's local attention: each token attends to the tokens within ``spec.window`` of it on the grid
-    (:class:`Tiling`), and to the extra keys (memory, proxies) as well."""
+    (:class:`Tiling`), and to the memory keys as well."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope: AxialRoPE | None = None,
                  rel_grid: tuple[int, int] | None = None, spec: AttentionSpec | None = None):
-        super().__init__(dim, num_heads, qk_norm, rope)
-        self.layout = spec.layout
+        super().__init__(dim, num_heads, qk_norm, rope, spec=spec)
         self.radius = tuple(spec.window)
 
     def mix(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None,
@@ -569,7 +535,7 @@ class WindowAttention(Attention):
         b, h, _, d = q.shape
         tiles = tiling(grid, axis_radius(self.radius, len(grid)), q.device)
         count = math.prod(tiles.count)
-        (qg, present), (kg, _), (vg, _) = (tokens_on_grid(t, pos, math.prod(grid)) for t in (q, k, v))
+        (qg, present), (kg, _), (vg, _) = (on_grid(t, pos, math.prod(grid)) for t in (q, k, v))
         if present is None:
             bias = tiles.batch_bias(b, q.dtype)
         else:
@@ -578,7 +544,7 @@ class WindowAttention(Attention):
         qt, kt, vt = tiles.tiles(qg), tiles.regions(kg), tiles.regions(vg)
         if extra is not None:
             kt, vt, bias = extra.append(kt, vt, bias, count, q)
-        return tokens_off_grid(tiles.untile(attend(qt, kt, vt, bias), b), pos)
+        return off_grid(tiles.untile(attend(qt, kt, vt, bias), b), pos)
 
 
 class ProxyAttention(WindowAttention):
@@ -644,8 +610,7 @@ class LinearAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope: AxialRoPE | None = None,
                  rel_grid: tuple[int, int] | None = None, spec: AttentionSpec | None = None):
-        super().__init__(dim, num_heads, qk_norm, rope)
-        self.layout = spec.layout
+        super().__init__(dim, num_heads, qk_norm, rope, spec=spec)
         rank = len(spec.layout.grid)
         size = int(spec.conv)
         self.conv = None if size == 0 else (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1](
@@ -679,10 +644,9 @@ class LinearAttention(Attention):
         """The depthwise convolution of the values over the grid (absent tokens as zeros) at each token."""
         grid = self.layout.grid
         b, h, _, d = v.shape
-        on, _ = on_grid(v, pos, math.prod(grid))
-        image = on.permute(0, 1, 3, 2).reshape(b, h * d, *grid)
-        out = self.conv(image).reshape(b, h, d, -1).permute(0, 1, 3, 2)
-        return off_grid(out, pos)
+        on, _ = on_grid(v, pos, math.prod(grid))  # (B, N, H, d)
+        image = on.reshape(b, -1, h * d).transpose(1, 2).reshape(b, h * d, *grid)
+        return off_grid(self.conv(image).reshape(b, h * d, -1).transpose(1, 2).reshape(b, -1, h, d), pos)
 
 
 class TileAttention(Attention):
@@ -693,12 +657,11 @@ class TileAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope: AxialRoPE | None = None,
                  rel_grid: tuple[int, int] | None = None, spec: AttentionSpec | None = None):
-        super().__init__(dim, num_heads, qk_norm, rope)
+        super().__init__(dim, num_heads, qk_norm, rope, spec=spec)
         if len(spec.layout.grid) != 3:
             raise ConfigError(f"model.attention=tile attends between the frames of a video grid (frames, height, "
                               f"width); this model's token grid {spec.layout.grid} is not one: use "
                               "model.attention=window")
-        self.layout = spec.layout
         self.first = int(spec.global_frames)
 
     def mix(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None,
@@ -706,25 +669,28 @@ class TileAttention(Attention):
         frames, per = self.layout.grid[0], math.prod(self.layout.grid[1:])
         first = min(self.first, frames)
         b, h, _, d = q.shape
-        (qg, present), (kg, _), (vg, _) = (on_grid(t, pos, frames * per) for t in (q, k, v))
+        (qg, present), (kg, _), (vg, _) = (on_grid(t, pos, frames * per) for t in (q, k, v))  # (B, N, H, d)
         absent = None if present is None else key_mask_bias(present).to(q.dtype)  # (B, 1, 1, N)
         # the global frames' queries: every key
+        k_all, v_all = kg.transpose(1, 2), vg.transpose(1, 2)
         keys_all = absent if extra is None else extra.with_bias(absent, frames * per, q)
-        k_all, v_all = (kg, vg) if extra is None else (torch.cat([kg, extra.k], 2), torch.cat([vg, extra.v], 2))
-        head = attend(qg[:, :, :first * per], k_all, v_all, keys_all)
+        if extra is not None:
+            k_all, v_all = torch.cat([k_all, extra.k], 2), torch.cat([v_all, extra.v], 2)
+        head = attend(qg[:, :first * per].transpose(1, 2), k_all, v_all, keys_all).transpose(1, 2)
         # the other frames' queries, one attention batch per frame: their own frame, then the global frames
         rest = frames - first
         if rest == 0:
             return off_grid(head, pos)
 
-        def per_frame(t: torch.Tensor) -> torch.Tensor:  # (B, H, rest * per, d) -> (B * rest, H, per, d)
-            return t.reshape(b, h, rest, per, d).transpose(1, 2).reshape(b * rest, h, per, d)
+        def per_frame(t: torch.Tensor) -> torch.Tensor:  # (B, rest * per, H, d) -> (B * rest, H, per, d)
+            return t.reshape(b, rest, per, h, d).transpose(2, 3).reshape(b * rest, h, per, d)
 
         def shared(t: torch.Tensor) -> torch.Tensor:  # the global frames, the same for every frame of a sample
-            return t[:, None, :, :first * per].expand(-1, rest, -1, -1, -1).reshape(b * rest, h, first * per, d)
+            return t[:, None, :first * per].transpose(2, 3).expand(-1, rest, -1, -1, -1).reshape(
+                b * rest, h, first * per, d)
 
-        qf = per_frame(qg[:, :, first * per:])
-        kf, vf = (torch.cat([per_frame(t[:, :, first * per:]), shared(t)], 2) for t in (kg, vg))
+        qf = per_frame(qg[:, first * per:])
+        kf, vf = (torch.cat([per_frame(t[:, first * per:]), shared(t)], 2) for t in (kg, vg))
         bias = None
         if present is not None:
             keys = torch.cat([present[:, first * per:].reshape(b, rest, per),
@@ -732,8 +698,8 @@ class TileAttention(Attention):
             bias = torch.where(keys, 0.0, BLOCKED).reshape(b * rest, 1, 1, -1).to(q.dtype)
         if extra is not None:
             kf, vf, bias = extra.append(kf, vf, bias, rest, q)
-        tail = attend(qf, kf, vf, bias).reshape(b, rest, h, per, d).transpose(1, 2).reshape(b, h, rest * per, d)
-        return off_grid(torch.cat([head, tail], 2), pos)
+        tail = attend(qf, kf, vf, bias).reshape(b, rest, h, per, d).transpose(2, 3).reshape(b, rest * per, h, d)
+        return off_grid(torch.cat([head, tail], 1), pos)
 
 
 #: How blocks attend (DiT's ``attention``): name -> the attention class of its blocks (``factorised`` builds
@@ -749,8 +715,7 @@ ATTENTIONS.add("tile", TileAttention, "Efficient-vDiT: each frame attends to its
 
 
 def attention_spec(kind: str, layout: TokenLayout, window: int | Sequence[int] = 4, proxy: int | None = None,
-                   conv: int = 5,
-                   global_frames: int = 1) -> AttentionSpec:
+                   conv: int = 5, global_frames: int = 1) -> AttentionSpec:
     """A checked :class:`AttentionSpec` (DiT's ``attention``, ``window``, ``proxy_size``, ``linear_conv`` and
     ``tile_global``; ``kind`` already one of :data:`ATTENTIONS`). Settings a kind does not read are kept as given."""
     radii = (int(window),) if isinstance(window, (int, float)) else tuple(int(r) for r in window)

@@ -25,7 +25,6 @@ from maskdit.conditions.base import CONDITIONERS, Conditioner
 from maskdit.conditions.control import ControlInput, Controlled, check_fits, signal_channels
 from maskdit.errors import ConfigError
 from maskdit.grid import as_patch_size, patchify, region_indices, sincos_pos_embed, token_grid_shape, unpatchify
-from maskdit.masks import gather_tokens
 from maskdit.model.attention import ATTENTIONS, AxialRoPE, TokenLayout, attention_spec
 from maskdit.model.blocks import (
     MLPS,
@@ -605,8 +604,9 @@ class DiT(nn.Module):
                     self.decoder is not None or self.control is not None:
                 raise ConfigError(f"at a grid other than the training one {self.token_grid} the model runs its plain "
                                   "path: no SPRINT fusion, routing, condition mask, MDT layout, decoder or control")
-            if self.fits(grid):
-                return self.region_features(tokens, c, grid, keep_idx, end)
+            if self.fits(grid):  # a corner: its tokens at their places, the rest absent
+                corner = region_indices(grid, self.token_grid).to(tokens.device).expand(len(tokens), -1)
+                return PATHS.get("plain")(self, tokens, c, keep_idx, end=end, places=corner)
             if keep_idx is not None:
                 raise ConfigError(f"a grid {grid} larger than the training one {self.token_grid} runs every token: "
                                   "no dropping")
@@ -614,19 +614,6 @@ class DiT(nn.Module):
                 return self.run_blocks(tokens, c, 0, end)
         name, options = path_of(self, keep_idx, end, path_drop, route)
         return PATHS.get(name)(self, tokens, c, keep_idx, **options)
-
-    def region_features(self, tokens: torch.Tensor, c: Context, grid: tuple[int, ...], keep_idx: torch.Tensor | None,
-                        end: int | None) -> tuple[torch.Tensor, Context]:
-        """The tokens ``(B, n, D)`` of a smaller ``grid``, the leading corner of the training one: every block sees
-        them at their places on the training grid (absent tokens are padding no attention reads); with ``keep_idx``
-        (indices into the smaller grid) the blocks after the patch mixer see those only."""
-        region = region_indices(grid, self.token_grid).to(tokens.device).expand(len(tokens), -1)
-        if keep_idx is None:
-            return self.run_blocks(tokens, c, 0, end, pos=region)
-        tokens, c = self.run_blocks(tokens, c, 0, self.mixer_depth, pos=region)
-        keep_idx = keep_idx.reshape(len(keep_idx), -1)
-        kept = gather_tokens(tokens, keep_idx)
-        return self.run_blocks(kept, c, self.mixer_depth, end, pos=region.gather(1, keep_idx))
 
     def forward(
         self,

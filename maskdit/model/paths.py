@@ -43,14 +43,18 @@ PATHS: Registry[Any] = Registry("block path")
 
 
 @PATHS.register("plain", "the patch mixer (first mixer_depth blocks) on every token, the rest on the kept ones",
-                options=("end",))
+                options=("end", "places"))
 def plain(model: nn.Module, tokens: torch.Tensor, c: torch.Tensor, keep_idx: torch.Tensor | None = None,
-          end: int | None = None) -> tuple[torch.Tensor, Any]:
-    """Blocks ``0..end-1``; with ``keep_idx`` the blocks after the patch mixer see only the kept tokens."""
+          end: int | None = None, places: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+    """Blocks ``0..end-1``; with ``keep_idx`` the blocks after the patch mixer see only the kept tokens. ``places``
+    ``(B, n)``: the grid index of each of the ``n`` tokens given (a smaller grid's corner of the training one;
+    ``None``: all ``N`` in order), what ``keep_idx`` then indexes."""
     if keep_idx is None:
-        return model.run_blocks(tokens, c, 0, end)
-    tokens, c = model.run_blocks(tokens, c, 0, model.mixer_depth)
-    return model.run_blocks(gather_tokens(tokens, keep_idx), c, model.mixer_depth, end, pos=keep_idx)
+        return model.run_blocks(tokens, c, 0, end, pos=places)
+    tokens, c = model.run_blocks(tokens, c, 0, model.mixer_depth, pos=places)
+    keep_idx = keep_idx if places is None else keep_idx.reshape(len(keep_idx), -1)
+    pos = keep_idx if places is None else places.gather(1, keep_idx)
+    return model.run_blocks(gather_tokens(tokens, keep_idx), c, model.mixer_depth, end, pos=pos)
 
 
 @PATHS.register("routed", "TREAD: the kept tokens pass blocks START..END-1, the others skip them and re-enter",
