@@ -13,6 +13,7 @@ SDEdit's re-noising and MultiDiffusion's averaged tiles), for any model: no rota
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -40,19 +41,12 @@ def tiled(fn: ModelFn, tile: Sequence[int], overlap: float, step: Sequence[int])
     def run(x: torch.Tensor, t: float) -> torch.Tensor:
         total, count = torch.zeros_like(x), torch.zeros_like(x[:1, :1])
         axes = [tile_starts(n, s, overlap, p) for n, s, p in zip(x.shape[2:], tile, step)]
-        for corner in _product(axes):
+        for corner in itertools.product(*axes):
             where = (slice(None), slice(None), *[slice(c, c + s) for c, s in zip(corner, tile)])
             total[where] += fn(x[where], t)
             count[where] += 1
         return total / count
     return run
-
-
-def _product(axes: list[list[int]]) -> list[tuple[int, ...]]:
-    out: list[tuple[int, ...]] = [()]
-    for starts in axes:
-        out = [c + (s,) for c in out for s in starts]
-    return out
 
 
 def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -111,7 +105,8 @@ def generate_large(model: torch.nn.Module, objective: Any, num: int, labels: tor
         part = slice(first, first + batch_size)
         kept = len(up[part])
         y = padded(labels[part], batch_size).to(device) if labels is not None else None
-        fn = guided(model, y, guidance_scale, options.get("guidance_interval"))
+        fn = guided(model, y, guidance_scale, options.get("guidance_interval"), guidance=options.get("guidance", "cfg"),
+                    channels=options.get("guidance_channels"), power=options.get("guidance_power"))
         x = refine(fn, padded(up[part], batch_size).to(device), padded(noise[part], batch_size).to(device),
                    max(1, math.ceil(steps * strength)), strength, structure, tile, overlap, model.patch_size)
         out.append(x[:kept].float().cpu())

@@ -102,8 +102,6 @@ def _adaln_single(model: nn.Module) -> None:
     model.final_layer.adaLN_modulation = TableModulation(2, dim)
 
 
-
-
 def preset(name: str) -> dict[str, Any]:
     """The architecture fields of a named preset (a copy)."""
     if name not in PRESETS:
@@ -320,10 +318,10 @@ class DiT(nn.Module):
         if rel_pos_bias and (attention != "full" or len(self.token_grid) != 2):
             raise ConfigError("rel_pos_bias is a 2-D bias for full attention: image grids with attention=full only")
         self.layout = TokenLayout(self.token_grid)  # the grid the blocks run on (another while sampling another size)
-        self.attention_spec = attention_spec(attention, self.layout, window, proxy_size, linear_conv, tile_global)
         self.block_options = BlockOptions(norm, bool(qk_norm), mlp, rope, self.mlp_norm_eps,
                                           rel_grid=tuple(self.token_grid) if rel_pos_bias else None,
-                                          attention=self.attention_spec)
+                                          attention=attention_spec(attention, self.layout, window, proxy_size,
+                                                                   linear_conv, tile_global))
         moe = dict(moe or {})
         self.moe_every = int(moe.pop("every", 1))
         self.moe = MoESpec(**moe) if moe.get("experts", 0) > 0 else None
