@@ -5,9 +5,10 @@ short finetune distilled from the full run (LiT's weight inheritance plus knowle
 
 For each kind the full run's weights load into a model of that kind (the layers the kinds share; a kind's own layers
 start neutral: ``maskdit train init_from=RUN model.attention=KIND``), which is scored as it is, then finetuned for each
-share of the full run's training steps with the full run as the teacher (``distill.teacher``, ``distill.weight``) and
-scored again; with ``--scratch`` the kind is also trained from scratch for the largest share's steps. Scores: domain
-FID and class accuracy of ``--num`` samples (the run's sampler, steps and guidance), noise seeds 0 and 1. The
+share of the full run's training steps with the full run as the teacher (``distill.teacher``, ``distill.weight``;
+``--attention W`` adds CLEAR's attention-output distillation, ``distill.attention``) and scored again; with
+``--scratch`` the kind is also trained from scratch for the largest share's steps. Scores: domain FID and class
+accuracy of ``--num`` samples (the run's sampler, steps and guidance), noise seeds 0 and 1. The
 ``overrides`` (``model.window=2``, ``lr=3e-4``) apply to every converted run.
 """
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kinds", default="linear,window,proxy")
     p.add_argument("--shares", default="0.02,0.1", help="finetune steps as shares of the run's steps")
     p.add_argument("--distill", type=non_negative_float, default=0.5, help="distill.weight (0: no teacher)")
+    p.add_argument("--attention", type=non_negative_float, default=0.0,
+                   help="distill.attention: weight of the blocks' attention-output gap to the teacher (CLEAR)")
     p.add_argument("--num", type=positive_int, default=500)
     p.add_argument("--scratch", action="store_true", help="also train each kind from scratch for the largest share")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides of every converted run")
@@ -91,15 +94,16 @@ def main(argv: list[str] | None = None) -> None:
                        init_from=str(args.run) if inherit else None)
             cfg["model"] = dict(cfg["model"], attention=kind)
             if inherit and args.distill:
-                cfg["distill"] = {"teacher": str(args.run), "weight": args.distill}
+                cfg["distill"] = {"teacher": str(args.run), "weight": args.distill, "attention": args.attention}
             config_path = work / f"{out.name}.yaml"
             config_path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if v is not None}))
             start = time.perf_counter()
             assert cli(["train", "--no-progress", str(config_path), *args.overrides]) == 0
             seconds = time.perf_counter() - start
             run = load_run(out)
-            how = (f"+ {steps} steps distilled (weight {args.distill:g})" if args.distill else f"+ {steps} steps") \
-                if inherit else f"from scratch, {steps} steps"
+            how = (f"+ {steps} steps distilled (weight {args.distill:g}"
+                   + (f", attention outputs {args.attention:g})" if args.attention else ")")
+                   if args.distill else f"+ {steps} steps") if inherit else f"from scratch, {steps} steps"
             rows.append((f"{kind}, {how}", steps, score(run.model, run.objective, run.config, run.codec, args.num,
                                                           dataset), seconds))
     base = sum(s["domain_fid"] for s in rows[0][2]) / 2

@@ -11,7 +11,9 @@ of ``--tokens`` tokens, against full attention through ``scaled_dot_product_atte
 and the first one) and a 3-D ``window``. ``steps``: a DiT of ``--depth`` blocks at ``--width`` on a 64x64 grid at
 patch 1 (4,096 tokens): milliseconds of a training step (forward, backward, AdamW) and of a sampling step (one
 forward without gradients), each kind beside full attention in the same process, best of ``--rounds`` interleaved
-rounds. Prints Markdown tables.
+rounds; with ``--compile`` each kind also runs with its blocks compiled (``torch.compile``, as ``compile=true``
+trains), beside its eager twin with the same weights, and the table gives the compiled output's largest difference from
+the eager one. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -96,22 +98,29 @@ def video(frames: int, side: int, width: int, heads: int, batch: int, rounds: in
         print(f"| {kind} | {times[kind]:.1f} | {times['full'] / times[kind]:.2f}x |", flush=True)
 
 
-def steps(width: int, heads: int, depth: int, batch: int, rounds: int, window: int) -> None:
+def steps(width: int, heads: int, depth: int, batch: int, rounds: int, window: int, compile: bool = False) -> None:
     print(f"\n### DiT steps at 4,096 tokens (64x64, patch 1), width {width}, {heads} heads, depth {depth}, "
           f"batch {batch} (ms; x: full's time over the kind's)\n")
-    print("| kind | train step | x | sample step | x |")
-    print("|---|---|---|---|---|")
+    print("| kind | train step | x | sample step | x |" + (" compiled vs eager output |" if compile else ""))
+    print("|---|---|---|---|---|" + ("---|" if compile else ""))
     x = torch.randn(batch, 1, 64, 64)
     t, y = torch.rand(batch), torch.randint(0, 10, (batch,))
-    models, optimizers = {}, {}
-    for kind in KINDS:
+    names = [name for kind in KINDS for name in ((kind, f"{kind} compiled") if compile else (kind,))]
+    models, optimizers, gaps = {}, {}, {}
+    for name in names:
+        kind = name.split()[0]
         torch.manual_seed(0)
-        models[kind] = DiT((64, 64), 1, 1, width, depth, heads, num_classes=10, attention=kind, window=window)
-        optimizers[kind] = torch.optim.AdamW(models[kind].parameters(), lr=1e-4)
-    train = {k: float("inf") for k in KINDS}
-    sample = {k: float("inf") for k in KINDS}
+        models[name] = DiT((64, 64), 1, 1, width, depth, heads, num_classes=10, attention=kind, window=window)
+        optimizers[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-4)
+        if name.endswith("compiled"):
+            models[name].compile_blocks()
+            with torch.no_grad():
+                eager, compiled = models[kind](x, t, y), models[name](x, t, y)
+            gaps[name] = f" {(compiled - eager).abs().max().item():.1e} (of {eager.abs().max().item():.1f}) |"
+    train = {k: float("inf") for k in names}
+    sample = {k: float("inf") for k in names}
     for round_ in range(rounds):
-        for kind in (KINDS if round_ % 2 == 0 else KINDS[::-1]):
+        for kind in (names if round_ % 2 == 0 else names[::-1]):
             model, optimizer = models[kind], optimizers[kind]
 
             def train_step() -> None:
@@ -125,9 +134,9 @@ def steps(width: int, heads: int, depth: int, batch: int, rounds: int, window: i
 
             train[kind] = min(train[kind], best_ms(train_step, 1))
             sample[kind] = min(sample[kind], best_ms(sample_step, 1))
-    for kind in KINDS:
+    for kind in names:
         print(f"| {kind} | {train[kind]:.0f} | {train['full'] / train[kind]:.2f}x | {sample[kind]:.0f} | "
-              f"{sample['full'] / sample[kind]:.2f}x |", flush=True)
+              f"{sample['full'] / sample[kind]:.2f}x |" + gaps.get(kind, " - |" if compile else ""), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=positive_int, default=2)
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--window", type=positive_int, default=4, help="window/proxy radius in tokens")
+    parser.add_argument("--compile", action="store_true", help="steps: also each kind with compiled blocks")
     parser.add_argument("--explicit-gib", type=float, default=4.0, help="largest explicit score memory to try")
     args = parser.parse_args(argv)
     if any(math.isqrt(n) ** 2 != n for n in args.tokens):
@@ -152,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("video", "both"):
         video(16, 16, args.width, args.heads, args.batch, args.rounds, args.window)
     if args.part in ("steps", "both"):
-        steps(args.width, args.heads, args.depth, args.batch, args.rounds, args.window)
+        steps(args.width, args.heads, args.depth, args.batch, args.rounds, args.window, args.compile)
 
 
 if __name__ == "__main__":

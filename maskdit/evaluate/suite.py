@@ -118,6 +118,11 @@ def score_samples(
     ``real_num`` and ``time_s`` (seconds per metric group, including feature extraction).
     """
     check_shape(images, dataset, "samples")
+    if "class" in metrics and labels is not None and labelled(dataset):
+        missing = sorted(set(labels.unique().tolist()) - set(dataset.labels.unique().tolist()))
+        if missing:  # its classifier could never name them: the accuracy would be silently wrong
+            raise ConfigError(f"class accuracy: the samples ask for classes {missing} that dataset {dataset.name} "
+                              "holds no example of; score them against a reference set with every class (--data)")
     out: dict[str, Any] = {"data": dataset.name, "real_num": len(dataset)}
     times: dict[str, float] = {}
     inception = None
