@@ -101,9 +101,13 @@ def main(argv: list[str] | None = None) -> None:
             assert cli(["train", "--no-progress", str(config_path), *args.overrides]) == 0
             seconds = time.perf_counter() - start
             run = load_run(out)
-            how = (f"+ {steps} steps distilled (weight {args.distill:g}"
-                   + (f", attention outputs {args.attention:g})" if args.attention else ")")
-                   if args.distill else f"+ {steps} steps") if inherit else f"from scratch, {steps} steps"
+            if not inherit:
+                how = f"from scratch, {steps} steps"
+            elif not args.distill:
+                how = f"+ {steps} steps"
+            else:
+                extra = f", attention outputs {args.attention:g}" if args.attention else ""
+                how = f"+ {steps} steps distilled (weight {args.distill:g}{extra})"
             rows.append((f"{kind}, {how}", steps, score(run.model, run.objective, run.config, run.codec, args.num,
                                                           dataset), seconds))
     base = sum(s["domain_fid"] for s in rows[0][2]) / 2

@@ -117,8 +117,8 @@ def steps(width: int, heads: int, depth: int, batch: int, rounds: int, window: i
     train = {k: float("inf") for k in names}
     sample = {k: float("inf") for k in names}
     for round_ in range(rounds):
-        for kind in (names if round_ % 2 == 0 else names[::-1]):
-            model, optimizer = models[kind], optimizers[kind]
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            model, optimizer = models[name], optimizers[name]
 
             def train_step() -> None:
                 optimizer.zero_grad(set_to_none=True)
@@ -129,11 +129,11 @@ def steps(width: int, heads: int, depth: int, batch: int, rounds: int, window: i
                 with torch.no_grad():
                     model(x, t, y)
 
-            train[kind] = min(train[kind], best_ms(train_step, 1))
-            sample[kind] = min(sample[kind], best_ms(sample_step, 1))
-    for kind in names:
-        print(f"| {kind} | {train[kind]:.0f} | {train['full'] / train[kind]:.2f}x | {sample[kind]:.0f} | "
-              f"{sample['full'] / sample[kind]:.2f}x |", flush=True)
+            train[name] = min(train[name], best_ms(train_step, 1))
+            sample[name] = min(sample[name], best_ms(sample_step, 1))
+    for name in names:
+        print(f"| {name} | {train[name]:.0f} | {train['full'] / train[name]:.2f}x | {sample[name]:.0f} | "
+              f"{sample['full'] / sample[name]:.2f}x |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
