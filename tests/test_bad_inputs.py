@@ -585,6 +585,7 @@ def test_the_corpus_files_together_are_distinct():
     import test_bad_inputs_data
     import test_bad_inputs_discrete
     import test_bad_inputs_interop
+    import test_bad_inputs_modalities
     import test_bad_inputs_sampling
     import test_bad_inputs_text
     import test_bad_inputs_toolbox
@@ -592,7 +593,7 @@ def test_the_corpus_files_together_are_distinct():
     assert_distinct([*CASES, *test_bad_inputs_data.CASES, *test_bad_inputs_interop.CASES,
                      *test_bad_inputs_sampling.CASES, *test_bad_inputs_toolbox.CASES, *test_bad_inputs_text.CASES,
                      *test_bad_inputs_adapters.CASES, *test_bad_inputs_discrete.CASES,
-                     *test_bad_inputs_attention.CASES], 809)
+                     *test_bad_inputs_attention.CASES, *test_bad_inputs_modalities.CASES], 850)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -79,6 +79,10 @@ CASES = [
     ("rope_sizes.py", ["--sizes", "8,0"], "argument --sizes: must be comma-separated positive integers"),
     ("step_overhead.py", ["--rounds", "x"], "argument --rounds: must be a positive integer"),
     ("video_tasks.py", ["no_such_run", "--bogus"], "unknown option(s) --bogus"),
+    ("motion_tasks.py", ["no_such_run"], "no_such_run does not exist"),
+    ("motion_tasks.py", ["no_such_run", "--draws", "0"], "argument --draws: must be a positive integer"),
+    ("masking_convergence.py", ["--data", "voxels", "--arm-set", "extreme", "--arms", "tread 0.5", "--out", "out",
+                                "--runs", "runs"], "unknown arm(s) ['tread 0.5']"),
 ]
 
 

@@ -84,7 +84,7 @@ def test_masks_that_leave_nothing_to_generate_are_refused(name, options):
 
 
 def test_bad_tasks_and_options_are_refused_clearly():
-    with pytest.raises(ConfigError, match="needs a \\(T, H, W\\) token grid.*inpaint or outpaint"):
+    with pytest.raises(ConfigError, match="whose axis 0 is time.*inpaint or outpaint"):
         task_mask("predict", (4, 4), k=1)
     with pytest.raises(ConfigError, match="unknown task 'paint'"):
         task_mask("paint", GRID)

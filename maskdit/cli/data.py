@@ -1,5 +1,6 @@
-"""``maskdit data``: export clips of an embedded video dataset (.npz, .gif or .mp4), or captioned shape scenes
-(``shapes``: images, captions, kinds and scenes in one .npz)."""
+"""``maskdit data``: export clips of an embedded video dataset (.npz, .gif or .mp4), captioned shape scenes
+(``shapes``: images, captions, kinds and scenes in one .npz), motion windows (``motion``: .npz, or stick
+figures as .gif / .mp4) or voxelised shapes (``voxels``: .npz, .ply, .obj or .png)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,27 @@ from maskdit.errors import ConfigError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from maskdit.data.video import SPLITS, VIDEO_DATASETS
 
-    p.add_argument("name", choices=[*VIDEO_DATASETS, "shapes"])
-    p.add_argument("--split", choices=list(SPLITS), help="default: test for videos, train for shapes")
+    p.add_argument("name", choices=[*VIDEO_DATASETS, "shapes", "motion", "voxels"])
+    p.add_argument("--split", choices=list(SPLITS),
+                   help="default: test for videos, motion and voxels, train for shapes")
     p.add_argument("--num", type=positive_int, default=16)
-    p.add_argument("--frames", type=positive_int, default=8)
-    p.add_argument("--size", type=positive_int, default=16)
+    p.add_argument("--frames", type=positive_int, help="frames per clip (default 8; motion: 32)")
+    p.add_argument("--size", type=positive_int, help="canvas pixels (default 16); voxels: voxels a side (default 32)")
     p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--out", required=True, help="clips.npz (frames N x T x H x W x C uint8), .gif or .mp4; "
-                   "shapes: FILE.npz")
+                   "shapes: FILE.npz; motion: FILE.npz (motion N x T x J x 4 float32), .gif or .mp4; voxels: FILE.npz "
+                   "(voxels N x S x S x S x 1 float32), .ply, .obj or .png")
     add_overwrite(p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.name == "shapes":
         return run_shapes(args)
+    if args.name == "motion":
+        return run_motion(args)
+    if args.name == "voxels":
+        return run_voxels(args)
+    args.frames, args.size = args.frames or 8, args.size or 16
     from maskdit.data.media import save_video
     from maskdit.data.video import load_video_dataset
 
@@ -59,4 +67,57 @@ def run_shapes(args: argparse.Namespace) -> int:
     with atomic_file(args.out, "--out") as tmp:
         np.savez(tmp, **data)
     print(f"wrote {args.num} {split} shape scenes with captions to {args.out}")
+    return 0
+
+
+def run_motion(args: argparse.Namespace) -> int:
+    """``maskdit data motion --out FILE.npz|.gif|.mp4 [--split test|train] [--num N] [--frames T]``: evenly
+    spaced windows of the DeepMimic clips (the test split holds the clips no training run sees)."""
+    import numpy as np
+    import torch
+
+    from maskdit.data.motion import FPS, MAX_FRAMES, MIN_FRAMES, MotionView, motion_windows
+    from maskdit.files import atomic_file
+
+    view = MotionView()
+    frames = args.frames or 32
+    if not MIN_FRAMES <= frames <= MAX_FRAMES:
+        raise ConfigError(f"--frames {frames}: motion windows take {MIN_FRAMES} to {MAX_FRAMES} frames ({FPS} fps)")
+    if not args.out.lower().endswith(view.suffixes):
+        raise ConfigError(f"--out {args.out}: motion is written as FILE.npz (motion N x T x J x 4) or as stick figures "
+                          "in FILE.gif / FILE.mp4")
+    check_out(args.out, args.overwrite)
+    split = args.split or "test"
+    grids, clips = motion_windows(split, frames, mirrored=False)
+    pick = torch.linspace(0, len(grids) - 1, min(args.num, len(grids))).round().long().unique()
+    grids, clips = grids[pick], [clips[i] for i in pick.tolist()]
+    if args.out.lower().endswith(".npz"):
+        with atomic_file(args.out, "--out") as tmp:
+            np.savez(tmp, motion=np.ascontiguousarray(grids.permute(0, 2, 3, 1).numpy()), clips=np.array(clips))
+    else:
+        view.save(args.out, grids)
+    shape = "x".join(map(str, grids.permute(0, 2, 3, 1).shape[1:]))
+    print(f"wrote {len(grids)} {split} motion windows ({shape}) from {', '.join(sorted(set(clips)))} to {args.out}")
+    return 0
+
+
+def run_voxels(args: argparse.Namespace) -> int:
+    """``maskdit data voxels --out FILE.npz|.ply|.obj|.png [--split test|train] [--num N] [--size S]``: the first
+    shapes of a split, voxelised (the test split holds the objects no training run sees)."""
+    import torch
+
+    from maskdit.data.voxels import MAX_SIZE, MIN_SIZE, VoxelView, load_objects
+
+    view = VoxelView()
+    if not args.out.lower().endswith(view.suffixes):
+        raise ConfigError(f"--out {args.out}: shapes are written as FILE.npz (voxels N x S x S x S x 1), a point cloud "
+                          "FILE.ply, a mesh FILE.obj or views FILE.png")
+    size = args.size or 32
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"--size {size}: voxel grids take {MIN_SIZE} to {MAX_SIZE} voxels a side")
+    check_out(args.out, args.overwrite)
+    split = args.split or "test"
+    grids = torch.from_numpy(load_objects(split, size, args.num))
+    view.save(args.out, grids)
+    print(f"wrote {len(grids)} {split} shapes ({size}^3 voxels) to {args.out}")
     return 0

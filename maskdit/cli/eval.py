@@ -1,5 +1,5 @@
 """``maskdit eval``: score samples (drawn from a run, or given) against real images: FID/KID, domain FID,
-precision/recall and class recognition."""
+precision/recall and class recognition; a motion or voxel run by its modality's own measure."""
 
 from __future__ import annotations
 
@@ -129,6 +129,35 @@ def likelihood_bound(loaded: Any, dataset: Any, args: argparse.Namespace) -> dic
                           batch_size=args.batch_size)
 
 
+def modality_name(dataset: str) -> str | None:
+    """The modality a run's data set names (motion, voxels), or None for images, video and text."""
+    from maskdit.data.datasets import DATASETS
+
+    return DATASETS.entry(dataset).facts.get("modality") if dataset in DATASETS else None
+
+
+def score_modality(args: argparse.Namespace, run: Any, modality: str, requested: list[str] | None) -> int:
+    """A motion or voxel run is scored by its modality's own measure (``MODALITY_EVALS``: in-betweening against
+    slerp; 1-NNA with the Chamfer distance), on ``--num`` held-out examples with the sampling options."""
+    from maskdit.data.datasets import dataset_from_config
+    from maskdit.evaluate.suite import MODALITY_EVALS
+
+    summary = MODALITY_EVALS.entry(modality).summary
+    if args.samples or args.data or requested is not None:
+        raise ConfigError(f"{args.run_dir} generates {modality}: maskdit eval scores it by {summary}; leave out "
+                          "--samples, --data and --metrics")
+    cfg = run.config
+    cfg.eval_num, cfg.seed = args.num, args.seed
+    cfg.sample.sampler, cfg.sample.steps = args.sampler or cfg.sample.sampler, args.steps or cfg.sample.steps
+    start = time.time()
+    scores = MODALITY_EVALS.get(modality)(run.model, run.objective, dataset_from_config(cfg.data), cfg)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in scores.items() if isinstance(v, float))
+    print(f"{modality}: {shown}  [{scores.get('num', 0)} held-out examples, step {run.step}, "
+          f"{cfg.sample.sampler} {cfg.sample.steps} steps, {time.time() - start:.1f}s]")
+    print(json.dumps({"step": run.step, "modality": modality, **scores}))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -140,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("eval needs RUN_DIR, or --samples FILE.npz together with --data to compare against")
     requested = parse_metrics(args.metrics) if args.metrics is not None else None
     loaded = load(args) if args.run_dir else None
+    modality = None if loaded is None else modality_name(loaded.dataset["name"])
+    if modality is not None:
+        return score_modality(args, loaded, modality, requested)
     if loaded is not None and getattr(loaded.codec, "decodes_text", False):
         if requested not in (None, ["nll"]):
             raise ConfigError(f"{args.run_dir} is a text model: maskdit eval scores it by --metrics nll (the bound on "

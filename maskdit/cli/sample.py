@@ -7,7 +7,7 @@ import argparse
 import time
 from typing import Any
 
-from maskdit.cli.args import check_out, grid_size, positive_int, ratio, strength, unit_float
+from maskdit.cli.args import check_out, grid_size, non_negative_ints, positive_int, ratio, strength, unit_float
 from maskdit.cli.options import (
     add_control_options,
     add_overwrite,
@@ -64,20 +64,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--given-frames", type=positive_int,
                    help="predict/backward/complete: frames given; animate: the given frame's index + 1")
     t.add_argument("--stride", type=positive_int, help="interpolate: every STRIDE-th frame is given")
+    t.add_argument("--columns", type=non_negative_ints, metavar="I,J,...",
+                   help="parts: the token columns of axis 1 generated in every frame (motion: joints, e.g. 4,5,6 "
+                   "for the right leg)")
     t.add_argument("--mask", help="image inpainting: PNG the size of the images, white = generate")
 
 
 def run(args: argparse.Namespace) -> int:
     from maskdit.data.media import clips_as_rows, save_samples, save_texts, save_video
+    from maskdit.data.modalities import MODALITIES, modality_of
 
-    if not args.out.lower().endswith((".png", ".npz", ".gif", ".mp4", ".txt")):
-        raise ConfigError(f"--out {args.out}: the file name must end in .png, .npz, .gif, .mp4 or .txt")
+    known = tuple(dict.fromkeys((".png", ".npz", ".gif", ".mp4", ".txt", *(s for _, m in MODALITIES.items()
+                                                                            for s in m.suffixes))))
+    if not args.out.lower().endswith(known):
+        raise ConfigError(f"--out {args.out}: the file name must end in {', '.join(known)}")
     check_out(args.out, args.overwrite)
     if args.task or args.context or args.mask:
         if not args.task:
             raise ConfigError("--context/--mask need --task NAME")
         return run_task(args, load(args))
-    for option in ("given_frames", "stride"):
+    for option in ("given_frames", "stride", "columns"):
         if getattr(args, option) is not None:
             raise ConfigError(f"--{option.replace('_', '-')} applies with --task only")
     loaded = load(args)
@@ -90,12 +96,16 @@ def run(args: argparse.Namespace) -> int:
     args.num = args.num or 100
     video = len(loaded.model.input_size) == 3
     text = getattr(loaded.codec, "decodes_text", False)
-    allowed = (".txt",) if text else (".png", ".npz", ".gif", ".mp4") if video else (".png", ".npz")
+    modality = modality_of(loaded.dataset["name"])
+    allowed = modality.suffixes if modality else (".txt",) if text else (".png", ".npz", ".gif", ".mp4") if video \
+        else (".png", ".npz")
     if not args.out.lower().endswith(allowed):
         raise ConfigError(f"--out {args.out}: the file name must end in {', '.join(allowed)}")
     start = time.time()
     images, labels, kwargs, prompts = draw(args, loaded, args.num, noise)
-    if text:
+    if modality:
+        path = modality.save(args.out, images)
+    elif text:
         path = save_texts(args.out, images)
     elif video and not args.out.lower().endswith(".png"):
         path = save_video(args.out, images.permute(0, 2, 3, 4, 1).numpy())
@@ -110,17 +120,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def task_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    """--given-frames / --stride as the options the task's builder takes (by option name, so a newly
-    registered task with a ``k``, ``frame`` or ``stride`` option needs no change here), checked against the
-    model's token-grid frames so a value out of range names its option."""
+def task_options(args: argparse.Namespace, model: Any, timed: bool | None = None) -> dict[str, Any]:
+    """--given-frames / --stride / --columns as the options the task's builder takes (by option name, so a newly
+    registered task with a ``k``, ``frame``, ``stride`` or ``columns`` option needs no change here), checked
+    against the model's token-grid frames so a value out of range names its option. ``timed``: whether the
+    grid's axis 0 is time (None: only a video's is)."""
     from maskdit.masks import task_options
 
     takes = task_options(args.task)
     options: dict[str, Any] = {}
-    frames = model.token_grid[0] if len(model.token_grid) == 3 else None
+    timed = len(model.token_grid) == 3 if timed is None else timed
+    frames = model.token_grid[0] if timed else None
+    if args.columns is not None:
+        if "columns" not in takes:
+            raise ConfigError(f"--columns does not apply to --task {args.task}")
+        width = model.token_grid[1] if len(model.token_grid) > 1 else 0
+        if any(c >= width for c in args.columns):
+            raise ConfigError(f"--columns {','.join(map(str, args.columns))}: this model's grid has {width} token "
+                              f"columns on axis 1, so give columns in 0-{width - 1}")
+        options["columns"] = tuple(args.columns)
     if args.given_frames is not None:
-        if "k" in takes:  # k frames given: at most all but one
+        if args.task == "inbetween":  # k frames given at each end: at least one left between them
+            options["k"], top = args.given_frames, ((frames or 0) - 1) // 2
+        elif "k" in takes:  # k frames given: at most all but one
             options["k"], top = args.given_frames, (frames or 0) - 1
         elif "frame" in takes:  # the given frame's index + 1
             options["frame"], top = args.given_frames - 1, frames or 0
@@ -146,21 +168,30 @@ def run_task(args: argparse.Namespace, run: Any) -> int:
     """``--task``: complete each ``--context`` input where the task (or ``--mask``) leaves it open."""
     import torch
 
+    from maskdit.data.datasets import timed_data
     from maskdit.data.media import save_samples, save_video
-    from maskdit.diffusion.tasks import comparison_frames, complete, given_for, load_context, mask_from_png
+    from maskdit.data.modalities import modality_of
+    from maskdit.diffusion.tasks import comparison_frames, complete, given_for, load_context, mask_from_png, pixel_mask
 
     if not args.context:
         raise ConfigError("--task needs --context FILE.npz with the clips (or images) to condition on")
     if args.size is not None:
         raise ConfigError(f"--size {'x'.join(map(str, args.size))} does not apply with --task: the --context inputs "
                           "fix the size; leave --size out")
-    context = load_context(args.context, run.model)
+    modality = modality_of(run.dataset["name"])
+    timed = timed_data(run.dataset["name"])
+    if modality and not args.out.lower().endswith(modality.suffixes):
+        raise ConfigError(f"--out {args.out}: the file name must end in {', '.join(modality.suffixes)}")
+    if modality:
+        context = modality.load(args.context, (run.model.in_channels, *run.model.input_size))
+    else:
+        context = load_context(args.context, run.model)
     if args.num is not None and args.num > len(context):
         raise ConfigError(f"--num {args.num}: --context {args.context} holds {len(context)} inputs, one result each; "
                           f"give at most {len(context)} or leave --num out")
     if args.num is not None:
         context = context[: args.num]
-    options = task_options(args, run.model)
+    options = task_options(args, run.model, timed)
     noise = from_noise(args, run)
     if noise and len(noise["noise"]) != len(context):
         raise ConfigError(f"--from-noise {args.from_noise} holds {len(noise['noise'])} starts for {len(context)} "
@@ -170,7 +201,7 @@ def run_task(args: argparse.Namespace, run: Any) -> int:
             raise ConfigError("--mask applies to --task inpaint or outpaint")
         grid = mask_from_png(args.mask, run.model)
     else:
-        grid = given_for(args.task, run.model, options, torch.Generator().manual_seed(args.seed))
+        grid = given_for(args.task, run.model, options, torch.Generator().manual_seed(args.seed), timed)
     if bool(grid.all()):
         raise ConfigError(f"--task {args.task}: the mask leaves nothing to generate")
     labels = condition_values(args, run, len(context))[0]
@@ -181,7 +212,10 @@ def run_task(args: argparse.Namespace, run: Any) -> int:
     out = complete(run, context, grid, labels, batch_size=args.batch_size, progress=True,
                    **({"start": noise["noise"]} if noise else {}), **kwargs)
     video = out.dim() == 5
-    if video and args.out.lower().endswith((".gif", ".mp4")):
+    if modality:
+        given = pixel_mask(grid.reshape(1, -1).expand(len(out), -1), run.model)
+        path = modality.save(args.out, out, truth=context, given=given)
+    elif video and args.out.lower().endswith((".gif", ".mp4")):
         path = save_video(args.out, comparison_frames(context, out, grid, run.model))
     elif video and args.out.lower().endswith(".npz"):
         path = save_video(args.out, out.permute(0, 2, 3, 4, 1).numpy())

@@ -2,8 +2,9 @@
 
 Importing the package registers every dataset: the image sets in :mod:`~maskdit.data.datasets`, the embedded
 videos in :mod:`~maskdit.data.video`, the captioned shapes in :mod:`~maskdit.data.shapes` and VAE latent stores in
-:mod:`~maskdit.data.latents`, token stores in :mod:`~maskdit.data.tokens` and character sequences in
+:mod:`~maskdit.data.latents`, token stores in :mod:`~maskdit.data.tokens`, human motion in
+:mod:`~maskdit.data.motion`, 3-D shapes in :mod:`~maskdit.data.voxels` and character sequences in
 :mod:`~maskdit.data.text`.
 """
 
-from maskdit.data import latents, shapes, text, tokens, video  # noqa: F401  (their DATASETS and CODECS entries)
+from maskdit.data import latents, motion, shapes, text, tokens, video, voxels  # noqa: F401  (DATASETS, CODECS entries)

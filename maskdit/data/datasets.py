@@ -88,6 +88,12 @@ class DataConfig:
 DATASETS: Registry = Registry("dataset", key="data.name")
 
 
+def timed_data(name: str) -> bool | None:
+    """Whether data set ``name``'s axis 0 is time (its ``timed`` fact; None: only a rank-3 grid's is), so frame
+    tasks apply to it. An unknown name (an imported run's) is None."""
+    return DATASETS.entry(name).facts.get("timed") if name in DATASETS else None
+
+
 @dataclass
 class ImageDataset:
     """Images ``uint8 (N, C, H, W)``, optional labels ``int64 (N,)`` and the number of classes, optional captions.

@@ -202,6 +202,13 @@ def save_video(path: str | Path, frames: np.ndarray | torch.Tensor, fps: float =
     return path
 
 
+def gif_bytes(clips: np.ndarray, fps: float = 4) -> bytes:
+    """uint8 clips ``(N, T, H, W, 3)``, tiled side by side, as the bytes of a looping animated GIF."""
+    import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", _tile_clips(clips), extension=".gif", duration=1000.0 / fps, loop=0)
+
+
 def side_by_side(
     context: np.ndarray | torch.Tensor,
     truth: np.ndarray | torch.Tensor,

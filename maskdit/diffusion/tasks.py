@@ -90,10 +90,10 @@ def mask_from_png(path: str | Path, model: Any) -> torch.Tensor:
     return (~generated).reshape(model.token_grid)
 
 
-def given_for(task: str, model: Any, options: dict[str, Any], generator: torch.Generator | None = None
-              ) -> torch.Tensor:
-    """The token-grid given mask of ``task`` for ``model``; ``options`` as in :func:`task_mask`."""
-    return task_mask(task, model.token_grid, generator, **options)
+def given_for(task: str, model: Any, options: dict[str, Any], generator: torch.Generator | None = None,
+              timed: bool | None = None) -> torch.Tensor:
+    """The token-grid given mask of ``task`` for ``model``; ``options`` and ``timed`` as in :func:`task_mask`."""
+    return task_mask(task, model.token_grid, generator, timed, **options)
 
 
 @torch.no_grad()

@@ -67,7 +67,9 @@ def throughput(records: list[dict[str, Any]]) -> dict[str, float] | None:
 
 
 def png_data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    """A data URI of PNG bytes (or of an animated GIF's, recognised by its signature)."""
+    kind = "gif" if png[:4] == b"GIF8" else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(png).decode("ascii")
 
 
 EXPERT_LOAD = "expert_load_"  #: metrics keys of a mixture of experts' per-expert load, drawn in one panel
@@ -173,6 +175,7 @@ def report_prompts(run: Any, count: int = 6) -> list[str] | None:
 def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torch.device,
                        progress: bool) -> tuple[bytes, str]:
     """A grid of EMA samples from one checkpoint with the run's sampler settings, and its caption."""
+    from maskdit.data.modalities import modality_of
     from maskdit.diffusion.samplers import default_sampler, generate
     from maskdit.runs import load_run
 
@@ -206,6 +209,9 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
     if prompts:
         caption += "; rows: " + "; ".join(f"{i + 1}. {p}" for i, p in enumerate(prompts))
     images = run.codec.decode(x)
+    modality = modality_of(run.dataset["name"])
+    if modality is not None:  # as a person looks at it (motion: stick figures, animated)
+        return modality.preview(images), caption
     if isinstance(images, list):  # a text model's lines
         return text_png(images), caption
     if images.dim() == 5:  # video: one clip per row
@@ -261,7 +267,7 @@ def build_report(run_dir: str | Path, per_class: int = 4, seed: int = 0, device:
     e = html.escape
     parts = [f"<h1>maskdit run report: {e(str(run_dir))}</h1>",
              f"<p>written {e(time.strftime('%Y-%m-%d %H:%M:%S'))}; dataset {e(str(info['dataset']['name']))} "
-             f"({info['dataset']['size']} images of {e('x'.join(map(str, info['dataset']['shape'])))}); "
+             f"({info['dataset']['size']} examples of {e('x'.join(map(str, info['dataset']['shape'])))}); "
              f"{len(ckpts)} checkpoint(s); {len(train)} training and {len(evals)} evaluation records.</p>"]
 
     parts.append("<h2>Throughput</h2>")
@@ -288,7 +294,8 @@ def build_report(run_dir: str | Path, per_class: int = 4, seed: int = 0, device:
     parts.append("<h2>Evaluations during training</h2>")
     if evals:
         flat = [{"step": r["step"], **r["eval"]} for r in evals]
-        metric_keys = [k for k in ("domain_fid", "fid", "kid", "precision", "recall", "class_accuracy")
+        metric_keys = [k for k in ("domain_fid", "fid", "kid", "precision", "recall", "class_accuracy",
+                                   "inbetween_rotation_deg", "slerp_rotation_deg")
                        if any(isinstance(f.get(k), (int, float)) for f in flat)]
         if metric_keys:
             parts.append(_img(plot_curves(flat, metric_keys, "evaluation (EMA weights)"), "evaluation curves"))

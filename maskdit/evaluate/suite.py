@@ -24,6 +24,8 @@ import torch
 from maskdit.data.codec import PIXELS
 from maskdit.data.datasets import ImageDataset
 from maskdit.errors import ConfigError
+from maskdit.evaluate import motion as motion_eval
+from maskdit.evaluate import voxels as voxel_eval
 from maskdit.evaluate.features import DomainFeatures, InceptionFeatures, inception_available, real_features
 from maskdit.evaluate.metrics import feature_stats, frechet_distance, kid, precision_recall
 from maskdit.registry import Registry
@@ -40,6 +42,14 @@ METRICS.add("nll", None, "masked models: the bound on the real data's negative l
             "(--data: held-out data)")
 METRICS.add("geneval", None, "text models: GenEval-style compositional score on the shapes test split's held-out "
             "captions, per caption kind")
+
+#: modality (a dataset's ``modality`` fact) -> ``fn(model, objective, dataset, cfg) -> scores``: what
+#: ``eval_every`` logs for it instead of image metrics.
+MODALITY_EVALS: Registry[Callable[..., dict[str, Any]]] = Registry("modality evaluation", key="eval_every")
+MODALITY_EVALS.add("motion", motion_eval.training_eval, "in-betweening on held-out clips against slerp "
+                   "(rotation and position errors)")
+MODALITY_EVALS.add("voxels", voxel_eval.training_eval, "1-NNA, MMD and coverage (Chamfer distance) against the "
+                   "test split's shapes")
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -226,13 +236,21 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     sampler settings (``cfg.sample``, seed ``cfg.seed``), scored by domain FID, precision/recall and class
     accuracy; a text model on shapes by the GenEval-style judge on the test split's held-out captions
     (``geneval_overall`` and per kind); a video model trained on tasks is scored instead by PSNR / SSIM per
-    task on ``cfg.eval_num`` held-out clips (:mod:`maskdit.evaluate.video`; ``mean_psnr`` over its tasks). The
+    task on ``cfg.eval_num`` held-out clips (:mod:`maskdit.evaluate.video`; ``mean_psnr`` over its tasks), and
+    a modality (:mod:`maskdit.data.modalities`) as it scores itself (motion: in-betweening errors). The
     global RNG state is saved and restored, so training draws the same numbers with or without evaluation; the model's
     train/eval mode is restored too."""
+    from maskdit.data.datasets import DATASETS
     from maskdit.diffusion.samplers import default_sampler, generate
     from maskdit.evaluate.control import adherence
     from maskdit.evaluate.video import bench_tasks
 
+    modality = DATASETS.entry(cfg.data.name).facts.get("modality") if cfg.data.name in DATASETS else None
+    if modality is not None:  # scored as its modality is (motion: in-betweening against slerp)
+        start = time.time()
+        with _isolated_eval(model):
+            scores = MODALITY_EVALS.get(modality)(model, objective, dataset, cfg)
+        return {**scores, "seconds": round(time.time() - start, 2)}
     tasks = bench_tasks(model, cfg.task.names) if getattr(model, "task_conditioning", False) else []
     if len(model.token_grid) == 3 and tasks:
         return _video_task_eval(model, objective, dataset, cfg, tasks)

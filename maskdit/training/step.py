@@ -79,14 +79,16 @@ class StepSampler:
         example_shape: ``(C, *S)`` of one model-space example (the noise shape).
         objective: draws the times. class_dropout: share of labels dropped (``None``: unconditional).
         num_tokens, token_grid: the model's token grid. mask: a ``MaskConfig``; total_steps: its default
-        schedule length. tasks: ``{name: weight}`` of condition-mask tasks (empty: none).
+        schedule length. tasks: ``{name: weight}`` of condition-mask tasks (empty: none). timed: whether the
+        grid's axis 0 is time (None: only a video's is), as :func:`~maskdit.masks.task_mask` reads it.
     """
 
     def __init__(self, seed: int, dataset_size: int, batch_size: int, example_shape: tuple[int, ...],
                  objective: Objective, class_dropout: float | None, num_tokens: int, token_grid: tuple[int, ...],
                  mask: Any, total_steps: int, tasks: dict[str, float] | None = None,
-                 sizes: list[tuple[int, ...]] | None = None):
+                 sizes: list[tuple[int, ...]] | None = None, timed: bool | None = None):
         self.seed, self.dataset_size, self.batch_size = seed, dataset_size, batch_size
+        self.timed = timed
         self.example_shape, self.objective, self.class_dropout = tuple(example_shape), objective, class_dropout
         self.num_tokens, self.token_grid = num_tokens, tuple(token_grid)
         self.mask, self.total_steps, self.tasks = mask, total_steps, dict(tasks or {})
@@ -122,7 +124,7 @@ class StepSampler:
             size = self.sizes[choice]
             grid = tuple(s // p for s, p in zip(size, self.patch))
         keep_idx = DROP_SHAPES.get(getattr(m, "shape", "random"))(b, grid, ratio, gen)
-        given = mix_task_masks(b, self.token_grid, self.tasks, gen)[0] if self.tasks else None
+        given = mix_task_masks(b, self.token_grid, self.tasks, gen, timed=self.timed)[0] if self.tasks else None
         path_drop = None
         if RECIPES.entry(m.recipe).facts.get("path_drop") and m.path_drop > 0:  # drawn last: earlier draws unchanged
             path_drop = torch.rand(b, generator=gen) < m.path_drop

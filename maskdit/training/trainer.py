@@ -43,7 +43,7 @@ from maskdit.checkpoint import (
 )
 from maskdit.conditions.base import CONDITIONERS
 from maskdit.config import Config, check_against_data, device_name_ok
-from maskdit.data.datasets import dataset_from_config, examples
+from maskdit.data.datasets import dataset_from_config, examples, timed_data
 from maskdit.diffusion.objectives import objective_from_config
 from maskdit.distributed import (
     STRATEGIES,
@@ -247,7 +247,7 @@ class Trainer:
             cfg.seed, len(self.dataset) * (2 if cfg.data.flip else 1), cfg.batch_size, self.dataset.shape,
             self.objective,
             cfg.model.class_dropout if self.model.conditioner is not None else None, self.model.num_tokens,
-            self.model.token_grid, cfg.mask, cfg.steps, tasks, cfg.data.size_list(),
+            self.model.token_grid, cfg.mask, cfg.steps, tasks, cfg.data.size_list(), timed_data(cfg.data.name),
         )
         if tasks:  # refuse a task that does not fit the token grid before training starts
             self.inputs.draw(0)

@@ -1,0 +1,134 @@
+"""The bad-input corpus of the modalities beyond images and video (motion so far): ``maskdit data motion``,
+``data.name=motion`` training keys, the motion tasks (``inbetween``, ``parts``, ``--columns``) and motion
+``--context`` files that would otherwise give a silently wrong result. The harness and its five checks are in
+``corpus.py``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corpus import (
+    CTX_CLIPS,
+    CTX_IMAGES,
+    ITASK,
+    SAMPLE,
+    TINY,
+    TRAIN,
+    VTASK,
+    C,
+    Case,
+    Runs,
+    _setup,
+    assert_distinct,
+    check,
+    npz,
+)
+
+MOTION = ["--preset", "motion", *TINY, "data.frames=16", "model.patch_size=[4,1]", "compile=false"]
+MTRAIN = ["train", "--no-progress", *MOTION, "run_dir=new_run"]
+MDATA = ["data", "motion", "--num", "2", "--frames", "16"]
+MTASK = ["sample", "mrun", "--task", "inbetween", "--context", "ctx.npz", "--steps", "1", "--out", "out.npz"]
+
+
+def motion_run(tmp: Path, runs: Runs) -> None:
+    shutil.copytree(runs.trained(*MOTION[2:], preset="motion"), tmp / "mrun")
+
+
+motion_run = _setup("run:motion", motion_run)
+VOXELS = ["--preset", "voxels", *TINY, "data.size=8", "data.num=8", "model.patch_size=4", "compile=false",
+          "task.names=[unconditional,inpaint]", "model.token_time=true"]
+
+
+def voxel_run(tmp: Path, runs: Runs) -> None:
+    shutil.copytree(runs.trained(*VOXELS[2:], preset="voxels"), tmp / "vrun")
+
+
+voxel_run = _setup("run:voxels", voxel_run)
+F32 = np.float32
+GOOD = np.zeros((2, 16, 14, 4), F32)
+
+
+def ctx(array: np.ndarray, key: str = "motion") -> object:
+    return npz("ctx.npz", **{key: array})
+
+
+NAN = GOOD.copy()
+NAN[0, 3, 2, 1] = np.nan
+
+CASES: list[Case] = [
+    # maskdit data motion
+    C("data-motion-out-png", [*MDATA, "--out", "m.png"], "--out"),
+    C("data-motion-frames-too-few", ["data", "motion", "--frames", "3", "--out", "m.npz"], "--frames 3"),
+    C("data-motion-frames-too-many", ["data", "motion", "--frames", "5000", "--out", "m.npz"], "--frames 5000"),
+    C("data-motion-split-unknown", [*MDATA, "--split", "val", "--out", "m.npz"], "--split"),
+    C("data-motion-out-exists", [*MDATA, "--out", "m.npz"], "already exists", npz("m.npz", motion=GOOD)),
+    # maskdit data voxels
+    C("data-voxels-out-gif", ["data", "voxels", "--num", "2", "--size", "8", "--out", "v.gif"], "--out v.gif"),
+    C("data-voxels-size-too-small", ["data", "voxels", "--num", "2", "--size", "4", "--out", "v.npz"], "--size 4"),
+    C("data-voxels-size-too-large", ["data", "voxels", "--num", "2", "--size", "500", "--out", "v.npz"],
+      "--size 500"),
+    C("train-voxels-size-too-large", ["train", "--no-progress", "--preset", "voxels", *TINY, "data.size=96",
+                                      "run_dir=new_run"], "data.size=96"),
+    C("train-voxels-frame-task", ["train", "--no-progress", "--preset", "voxels", *TINY, "data.size=8",
+                                  "data.num=8", "task.names=[predict]", "run_dir=new_run"], "axis 0 is time"),
+    C("voxel-context-in-0-255", ["sample", "vrun", "--task", "inpaint", "--context", "v.npz", "--steps", "1",
+                                 "--out", "out.npz"], "divide 0-255 grids by 255", voxel_run,
+      npz("v.npz", voxels=np.full((2, 8, 8, 8, 1), 255.0, F32))),
+    C("voxel-context-other-size", ["sample", "vrun", "--task", "inpaint", "--context", "v.npz", "--steps", "1",
+                                   "--out", "out.npz"], "8 x 8 x 8 x 1", voxel_run,
+      npz("v.npz", voxels=np.zeros((2, 16, 16, 16, 1), F32))),
+    C("voxel-sample-out-gif", ["sample", "vrun", "--num", "2", "--out", "out.gif"], "--out out.gif", voxel_run),
+    # training on motion
+    C("train-motion-flip", [*MTRAIN, "data.flip=true"], "data.flip"),
+    C("train-motion-frames-too-few", [*MTRAIN, "data.frames=3"], "data.frames=3"),
+    C("train-motion-frames-too-many", [*MTRAIN, "data.frames=4000"], "data.frames=4000"),
+    C("train-motion-patch-off-the-frames", [*MTRAIN, "model.patch_size=[3,1]"], "model.patch_size"),
+    C("train-motion-inbetween-without-a-middle",
+      [*MTRAIN, "data.frames=8", "task.names=[inbetween]", "task.weights=null"], "inbetween"),
+    C("train-parts-on-images", [*TRAIN, "task.names=[parts]"], "axis 0 is time"),
+    C("train-inbetween-on-images", [*TRAIN, "task.names=[inbetween]"], "inpaint or outpaint"),
+    # motion tasks at sampling
+    C("motion-columns-beyond-the-joints", [*MTASK[:3], "parts", *MTASK[4:], "--columns", "14"], "--columns 14",
+      motion_run, ctx(GOOD)),
+    C("motion-columns-with-inbetween", [*MTASK, "--columns", "1"], "--columns does not apply", motion_run, ctx(GOOD)),
+    C("motion-columns-not-numbers", [*MTASK[:3], "parts", *MTASK[4:], "--columns", "leg"], "--columns",
+      motion_run, ctx(GOOD)),
+    C("motion-columns-without-task", ["sample", "mrun", "--columns", "1", "--out", "out.npz"],
+      "--columns applies with --task only", motion_run),
+    C("motion-inbetween-given-frames-leave-no-middle", [*MTASK, "--given-frames", "2"], "--given-frames 2",
+      motion_run, ctx(GOOD)),
+    C("motion-context-out-png", [*MTASK[:-1], "out.png"], "--out out.png", motion_run, ctx(GOOD)),
+    C("motion-sample-out-png", ["sample", "mrun", "--num", "2", "--out", "out.png"], "--out out.png", motion_run),
+    C("motion-context-images-key", MTASK, "holds no 'motion'", motion_run, ctx(np.zeros((2, 16, 14, 4), F32),
+                                                                                  "images")),
+    C("motion-context-other-length", MTASK, "16 x 14 x 4", motion_run, ctx(np.zeros((2, 8, 14, 4), F32))),
+    C("motion-context-channels-first", MTASK, "16 x 14 x 4", motion_run, ctx(np.zeros((2, 4, 16, 14), F32))),
+    C("motion-context-integers", MTASK, "must be floats", motion_run, ctx(np.zeros((2, 16, 14, 4), np.int64))),
+    C("motion-context-nan", MTASK, "NaN", motion_run, ctx(NAN)),
+    C("motion-context-empty", MTASK, "N >= 1", motion_run, ctx(np.zeros((0, 16, 14, 4), F32))),
+    C("motion-context-missing", MTASK, "does not exist", motion_run),
+    C("motion-context-damaged", MTASK, "cannot read", motion_run,
+      _setup("text:ctx.npz:damaged", lambda tmp, runs: (tmp / "ctx.npz").write_bytes(b"PK\x03\x04 not a zip"))),
+    C("motion-eval-with-image-metrics", ["eval", "mrun", "--num", "2", "--metrics", "fid"], "leave out --samples",
+      motion_run),
+    C("motion-eval-against-images", ["eval", "mrun", "--num", "2", "--data", "digits"], "generates motion",
+      motion_run),
+    # the motion tasks on runs without a time axis or joints
+    C("task-parts-on-an-image-run", [*ITASK[:3], "parts", *ITASK[4:]], "axis 0 is time", CTX_IMAGES),
+    C("task-parts-on-a-video-run", [*VTASK[:3], "parts", *VTASK[4:]], "rank-2 token grid", CTX_CLIPS),
+    C("task-inbetween-given-frames-on-video", [*VTASK[:3], "inbetween", *VTASK[4:], "--given-frames", "2"],
+      "--given-frames 2", CTX_CLIPS),
+    C("sample-columns-on-an-image-run", [*SAMPLE, "--columns", "1"], "--columns applies with --task only"),
+]
+
+
+def test_corpus_is_distinct():
+    assert_distinct(CASES, 41)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, runs: Runs, tmp_path: Path, monkeypatch, capfd):
+    check(case, runs, tmp_path, monkeypatch, capfd)
