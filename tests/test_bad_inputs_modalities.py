@@ -1,7 +1,6 @@
-"""The bad-input corpus of the modalities beyond images and video (motion so far): ``maskdit data motion``,
-``data.name=motion`` training keys, the motion tasks (``inbetween``, ``parts``, ``--columns``) and motion
-``--context`` files that would otherwise give a silently wrong result. The harness and its five checks are in
-``corpus.py``."""
+"""The bad-input corpus of the modalities beyond images and video (motion, voxels, audio): ``maskdit data NAME``,
+their training keys and stores, the motion tasks (``inbetween``, ``parts``, ``--columns``) and ``--context`` files
+that would otherwise give a silently wrong result. The harness and its five checks are in ``corpus.py``."""
 
 from __future__ import annotations
 
@@ -47,6 +46,29 @@ def voxel_run(tmp: Path, runs: Runs) -> None:
 
 
 voxel_run = _setup("run:voxels", voxel_run)
+
+
+def _audio_store(root: Path) -> Path:
+    """A small audio store of sine tones (deterministic, no synthesiser), two classes."""
+    from maskdit.data.audio import write_store
+
+    path = root / "tones.npz"
+    if not path.exists():
+        t = np.arange(800) / 8000
+        waves = np.stack([0.5 * np.sin(2 * np.pi * (200 + 100 * i) * t) for i in range(8)])[:, None]
+        write_store(path, waves, np.arange(8) % 2, ["low", "high"])
+    return path
+
+
+def audio_run(tmp: Path, runs: Runs) -> None:
+    store = _audio_store(runs.trained.root)
+    shutil.copytree(runs.trained(*TINY, "data.name=audio", f"data.path={store}", "model.patch_size=80",
+                                 "task.names=[unconditional,inbetween]", "model.token_time=true"), tmp / "arun")
+
+
+audio_run = _setup("run:audio", audio_run)
+ATRAIN = ["train", "--no-progress", *TINY, "data.name=audio", "model.patch_size=80", "run_dir=new_run"]
+ATASK = ["sample", "arun", "--task", "inbetween", "--context", "ctx.npz", "--steps", "1", "--out", "out.npz"]
 F32 = np.float32
 GOOD = np.zeros((2, 16, 14, 4), F32)
 
@@ -81,6 +103,23 @@ CASES: list[Case] = [
                                    "--out", "out.npz"], "8 x 8 x 8 x 1", voxel_run,
       npz("v.npz", voxels=np.zeros((2, 16, 16, 16, 1), F32))),
     C("voxel-sample-out-gif", ["sample", "vrun", "--num", "2", "--out", "out.gif"], "--out out.gif", voxel_run),
+    # audio: maskdit data spoken-digits, stores, audio runs
+    C("data-spoken-digits-out-gif", ["data", "spoken-digits", "--num", "2", "--out", "a.gif"], "--out a.gif"),
+    C("train-audio-without-a-store", ATRAIN, "data.path"),
+    C("train-audio-store-missing", [*ATRAIN, "data.path=none.npz"], "does not exist"),
+    C("train-audio-store-of-images", [*ATRAIN, "data.path=s.npz"], "holds no 'audio'",
+      npz("s.npz", images=np.zeros((4, 8, 8), np.uint8))),
+    C("train-audio-store-of-integers", [*ATRAIN, "data.path=s.npz"], "must be floats",
+      npz("s.npz", audio=np.zeros((4, 800, 1), np.int16))),
+    C("train-audio-store-16-bit-scale", [*ATRAIN, "data.path=s.npz"], "divide 16-bit samples",
+      npz("s.npz", audio=np.full((4, 800, 1), 3000.0, F32))),
+    C("train-audio-store-labels-short", [*ATRAIN, "data.path=s.npz"], "labels",
+      npz("s.npz", audio=np.zeros((4, 800, 1), F32), labels=np.arange(3))),
+    C("audio-context-other-length", ATASK, "800 x 1", audio_run, npz("ctx.npz", audio=np.zeros((2, 400, 1), F32))),
+    C("audio-context-16-bit-scale", ATASK, "divide 16-bit samples", audio_run,
+      npz("ctx.npz", audio=np.full((2, 800, 1), 2.0, F32))),
+    C("audio-sample-out-ply", ["sample", "arun", "--num", "2", "--out", "out.ply"], "--out out.ply", audio_run),
+    C("audio-eval-has-no-score-yet", ["eval", "arun", "--num", "2"], "cannot score yet", audio_run),
     # training on motion
     C("train-motion-flip", [*MTRAIN, "data.flip=true"], "data.flip"),
     C("train-motion-frames-too-few", [*MTRAIN, "data.frames=3"], "data.frames=3"),
@@ -126,7 +165,7 @@ CASES: list[Case] = [
 
 
 def test_corpus_is_distinct():
-    assert_distinct(CASES, 41)
+    assert_distinct(CASES, 52)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

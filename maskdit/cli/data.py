@@ -1,6 +1,7 @@
 """``maskdit data``: export clips of an embedded video dataset (.npz, .gif or .mp4), captioned shape scenes
 (``shapes``: images, captions, kinds and scenes in one .npz), motion windows (``motion``: .npz, or stick
-figures as .gif / .mp4) or voxelised shapes (``voxels``: .npz, .ply, .obj or .png)."""
+figures as .gif / .mp4), voxelised shapes (``voxels``: .npz, .ply, .obj or .png) or spoken digits
+(``spoken-digits``: .npz, .wav or spectrograms .png)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ from maskdit.errors import ConfigError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from maskdit.data.video import SPLITS, VIDEO_DATASETS
 
-    p.add_argument("name", choices=[*VIDEO_DATASETS, "shapes", "motion", "voxels"])
+    p.add_argument("name", choices=[*VIDEO_DATASETS, "shapes", "motion", "voxels", "spoken-digits"])
     p.add_argument("--split", choices=list(SPLITS),
-                   help="default: test for videos, motion and voxels, train for shapes")
+                   help="default: test for videos, motion, voxels and spoken digits, train for shapes")
     p.add_argument("--num", type=positive_int, default=16)
     p.add_argument("--frames", type=positive_int, help="frames per clip (default 8; motion: 32)")
     p.add_argument("--size", type=positive_int, help="canvas pixels (default 16); voxels: voxels a side (default 32)")
     p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--out", required=True, help="clips.npz (frames N x T x H x W x C uint8), .gif or .mp4; "
                    "shapes: FILE.npz; motion: FILE.npz (motion N x T x J x 4 float32), .gif or .mp4; voxels: FILE.npz "
-                   "(voxels N x S x S x S x 1 float32), .ply, .obj or .png")
+                   "(voxels N x S x S x S x 1 float32), .ply, .obj or .png; spoken-digits: FILE.npz (audio "
+                   "N x 8000 x 1 float32, labels), .wav or .png (spectrograms)")
     add_overwrite(p)
 
 
@@ -34,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         return run_motion(args)
     if args.name == "voxels":
         return run_voxels(args)
+    if args.name == "spoken-digits":
+        return run_spoken_digits(args)
     args.frames, args.size = args.frames or 8, args.size or 16
     from maskdit.data.media import save_video
     from maskdit.data.video import load_video_dataset
@@ -120,4 +124,27 @@ def run_voxels(args: argparse.Namespace) -> int:
     grids = torch.from_numpy(load_objects(split, size, args.num))
     view.save(args.out, grids)
     print(f"wrote {len(grids)} {split} shapes ({size}^3 voxels) to {args.out}")
+    return 0
+
+
+def run_spoken_digits(args: argparse.Namespace) -> int:
+    """``maskdit data spoken-digits --out FILE.npz|.wav|.png [--split test|train] [--num N] [--seed S]``: digits
+    spoken by eSpeak NG (the test split's voices are never heard in training); the .npz is an audio store
+    that ``data.name=audio data.path=FILE.npz`` trains on."""
+    import torch
+
+    from maskdit.data.audio import WORDS, AudioView, spoken_digits, write_store
+
+    view = AudioView()
+    if not args.out.lower().endswith(view.suffixes):
+        raise ConfigError(f"--out {args.out}: spoken digits are written as FILE.npz (audio N x 8000 x 1, labels), "
+                          "FILE.wav or spectrograms FILE.png")
+    check_out(args.out, args.overwrite)
+    split = args.split or "test"
+    waves, labels, voices = spoken_digits(split, args.num, args.seed)
+    if args.out.lower().endswith(".npz"):
+        write_store(args.out, waves, labels, list(WORDS), voices)
+    else:
+        view.save(args.out, torch.from_numpy(waves))
+    print(f"wrote {len(waves)} {split} spoken digits (1 s at 8 kHz, {len(set(voices))} voices) to {args.out}")
     return 0

@@ -142,6 +142,9 @@ def score_modality(args: argparse.Namespace, run: Any, modality: str, requested:
     from maskdit.data.datasets import dataset_from_config
     from maskdit.evaluate.suite import MODALITY_EVALS
 
+    if modality not in MODALITY_EVALS:
+        raise ConfigError(f"{args.run_dir} generates {modality}, which maskdit cannot score yet (for audio: a "
+                          "recognition score is planned); listen to its samples: maskdit sample RUN --out FILE.wav")
     summary = MODALITY_EVALS.entry(modality).summary
     if args.samples or args.data or requested is not None:
         raise ConfigError(f"{args.run_dir} generates {modality}: maskdit eval scores it by {summary}; leave out "

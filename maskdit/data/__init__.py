@@ -7,4 +7,4 @@ videos in :mod:`~maskdit.data.video`, the captioned shapes in :mod:`~maskdit.dat
 :mod:`~maskdit.data.text`.
 """
 
-from maskdit.data import latents, motion, shapes, text, tokens, video, voxels  # noqa: F401  (DATASETS, CODECS entries)
+from maskdit.data import audio, latents, motion, shapes, text, tokens, video, voxels  # noqa: F401  (their entries)

@@ -85,6 +85,40 @@ class LevelsCodec:
         return {"name": self.name, "levels": self.levels}
 
 
+@CODECS.register("standard", "float values <-> model space by a mean and std per channel and column (motion, audio)")
+class StandardCodec:
+    """Stored floats ``(N, C, *S)`` <-> ``(x - mean) / std``, ``mean`` and ``std`` broadcasting over one example:
+    motion's ``(C, 1, J)`` measured on its training data by :meth:`fit` (a floor keeps near-constant values from
+    blowing up noise), or audio's one scale ``(1, 1)``."""
+
+    name = "standard"
+    stores_pixels = False
+    value_range = (-4.0, 4.0)
+
+    def __init__(self, mean: list, std: list):
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        if self.mean.shape != self.std.shape or self.mean.dim() < 1 or not bool((self.std > 0).all()):
+            raise ConfigError("codec standard: mean and std must be arrays of one shape, std positive")
+
+    @classmethod
+    def fit(cls, data: torch.Tensor, floor: float = 0.05) -> StandardCodec:
+        dims = [0, *range(2, data.dim() - 1)]
+        mean = data.mean(dims, keepdim=True)[0]
+        std = data.std(dims, keepdim=True)[0].clamp_min(floor)
+        return cls(mean.tolist(), std.tolist())
+
+    def encode(self, stored: torch.Tensor) -> torch.Tensor:
+        return (stored.float() - self.mean) / self.std
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() * self.std + self.mean
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
 def codec_from_config(config: dict[str, Any] | None) -> Codec:
     """The codec a run's ``config.json`` names (runs written before codecs existed stored uint8 pixels)."""
     config = dict(config or {"name": "uint8"})

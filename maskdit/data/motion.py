@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdit.data.codec import CODECS
+from maskdit.data.codec import StandardCodec
 from maskdit.data.datasets import DATASETS
 from maskdit.data.modalities import MODALITIES, load_array, save_array
 from maskdit.errors import ConfigError, DataError
@@ -308,39 +308,6 @@ def motion_errors(pred: torch.Tensor, truth: torch.Tensor, frames: torch.Tensor)
 
 
 # -- the dataset ----------------------------------------------------------------------------------------
-@CODECS.register("standard", "float values <-> model space by a per-channel-and-column mean and std (motion)")
-class StandardCodec:
-    """Stored floats ``(N, C, T, J)`` <-> ``(x - mean) / std`` with ``mean, std`` of shape ``(C, 1, J)``
-    measured on the training data (a floor keeps near-constant values from blowing up noise)."""
-
-    name = "standard"
-    stores_pixels = False
-    value_range = (-4.0, 4.0)
-
-    def __init__(self, mean: list, std: list):
-        self.mean = torch.tensor(mean, dtype=torch.float32)
-        self.std = torch.tensor(std, dtype=torch.float32)
-        if self.mean.shape != self.std.shape or self.mean.dim() < 1 or not bool((self.std > 0).all()):
-            raise ConfigError("codec standard: mean and std must be arrays of one shape, std positive")
-
-    @classmethod
-    def fit(cls, data: torch.Tensor, floor: float = 0.05) -> StandardCodec:
-        dims = [0, *range(2, data.dim() - 1)]
-        mean = data.mean(dims, keepdim=True)[0]
-        std = data.std(dims, keepdim=True)[0].clamp_min(floor)
-        return cls(mean.tolist(), std.tolist())
-
-    def encode(self, stored: torch.Tensor) -> torch.Tensor:
-        return (stored.float() - self.mean) / self.std
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() * self.std + self.mean
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name, "mean": self.mean.tolist(), "std": self.std.tolist()}
-
-
 @dataclass
 class MotionDataset:
     """Motion windows ``float32 (N, 4, T, J)`` with the clip each came from (``clips``), in model space
