@@ -129,13 +129,6 @@ def likelihood_bound(loaded: Any, dataset: Any, args: argparse.Namespace) -> dic
                           batch_size=args.batch_size)
 
 
-def modality_name(dataset: str) -> str | None:
-    """The modality a run's data set names (motion, voxels), or None for images, video and text."""
-    from maskdit.data.datasets import DATASETS
-
-    return DATASETS.entry(dataset).facts.get("modality") if dataset in DATASETS else None
-
-
 def score_modality(args: argparse.Namespace, run: Any, modality: str, requested: list[str] | None) -> int:
     """A motion or voxel run is scored by its modality's own measure (``MODALITY_EVALS``: in-betweening against
     slerp; 1-NNA with the Chamfer distance), on ``--num`` held-out examples with the sampling options."""
@@ -164,7 +157,7 @@ def score_modality(args: argparse.Namespace, run: Any, modality: str, requested:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from maskdit.data.datasets import load_npz
+    from maskdit.data.datasets import load_npz, modality_name
     from maskdit.evaluate.suite import check_shape, parse_metrics, resolve_metrics, score_lines, score_samples
     from maskdit.training.trainer import pick_device
 
@@ -172,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("eval needs RUN_DIR, or --samples FILE.npz together with --data to compare against")
     requested = parse_metrics(args.metrics) if args.metrics is not None else None
     loaded = load(args) if args.run_dir else None
-    modality = None if loaded is None else modality_name(loaded.dataset["name"])
+    modality = None if loaded is None else modality_name(loaded.dataset["name"])  # motion, voxels, audio
     if modality is not None:
         return score_modality(args, loaded, modality, requested)
     if loaded is not None and getattr(loaded.codec, "decodes_text", False):

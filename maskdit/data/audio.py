@@ -16,7 +16,6 @@ data.path=FILE.npz``): every process and every resume then sees the same wavefor
 from __future__ import annotations
 
 import ctypes
-import io
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 from maskdit.data.codec import StandardCodec
 from maskdit.data.datasets import DATASETS
+from maskdit.data.media import grid_png
 from maskdit.data.modalities import MODALITIES, load_array, save_array
 from maskdit.errors import ConfigError, DataError
 from maskdit.files import atomic_file
@@ -214,6 +214,11 @@ def spectrogram(wave: np.ndarray, size: int = 64) -> np.ndarray:
     return (255 - mag[::-1] * 255).astype(np.uint8)
 
 
+def spectrograms(values: torch.Tensor) -> torch.Tensor:
+    """:func:`spectrogram` of each waveform ``(N, 1, L)`` as uint8 images ``(N, 1, 64, 64)``."""
+    return torch.from_numpy(np.stack([spectrogram(w[0].numpy()) for w in values.float()]))[:, None]
+
+
 class AudioView:
     """Audio files: ``.npz`` (``audio``: float32 ``N x L x 1``), ``.wav`` (all clips in turn, 8 kHz) or spectrograms
     ``.png``."""
@@ -230,9 +235,10 @@ class AudioView:
         with atomic_file(path, "--out") as tmp:
             if path.suffix.lower() == ".wav":
                 write_wav(tmp, waves[:, 0].numpy())
-            else:
-                with open(tmp, "wb") as f:
-                    f.write(self.preview(waves if truth is None else torch.cat([truth.float(), waves])))
+            else:  # with a task's inputs: a row of inputs above a row of results
+                shown = waves if truth is None else torch.cat([truth.float(), waves])
+                rows = None if truth is None else torch.arange(len(shown)) // len(waves)
+                Path(tmp).write_bytes(grid_png(spectrograms(shown), rows))
         return path
 
     def load(self, path: str | Path, shape: tuple[int, ...], flag: str = "--context") -> torch.Tensor:
@@ -243,17 +249,7 @@ class AudioView:
         return values
 
     def preview(self, values: torch.Tensor) -> bytes:
-        from PIL import Image
-
-        images = [spectrogram(w[0].numpy()) for w in values[:16].float()]
-        cols = min(len(images), 8)
-        sheet = np.full((-(-len(images) // cols) * 66 + 2, cols * 66 + 2), 255, np.uint8)
-        for i, im in enumerate(images):
-            r, c = divmod(i, cols)
-            sheet[2 + r * 66 : 66 + r * 66, 2 + c * 66 : 66 + c * 66] = im
-        buf = io.BytesIO()
-        Image.fromarray(sheet).save(buf, format="PNG")
-        return buf.getvalue()
+        return grid_png(spectrograms(values[:16]))
 
 
 MODALITIES.add("audio", AudioView(), "waveforms as rank-1 grids: .npz, .wav or spectrograms .png")

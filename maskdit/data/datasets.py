@@ -94,6 +94,12 @@ def timed_data(name: str) -> bool | None:
     return DATASETS.entry(name).facts.get("timed") if name in DATASETS else None
 
 
+def modality_name(name: str) -> str | None:
+    """The modality data set ``name`` names (its ``modality`` fact: motion, voxels, audio), or None for images,
+    video, text and unknown (imported) sets."""
+    return DATASETS.entry(name).facts.get("modality") if name in DATASETS else None
+
+
 @dataclass
 class ImageDataset:
     """Images ``uint8 (N, C, H, W)``, optional labels ``int64 (N,)`` and the number of classes, optional captions.

@@ -37,6 +37,18 @@ def image_grid(images: torch.Tensor, labels: torch.Tensor | None = None, pad: in
     return canvas
 
 
+def grid_png(images: torch.Tensor, labels: torch.Tensor | None = None) -> bytes:
+    """A sample grid (:func:`image_grid`) as PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    grid = image_grid(images, labels)
+    buf = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None,
                  captions: list[str] | None = None) -> Path:
     """Write ``uint8 (N, C, H, W)`` samples: ``.png`` as a grid (a row per class, or per prompt), ``.npz`` as

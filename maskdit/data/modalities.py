@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from maskdit.data.datasets import DATASETS, npz_reason
+from maskdit.data.datasets import modality_name, read_npz
 from maskdit.errors import DataError
 from maskdit.registry import Registry
 
@@ -41,9 +41,7 @@ MODALITIES: Registry[Modality] = Registry("modality")
 
 def modality_of(dataset_name: str) -> Modality | None:
     """The modality of data set ``dataset_name``, or None for images, video, text and unknown (imported) sets."""
-    if dataset_name not in DATASETS:
-        return None
-    name = DATASETS.entry(dataset_name).facts.get("modality")
+    name = modality_name(dataset_name)
     return None if name is None else MODALITIES.get(name)
 
 
@@ -60,19 +58,11 @@ def load_array(path: str | Path, key: str, shape: tuple[int, ...], flag: str = "
     """The float array ``key`` (``N x *S x C``) of the ``.npz`` at ``path`` as ``(N, C, *S)`` float32, checked
     against ``shape`` = ``(C, *S)``; every problem is one line naming ``flag``."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{flag} {path} " + ("is a directory: give an .npz file" if path.is_dir() else
-                                            "does not exist"))
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if key not in f.files:
-                raise DataError(f"{flag} {path} holds no '{key}' array (found: {', '.join(f.files) or 'nothing'}): "
-                                f"write one with maskdit data or maskdit sample")
-            array = f[key]
-    except DataError:
-        raise
-    except Exception as e:  # zipfile / numpy raise several types for a damaged file
-        raise DataError(f"cannot read {flag} {path} as .npz ({npz_reason(e)}): save it with numpy.savez") from e
+    fix = "write one with maskdit data or maskdit sample"
+    arrays = read_npz(path, flag, fix)
+    if key not in arrays:
+        raise DataError(f"{flag} {path} holds no '{key}' array (found: {', '.join(arrays) or 'nothing'}): {fix}")
+    array = arrays[key]
     want = (*shape[1:], shape[0])
     if array.dtype.kind != "f" or array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != want or not len(array):
         raise DataError(f"{flag} {path}: '{key}' must be floats N x {' x '.join(map(str, want))} with N >= 1 for "

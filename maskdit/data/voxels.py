@@ -19,6 +19,7 @@ import torch
 
 from maskdit.data.codec import PIXELS, Codec
 from maskdit.data.datasets import DATASETS
+from maskdit.data.media import grid_png
 from maskdit.data.modalities import MODALITIES, load_array
 from maskdit.errors import ConfigError, DataError
 from maskdit.files import atomic_file
@@ -222,17 +223,10 @@ class VoxelView:
             suffix = path.suffix.lower()
             if suffix == ".npz":
                 np.savez(tmp, voxels=np.moveaxis(grids, 1, -1).astype(np.float32) / 255.0)
-            elif suffix == ".png":
-                from PIL import Image
-
-                views = render(grids if truth is None else np.concatenate([self._u8(truth), grids]))
-                cols = min(len(grids), 8)
-                rows = -(-len(views) // cols)
-                sheet = np.full((rows * 97 + 1, cols * 97 + 1, 3), 255, dtype=np.uint8)
-                for i, view in enumerate(views):
-                    r, c = divmod(i, cols)
-                    sheet[1 + r * 97 : 97 + r * 97, 1 + c * 97 : 97 + c * 97] = view
-                Image.fromarray(sheet).save(tmp, format="PNG")
+            elif suffix == ".png":  # with a task's inputs: a row of inputs above a row of results
+                shown = grids if truth is None else np.concatenate([self._u8(truth), grids])
+                rows = None if truth is None else torch.arange(len(shown)) // len(grids)
+                Path(tmp).write_bytes(grid_png(torch.from_numpy(render(shown)).permute(0, 3, 1, 2), rows))
             elif suffix == ".ply":
                 s = grids.shape[-1]
                 clouds = [surface_points(g[0]) + np.array([i * (s + 4), 0, 0], np.float32)
@@ -250,16 +244,7 @@ class VoxelView:
             torch.uint8).numpy()
 
     def preview(self, values: torch.Tensor) -> bytes:
-        import io
-
-        from PIL import Image
-
-        views = render(self._u8(values[:16]))
-        sheet = np.concatenate([np.concatenate(list(views[r * 4 : r * 4 + 4]), 1) for r in range(len(views) // 4)]) \
-            if len(views) >= 4 else np.concatenate(list(views), 1)
-        buf = io.BytesIO()
-        Image.fromarray(sheet).save(buf, format="PNG")
-        return buf.getvalue()
+        return grid_png(torch.from_numpy(render(self._u8(values[:16]))).permute(0, 3, 1, 2))
 
     def load(self, path: str | Path, shape: tuple[int, ...], flag: str = "--context") -> torch.Tensor:
         values = load_array(path, self.key, shape, flag)

@@ -113,18 +113,6 @@ def plot_curves(records: list[dict[str, Any]], keys: list[str], title: str) -> b
     return buf.getvalue()
 
 
-def grid_png(images: torch.Tensor, labels: torch.Tensor | None) -> bytes:
-    """A sample grid (:func:`maskdit.data.media.image_grid`) as PNG bytes."""
-    from PIL import Image
-
-    from maskdit.data.media import image_grid
-
-    grid = image_grid(images, labels)
-    buf = io.BytesIO()
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def text_png(lines: list[str]) -> bytes:
     """A text model's samples as a picture of their lines (black on white, PIL's built-in font), so the report
     shows them where it shows an image model's grid."""
@@ -175,6 +163,7 @@ def report_prompts(run: Any, count: int = 6) -> list[str] | None:
 def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torch.device,
                        progress: bool) -> tuple[bytes, str]:
     """A grid of EMA samples from one checkpoint with the run's sampler settings, and its caption."""
+    from maskdit.data.media import grid_png
     from maskdit.data.modalities import modality_of
     from maskdit.diffusion.samplers import default_sampler, generate
     from maskdit.runs import load_run

@@ -240,12 +240,12 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: ImageDataset,
     a modality (:mod:`maskdit.data.modalities`) as it scores itself (motion: in-betweening errors). The
     global RNG state is saved and restored, so training draws the same numbers with or without evaluation; the model's
     train/eval mode is restored too."""
-    from maskdit.data.datasets import DATASETS
+    from maskdit.data.datasets import modality_name
     from maskdit.diffusion.samplers import default_sampler, generate
     from maskdit.evaluate.control import adherence
     from maskdit.evaluate.video import bench_tasks
 
-    modality = DATASETS.entry(cfg.data.name).facts.get("modality") if cfg.data.name in DATASETS else None
+    modality = modality_name(cfg.data.name)
     if modality is not None and modality not in MODALITY_EVALS:
         return {"num": 0, "skipped": f"no score for {modality} yet: listen to its samples (maskdit sample)"}
     if modality is not None:  # scored as its modality is (motion: in-betweening against slerp)
