@@ -320,6 +320,18 @@ def _inbetween(grid: tuple[int, ...], generator: torch.Generator | None, k: int 
     return _frames_mask(grid, frames)
 
 
+@TASKS.register("span", "one span of frames generated, the rest given (default: 70-100% of the frames at a random "
+                "place, EzAudio's masked-span pretraining)", frames=True, ranks=(1, 2, 3))
+def _span(grid: tuple[int, ...], generator: torch.Generator | None, share: float | None = None) -> torch.Tensor:
+    if share is None:
+        share = 0.7 + 0.3 * float(torch.rand((), generator=generator))
+    if not 0.0 < float(share) <= 1.0:
+        raise ConfigError(f"task span: share must be in (0, 1], got {share}")
+    frames = torch.ones(grid[0], dtype=torch.bool)
+    frames[_random_span(grid[0], float(share), generator)] = False
+    return _frames_mask(grid, frames)
+
+
 @TASKS.register("parts", "columns of axis 1 (motion: joints) generated in every frame, the rest given (default: "
                 "a random span of a fifth to three fifths)", frames=True, ranks=(2,))
 def _parts(grid: tuple[int, ...], generator: torch.Generator | None,

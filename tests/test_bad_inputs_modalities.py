@@ -71,6 +71,51 @@ ATRAIN = ["train", "--no-progress", *TINY, "data.name=audio", "model.patch_size=
 ATASK = ["sample", "arun", "--task", "inbetween", "--context", "ctx.npz", "--steps", "1", "--out", "out.npz"]
 F32 = np.float32
 GOOD = np.zeros((2, 16, 14, 4), F32)
+TONES = _setup("tones.npz", lambda tmp, runs: shutil.copy(_audio_store(runs.trained.root), tmp / "tones.npz"))
+AETRAIN = ["autoencoder", "train", "tones.npz", "--out", "new_ae", "--steps", "1", "--no-progress"]
+AEDATA = [*ATRAIN, "data.path=tones.npz", "data.autoencoder=ae"]
+
+
+def _tiny_ae(tmp: Path, runs: Runs) -> None:
+    import torch
+
+    from maskdit.training.autoencoder import train_autoencoder
+
+    train_autoencoder(torch.zeros(4, 1, 800), tmp / "ae", steps=1, batch_size=2, latent_channels=2, width=4,
+                      n_fft=64, hop=16, progress=False)
+
+
+AE = _setup("ae", _tiny_ae)
+
+
+def ae_json(**changes: object) -> object:
+    def edit(tmp: Path, runs: Runs) -> None:
+        import json
+
+        facts = json.loads((tmp / "ae" / "autoencoder.json").read_text())
+        (tmp / "ae" / "autoencoder.json").write_text(json.dumps({**facts, **changes}))
+    return _setup("ae.json:" + ",".join(f"{k}={v}" for k, v in changes.items()), edit)
+
+
+def _other_weights(tmp: Path, runs: Runs) -> None:
+    from safetensors.torch import save_file
+
+    from maskdit.training.autoencoder import AudioVAE
+
+    save_file(AudioVAE(2, 8, (2,), 64, 16).state_dict(), tmp / "ae" / "autoencoder.safetensors")
+
+
+OTHER_WEIGHTS = _setup("ae:other-weights", _other_weights)
+HOPPER = ["--preset", "hopper", *TINY, "data.num=1", "data.frames=8", "model.hidden_size=32", "model.mlp_ratio=2"]
+HTRAIN = ["train", "--no-progress", *HOPPER, "run_dir=new_run"]
+HSAMPLE = ["sample", "prun", "--num", "2", "--out", "out.npz"]
+
+
+def policy_run(tmp: Path, runs: Runs) -> None:
+    shutil.copytree(runs.trained(*HOPPER[2:], preset="hopper"), tmp / "prun")
+
+
+policy_run = _setup("run:hopper", policy_run)
 
 
 def ctx(array: np.ndarray, key: str = "motion") -> object:
@@ -119,7 +164,43 @@ CASES: list[Case] = [
     C("audio-context-16-bit-scale", ATASK, "divide 16-bit samples", audio_run,
       npz("ctx.npz", audio=np.full((2, 800, 1), 2.0, F32))),
     C("audio-sample-out-ply", ["sample", "arun", "--num", "2", "--out", "out.ply"], "--out out.ply", audio_run),
-    C("audio-eval-has-no-score-yet", ["eval", "arun", "--num", "2"], "cannot score yet", audio_run),
+    C("audio-eval-not-spoken-digits", ["eval", "arun", "--num", "2"], "scores runs trained on spoken digits",
+      audio_run),
+    # maskdit autoencoder train, data.autoencoder
+    C("autoencoder-store-of-images", ["autoencoder", "train", "s.npz", "--out", "new_ae"], "holds no 'audio'",
+      npz("s.npz", images=np.zeros((2, 8, 8, 1), np.uint8))),
+    C("autoencoder-store-missing", AETRAIN, "does not exist"),
+    C("autoencoder-out-exists", [*AETRAIN[:4], "ae", *AETRAIN[5:]], "already exists", TONES, AE),
+    C("autoencoder-hop-beyond-the-window", [*AETRAIN, "--n-fft", "64", "--hop", "128"], "--hop 128", TONES),
+    C("autoencoder-strides-not-numbers", [*AETRAIN, "--strides", "4,x"], "--strides", TONES),
+    C("autoencoder-action-unknown", ["autoencoder", "fit", "tones.npz", "--out", "new_ae"], "fit", TONES),
+    C("train-autoencoder-on-images", [*TRAIN, "data.autoencoder=ae"], "data.autoencoder", AE),
+    C("train-audio-autoencoder-missing", [*AEDATA[:-1], "data.autoencoder=none"], "not an autoencoder directory",
+      TONES),
+    C("train-audio-autoencoder-wrong-kind", AEDATA, "does not describe", TONES, AE, ae_json(kind="maskdit-mae")),
+    C("train-audio-autoencoder-stats-short", AEDATA, "latent_mean", TONES, AE, ae_json(latent_mean=[0.0])),
+    C("train-audio-autoencoder-std-zero", AEDATA, "latent_std must be positive", TONES, AE,
+      ae_json(latent_std=[0.0, 1.0])),
+    C("train-audio-autoencoder-weights-of-another", AEDATA, "does not match", TONES, AE, OTHER_WEIGHTS),
+    C("autoencoder-window-beyond-the-clip", [*AETRAIN, "--n-fft", "4096"], "--n-fft 4096", TONES),
+    # action chunks: maskdit data hopper, policies, --observations
+    C("data-hopper-out-gif", ["data", "hopper", "--num", "1", "--out", "a.gif"], "--out a.gif"),
+    C("data-hopper-too-many-episodes", ["data", "hopper", "--num", "500", "--out", "a.npz"], "--num 500"),
+    C("train-hopper-too-many-episodes", [*HTRAIN, "data.num=500"], "data.num=500"),
+    C("train-hopper-chunk-longer-than-episodes", [*HTRAIN, "data.frames=2000", "model.patch_size=2"],
+      "longer than every episode"),
+    C("train-vector-condition-on-images", [*TRAIN, "model.condition=vector"], "needs data with a vector"),
+    C("policy-sample-without-observations", HSAMPLE, "pass --observations", policy_run),
+    C("policy-sample-with-classes", [*HSAMPLE, "--classes", "1"], "--classes", policy_run),
+    C("policy-observations-of-another-size", [*HSAMPLE, "--observations", "o.npz"], "N x 15", policy_run,
+      npz("o.npz", observations=np.zeros((2, 11), F32))),
+    C("policy-observations-integers", [*HSAMPLE, "--observations", "o.npz"], "as floats", policy_run,
+      npz("o.npz", observations=np.zeros((2, 15), np.int64))),
+    C("policy-observations-nan", [*HSAMPLE, "--observations", "o.npz"], "NaN", policy_run,
+      npz("o.npz", observations=np.full((2, 15), np.nan, F32))),
+    C("policy-observations-missing", [*HSAMPLE, "--observations", "o.npz"], "does not exist", policy_run),
+    C("observations-for-an-image-run", [*SAMPLE, "--observations", "o.npz"], "--observations applies to policies",
+      npz("o.npz", observations=np.zeros((2, 15), F32))),
     # training on motion
     C("train-motion-flip", [*MTRAIN, "data.flip=true"], "data.flip"),
     C("train-motion-frames-too-few", [*MTRAIN, "data.frames=3"], "data.frames=3"),
@@ -165,7 +246,7 @@ CASES: list[Case] = [
 
 
 def test_corpus_is_distinct():
-    assert_distinct(CASES, 52)
+    assert_distinct(CASES, 77)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -42,6 +42,8 @@ COMMANDS.add("captions", "maskdit.cli.captions",
              "encode a dataset's captions with a frozen Hugging Face text encoder into a store to train on")
 COMMANDS.add("encoder", "maskdit.cli.encoder",
              "train a small ViT by masked autoencoding, the target of representation alignment")
+COMMANDS.add("autoencoder", "maskdit.cli.autoencoder",
+             "train a small 1-D waveform autoencoder: audio as latent sequences to train on")
 COMMANDS.add("tokenizer", "maskdit.cli.tokenizer",
              "train a small FSQ image tokenizer: images as token grids for masked diffusion")
 COMMANDS.add("tokens", "maskdit.cli.tokenizer", "write a store of images' token ids through a trained tokenizer",

@@ -1,7 +1,7 @@
 """``maskdit data``: export clips of an embedded video dataset (.npz, .gif or .mp4), captioned shape scenes
 (``shapes``: images, captions, kinds and scenes in one .npz), motion windows (``motion``: .npz, or stick
 figures as .gif / .mp4), voxelised shapes (``voxels``: .npz, .ply, .obj or .png) or spoken digits
-(``spoken-digits``: .npz, .wav or spectrograms .png)."""
+(``spoken-digits``: .npz, .wav or spectrograms .png) or an expert's action chunks (``hopper``: .npz or curves .png)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from maskdit.errors import ConfigError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from maskdit.data.video import SPLITS, VIDEO_DATASETS
 
-    p.add_argument("name", choices=[*VIDEO_DATASETS, "shapes", "motion", "voxels", "spoken-digits"])
+    p.add_argument("name", choices=[*VIDEO_DATASETS, "shapes", "motion", "voxels", "spoken-digits", "hopper"])
     p.add_argument("--split", choices=list(SPLITS),
                    help="default: test for videos, motion, voxels and spoken digits, train for shapes")
     p.add_argument("--num", type=positive_int, default=16)
@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="clips.npz (frames N x T x H x W x C uint8), .gif or .mp4; "
                    "shapes: FILE.npz; motion: FILE.npz (motion N x T x J x 4 float32), .gif or .mp4; voxels: FILE.npz "
                    "(voxels N x S x S x S x 1 float32), .ply, .obj or .png; spoken-digits: FILE.npz (audio "
-                   "N x 8000 x 1 float32, labels), .wav or .png (spectrograms)")
+                   "N x 8000 x 1 float32, labels), .wav or .png (spectrograms); hopper: FILE.npz (observations N x D, "
+                   "actions N x T x A of --num expert episodes) or curves .png")
     add_overwrite(p)
 
 
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         return run_voxels(args)
     if args.name == "spoken-digits":
         return run_spoken_digits(args)
+    if args.name == "hopper":
+        return run_actions(args)
     args.frames, args.size = args.frames or 8, args.size or 16
     from maskdit.data.media import save_video
     from maskdit.data.video import load_video_dataset
@@ -147,4 +150,35 @@ def run_spoken_digits(args: argparse.Namespace) -> int:
     else:
         view.save(args.out, torch.from_numpy(waves))
     print(f"wrote {len(waves)} {split} spoken digits (1 s at 8 kHz, {len(set(voices))} voices) to {args.out}")
+    return 0
+
+
+def run_actions(args: argparse.Namespace) -> int:
+    """``maskdit data hopper --out FILE.npz|.png [--split test|train] [--num EPISODES] [--frames T]``: the expert's
+    action chunks with the observations they start from; the .npz feeds ``maskdit sample --observations``."""
+    import numpy as np
+    import torch
+
+    from maskdit.data.actions import MAX_EPISODES, ActionView, chunks, demonstrations
+
+    view = ActionView()
+    if not args.out.lower().endswith(view.suffixes):
+        raise ConfigError(f"--out {args.out}: action chunks are written as FILE.npz (observations, actions) or "
+                          "curves FILE.png")
+    if args.num > MAX_EPISODES:
+        raise ConfigError(f"--num {args.num} counts expert episodes (about 0.4 s each): choose at most {MAX_EPISODES}")
+    frames = args.frames or 16
+    check_out(args.out, args.overwrite)
+    split = args.split or "test"
+    demos = demonstrations(args.name, split, args.num)
+    actions, observations = chunks(demos, frames)
+    if args.out.lower().endswith(".npz"):
+        from maskdit.files import atomic_file
+
+        with atomic_file(args.out, "--out") as tmp:
+            np.savez(tmp, observations=observations.numpy(), actions=actions.permute(0, 2, 1).numpy())
+    else:
+        view.save(args.out, actions[torch.linspace(0, len(actions) - 1, 16).long()])
+    print(f"wrote {len(actions)} {split} chunks of {frames} actions from {args.num} expert episodes of {args.name} "
+          f"(mean return {demos.returns.mean():.0f}) to {args.out}")
     return 0

@@ -130,14 +130,15 @@ def likelihood_bound(loaded: Any, dataset: Any, args: argparse.Namespace) -> dic
 
 
 def score_modality(args: argparse.Namespace, run: Any, modality: str, requested: list[str] | None) -> int:
-    """A motion or voxel run is scored by its modality's own measure (``MODALITY_EVALS``: in-betweening against
-    slerp; 1-NNA with the Chamfer distance), on ``--num`` held-out examples with the sampling options."""
+    """A motion, voxel or audio run is scored by its modality's own measure (``MODALITY_EVALS``: in-betweening
+    against slerp; 1-NNA with the Chamfer distance; spoken digits recognised), with ``--num`` examples and the
+    sampling options."""
     from maskdit.data.datasets import dataset_from_config
     from maskdit.evaluate.suite import MODALITY_EVALS
 
     if modality not in MODALITY_EVALS:
-        raise ConfigError(f"{args.run_dir} generates {modality}, which maskdit cannot score yet (for audio: a "
-                          "recognition score is planned); listen to its samples: maskdit sample RUN --out FILE.wav")
+        raise ConfigError(f"{args.run_dir} generates {modality}, which maskdit cannot score yet; look at its samples: "
+                          "maskdit sample RUN --out FILE")
     summary = MODALITY_EVALS.entry(modality).summary
     if args.samples or args.data or requested is not None:
         raise ConfigError(f"{args.run_dir} generates {modality}: maskdit eval scores it by {summary}; leave out "
@@ -145,11 +146,17 @@ def score_modality(args: argparse.Namespace, run: Any, modality: str, requested:
     cfg = run.config
     cfg.eval_num, cfg.seed = args.num, args.seed
     cfg.sample.sampler, cfg.sample.steps = args.sampler or cfg.sample.sampler, args.steps or cfg.sample.steps
+    if args.guidance_scale is not None:
+        cfg.sample.guidance_scale = args.guidance_scale
     start = time.time()
     scores = MODALITY_EVALS.get(modality)(run.model, run.objective, dataset_from_config(cfg.data), cfg)
+    if "skipped" in scores:
+        raise ConfigError(f"{args.run_dir} cannot be scored: {scores['skipped']}; listen to or look at its samples: "
+                          "maskdit sample RUN --out FILE")
     shown = ", ".join(f"{k} {v:.4g}" for k, v in scores.items() if isinstance(v, float))
-    print(f"{modality}: {shown}  [{scores.get('num', 0)} held-out examples, step {run.step}, "
-          f"{cfg.sample.sampler} {cfg.sample.steps} steps, {time.time() - start:.1f}s]")
+    print(f"{modality}: {shown}  [{scores.get('num', 0)} examples, step {run.step}, "
+          f"{cfg.sample.sampler} {cfg.sample.steps} steps, guidance {cfg.sample.guidance_scale:g}, "
+          f"{time.time() - start:.1f}s]")
     print(json.dumps({"step": run.step, "modality": modality, **scores}))
     return 0
 

@@ -52,6 +52,9 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
                    "join with +, e.g. int8+ras:ratio=0.5")
     g.add_argument("--seed", type=seed_value, default=0, help="noise seed (default 0)")
     g.add_argument("--classes", type=class_list, help="comma-separated labels to cycle through (default: all)")
+    g.add_argument("--observations", metavar="FILE.npz",
+                   help="a policy (model.condition=vector): the observations to act on, cycled (observations N x D; "
+                   "maskdit data hopper --out FILE.npz writes some)")
     g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights (default ema)")
     g.add_argument("--lora", type=lora_spec, action="append", metavar="RUN[:SCALE]",
                    help="merge a LoRA run's updates (trained on this run's weights, lora.rank) times SCALE "
@@ -75,6 +78,33 @@ def load(args: argparse.Namespace) -> Any:
     run = load_run(args.run_dir, ema=args.weights == "ema", device=pick_device(args.device))
     add_adapters(run, getattr(args, "lora", None) or [])  # (invert has no --lora)
     return run
+
+
+def observation_values(args: argparse.Namespace, run: Any, num: int) -> Any:
+    """A policy's condition values for ``num`` samples: ``--observations`` (``observations`` ``N x D`` float),
+    cycled; refused when missing, mis-shaped or not finite."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from maskdit.data.datasets import read_npz
+
+    dim = run.model.conditioner.dim
+    if not getattr(args, "observations", None):
+        raise ConfigError(f"this model is a policy conditioned on observations of {dim} numbers: pass --observations "
+                          "FILE.npz (observations N x D; maskdit data hopper --out FILE.npz writes some)")
+    fix = "write them with maskdit data hopper --out FILE.npz"
+    arrays = read_npz(Path(args.observations), "--observations", fix)
+    obs = arrays.get("observations")
+    if obs is None or obs.dtype.kind != "f" or obs.ndim != 2 or obs.shape[1] != dim or not len(obs):
+        got = "no 'observations' array" if obs is None else f"{obs.dtype} {obs.shape}"
+        raise ConfigError(f"--observations {args.observations} must hold 'observations' as floats N x {dim}, got "
+                          f"{got}: {fix}")
+    if not np.isfinite(obs).all():
+        raise ConfigError(f"--observations {args.observations} holds NaN or infinite values: {fix}")
+    rows = torch.from_numpy(obs.astype(np.float32))[torch.arange(num) % len(obs)]
+    return run.model.conditioner.given(rows)
 
 
 def class_labels(args: argparse.Namespace, run: Any, num: int) -> Any:
@@ -220,6 +250,13 @@ def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any,
         if prompts or getattr(args, "negative_prompt", None):
             raise ConfigError("--prompt/--prompts/--negative-prompt: this model is not conditioned on text (it takes "
                               "--classes)" if conditioner is not None else "--prompt: this model is unconditional")
+        if getattr(conditioner, "dim", None) is not None:  # a policy: observations
+            if args.classes:
+                raise ConfigError("--classes: this model is a policy conditioned on observations: pass --observations")
+            return observation_values(args, run, num), None, None
+        if getattr(args, "observations", None):
+            raise ConfigError("--observations applies to policies (model.condition=vector); this model takes "
+                              + ("--classes" if conditioner is not None else "no condition"))
         control = control_inputs(args, run, num)
         if control is not None and control[1] is not None and not args.classes and run.model.num_classes:
             labels = control[1]  # each control image's own class

@@ -183,7 +183,8 @@ def run_task(args: argparse.Namespace, run: Any) -> int:
     if modality and not args.out.lower().endswith(modality.suffixes):
         raise ConfigError(f"--out {args.out}: the file name must end in {', '.join(modality.suffixes)}")
     if modality:
-        context = modality.load(args.context, (run.model.in_channels, *run.model.input_size))
+        shape = (run.model.in_channels, *run.model.input_size)
+        context = modality.load(args.context, getattr(run.codec, "stored_shape", lambda s: s)(shape))
     else:
         context = load_context(args.context, run.model)
     if args.num is not None and args.num > len(context):

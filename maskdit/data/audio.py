@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdit.data.codec import StandardCodec
+from maskdit.data.codec import CODECS, StandardCodec
 from maskdit.data.datasets import DATASETS
 from maskdit.data.media import grid_png
 from maskdit.data.modalities import MODALITIES, load_array, save_array
@@ -119,28 +119,37 @@ def spoken_digits(split: str, num: int, seed: int = 0) -> tuple[np.ndarray, np.n
 
 @dataclass
 class AudioDataset:
-    """Waveforms ``float32 (N, 1, L)`` with digit labels, in model space through one scale."""
+    """Waveforms ``float32 (N, 1, L)`` with digit labels; ``values`` is the model space (the codec's ``encode`` of
+    every waveform, computed once: a scale, or an autoencoder's latents)."""
 
     audio: torch.Tensor
     labels: torch.Tensor | None
-    codec: StandardCodec
+    codec: Any
     name: str = "audio"
     class_names: list[str] = field(default_factory=lambda: list(WORDS))
     voices: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        with torch.no_grad():
+            self.values = torch.cat([self.codec.encode(part) for part in self.audio.split(256)])
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def wave_length(self) -> int:
+        return int(self.audio.shape[-1])
 
     def __len__(self) -> int:
         return len(self.audio)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.audio.shape[1:])
+        return tuple(self.values.shape[1:])
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.codec.encode(self.audio[idx]), None if self.labels is None else self.labels[idx]
+        return self.values[idx], None if self.labels is None else self.labels[idx]
 
 
 #: Model space is the waveform divided by this (about the spoken digits' standard deviation, 0.114).
@@ -160,32 +169,70 @@ def write_store(path: str | Path, waves: np.ndarray, labels: np.ndarray | None, 
         np.savez(tmp, **arrays)
 
 
-def load_store(path: str | Path) -> AudioDataset:
+def load_store(path: str | Path, autoencoder: str | None = None, flag: str = "data.path") -> AudioDataset:
     """``data.name=audio``: the store at ``data.path`` (what :func:`write_store` writes), checked: float
-    waveforms ``N x L x 1`` in ``[-1, 1]``, integer labels in range of its class names."""
+    waveforms ``N x L x 1`` in ``[-1, 1]``, integer labels in range of its class names. With ``autoencoder``
+    (``data.autoencoder``: a directory from ``maskdit autoencoder train``) the model space is its latents."""
     from maskdit.data.datasets import check_labels, read_npz
 
     path = Path(path)
     fix = "make one with maskdit data spoken-digits --out FILE.npz"
-    arrays = read_npz(path, "data.path", fix)
+    arrays = read_npz(path, flag, fix)
     audio = arrays.get("audio")
     if audio is None:
-        raise DataError(f"data.path {path} holds no 'audio' array (found: {', '.join(arrays) or 'nothing'}): {fix}")
+        raise DataError(f"{flag} {path} holds no 'audio' array (found: {', '.join(arrays) or 'nothing'}): {fix}")
     if audio.dtype.kind != "f" or audio.ndim != 3 or audio.shape[-1] != 1 or not len(audio):
-        raise DataError(f"data.path {path}: 'audio' must be floats N x L x 1 with N >= 1, got {audio.dtype} "
+        raise DataError(f"{flag} {path}: 'audio' must be floats N x L x 1 with N >= 1, got {audio.dtype} "
                         f"{audio.shape}")
     if not np.isfinite(audio).all() or np.abs(audio).max() > 1:
-        raise DataError(f"data.path {path}: 'audio' must hold finite samples in [-1, 1]: divide 16-bit samples by "
+        raise DataError(f"{flag} {path}: 'audio' must hold finite samples in [-1, 1]: divide 16-bit samples by "
                         "32768")
     names = [str(n) for n in arrays.get("class_names", np.array([]))]
     labels = arrays.get("labels")
     if labels is not None:
-        check_labels(labels, len(audio), f"data.path {path}", len(names) or None, "fix the store")
+        check_labels(labels, len(audio), f"{flag} {path}", len(names) or None, "fix the store")
         names = names or [str(i) for i in range(int(labels.max()) + 1)]
+    codec = StandardCodec([[0.0]], [[AUDIO_SCALE]]) if autoencoder is None else WaveLatentCodec(autoencoder,
+                                                                                                 audio.shape[1])
     return AudioDataset(torch.from_numpy(np.moveaxis(audio.astype(np.float32), -1, 1).copy()),
                         None if labels is None else torch.from_numpy(labels.astype(np.int64)),
-                        StandardCodec([[0.0]], [[AUDIO_SCALE]]), name="audio", class_names=names if labels is not
-                        None else [])
+                        codec, name="audio", class_names=names if labels is not None else [])
+
+
+@CODECS.register("audio-vae", "audio latents <-> waveforms through a 1-D autoencoder trained by maskdit autoencoder")
+class WaveLatentCodec:
+    """Waveforms ``(N, 1, length)`` <-> the autoencoder's latent means, standardised per channel by the statistics
+    it measured on its training store; decoding ends in Griffin-Lim. The autoencoder is loaded from its directory."""
+
+    name = "audio-vae"
+    stores_pixels = False
+    value_range = (-4.0, 4.0)
+
+    def __init__(self, autoencoder: str, length: int):
+        from maskdit.training.autoencoder import load_autoencoder
+
+        self.autoencoder, self.length = str(Path(autoencoder).resolve()), int(length)
+        self.vae, facts = load_autoencoder(autoencoder)
+        self.mean = torch.tensor(facts["latent_mean"], dtype=torch.float32)[:, None]
+        self.std = torch.tensor(facts["latent_std"], dtype=torch.float32)[:, None]
+
+    @torch.no_grad()
+    def encode(self, stored: torch.Tensor) -> torch.Tensor:
+        return (self.vae.encode(stored.float())[0] - self.mean) / self.std
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        z = x.float().cpu() * self.std + self.mean
+        return torch.cat([self.vae.waves(self.vae.decode(part), self.length)
+                          for part in z.split(batch_size)]).clamp(-1, 1)
+
+    def stored_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The waveform shape ``(1, length)`` behind a model-space shape."""
+        return (1, self.length)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "autoencoder": self.autoencoder, "length": self.length}
 
 
 # -- how a person listens to it -----------------------------------------------------------------------
@@ -253,6 +300,7 @@ class AudioView:
 
 
 MODALITIES.add("audio", AudioView(), "waveforms as rank-1 grids: .npz, .wav or spectrograms .png")
-DATASETS.add("audio", lambda cfg, split: load_store(cfg.path), "data.path=FILE.npz: an audio store (audio N x L x 1 "
-             "float32 in [-1, 1], optional labels and class_names), e.g. spoken digits from maskdit data "
-             "spoken-digits", needs_path=True, rank=1, timed=True, modality="audio")
+DATASETS.add("audio", lambda cfg, split: load_store(cfg.path, cfg.autoencoder), "data.path=FILE.npz: an audio "
+             "store (audio N x L x 1 float32 in [-1, 1], optional labels and class_names), e.g. spoken digits from "
+             "maskdit data spoken-digits; data.autoencoder=DIR trains on its latents", needs_path=True, rank=1,
+             timed=True, modality="audio")

@@ -61,6 +61,7 @@ class DataConfig:
     length: int = 64  #: text: characters (or words) per sequence
     words: int = 0  #: text: 0 for characters; N > 0 for words, the N most frequent each an id (the rest <unk>)
     sizes: list[str | int] = field(default_factory=list)  #: train at these sizes too ("6x8", 32...): one per step
+    autoencoder: str | None = None  #: audio: train on the latents of this 1-D autoencoder (maskdit autoencoder train)
 
     def validate(self) -> None:
         """Check every ``data.*`` value on its own (what needs the loaded data is checked after loading)."""
@@ -76,6 +77,8 @@ class DataConfig:
             ("words", 0 <= self.words <= 1_000_000, "0 (characters) or a vocabulary of at most 1,000,000 words"),
             ("sizes", all(parse_size(s) is not None for s in self.sizes),
              "a list of sizes in pixels such as [6x8, 8x8] (positive integers joined by x)"),
+            ("autoencoder", self.autoencoder is None or (self.name == "audio" and bool(str(self.autoencoder).strip())),
+             "null, or with data.name=audio a directory from maskdit autoencoder train"),
         ])
 
     def size_list(self) -> list[tuple[int, ...]]:

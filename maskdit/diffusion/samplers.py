@@ -38,6 +38,7 @@ from maskdit.diffusion.guidance import GUIDANCES, ModelFn, guided
 from maskdit.diffusion.objectives import Objective, chain_start, hold_given
 from maskdit.errors import ConfigError, check_keys
 from maskdit.model.control import condition_cache
+from maskdit.model.moe import cached_routes
 from maskdit.registry import Registry, one_of
 
 Sampler = Callable[..., torch.Tensor]
@@ -411,7 +412,7 @@ def generate(
         x = padded(noise[part], batch_size).to(device)
         streams = NoiseStreams(seed, range(first, first + batch_size), shape)
         calls = steps * SAMPLERS.entry(sampler).facts["calls_per_step"]
-        with accelerated(model, accel, calls), condition_cache(model):  # the weights are fixed for a batch
+        with accelerated(model, accel, calls), condition_cache(model), cached_routes():  # weights fixed for a batch
             if given is None:
                 fn = guided(model, y, guidance_scale, guidance_interval, guidance=guidance,
                             channels=guidance_channels, power=guidance_power, negative=neg)

@@ -118,7 +118,7 @@ def complete(run: Any, context: torch.Tensor, given: torch.Tensor, labels: torch
                           f"({n}, {model.num_tokens}) (one per clip), got {tuple(given.shape)}")
     out = generate(model, run.objective, n, labels, given=flat, context=run.codec.encode(context), **sampling)
     check_finite(out, sampling)
-    return torch.where(pixel_mask(flat, model), context, run.codec.decode(out))
+    return torch.where(stored_mask(pixel_mask(flat, model), context), context, run.codec.decode(out))
 
 
 def check_finite(samples: torch.Tensor, settings: dict[str, Any]) -> None:
@@ -143,6 +143,16 @@ def comparison_frames(truth: torch.Tensor, generated: torch.Tensor, given: torch
 
     pixels_given = pixel_mask(given.reshape(1, -1).expand(len(truth), -1), model)[:, 0].numpy()
     return side_by_side(thwc(truth), thwc(truth), thwc(generated), pixels_given)
+
+
+def stored_mask(mask: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """A model-space mask ``(N, C, *S)`` over stored values of another shape (an autoencoder's latent frames over
+    its waveform samples): each stored value takes the flag of the latent position it falls in."""
+    if mask.shape[1:] == stored.shape[1:]:
+        return mask
+    import torch.nn.functional as F
+
+    return F.interpolate(mask[:, :1].float(), size=stored.shape[2:], mode="nearest").bool().expand_as(stored)
 
 
 def pixel_mask(given: torch.Tensor, model: Any) -> torch.Tensor:

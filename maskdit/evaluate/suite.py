@@ -24,6 +24,8 @@ import torch
 from maskdit.data.codec import PIXELS
 from maskdit.data.datasets import ImageDataset
 from maskdit.errors import ConfigError
+from maskdit.evaluate import actions as action_eval
+from maskdit.evaluate import audio as audio_eval
 from maskdit.evaluate import motion as motion_eval
 from maskdit.evaluate import voxels as voxel_eval
 from maskdit.evaluate.features import DomainFeatures, InceptionFeatures, inception_available, real_features
@@ -48,6 +50,10 @@ METRICS.add("geneval", None, "text models: GenEval-style compositional score on 
 MODALITY_EVALS: Registry[Callable[..., dict[str, Any]]] = Registry("modality evaluation", key="eval_every")
 MODALITY_EVALS.add("motion", motion_eval.training_eval, "in-betweening on held-out clips against slerp "
                    "(rotation and position errors)")
+MODALITY_EVALS.add("actions", action_eval.training_eval, "imitation error on held-out demonstrations and the "
+                   "return of closed-loop episodes in the simulator, beside the expert's")
+MODALITY_EVALS.add("audio", audio_eval.training_eval, "class-conditional spoken digits recognised by a separately "
+                   "trained digit classifier (its accuracy on held-out voices beside)")
 MODALITY_EVALS.add("voxels", voxel_eval.training_eval, "1-NNA, MMD and coverage (Chamfer distance) against the "
                    "test split's shapes")
 

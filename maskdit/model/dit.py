@@ -43,7 +43,7 @@ from maskdit.model.blocks import (
 from maskdit.model.control import CONTROL_KINDS
 from maskdit.model.decoders import DecoderHead
 from maskdit.model.discrete import TokenEmbedding
-from maskdit.model.moe import MoESpec
+from maskdit.model.moe import MoESpec, noise_level
 from maskdit.model.paths import PATHS, check_fusion_route, check_tread_route, path_of
 from maskdit.model.precond import PRECONDS, EDMPrecond
 from maskdit.model.text import TEXT_MODES
@@ -643,7 +643,8 @@ class DiT(nn.Module):
                 keep_idx: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
         """:meth:`forward` without the preconditioning (the network itself; the same for most models);
         ``options``: ``given``, ``path_drop``, ``route`` as there."""
-        tokens, c = self.features(x, t, y, keep_idx, **options)
+        with noise_level(t):  # what noise-routed experts (MoDE) read
+            tokens, c = self.features(x, t, y, keep_idx, **options)
         tokens_out = keep_idx is not None and self.fusion is None and options.get("route") is None
         out = self.head(tokens, c, keep_idx if tokens_out else None)
         if tokens_out:

@@ -8,6 +8,12 @@ in token order, and an assignment past its expert's capacity is not routed (its 
 zero; the shared experts still see the token). Dropped tokens (masked training) never reach the block, so
 they are simply not routed.
 
+With ``routing=noise`` (MoDE) a sample's experts are chosen from its noise level alone: the router reads
+sinusoidal features of the time the model was called with (:func:`noise_level`), not the tokens, so every token of a
+sample goes to the same ``top_k`` experts. Samples are grouped per expert in training. While sampling, every sample
+of a step shares its time, so inside :func:`cached_routes` the route of each time is computed once and kept, and
+the layer runs just those experts on the whole batch: no router, no dispatch, ``top_k`` feed-forwards.
+
 The balance loss (Switch Transformer / DiT-MoE) ``experts * sum_e f_e * P_e`` (``f_e`` the share of
 assignments to expert ``e``, ``P_e`` its mean router probability) is 1 when routing is uniform and grows
 as it concentrates; it goes to the training loss through the auxiliary-loss channel, weighted by
@@ -17,6 +23,9 @@ as it concentrates; it goes to the training loss through the auxiliary-loss chan
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +42,39 @@ from maskdit.registry import Registry
 ROUTINGS: Registry[None] = Registry("routing", key="model.moe.routing")
 ROUTINGS.add("token", None, "each token picks its top_k experts")
 ROUTINGS.add("expert", None, "each expert picks its tokens (expert choice)")
+ROUTINGS.add("noise", None, "each sample's top_k experts from its noise level alone (MoDE): cacheable per step")
+
+_time: ContextVar[torch.Tensor | None] = ContextVar("maskdit_noise_level", default=None)
+_routes: ContextVar[dict[Any, list[tuple[int, float]]] | None] = ContextVar("maskdit_routes", default=None)
+NOISE_FEATURES = 32  #: sinusoidal features of the time that a noise router reads
+
+
+@contextmanager
+def noise_level(t: torch.Tensor) -> Iterator[None]:
+    """Make the model's time ``t`` ``(B,)`` visible to noise-routed layers for the calls inside the block."""
+    token = _time.set(t)
+    try:
+        yield
+    finally:
+        _time.reset(token)
+
+
+@contextmanager
+def cached_routes() -> Iterator[dict[Any, list[tuple[int, float]]]]:
+    """Inside the block, noise-routed layers compute each time's route once and run only its experts (sampling)."""
+    cache: dict[Any, list[tuple[int, float]]] = {}
+    token = _routes.set(cache)
+    try:
+        yield cache
+    finally:
+        _routes.reset(token)
+
+
+def time_features(t: torch.Tensor, dim: int = NOISE_FEATURES) -> torch.Tensor:
+    """``(B,)`` times in [0, 1] -> ``(B, dim)`` cosines and sines of ``1000 t`` at geometric frequencies."""
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=t.device, dtype=torch.float32) / (dim // 2))
+    args = 1000.0 * t.float()[:, None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -61,7 +103,7 @@ class MoEMlp(nn.Module):
         if spec.capacity <= 0 or spec.shared < 0 or spec.balance < 0:
             raise ConfigError(f"moe capacity must be positive and shared, balance non-negative, got {spec}")
         self.spec = spec
-        self.router = nn.Linear(dim, spec.experts, bias=False)
+        self.router = nn.Linear(NOISE_FEATURES if spec.routing == "noise" else dim, spec.experts, bias=False)
         self.gate_cond = nn.Linear(dim, spec.experts, bias=False) if spec.time_gate else None
         self.experts = nn.ModuleList(make_expert() for _ in range(spec.experts))
         self.shared = nn.ModuleList(make_expert() for _ in range(spec.shared))
@@ -77,6 +119,8 @@ class MoEMlp(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if self.spec.routing == "expert":
             return self._expert_choice(x, c)
+        if self.spec.routing == "noise":
+            return self._noise_choice(x)
         shape = x.shape  # (B, L, D)
         tokens = x.reshape(-1, shape[-1])
         n, e, k = tokens.shape[0], self.spec.experts, self.spec.top_k
@@ -125,6 +169,38 @@ class MoEMlp(nn.Module):
         if aux_active():
             counts = torch.zeros(b, n, e, device=x.device).scatter_(1, rows.transpose(1, 2), 1.0)
             self._report_loads(counts.sum(dim=(0, 1)) / counts.sum() * e)
+        return out
+
+    def _noise_choice(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token of sample ``b`` goes to the ``top_k`` experts its time picks (MoDE's noise routing)."""
+        t = _time.get()
+        if t is None or len(t) != len(x):
+            raise ConfigError("a noise-routed mixture of experts reads the model's time: call the model, not the layer")
+        k, cache = self.spec.top_k, _routes.get()
+        out = torch.zeros_like(x)
+        if cache is not None and not torch.is_grad_enabled() and bool((t == t[0]).all()):
+            key = (id(self), float(t[0]))
+            if key not in cache:  # this step's route, computed once
+                weight, choice = self.router(time_features(t[:1])).float().softmax(-1).topk(k, dim=-1)
+                cache[key] = list(zip(choice[0].tolist(), (weight[0] / weight[0].sum()).tolist()))
+            for index, share in cache[key]:
+                out = out + share * self.experts[index](x)
+        else:
+            probs = self.router(time_features(t)).float().softmax(-1)  # (B, E)
+            weight, choice = probs.topk(k, dim=-1)
+            weight = weight / weight.sum(dim=-1, keepdim=True)
+            for index, expert in enumerate(self.experts):
+                rows, slot = (choice == index).nonzero(as_tuple=True)
+                if len(rows):
+                    y = expert(x[rows]) * weight[rows, slot].to(x.dtype)[:, None, None]
+                    out = out.index_add(0, rows, y)
+            if aux_active():
+                share = nn.functional.one_hot(choice, self.spec.experts).float().sum(1).mean(0) / k
+                e = self.spec.experts
+                report_aux_loss("loss_balance", self.spec.balance * e * (share * probs.mean(dim=0)).sum())
+                self._report_loads(share * e)
+        for expert in self.shared:
+            out = out + expert(x)
         return out
 
     def _report_loads(self, loads: torch.Tensor) -> None:

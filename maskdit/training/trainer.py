@@ -160,6 +160,16 @@ def inherit_function(cfg: Config, ckpt: Path) -> None:
         cfg.objective.step_offset = int(objective.get("step_offset", 1))
 
 
+def _label_table(key: str) -> bool:
+    return key.startswith("y_embedder.")
+
+
+def _either(*tests: Any) -> Any:
+    """The keys any of ``tests`` (None: none) accepts, or None when no test is given."""
+    given = [t for t in tests if t is not None]
+    return (lambda key: any(t(key) for t in given)) if given else None
+
+
 def recipe_for(cfg: Config, model: DiT) -> torch.nn.Module:
     return build_recipe(cfg.mask.recipe, model, cfg.mask)
 
@@ -386,7 +396,8 @@ class Trainer:
         self.step = int(state["step"])
 
     def init_from(self, ckpt: Path) -> None:
-        """Start a new stage from another run's weights (e.g. unmasking after masked training).
+        """Start a new stage from another run's weights (e.g. unmasking after masked training, or class-conditional
+        training after unlabelled pretraining: the class table the source lacks starts fresh).
 
         Model and EMA weights are copied; so are the optimizer moments of the backbone parameters, so the
         new stage does not restart Adam's statistics from zero. Training-only recipe parameters carry over
@@ -406,7 +417,9 @@ class Trainer:
         only = (lambda key: not key.startswith("control.")) if fresh else None
         frozen = fresh and control.frozen_base
         converts = info["model"].get("attention", "full") != self.model.attention  # LiT's weight inheritance
-        optional = kind_layer if converts else None
+        # a source trained without labels (EzAudio's unlabelled pretraining): the class table starts fresh
+        labels_fresh = not info["model"].get("num_classes") and getattr(self.model, "num_classes", 0) > 0
+        optional = _either(kind_layer if converts else None, _label_table if labels_fresh else None)
         load_weights(self.model, ckpt / ("ema.safetensors" if frozen else "model.safetensors"), only, optional)
         load_weights(self.ema, ckpt / "ema.safetensors", only, optional)
         if fresh:
@@ -421,7 +434,7 @@ class Trainer:
         state = read_json(ckpt / "state.json", keys=("optimizer",))
         moments = optimizer_state(ckpt, state["optimizer"])
         pairs = enumerate(self.model.parameters())
-        if converts:  # another kind's layers shift the indices: carry the moments by name
+        if converts or labels_fresh:  # layers one side lacks shift the indices: carry the moments by name
             mine = dict(self.model.named_parameters())
             pairs = ((index, mine[name]) for index, name in enumerate(parameter_names(info["model"])) if name in mine)
         for index, p in pairs:
