@@ -9,7 +9,8 @@ For each run: the imitation error (mean squared error of sampled action chunks a
 episodes), the return of closed-loop episodes against the expert's on the same start states, and the time to sample
 one batch of chunks (batch 1, as a robot runs, and ``--batch``), the median of ``--repeats``. A noise-routed run is
 timed with its per-step expert routes cached (what ``generate`` does) and without (the router and per-expert
-dispatch on every call). Writes ``--out`` (JSON) and prints a Markdown table.
+dispatch on every call). Writes ``--out`` (JSON), beside it ``chunks-RUN.png`` (six test chunks: the expert's above,
+the run's below) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from unittest import mock
 import torch
 
 from maskdit.cli.args import Parser, guarded, positive_int
-from maskdit.data.actions import chunks, demonstrations
+from maskdit.data.actions import ActionView, chunks, demonstrations
 from maskdit.errors import ConfigError
 from maskdit.evaluate.actions import imitation_error, rollouts, sample_chunks
 from maskdit.runs import load_run
@@ -74,6 +75,11 @@ def main(argv: list[str] | None = None) -> None:
         row.update({f"imitation_{k}": v for k, v in imitation_error(run, "hopper", frames, args.num,
                                                                     **sampling).items()})
         row.update(rollouts(run, "hopper", args.episodes, args.execute, **sampling))
+        truth, starts = chunks(demonstrations("hopper", "test", 5), frames)
+        pick = torch.linspace(0, len(starts) - 1, 6).long()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        ActionView().save(Path(args.out).parent / f"chunks-{Path(path).name}.png",
+                          sample_chunks(run, starts[pick], **sampling), truth=truth[pick])
         rows[path] = row
         print(path, json.dumps(row), flush=True)
     out = Path(args.out)

@@ -31,8 +31,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from maskdit.distributed import full, shard_like
-from maskdit.errors import CheckpointError
-from maskdit.files import check_parents, fsync
+from maskdit.errors import CheckpointError, DataError
+from maskdit.files import atomic_directory, check_parents, file_sha256, fsync, write_json_atomic
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.json")
 AUX_FILE = "aux.safetensors"  # optional: training-only parameters of a masked-training recipe
@@ -290,6 +290,22 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is missing") from e
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path}: {e}; the file is damaged or not a safetensors file") from e
+
+
+def save_trained(out: Path, name: str, module: torch.nn.Module, facts: dict[str, Any], what: str,
+                 digest: bool = False) -> None:
+    """What a training command made: ``out/NAME.safetensors`` (``module``'s weights) and ``out/NAME.json``
+    (``facts``, plus the weights' ``sha256`` with ``digest``), in a new directory that appears whole or not at all;
+    a failed write is one error naming ``what`` (the encoder, the tokenizer ...)."""
+    try:
+        with atomic_directory(out) as tmp:
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
+            if digest:
+                facts["sha256"] = file_sha256(tmp / f"{name}.safetensors")
+            write_json_atomic(tmp / f"{name}.json", facts)
+    except OSError as e:
+        raise DataError(f"cannot write the {what} to {out}: {e.strerror or e}; nothing was kept: free space or "
+                        "choose another --out") from None
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, only: Callable[[str], bool] | None = None,

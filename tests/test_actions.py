@@ -132,3 +132,5 @@ def test_a_policy_samples_chunks_for_observations_and_is_scored_in_the_simulator
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["modality"] == "actions" and scores["num"] == 16 and scores["imitation_mse"] > 0
     assert scores["expert_return"] > 1500 and 0 < scores["episode_length"] <= A.EPISODE
+    report = tmp_path / "report.html"  # its samples: chunks for observations of its own data
+    assert main(["report", str(policy), "--out", str(report)]) == 0 and "data:image/png" in report.read_text()

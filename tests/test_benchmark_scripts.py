@@ -83,6 +83,12 @@ CASES = [
     ("motion_tasks.py", ["no_such_run", "--draws", "0"], "argument --draws: must be a positive integer"),
     ("masking_convergence.py", ["--data", "voxels", "--arm-set", "extreme", "--arms", "tread 0.5", "--out", "out",
                                 "--runs", "runs"], "unknown arm(s) ['tread 0.5']"),
+    ("spoken_digits.py", ["no_such_run", "--test", "t.npz"], "no_such_run does not exist"),
+    ("spoken_digits.py", ["no_such_run"], "the following arguments are required: --test"),
+    ("spoken_digits.py", ["no_such_run", "--test", "t.npz", "--guidance", "1,0"],
+     "argument --guidance: must be comma-separated positive numbers"),
+    ("mode_actions.py", ["no_such_run"], "no_such_run does not exist"),
+    ("mode_actions.py", ["no_such_run", "--episodes", "0"], "argument --episodes: must be a positive integer"),
 ]
 
 

@@ -180,6 +180,11 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
         num = per_class * len(prompts)
         labels = torch.arange(num) % len(prompts)
         values = run.model.conditioner.parse(prompts)[labels]
+    if getattr(run.model.conditioner, "dim", None) is not None:  # a policy: chunks for observations of its data
+        from maskdit.data.datasets import dataset_from_config
+
+        data = dataset_from_config(run.config.data)
+        values = run.model.conditioner.values(data)[torch.linspace(0, len(data) - 1, num).long()]
     if run.model.control is not None:  # the control maps of the run's first images, with their labels (prompts)
         from maskdit.data.datasets import dataset_from_config
 

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from maskdit.checkpoint import save_trained
 from maskdit.errors import CheckpointError, ConfigError, DataError
-from maskdit.files import atomic_directory, check_parents, read_json, write_json_atomic
+from maskdit.files import check_parents, read_json
 from maskdit.training.schedule import warmup_cosine
 
 AE_KIND = "maskdit-audio-vae"
@@ -184,15 +185,7 @@ def train_autoencoder(waves: torch.Tensor, out: str | Path, steps: int = 3000, b
              "latent_std": std[:, 0].tolist(), "steps": steps, "batch_size": batch_size, "kl_weight": kl_weight,
              "first_loss": losses[0], "final_loss": sum(losses[-50:]) / len(losses[-50:]),
              "log_magnitude_error": error, "seconds": round(time.time() - start, 1), "data": source}
-    from safetensors.torch import save_file
-
-    try:
-        with atomic_directory(out) as tmp:
-            save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp / "autoencoder.safetensors")
-            write_json_atomic(tmp / "autoencoder.json", facts)
-    except OSError as e:
-        raise DataError(f"cannot write the autoencoder to {out}: {e.strerror or e}; nothing was kept: free space or "
-                        "choose another --out") from None
+    save_trained(out, "autoencoder", vae, facts, "autoencoder")
     return facts
 
 

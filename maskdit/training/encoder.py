@@ -25,9 +25,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from maskdit.checkpoint import save_trained
 from maskdit.data.datasets import examples
 from maskdit.errors import CheckpointError, ConfigError, DataError
-from maskdit.files import atomic_directory, check_parents, read_json, write_json_atomic
+from maskdit.files import check_parents, read_json
 from maskdit.grid import as_patch_size, axis_widths, patchify, sincos_pos_embed, token_grid_shape
 from maskdit.masks import gather_tokens, num_kept, random_keep_indices, scatter_tokens
 from maskdit.model.decoders import dropped_mask
@@ -140,7 +141,6 @@ def train_encoder(dataset: Any, out: str | Path, steps: int = 2000, batch_size: 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    from safetensors.torch import save_file
 
     if not all(torch.isfinite(p).all() for p in encoder.parameters()):
         raise DataError(f"encoder training ended with non-finite weights after {steps} steps; nothing was written: "
@@ -148,13 +148,7 @@ def train_encoder(dataset: Any, out: str | Path, steps: int = 2000, batch_size: 
     facts = {"kind": ENCODER_KIND, "config": encoder.config, "steps": steps, "batch_size": batch_size,
              "mask_ratio": mask_ratio, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
              "first_loss": losses[0], "seconds": time.time() - start, "data": getattr(dataset, "name", "")}
-    try:  # out appears whole or not at all
-        with atomic_directory(out) as tmp:
-            save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp / "encoder.safetensors")
-            write_json_atomic(tmp / "encoder.json", facts)
-    except OSError as e:
-        raise DataError(f"cannot write the encoder to {out}: {e.strerror or e}; nothing was kept: free space or "
-                        "choose another --out") from None
+    save_trained(out, "encoder", encoder, facts, "encoder")
     return facts
 
 

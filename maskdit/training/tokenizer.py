@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from maskdit.checkpoint import save_trained
 from maskdit.data.codec import PIXELS
 from maskdit.data.tokens import TOKENIZER_KIND, Tokenizer
 from maskdit.errors import ConfigError, DataError
-from maskdit.files import atomic_directory, check_parents, file_sha256, write_json_atomic
+from maskdit.files import check_parents
 from maskdit.training.schedule import warmup_cosine
 
 
@@ -22,7 +23,6 @@ def train_tokenizer(dataset: Any, out: str | Path, steps: int = 3000, batch_size
                     levels: list[int] | None = None, width: int = 64, lr: float = 2e-3, seed: int = 0,
                     progress: bool = True) -> dict[str, Any]:
     """Fit a :class:`Tokenizer` on ``dataset``'s images (uint8 pixels) by reconstruction and save it to ``out``."""
-    from safetensors.torch import save_file
 
     out = Path(out)
     if out.exists():
@@ -57,12 +57,5 @@ def train_tokenizer(dataset: Any, out: str | Path, steps: int = 3000, batch_size
              "batch_size": batch_size, "first_loss": losses[0], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
              "psnr": 10 * math.log10(4.0 / max(error, 1e-12)), "seconds": time.time() - start,
              "data": getattr(dataset, "name", "")}
-    try:  # out appears whole or not at all
-        with atomic_directory(out) as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "tokenizer.safetensors")
-            facts["sha256"] = file_sha256(tmp / "tokenizer.safetensors")
-            write_json_atomic(tmp / "tokenizer.json", facts)
-    except OSError as e:
-        raise DataError(f"cannot write the tokenizer to {out}: {e.strerror or e}; nothing was kept: free space or "
-                        "choose another --out") from None
+    save_trained(out, "tokenizer", model, facts, "tokenizer", digest=True)
     return facts
