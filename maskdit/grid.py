@@ -103,6 +103,19 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+def sincos_time(t: torch.Tensor, size: int, scale: float = 1000.0, offset: float = 0.0,
+               freq_shift: float = 0.0) -> torch.Tensor:
+    """DiT's timestep features ``(B, size)``: cosines, then sines, of ``offset + scale * t`` at frequencies
+    ``10000^(-i / (size / 2 - freq_shift))``. ``offset + scale * t`` is formed in float64 and then rounded to
+    float32, so ``t = k / 1000`` given in float64 embeds the integer ``k`` exactly."""
+    half = size // 2
+    exponent = -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32)
+    freqs = torch.exp(exponent / (half - freq_shift))
+    value = (offset + scale * t.to(torch.float64)).float()
+    angles = value[:, None] * freqs[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
 def axis_widths(dim: int, rank: int) -> list[int]:
     """Split ``dim`` channels over ``rank`` axes, each share even; the first axis takes the remainder."""
     if dim % 2:

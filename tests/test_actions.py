@@ -13,7 +13,8 @@ from conftest import TINY
 
 from maskdit.cli.app import main
 from maskdit.data import actions as A
-from maskdit.model.moe import MoEMlp, MoESpec, cached_routes, noise_level, time_features
+from maskdit.grid import sincos_time
+from maskdit.model.moe import NOISE_FEATURES, MoEMlp, MoESpec, cached_routes, noise_level
 
 
 def test_the_expert_is_read_from_its_example_file_and_hops():
@@ -72,7 +73,7 @@ def test_noise_routing_sends_a_sample_to_the_experts_of_its_time_alone():
             alone = layer(x[i : i + 1])
         assert torch.allclose(alone[0], together[i], atol=1e-5)
     with torch.no_grad(), noise_level(torch.full((1,), 0.5)):
-        weights, choice = layer.router(time_features(torch.full((1,), 0.5))).softmax(-1).topk(2)
+        weights, choice = layer.router(sincos_time(torch.full((1,), 0.5), NOISE_FEATURES)).softmax(-1).topk(2)
         weights = weights / weights.sum()
         expected = sum(w * layer.experts[int(e)](x[1]) for w, e in zip(weights[0], choice[0]))
     assert torch.allclose(together[1], expected, atol=1e-5)

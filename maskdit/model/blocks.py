@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskdit.grid import sincos_time
 from maskdit.masks import scatter_tokens
 from maskdit.model.attention import ATTENTIONS, Attention, AttentionSpec, AxialRoPE, Memory, attend
 from maskdit.model.moe import MoEMlp, MoESpec
@@ -117,9 +118,8 @@ class TimestepEmbedder(nn.Module):
     """Continuous time ``t`` in [0, 1] -> sinusoidal features (cos, then sin) of ``offset + scale * t``
     -> two-layer MLP.
 
-    ``offset + scale * t`` is formed in float64 and then rounded to float32, so ``t = k / 1000`` given in
-    float64 embeds the integer ``k`` exactly, as DiT's integer timesteps do. Frequencies are
-    ``10000^(-i / (half - freq_shift))`` (diffusers' ``downscale_freq_shift``).
+    The features are :func:`maskdit.grid.sincos_time`'s: ``t = k / 1000`` given in float64 embeds the integer
+    ``k`` exactly, as DiT's integer timesteps do; ``freq_shift`` is diffusers' ``downscale_freq_shift``.
     """
 
     def __init__(self, hidden_size: int, frequency_size: int = 256, time_scale: float = 1000.0,
@@ -132,12 +132,7 @@ class TimestepEmbedder(nn.Module):
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.frequency_size // 2
-        exponent = -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32)
-        freqs = torch.exp(exponent / (half - self.freq_shift))
-        value = (self.time_offset + self.time_scale * t.to(torch.float64)).float()
-        angles = value[:, None] * freqs[None]
-        features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+        features = sincos_time(t, self.frequency_size, self.time_scale, self.time_offset, self.freq_shift)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from maskdit.errors import ConfigError
+from maskdit.grid import sincos_time
 from maskdit.model.aux import aux_active, report_aux_loss, report_aux_stat
 from maskdit.registry import Registry
 
@@ -68,13 +69,6 @@ def cached_routes() -> Iterator[dict[Any, list[tuple[int, float]]]]:
         yield cache
     finally:
         _routes.reset(token)
-
-
-def time_features(t: torch.Tensor, dim: int = NOISE_FEATURES) -> torch.Tensor:
-    """``(B,)`` times in [0, 1] -> ``(B, dim)`` cosines and sines of ``1000 t`` at geometric frequencies."""
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=t.device, dtype=torch.float32) / (dim // 2))
-    args = 1000.0 * t.float()[:, None] * freqs
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -181,12 +175,12 @@ class MoEMlp(nn.Module):
         if cache is not None and not torch.is_grad_enabled() and bool((t == t[0]).all()):
             key = (id(self), float(t[0]))
             if key not in cache:  # this step's route, computed once
-                weight, choice = self.router(time_features(t[:1])).float().softmax(-1).topk(k, dim=-1)
+                weight, choice = self.router(sincos_time(t[:1], NOISE_FEATURES)).float().softmax(-1).topk(k, dim=-1)
                 cache[key] = list(zip(choice[0].tolist(), (weight[0] / weight[0].sum()).tolist()))
             for index, share in cache[key]:
                 out = out + share * self.experts[index](x)
         else:
-            probs = self.router(time_features(t)).float().softmax(-1)  # (B, E)
+            probs = self.router(sincos_time(t, NOISE_FEATURES)).float().softmax(-1)  # (B, E)
             weight, choice = probs.topk(k, dim=-1)
             weight = weight / weight.sum(dim=-1, keepdim=True)
             for index, expert in enumerate(self.experts):
