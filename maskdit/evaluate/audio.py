@@ -5,24 +5,22 @@ voices (a different seed from any store), and its accuracy on utterances of the 
 beside every recognition rate, so a reader knows how far to trust it. It reads log-mel spectrograms
 normalised to their loudest bin, so gain does not matter, and it is trained with time shifts and added noise
 so that slightly imperfect speech is still judged by what is said. Weights are cached under
-``$MASKDIT_CACHE`` (:func:`maskdit.evaluate.classifier.cache_dir`).
+``$MASKDIT_CACHE`` (:func:`maskdit.evaluate.classifier.cached_classifier`).
 """
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from maskdit.data.audio import RATE, WORDS, spoken_digits
-from maskdit.evaluate.classifier import cache_dir
+from maskdit.evaluate.classifier import Classifier, cached_classifier
 
 N_FFT, HOP, MELS = 256, 128, 40
 VERSION = 1  #: bump when the classifier, its data or its features change (the cache key)
@@ -67,17 +65,9 @@ class SpeechNet(nn.Module):
         return self.head(self.body(log_mel(waves)))
 
 
-class DigitRecogniser:
-    """A trained :class:`SpeechNet` and its accuracy on held-out voices."""
-
-    def __init__(self, net: SpeechNet, holdout_accuracy: float):
-        self.net, self.holdout_accuracy = net.eval(), holdout_accuracy
-
-    @torch.no_grad()
-    def predict(self, waves: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Digit predictions for waveforms ``(N, 1, RATE)`` in ``[-1, 1]``."""
-        return torch.cat([self.net(waves[i : i + batch_size].float()).argmax(1)
-                          for i in range(0, len(waves), batch_size)])
+class DigitRecogniser(Classifier):
+    """A trained :class:`SpeechNet` (``predict`` takes waveforms ``(N, 1, RATE)`` in ``[-1, 1]``) and its accuracy
+    on held-out voices, in percent."""
 
     def recognition(self, waves: torch.Tensor, labels: torch.Tensor) -> float:
         """The share (%) of ``waves`` recognised as their ``labels``."""
@@ -121,19 +111,8 @@ def train_recogniser(train: int = 4000, test: int = 1000, steps: int = 1500, see
 
 def load_recogniser(progress: bool = True) -> DigitRecogniser:
     """The spoken-digit classifier, from the cache or trained now (a few CPU minutes, once)."""
-    key = f"spoken-digits-v{VERSION}"
-    root = cache_dir()
-    weights, meta = root / f"{key}.safetensors", root / f"{key}.json"
-    if weights.is_file() and meta.is_file():
-        net = SpeechNet()
-        net.load_state_dict(load_file(weights))
-        return DigitRecogniser(net, json.loads(meta.read_text())["holdout_accuracy"])
-    clf = train_recogniser(progress=progress)
-    tmp = weights.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in clf.net.state_dict().items()}, tmp)
-    tmp.replace(weights)
-    meta.write_text(json.dumps({"holdout_accuracy": clf.holdout_accuracy, "version": VERSION}))
-    return clf
+    return cached_classifier(f"spoken-digits-v{VERSION}", SpeechNet(), lambda: train_recogniser(progress=progress),
+                             DigitRecogniser, version=VERSION)
 
 
 def scorable(dataset: Any) -> str | None:

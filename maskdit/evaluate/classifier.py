@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,9 +68,9 @@ class DigitNet(nn.Module):
 
 
 class Classifier:
-    """A trained :class:`DigitNet` plus its held-out accuracy on real data."""
+    """A trained network (a :class:`DigitNet`) plus its held-out accuracy on real data."""
 
-    def __init__(self, net: DigitNet, holdout_accuracy: float):
+    def __init__(self, net: nn.Module, holdout_accuracy: float):
         self.net, self.holdout_accuracy = net.eval(), holdout_accuracy
 
     @torch.no_grad()
@@ -105,21 +107,28 @@ def _train(dataset: ImageDataset, epochs: int, seed: int, progress: bool) -> Cla
     return clf
 
 
+def cached_classifier(key: str, net: nn.Module, train: Callable[[], Classifier],
+                      kind: type[Classifier] = Classifier, **facts: Any) -> Classifier:
+    """The classifier cached as ``key``, its weights loaded into ``net``; else ``train()``'s, cached for next time
+    with ``facts`` beside its held-out accuracy (weights written to a temporary file and renamed into place)."""
+    root = cache_dir()  # checked before minutes of training, not after
+    weights, meta = root / f"{key}.safetensors", root / f"{key}.json"
+    if weights.is_file() and meta.is_file():
+        net.load_state_dict(load_file(weights))
+        return kind(net, json.loads(meta.read_text())["holdout_accuracy"])
+    with torch.inference_mode(False), torch.enable_grad():  # callers may be sampling under no_grad
+        clf = train()
+    tmp = weights.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in clf.net.state_dict().items()}, tmp)
+    tmp.replace(weights)
+    meta.write_text(json.dumps({"holdout_accuracy": clf.holdout_accuracy, **facts}))
+    return clf
+
+
 def load_classifier(dataset: ImageDataset, epochs: int = 30, seed: int = 0, progress: bool = True) -> Classifier:
     """The dataset's classifier, from the cache or trained now (about ten seconds for digits on a CPU)."""
     if dataset.labels is None or dataset.num_classes < 2:
         raise DataError(f"dataset {dataset.name} has no class labels: a classifier needs at least two classes")
-    key = f"classifier-{fingerprint(dataset)}-e{epochs}-s{seed}"
-    root = cache_dir()  # checked before minutes of training, not after
-    weights, meta = root / f"{key}.safetensors", root / f"{key}.json"
-    if weights.is_file() and meta.is_file():
-        net = DigitNet(dataset.shape[0], dataset.num_classes)
-        net.load_state_dict(load_file(weights))
-        return Classifier(net, json.loads(meta.read_text())["holdout_accuracy"])
-    with torch.inference_mode(False), torch.enable_grad():  # callers may be sampling under no_grad
-        clf = _train(dataset, epochs, seed, progress)
-    tmp = weights.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in clf.net.state_dict().items()}, tmp)
-    tmp.replace(weights)
-    meta.write_text(json.dumps({"holdout_accuracy": clf.holdout_accuracy, "dataset": dataset.name}))
-    return clf
+    return cached_classifier(f"classifier-{fingerprint(dataset)}-e{epochs}-s{seed}",
+                             DigitNet(dataset.shape[0], dataset.num_classes),
+                             lambda: _train(dataset, epochs, seed, progress), dataset=dataset.name)
