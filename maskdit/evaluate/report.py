@@ -163,6 +163,7 @@ def report_prompts(run: Any, count: int = 6) -> list[str] | None:
 def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torch.device,
                        progress: bool) -> tuple[bytes, str]:
     """A grid of EMA samples from one checkpoint with the run's sampler settings, and its caption."""
+    from maskdit.data.datasets import dataset_from_config
     from maskdit.data.media import grid_png
     from maskdit.data.modalities import modality_of
     from maskdit.diffusion.samplers import default_sampler, generate
@@ -181,13 +182,9 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
         labels = torch.arange(num) % len(prompts)
         values = run.model.conditioner.parse(prompts)[labels]
     if getattr(run.model.conditioner, "dim", None) is not None:  # a policy: chunks for observations of its data
-        from maskdit.data.datasets import dataset_from_config
-
         data = dataset_from_config(run.config.data)
         values = run.model.conditioner.values(data)[torch.linspace(0, len(data) - 1, num).long()]
     if run.model.control is not None:  # the control maps of the run's first images, with their labels (prompts)
-        from maskdit.data.datasets import dataset_from_config
-
         data = dataset_from_config(run.config.data)
         sources, real = data.batch(torch.arange(num) % len(data))
         if not prompts:

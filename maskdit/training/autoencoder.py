@@ -102,7 +102,11 @@ class AudioVAE(nn.Module):
 
     def encode(self, waves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The latent distribution of waveforms: mean and log-variance ``(N, latent_channels, frames / stride)``."""
-        mean, logvar = self.encoder(self.spectrogram(waves)).chunk(2, dim=1)
+        return self.encode_spectrogram(self.spectrogram(waves))
+
+    def encode_spectrogram(self, log_magnitude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent distribution of log-magnitude spectrograms (:meth:`spectrogram`'s)."""
+        mean, logvar = self.encoder(log_magnitude).chunk(2, dim=1)
         return mean, logvar.clamp(-20, 10)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -161,8 +165,7 @@ def train_autoencoder(waves: torch.Tensor, out: str | Path, steps: int = 3000, b
     for step in tqdm(range(steps), desc="autoencoder", disable=not progress):
         x = waves[torch.randint(0, len(waves), (batch_size,), generator=gen)].float()
         target = vae.spectrogram(x)
-        mean, logvar = vae.encoder(target).chunk(2, dim=1)
-        logvar = logvar.clamp(-20, 10)
+        mean, logvar = vae.encode_spectrogram(target)
         z = mean + torch.randn(mean.shape, generator=gen) * (0.5 * logvar).exp()
         kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).mean()
         loss = F.l1_loss(vae.decode(z), target) + kl_weight * kl
