@@ -135,3 +135,12 @@ def test_a_policy_samples_chunks_for_observations_and_is_scored_in_the_simulator
     assert scores["expert_return"] > 1500 and 0 < scores["episode_length"] <= A.EPISODE
     report = tmp_path / "report.html"  # its samples: chunks for observations of its own data
     assert main(["report", str(policy), "--out", str(report)]) == 0 and "data:image/png" in report.read_text()
+
+
+def test_the_test_split_is_standardised_as_the_training_split_the_run_learns_from():
+    from maskdit.data.datasets import DataConfig, dataset_from_config
+
+    cfg = DataConfig(name="hopper", num=4, frames=8)
+    train, test = dataset_from_config(cfg), dataset_from_config(cfg, "test")
+    assert len(test.demos.lengths) == 1 and len(train.demos.lengths) == 4
+    assert torch.equal(test.codec.mean, train.codec.mean) and torch.equal(test.codec.std, train.codec.std)

@@ -168,17 +168,19 @@ def chunks(demos: Demonstrations, frames: int) -> tuple[torch.Tensor, torch.Tens
 
 
 class ActionDataset:
-    """Action chunks ``(A, frames)`` in model space (standardised per action dimension) with their starting
-    observations, which batches pair with each chunk (what ``model.condition=vector`` embeds)."""
+    """Action chunks ``(A, frames)`` in model space (standardised per action dimension by the chunks of
+    ``train_episodes`` training episodes, the ones a run trains on) with their starting observations, which batches
+    pair with each chunk (what ``model.condition=vector`` embeds)."""
 
     num_classes = 0
     class_names: list[str] = []
 
-    def __init__(self, task: str, split: str, episodes: int, frames: int):
+    def __init__(self, task: str, split: str, episodes: int, frames: int, train_episodes: int | None = None):
         self.task, self.name, self.frames = task, task, frames
         self.demos = demonstrations(task, split, episodes)
         raw, self.observations = chunks(self.demos, frames)
-        train = raw if split == "train" else chunks(demonstrations(task, "train", episodes), frames)[0]
+        train = raw if split == "train" else chunks(demonstrations(task, "train", train_episodes or episodes),
+                                                    frames)[0]
         mean, std = train.mean(dim=(0, 2)), train.std(dim=(0, 2)).clamp_min(0.05)  # per action dimension
         self.codec = StandardCodec(mean[:, None].tolist(), std[:, None].tolist())
         self.values = self.codec.encode(raw)
@@ -247,7 +249,7 @@ def _load(cfg: Any, split: str) -> ActionDataset:
     if cfg.num > MAX_EPISODES:
         raise ConfigError(f"config key data.num={cfg.num} counts {cfg.name} expert episodes (about 0.4 s each to "
                           f"simulate): choose at most {MAX_EPISODES}, e.g. 20 as the {cfg.name} preset does")
-    return ActionDataset(cfg.name, split, cfg.num if split == "train" else max(1, cfg.num // 4), cfg.frames)
+    return ActionDataset(cfg.name, split, cfg.num if split == "train" else max(1, cfg.num // 4), cfg.frames, cfg.num)
 
 
 MODALITIES.add("actions", ActionView(), "action chunks as (A, T) grids: .npz, or curves .png")
