@@ -53,8 +53,7 @@ class VectorConditioner(Conditioner):
                 "std": vectors.std(0).clamp_min(1e-3).tolist()}
 
     def values(self, dataset: Any) -> torch.Tensor:
-        vectors = dataset.observations.float()
-        return torch.cat([vectors, torch.ones(len(vectors), 1)], dim=1)
+        return self.given(dataset.observations)
 
     def initialize(self) -> None:
         for layer in (self.embed[0], self.embed[2]):
