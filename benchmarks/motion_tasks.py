@@ -8,7 +8,8 @@ frames) against spherical interpolation across the gap; *predict* (the first 16 
 holding the last given pose; *parts* (the right leg generated in every frame, or ``--columns``) against the
 training data's mean pose. Errors: mean geodesic joint-rotation error (degrees) and mean joint-position
 error (cm) after forward kinematics, over what was generated. ``--seen`` scores windows of the training
-clips too; ``--draws K`` scores the mean of K samples per window. Writes ``OUT/motion.json`` and a
+clips too; ``--draws K`` scores the mean of K samples per window; ``--from-slerp S`` adds in-betweening that
+starts from the slerp fill noised to time S (SDEdit: the model refines the baseline). Writes ``OUT/motion.json`` and a
 stick-figure GIF per task (truth in grey behind the result, generated frames on yellow), and prints a
 Markdown table.
 """
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from maskdit.cli.args import Parser, guarded, non_negative_int, non_negative_ints, positive_int
-from maskdit.data.motion import PARTS, MotionView, motion_windows
+from maskdit.cli.args import Parser, guarded, non_negative_int, non_negative_ints, positive_floats, positive_int
+from maskdit.data.datasets import modality_name
+from maskdit.data.motion import PARTS, MotionView, motion_errors, motion_windows
 from maskdit.errors import ConfigError
-from maskdit.evaluate.motion import score_task, task_given
+from maskdit.evaluate.motion import baseline, refine_slerp, score_task, sound_values, task_given
 from maskdit.runs import load_run
 
 TASKS = {"inbetween": {}, "predict": {}, "parts": {}}
@@ -43,10 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seen", action="store_true", help="also score windows of the training clips")
     p.add_argument("--draws", type=positive_int, default=1,
                    help="score the mean of this many samples per window (the conditional mean's estimate)")
+    p.add_argument("--from-slerp", type=positive_floats, default=[], metavar="S,S,...",
+                   help="also in-between from the slerp fill noised to each strength S in (0, 1] (SDEdit)")
     p.add_argument("--out", default="docs/motion")
     args = p.parse_args(argv)
+    if any(s > 1 for s in args.from_slerp):
+        raise ConfigError(f"--from-slerp {max(args.from_slerp):g}: a strength is a time in (0, 1]")
     run = load_run(args.run_dir)
-    if run.dataset["name"] != "motion":
+    if modality_name(run.dataset["name"]) != "motion":
         raise ConfigError(f"{args.run_dir} was trained on {run.dataset['name']}, not motion: pass a motion run")
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
@@ -67,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         for task in tasks:
             options = {"columns": tuple(args.columns)} if task == "parts" else TASKS[task]
             start = time.time()
-            row = score_task(run, grids, task, options, mean_pose=mean_pose, draws=args.draws, **sampling)
+            row = score_task(run, grids, task, options, mean_pose=mean_pose, draws=args.draws,
+                             labels=sound_values(run.model, grids), **sampling)
             samples = row.pop("samples")
             row["seconds"] = time.time() - start
             results[f"{where}/{task}"] = row
@@ -76,6 +83,13 @@ def main(argv: list[str] | None = None) -> None:
                 MotionView().save(out / f"{task}.gif", samples[pick], truth=grids[pick],
                                   given=task_given(run, task, options)[1].expand(len(pick), -1, -1, -1))
             print(where, task, json.dumps(row), flush=True)
+        given = task_given(run, "inbetween")[1]
+        frames = ~given.all(0).all(-1)
+        for strength in args.from_slerp:
+            out_s = refine_slerp(run, grids, strength, args.seed, sampling["steps"])
+            results[f"{where}/inbetween from slerp, strength {strength:g}"] = {
+                "given": float(given.float().mean()), "model": motion_errors(out_s, grids, frames),
+                "baseline": motion_errors(baseline("inbetween", grids, given), grids, frames)}
     (out / "motion.json").write_text(json.dumps(results, indent=2))
     print(f"\n{run.path}, step {run.step}, {sampling}, mean of {args.draws} sample(s); windows: "
           + ", ".join(f"{len(g)} of {k}" for k, g in sets.items()) + "\n")

@@ -153,11 +153,15 @@ class Config:
             raise ConfigError(f"config key {key} adapts a trained model: set init_from=BASE_RUN (the run whose "
                               "weights stay frozen), or leave lora.rank and lora.affine out")
         if captioned and not m.conditional:
-            raise ConfigError(f"config key model.condition={m.condition} conditions on captions: it needs "
+            raise ConfigError(f"config key model.condition={m.condition} conditions on a token sequence: it needs "
                               "model.conditional=true")
         if m.text is not None and not captioned:
-            raise ConfigError(f"config key model.text={m.text} injects caption tokens: it needs model.condition=text "
-                              "or hf")
+            tokens = "|".join(n for n in CONDITIONERS if CONDITIONERS[n].gives_tokens)
+            raise ConfigError(f"config key model.text={m.text} injects a condition's tokens: it needs one of "
+                              f"model.condition={tokens}")
+        if m.text == "aligned" and self.mask.ratio > 0:
+            raise ConfigError(f"config key model.text=aligned adds each frame's condition to that frame's tokens, and "
+                              f"mask.ratio={self.mask.ratio} drops tokens: set mask.ratio=0 or use model.text=cross")
         if captioned and data.flip:
             raise ConfigError("config key data.flip=true mirrors images, which swaps left and right in their captions: "
                               "set data.flip=false for a text model")

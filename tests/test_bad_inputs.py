@@ -593,7 +593,7 @@ def test_the_corpus_files_together_are_distinct():
     assert_distinct([*CASES, *test_bad_inputs_data.CASES, *test_bad_inputs_interop.CASES,
                      *test_bad_inputs_sampling.CASES, *test_bad_inputs_toolbox.CASES, *test_bad_inputs_text.CASES,
                      *test_bad_inputs_adapters.CASES, *test_bad_inputs_discrete.CASES,
-                     *test_bad_inputs_attention.CASES, *test_bad_inputs_modalities.CASES], 886)
+                     *test_bad_inputs_attention.CASES, *test_bad_inputs_modalities.CASES], 906)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -118,6 +118,29 @@ def policy_run(tmp: Path, runs: Runs) -> None:
 policy_run = _setup("run:hopper", policy_run)
 
 
+FOOT = ["--preset", "footsteps", *TINY, "data.frames=16", "compile=false"]
+FTRAIN = ["train", "--no-progress", *FOOT, "run_dir=new_run"]
+FSAMPLE = ["sample", "frun", "--num", "2", "--steps", "1", "--out", "out.npz"]
+WINDOW = 16 * 200  # samples the footsteps run hears: 16 frames at 6000 Hz
+
+
+def footsteps_run(tmp: Path, runs: Runs) -> None:
+    shutil.copytree(runs.trained(*FOOT[2:], preset="footsteps"), tmp / "frun")
+
+
+footsteps_run = _setup("run:footsteps", footsteps_run)
+
+
+def wav_24bit(tmp: Path, runs: Runs) -> None:
+    import wave
+
+    with wave.open(str(tmp / "s.wav"), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(3)
+        f.setframerate(6000)
+        f.writeframes(bytes(3 * 600))
+
+
 def ctx(array: np.ndarray, key: str = "motion") -> object:
     return npz("ctx.npz", **{key: array})
 
@@ -199,8 +222,37 @@ CASES: list[Case] = [
     C("policy-observations-nan", [*HSAMPLE, "--observations", "o.npz"], "NaN", policy_run,
       npz("o.npz", observations=np.full((2, 15), np.nan, F32))),
     C("policy-observations-missing", [*HSAMPLE, "--observations", "o.npz"], "does not exist", policy_run),
-    C("observations-for-an-image-run", [*SAMPLE, "--observations", "o.npz"], "--observations applies to policies",
+    C("observations-for-an-image-run", [*SAMPLE, "--observations", "o.npz"], "--observations applies to a policy",
       npz("o.npz", observations=np.zeros((2, 15), F32))),
+    # audio-driven motion: maskdit data footsteps, model.condition=audio, --audio
+    C("data-footsteps-out-png", ["data", "footsteps", "--num", "1", "--out", "a.png"], "their sounds as FILE.wav"),
+    C("data-motion-out-wav", ["data", "motion", "--num", "1", "--out", "a.wav"], "--out a.wav"),
+    C("train-audio-condition-on-plain-motion", [*MTRAIN, "model.conditional=true", "model.condition=audio"],
+      "use data.name=footsteps"),
+    C("train-audio-condition-on-images", [*TRAIN, "model.conditional=true", "model.condition=audio"],
+      "needs data with a sound"),
+    C("train-aligned-with-token-dropping", [*FTRAIN, "mask.ratio=0.5"], "model.text=aligned adds each frame's"),
+    C("train-aligned-with-class-labels", [*TRAIN, "model.conditional=true", "model.text=aligned"],
+      "injects a condition's tokens"),
+    C("train-audio-condition-unconditional", [*FTRAIN, "model.conditional=false"], "conditions on a token sequence"),
+    C("footsteps-sample-without-audio", FSAMPLE, "pass --audio", footsteps_run),
+    C("footsteps-sample-with-classes", [*FSAMPLE, "--classes", "1"], "conditioned on audio", footsteps_run),
+    C("footsteps-sample-with-prompt", [*FSAMPLE, "--prompt", "walk"], "conditioned on audio", footsteps_run),
+    C("footsteps-audio-of-another-length", [*FSAMPLE, "--audio", "s.npz"], f"N x {WINDOW}", footsteps_run,
+      npz("s.npz", sounds=np.zeros((2, 100), F32))),
+    C("footsteps-audio-integers", [*FSAMPLE, "--audio", "s.npz"], "as floats", footsteps_run,
+      npz("s.npz", sounds=np.zeros((2, WINDOW), np.int64))),
+    C("footsteps-audio-without-sounds", [*FSAMPLE, "--audio", "s.npz"], "no 'sounds' array", footsteps_run,
+      npz("s.npz", motion=np.zeros((2, 16, 14, 4), F32))),
+    C("footsteps-audio-nan", [*FSAMPLE, "--audio", "s.npz"], "NaN", footsteps_run,
+      npz("s.npz", sounds=np.full((2, WINDOW), np.nan, F32))),
+    C("footsteps-audio-missing-wav", [*FSAMPLE, "--audio", "s.wav"], "does not exist", footsteps_run),
+    C("footsteps-audio-damaged-wav", [*FSAMPLE, "--audio", "s.wav"], "cannot read --audio", footsteps_run,
+      _setup("text:s.wav:damaged", lambda tmp, runs: (tmp / "s.wav").write_bytes(b"RIFF not a wave"))),
+    C("footsteps-audio-24-bit-wav", [*FSAMPLE, "--audio", "s.wav"], "24-bit samples", footsteps_run,
+      _setup("wav:24-bit", wav_24bit)),
+    C("footsteps-audio-mp3", [*FSAMPLE, "--audio", "s.mp3"], "give a .wav file", footsteps_run),
+    C("audio-for-an-image-run", [*SAMPLE, "--audio", "s.wav"], "--audio applies to audio-driven models"),
     # training on motion
     C("train-motion-flip", [*MTRAIN, "data.flip=true"], "data.flip"),
     C("train-motion-frames-too-few", [*MTRAIN, "data.frames=3"], "data.frames=3"),
@@ -246,7 +298,7 @@ CASES: list[Case] = [
 
 
 def test_corpus_is_distinct():
-    assert_distinct(CASES, 77)
+    assert_distinct(CASES, 96)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

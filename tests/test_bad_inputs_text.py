@@ -102,6 +102,7 @@ CASES: list[Case] = [
     C("text-on-uncaptioned-data", [*TRAIN, "model.condition=text"], "has no captions"),
     C("text-mode-without-text", [*TRAIN, "model.text=cross"], "model.text=cross"),
     C("text-mode-unknown", [*TTRAIN, "model.text=sideways"], "model.text"),
+    C("text-mode-aligned-for-captions", [*TTRAIN, "model.text=aligned"], "a caption is no such sequence"),
     C("text-length-zero", [*TTRAIN, "model.text_length=0"], "model.text_length"),
     C("text-length-too-short", [*TTRAIN, "model.text_length=2"], "model.text_length=2"),
     C("text-depth-negative", [*TTRAIN, "model.text_depth=-1"], "model.text_depth"),
@@ -178,7 +179,7 @@ assert all(TINY[0] in c.argv or "shapes-text" in c.argv or c.argv[0] != "train" 
 
 
 def test_text_corpus_is_distinct():
-    assert_distinct(CASES, 40)
+    assert_distinct(CASES, 41)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

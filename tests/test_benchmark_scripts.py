@@ -81,6 +81,7 @@ CASES = [
     ("video_tasks.py", ["no_such_run", "--bogus"], "unknown option(s) --bogus"),
     ("motion_tasks.py", ["no_such_run"], "no_such_run does not exist"),
     ("motion_tasks.py", ["no_such_run", "--draws", "0"], "argument --draws: must be a positive integer"),
+    ("motion_tasks.py", ["no_such_run", "--from-slerp", "0.5,2"], "--from-slerp 2: a strength is a time in (0, 1]"),
     ("masking_convergence.py", ["--data", "voxels", "--arm-set", "extreme", "--arms", "tread 0.5", "--out", "out",
                                 "--runs", "runs"], "unknown arm(s) ['tread 0.5']"),
     ("spoken_digits.py", ["no_such_run", "--test", "t.npz"], "no_such_run does not exist"),
@@ -88,6 +89,9 @@ CASES = [
     ("spoken_digits.py", ["no_such_run", "--test", "t.npz", "--guidance", "1,0"],
      "argument --guidance: must be comma-separated positive numbers"),
     ("mode_actions.py", ["no_such_run"], "no_such_run does not exist"),
+    ("footsteps.py", ["no_such_run"], "no_such_run does not exist"),
+    ("footsteps.py", ["no_such_run", "--guidance", "1,0"],
+     "argument --guidance: must be comma-separated positive numbers"),
     ("mode_actions.py", ["no_such_run", "--episodes", "0"], "argument --episodes: must be a positive integer"),
 ]
 

@@ -176,6 +176,24 @@ def test_score_task_compares_the_model_with_its_baseline(motion_run):
     assert row["model"] == pytest.approx(M.motion_errors(row["samples"], grids, ~frames))
 
 
+def test_refining_the_slerp_fill_spans_the_model_and_the_baseline(motion_run):
+    from maskdit.diffusion.tasks import complete
+    from maskdit.evaluate.motion import refine_slerp, task_given
+    from maskdit.runs import load_run
+
+    run = load_run(motion_run)
+    grids = _windows(frames=16)[:4]
+    frames = torch.zeros(16, dtype=torch.bool)
+    frames[:4] = frames[12:] = True
+    own = complete(run, grids, task_given(run, "inbetween")[0], sampler="euler", steps=2, seed=3)
+    whole = refine_slerp(run, grids, 1.0, seed=3, steps=2)  # from pure noise: the model's own in-betweening
+    assert torch.allclose(whole, own, atol=1e-4 * float(own.abs().max()))
+    assert torch.equal(whole[:, :, frames], grids[:, :, frames])  # the given frames held exactly
+    slerp = M.inbetween_slerp(grids, frames)
+    near = refine_slerp(run, grids, 1e-3, seed=3, steps=2)  # barely noised: slerp's fill, one tiny step
+    assert (near - slerp).abs().max() < 0.05 * (own - slerp).abs().max()
+
+
 def test_training_eval_of_a_motion_run_scores_in_betweening(motion_run):
     from maskdit.data.datasets import dataset_from_config
     from maskdit.evaluate.suite import training_eval

@@ -74,7 +74,7 @@ def test_padding_never_reaches_the_encoder_or_the_pooled_vector():
 
 
 # -- the injection modes -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", list(TEXT_MODES))
+@pytest.mark.parametrize("mode", TEXT_MODES.names(captions=True))
 def test_a_fresh_text_model_outputs_zero_and_a_trained_one_reads_the_caption(mode):
     model = text_model(mode)
     x, t = torch.randn(2, 3, 8, 8), torch.rand(2)
@@ -86,7 +86,7 @@ def test_a_fresh_text_model_outputs_zero_and_a_trained_one_reads_the_caption(mod
     assert (out - other).abs().max().item() > 1e-3
 
 
-@pytest.mark.parametrize("mode", list(TEXT_MODES))
+@pytest.mark.parametrize("mode", TEXT_MODES.names(captions=True))
 def test_masked_text_tokens_change_nothing_in_any_mode(mode):
     model = perturbed(text_model(mode)).eval()
     x, t = torch.randn(2, 3, 8, 8), torch.rand(2)
@@ -125,7 +125,7 @@ def test_joint_blocks_have_their_own_text_weights_only_while_double():
     assert DiT.from_config(text_model("joint").config).text_double == 2
 
 
-@pytest.mark.parametrize("mode", list(TEXT_MODES))
+@pytest.mark.parametrize("mode", TEXT_MODES.names(captions=True))
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_every_recipe_trains_a_text_model_and_the_text_encoder_learns(mode, recipe):
     options = {"fusion": (1, 3)} if recipe == "sprint" else {}

@@ -1,7 +1,8 @@
 """``maskdit data``: export clips of an embedded video dataset (.npz, .gif or .mp4), captioned shape scenes
 (``shapes``: images, captions, kinds and scenes in one .npz), motion windows (``motion``: .npz, or stick
-figures as .gif / .mp4), voxelised shapes (``voxels``: .npz, .ply, .obj or .png) or spoken digits
-(``spoken-digits``: .npz, .wav or spectrograms .png) or an expert's action chunks (``hopper``: .npz or curves .png)."""
+figures as .gif / .mp4; ``footsteps``: the same with their footstep sounds, also as .wav), voxelised shapes
+(``voxels``: .npz, .ply, .obj or .png), spoken digits (``spoken-digits``: .npz, .wav or spectrograms .png) or an
+expert's action chunks (``hopper``: .npz or curves .png)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from maskdit.errors import ConfigError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from maskdit.data.video import SPLITS, VIDEO_DATASETS
 
-    p.add_argument("name", choices=[*VIDEO_DATASETS, "shapes", "motion", "voxels", "spoken-digits", "hopper"])
+    p.add_argument("name", choices=[*VIDEO_DATASETS, "shapes", "motion", "footsteps", "voxels", "spoken-digits",
+                                    "hopper"])
     p.add_argument("--split", choices=list(SPLITS),
                    help="default: test for videos, motion, voxels and spoken digits, train for shapes")
     p.add_argument("--num", type=positive_int, default=16)
@@ -23,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=positive_int, help="canvas pixels (default 16); voxels: voxels a side (default 32)")
     p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--out", required=True, help="clips.npz (frames N x T x H x W x C uint8), .gif or .mp4; "
-                   "shapes: FILE.npz; motion: FILE.npz (motion N x T x J x 4 float32), .gif or .mp4; voxels: FILE.npz "
+                   "shapes: FILE.npz; motion: FILE.npz (motion N x T x J x 4 float32), .gif or .mp4; footsteps: "
+                   "the same, the .npz with sounds N x S float32, or the sounds as .wav; voxels: FILE.npz "
                    "(voxels N x S x S x S x 1 float32), .ply, .obj or .png; spoken-digits: FILE.npz (audio "
                    "N x 8000 x 1 float32, labels), .wav or .png (spectrograms); hopper: FILE.npz (observations N x D, "
                    "actions N x T x A of --num expert episodes) or curves .png")
@@ -33,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.name == "shapes":
         return run_shapes(args)
-    if args.name == "motion":
+    if args.name in ("motion", "footsteps"):
         return run_motion(args)
     if args.name == "voxels":
         return run_voxels(args)
@@ -78,33 +81,48 @@ def run_shapes(args: argparse.Namespace) -> int:
 
 
 def run_motion(args: argparse.Namespace) -> int:
-    """``maskdit data motion --out FILE.npz|.gif|.mp4 [--split test|train] [--num N] [--frames T]``: evenly
-    spaced windows of the DeepMimic clips (the test split holds the clips no training run sees)."""
+    """``maskdit data motion|footsteps --out FILE.npz|.gif|.mp4 [--split test|train] [--num N] [--frames T]``:
+    evenly spaced windows of the DeepMimic clips (the test split holds the clips no training run sees);
+    ``footsteps`` adds the footstep sounds of each window (in the .npz, or alone as ``.wav``)."""
     import numpy as np
     import torch
 
     from maskdit.data.motion import FPS, MAX_FRAMES, MIN_FRAMES, MotionView, motion_windows
     from maskdit.files import atomic_file
 
-    view = MotionView()
+    view, sounds = MotionView(), args.name == "footsteps"
     frames = args.frames or 32
     if not MIN_FRAMES <= frames <= MAX_FRAMES:
         raise ConfigError(f"--frames {frames}: motion windows take {MIN_FRAMES} to {MAX_FRAMES} frames ({FPS} fps)")
-    if not args.out.lower().endswith(view.suffixes):
-        raise ConfigError(f"--out {args.out}: motion is written as FILE.npz (motion N x T x J x 4) or as stick figures "
-                          "in FILE.gif / FILE.mp4")
+    suffixes = (*view.suffixes, ".wav") if sounds else view.suffixes
+    if not args.out.lower().endswith(suffixes):
+        also = ", their sounds as FILE.wav," if sounds else ""
+        raise ConfigError(f"--out {args.out}: motion is written as FILE.npz (motion N x T x J x 4){also} or as stick "
+                          "figures in FILE.gif / FILE.mp4")
     check_out(args.out, args.overwrite)
     split = args.split or "test"
     grids, clips = motion_windows(split, frames, mirrored=False)
     pick = torch.linspace(0, len(grids) - 1, min(args.num, len(grids))).round().long().unique()
     grids, clips = grids[pick], [clips[i] for i in pick.tolist()]
+    arrays = {"motion": np.ascontiguousarray(grids.permute(0, 2, 3, 1).numpy()), "clips": np.array(clips)}
+    if sounds:
+        from maskdit.data.footsteps import RATE, footstep_sounds
+
+        arrays["sounds"] = footstep_sounds(grids).numpy()
     if args.out.lower().endswith(".npz"):
         with atomic_file(args.out, "--out") as tmp:
-            np.savez(tmp, motion=np.ascontiguousarray(grids.permute(0, 2, 3, 1).numpy()), clips=np.array(clips))
+            np.savez(tmp, **arrays)
+    elif args.out.lower().endswith(".wav"):
+        from maskdit.data.audio import write_wav
+
+        with atomic_file(args.out, "--out") as tmp:
+            write_wav(tmp, arrays["sounds"], rate=RATE)
     else:
         view.save(args.out, grids)
     shape = "x".join(map(str, grids.permute(0, 2, 3, 1).shape[1:]))
-    print(f"wrote {len(grids)} {split} motion windows ({shape}) from {', '.join(sorted(set(clips)))} to {args.out}")
+    what = " with their footstep sounds" if sounds else ""
+    print(f"wrote {len(grids)} {split} motion windows ({shape}){what} from {', '.join(sorted(set(clips)))} to "
+          f"{args.out}")
     return 0
 
 

@@ -55,6 +55,9 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--observations", metavar="FILE.npz",
                    help="a policy (model.condition=vector): the observations to act on, cycled (observations N x D; "
                    "maskdit data hopper --out FILE.npz writes some)")
+    g.add_argument("--audio", metavar="FILE.wav|FILE.npz",
+                   help="an audio-driven model (model.condition=audio): the sound to follow, a .wav cut into windows "
+                   "of the model's length, or an .npz with sounds N x S (maskdit data footsteps writes one); cycled")
     g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights (default ema)")
     g.add_argument("--lora", type=lora_spec, action="append", metavar="RUN[:SCALE]",
                    help="merge a LoRA run's updates (trained on this run's weights, lora.rank) times SCALE "
@@ -105,6 +108,44 @@ def observation_values(args: argparse.Namespace, run: Any, num: int) -> Any:
         raise ConfigError(f"--observations {args.observations} holds NaN or infinite values: {fix}")
     rows = torch.from_numpy(obs.astype(np.float32))[torch.arange(num) % len(obs)]
     return run.model.conditioner.given(rows)
+
+
+def audio_values(args: argparse.Namespace, run: Any, num: int) -> Any:
+    """An audio-driven model's condition values for ``num`` samples from ``--audio``: a ``.wav`` (resampled to the
+    model's rate and cut into consecutive windows of the model's length, the last padded with silence) or an
+    ``.npz`` with ``sounds`` ``N x S`` at the model's rate (``maskdit data footsteps`` writes one); cycled."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from maskdit.data.audio import read_wav
+    from maskdit.data.datasets import read_npz
+
+    c = run.model.conditioner
+    heard = f"{c.samples} samples at {c.rate} Hz"
+    if not getattr(args, "audio", None):
+        raise ConfigError(f"this model is conditioned on sound ({heard} per sample): pass --audio FILE.wav, or "
+                          "FILE.npz with sounds N x S (maskdit data footsteps --out FILE.npz writes some)")
+    path = Path(args.audio)
+    if path.suffix.lower() == ".wav":
+        wave = read_wav(path, c.rate)
+        pad = -len(wave) % c.samples
+        sounds = np.concatenate([wave, np.zeros(pad, np.float32)]).reshape(-1, c.samples)
+    elif path.suffix.lower() == ".npz":
+        fix = "write one with maskdit data footsteps --out FILE.npz"
+        sounds = read_npz(path, "--audio", fix).get("sounds")
+        if sounds is None or sounds.dtype.kind != "f" or sounds.ndim != 2 or sounds.shape[1] != c.samples \
+                or not len(sounds):
+            got = "no 'sounds' array" if sounds is None else f"{sounds.dtype} {sounds.shape}"
+            raise ConfigError(f"--audio {args.audio} must hold 'sounds' as floats N x {c.samples} ({heard}), got "
+                              f"{got}: {fix}")
+    else:
+        raise ConfigError(f"--audio {args.audio}: give a .wav file, or an .npz with sounds N x {c.samples}")
+    if not np.isfinite(sounds).all():
+        raise ConfigError(f"--audio {args.audio} holds NaN or infinite samples: give a clean recording")
+    rows = torch.from_numpy(np.ascontiguousarray(sounds, np.float32))[torch.arange(num) % len(sounds)]
+    return c.given(rows)
 
 
 def class_labels(args: argparse.Namespace, run: Any, num: int) -> Any:
@@ -246,17 +287,21 @@ def condition_values(args: argparse.Namespace, run: Any, num: int) -> tuple[Any,
 
     prompts = read_prompts(args)
     conditioner = run.model.conditioner
+    reads = getattr(conditioner, "reads", None)
+    readers = {"observations": observation_values, "audio": audio_values}
+    for flag, model_kind in (("observations", "a policy (model.condition=vector)"),
+                             ("audio", "audio-driven models (model.condition=audio)")):
+        if getattr(args, flag, None) and reads != flag:
+            takes = {"labels": "--classes", "text": "--prompt"}.get(reads, "no condition")
+            raise ConfigError(f"--{flag} applies to {model_kind}; this model takes {takes}")
+    if reads in readers:
+        if prompts or getattr(args, "negative_prompt", None) or args.classes:
+            raise ConfigError(f"--classes/--prompt: this model is conditioned on {reads}: pass --{reads}")
+        return readers[reads](args, run, num), None, None
     if run.model.text is None:
         if prompts or getattr(args, "negative_prompt", None):
             raise ConfigError("--prompt/--prompts/--negative-prompt: this model is not conditioned on text (it takes "
                               "--classes)" if conditioner is not None else "--prompt: this model is unconditional")
-        if getattr(conditioner, "dim", None) is not None:  # a policy: observations
-            if args.classes:
-                raise ConfigError("--classes: this model is a policy conditioned on observations: pass --observations")
-            return observation_values(args, run, num), None, None
-        if getattr(args, "observations", None):
-            raise ConfigError("--observations applies to policies (model.condition=vector); this model takes "
-                              + ("--classes" if conditioner is not None else "no condition"))
         control = control_inputs(args, run, num)
         if control is not None and control[1] is not None and not args.classes and run.model.num_classes:
             labels = control[1]  # each control image's own class

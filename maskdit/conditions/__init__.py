@@ -1,4 +1,4 @@
-"""Conditioners: what a sample is generated *from* (a class label today; text, control images and audio next).
+"""Conditioners: what a sample is generated *from* (class labels, captions, control images, observation vectors, sound).
 
 Each conditioner is one module in this package that registers a
 :class:`~maskdit.conditions.base.Conditioner` in :data:`~maskdit.conditions.base.CONDITIONERS`;

@@ -42,6 +42,9 @@ class Conditioner(nn.Module):
     model width and the data's facts (``num_classes``; a text conditioner's vocabulary, in ``options``)."""
 
     gives_tokens = False  #: its :class:`Condition` has ``tokens`` (what ``model.text`` injects)
+    #: what ``maskdit sample`` reads its values from: ``labels`` (``--classes``), ``text`` (``--prompt``),
+    #: ``observations`` or ``audio`` (the flags of those names)
+    reads = "labels"
 
     def value_spec(self) -> tuple[tuple[int, ...], torch.dtype]:
         """The shape of one sample's condition value and its dtype (a class label: ``((), int64)``), so a value

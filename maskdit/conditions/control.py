@@ -167,6 +167,7 @@ class Controlled:
     def __init__(self, inner: Any, signal: str, shape: Sequence[int]):
         self.inner, self.signal, self.shape = inner, signal, tuple(shape)  #: shape: the map's (Cc, *S)
         self.gives_tokens = bool(getattr(inner, "gives_tokens", False))
+        self.reads = getattr(inner, "reads", "labels")
         self.inner_shape, self.inner_dtype = ((), None) if inner is None else inner.value_spec()
         self.inner_size = 0 if inner is None else math.prod(self.inner_shape)
 

@@ -194,6 +194,7 @@ class HFTextConditioner(Conditioner):
     """Values ``(B, 1 + L, E + 1)`` of a :class:`FrozenTextEncoder` -> tokens at the model width, mask, pooled."""
 
     gives_tokens = True
+    reads = "text"
 
     def __init__(self, width: int, encoder: str, fingerprint: str, width_in: int, length: int, prefix: str = "",
                  refiner: int = 0, heads: int | None = None, projection: str = "mlp", pooled_in: int | None = None):

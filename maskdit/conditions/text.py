@@ -70,6 +70,7 @@ class TextConditioner(Conditioner):
     """Token ids ``(B, L)`` (``[PAD]`` = 0 after the caption) -> :class:`Condition` with tokens, mask and pooled."""
 
     gives_tokens = True
+    reads = "text"
 
     def __init__(self, width: int, vocab: list[str], length: int, depth: int = 2, heads: int | None = None):
         super().__init__()

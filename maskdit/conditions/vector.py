@@ -22,6 +22,8 @@ from maskdit.errors import ConfigError
 class VectorConditioner(Conditioner):
     """Values ``(B, dim + 1)``: the vector and a flag (1 given, 0 null) -> pooled ``(B, width)``."""
 
+    reads = "observations"
+
     def __init__(self, width: int, dim: int, mean: list[float], std: list[float]):
         super().__init__()
         self.dim = dim

@@ -236,18 +236,48 @@ class WaveLatentCodec:
 
 
 # -- how a person listens to it -----------------------------------------------------------------------
-def write_wav(path: str | Path, waves: np.ndarray, gap: float = 0.25) -> None:
-    """Waveforms ``(N, L)`` in ``[-1, 1]`` one after another with ``gap`` seconds of silence, as 16-bit PCM."""
+def write_wav(path: str | Path, waves: np.ndarray, gap: float = 0.25, rate: int = RATE) -> None:
+    """Waveforms ``(N, L)`` in ``[-1, 1]`` at ``rate`` Hz one after another with ``gap`` seconds of silence, as
+    16-bit PCM."""
     import wave
 
-    pause = np.zeros(int(gap * RATE), np.float32)
+    pause = np.zeros(int(gap * rate), np.float32)
     joined = np.concatenate([np.concatenate([w, pause]) for w in waves])
     pcm = (np.clip(joined, -1, 1) * 32767).round().astype("<i2")
     with wave.open(str(path), "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(2)
-        f.setframerate(RATE)
+        f.setframerate(rate)
         f.writeframes(pcm.tobytes())
+
+
+def read_wav(path: str | Path, rate: int, flag: str = "--audio") -> np.ndarray:
+    """A mono 8- or 16-bit PCM ``.wav`` (channels averaged) as float32 samples in ``[-1, 1]`` at ``rate`` Hz
+    (resampled when it was recorded at another rate)."""
+    import wave
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{flag} {path} does not exist: give a .wav file")
+    try:
+        with wave.open(str(path), "rb") as f:
+            channels, width, source, count = f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()
+            raw = f.readframes(count)
+    except (wave.Error, EOFError) as e:
+        raise DataError(f"cannot read {flag} {path} as a .wav ({e}): write it as 8- or 16-bit PCM") from e
+    if width not in (1, 2) or not count:
+        raise DataError(f"{flag} {path} holds {'no samples' if not count else f'{8 * width}-bit samples'}: write it "
+                        "as 8- or 16-bit PCM with some sound in it")
+    pcm = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128 if width == 1 else \
+        np.frombuffer(raw, "<i2").astype(np.float32) / 32768
+    mono = pcm.reshape(-1, channels).mean(1)
+    if source != rate:
+        g = gcd(source, rate)
+        mono = resample_poly(mono, rate // g, source // g).astype(np.float32)
+    return mono
 
 
 def spectrogram(wave: np.ndarray, size: int = 64) -> np.ndarray:

@@ -148,7 +148,7 @@ def condition_summary(model: dict[str, Any]) -> str:
 def report_prompts(run: Any, count: int = 6) -> list[str] | None:
     """The prompts a text model's report draws: one test caption of each kind on shapes, else the data's first
     distinct captions; ``None`` for a model that does not read text."""
-    if run.model.text is None:
+    if getattr(run.model.conditioner, "reads", None) != "text":
         return None
     from maskdit.data.datasets import dataset_from_config
 
@@ -181,7 +181,7 @@ def checkpoint_samples(ckpt: Path, per_class: int, seed: int, device: str | torc
         num = per_class * len(prompts)
         labels = torch.arange(num) % len(prompts)
         values = run.model.conditioner.parse(prompts)[labels]
-    if getattr(run.model.conditioner, "dim", None) is not None:  # a policy: chunks for observations of its data
+    if getattr(run.model.conditioner, "reads", None) in ("observations", "audio"):  # values from its own data
         data = dataset_from_config(run.config.data)
         values = run.model.conditioner.values(data)[torch.linspace(0, len(data) - 1, num).long()]
     if run.model.control is not None:  # the control maps of the run's first images, with their labels (prompts)

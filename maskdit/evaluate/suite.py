@@ -49,7 +49,7 @@ METRICS.add("geneval", None, "text models: GenEval-style compositional score on 
 #: ``eval_every`` logs for it instead of image metrics.
 MODALITY_EVALS: Registry[Callable[..., dict[str, Any]]] = Registry("modality evaluation", key="eval_every")
 MODALITY_EVALS.add("motion", motion_eval.training_eval, "in-betweening on held-out clips against slerp "
-                   "(rotation and position errors)")
+                   "(rotation and position errors); an audio-driven model, also its steps against the sound's")
 MODALITY_EVALS.add("actions", action_eval.training_eval, "imitation error on held-out demonstrations and the "
                    "return of closed-loop episodes in the simulator, beside the expert's")
 MODALITY_EVALS.add("audio", audio_eval.training_eval, "class-conditional spoken digits recognised by a separately "

@@ -8,6 +8,9 @@
   are single-stream (one set of weights for both), as Flux's. Both streams change in every block.
 * ``concat`` (in-context: Lumina-Image 2.0, DiT-Air): every block is single-stream: the text tokens (refined by
   the conditioner's own blocks) join the sequence and pass the same weights as the image tokens.
+* ``aligned``: for a condition with one token per frame of the grid's axis 0 (sound under motion), each block adds
+  to every token a projection of the condition tokens of the frames it spans, as audio-driven motion models feed
+  frame-aligned audio features: where attention would have to learn which frame is which, the alignment is given.
 
 Only image tokens are ever dropped or routed: masked recipes thin the image stream, and the text stream passes
 every block whole. Text tokens carry their order from the conditioner (its own positions), so rotary positions
@@ -16,7 +19,8 @@ rotate image tokens only, and padding is masked out of every attention that read
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -34,7 +38,8 @@ from maskdit.model.blocks import (
 )
 from maskdit.registry import Registry
 
-#: name -> ``install(model, double)``: puts the mode's layers into a freshly built DiT (``model.text``).
+#: name -> ``install(model, double)``: puts the mode's layers into a freshly built DiT (``model.text``). Facts:
+#: ``captions`` (whether it takes a token sequence of any length, such as a caption's).
 TEXT_MODES: Registry[Callable[[nn.Module, int], None]] = Registry("text injection", key="model.text")
 
 
@@ -114,6 +119,36 @@ class JointBlock(DiTBlock):
         return x, c.with_text(text)
 
 
+class AlignedInput(nn.Module):
+    """What a block adds to each token from a frame-aligned condition ``(B, frames, D)``: the condition tokens of
+    the ``patch`` frames the token spans along axis 0, concatenated and projected (from zero, so a fresh model is the
+    plain DiT). Tokens are in row-major order, axis 0 outermost, so a row of the token grid is one span of frames."""
+
+    def __init__(self, dim: int, grid: Sequence[int], patch: int):
+        super().__init__()
+        self.rows, self.columns, self.patch = int(grid[0]), math.prod(grid[1:]), int(patch)
+        self.proj = nn.Linear(self.patch * dim, dim)
+
+    def zero_init(self) -> None:
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, c: Context) -> torch.Tensor:
+        if not isinstance(c, Context) or c.text is None:
+            raise ConfigError("this model adds a frame-aligned condition to its tokens (model.text=aligned): pass its "
+                              "condition")
+        b, n, d = x.shape
+        frames = self.rows * self.patch
+        if n != self.rows * self.columns:
+            raise ConfigError(f"model.text=aligned adds each frame's condition to the tokens of its frames: it needs "
+                              f"the whole training grid ({self.rows * self.columns} tokens), got {n} (no token "
+                              "dropping, no other size)")
+        if c.text.shape[1] != frames:
+            raise ConfigError(f"model.text=aligned needs one condition token per frame of the grid's axis 0 "
+                              f"({frames}), got {c.text.shape[1]}")
+        return self.proj(c.text.reshape(b, self.rows, self.patch * d)).repeat_interleave(self.columns, dim=1)
+
+
 def _check_plain_blocks(model: nn.Module, mode: str) -> None:
     if model.attention != "full" or model.block_options.rel_grid is not None:
         raise ConfigError(f"model.text={mode} builds joint attention over [text; image]: it needs "
@@ -122,14 +157,15 @@ def _check_plain_blocks(model: nn.Module, mode: str) -> None:
         raise ConfigError(f"model.text={mode} does not fit MDT's long-skip layout: use model.text=cross")
 
 
-@TEXT_MODES.register("cross", "cross-attention to the text after each block's self-attention (PixArt-alpha)")
+@TEXT_MODES.register("cross", "cross-attention to the text after each block's self-attention (PixArt-alpha)",
+                     captions=True)
 def install_cross(model: nn.Module, double: int) -> None:
     for block in model.blocks:
         block.context = CrossAttention(model.hidden_size, model.num_heads, model.block_options.qk_norm)
 
 
 @TEXT_MODES.register("joint", "joint attention over [text; image]: text_double double-stream blocks with the "
-                     "text's own weights (MM-DiT), then single-stream blocks (Flux)")
+                     "text's own weights (MM-DiT), then single-stream blocks (Flux)", captions=True)
 def install_joint(model: nn.Module, double: int) -> None:
     _check_plain_blocks(model, "joint")
     if not 0 <= double <= model.depth:
@@ -140,9 +176,23 @@ def install_joint(model: nn.Module, double: int) -> None:
 
 
 @TEXT_MODES.register("concat", "in-context: the text tokens join the sequence and share every block's weights "
-                     "(Lumina-Image 2.0, DiT-Air)")
+                     "(Lumina-Image 2.0, DiT-Air)", captions=True)
 def install_concat(model: nn.Module, double: int) -> None:
     _check_plain_blocks(model, "concat")
     model.blocks = nn.ModuleList(
         JointBlock(model.hidden_size, model.num_heads, model.mlp_ratio, model.options_of(i), double=False)
         for i in range(model.depth))
+
+
+@TEXT_MODES.register("aligned", "a condition with one token per frame of the grid's axis 0 (sound under motion): "
+                     "each block adds to every token the condition tokens of its own frames", captions=False)
+def install_aligned(model: nn.Module, double: int) -> None:
+    if model.long_skips is not None:
+        raise ConfigError("model.text=aligned does not fit MDT's long-skip layout: use model.text=cross")
+    frames = model.token_grid[0] * model.patch_size[0]
+    if getattr(model.y_embedder, "frames", None) != frames:
+        raise ConfigError(f"model.text=aligned needs a condition with one token per frame of the grid's axis 0 "
+                          f"({frames}), such as model.condition=audio on data.name=footsteps; a caption is no such "
+                          "sequence: use model.text=cross")
+    for block in model.blocks:
+        block.context = AlignedInput(model.hidden_size, model.token_grid, model.patch_size[0])
