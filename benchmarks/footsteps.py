@@ -24,11 +24,11 @@ import torch
 from maskdit.cli.args import Parser, guarded, non_negative_int, positive_floats, positive_int
 from maskdit.data.audio import write_wav
 from maskdit.data.datasets import modality_name
-from maskdit.data.footsteps import RATE, foot_steps, footstep_sounds, step_scores
+from maskdit.data.footsteps import RATE, foot_steps, step_scores
 from maskdit.data.motion import MotionView, motion_windows
 from maskdit.diffusion.samplers import generate
 from maskdit.errors import ConfigError
-from maskdit.evaluate.motion import follow_steps
+from maskdit.evaluate.motion import follow_steps, sound_values
 from maskdit.runs import load_run
 
 
@@ -66,18 +66,19 @@ def main(argv: list[str] | None = None) -> None:
     for where, (grids, clips) in sets.items():
         truth = foot_steps(grids)
         results[f"{where}/real motion, another clip's sound"] = step_scores(grids, truth[other_clip(clips)])
-        null = run.model.conditioner.null(run.model.conditioner.given(footstep_sounds(grids)))
+        values = sound_values(run.model, grids)
+        null = run.model.conditioner.null(values)
         silent = run.codec.decode(generate(run.model, run.objective, len(grids), null, **sampling))
         results[f"{where}/model, null sound"] = step_scores(silent, truth)
         for scale in args.guidance:
             start = time.time()
-            row = follow_steps(run, grids, guidance_scale=scale, **sampling)
+            row = follow_steps(run, grids, scale, values, **sampling)
             samples = row.pop("samples")
             results[f"{where}/model, its sound, guidance {scale:g}"] = {**row, "seconds": time.time() - start}
             if where == "held-out clips" and scale == args.guidance[0]:
                 pick = torch.linspace(0, len(grids) - 1, 8).round().long()
                 MotionView().save(out / "footsteps.gif", samples[pick], truth=grids[pick])
-                write_wav(out / "footsteps.wav", footstep_sounds(grids[pick]).numpy(), rate=RATE)
+                write_wav(out / "footsteps.wav", values[pick, :-1].numpy(), rate=RATE)
         for key in [k for k in results if k.startswith(where)]:
             print(key, json.dumps(results[key]), flush=True)
     (out / "footsteps.json").write_text(json.dumps(results, indent=2))

@@ -83,31 +83,40 @@ def load(args: argparse.Namespace) -> Any:
     return run
 
 
-def observation_values(args: argparse.Namespace, run: Any, num: int) -> Any:
-    """A policy's condition values for ``num`` samples: ``--observations`` (``observations`` ``N x D`` float),
-    cycled; refused when missing, mis-shaped or not finite."""
+def float_rows(flag: str, path: str, key: str, width: int, fix: str, unit: str = "") -> Any:
+    """The array ``key`` of the ``.npz`` a flag names, refused unless it is floats ``N x width`` (N >= 1); ``unit``
+    says what a row is in the error line, ``fix`` how to make a good file."""
     from pathlib import Path
-
-    import numpy as np
-    import torch
 
     from maskdit.data.datasets import read_npz
 
+    rows = read_npz(Path(path), flag, fix).get(key)
+    if rows is None or rows.dtype.kind != "f" or rows.ndim != 2 or rows.shape[1] != width or not len(rows):
+        got = f"no '{key}' array" if rows is None else f"{rows.dtype} {rows.shape}"
+        raise ConfigError(f"{flag} {path} must hold '{key}' as floats N x {width}{unit}, got {got}: {fix}")
+    return rows
+
+
+def cycled_rows(flag: str, path: str, rows: Any, num: int, fix: str) -> Any:
+    """``num`` rows of a float array ``(N, D)``, cycled, as a float32 tensor; refused when not finite."""
+    import numpy as np
+    import torch
+
+    if not np.isfinite(rows).all():
+        raise ConfigError(f"{flag} {path} holds NaN or infinite values: {fix}")
+    return torch.from_numpy(np.ascontiguousarray(rows, np.float32))[torch.arange(num) % len(rows)]
+
+
+def observation_values(args: argparse.Namespace, run: Any, num: int) -> Any:
+    """A policy's condition values for ``num`` samples: ``--observations`` (``observations`` ``N x D`` float),
+    cycled; refused when missing, mis-shaped or not finite."""
     dim = run.model.conditioner.dim
     if not getattr(args, "observations", None):
         raise ConfigError(f"this model is a policy conditioned on observations of {dim} numbers: pass --observations "
                           "FILE.npz (observations N x D; maskdit data hopper --out FILE.npz writes some)")
     fix = "write them with maskdit data hopper --out FILE.npz"
-    arrays = read_npz(Path(args.observations), "--observations", fix)
-    obs = arrays.get("observations")
-    if obs is None or obs.dtype.kind != "f" or obs.ndim != 2 or obs.shape[1] != dim or not len(obs):
-        got = "no 'observations' array" if obs is None else f"{obs.dtype} {obs.shape}"
-        raise ConfigError(f"--observations {args.observations} must hold 'observations' as floats N x {dim}, got "
-                          f"{got}: {fix}")
-    if not np.isfinite(obs).all():
-        raise ConfigError(f"--observations {args.observations} holds NaN or infinite values: {fix}")
-    rows = torch.from_numpy(obs.astype(np.float32))[torch.arange(num) % len(obs)]
-    return run.model.conditioner.given(rows)
+    obs = float_rows("--observations", args.observations, "observations", dim, fix)
+    return run.model.conditioner.given(cycled_rows("--observations", args.observations, obs, num, fix))
 
 
 def audio_values(args: argparse.Namespace, run: Any, num: int) -> Any:
@@ -117,35 +126,25 @@ def audio_values(args: argparse.Namespace, run: Any, num: int) -> Any:
     from pathlib import Path
 
     import numpy as np
-    import torch
 
     from maskdit.data.audio import read_wav
-    from maskdit.data.datasets import read_npz
 
     c = run.model.conditioner
     heard = f"{c.samples} samples at {c.rate} Hz"
     if not getattr(args, "audio", None):
         raise ConfigError(f"this model is conditioned on sound ({heard} per sample): pass --audio FILE.wav, or "
                           "FILE.npz with sounds N x S (maskdit data footsteps --out FILE.npz writes some)")
-    path = Path(args.audio)
-    if path.suffix.lower() == ".wav":
-        wave = read_wav(path, c.rate)
+    suffix = Path(args.audio).suffix.lower()
+    fix = "give a clean .wav, or write an .npz with maskdit data footsteps --out FILE.npz"
+    if suffix == ".wav":
+        wave = read_wav(args.audio, c.rate)
         pad = -len(wave) % c.samples
         sounds = np.concatenate([wave, np.zeros(pad, np.float32)]).reshape(-1, c.samples)
-    elif path.suffix.lower() == ".npz":
-        fix = "write one with maskdit data footsteps --out FILE.npz"
-        sounds = read_npz(path, "--audio", fix).get("sounds")
-        if sounds is None or sounds.dtype.kind != "f" or sounds.ndim != 2 or sounds.shape[1] != c.samples \
-                or not len(sounds):
-            got = "no 'sounds' array" if sounds is None else f"{sounds.dtype} {sounds.shape}"
-            raise ConfigError(f"--audio {args.audio} must hold 'sounds' as floats N x {c.samples} ({heard}), got "
-                              f"{got}: {fix}")
+    elif suffix == ".npz":
+        sounds = float_rows("--audio", args.audio, "sounds", c.samples, fix, f" ({heard})")
     else:
         raise ConfigError(f"--audio {args.audio}: give a .wav file, or an .npz with sounds N x {c.samples}")
-    if not np.isfinite(sounds).all():
-        raise ConfigError(f"--audio {args.audio} holds NaN or infinite samples: give a clean recording")
-    rows = torch.from_numpy(np.ascontiguousarray(sounds, np.float32))[torch.arange(num) % len(sounds)]
-    return c.given(rows)
+    return c.given(cycled_rows("--audio", args.audio, sounds, num, fix))
 
 
 def class_labels(args: argparse.Namespace, run: Any, num: int) -> Any:

@@ -5,8 +5,9 @@ vector, so condition dropout and classifier-free guidance work as for labels). T
 into one frame of ``hop`` samples per frame of the generated grid's time axis, and hears each as its log energies
 in a few frequency bands (:func:`frame_bands`), standardised by the training sounds' statistics. A small
 convolution over time (so a token hears its neighbours: an onset is a rise) embeds them as one condition token per
-frame with its sin-cos time position, which the backbone attends to (``model.text=cross``, joint or in-context),
-as audio-driven motion models attend to audio features.
+frame with its sin-cos time position. ``model.text=aligned`` adds each frame's token to the grid tokens of that
+frame, as audio-driven motion models feed frame-aligned audio features; the attention modes (``cross``, joint,
+in-context) take them too, but had to learn the alignment and did not (docs/modalities.md).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskdit.conditions.base import CONDITIONERS, Condition, Conditioner
+from maskdit.conditions.base import CONDITIONERS, Condition, Conditioner, flagged
 from maskdit.errors import ConfigError
 from maskdit.grid import sincos_1d
 
@@ -40,7 +41,7 @@ def frame_bands(waves: torch.Tensor, hop: int, rate: int, bands: int = BANDS) ->
 
 
 @CONDITIONERS.register("audio", "a waveform per example (footsteps under a motion), heard as band energies per grid "
-                       "frame: one condition token per frame, attended to; a learned null sound for guidance")
+                       "frame: one condition token per frame (model.text=aligned); a learned null sound for guidance")
 class AudioConditioner(Conditioner):
     """Values ``(B, frames * hop + 1)``: the waveform and a flag (1 given, 0 null) -> ``frames`` tokens."""
 
@@ -119,4 +120,4 @@ class AudioConditioner(Conditioner):
         if waves.dim() != 2 or waves.shape[1] != self.samples:
             raise ConfigError(f"this model hears {self.samples} samples at {self.rate} Hz ({self.frames} frames), got "
                               f"waveforms {tuple(waves.shape)}")
-        return torch.cat([waves.float(), torch.ones(len(waves), 1, device=waves.device)], dim=1)
+        return flagged(waves)

@@ -91,5 +91,11 @@ class Conditioner(nn.Module):
         return torch.where(dropped.reshape(-1, *[1] * (value.dim() - 1)), null, value)
 
 
+def flagged(values: torch.Tensor) -> torch.Tensor:
+    """Real-valued condition values ``(B, D)`` with the flag column that marks them given: ``(B, D + 1)``, the last
+    column 1. A conditioner of such values reads flag 0 (the all-zero null value) as "no condition"."""
+    return torch.cat([values.float(), torch.ones(len(values), 1, device=values.device)], dim=1)
+
+
 #: name -> :class:`Conditioner` subclass; ``model.condition`` names one.
 CONDITIONERS: Registry[type[Conditioner]] = Registry("conditioner", key="model.condition")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskdit.conditions.base import CONDITIONERS, Condition, Conditioner
+from maskdit.conditions.base import CONDITIONERS, Condition, Conditioner, flagged
 from maskdit.errors import ConfigError
 
 
@@ -72,4 +72,4 @@ class VectorConditioner(Conditioner):
 
     def given(self, vectors: torch.Tensor) -> torch.Tensor:
         """Condition values of raw vectors ``(B, dim)``."""
-        return torch.cat([vectors.float(), torch.ones(len(vectors), 1, device=vectors.device)], dim=1)
+        return flagged(vectors)

@@ -4,9 +4,8 @@ No package ships motion with its audio (dance with music, speech with gestures),
 the motion itself, and says so: a foot that lands makes a sound. :func:`foot_steps` finds the frames where an
 ankle comes down to the ground (forward kinematics of the grid), and :func:`footstep_sounds` puts a short decaying
 thud at each step, low (:data:`TONES`) for the left foot and higher for the right, louder the faster the foot came
-down. A model conditioned on the sound
-(``model.condition=audio``) has to put the right foot down at the right frame, which :func:`step_scores` measures
-on the generated motion.
+down. A model conditioned on the sound (``model.condition=audio``) has to put the right foot down at the right
+frame, which :func:`step_scores` measures on the generated motion.
 
 Sounds are waveforms at :data:`RATE` samples per second, :data:`HOP` samples per motion frame, so frame ``t``'s
 audio is samples ``[t * HOP, (t + 1) * HOP)``.
@@ -31,12 +30,18 @@ GROUND, LIFT = 0.10, 0.14  #: an ankle lands when it comes below GROUND (m) afte
 TOLERANCE = 2  #: frames a generated step may be off and still count
 
 
-def foot_steps(grids: torch.Tensor) -> torch.Tensor:
+def ankle_heights(grids: torch.Tensor) -> torch.Tensor:
+    """``(N, T, 2)``: the height (m) of each foot's ankle (:data:`FEET`) in each frame of motion grids
+    ``(N, 4, T, J)``."""
+    return forward_kinematics(grids.float())[..., [POINTS.index(f) for f in FEET], 1]
+
+
+def foot_steps(grids: torch.Tensor, height: torch.Tensor | None = None) -> torch.Tensor:
     """Bool ``(N, T, 2)``: the frames where each foot (:data:`FEET`) of motion grids ``(N, 4, T, J)`` lands: its
     ankle comes down below :data:`GROUND` after having been lifted above :data:`LIFT` (since its last landing, or
     since the window began). The gap between the two heights keeps a foot trembling at the ground from landing
-    again and again."""
-    height = forward_kinematics(grids.float())[..., [POINTS.index(f) for f in FEET], 1]  # (N, T, 2)
+    again and again. ``height``: the grids' :func:`ankle_heights`, when already computed."""
+    height = ankle_heights(grids) if height is None else height
     steps = torch.zeros(height.shape, dtype=torch.bool)
     lifted = height[:, 0] > GROUND
     for t in range(1, height.shape[1]):
@@ -45,9 +50,9 @@ def foot_steps(grids: torch.Tensor) -> torch.Tensor:
     return steps
 
 
-def landing_speed(grids: torch.Tensor) -> torch.Tensor:
-    """``(N, T, 2)``: how fast each foot was moving down into each frame (m/s, 0 when rising)."""
-    height = forward_kinematics(grids.float())[..., [POINTS.index(f) for f in FEET], 1]  # (N, T, 2)
+def landing_speed(height: torch.Tensor) -> torch.Tensor:
+    """``(N, T, 2)``: how fast each foot was moving down into each frame (m/s, 0 when rising), from its
+    :func:`ankle_heights`."""
     fall = torch.zeros_like(height)
     fall[:, 1:] = (height[:, :-1] - height[:, 1:]).clamp_min(0) * FPS
     return fall
@@ -56,9 +61,10 @@ def landing_speed(grids: torch.Tensor) -> torch.Tensor:
 def footstep_sounds(grids: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Waveforms ``float32 (N, T * HOP)`` in ``[-1, 1]``: a thud at every step of motion grids ``(N, 4, T, J)``,
     each foot's at its own pitch, on a faint noise floor (seeded, so the same motion always sounds the same)."""
-    onsets = foot_steps(grids)
+    height = ankle_heights(grids)
+    onsets = foot_steps(grids, height)
     n, frames = onsets.shape[:2]
-    loudness = (0.4 + 0.3 * landing_speed(grids)).clamp(max=1.0) * onsets  # (N, T, 2)
+    loudness = (0.4 + 0.3 * landing_speed(height)).clamp(max=1.0) * onsets  # (N, T, 2)
     gen = torch.Generator().manual_seed(seed)
     t = torch.arange(int(6 * DECAY * RATE)) / RATE
     envelope = torch.exp(-t / DECAY)

@@ -134,11 +134,12 @@ def sound_values(model: torch.nn.Module, grids: torch.Tensor) -> torch.Tensor | 
 
 
 @torch.no_grad()
-def follow_steps(run: Any, grids: torch.Tensor, guidance_scale: float = 1.0, **sampling: Any) -> dict[str, Any]:
+def follow_steps(run: Any, grids: torch.Tensor, guidance_scale: float = 1.0, values: torch.Tensor | None = None,
+                 **sampling: Any) -> dict[str, Any]:
     """How well an audio-driven model steps to the sound: motion generated from nothing but the footstep sounds of
     ``grids`` ``(N, 4, T, J)``, scored by :func:`~maskdit.data.footsteps.step_scores` against the steps that made
-    the sounds."""
-    values = sound_values(run.model, grids)
+    the sounds. ``values``: the grids' :func:`sound_values`, when already computed."""
+    values = sound_values(run.model, grids) if values is None else values
     if values is None:
         raise ValueError("following steps needs an audio-driven model (model.condition=audio)")
     out = run.codec.decode(generate(run.model, run.objective, len(grids), values, guidance_scale=guidance_scale,
@@ -156,14 +157,13 @@ def training_eval(model: torch.nn.Module, objective: Any, dataset: Any, cfg: Any
     grids = grids[torch.linspace(0, len(grids) - 1, min(cfg.eval_num, len(grids))).round().long().unique()]
     run = SimpleNamespace(model=model, objective=objective, codec=dataset.codec)
     s = cfg.sample
-    row = score_task(run, grids, "inbetween", labels=sound_values(model, grids), sampler=s.sampler, steps=s.steps,
-                     seed=cfg.seed)
+    sounds = sound_values(model, grids)
+    row = score_task(run, grids, "inbetween", labels=sounds, sampler=s.sampler, steps=s.steps, seed=cfg.seed)
     model_errors, slerp_errors = row["model"], row["baseline"]
     scores = {"num": len(grids), "inbetween_rotation_deg": model_errors["rotation_deg"],
               "inbetween_position_cm": model_errors["position_cm"], "slerp_rotation_deg": slerp_errors["rotation_deg"],
               "slerp_position_cm": slerp_errors["position_cm"]}
-    if sound_values(model, grids[:1]) is not None:
-        steps = follow_steps(run, grids, guidance_scale=s.guidance_scale, sampler=s.sampler, steps=s.steps,
-                             seed=cfg.seed)
+    if sounds is not None:
+        steps = follow_steps(run, grids, s.guidance_scale, sounds, sampler=s.sampler, steps=s.steps, seed=cfg.seed)
         scores.update({"step_f1": steps["f1"], "step_precision": steps["precision"], "step_recall": steps["recall"]})
     return scores
